@@ -1,0 +1,140 @@
+"""Pydantic models of a discovery job, shared by the engine, the workers, the service and the CLI.
+
+A job = network (widths L+1, softplus β, feedback mode) + task (data set, M-way K-shot Q-query) + rule family
+(the terms F^r whose coefficients θ_r are meta-learned) + meta-training (episodes, Adam lr, λ‖θ‖₁, gradient mode)
++ an optional sweep (Ray Tune trials) + resources.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FeedbackMode = Literal["bp", "fa", "dfa", "sign"]
+DatasetName = Literal["mnist5k", "digits", "digits28", "emnist-balanced", "synthetic"]
+GradMode = Literal["forward", "reverse"]
+
+#: Term pools (ids of rules.terms): the released three-term rule and the paper's ten-term F_bio pool.
+POOLS: dict[str, list[str]] = {
+    "paper3": ["F0", "F2", "F9"],
+    "bio10": [f"F{i}" for i in range(10)],
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NetworkSpec(_Strict):
+    """Fully connected net without biases: widths = [n_0, ..., n_L]; softplus(β) hidden units, logits out."""
+
+    widths: list[int] = Field(default_factory=lambda: [784, 170, 130, 100, 70, 10], min_length=2, max_length=33)
+    beta: float = Field(10.0, gt=0, le=1000)
+    feedback: FeedbackMode = "fa"
+    init_scale: float = Field(1.0, gt=0, le=100, description="multiplier of the Xavier-uniform range r")
+
+    @field_validator("widths")
+    @classmethod
+    def _positive_widths(cls, v: list[int]) -> list[int]:
+        if any(w < 1 for w in v):
+            raise ValueError("every width must be >= 1")
+        return v
+
+    @property
+    def depth(self) -> int:
+        """Number of weight layers L."""
+        return len(self.widths) - 1
+
+
+class TaskSpec(_Strict):
+    """Episodes of M classes, K online training samples and Q query samples per class."""
+
+    dataset: DatasetName = "mnist5k"
+    ways: int = Field(5, ge=2, le=47)
+    shots: int = Field(50, ge=1, le=1000)
+    queries: int = Field(10, ge=1, le=1000)
+    remap_labels: bool = True
+    upsample: bool = False
+    emnist_dir: str | None = None
+    heldout_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class RuleSpec(_Strict):
+    """The rule family ΔW_ℓ = Σ_r θ_r F^r_ℓ: term ids (or a pool name) and θ at the start."""
+
+    pool: Literal["paper3", "bio10"] | None = None
+    terms: list[str] | None = None
+    theta_init: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _resolve_terms(self) -> RuleSpec:
+        if self.terms is None:
+            self.terms = list(POOLS[self.pool or "paper3"])
+        if not self.terms:
+            raise ValueError("the rule family needs at least one term")
+        if len(set(self.terms)) != len(self.terms):
+            raise ValueError("terms must be distinct")
+        return self
+
+    def initial_theta(self) -> dict[str, float]:
+        """θ at episode 0: the given values, else 1e-3 on F0 (pseudo-gradient) and 0 elsewhere."""
+        init = {t: (1e-3 if t == "F0" else 0.0) for t in self.terms or []}
+        for k, v in (self.theta_init or {}).items():
+            if k not in init:
+                raise ValueError(f"theta_init names {k!r}, which is not one of the terms {self.terms}")
+            init[k] = float(v)
+        return init
+
+
+class MetaSpec(_Strict):
+    """Outer loop: Adam(lr) on θ, one step per meta-batch of episodes; loss = query CE + l1·Σ|θ_r|."""
+
+    episodes: int = Field(600, ge=1, le=100_000)
+    meta_batch: int = Field(1, ge=1, le=256)
+    lr: float = Field(1e-3, gt=0, le=10.0)
+    l1: float = Field(0.0, ge=0, le=10.0)
+    grad_mode: GradMode = "forward"
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    dtype: Literal["float32", "float64"] = "float32"
+    eval_episodes: int = Field(200, ge=0, le=100_000)
+    eval_every: int = Field(0, ge=0, description="evaluate on held-out episodes every N episodes (0: only at end)")
+    checkpoint_every: int = Field(50, ge=1)
+    max_update_norm: float = Field(1e4, gt=0, description="an inner update larger than this counts as divergence")
+
+
+class SweepSpec(_Strict):
+    """Lists of values to sweep as Ray Tune trials; the best trial (held-out accuracy) becomes the job's rule."""
+
+    seeds: list[int] | None = None
+    lr: list[float] | None = None
+    l1: list[float] | None = None
+
+    def is_empty(self) -> bool:
+        return not (self.seeds or self.lr or self.l1)
+
+
+class ResourceSpec(_Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_gpus: float = Field(0.0, ge=0, le=8)
+    num_cpus: float = Field(1.0, gt=0, le=64)
+
+
+class DiscoverySpec(_Strict):
+    """A whole discovery job."""
+
+    name: str | None = Field(None, max_length=200)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    rule: RuleSpec = Field(default_factory=RuleSpec)
+    meta: MetaSpec = Field(default_factory=MetaSpec)
+    sweep: SweepSpec = Field(default_factory=SweepSpec)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+
+    @model_validator(mode="after")
+    def _output_matches_ways(self) -> DiscoverySpec:
+        if self.task.remap_labels and self.network.widths[-1] < self.task.ways:
+            raise ValueError(
+                f"network output width {self.network.widths[-1]} is smaller than the number of ways {self.task.ways}"
+            )
+        return self
