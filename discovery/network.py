@@ -90,8 +90,8 @@ def errors(ys: Sequence[Tensor], target: Tensor, Ws: Sequence[Tensor], Bs: Seque
            mode: str, beta: float) -> list[Tensor]:
     """Teaching signals [e_0, …, e_L]: e_L = softmax(z_L) − onehot, e_ℓ = (e_{ℓ+1}B_{ℓ+1}) ⊙ (1 − e^{−β y_ℓ}).
 
-    For dfa, e_ℓ = (e_L D_ℓ) ⊙ σ' for hidden ℓ and e_0 = (e_1 B_1... ) is not defined: e_0 uses W_1 ( = 0 cost
-    diagnostic only). ``target`` is one-hot (B, n_L)."""
+    For dfa, e_ℓ = (e_L D_ℓ) ⊙ σ' for hidden ℓ, and e_0 = 0 (no feedback pathway reaches the input; using W_1
+    would be weight transport). ``target`` is one-hot (B, n_L)."""
     L = len(Ws)
     e = torch.softmax(ys[-1], dim=-1) - target
     es: list[Tensor] = [e]
@@ -99,7 +99,7 @@ def errors(ys: Sequence[Tensor], target: Tensor, Ws: Sequence[Tensor], Bs: Seque
         assert Bs is not None
         for ell in range(L - 1, 0, -1):
             es.append(vecmat(e, Bs[ell - 1]) * softplus_grad_from_output(ys[ell], beta))
-        es.append(vecmat(es[-1], Ws[0]) * softplus_grad_from_output(ys[0], beta))
+        es.append(torch.zeros_like(ys[0]))
     else:
         Fb = feedback_matrices(Ws, Bs, mode)
         for ell in range(L - 1, -1, -1):

@@ -1,0 +1,163 @@
+"""`plasticity bench`: meta-training throughput and peak memory, engine vs a plain re-expression of the original.
+
+(a) the engine as shipped: forward-mode meta-gradient (R tangents in closed form), meta-batch of episodes,
+    Oja as y (yᵀW), fused outer-product updates;
+(b) the original algorithm re-expressed plainly: batch 1, meta-batch 1, reverse-mode autograd through the unrolled
+    loop, Oja evaluated as (y yᵀ) W, Adam.
+Both on 784-170-130-100-70-47 with F0 + F2 + F9 and synthetic images; each configuration runs in a fresh
+subprocess so its peak memory (ru_maxrss, or CUDA max allocated) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+
+import torch
+
+WIDTHS = [784, 170, 130, 100, 70, 47]
+WAYS = 5
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _synthetic_episode(shots: int, queries: int, gen: torch.Generator, device, dtype, batch: int = 1):
+    n = WAYS * shots
+    x = torch.rand(batch, n, WIDTHS[0], generator=gen).to(device, dtype)
+    y = torch.randint(0, WAYS, (batch, n), generator=gen).to(device)
+    xq = torch.rand(batch, WAYS * queries, WIDTHS[0], generator=gen).to(device, dtype)
+    yq = torch.randint(0, WAYS, (batch, WAYS * queries), generator=gen).to(device)
+    return x, y, xq, yq
+
+
+def reference_episode(theta: torch.nn.Parameter, opt: torch.optim.Optimizer, shots: int, gen, device) -> None:
+    """One meta-step of the original: ΔW = −θ0 e xᵀ − θ1 e e_preᵀ + θ2 (y xᵀ − (y yᵀ) W), reverse mode."""
+    from discovery.network import uniform, xavier_range
+
+    beta = 10.0
+    x, y, xq, yq = _synthetic_episode(shots, 10, gen, device, torch.float32)
+    Ws = [uniform((o, i), xavier_range(i, o), gen, device, torch.float32) for i, o in zip(WIDTHS[:-1], WIDTHS[1:])]
+    Bs = [uniform((o, i), xavier_range(i, o), gen, device, torch.float32) for i, o in zip(WIDTHS[:-1], WIDTHS[1:])]
+    L = len(Ws)
+    for s in range(x.shape[1]):
+        acts = [x[0, s:s + 1]]
+        for i, W in enumerate(Ws):
+            z = acts[-1] @ W.T
+            acts.append(z if i == L - 1 else torch.nn.functional.softplus(z, beta=beta))
+        p = torch.softmax(acts[-1], -1)
+        es = [p - torch.nn.functional.one_hot(y[0, s:s + 1], WIDTHS[-1]).float()]
+        for i in range(L - 1, -1, -1):
+            es.insert(0, (es[0] @ Bs[i]) * (1 - torch.exp(-beta * acts[i])))
+        post = [*acts[:-1], p]
+        new = []
+        for i, W in enumerate(Ws):
+            xp, yp, e, ep = post[i].T, post[i + 1].T, es[i + 1].T, es[i].T
+            dW = -theta[0] * e @ xp.T - theta[1] * e @ ep.T + theta[2] * (yp @ xp.T - (yp @ yp.T) @ W)
+            new.append(W + dW)
+        Ws = new
+    h = xq[0]
+    for i, W in enumerate(Ws):
+        h = h @ W.T if i == L - 1 else torch.nn.functional.softplus(h @ W.T, beta=beta)
+    loss = torch.nn.functional.cross_entropy(h, yq[0])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def engine_trainer(shots: int, meta_batch: int, device: torch.device):
+    """A MetaTrainer on synthetic data (the engine's own data path), F0 + F2 + F9, forward mode."""
+    from discovery.meta import MetaTrainer
+    from discovery.spec import DiscoverySpec
+
+    spec = DiscoverySpec.model_validate({
+        "network": {"widths": WIDTHS, "feedback": "fa"},
+        "task": {"dataset": "synthetic", "ways": WAYS, "shots": shots, "queries": 10},
+        "rule": {"pool": "paper3", "theta_init": {"F0": 1e-3, "F2": 0.0, "F9": 0.0}},
+        "meta": {"episodes": 10**6, "meta_batch": meta_batch, "eval_episodes": 0, "lr": 3e-4},
+        "resources": {"device": device.type},
+    })
+    return MetaTrainer(spec, device)
+
+
+def _measure(kind: str, shots: int, meta_batch: int, steps: int, device_name: str, queue) -> None:
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    if kind == "engine":
+        trainer = engine_trainer(shots, meta_batch, device)
+        trainer.step()  # warm-up
+        run = trainer.step
+    else:
+        theta = torch.nn.Parameter(torch.tensor([1e-3, 0.0, 0.0], device=device))
+        opt = torch.optim.Adam([theta], lr=3e-4)
+        reference_episode(theta, opt, shots, gen, device)
+
+        def run() -> None:
+            reference_episode(theta, opt, shots, gen, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    episodes = steps * (meta_batch if kind == "engine" else 1)
+    queue.put({"kind": kind, "shots": shots, "inner_steps": WAYS * shots, "meta_batch": meta_batch,
+               "episodes_per_s": episodes / dt, "s_per_episode": dt / episodes, "peak_mb": _peak_mb(device)})
+
+
+def measure(kind: str, shots: int, meta_batch: int, steps: int, device: str) -> dict:
+    """Run one configuration in a fresh process (spawn) and return its figures."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_measure, args=(kind, shots, meta_batch, steps, device, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--meta-batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=3, help="meta-steps timed per configuration")
+    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    args = ap.parse_args(argv)
+    print(f"device={args.device}  torch={torch.__version__}  threads={torch.get_num_threads()}  "
+          f"net={'-'.join(map(str, WIDTHS))}  rule=F0+F2+F9", flush=True)
+    rows = [
+        measure("reference", 50, 1, max(2, args.steps), args.device),
+        measure("engine", 50, args.meta_batch, args.steps, args.device),
+        measure("engine", 200, args.meta_batch, max(1, args.steps // 2), args.device),
+    ]
+    print(f"{'configuration':<44}{'inner steps':>12}{'episodes/s':>12}{'s/episode':>11}{'peak MB':>10}")
+    for r in rows:
+        name = ("(b) original: reverse mode, batch 1, (yyᵀ)W" if r["kind"] == "reference"
+                else f"(a) engine: forward mode, meta-batch {r['meta_batch']}")
+        print(f"{name:<44}{r['inner_steps']:>12}{r['episodes_per_s']:>12.2f}{r['s_per_episode']:>11.3f}"
+              f"{r['peak_mb']:>10.0f}")
+    ratio = rows[1]["episodes_per_s"] / rows[0]["episodes_per_s"]
+    mem_ratio = rows[2]["peak_mb"] / rows[1]["peak_mb"]
+    print(f"speed-up a/b at 250 inner steps: {ratio:.1f}x (target >= 20x)")
+    print(f"engine peak memory 1,000 vs 250 inner steps: {rows[2]['peak_mb']:.0f} MB vs {rows[1]['peak_mb']:.0f} MB "
+          f"(ratio {mem_ratio:.2f}; flat = 1)")
+    out = {"rows": rows, "speedup": ratio, "memory_ratio_1000_vs_250": mem_ratio, "device": args.device}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,308 @@
+"""Meta-trainer: learn θ of ΔW_ℓ = Σ_r θ_r F^r_ℓ through the unrolled online inner loop (SCIENCE.md S3).
+
+Meta-loss per meta-step: mean over the meta-batch of the query cross-entropy of the adapted network, plus
+λ Σ_r |θ_r|. The exact meta-gradient is computed in forward mode (R tangents carried through the loop, O(1) memory
+in the inner steps) or in reverse mode (autograd through the unrolled loop). Adam updates θ; an episode whose
+loss or gradient is not finite is dropped and recorded, and a meta-step with none left is skipped, so the optimizer
+state is never poisoned.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field
+from torch import Tensor
+
+from discovery.diagnostics import alignment_angles, orthonormality_error
+from discovery.inner import (RuleLearner, onehot, per_episode_ce, query_accuracy, query_logits,
+                             run_online, run_online_forward, query_loss_forward, rule_step)
+from discovery.network import init_feedback, init_weights
+from discovery.spec import DiscoverySpec
+from rules.compiler import CompiledRule, compile_terms
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class ProgressEvent(BaseModel):
+    """What the progress callback receives after every meta-step."""
+
+    episode: int
+    total: int
+    meta_loss: float | None
+    meta_accuracy: float | None
+    theta: dict[str, float]
+    alignment_deg: list[float] = Field(default_factory=list)
+    e1: list[float] = Field(default_factory=list)
+    skipped: bool = False
+    dropped_episodes: int = 0
+
+
+class DiscoveryResult(BaseModel):
+    """A finished (or stopped) discovery run: the rule, its θ trajectory, curves and held-out evaluation."""
+
+    rule: dict
+    theta: dict[str, float]
+    history: list[dict]
+    theta_history: list[dict[str, float]]
+    heldout_accuracy: float | None
+    heldout_ci95: float | None
+    heldout_episodes: int
+    diverged_episodes: int
+    skipped_steps: int
+    stopped: bool = False
+    wall_time_s: float
+    device: str
+    spec: dict
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA when present, else CPU."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("the spec asks for device 'cuda' but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def build_rule(spec: DiscoverySpec) -> CompiledRule:
+    """Compile the spec's term family F^r into the torch code of the inner loop."""
+    from rules.terms import term
+
+    ids = list(spec.rule.terms or [])
+    return compile_terms([term(t).expr for t in ids], [term(t).id for t in ids])
+
+
+def _mean_ci95(values: Tensor) -> tuple[float, float]:
+    """Mean and 95% half-width (normal approximation, 1.96 σ/√n)."""
+    n = values.numel()
+    mean = float(values.mean())
+    if n < 2:
+        return mean, float("nan")
+    return mean, float(1.96 * values.std(unbiased=True) / math.sqrt(n))
+
+
+class MetaTrainer:
+    """Holds θ, Adam, samplers and generators; `step()` performs one meta-step on a meta-batch of episodes."""
+
+    def __init__(self, spec: DiscoverySpec, device: torch.device | None = None):
+        from discovery.data import EpisodeSampler, load_dataset
+
+        self.spec = spec
+        self.device = device or resolve_device(spec.resources.device)
+        self.dtype = torch.float64 if spec.meta.dtype == "float64" else torch.float32
+        task, net = spec.task, spec.network
+        self.dataset = load_dataset(task.dataset, emnist_dir=task.emnist_dir, upsample=task.upsample)
+        d = self.dataset.images.shape[1]
+        if net.widths[0] != d:
+            raise ValueError(f"network input width {net.widths[0]} does not match the data set's {d} features "
+                             f"({task.dataset}{' upsampled' if task.upsample else ''})")
+        if not task.remap_labels and net.widths[-1] < self.dataset.n_classes:
+            raise ValueError(f"output width {net.widths[-1]} < {self.dataset.n_classes} classes (remap_labels off)")
+        common = dict(heldout_fraction=task.heldout_fraction, remap_labels=task.remap_labels)
+        seed = spec.meta.seed
+        self.train_sampler = EpisodeSampler(self.dataset, task.ways, task.shots, task.queries, split="train",
+                                            seed=seed, **common)
+        self.heldout_sampler = EpisodeSampler(self.dataset, task.ways, task.shots, task.queries,
+                                              split="heldout", seed=seed + 1_000_003, **common)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rule = build_rule(spec)
+        self.term_ids = list(spec.rule.terms or [])
+        init = spec.rule.initial_theta()
+        self.theta = torch.nn.Parameter(torch.tensor([init[t] for t in self.term_ids], dtype=self.dtype,
+                                                     device=self.device))
+        self.opt = torch.optim.Adam([self.theta], lr=spec.meta.lr)
+        self.episode = 0
+        self.history: list[dict] = []
+        self.diverged = 0
+        self.skipped = 0
+
+    # ------------------------------------------------------------------ one meta-step
+    def _weights(self, batch: int, gen: torch.Generator | None = None) -> tuple[list[Tensor], list[Tensor] | None]:
+        """Fresh W (Xavier × init_scale) and B for every episode: no meta-learned initialization."""
+        net, gen = self.spec.network, gen or self.gen
+        Ws = init_weights(net.widths, batch, gen, net.init_scale, self.device, self.dtype)
+        Bs = init_feedback(net.widths, net.feedback, batch, gen, self.device, self.dtype)
+        return Ws, Bs
+
+    def _gradient_forward(self, ep, Ws, Bs) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        net = self.spec.network
+        with torch.no_grad():
+            theta = self.theta.detach()
+            Wf, Wd = run_online_forward(self.rule, theta, Ws, Bs, ep.x_train, ep.y_train, net.feedback, net.beta)
+            loss, grad, acc = query_loss_forward(Wf, Wd, ep.x_query, ep.y_query, net.beta)
+        return loss, grad, acc, Wf
+
+    def _gradient_reverse(self, ep, Ws, Bs) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        net = self.spec.network
+        theta = self.theta
+        targets = onehot(ep.y_train, net.widths[-1], self.dtype)
+        Wt = list(Ws)
+        for s in range(ep.x_train.shape[1]):
+            Wt = rule_step(self.rule, theta, Wt, Bs, ep.x_train[:, s], targets[:, s], net.feedback, net.beta)
+        logits = query_logits(Wt, ep.x_query, net.beta)
+        loss = per_episode_ce(logits, ep.y_query)
+        grads = []
+        for b in range(loss.shape[0]):
+            (g,) = torch.autograd.grad(loss[b], theta, retain_graph=b < loss.shape[0] - 1)
+            grads.append(g)
+        grad = torch.stack(grads, dim=1)
+        acc = (logits.argmax(-1) == ep.y_query).to(self.dtype).mean(-1)
+        return loss.detach(), grad.detach(), acc.detach(), [w.detach() for w in Wt]
+
+    def meta_gradient(self, ep, Ws, Bs) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        """Per-episode query loss (B,), ∂loss/∂θ (R, B), accuracy (B,), adapted weights."""
+        if self.spec.meta.grad_mode == "reverse":
+            return self._gradient_reverse(ep, Ws, Bs)
+        return self._gradient_forward(ep, Ws, Bs)
+
+    def step(self) -> ProgressEvent:
+        """Sample a meta-batch, compute the exact meta-gradient, drop non-finite episodes, Adam-step θ."""
+        meta = self.spec.meta
+        ep = self.train_sampler.sample(meta.meta_batch, device=self.device, dtype=self.dtype)
+        Ws, Bs = self._weights(meta.meta_batch)
+        loss, grad, acc, Wf = self.meta_gradient(ep, Ws, Bs)
+        finite = torch.isfinite(loss) & torch.isfinite(grad).all(0)
+        finite &= torch.stack([torch.isfinite(w).flatten(1).all(1) for w in Wf]).all(0)
+        finite &= torch.stack([w.abs().flatten(1).amax(1) < meta.max_update_norm for w in Wf]).all(0)
+        n_bad = int((~finite).sum())
+        self.diverged += n_bad
+        skipped = not bool(finite.any())
+        alignment, e1 = [], []
+        if skipped:
+            self.skipped += 1
+        else:
+            g = grad[:, finite].mean(1) + meta.l1 * torch.sign(self.theta.detach())
+            self.opt.zero_grad(set_to_none=True)
+            self.theta.grad = g.to(self.theta.dtype)
+            self.opt.step()
+            idx = finite.nonzero()[0, 0].item()
+            alignment, e1 = self._diagnostics(ep, Wf, Bs, idx)
+        self.episode += 1
+        event = ProgressEvent(
+            episode=self.episode, total=meta.episodes,
+            meta_loss=None if skipped else float(loss[finite].mean() + meta.l1 * self.theta.detach().abs().sum()),
+            meta_accuracy=None if skipped else float(acc[finite].mean()),
+            theta=self.theta_dict(), alignment_deg=alignment, e1=e1, skipped=skipped, dropped_episodes=n_bad)
+        self.history.append(event.model_dump())
+        return event
+
+    def _diagnostics(self, ep, Wf, Bs, idx: int) -> tuple[list[float], list[float]]:
+        """Alignment angles α_ℓ (FA vs BP teaching signal) and E1_ℓ of one adapted episode, on its queries."""
+        net = self.spec.network
+        W1 = [w[idx:idx + 1] for w in Wf]
+        B1 = None if Bs is None else [b[idx:idx + 1] for b in Bs]
+        xq = ep.x_query[idx]
+        tq = onehot(ep.y_query[idx], net.widths[-1], self.dtype)
+        with torch.no_grad():
+            ang = alignment_angles(W1, B1, xq, tq, net.feedback, net.beta)
+            e1 = orthonormality_error(W1, xq, net.beta)
+        return ang, e1
+
+    def theta_dict(self) -> dict[str, float]:
+        return {t: float(v) for t, v in zip(self.term_ids, self.theta.detach().cpu())}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, episodes: int, batch: int = 25) -> tuple[float | None, float | None, int]:
+        """Held-out accuracy of the rule with the current θ: mean ± 95% CI over `episodes` held-out episodes."""
+        if episodes <= 0:
+            return None, None, 0
+        net = self.spec.network
+        learner = RuleLearner(self.rule, self.theta.detach(), net.feedback, net.beta)
+        eval_gen = torch.Generator().manual_seed(self.spec.meta.seed + 7_777)
+        self.heldout_sampler.reseed(self.spec.meta.seed + 1_000_003)
+        accs = []
+        with torch.no_grad():
+            done = 0
+            while done < episodes:
+                b = min(batch, episodes - done)
+                ep = self.heldout_sampler.sample(b, device=self.device, dtype=self.dtype)
+                Ws, Bs = self._weights(b, eval_gen)
+                Wf = run_online(learner, Ws, Bs, ep.x_train, ep.y_train)
+                accs.append(query_accuracy(Wf, ep.x_query, ep.y_query, net.beta).cpu())
+                done += b
+        values = torch.cat(accs).double()
+        values = torch.nan_to_num(values, nan=0.0)
+        mean, ci = _mean_ci95(values)
+        return mean, ci, values.numel()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "episode": self.episode, "theta": self.theta.detach().cpu(), "opt": self.opt.state_dict(),
+            "history": self.history, "diverged": self.diverged, "skipped": self.skipped,
+            "gen": self.gen.get_state(), "train_sampler": self.train_sampler.get_state(),
+            "spec": self.spec.model_dump(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.episode = state["episode"]
+        with torch.no_grad():
+            self.theta.copy_(state["theta"].to(self.theta))
+        self.opt.load_state_dict(state["opt"])
+        self.history = list(state["history"])
+        self.diverged, self.skipped = state["diverged"], state["skipped"]
+        self.gen.set_state(state["gen"])
+        self.train_sampler.set_state(state["train_sampler"])
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (CHECKPOINT_NAME + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, folder / CHECKPOINT_NAME)
+
+    def try_resume(self, folder: Path) -> bool:
+        path = folder / CHECKPOINT_NAME
+        if not path.exists():
+            return False
+        state = torch.load(path, weights_only=False)
+        if state.get("spec") != self.spec.model_dump():
+            return False
+        self.load_state_dict(state)
+        return True
+
+
+def learned_rule(term_ids: list[str], theta: dict[str, float], prune_rel: float = 1e-3):
+    """The discovered rule Σ θ_r F_r with coefficients below prune_rel · max|θ| dropped."""
+    from rules.rule import Rule
+
+    return Rule({t: theta[t] for t in term_ids}).pruned(prune_rel * max([abs(v) for v in theta.values()] + [1e-12]))
+
+
+def discover(spec: DiscoverySpec | dict, progress: Callable[[ProgressEvent], None] | None = None,
+             checkpoint_dir: Path | str | None = None,
+             should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
+    """Meta-train θ for `spec`, evaluate on held-out episodes, return the rule and its history."""
+    spec = spec if isinstance(spec, DiscoverySpec) else DiscoverySpec.model_validate(spec)
+    t0 = time.perf_counter()
+    trainer = MetaTrainer(spec)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if folder is not None:
+        trainer.try_resume(folder)
+    stopped = False
+    while trainer.episode < spec.meta.episodes:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        event = trainer.step()
+        if progress is not None:
+            progress(event)
+        if folder is not None and trainer.episode % spec.meta.checkpoint_every == 0:
+            trainer.save(folder)
+    if folder is not None:
+        trainer.save(folder)
+    acc, ci, n = (None, None, 0) if stopped else trainer.evaluate(spec.meta.eval_episodes)
+    theta = trainer.theta_dict()
+    rule = learned_rule(trainer.term_ids, theta)
+    rule_dict = rule.to_dict()
+    rule_dict["coefficients_raw"] = theta
+    return DiscoveryResult(
+        rule=rule_dict, theta=theta, history=trainer.history,
+        theta_history=[h["theta"] for h in trainer.history], heldout_accuracy=acc, heldout_ci95=ci,
+        heldout_episodes=n, diverged_episodes=trainer.diverged, skipped_steps=trainer.skipped, stopped=stopped,
+        wall_time_s=time.perf_counter() - t0, device=str(trainer.device), spec=spec.model_dump())
