@@ -81,7 +81,7 @@ def engine_trainer(shots: int, meta_batch: int, device: torch.device):
         "network": {"widths": WIDTHS, "feedback": "fa"},
         "task": {"dataset": "synthetic", "ways": WAYS, "shots": shots, "queries": 10},
         "rule": {"pool": "paper3", "theta_init": {"F0": 1e-3, "F2": 0.0, "F9": 0.0}},
-        "meta": {"episodes": 10**6, "meta_batch": meta_batch, "eval_episodes": 0, "lr": 3e-4},
+        "meta": {"episodes": 100_000, "meta_batch": meta_batch, "eval_episodes": 0, "lr": 3e-4},
         "resources": {"device": device.type},
     })
     return MetaTrainer(spec, device)
@@ -122,7 +122,11 @@ def measure(kind: str, shots: int, meta_batch: int, steps: int, device: str) -> 
     queue = ctx.Queue()
     proc = ctx.Process(target=_measure, args=(kind, shots, meta_batch, steps, device, queue))
     proc.start()
-    out = queue.get()
+    try:
+        out = queue.get(timeout=1800)
+    except Exception as exc:  # the child crashed or hung: report, do not hang
+        proc.kill()
+        raise RuntimeError(f"benchmark configuration {kind} (shots={shots}) failed; exit code {proc.exitcode}") from exc
     proc.join()
     return out
 

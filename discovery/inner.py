@@ -152,19 +152,17 @@ def _tangent_errors(ys, yd, p, pd, target, Ws, Wd, Bs, feedback: str, beta: floa
 def rule_step_forward(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Wd: Sequence[Tensor],
                       Bs: Sequence[Tensor] | None, x: Tensor, target: Tensor, feedback: str,
                       beta: float) -> tuple[Weights, Weights]:
-    """One online step of W and of its R tangents Ẇ = ∂W/∂θ (closed-form product rule)."""
+    """One online step of W and of its R tangents Ẇ = ∂W/∂θ (closed-form product rule), in place."""
     ys, yd, p, pd = _tangent_forward(Ws, Wd, x, beta)
     es, ed = _tangent_errors(ys, yd, p, pd, target, Ws, Wd, Bs, feedback, beta)
     post, post_d = [*ys[:-1], p], [*yd[:-1], pd]
-    new_W, new_D = [], []
     for i, (W, D) in enumerate(zip(Ws, Wd)):
         env = rule_env(i, ys, post, es, W)
         tan = {"y": post_d[i + 1], "e": ed[i + 1], "e_pre": ed[i], "W": D}
         if yd[i] is not None:
             tan["x"] = yd[i]
-        new_D.append(rule.update_tangent(theta, env, tan))
-        new_W.append(rule.update(theta, env))
-    return new_W, new_D
+        rule.step_forward_(theta, env, tan)
+    return list(Ws), list(Wd)
 
 
 def query_loss_forward(Ws: Sequence[Tensor], Wd: Sequence[Tensor], xq: Tensor, yq: Tensor,
@@ -193,7 +191,7 @@ def run_online_forward(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], 
                        x_train: Tensor, y_train: Tensor, feedback: str, beta: float) -> tuple[Weights, Weights]:
     """The whole online pass with tangents; Ẇ starts at 0 (W_0 does not depend on θ)."""
     R = len(rule)
-    Ws = list(Ws)
+    Ws = [W.clone() for W in Ws]
     Wd = [torch.zeros((R, *W.shape), dtype=W.dtype, device=W.device) for W in Ws]
     targets = onehot(y_train, Ws[-1].shape[1], Ws[0].dtype)
     for s in range(x_train.shape[1]):

@@ -97,7 +97,12 @@ class MetaTrainer:
         self.device = device or resolve_device(spec.resources.device)
         self.dtype = torch.float64 if spec.meta.dtype == "float64" else torch.float32
         task, net = spec.task, spec.network
-        self.dataset = load_dataset(task.dataset, emnist_dir=task.emnist_dir, upsample=task.upsample)
+        extra = {}
+        if task.dataset == "synthetic":  # enough images per class for both splits of K + Q
+            need = task.shots + task.queries
+            extra = {"dim": net.widths[0], "per_class": max(100, math.ceil(need / min(task.heldout_fraction,
+                                                                                        1 - task.heldout_fraction)) + 2)}
+        self.dataset = load_dataset(task.dataset, emnist_dir=task.emnist_dir, upsample=task.upsample, **extra)
         d = self.dataset.images.shape[1]
         if net.widths[0] != d:
             raise ValueError(f"network input width {net.widths[0]} does not match the data set's {d} features "
@@ -108,8 +113,8 @@ class MetaTrainer:
         seed = spec.meta.seed
         self.train_sampler = EpisodeSampler(self.dataset, task.ways, task.shots, task.queries, split="train",
                                             seed=seed, **common)
-        self.heldout_sampler = EpisodeSampler(self.dataset, task.ways, task.shots, task.queries,
-                                              split="heldout", seed=seed + 1_000_003, **common)
+        self._sampler_args = (EpisodeSampler, task, common, seed)
+        self._heldout = None
         self.gen = torch.Generator().manual_seed(seed)
         self.rule = build_rule(spec)
         self.term_ids = list(spec.rule.terms or [])
@@ -121,6 +126,15 @@ class MetaTrainer:
         self.history: list[dict] = []
         self.diverged = 0
         self.skipped = 0
+
+    @property
+    def heldout_sampler(self):
+        """Held-out images (and classes, for many-class sets), built on first use."""
+        if self._heldout is None:
+            cls, task, common, seed = self._sampler_args
+            self._heldout = cls(self.dataset, task.ways, task.shots, task.queries, split="heldout",
+                                seed=seed + 1_000_003, **common)
+        return self._heldout
 
     # ------------------------------------------------------------------ one meta-step
     def _weights(self, batch: int, gen: torch.Generator | None = None) -> tuple[list[Tensor], list[Tensor] | None]:

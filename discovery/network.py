@@ -59,8 +59,8 @@ def softplus_grad_from_output(y: Tensor, beta: float) -> Tensor:
 
 
 def matvec(W: Tensor, v: Tensor) -> Tensor:
-    """Batched W v: (B, n, m) × (B, m) → (B, n)."""
-    return torch.bmm(W, v.unsqueeze(-1)).squeeze(-1)
+    """Batched W v: (B, n, m) × (B, m) → (B, n), computed as vᵀWᵀ (contiguous rows: faster than gemv)."""
+    return torch.bmm(v.unsqueeze(1), W.transpose(1, 2)).squeeze(1)
 
 
 def vecmat(v: Tensor, W: Tensor) -> Tensor:

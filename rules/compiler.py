@@ -145,10 +145,14 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
 
     A big primal matrix is never copied R times: the R tangents are folded into its vector operand instead."""
     if a.dim() == b.dim():
+        if b.shape[-1] == 1 and a.shape[-2] > 1 and a.shape[-1] > 1:
+            return _matvec_t(a, b)
         return torch.matmul(a, b)
     if a.dim() == 4:  # (R,B,p,k) @ (B,k,q)
         R, B, p, k = a.shape
         q = b.shape[-1]
+        if q == 1 and p > 1 and k > 1:
+            return _matvec_t(a, b.unsqueeze(0).expand(R, *b.shape))
         if q == 1 or k == 1:
             return torch.matmul(a, b.unsqueeze(0))
         out = torch.bmm(a.permute(1, 0, 2, 3).reshape(B, R * p, k), b)
@@ -159,6 +163,15 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
         return torch.matmul(a.unsqueeze(0), b)
     out = torch.bmm(a, b.permute(1, 2, 0, 3).reshape(B, k, R * q))
     return out.reshape(B, p, R, q).permute(2, 0, 1, 3)
+
+
+def _matvec_t(a: Tensor, b: Tensor) -> Tensor:
+    """A v as (vᵀ Aᵀ)ᵀ: BLAS streams A's rows contiguously (measured ~3x faster than gemv for batch of A)."""
+    lead = a.shape[:-2]
+    p, k = a.shape[-2:]
+    a3 = a.reshape(-1, p, k)
+    v3 = b.reshape(-1, k, 1)
+    return torch.bmm(v3.transpose(1, 2), a3.transpose(1, 2)).reshape(*lead, p, 1)
 
 
 def _operand(f: Factor, env: Mapping[str, Tensor]) -> Tensor:
@@ -203,8 +216,8 @@ def _column(factors: Sequence[Factor], env: Mapping[str, Tensor]) -> Tensor:
     return _chain(factors, env, right_to_left=True)
 
 
-def _row_as_column(factors: Sequence[Factor], env: Mapping[str, Tensor]) -> Tensor:
-    return _chain(factors, env, right_to_left=False).transpose(-1, -2)
+def _row(factors: Sequence[Factor], env: Mapping[str, Tensor]) -> Tensor:
+    return _chain(factors, env, right_to_left=False)
 
 
 class CompiledRule:
@@ -229,22 +242,22 @@ class CompiledRule:
         return {**env, "one": torch.ones_like(e)}
 
     def atoms(self, theta: Tensor, env: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """U (B, n, K), V (B, m, K) with Σ_t θ_t Σ_i c_i u_i v_iᵀ = U Vᵀ (θ and c folded into U)."""
+        """U (B, n, K), Vᵀ (B, K, m) with Σ_t θ_t Σ_i c_i u_i v_iᵀ = U Vᵀ (θ and c folded into U)."""
         env = self._with_one(env)
         us, vs = [], []
         for t, term in enumerate(self.terms):
             for a in term.atoms:
                 us.append(_column(a.prefix, env) * (a.coef * theta[t]))
-                vs.append(_row_as_column(a.suffix, env))
-        return torch.cat(us, dim=-1), torch.cat(vs, dim=-1)
+                vs.append(_row(a.suffix, env))
+        return torch.cat(us, dim=-1), torch.cat(vs, dim=-2)
 
     def delta(self, theta: Tensor, env: Mapping[str, Tensor]) -> Tensor:
         """ΔW (B, n, m)."""
         W = env["W"]
         out = torch.zeros_like(W)
         if any(t.atoms for t in self.terms):
-            U, V = self.atoms(theta, env)
-            out = torch.bmm(U, V.transpose(1, 2))
+            U, Vt = self.atoms(theta, env)
+            out = torch.bmm(U, Vt)
         if self.has_decay:
             out = out + W * self.decay_scale(theta)
         return out
@@ -259,23 +272,33 @@ class CompiledRule:
         base = W * (1 + self.decay_scale(theta)) if self.has_decay else W
         if not any(t.atoms for t in self.terms):
             return base
-        U, V = self.atoms(theta, env)
-        return torch.baddbmm(base, U, V.transpose(1, 2))
+        U, Vt = self.atoms(theta, env)
+        return torch.baddbmm(base, U, Vt)
 
     def update_tangent(self, theta: Tensor, env: Mapping[str, Tensor], tan: Mapping[str, Tensor],
                        own: bool = True) -> Tensor:
         """Ẇ + d(ΔW) for R tangent directions (tan values are (R, B, …); tan['W'] is (R, B, n, m)).
 
         d(ΔW)_r = Σ_t θ_t (U̇_t V_tᵀ + U_t V̇_tᵀ + d_t Ẇ_r) + [own] F_r (the explicit ∂ΔW/∂θ_r, R = #terms)."""
-        env = self._with_one(env)
         Wdot = tan["W"]
+        return self.step_forward_(theta, env, {**tan, "W": Wdot.clone()}, own=own, update_primal=False)
+
+    def step_forward_(self, theta: Tensor, env: Mapping[str, Tensor], tan: Mapping[str, Tensor],
+                      own: bool = True, update_primal: bool = True) -> Tensor:
+        """In place (no autograd): Ẇ ← Ẇ + d(ΔW), then W ← W + ΔW; the primal atoms are computed once.
+
+        Returns the updated tangent tensor tan['W'] (R, B, n, m); env['W'] is updated when update_primal."""
+        env = self._with_one(env)
+        W, Wdot = env["W"], tan["W"]
         R = Wdot.shape[0]
-        left, right = [], []
+        left, right, us, vs = [], [], [], []
         for t, term in enumerate(self.terms):
             for a in term.atoms:
                 c = a.coef * theta[t]
                 u = _column(a.prefix, env)
-                v = _row_as_column(a.suffix, env)
+                v = _row(a.suffix, env)
+                us.append(u * c)
+                vs.append(v)
                 du = _chain_tangent(a.prefix, env, tan, right_to_left=True)
                 dv = _chain_tangent(a.suffix, env, tan, right_to_left=False)
                 if du is not None:
@@ -283,25 +306,30 @@ class CompiledRule:
                     right.append(v.unsqueeze(0).expand(R, *v.shape))
                 if dv is not None:
                     left.append((u * c).unsqueeze(0).expand(R, *u.shape))
-                    right.append(dv.transpose(-1, -2))
+                    right.append(dv)
                 if own:
                     mask = torch.zeros(R, 1, 1, 1, dtype=u.dtype, device=u.device)
                     mask[t] = a.coef
                     left.append(u.unsqueeze(0) * mask)
                     right.append(v.unsqueeze(0).expand(R, *v.shape))
-        base = Wdot * (1 + self.decay_scale(theta)) if self.has_decay else Wdot
-        if own and self.has_decay:
-            d = torch.tensor(self.decays, dtype=Wdot.dtype, device=Wdot.device).view(R, 1, 1, 1)
-            base = base + d * env["W"].unsqueeze(0)
-        if not left:
-            return base
-        Lm = torch.cat(left, dim=-1)
-        Rm = torch.cat(right, dim=-1)
-        Rr, B, n, K = Lm.shape
-        m = Rm.shape[2]
-        out = torch.baddbmm(base.reshape(Rr * B, n, m), Lm.reshape(Rr * B, n, K),
-                            Rm.reshape(Rr * B, m, K).transpose(1, 2))
-        return out.reshape(Rr, B, n, m)
+        scale = 1 + self.decay_scale(theta) if self.has_decay else None
+        if self.has_decay:
+            Wdot.mul_(scale)
+            if own:
+                d = torch.tensor(self.decays, dtype=Wdot.dtype, device=Wdot.device).view(R, 1, 1, 1)
+                Wdot.add_(d * W.unsqueeze(0))
+        if left:
+            Lm = torch.cat(left, dim=-1)
+            Rm = torch.cat(right, dim=-2)
+            _, B, n, K = Lm.shape
+            m = Rm.shape[-1]
+            Wdot.view(R * B, n, m).baddbmm_(Lm.reshape(R * B, n, K), Rm.reshape(R * B, K, m))
+        if update_primal:
+            if scale is not None:
+                W.mul_(scale)
+            if us:
+                W.baddbmm_(torch.cat(us, dim=-1), torch.cat(vs, dim=-2))
+        return Wdot
 
 
 def compile_terms(exprs: Sequence[sympy.Basic], names: Sequence[str] | None = None) -> CompiledRule:

@@ -13,7 +13,7 @@ from discovery.spec import DiscoverySpec
 from rules.compiler import compile_expression, compile_terms, reference_function
 from rules.terms import TERMS, term
 
-torch.set_default_dtype(torch.float64)
+D = torch.float64
 
 
 def _env(B=3, n=5, m=4, seed=0):
@@ -70,7 +70,7 @@ def test_bp_mode_update_equals_autograd():
     """θ0·F0 with B = W is exactly one SGD step on the per-sample cross-entropy: ΔW = −θ0 ∂ℓ/∂W."""
     Ws, _, x, y, _, _ = _tiny("bp")
     rule = compile_terms([term("F0").expr])
-    theta = torch.tensor([0.1])
+    theta = torch.tensor([0.1], dtype=D)
     target = torch.nn.functional.one_hot(y[:, 0], 3).double()
     new = rule_step(rule, theta, Ws, None, x[:, 0], target, "bp", 10.0)
     leaves = [w.clone().requires_grad_(True) for w in Ws]
@@ -89,7 +89,7 @@ def test_bp_mode_update_equals_autograd():
 def test_forward_mode_equals_reverse_mode(feedback, pool):
     Ws, Bs, x, y, xq, yq = _tiny(feedback)
     rule = compile_terms([term(t).expr for t in pool])
-    theta0 = torch.tensor([0.05, -0.03, 0.02, 0.01, -0.01, 0.004, 0.003, 0.002][: len(pool)])
+    theta0 = torch.tensor([0.05, -0.03, 0.02, 0.01, -0.01, 0.004, 0.003, 0.002][: len(pool)], dtype=D)
     # forward mode
     from discovery.inner import query_loss_forward
     Wf, Wd = run_online_forward(rule, theta0, Ws, Bs, x, y, feedback, 10.0)
@@ -114,7 +114,7 @@ def test_whole_expression_compiles_and_fuses():
 
     rule = Rule.parse("-0.012*e*x.T + 0.065*e*e_pre.T + 0.008*(y*x.T - y*(y.T*W))")
     env = _env()
-    got = compile_expression(rule.expression).delta(torch.ones(1), env)
+    got = compile_expression(rule.expression).delta(torch.ones(1, dtype=D), env)
     want = 0.012 * _hand("F0", env) - 0.065 * _hand("F2", env) + 0.008 * _hand("F9", env)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
@@ -171,7 +171,7 @@ def test_absurd_learning_rate_records_divergence():
 
 
 def test_trainer_rejects_mismatched_input_width():
-    spec = DiscoverySpec.model_validate({"network": {"widths": [10, 5]}, "task": {"dataset": "synthetic"},
+    spec = DiscoverySpec.model_validate({"network": {"widths": [10, 5]}, "task": {"dataset": "digits"},
                                          "meta": {"episodes": 1}})
     with pytest.raises(ValueError, match="input width"):
         MetaTrainer(spec)

@@ -1,0 +1,187 @@
+"""Baseline learners behind the same ``Learner`` protocol as a compiled rule (SCIENCE.md S3, S1, S4).
+
+Every learner updates all layers once per sample (batch 1 per episode, B episodes in parallel) and returns new
+weights W_ℓ of shape (B, n_ℓ, n_{ℓ−1}).
+
+* Pseudo-gradient (BP / FA / DFA / sign):  W_ℓ ← W_ℓ − η e_ℓ y_{ℓ−1}ᵀ, with e_ℓ from
+  :func:`discovery.network.errors` for the learner's feedback mode (B = W for bp, random B for fa, e_L D_ℓ for dfa).
+* Pseudo-gradient + Oja (S1; F9 with γ):  ΔW_ℓ = −η e_ℓ y_{ℓ−1}ᵀ + γ (y_ℓ y_{ℓ−1}ᵀ − y_ℓ (y_ℓᵀ W_ℓ)), the decay
+  evaluated the cheap way y (yᵀW); the output layer's post-activity is softmax(z_L), as a rule sees it.
+* Predictive coding Strict / FixedPred / Exact: :mod:`discovery.pc`.
+
+Locality (leaderboard column): "weight transport" when the teaching signal needs W in the feedback path (bp,
+sign, predictive coding), "global error" when an output error reaches every layer through fixed random pathways
+(fa, dfa), "local" for rules that use no error at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from discovery.network import errors, forward, post_activities, vecmat
+
+Weights = list[Tensor]
+
+#: The three values of the leaderboard's locality column.
+LOCALITIES = ("weight transport", "global error", "local")
+
+
+def locality_of(feedback: str) -> str:
+    """Locality of a learner whose teaching signal travels through ``feedback`` (bp | sign | fa | dfa | none)."""
+    if feedback in ("bp", "sign"):
+        return "weight transport"
+    if feedback in ("fa", "dfa"):
+        return "global error"
+    if feedback in ("none", "local"):
+        return "local"
+    raise ValueError(f"unknown feedback mode {feedback!r}")
+
+
+@dataclass
+class PseudoGradientLearner:
+    """W_ℓ ← W_ℓ − η e_ℓ y_{ℓ−1}ᵀ + γ (y_ℓ y_{ℓ−1}ᵀ − y_ℓ (y_ℓᵀ W_ℓ)); γ = 0 gives BP / FA / DFA.
+
+    ``feedback`` selects e_ℓ (bp: exact backprop δ_ℓ; fa: random B; dfa: e_L D_ℓ; sign: sign(W)⊙|B|)."""
+
+    lr: float
+    feedback: str = "bp"
+    gamma: float = 0.0
+    beta: float = 10.0
+    name: str = ""
+    hyperparameters: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            base = {"bp": "BP", "fa": "FA", "dfa": "DFA", "sign": "Sign"}[self.feedback]
+            self.name = base + ("+Oja" if self.gamma else "")
+        self.hyperparameters = {"lr": float(self.lr)}
+        if self.gamma:
+            self.hyperparameters["gamma"] = float(self.gamma)
+
+    @property
+    def locality(self) -> str:
+        return locality_of(self.feedback)
+
+    def teaching_signals(self, Ws: Sequence[Tensor], Bs: Sequence[Tensor] | None, x: Tensor,
+                         target: Tensor) -> list[Tensor]:
+        """[e_1, …, e_L]: the pre-activation errors this learner's update uses."""
+        ys = forward(Ws, x, self.beta)
+        return errors(ys, target, Ws, Bs, self.feedback, self.beta)[1:]
+
+    def step(self, Ws: Sequence[Tensor], Bs: Sequence[Tensor] | None, x: Tensor, target: Tensor) -> Weights:
+        ys = forward(Ws, x, self.beta)
+        es = errors(ys, target, Ws, Bs, self.feedback, self.beta)
+        post = post_activities(ys) if self.gamma else ys
+        out: Weights = []
+        for i, W in enumerate(Ws):
+            pre = ys[i].unsqueeze(1)  # (B, 1, m)
+            new = torch.baddbmm(W, es[i + 1].unsqueeze(2), pre, alpha=-self.lr)
+            if self.gamma:
+                y = post[i + 1]
+                resid = ys[i] - vecmat(y, W)  # y_{ℓ−1} − yᵀW (old W): Oja = y (y_{ℓ−1} − yᵀW)ᵀ
+                new = torch.baddbmm(new, y.unsqueeze(2), resid.unsqueeze(1), alpha=self.gamma)
+            out.append(new)
+        return out
+
+
+def backprop(lr: float, beta: float = 10.0) -> PseudoGradientLearner:
+    """Online SGD with exact backprop: W_ℓ ← W_ℓ − η δ_ℓ y_{ℓ−1}ᵀ."""
+    return PseudoGradientLearner(lr=lr, feedback="bp", beta=beta)
+
+
+def feedback_alignment(lr: float, beta: float = 10.0) -> PseudoGradientLearner:
+    """FA: e_ℓ = (e_{ℓ+1} B_{ℓ+1}) ⊙ σ'_ℓ with fixed random B."""
+    return PseudoGradientLearner(lr=lr, feedback="fa", beta=beta)
+
+
+def direct_feedback_alignment(lr: float, beta: float = 10.0) -> PseudoGradientLearner:
+    """DFA: e_ℓ = (e_L D_ℓ) ⊙ σ'_ℓ with fixed random D_ℓ (n_L × n_ℓ)."""
+    return PseudoGradientLearner(lr=lr, feedback="dfa", beta=beta)
+
+
+def bp_oja(lr: float, gamma: float, beta: float = 10.0) -> PseudoGradientLearner:
+    """S1: ΔW_ℓ = −η δ_ℓ y_{ℓ−1}ᵀ + γ (y_ℓ y_{ℓ−1}ᵀ − y_ℓ (y_ℓᵀ W_ℓ))."""
+    return PseudoGradientLearner(lr=lr, feedback="bp", gamma=gamma, beta=beta)
+
+
+# ----------------------------------------------------------------------------------------- tuning grids
+
+#: Budget: every baseline gets exactly this many grid points (× the same meta-train episodes) when tuned.
+GRID_POINTS = 9
+#: 9 log-spaced online learning rates for single-hyperparameter learners.
+LR_GRID_9: tuple[float, ...] = (0.003, 0.006, 0.01, 0.02, 0.03, 0.06, 0.1, 0.2, 0.3)
+#: 3 learning rates × 3 values of the second hyperparameter for two-hyperparameter learners.
+LR_GRID_3: tuple[float, ...] = (0.01, 0.03, 0.1)
+OJA_GAMMA_GRID_3: tuple[float, ...] = (0.001, 0.003, 0.01)
+#: (η, n) of the PC relaxation; FixedPred(1, L) would be exactly BP, so it is left out of the grid.
+PC_FIXEDPRED_GRID_3: tuple[tuple[float, int], ...] = ((0.1, 20), (0.2, 10), (0.5, 5))
+PC_STRICT_GRID_3: tuple[tuple[float, int], ...] = ((0.1, 20), (0.2, 10), (0.4, 5))
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """A named baseline: its factory (beta, **hyperparameters) → Learner, its feedback mode, and its tuning grid
+    (exactly :data:`GRID_POINTS` points, so every baseline is tuned with the same budget)."""
+
+    name: str
+    feedback: str
+    factory: Callable[..., Any]
+    grid: tuple[Mapping[str, float], ...]
+
+    def make(self, beta: float, **hp: float) -> Any:
+        return self.factory(beta=beta, **hp)
+
+
+def _product(lrs: Sequence[float], key: str, values: Sequence[Any]) -> tuple[dict[str, Any], ...]:
+    out: list[dict[str, Any]] = []
+    for lr in lrs:
+        for v in values:
+            if isinstance(v, tuple):
+                out.append({"lr": lr, "eta": v[0], "n": v[1]})
+            else:
+                out.append({"lr": lr, key: v})
+    return tuple(out)
+
+
+def _pc_factory(mode: str) -> Callable[..., Any]:
+    def make(beta: float, lr: float, eta: float = 1.0, n: int | None = None) -> Any:
+        from discovery.pc import PCLearner
+
+        return PCLearner(mode=mode, lr=lr, eta=eta, n=n, beta=beta)
+
+    return make
+
+
+def _registry() -> dict[str, BaselineSpec]:
+    lr9 = tuple({"lr": lr} for lr in LR_GRID_9)
+    return {
+        "BP": BaselineSpec("BP", "bp", lambda beta, lr: backprop(lr, beta), lr9),
+        "FA": BaselineSpec("FA", "fa", lambda beta, lr: feedback_alignment(lr, beta), lr9),
+        "DFA": BaselineSpec("DFA", "dfa", lambda beta, lr: direct_feedback_alignment(lr, beta), lr9),
+        "BP+Oja": BaselineSpec("BP+Oja", "bp", lambda beta, lr, gamma: bp_oja(lr, gamma, beta),
+                               _product(LR_GRID_3, "gamma", OJA_GAMMA_GRID_3)),
+        "PC-Exact": BaselineSpec("PC-Exact", "bp", _pc_factory("exact"), lr9),
+        "PC-FixedPred": BaselineSpec("PC-FixedPred", "bp", _pc_factory("fixedpred"),
+                                     _product(LR_GRID_3, "", PC_FIXEDPRED_GRID_3)),
+        "PC-Strict": BaselineSpec("PC-Strict", "bp", _pc_factory("strict"),
+                                  _product(LR_GRID_3, "", PC_STRICT_GRID_3)),
+    }
+
+
+#: Named baselines with their tuning grids (same number of points each).
+BASELINES: dict[str, BaselineSpec] = _registry()
+assert all(len(b.grid) == GRID_POINTS for b in BASELINES.values())
+
+
+def make_baseline(name: str, beta: float = 10.0, **hp: float) -> Any:
+    """A baseline learner by name with explicit hyperparameters, e.g. ``make_baseline("BP+Oja", lr=.03, gamma=.003)``."""
+    try:
+        spec = BASELINES[name]
+    except KeyError:
+        raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}") from None
+    return spec.make(beta, **hp)

@@ -1,0 +1,545 @@
+"""Named, versioned benchmark suites: a suite is data (network, data set and split, protocol, metrics) plus the
+runner that executes it; ``run_suite`` scores tuned baselines and an optional discovered rule (SCIENCE.md S3, S1).
+
+Built-in suites (all online: batch 1, one pass, one update per sample):
+* ``fa5-online``  — S3 setting, 784-170-130-100-70-10 on mnist5k held-out images, 5-way 50-shot, 10 queries/class,
+  200 episodes; accuracy ± 95% t-interval, alignment α_ℓ(e_ℓ, δ_ℓ), E1_ℓ = (1/N)‖Z_ℓ − Y_ℓ W_ℓ W_ℓᵀ‖²_F.
+* ``deep-online`` — S1: depth L ∈ {2, 5, 10}, init scale ∈ {0.3, 1, 3} × Xavier, one pass over a 10-class stream;
+  BP vs BP + Oja (ΔW_ℓ = −η δ_ℓ y_{ℓ−1}ᵀ + γ(y_ℓ y_{ℓ−1}ᵀ − y_ℓ y_ℓᵀ W_ℓ)) and the rule; accuracy, activation norms.
+* ``emnist-5way`` — the paper's 784-170-130-100-70-47 on EMNIST-balanced, when PLASTICITY_EMNIST_DIR is set.
+
+Plug-ins (recurrent fixed-point, reservoir suites) build a :class:`Suite` with their own ``runner(suite, ctx)``
+and call :func:`register_suite`; modules listed in :data:`PLUGIN_MODULES` are imported on first lookup.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from discovery.baselines import BASELINES, GRID_POINTS, locality_of
+from discovery.evaluate import (
+    LearnerRun,
+    is_learner,
+    mean_finite,
+    rule_description,
+    rule_learner,
+    run_learner,
+    t_interval,
+    tune,
+)
+
+Progress = Callable[[dict[str, Any]], None]
+Runner = Callable[["Suite", "RunContext"], dict[str, Any]]
+
+#: Modules that register extra suites when imported (missing ones are skipped).
+PLUGIN_MODULES: tuple[str, ...] = ("discovery.fixedpoint", "discovery.reservoir")
+EMNIST_ENV = "PLASTICITY_EMNIST_DIR"
+
+
+class SuiteSkipped(Exception):
+    """Raised by a runner when the suite cannot run here (e.g. data not configured); the report says why."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a runner gets besides its (resolved) suite: the rule to score (None, a ``rules.Rule``, an expression
+    string or a ready Learner), the seed, tiny mode, the device, an optional feedback override for the rule, and
+    ``emit(event)`` for progress (events carry ``suite``, ``stage``, ``learner``, ``done``, ``total``)."""
+
+    rule: Any
+    seed: int
+    tiny: bool
+    device: str
+    feedback: str | None
+    emit: Callable[[dict[str, Any]], None]
+
+
+class Suite(BaseModel):
+    """A benchmark suite definition (data) and its runner.
+
+    ``network``, ``data``, ``protocol`` are free-form sections the runner reads; ``tiny`` holds per-section
+    overrides applied when ``tiny=True`` (``{"protocol": {"episodes": 4}, ...}``); ``protocol_text`` is a
+    ``str.format_map`` template over the resolved sections (e.g. ``"{data[ways]}-way"``). ``runner(suite, ctx)``
+    returns ``{"entries": [...]}`` (optionally ``skipped``, ``protocol``, ``notes``) — see :func:`run_suite`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    version: str = Field(min_length=1, max_length=40)
+    title: str = ""
+    description: str = ""
+    kind: str = "mlp-online"
+    network: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    protocol: dict[str, Any] = Field(default_factory=dict)
+    metrics: list[str] = Field(default_factory=list)
+    baselines: list[str] = Field(default_factory=list)
+    tiny: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    requires_env: list[str] = Field(default_factory=list)
+    protocol_text: str = ""
+    runner: Runner = Field(exclude=True)
+
+    @field_validator("runner")
+    @classmethod
+    def _callable(cls, v: Any) -> Any:
+        if not callable(v):
+            raise TypeError("runner must be callable: runner(suite, ctx) -> dict")
+        return v
+
+    def resolved(self, tiny: bool) -> Suite:
+        """The suite with its tiny overrides merged in (itself when ``tiny`` is False)."""
+        if not tiny or not self.tiny:
+            return self
+        return self.with_overrides(self.tiny)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Suite:
+        """A copy with per-section overrides merged in: ``{"protocol": {"episodes": 50}, "baselines": [...]}``."""
+        upd: dict[str, Any] = {}
+        for section, over in overrides.items():
+            if section in ("network", "data", "protocol"):
+                upd[section] = {**getattr(self, section), **over}
+            elif section in ("baselines", "metrics"):
+                upd[section] = list(over)  # type: ignore[arg-type]
+            else:
+                raise ValueError(f"cannot override unknown section {section!r}")
+        return self.model_copy(update=upd)
+
+    def describe(self) -> str:
+        """The protocol in words (``protocol_text`` filled with the resolved sections)."""
+        if not self.protocol_text:
+            return self.description
+        return self.protocol_text.format_map({"network": self.network, "data": self.data,
+                                              "protocol": self.protocol, "name": self.name})
+
+    def definition(self, tiny: bool = False) -> dict[str, Any]:
+        """JSON-able definition (for ``GET /api/suites``): every field but the runner, plus the runner's name."""
+        s = self.resolved(tiny)
+        d = s.model_dump(mode="json")
+        d["runner"] = f"{getattr(self.runner, '__module__', '?')}.{getattr(self.runner, '__qualname__', '?')}"
+        d["protocol_description"] = s.describe()
+        return d
+
+
+#: The registry: suite name → definition (latest registered version).
+SUITES: dict[str, Suite] = {}
+_plugins_loaded = False
+
+
+def register_suite(suite: Suite, *, replace: bool = False) -> Suite:
+    """Add a suite to :data:`SUITES`. Re-registering an identical definition is a no-op; a different one under
+    an existing name needs ``replace=True`` (bump ``version`` when a definition changes)."""
+    if not isinstance(suite, Suite):
+        raise TypeError("register_suite expects a discovery.suites.Suite")
+    old = SUITES.get(suite.name)
+    if old is not None and not replace:
+        same = old.model_dump() == suite.model_dump() and old.runner is suite.runner
+        if not same:
+            raise ValueError(f"suite {suite.name!r} is already registered (version {old.version}); "
+                             "pass replace=True to override it")
+        return old
+    SUITES[suite.name] = suite
+    return suite
+
+
+def load_plugins() -> None:
+    """Import :data:`PLUGIN_MODULES` once, so their suites register themselves (absent modules are skipped)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for mod in PLUGIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+def get_suite(name: str) -> Suite:
+    """The registered suite called ``name`` (loading plug-ins first if needed)."""
+    if name not in SUITES:
+        load_plugins()
+    try:
+        return SUITES[name]
+    except KeyError:
+        raise KeyError(f"unknown suite {name!r}; registered: {', '.join(sorted(SUITES))}") from None
+
+
+def list_suites(tiny: bool = False) -> list[dict[str, Any]]:
+    """Definitions of every registered suite (JSON-able), sorted by name."""
+    load_plugins()
+    return [SUITES[k].definition(tiny) for k in sorted(SUITES)]
+
+
+def _json_safe(obj: Any) -> Any:
+    """Replace NaN/inf by None and tuples by lists, recursively (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _json_safe(obj.tolist())
+    return obj
+
+
+def run_suite(name: str, rule: Any = None, *, tiny: bool = False, seed: int = 0, progress: Progress | None = None,
+              device: str = "cpu", feedback: str | None = None, threads: int | None = None,
+              overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run a suite: tune and score its baselines, score ``rule`` as it is (if given); JSON-able report.
+
+    Returns ``{suite, version, title, kind, protocol (text), definition, seed, tiny, device, wall_time_s,
+    skipped (None or the reason), entries: [{learner, kind: "baseline"|"rule", score, ci95: [lo, hi],
+    ci95_halfwidth, episodes, metrics, locality, cost_per_sample_ms, hyperparameters, tuning}], notes}``.
+    ``rule``: None, a ``rules.Rule``, an expression string, or any Learner; ``feedback`` overrides the suite's
+    feedback mode for the rule; ``threads`` sets torch's intra-op threads for the run (restored after; 1 is much
+    faster for these small batched ops on a shared CPU); ``overrides`` (per section, applied after ``tiny``)
+    runs a modified protocol, e.g. ``{"protocol": {"episodes": 50}, "baselines": ["BP"]}`` (the report's
+    ``definition`` shows what ran, ``overridden`` flags it). Same seed → identical numbers (costs and wall time
+    aside)."""
+    suite = get_suite(name).resolved(tiny)
+    if overrides:
+        suite = suite.with_overrides(overrides)
+
+    def emit(event: dict[str, Any]) -> None:
+        if progress is not None:
+            progress({"suite": suite.name, **event})
+
+    ctx = RunContext(rule=rule, seed=int(seed), tiny=bool(tiny), device=str(device), feedback=feedback, emit=emit)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    t0 = time.perf_counter()
+    try:
+        out = dict(suite.runner(suite, ctx))
+    except SuiteSkipped as exc:
+        out = {"entries": [], "skipped": str(exc)}
+    finally:
+        wall = time.perf_counter() - t0
+        n_threads = torch.get_num_threads()
+        torch.set_num_threads(old_threads)
+    report = {
+        "suite": suite.name,
+        "version": suite.version,
+        "title": suite.title,
+        "kind": suite.kind,
+        "protocol": out.pop("protocol", None) or suite.describe(),
+        "definition": suite.definition(),
+        "overridden": bool(overrides),
+        "seed": int(seed),
+        "tiny": bool(tiny),
+        "device": str(device),
+        "torch_threads": n_threads,
+        "skipped": out.pop("skipped", None),
+        "entries": out.pop("entries", []),
+        "wall_time_s": wall,
+    }
+    report.update(out)
+    return _json_safe(report)
+
+
+# ================================================================================ built-in runners
+
+def _seeds(seed: int) -> dict[str, int]:
+    base = 1_000_003 * int(seed)
+    return {"tune_episodes": base + 11, "score_episodes": base + 22, "tune_init": base + 33_000,
+            "score_init": base + 44_000}
+
+
+def _dtype(protocol: Mapping[str, Any]) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[protocol.get("dtype", "float32")]
+
+
+def _load_data(suite: Suite) -> Any:
+    """The suite's data set; raises SuiteSkipped when it needs an unset environment variable or fails to load."""
+    from discovery.data import DatasetError, load_dataset
+
+    missing = [v for v in suite.requires_env if not os.environ.get(v)]
+    if missing:
+        raise SuiteSkipped(f"suite {suite.name!r} needs {', '.join(missing)} (not configured): set it to the folder "
+                           "holding the official EMNIST-balanced IDX files "
+                           "(emnist-balanced-test-images-idx3-ubyte[.gz], emnist-balanced-test-labels-idx1-ubyte[.gz])")
+    d = suite.data
+    kwargs: dict[str, Any] = {}
+    if d["dataset"] == "emnist-balanced":
+        kwargs["emnist_dir"] = os.environ.get(EMNIST_ENV)
+    if d.get("upsample"):
+        kwargs["upsample"] = True
+    try:
+        return load_dataset(d["dataset"], **kwargs)
+    except DatasetError as exc:
+        raise SuiteSkipped(f"data set {d['dataset']!r} could not be loaded: {exc}") from exc
+
+
+def _samplers(suite: Suite, dataset: Any, seed: int, ways: int, shots: int,
+              queries: int) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """Factories of freshly seeded (meta-train sampler for tuning, held-out sampler for scoring); the image split
+    is fixed (the sampler's default split seed, as in meta-training), so held-out images are never seen by
+    tuning or meta-training."""
+    from discovery.data import EpisodeSampler
+
+    s = _seeds(seed)
+    common = {"heldout_fraction": suite.data.get("heldout_fraction", 0.2),
+              "remap_labels": suite.data.get("remap_labels", True)}
+    EpisodeSampler(dataset, ways, shots, queries, split="heldout", seed=0, **common)  # fail early if too small
+
+    def train() -> Any:
+        return EpisodeSampler(dataset, ways, shots, queries, split="train", seed=s["tune_episodes"], **common)
+
+    def held() -> Any:
+        return EpisodeSampler(dataset, ways, shots, queries, split="heldout", seed=s["score_episodes"], **common)
+
+    return train, held
+
+
+def _entry(name: str, kind: str, runs: Sequence[LearnerRun], locality: str, hyperparameters: Mapping[str, Any],
+           metrics: Mapping[str, Any], tuning: Any = None) -> dict[str, Any]:
+    """One leaderboard row: score = mean over episodes of the per-episode accuracy (averaged over ``runs``, which
+    share their episodes), its 95% t-interval, cost = mean per-sample step time over the runs."""
+    per_episode = [sum(r.accuracy[i] for r in runs) / len(runs) for i in range(len(runs[0].accuracy))]
+    mean, lo, hi = t_interval(per_episode)
+    return {
+        "learner": name,
+        "kind": kind,
+        "score": mean,
+        "ci95": [lo, hi],
+        "ci95_halfwidth": (hi - lo) / 2,
+        "episodes": len(per_episode),
+        "metrics": dict(metrics),
+        "locality": locality,
+        "cost_per_sample_ms": sum(r.cost_per_sample_ms for r in runs) / len(runs),
+        "hyperparameters": dict(hyperparameters),
+        "tuning": tuning,
+    }
+
+
+def _run_metrics(run: LearnerRun) -> dict[str, Any]:
+    return {
+        "accuracy": sum(run.accuracy) / len(run.accuracy),
+        "query_loss": mean_finite(run.loss),
+        "alignment_deg": run.alignment_deg,
+        "e1": run.e1,
+        "orth_error": run.orth_error,
+        "activation_norms": run.activation_norms,
+        "diverged_episodes": run.diverged,
+        "cost_per_step_ms": run.cost_per_step_ms,
+        "batch": run.batch,
+        "steps_per_episode": run.steps,
+    }
+
+
+def _rule_locality(learner: Any, feedback: str) -> str:
+    loc = getattr(learner, "locality", None)
+    return loc if isinstance(loc, str) else locality_of(feedback)
+
+
+def fewshot_runner(suite: Suite, ctx: RunContext) -> dict[str, Any]:
+    """M-way K-shot online episodes on one fixed net: tune each baseline on meta-train episodes (same budget),
+    score it and the rule on the same held-out episodes and initial weights."""
+    net, data, prot = suite.network, suite.data, suite.protocol
+    dataset = _load_data(suite)
+    widths = list(net["widths"])
+    if widths[0] != dataset.dim:
+        raise ValueError(f"suite {suite.name!r}: input width {widths[0]} != data dimension {dataset.dim}")
+    beta, scale = float(net["beta"]), float(net.get("init_scale", 1.0))
+    train, held = _samplers(suite, dataset, ctx.seed, data["ways"], data["shots"], data["queries"])
+    seeds = _seeds(ctx.seed)
+    dtype = _dtype(prot)
+    common = {"widths": widths, "beta": beta, "init_scale": scale, "chunk": int(prot["chunk"]), "dtype": dtype,
+              "device": ctx.device}
+    entries: list[dict[str, Any]] = []
+    for bname in suite.baselines:
+        spec = BASELINES[bname]
+
+        def tick(done: int, total: int, _n: str = bname, _stage: str = "tune") -> None:
+            ctx.emit({"stage": _stage, "learner": _n, "done": done, "total": total})
+
+        tuned = tune(functools.partial(spec.make, beta), spec.grid, train, episodes=int(prot["tune_episodes"]),
+                     init_seed=seeds["tune_init"], progress=tick, **common)
+        learner = spec.make(beta, **tuned.best)
+        run = run_learner(learner, held, episodes=int(prot["episodes"]), init_seed=seeds["score_init"],
+                          diag_every=int(prot["diag_every"]),
+                          progress=lambda d, t, _n=bname: ctx.emit({"stage": "score", "learner": _n, "done": d,
+                                                                   "total": t}), **common)
+        metrics = _run_metrics(run)
+        if hasattr(learner, "vjp_per_step"):
+            metrics["vjp_per_step"] = learner.vjp_per_step(len(widths) - 1)
+        entries.append(_entry(learner.name, "baseline", [run], learner.locality, learner.hyperparameters, metrics,
+                              tuned.to_dict()))
+    if ctx.rule is not None:
+        fb = ctx.feedback or net.get("rule_feedback", "fa")
+        learner = rule_learner(ctx.rule, fb, beta, dtype, ctx.device)
+        run = run_learner(learner, held, episodes=int(prot["episodes"]), init_seed=seeds["score_init"],
+                          diag_every=int(prot["diag_every"]),
+                          progress=lambda d, t: ctx.emit({"stage": "score", "learner": "rule", "done": d,
+                                                          "total": t}), **common)
+        hp = {"feedback": getattr(learner, "feedback", fb), **({} if is_learner(ctx.rule) else
+                                                               rule_description(ctx.rule))}
+        entries.append(_entry(learner.name, "rule", [run], _rule_locality(learner, fb), hp, _run_metrics(run)))
+    return {"entries": entries}
+
+
+def deep_runner(suite: Suite, ctx: RunContext) -> dict[str, Any]:
+    """S1 grid: for each depth, tune BP and BP + Oja at init scale 1 (meta-train, same budget), then score every
+    (depth, init scale) on the same held-out streams; a learner's score averages its configurations per episode."""
+    net, data, prot = suite.network, suite.data, suite.protocol
+    dataset = _load_data(suite)
+    beta, hidden, n_out = float(net["beta"]), int(net["hidden"]), int(net["n_out"])
+    train, held = _samplers(suite, dataset, ctx.seed, data["ways"], data["shots"], data["queries"])
+    seeds = _seeds(ctx.seed)
+    dtype = _dtype(prot)
+    opts = {"beta": beta, "chunk": int(prot["chunk"]), "dtype": dtype, "device": ctx.device}
+    names = list(suite.baselines) + (["rule"] if ctx.rule is not None else [])
+    runs: dict[str, list[LearnerRun]] = {n: [] for n in names}
+    configs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    hps: dict[str, dict[str, Any]] = {n: {} for n in names}
+    tunings: dict[str, dict[str, Any]] = {n: {} for n in suite.baselines}
+    learners: dict[str, Any] = {}
+    fb = ctx.feedback or net.get("rule_feedback", "bp")
+    for depth in net["depths"]:
+        widths = [dataset.dim] + [hidden] * (int(depth) - 1) + [n_out]
+        made: dict[str, Any] = {}
+        for bname in suite.baselines:
+            spec = BASELINES[bname]
+            tuned = tune(functools.partial(spec.make, beta), spec.grid, train, widths=widths,
+                         episodes=int(prot["tune_episodes"]), init_seed=seeds["tune_init"], init_scale=1.0,
+                         progress=lambda d, t, _n=bname, _L=depth: ctx.emit(
+                             {"stage": "tune", "learner": _n, "config": f"depth={_L}", "done": d, "total": t}),
+                         **opts)
+            made[bname] = spec.make(beta, **tuned.best)
+            hps[bname][f"depth={depth}"] = dict(tuned.best)
+            tunings[bname][f"depth={depth}"] = tuned.to_dict()
+        if ctx.rule is not None:
+            made["rule"] = rule_learner(ctx.rule, fb, beta, dtype, ctx.device)
+        learners.update(made)
+        for scale in net["init_scales"]:
+            for lname, learner in made.items():
+                run = run_learner(learner, held, widths=widths, episodes=int(prot["episodes"]),
+                                  init_seed=seeds["score_init"], init_scale=float(scale),
+                                  diag_every=int(prot["diag_every"]),
+                                  progress=lambda d, t, _n=lname, _c=f"depth={depth},scale={scale}": ctx.emit(
+                                      {"stage": "score", "learner": _n, "config": _c, "done": d, "total": t}),
+                                  **opts)
+                runs[lname].append(run)
+                mean, lo, hi = t_interval(run.accuracy)
+                configs[lname].append({"depth": int(depth), "init_scale": float(scale), "accuracy": mean,
+                                       "ci95": [lo, hi], "activation_norms": run.activation_norms,
+                                       "alignment_deg": run.alignment_deg, "diverged_episodes": run.diverged,
+                                       "cost_per_sample_ms": run.cost_per_sample_ms})
+    entries = []
+    for lname in names:
+        learner = learners[lname]
+        kind = "rule" if lname == "rule" else "baseline"
+        loc = _rule_locality(learner, fb) if kind == "rule" else learner.locality
+        hp = hps[lname] if kind == "baseline" else {"feedback": getattr(learner, "feedback", fb),
+                                                     **({} if is_learner(ctx.rule) else rule_description(ctx.rule))}
+        metrics = {"configs": configs[lname],
+                   "diverged_episodes": sum(r.diverged for r in runs[lname])}
+        entries.append(_entry(learner.name, kind, runs[lname], loc, hp, metrics,
+                              tunings.get(lname) if kind == "baseline" else None))
+    return {"entries": entries}
+
+
+# ================================================================================ built-in suites
+
+_FEWSHOT_TEXT = (
+    "Online learning (batch 1, one pass, one update per sample). Each episode draws {data[ways]} classes of "
+    "{data[dataset]} and streams {data[ways]}×{data[shots]} shuffled training images through a fresh net "
+    "{network[widths]} (no biases, softplus β={network[beta]}, Xavier-uniform ×{network[init_scale]}, feedback "
+    "matrices redrawn per episode), then classifies {data[ways]}×{data[queries]} query images. Score = mean query "
+    "accuracy over {protocol[episodes]} episodes from the held-out image split (fraction "
+    "{data[heldout_fraction]} of every class, never used for meta-training or tuning) ± 95% Student "
+    "t-interval over episodes. Fair comparison: every baseline's free hyperparameters (lr; Oja γ; PC η, n) are "
+    "tuned with the same budget of {protocol[grid_points]} grid points, each evaluated on the same "
+    "{protocol[tune_episodes]} meta-train episodes (split=train); the best mean accuracy is kept. A discovered "
+    "rule is scored as it is (no tuning) under '{network[rule_feedback]}' feedback. All learners see the same "
+    "held-out episodes and the same initial weights (paired). Diagnostics: per-layer angle between each "
+    "learner's teaching signal e_ℓ and backprop's δ_ℓ at the same W (ℓ = 1..L−1, every "
+    "{protocol[diag_every]} samples), E1_ℓ = (1/N)‖Z_ℓ − Y_ℓ W_ℓ W_ℓᵀ‖²_F and ‖I − W_ℓ W_ℓᵀ‖²_F/n_ℓ on the queries "
+    "after adaptation, activation norms. Cost = wall time of the update step per sample per episode (episodes "
+    "batched {protocol[chunk]} at a time, {protocol[dtype]})."
+)
+
+_DEEP_TEXT = (
+    "S1 (Oja's rule under online learning, depth and poor initialization). For every depth L in "
+    "{network[depths]} (hidden width {network[hidden]}, softplus β={network[beta]}, no biases) and every init "
+    "scale in {network[init_scales]} × Xavier, a fresh net makes one online pass (batch 1) over a "
+    "{data[ways]}-class stream of {data[dataset]} ({data[shots]} images per class, shuffled) and is scored on "
+    "{data[queries]} query images per class, on {protocol[episodes]} held-out episodes per configuration. "
+    "BP and BP+Oja are tuned per depth at init scale 1 with the same budget ({protocol[grid_points]} grid "
+    "points × {protocol[tune_episodes]} meta-train episodes) and keep those values at the other scales; the "
+    "rule is scored as it is under '{network[rule_feedback]}' feedback. Score = per-episode accuracy averaged "
+    "over the configurations (paired episodes), ± 95% t-interval; per-configuration accuracy and activation "
+    "norms ‖y_ℓ‖ are in metrics.configs."
+)
+
+_FEWSHOT_BASELINES = ["BP", "FA", "DFA", "BP+Oja", "PC-Exact", "PC-FixedPred", "PC-Strict"]
+_FEWSHOT_METRICS = ["accuracy", "ci95", "alignment_deg", "e1", "orth_error", "activation_norms", "query_loss",
+                    "diverged_episodes", "cost_per_sample_ms"]
+_TINY_FEWSHOT = {
+    "network": {"widths": [64, 24, 16, 10]},
+    "data": {"dataset": "digits", "shots": 6, "queries": 4},
+    "protocol": {"episodes": 6, "tune_episodes": 3, "chunk": 6, "diag_every": 5},
+}
+
+FA5_ONLINE = Suite(
+    name="fa5-online", version="1.0", kind="mlp-online", runner=fewshot_runner,
+    title="5-way 50-shot online learning, 784-170-130-100-70-10, mnist5k held-out images",
+    description="SCIENCE.md S3 setting on offline MNIST: baselines (BP, FA, DFA, BP+Oja, predictive coding) "
+                "and discovered rules learn a 5-way task online from 250 samples.",
+    network={"widths": [784, 170, 130, 100, 70, 10], "beta": 10.0, "init_scale": 1.0, "rule_feedback": "fa"},
+    data={"dataset": "mnist5k", "ways": 5, "shots": 50, "queries": 10, "heldout_fraction": 0.2,
+          "remap_labels": True, "split": "heldout"},
+    protocol={"episodes": 200, "tune_episodes": 50, "grid_points": GRID_POINTS, "chunk": 20, "diag_every": 25,
+              "dtype": "float32", "tune_split": "train", "score_split": "heldout"},
+    metrics=_FEWSHOT_METRICS, baselines=_FEWSHOT_BASELINES, tiny=_TINY_FEWSHOT, protocol_text=_FEWSHOT_TEXT,
+)
+
+EMNIST_5WAY = Suite(
+    name="emnist-5way", version="1.0", kind="mlp-online", runner=fewshot_runner,
+    title="The paper's setting: 5-way 50-shot online, 784-170-130-100-70-47, EMNIST-balanced",
+    description="SCIENCE.md S3 exactly (47-unit softmax, EMNIST-balanced test files); needs "
+                "PLASTICITY_EMNIST_DIR. Held-out episodes mix unseen images of meta-train classes with the "
+                "held-out classes of the data split.",
+    network={"widths": [784, 170, 130, 100, 70, 47], "beta": 10.0, "init_scale": 1.0, "rule_feedback": "fa"},
+    data={"dataset": "emnist-balanced", "ways": 5, "shots": 50, "queries": 10, "heldout_fraction": 0.2,
+          "remap_labels": True, "split": "heldout"},
+    protocol={"episodes": 200, "tune_episodes": 50, "grid_points": GRID_POINTS, "chunk": 20, "diag_every": 25,
+              "dtype": "float32", "tune_split": "train", "score_split": "heldout"},
+    metrics=_FEWSHOT_METRICS, baselines=_FEWSHOT_BASELINES, requires_env=[EMNIST_ENV],
+    tiny={"network": {"widths": [784, 24, 16, 47]}, "data": {"shots": 6, "queries": 4},
+          "protocol": {"episodes": 6, "tune_episodes": 3, "chunk": 6, "diag_every": 5}},
+    protocol_text=_FEWSHOT_TEXT,
+)
+
+DEEP_ONLINE = Suite(
+    name="deep-online", version="1.0", kind="mlp-online-grid", runner=deep_runner,
+    title="S1: depth × init scale, one online pass over a 10-class stream (BP vs BP+Oja)",
+    description="Oja's rule added to pure online backprop under depth and sub-optimal initialization.",
+    network={"depths": [2, 5, 10], "init_scales": [0.3, 1.0, 3.0], "hidden": 128, "n_out": 10, "beta": 10.0,
+             "rule_feedback": "bp"},
+    data={"dataset": "mnist5k", "ways": 10, "shots": 80, "queries": 20, "heldout_fraction": 0.2,
+          "remap_labels": True, "split": "heldout"},
+    protocol={"episodes": 20, "tune_episodes": 10, "grid_points": GRID_POINTS, "chunk": 20, "diag_every": 100,
+              "dtype": "float32", "tune_split": "train", "score_split": "heldout"},
+    metrics=["accuracy", "ci95", "configs", "activation_norms", "diverged_episodes", "cost_per_sample_ms"],
+    baselines=["BP", "BP+Oja"],
+    tiny={"network": {"depths": [2, 5], "hidden": 16},
+          "data": {"dataset": "digits", "shots": 5, "queries": 3},
+          "protocol": {"episodes": 4, "tune_episodes": 2, "chunk": 4, "diag_every": 10}},
+    protocol_text=_DEEP_TEXT,
+)
+
+for _s in (FA5_ONLINE, DEEP_ONLINE, EMNIST_5WAY):
+    register_suite(_s)
