@@ -334,10 +334,7 @@ def run_fixedpoint_linear(rule: str, eta: float | Sequence[float], iterations: i
         else:
             Ainv = eye - W                                                # A⁻¹ = I − W (G = I)
             W = W - eta_t * (Ainv @ gradA @ Ainv)
-    losses = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, math.nan))
-    # once non-finite, stays NaN
-    bad = torch.cumsum(torch.isnan(losses).to(torch.int64), -1) > 0
-    losses = losses.masked_fill(bad, math.nan)
+    losses = losses.masked_fill(torch.cumsum((~torch.isfinite(losses)).to(torch.int64), -1) > 0, math.nan)
     if rule == "dW2":
         W = eye - torch.linalg.inv(A)
     out = losses
@@ -389,7 +386,7 @@ def run_fixedpoint_mnist(rule: str, lr: float, N: int = 300, epochs: int = 3, ba
         raise ValueError(f"unknown rule {rule!r}; expected one of {MNIST_RULES}")
     if data is None:
         data = load_mnist_5k()
-    xtr, ytr, xte, yte = (t for t in data)
+    xtr, ytr, xte, yte = data
     xtr, xte = xtr.to(dtype), xte.to(dtype)
     if n_train is not None:
         xtr, ytr = xtr[:n_train], ytr[:n_train]

@@ -262,6 +262,16 @@ class CompiledRule:
             out = out + W * self.decay_scale(theta)
         return out
 
+    def _mask(self, R: int, t: int, coef: float, like: Tensor) -> Tensor:
+        """(R,1,1,1) tensor with coef at direction t: selects the explicit ∂ΔW/∂θ_t block (cached)."""
+        key = (R, t, coef, like.dtype, like.device)
+        cache = self.__dict__.setdefault("_masks", {})
+        if key not in cache:
+            mask = torch.zeros(R, 1, 1, 1, dtype=like.dtype, device=like.device)
+            mask[t] = coef
+            cache[key] = mask
+        return cache[key]
+
     def decay_scale(self, theta: Tensor) -> Tensor:
         """Σ_t θ_t d_t: the rule's total multiple of W."""
         return sum(theta[t] * d for t, d in enumerate(self.decays) if d != 0)
@@ -291,10 +301,11 @@ class CompiledRule:
         env = self._with_one(env)
         W, Wdot = env["W"], tan["W"]
         R = Wdot.shape[0]
+        thetas = theta.tolist() if isinstance(theta, Tensor) else list(theta)
         left, right, us, vs = [], [], [], []
         for t, term in enumerate(self.terms):
             for a in term.atoms:
-                c = a.coef * theta[t]
+                c = a.coef * thetas[t]
                 u = _column(a.prefix, env)
                 v = _row(a.suffix, env)
                 us.append(u * c)
@@ -308,11 +319,9 @@ class CompiledRule:
                     left.append((u * c).unsqueeze(0).expand(R, *u.shape))
                     right.append(dv)
                 if own:
-                    mask = torch.zeros(R, 1, 1, 1, dtype=u.dtype, device=u.device)
-                    mask[t] = a.coef
-                    left.append(u.unsqueeze(0) * mask)
+                    left.append(u.unsqueeze(0) * self._mask(R, t, a.coef, u))
                     right.append(v.unsqueeze(0).expand(R, *v.shape))
-        scale = 1 + self.decay_scale(theta) if self.has_decay else None
+        scale = 1 + sum(th * d for th, d in zip(thetas, self.decays)) if self.has_decay else None
         if self.has_decay:
             Wdot.mul_(scale)
             if own:

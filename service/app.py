@@ -1,0 +1,103 @@
+"""The FastAPI application: REST API under ``/api`` (OpenAPI at ``/docs``), pages, and the dispatcher's lifespan.
+
+``create_app(settings)`` opens the database and applies the migrations (``upgrade head``) at once, loads or
+generates the API token, and returns the app; the dispatcher thread starts and stops with the app's lifespan
+(so with ``uvicorn`` or ``with TestClient(app)``). ``uvicorn --factory service.app:create_app`` serves it with
+the settings from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import OperationalError
+
+from service import __version__
+from service.auth import load_tokens
+from service.db import make_engine, make_session_factory
+from service.dispatcher import Dispatcher
+from service.limits import BodySizeLimit
+from service.migrate import upgrade
+from service.routes import api_benchmarks, api_jobs, api_meta, api_rules, pages
+from service.settings import Settings, load_settings
+
+log = logging.getLogger("plasticity.service")
+
+DESCRIPTION = """Discover, store and rank biologically plausible plasticity rules.
+
+* **Writes** (`POST`) need `Authorization: Bearer <token>` (tokens: `PLASTICITY_API_TOKENS`, or the file
+  `api_token` in the data folder, printed at start). Reads are public.
+* `POST /api/jobs` takes a full spec or `{"goal": "find a rule for depth-5 online learning under feedback
+  alignment with oja on mnist"}`; `GET /api/goal?text=...` shows how a goal is read without submitting it.
+* `POST /api/rules` answers 201 for a new rule and 200 with the stored one when the same rule (same content hash)
+  exists.
+"""
+
+
+def create_app(
+    settings: Settings | None = None, *, workers: Any = None, dispatcher: bool | None = None
+) -> FastAPI:
+    """Build the app for ``settings`` (default: the environment).
+
+    ``workers``: a stand-in for ``workers.ray_jobs`` (tests); ``dispatcher``: override
+    ``settings.dispatcher_enabled``.
+    """
+    settings = settings or load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    run_dispatcher = settings.dispatcher_enabled if dispatcher is None else dispatcher
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if run_dispatcher:
+            d = Dispatcher(settings, sessions, workers)
+            app.state.dispatcher = d
+            d.start()
+        try:
+            yield
+        finally:
+            d = getattr(app.state, "dispatcher", None)
+            if d is not None:
+                d.stop()
+                app.state.dispatcher = None
+
+    app = FastAPI(
+        title="Plasticity rule discovery", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = sessions
+    app.state.tokens = load_tokens(settings)
+    app.state.dispatcher = None
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(Exception, _internal_error)
+
+    for module in (api_meta, api_jobs, api_rules, api_benchmarks, pages):
+        app.include_router(module.router)
+    app.mount(
+        "/static", StaticFiles(directory=str(Path(__file__).resolve().parent / "static")), name="static"
+    )
+    return app
+
+
+async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(status_code=503, content={"detail": "the database is unavailable; try again later"})
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        status_code=500, content={"detail": f"internal error ({type(exc).__name__}); see the service log"}
+    )

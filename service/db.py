@@ -1,0 +1,82 @@
+"""Database engine and sessions for SQLite (default) and PostgreSQL (``postgresql+psycopg://``).
+
+SQLite runs in WAL mode with a busy timeout and foreign keys on, so the dispatcher thread and the request
+handlers can write concurrently. JSON values are written with non-finite floats (NaN/∞ from a diverged episode)
+turned into ``null``: PostgreSQL's ``json`` type rejects ``NaN``, and the API must emit valid JSON anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN/±∞ float replaced by ``None`` (recursively through dicts, lists, tuples)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def _json_dumps(value: Any) -> str:
+    return json.dumps(finite_json(value), allow_nan=False, default=str)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; creates the SQLite file's folder when needed."""
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "future": True}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(url, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded attributes after commit (handlers serialize after committing)."""
+    return sessionmaker(bind=engine, expire_on_commit=False, future=True)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and ``/api/health``."""
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,141 @@
+"""Leaderboard: rules and baselines ranked by score on one suite.
+
+Named suites: the latest successful score of every stored rule and of every baseline learner in that suite,
+ranked by score (higher is better; unscored entries last). The pseudo-suite ``discovery`` ranks discovered
+rules by their held-out accuracy on their own discovery task (``service.catalog.DISCOVERY_DESCRIPTION``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.catalog import DISCOVERY_DESCRIPTION, DISCOVERY_SUITE, registered_suites, suite_info
+from service.models import ORIGIN_BASELINE, SUCCEEDED, BenchmarkRun, BenchmarkScore, Job, JobRule, Rule
+from service.views import FEEDBACK_LOCALITY
+
+
+def known_suites(session: Session) -> list[str]:
+    """``discovery`` first, then every registered suite and every suite with stored scores, by name."""
+    names = set(registered_suites())
+    names.update(session.scalars(select(BenchmarkRun.suite).distinct()))
+    return [DISCOVERY_SUITE, *sorted(n for n in names if n != DISCOVERY_SUITE)]
+
+
+def default_suite(session: Session) -> str:
+    """The suite of the most recent successful benchmark run, else ``discovery``."""
+    latest = session.scalar(
+        select(BenchmarkRun.suite)
+        .where(BenchmarkRun.status == SUCCEEDED)
+        .order_by(BenchmarkRun.finished_at.desc(), BenchmarkRun.id.desc())
+        .limit(1)
+    )
+    return latest or DISCOVERY_SUITE
+
+
+def _rank(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    entries.sort(key=lambda e: (e["score"] is None, -(e["score"] or 0.0), e["name"]))
+    for i, entry in enumerate(entries, start=1):
+        entry["rank"] = i
+    return entries
+
+
+def _discovery_entries(session: Session) -> list[dict[str, Any]]:
+    best: dict[int, dict[str, Any]] = {}
+    stmt = (
+        select(Rule, Job)
+        .join(JobRule, JobRule.rule_id == Rule.id)
+        .join(Job, Job.id == JobRule.job_id)
+        .where(Job.status == SUCCEEDED)
+    )
+    for rule, job in session.execute(stmt):
+        result = job.result or {}
+        score = result.get("heldout_accuracy")
+        entry = {
+            "name": rule.name,
+            "origin": rule.origin,
+            "rule_id": rule.id,
+            "score": score,
+            "ci": result.get("heldout_ci95"),
+            "locality": FEEDBACK_LOCALITY.get(rule.feedback or ""),
+            "cost": None,
+            "feedback": rule.feedback,
+            "latex": rule.latex,
+            "expression": rule.expression,
+            "benchmark_id": None,
+            "job_id": job.id,
+        }
+        old = best.get(rule.id)
+        if old is None or (score is not None and (old["score"] is None or score > old["score"])):
+            best[rule.id] = entry
+    return list(best.values())
+
+
+def _suite_entries(session: Session, suite: str) -> list[dict[str, Any]]:
+    stmt = (
+        select(BenchmarkScore, BenchmarkRun)
+        .join(BenchmarkRun, BenchmarkRun.id == BenchmarkScore.run_id)
+        .where(BenchmarkScore.suite == suite, BenchmarkRun.status == SUCCEEDED)
+        .order_by(BenchmarkScore.id)
+    )
+    latest: dict[tuple[str, Any], dict[str, Any]] = {}
+    rules: dict[int, Rule] = {}
+    for score, run in session.execute(stmt):
+        if score.origin == ORIGIN_BASELINE or score.rule_id is None:
+            key: tuple[str, Any] = ("baseline", score.learner)
+            entry = {
+                "name": score.learner,
+                "origin": ORIGIN_BASELINE,
+                "rule_id": None,
+                "feedback": None,
+                "latex": None,
+                "expression": None,
+            }
+        else:
+            key = ("rule", score.rule_id)
+            rule = rules.get(score.rule_id) or session.get(Rule, score.rule_id)
+            if rule is None:
+                continue
+            rules[rule.id] = rule
+            entry = {
+                "name": rule.name,
+                "origin": rule.origin,
+                "rule_id": rule.id,
+                "feedback": rule.feedback,
+                "latex": rule.latex,
+                "expression": rule.expression,
+            }
+        entry.update(
+            {
+                "score": score.score,
+                "ci": score.ci95,
+                "locality": score.locality,
+                "cost": score.cost_per_sample_ms,
+                "benchmark_id": run.id,
+                "job_id": None,
+            }
+        )
+        latest[key] = entry  # ordered by id: the last one wins
+    return list(latest.values())
+
+
+def leaderboard(session: Session, suite: str | None = None) -> dict[str, Any]:
+    """The ranked entries of ``suite`` (default: :func:`default_suite`)."""
+    name = suite or default_suite(session)
+    if name == DISCOVERY_SUITE:
+        entries, description = _discovery_entries(session), DISCOVERY_DESCRIPTION
+    else:
+        entries = _suite_entries(session, name)
+        registered = registered_suites()
+        info = suite_info(name, registered[name]) if name in registered else {}
+        description = str(
+            info.get("protocol_description") or info.get("description") or f"benchmark suite {name}"
+        )
+    return {
+        "suite": name,
+        "suites": known_suites(session),
+        "description": description,
+        "entries": _rank(entries),
+    }

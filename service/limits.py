@@ -1,0 +1,175 @@
+"""Request limits: body size (413), caps on a job spec's sizes (422), active work per token (429).
+
+The caps come from ``service.settings.Limits`` (``PLASTICITY_MAX_*``). A spec problem is reported like a pydantic
+validation error, ``{"loc": [...], "msg": ..., "type": "limit"}``, so clients see the field and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from discovery.goal import input_dim
+from discovery.spec import DiscoverySpec
+from service.settings import Limits
+
+
+def _problem(loc: list[str | int], msg: str) -> dict[str, Any]:
+    return {"loc": ["body", *loc], "msg": msg, "type": "limit"}
+
+
+def spec_problems(spec: DiscoverySpec, limits: Limits) -> list[dict[str, Any]]:
+    """Everything about ``spec`` that exceeds a cap or cannot run here; empty when it is acceptable."""
+    problems: list[dict[str, Any]] = []
+    widths = spec.network.widths
+    if spec.network.depth > limits.max_depth:
+        problems.append(
+            _problem(
+                ["network", "widths"],
+                f"depth {spec.network.depth} exceeds the limit of {limits.max_depth} weight layers "
+                "(PLASTICITY_MAX_DEPTH)",
+            )
+        )
+    for i, w in enumerate(widths):
+        if w > limits.max_width:
+            problems.append(
+                _problem(
+                    ["network", "widths", i],
+                    f"width {w} exceeds the limit of {limits.max_width} (PLASTICITY_MAX_WIDTH)",
+                )
+            )
+    expected = input_dim(spec.task.dataset, upsample=spec.task.upsample)
+    if expected is not None and widths[0] != expected:
+        problems.append(
+            _problem(
+                ["network", "widths", 0],
+                f"the input width must be {expected} for data set {spec.task.dataset!r}"
+                f"{' (upsampled)' if spec.task.upsample else ''}, got {widths[0]}",
+            )
+        )
+    if spec.meta.episodes > limits.max_episodes:
+        problems.append(
+            _problem(
+                ["meta", "episodes"],
+                f"{spec.meta.episodes} episodes exceed the limit of {limits.max_episodes} "
+                "(PLASTICITY_MAX_EPISODES)",
+            )
+        )
+    if spec.meta.eval_episodes > limits.max_episodes:
+        problems.append(
+            _problem(
+                ["meta", "eval_episodes"],
+                f"{spec.meta.eval_episodes} evaluation episodes exceed the limit of "
+                f"{limits.max_episodes} (PLASTICITY_MAX_EPISODES)",
+            )
+        )
+    if spec.meta.meta_batch > limits.max_meta_batch:
+        problems.append(
+            _problem(
+                ["meta", "meta_batch"],
+                f"meta-batch {spec.meta.meta_batch} exceeds the limit of {limits.max_meta_batch} "
+                "(PLASTICITY_MAX_META_BATCH)",
+            )
+        )
+    trials = math.prod(len(v) for v in (spec.sweep.seeds, spec.sweep.lr, spec.sweep.l1) if v)
+    if not spec.sweep.is_empty() and trials > limits.max_trials:
+        problems.append(
+            _problem(
+                ["sweep"],
+                f"the sweep has {trials} trials, more than the limit of "
+                f"{limits.max_trials} (PLASTICITY_MAX_TRIALS)",
+            )
+        )
+    if spec.task.emnist_dir is not None:
+        problems.append(
+            _problem(
+                ["task", "emnist_dir"],
+                "server paths are not accepted over the API; the server reads EMNIST from "
+                "PLASTICITY_EMNIST_DIR",
+            )
+        )
+    elif spec.task.dataset == "emnist-balanced" and not os.environ.get("PLASTICITY_EMNIST_DIR"):
+        problems.append(
+            _problem(
+                ["task", "dataset"],
+                "EMNIST is not configured on this server (PLASTICITY_EMNIST_DIR is unset)",
+            )
+        )
+    problems.extend(_term_problems(spec))
+    return problems
+
+
+def _term_problems(spec: DiscoverySpec) -> list[dict[str, Any]]:
+    """Unknown term ids in the rule family (checked only once ``rules.terms`` exists)."""
+    try:
+        from rules.terms import TERMS
+    except ImportError:
+        return []
+    known = set(TERMS)
+    return [
+        _problem(["rule", "terms", i], f"unknown term {t!r}; known terms: {', '.join(sorted(known))}")
+        for i, t in enumerate(spec.rule.terms or [])
+        if t not in known
+    ]
+
+
+class BodySizeLimit:
+    """ASGI middleware: answer 413 to a request whose body exceeds ``max_bytes`` (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._reject(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send: Send) -> None:
+        detail = (
+            f'{{"detail": "request body too large: the limit is {self.max_bytes} bytes '
+            f'(PLASTICITY_MAX_BODY_BYTES)"}}'
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(detail)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": detail})

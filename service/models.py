@@ -1,0 +1,253 @@
+"""SQLAlchemy 2 typed ORM models: jobs, their events and trials, rules, benchmark runs and their scores.
+
+Portable across SQLite and PostgreSQL: JSON columns are ``sqlalchemy.JSON`` (JSON text on SQLite, ``json`` on
+PostgreSQL; SQL NULL for Python ``None``), timestamps are timezone-aware UTC. The schema itself is created by the
+Alembic migrations in ``migrations/versions`` (``service.migrate.upgrade``), never by ``create_all`` at runtime;
+``tests/test_db*.py`` check that the migrations and these models agree.
+
+Rules are stored once per content hash (``rules.hash`` is unique): the sha256 of the rule's canonical string
+(``rules.Rule.hash``), so re-discovering or re-posting the same ΔW = Σ θ_r F_r returns the existing row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+#: Job and benchmark statuses. Active = queued or running.
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATUSES: tuple[str, ...] = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+ACTIVE_STATUSES: tuple[str, ...] = (QUEUED, RUNNING)
+FINAL_STATUSES: tuple[str, ...] = (SUCCEEDED, FAILED, CANCELLED)
+
+#: Where a rule came from.
+ORIGIN_DISCOVERED, ORIGIN_USER = "discovered", "user"
+#: Leaderboard entries that are not stored rules.
+ORIGIN_BASELINE = "baseline"
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """``DateTime(timezone=True)`` that always returns aware UTC datetimes (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+
+def JSONColumn() -> JSON:
+    """A portable JSON column type that stores Python ``None`` as SQL NULL."""
+    return JSON(none_as_null=True)
+
+
+#: Constraint and index names, identical in the models and the migrations (so autogenerate diffs stay empty).
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Job(Base):
+    """A discovery job: the resolved spec, its status and live progress, its result summary."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    goal: Mapped[str | None] = mapped_column(Text)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONColumn())
+    owner: Mapped[str] = mapped_column(String(64), default="", index=True)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    events: Mapped[list[JobEvent]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="JobEvent.id"
+    )
+    trials: Mapped[list[Trial]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="Trial.index"
+    )
+    rule_links: Mapped[list[JobRule]] = relationship(cascade="all, delete-orphan", order_by="JobRule.rule_id")
+
+    @property
+    def rule_ids(self) -> list[int]:
+        """Ids of the rules this job produced (the best trial's rule first)."""
+        return [link.rule_id for link in self.rule_links]
+
+
+class JobEvent(Base):
+    """One thing that happened to a job or a benchmark run: submitted, started, progress, resubmitted, ..."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    benchmark_id: Mapped[int | None] = mapped_column(
+        ForeignKey("benchmark_runs.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
+
+    job: Mapped[Job | None] = relationship(back_populates="events")
+
+
+class Trial(Base):
+    """One meta-training run of a job (a job without a sweep has exactly one trial)."""
+
+    __tablename__ = "trials"
+    __table_args__ = (UniqueConstraint("job_id", "index", name="uq_trials_job_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=SUCCEEDED)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
+    heldout_accuracy: Mapped[float | None] = mapped_column(Float)
+    heldout_ci95: Mapped[float | None] = mapped_column(Float)
+    rule: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="trials")
+
+
+class Rule(Base):
+    """A plasticity rule ΔW = Σ θ_r F_r, with its sympy forms, its provenance and a unique content hash."""
+
+    __tablename__ = "rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    name: Mapped[str] = mapped_column(String(200))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    canonical: Mapped[str] = mapped_column(Text)
+    srepr: Mapped[str] = mapped_column(Text)
+    expression: Mapped[str] = mapped_column(Text)
+    latex: Mapped[str] = mapped_column(Text)
+    coefficients: Mapped[dict[str, float]] = mapped_column(JSONColumn())
+    terms: Mapped[list[str]] = mapped_column(JSONColumn())
+    origin: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
+    seed: Mapped[int | None] = mapped_column(Integer)
+    code_version: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    feedback: Mapped[str | None] = mapped_column(String(16), index=True)
+    depth: Mapped[int | None] = mapped_column(Integer, index=True)
+    dataset: Mapped[str | None] = mapped_column(String(32), index=True)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
+
+    term_links: Mapped[list[RuleTerm]] = relationship(cascade="all, delete-orphan")
+    scores: Mapped[list[BenchmarkScore]] = relationship(back_populates="rule", order_by="BenchmarkScore.id")
+
+
+class RuleTerm(Base):
+    """Which library (or custom) term ids a rule uses: the index behind ``GET /api/rules?term=``."""
+
+    __tablename__ = "rule_terms"
+
+    rule_id: Mapped[int] = mapped_column(ForeignKey("rules.id", ondelete="CASCADE"), primary_key=True)
+    term: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class JobRule(Base):
+    """The rules a job produced (a rule already stored by an earlier job or user is linked, not duplicated)."""
+
+    __tablename__ = "job_rules"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    rule_id: Mapped[int] = mapped_column(ForeignKey("rules.id", ondelete="CASCADE"), primary_key=True)
+
+
+class BenchmarkRun(Base):
+    """A request to run one named suite, for a stored rule (or baselines only)."""
+
+    __tablename__ = "benchmark_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
+    suite: Mapped[str] = mapped_column(String(100), index=True)
+    suite_version: Mapped[str | None] = mapped_column(String(32))
+    rule_id: Mapped[int | None] = mapped_column(ForeignKey("rules.id", ondelete="SET NULL"), index=True)
+    expression: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str] = mapped_column(String(64), default="", index=True)
+    tiny: Mapped[bool] = mapped_column(Boolean, default=False)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    scores: Mapped[list[BenchmarkScore]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="BenchmarkScore.id"
+    )
+
+
+class BenchmarkScore(Base):
+    """One learner's score in one benchmark run: the rule under test, or a baseline (BP, FA, PC, ...)."""
+
+    __tablename__ = "benchmark_scores"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    run_id: Mapped[int] = mapped_column(ForeignKey("benchmark_runs.id", ondelete="CASCADE"), index=True)
+    suite: Mapped[str] = mapped_column(String(100), index=True)
+    learner: Mapped[str] = mapped_column(String(200))
+    origin: Mapped[str] = mapped_column(String(16))
+    rule_id: Mapped[int | None] = mapped_column(ForeignKey("rules.id", ondelete="CASCADE"), index=True)
+    score: Mapped[float | None] = mapped_column(Float)
+    ci95: Mapped[float | None] = mapped_column(Float)
+    locality: Mapped[str | None] = mapped_column(String(32))
+    cost_per_sample_ms: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
+
+    run: Mapped[BenchmarkRun] = relationship(back_populates="scores")
+    rule: Mapped[Rule | None] = relationship(back_populates="scores")

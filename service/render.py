@@ -1,0 +1,132 @@
+"""Server-side figures as inline SVG (no CDN, no JavaScript): formulas via matplotlib mathtext, and plots.
+
+- :func:`latex_svg`: a rule's LaTeX (``rules.Rule.latex``) → SVG, glyphs as paths (no fonts needed by the
+  browser). Sympy LaTeX that mathtext cannot typeset is simplified once; failing that the page shows the text.
+- :func:`theta_plot_svg`: θ_r against meta-training episode, one line per term.
+- :func:`accuracy_plot_svg`: query (meta) accuracy per episode, with a moving average.
+
+matplotlib's object API is used (no pyplot, no global figure state) under one lock.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+import threading
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from matplotlib.backends.backend_svg import FigureCanvasSVG
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.mathtext import math_to_image
+
+log = logging.getLogger("plasticity.render")
+_LOCK = threading.Lock()
+_XML_HEADER = re.compile(r"^.*?(?=<svg)", re.DOTALL)
+
+
+def _strip_header(svg: str) -> str:
+    return _XML_HEADER.sub("", svg, count=1).strip()
+
+
+def simplify_latex(latex: str) -> str:
+    """Rewrite constructs mathtext lacks (``\\operatorname``, ``\\mathbf``, ``\\left.``/``\\right.``, ...)."""
+    out = re.sub(r"\\operatorname\{([^}]*)\}", r"\\mathrm{\1}", latex)
+    out = re.sub(r"\\(?:mathbf|boldsymbol|bm)\{([^}]*)\}", r"\\mathbf{\1}", out)
+    out = out.replace(r"\left.", "").replace(r"\right.", "")
+    out = out.replace(r"\left", "").replace(r"\right", "")
+    out = out.replace(r"\intercal", "T").replace(r"\top", "T")
+    out = out.replace(r"\,", " ").replace(r"\!", "")
+    return out
+
+
+@lru_cache(maxsize=512)
+def latex_svg(latex: str, fontsize: int = 15) -> str | None:
+    """``latex`` typeset as an SVG string, or None when mathtext cannot read it."""
+    if not latex or len(latex) > 5000:
+        return None
+    for candidate in (latex, simplify_latex(latex)):
+        buf = io.BytesIO()
+        try:
+            with _LOCK:
+                math_to_image(f"${candidate}$", buf, prop=FontProperties(size=fontsize), dpi=72, format="svg")
+        except Exception as exc:  # noqa: BLE001 - mathtext raises ValueError and others on unsupported input
+            log.debug("mathtext cannot typeset %r: %s", candidate, exc)
+            continue
+        return _strip_header(buf.getvalue().decode("utf-8"))
+    return None
+
+
+def _figure_svg(fig: Figure) -> str:
+    buf = io.StringIO()
+    FigureCanvasSVG(fig).print_svg(buf)
+    return _strip_header(buf.getvalue())
+
+
+def _finite(values: Sequence[Any]) -> list[float]:
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            f = math.nan
+        out.append(f if math.isfinite(f) else math.nan)
+    return out
+
+
+def theta_plot_svg(theta_history: Sequence[dict[str, Any]], title: str = "θ trajectory") -> str | None:
+    """θ_r per episode (one line per term); None when there is no history."""
+    if not theta_history:
+        return None
+    terms = list(dict.fromkeys(k for row in theta_history if isinstance(row, dict) for k in row))
+    if not terms:
+        return None
+    episodes = list(range(1, len(theta_history) + 1))
+    with _LOCK:
+        fig = Figure(figsize=(6.4, 3.2), dpi=96, layout="constrained")
+        ax = fig.add_subplot()
+        for term in terms:
+            ax.plot(
+                episodes,
+                _finite([row.get(term) if isinstance(row, dict) else None for row in theta_history]),
+                label=term,
+                linewidth=1.6,
+            )
+        ax.axhline(0.0, color="#999", linewidth=0.8)
+        ax.set_xlabel("meta-training episode")
+        ax.set_ylabel("θ")
+        ax.set_title(title, fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncols=min(5, len(terms)), loc="best")
+        return _figure_svg(fig)
+
+
+def accuracy_plot_svg(
+    history: Sequence[dict[str, Any]], title: str = "meta-accuracy (query set)"
+) -> str | None:
+    """Query accuracy per episode and its moving average; None without data."""
+    acc = _finite([row.get("meta_accuracy") if isinstance(row, dict) else None for row in history or []])
+    if not acc or all(math.isnan(a) for a in acc):
+        return None
+    episodes = list(range(1, len(acc) + 1))
+    window = max(1, len(acc) // 20)
+    smooth = []
+    for i in range(len(acc)):
+        chunk = [a for a in acc[max(0, i - window + 1) : i + 1] if not math.isnan(a)]
+        smooth.append(sum(chunk) / len(chunk) if chunk else math.nan)
+    with _LOCK:
+        fig = Figure(figsize=(6.4, 3.2), dpi=96, layout="constrained")
+        ax = fig.add_subplot()
+        ax.plot(episodes, acc, color="#9bb7d4", linewidth=0.8, label="per episode")
+        ax.plot(episodes, smooth, color="#1f4e79", linewidth=1.8, label=f"moving average ({window})")
+        ax.set_ylim(0.0, 1.0)
+        ax.set_xlabel("meta-training episode")
+        ax.set_ylabel("query accuracy")
+        ax.set_title(title, fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        return _figure_svg(fig)

@@ -1,0 +1,1 @@
+"""HTTP routes: the REST API (``api_*``) and the server-rendered pages."""

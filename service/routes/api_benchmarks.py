@@ -1,0 +1,151 @@
+"""``/api/benchmarks``, ``/api/suites``, ``/api/leaderboard``: run named suites and rank rules and baselines."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from sqlalchemy import func, select
+
+from service.catalog import registered_suites, suites_payload
+from service.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
+from service.leaderboard import known_suites, leaderboard
+from service.models import ORIGIN_USER, QUEUED, BenchmarkRun, Rule
+from service.rulebook import InvalidRule, parse_rule
+from service.schemas import BenchmarkCreate, BenchmarkOut, LeaderboardOut
+from service.store import active_count, add_event, upsert_rule
+from service.views import benchmark_out
+
+router = APIRouter(tags=["benchmarks"])
+
+
+@router.post(
+    "/api/benchmarks",
+    status_code=status.HTTP_201_CREATED,
+    response_model=BenchmarkOut,
+    responses={
+        401: {"description": "missing or invalid bearer token"},
+        422: {"description": "unknown suite or rule, or an invalid expression"},
+        429: {"description": "too many active benchmarks for this token"},
+        503: {"description": "no benchmark suites in this deployment"},
+    },
+)
+def submit_benchmark(
+    body: BenchmarkCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    who: OwnerDep,
+) -> dict:
+    """Queue a run of ``suite`` for a stored rule (``rule_id``) or an expression (stored as a rule first)."""
+    suites = registered_suites()
+    if not suites:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="no benchmark suites are available (discovery.suites is missing)",
+        )
+    if body.suite not in suites:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"unknown suite {body.suite!r}; known suites: {', '.join(sorted(suites))}",
+        )
+    rule_id = body.rule_id
+    if rule_id is not None and session.get(Rule, rule_id) is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"rule {rule_id} does not exist")
+    if body.expression is not None:
+        try:
+            record = parse_rule(body.expression)
+        except InvalidRule as exc:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict(body.expression)
+            ) from exc
+    cap = settings.limits.max_concurrent_jobs
+    if active_count(session, BenchmarkRun, who) >= cap:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"this token already has {cap} queued or running benchmarks (the limit, "
+            "PLASTICITY_MAX_CONCURRENT_JOBS); wait for one to finish",
+        )
+    if body.expression is not None:
+        rule, _ = upsert_rule(
+            session,
+            record,
+            name=body.expression[:200],
+            origin=ORIGIN_USER,
+            provenance={"source": "benchmark request", "submitted_by": who},
+        )
+        rule_id = rule.id
+    run = BenchmarkRun(
+        suite=body.suite,
+        rule_id=rule_id,
+        expression=body.expression,
+        owner=who,
+        tiny=body.tiny or settings.benchmark_tiny,
+        seed=body.seed,
+        status=QUEUED,
+        attempts=0,
+    )
+    session.add(run)
+    session.flush()
+    add_event(
+        session,
+        "queued",
+        f"benchmark of {'rule ' + str(rule_id) if rule_id else 'the baselines'} on {body.suite}",
+        benchmark_id=run.id,
+    )
+    session.commit()
+    wake(dispatcher)
+    return benchmark_out(run)
+
+
+@router.get("/api/benchmarks", response_model=list[BenchmarkOut])
+def list_benchmarks(
+    session: SessionDep,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> list[dict]:
+    """Benchmark runs, newest first."""
+    response.headers["X-Total-Count"] = str(
+        session.scalar(select(func.count()).select_from(BenchmarkRun)) or 0
+    )
+    runs = session.scalars(select(BenchmarkRun).order_by(BenchmarkRun.id.desc()).limit(limit).offset(offset))
+    return [benchmark_out(r) for r in runs]
+
+
+@router.get(
+    "/api/benchmarks/{bench_id}",
+    response_model=BenchmarkOut,
+    responses={404: {"description": "no such benchmark run"}},
+)
+def get_benchmark(bench_id: IdPath, session: SessionDep) -> dict:
+    """Status, per-learner scores with 95 % CIs, and the suite's diagnostics."""
+    run = session.get(BenchmarkRun, bench_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"benchmark {bench_id} does not exist")
+    return benchmark_out(run)
+
+
+@router.get("/api/suites")
+def list_suites() -> list[dict]:
+    """The named, versioned benchmark suites with their definitions."""
+    return suites_payload()
+
+
+@router.get(
+    "/api/leaderboard", response_model=LeaderboardOut, responses={404: {"description": "unknown suite"}}
+)
+def get_leaderboard(
+    session: SessionDep,
+    suite: Annotated[
+        str | None,
+        Query(max_length=100, description="default: the suite of the latest benchmark run, else 'discovery'"),
+    ] = None,
+) -> dict:
+    """Ranked entries (rules and baselines): name, origin, score, ci, locality, cost."""
+    if suite is not None and suite not in known_suites(session):
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"unknown suite {suite!r}; known: {', '.join(known_suites(session))}",
+        )
+    return leaderboard(session, suite)

@@ -1,0 +1,80 @@
+"""``/api/health`` and ``/api/goal`` (read a plain-language goal without submitting it)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from discovery.goal import VOCABULARY, GoalError, parse_goal
+from service import __version__
+from service.db import redact_url
+from service.migrate import current_revision
+from service.schemas import HealthOut
+
+router = APIRouter(tags=["service"])
+
+
+def ray_health(dispatcher: Any) -> dict[str, Any]:
+    """The dispatcher's view of Ray, plus the cluster's resources once connected."""
+    if dispatcher is None:
+        return {"state": "disabled", "detail": "the dispatcher is off (PLASTICITY_DISPATCHER=0)"}
+    info = dict(dispatcher.ray_state)
+    if info.get("state") == "connected":
+        try:
+            from workers.runtime import ray_info
+
+            info.update(ray_info())
+        except Exception as exc:  # noqa: BLE001 - health must answer
+            info["info_error"] = str(exc)
+    return info
+
+
+@router.get("/api/health", response_model=HealthOut, responses={503: {"description": "database unreachable"}})
+def health(request: Request) -> Any:
+    """Service, database and Ray status."""
+    state = request.app.state
+    database: dict[str, Any] = {
+        "backend": state.settings.backend,
+        "url": redact_url(state.settings.database_url),
+    }
+    ok = True
+    try:
+        with state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        database.update(ok=True, revision=current_revision(state.engine))
+    except Exception as exc:  # noqa: BLE001
+        ok = False
+        database.update(ok=False, error=str(exc)[:300])
+    dispatcher = getattr(state, "dispatcher", None)
+    body = {
+        "status": "ok" if ok else "degraded",
+        "version": __version__,
+        "database": database,
+        "ray": ray_health(dispatcher),
+        "dispatcher": dispatcher.status() if dispatcher is not None else {"enabled": False},
+    }
+    if not ok:
+        return JSONResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            content=HealthOut.model_validate(body).model_dump(mode="json"),
+        )
+    return body
+
+
+@router.get("/api/goal", responses={422: {"description": "the goal is not understood; see the detail"}})
+def read_goal(text_: Annotated[str, Query(alias="text", min_length=1, max_length=2000)]) -> dict[str, Any]:
+    """How a goal would be read: the resolved spec and the phrases understood (nothing is submitted)."""
+    try:
+        parsed = parse_goal(text_)
+    except GoalError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict()) from exc
+    return {"spec": parsed.spec.model_dump(mode="json"), "understood": parsed.understood}
+
+
+@router.get("/api/goal/vocabulary")
+def goal_vocabulary() -> dict[str, list[str]]:
+    """The phrases a goal may use, by category."""
+    return VOCABULARY

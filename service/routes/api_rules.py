@@ -1,0 +1,109 @@
+"""``/api/rules``: list (with filters), inspect, and add a hand-written rule.
+
+``POST /api/rules`` answers **201** with the new rule, or **200** with the already stored rule (same content
+hash: the same ΔW up to the canonical form of ``rules.Rule``); the body's ``created`` tells which.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select
+
+from service.deps import IdPath, OwnerDep, SessionDep
+from service.models import ORIGIN_USER, Rule, RuleTerm
+from service.rulebook import InvalidRule, parse_rule, terms_catalog
+from service.schemas import RuleCreate, RuleOut
+from service.store import upsert_rule
+from service.views import rule_out
+
+router = APIRouter(prefix="/api/rules", tags=["rules"])
+
+Feedback = Annotated[str | None, Query(max_length=16, description="bp, fa, dfa or sign")]
+
+
+@router.get("", response_model=list[RuleOut])
+def list_rules(
+    session: SessionDep,
+    response: Response,
+    feedback: Feedback = None,
+    depth: Annotated[int | None, Query(ge=1, le=1000, description="weight layers L")] = None,
+    dataset: Annotated[str | None, Query(max_length=32)] = None,
+    term: Annotated[str | None, Query(max_length=64, description="a term id, e.g. F9")] = None,
+    origin: Annotated[str | None, Query(max_length=16, description="discovered or user")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> list[dict]:
+    """Stored rules, newest first; ``X-Total-Count`` gives the number of matches."""
+    stmt = select(Rule)
+    if feedback is not None:
+        stmt = stmt.where(Rule.feedback == feedback)
+    if depth is not None:
+        stmt = stmt.where(Rule.depth == depth)
+    if dataset is not None:
+        stmt = stmt.where(Rule.dataset == dataset)
+    if origin is not None:
+        stmt = stmt.where(Rule.origin == origin)
+    if term is not None:
+        stmt = stmt.where(Rule.id.in_(select(RuleTerm.rule_id).where(RuleTerm.term == term)))
+    response.headers["X-Total-Count"] = str(
+        session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    )
+    rules = session.scalars(stmt.order_by(Rule.id.desc()).limit(limit).offset(offset)).all()
+    return [rule_out(session, r) for r in rules]
+
+
+@router.get("/terms", tags=["rules"])
+def list_terms() -> list[dict]:
+    """The library of rule terms (F0..F9, hebb, ...) with their expressions."""
+    return terms_catalog()
+
+
+@router.get("/{rule_id}", response_model=RuleOut, responses={404: {"description": "no such rule"}})
+def get_rule(rule_id: IdPath, session: SessionDep) -> dict:
+    """Expression, LaTeX, coefficients, terms, origin, hash, spec, provenance and scores of one rule."""
+    rule = session.get(Rule, rule_id)
+    if rule is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"rule {rule_id} does not exist")
+    return rule_out(session, rule)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RuleOut,
+    responses={
+        200: {"model": RuleOut, "description": "the same rule was already stored"},
+        401: {"description": "missing or invalid bearer token"},
+        422: {"description": "invalid expression: the parser's message, position and token"},
+    },
+)
+def create_rule(body: RuleCreate, session: SessionDep, who: OwnerDep) -> dict:
+    """Store a rule from an expression in the rule language (API.md, "Rule expressions"); parsed without eval."""
+    try:
+        record = parse_rule(body.expression)
+    except InvalidRule as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict(body.expression)
+        ) from exc
+    except ImportError as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"the rule language is not available: {exc}"
+        ) from exc
+    rule, created = upsert_rule(
+        session,
+        record,
+        name=body.name,
+        origin=ORIGIN_USER,
+        provenance={"source": "api", "submitted_expression": body.expression, "submitted_by": who},
+    )
+    session.commit()
+    out = rule_out(session, rule, created=created)
+    if created:
+        return out
+    return JSONResponse(
+        status_code=status.HTTP_200_OK,  # type: ignore[return-value]
+        content=RuleOut.model_validate(out).model_dump(mode="json"),
+    )

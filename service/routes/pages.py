@@ -1,0 +1,201 @@
+"""Server-rendered pages (Jinja2, no JavaScript): the leaderboard, a rule, a job, and lists of jobs and rules.
+
+Formulas are the rules' LaTeX typeset to SVG on the server (``service.render``); θ trajectories and
+meta-accuracy curves are matplotlib SVG inlined in the page. A running job's page refreshes itself every 2 s
+with ``<meta http-equiv="refresh">``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+from sqlalchemy import func, select
+
+from service import __version__
+from service.deps import IdPath, SessionDep
+from service.leaderboard import known_suites, leaderboard
+from service.models import ACTIVE_STATUSES, BenchmarkRun, Job, Rule
+from service.render import accuracy_plot_svg, latex_svg, theta_plot_svg
+from service.rulebook import display_latex, terms_catalog
+from service.views import benchmark_out, job_out, rule_out
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
+
+
+def _formula(latex: str | None, fontsize: int = 15) -> Markup | None:
+    svg = latex_svg(latex, fontsize) if latex else None
+    return Markup(svg) if svg else None
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _sci(value: Any) -> str:
+    if value is None:
+        return "—"
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+templates.env.filters["num"] = _num
+templates.env.filters["sci"] = _sci
+templates.env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+templates.env.globals["version"] = __version__
+
+
+def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def _not_found(request: Request, what: str) -> HTMLResponse:
+    return _page(request, "error.html", 404, title="Not found", message=f"{what} does not exist.")
+
+
+@router.get("/", response_class=HTMLResponse)
+def leaderboard_page(
+    request: Request, session: SessionDep, suite: Annotated[str | None, Query(max_length=100)] = None
+) -> HTMLResponse:
+    suites = known_suites(session)
+    if suite is not None and suite not in suites:
+        return _page(
+            request,
+            "error.html",
+            404,
+            title="Unknown suite",
+            message=f"There is no suite named {suite!r}. Known: {', '.join(suites)}.",
+        )
+    board = leaderboard(session, suite)
+    coefficients = {
+        r.id: r.coefficients
+        for r in session.scalars(
+            select(Rule).where(Rule.id.in_([e["rule_id"] for e in board["entries"] if e.get("rule_id")]))
+        )
+    }
+    for entry in board["entries"]:
+        latex = entry.get("latex")
+        if latex and entry.get("rule_id") in coefficients:
+            latex = display_latex(coefficients[entry["rule_id"]], latex)
+        entry["formula_svg"] = _formula(latex, 13)
+    return _page(request, "leaderboard.html", board=board, title="Leaderboard")
+
+
+def _job_curves(job: Job | None) -> tuple[Markup | None, Markup | None]:
+    result = (job.result or {}) if job is not None else {}
+    theta = theta_plot_svg(result.get("theta_history") or [])
+    acc = accuracy_plot_svg(result.get("history") or [])
+    return (Markup(theta) if theta else None), (Markup(acc) if acc else None)
+
+
+@router.get("/rules", response_class=HTMLResponse)
+def rules_page(
+    request: Request, session: SessionDep, offset: Annotated[int, Query(ge=0, le=10**9)] = 0
+) -> HTMLResponse:
+    rules = session.scalars(select(Rule).order_by(Rule.id.desc()).limit(50).offset(offset)).all()
+    total = session.scalar(select(func.count()).select_from(Rule)) or 0
+    rows = [{"rule": r, "formula_svg": _formula(display_latex(r.coefficients, r.latex), 12)} for r in rules]
+    return _page(request, "rules.html", rows=rows, total=total, offset=offset, title="Rules")
+
+
+@router.get("/rules/{rule_id}", response_class=HTMLResponse)
+def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLResponse:
+    rule = session.get(Rule, rule_id)
+    if rule is None:
+        return _not_found(request, f"Rule {rule_id}")
+    data = rule_out(session, rule)
+    job = session.get(Job, rule.job_id) if rule.job_id is not None else None
+    theta_svg, acc_svg = _job_curves(job)
+    names = {t["id"]: t for t in terms_catalog()}
+    coefficients = [
+        {
+            "term": k,
+            "name": (names.get(k) or {}).get("name", ""),
+            "expression": (names.get(k) or {}).get("expression", ""),
+            "value": v,
+        }
+        for k, v in (rule.coefficients or {}).items()
+    ]
+    return _page(
+        request,
+        "rule.html",
+        rule=data,
+        formula_svg=_formula(display_latex(rule.coefficients, rule.latex), 18),
+        coefficients=coefficients,
+        theta_svg=theta_svg,
+        accuracy_svg=acc_svg,
+        job=job,
+        title=rule.name,
+    )
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(
+    request: Request, session: SessionDep, offset: Annotated[int, Query(ge=0, le=10**9)] = 0
+) -> HTMLResponse:
+    jobs = session.scalars(select(Job).order_by(Job.id.desc()).limit(50).offset(offset)).all()
+    total = session.scalar(select(func.count()).select_from(Job)) or 0
+    active = any(j.status in ACTIVE_STATUSES for j in jobs)
+    return _page(
+        request,
+        "jobs.html",
+        jobs=[job_out(j) for j in jobs],
+        total=total,
+        offset=offset,
+        refresh=active,
+        title="Jobs",
+    )
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: IdPath, session: SessionDep) -> HTMLResponse:
+    job = session.get(Job, job_id)
+    if job is None:
+        return _not_found(request, f"Job {job_id}")
+    data = job_out(job, events=True)
+    progress = data.get("progress") or {}
+    episode, total = progress.get("episode"), progress.get("total")
+    percent = (
+        100.0
+        if job.status == "succeeded"
+        else (min(100.0, 100.0 * episode / total) if isinstance(episode, int) and total else 0.0)
+    )
+    theta_svg, acc_svg = _job_curves(job)
+    return _page(
+        request,
+        "job.html",
+        job=data,
+        percent=percent,
+        refresh=job.status in ACTIVE_STATUSES,
+        theta_svg=theta_svg,
+        accuracy_svg=acc_svg,
+        events=list(reversed(data["events"]))[:50],
+        title=f"Job {job.id}",
+    )
+
+
+@router.get("/benchmarks/{bench_id}", response_class=HTMLResponse)
+def benchmark_page(request: Request, bench_id: IdPath, session: SessionDep) -> HTMLResponse:
+    run = session.get(BenchmarkRun, bench_id)
+    if run is None:
+        return _not_found(request, f"Benchmark {bench_id}")
+    return _page(
+        request,
+        "benchmark.html",
+        run=benchmark_out(run),
+        refresh=run.status in ACTIVE_STATUSES,
+        title=f"Benchmark {run.id}",
+    )

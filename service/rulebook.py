@@ -1,0 +1,174 @@
+"""The service's bridge to the rule language (``rules``): parse a user's expression, normalize an engine result.
+
+Both paths end in :class:`RuleRecord`, the fields of a ``rules`` row: the sympy expression as text, its canonical
+string and ``srepr``, LaTeX, coefficients {term id: θ_r}, term ids and the content hash (sha256 of the canonical
+string, ``rules.Rule.hash``). ``rules`` is imported lazily so that the service starts without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from service import __version__
+
+
+class InvalidRule(ValueError):
+    """A rule expression that does not parse: the parser's message, 0-based position and token."""
+
+    def __init__(self, message: str, position: int | None = None, token: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.position = position
+        self.token = token
+
+    def to_dict(self, expression: str | None = None) -> dict[str, Any]:
+        """HTTP 422 detail."""
+        detail: dict[str, Any] = {"message": self.message, "position": self.position, "token": self.token}
+        if expression is not None and self.position is not None:
+            detail["context"] = expression + "\n" + " " * self.position + "^"
+        return detail
+
+
+@dataclass(frozen=True)
+class RuleRecord:
+    """What is stored about a rule's mathematics."""
+
+    expression: str
+    canonical: str
+    srepr: str
+    latex: str
+    coefficients: dict[str, float]
+    terms: list[str]
+    hash: str
+
+
+def parse_rule(expression: str) -> RuleRecord:
+    """Parse a user's expression with the safe parser (``rules.Rule.parse``); raises :class:`InvalidRule`."""
+    from rules.parser import RuleSyntaxError
+    from rules.rule import Rule
+
+    if not isinstance(expression, str) or not expression.strip():
+        raise InvalidRule("the expression is empty", 0, "")
+    try:
+        rule = Rule.parse(expression)
+    except RuleSyntaxError as exc:
+        raise InvalidRule(exc.message, exc.position, exc.token) from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise InvalidRule(str(exc) or type(exc).__name__) from exc
+    return record_of(rule)
+
+
+def record_of(rule: Any) -> RuleRecord:
+    """The :class:`RuleRecord` of a ``rules.Rule``."""
+    data = rule.to_dict() if hasattr(rule, "to_dict") else {}
+    return RuleRecord(
+        expression=str(data.get("expression") or rule.expression),
+        canonical=rule.canonical(),
+        srepr=rule.srepr(),
+        latex=rule.latex(),
+        coefficients={str(k): float(v) for k, v in rule.coefficients.items()},
+        terms=list(rule.terms),
+        hash=rule.hash(),
+    )
+
+
+def record_from_result(rule: dict[str, Any]) -> RuleRecord:
+    """The :class:`RuleRecord` of an engine result's ``rule`` dict (``DiscoveryResult.rule``).
+
+    The dict's own fields are trusted when present; missing ones are recomputed with ``rules.Rule`` from the
+    coefficients. The hash always matches the canonical string's.
+    """
+    coefficients = {str(k): float(v) for k, v in (rule.get("coefficients") or {}).items()}
+    rebuilt: Any = None
+
+    def rebuild() -> Any:
+        nonlocal rebuilt
+        if rebuilt is None:
+            from rules.rule import Rule
+
+            rebuilt = (
+                Rule.parse(rule["expression"])
+                if not coefficients and rule.get("expression")
+                else Rule(coefficients)
+            )
+        return rebuilt
+
+    canonical = rule.get("canonical") or rebuild().canonical()
+    digest = rule.get("hash") or hashlib.sha256(canonical.encode()).hexdigest()
+    return RuleRecord(
+        expression=str(rule.get("expression") or rebuild().expression),
+        canonical=canonical,
+        srepr=rule.get("srepr") or rebuild().srepr(),
+        latex=rule.get("latex") or rebuild().latex(),
+        coefficients=coefficients or {str(k): float(v) for k, v in rebuild().coefficients.items()},
+        terms=list(rule.get("terms") or coefficients or rebuild().terms),
+        hash=digest,
+    )
+
+
+def display_latex(coefficients: dict[str, float] | None, latex: str, sig: int = 3) -> str:
+    """LaTeX for pages: θ rounded to ``sig`` significant digits (``rules.Rule.rounded``); ``latex`` as a fallback."""
+    if not coefficients:
+        return latex
+    try:
+        return _rounded_latex(tuple(sorted((str(k), float(v)) for k, v in coefficients.items())), sig)
+    except Exception:  # noqa: BLE001 - display only: keep the stored LaTeX
+        return latex
+
+
+@lru_cache(maxsize=1024)
+def _rounded_latex(items: tuple[tuple[str, float], ...], sig: int) -> str:
+    from rules.rule import Rule
+
+    return Rule(dict(items)).rounded(sig).latex()
+
+
+def terms_catalog() -> list[dict[str, Any]]:
+    """The rule-term library (id, name, expression, description), empty when ``rules.terms`` is missing."""
+    try:
+        from rules.terms import TERMS
+    except ImportError:
+        return []
+    out = []
+    for term in TERMS.values():
+        out.append(
+            {
+                "id": term.id,
+                "name": term.name,
+                "expression": str(term.expr),
+                "description": term.description,
+                "certain": bool(getattr(term, "certain", True)),
+            }
+        )
+    return out
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """``<package version>+<git commit>`` (``+<commit>-dirty`` with local changes), or the version alone."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+{commit}{'-dirty' if dirty else ''}" if commit else __version__

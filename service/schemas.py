@@ -1,0 +1,212 @@
+"""Request and response models of the REST API (they are the OpenAPI schema at ``/docs``).
+
+Requests forbid unknown fields, so a typo is a 422 naming the field instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from discovery.spec import DiscoverySpec
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GoalRequest(_Request):
+    """A plain-language goal, resolved into a spec by ``discovery.goal`` (see ``GET /api/goal/vocabulary``)."""
+
+    goal: str = Field(
+        ...,
+        min_length=1,
+        max_length=2000,
+        examples=[
+            (
+                "find a plasticity rule for depth-5 online learning under feedback alignment "
+                "with oja on mnist for 600 episodes"
+            )
+        ],
+    )
+
+
+def _job_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "goal" if "goal" in value else "spec"
+    return "goal" if isinstance(value, GoalRequest) else "spec"
+
+
+#: Body of ``POST /api/jobs``: a full spec, or ``{"goal": "..."}``.
+JobCreate = Annotated[
+    Annotated[GoalRequest, Tag("goal")] | Annotated[DiscoverySpec, Tag("spec")],
+    Discriminator(_job_kind),
+]
+
+
+class RuleCreate(_Request):
+    """A rule written by hand, e.g. ``-0.012*e*x.T + 0.065*e*e_pre.T + 0.008*(y*x.T - y*(y.T*W))``."""
+
+    name: str = Field(..., min_length=1, max_length=200)
+    expression: str = Field(..., min_length=1, max_length=2000)
+
+
+class BenchmarkCreate(_Request):
+    """Benchmark a stored rule (``rule_id``) or an expression (stored as a rule first) on a named suite.
+
+    Neither ``rule_id`` nor ``expression``: the suite's baselines only.
+    """
+
+    suite: str = Field(..., min_length=1, max_length=100)
+    rule_id: int | None = Field(None, ge=1, le=2**31 - 1)
+    expression: str | None = Field(None, min_length=1, max_length=2000)
+    tiny: bool = Field(False, description="run the suite's smoke-test size")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> BenchmarkCreate:
+        if self.rule_id is not None and self.expression is not None:
+            raise ValueError("give either rule_id or expression, not both")
+        return self
+
+
+class Progress(BaseModel):
+    """Latest progress of a job (more keys may follow the engine's progress events)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    episode: int | None = None
+    total: int | None = None
+    meta_accuracy: float | None = None
+    meta_loss: float | None = None
+    theta: dict[str, float | None] = Field(default_factory=dict)
+
+
+class EventOut(BaseModel):
+    id: int
+    created_at: dt.datetime
+    kind: str
+    message: str
+    data: dict[str, Any] | None = None
+
+
+class JobOut(BaseModel):
+    """A discovery job."""
+
+    id: int
+    status: JobStatus
+    name: str | None = None
+    goal: str | None = None
+    progress: Progress | None = None
+    error: str | None = None
+    rule_ids: list[int] = Field(default_factory=list)
+    spec: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    attempts: int = 0
+    heldout_accuracy: float | None = None
+    heldout_ci95: float | None = None
+    trials: int = 0
+    events: list[EventOut] | None = None
+    understood: list[str] | None = Field(None, description="how a goal was read (POST with a goal only)")
+
+
+class ScoreOut(BaseModel):
+    """A rule's score on one suite (``discovery``: held-out accuracy on its own discovery task)."""
+
+    suite: str
+    score: float | None = None
+    ci95: float | None = None
+    benchmark_id: int | None = None
+    job_id: int | None = None
+    locality: str | None = None
+    cost_per_sample_ms: float | None = None
+    created_at: dt.datetime | None = None
+
+
+class RuleOut(BaseModel):
+    """A stored rule ΔW = Σ θ_r F_r."""
+
+    id: int
+    name: str
+    expression: str
+    latex: str
+    coefficients: dict[str, float | None]
+    terms: list[str]
+    origin: str
+    hash: str
+    spec: dict[str, Any] | None = None
+    provenance: dict[str, Any]
+    scores: list[ScoreOut] = Field(default_factory=list)
+    feedback: str | None = None
+    depth: int | None = None
+    dataset: str | None = None
+    created_at: dt.datetime
+    created: bool | None = Field(None, description="POST only: false when the rule was already stored")
+
+
+class LearnerScoreOut(BaseModel):
+    learner: str
+    origin: str
+    rule_id: int | None = None
+    score: float | None = None
+    ci95: float | None = None
+    locality: str | None = None
+    cost_per_sample_ms: float | None = None
+    metrics: dict[str, Any] | None = None
+
+
+class BenchmarkOut(BaseModel):
+    """A benchmark run."""
+
+    id: int
+    status: JobStatus
+    suite: str
+    suite_version: str | None = None
+    rule_id: int | None = None
+    expression: str | None = None
+    tiny: bool = False
+    seed: int = 0
+    error: str | None = None
+    scores: list[LearnerScoreOut] = Field(default_factory=list)
+    diagnostics: dict[str, Any] | None = None
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+class LeaderboardEntry(BaseModel):
+    rank: int
+    name: str
+    origin: str
+    rule_id: int | None = None
+    score: float | None = None
+    ci: float | None = None
+    locality: str | None = None
+    cost: float | None = Field(None, description="cost per sample in ms")
+    feedback: str | None = None
+    latex: str | None = None
+    expression: str | None = None
+    benchmark_id: int | None = None
+    job_id: int | None = None
+
+
+class LeaderboardOut(BaseModel):
+    suite: str
+    suites: list[str]
+    description: str
+    entries: list[LeaderboardEntry]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    version: str
+    database: dict[str, Any]
+    ray: dict[str, Any]
+    dispatcher: dict[str, Any]

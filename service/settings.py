@@ -1,0 +1,146 @@
+"""Settings of the service, read from the environment (names in /work/shared/API.md).
+
+| variable | meaning | default |
+|---|---|---|
+| ``PLASTICITY_DATA_DIR`` | SQLite file, generated token, checkpoints, artifacts | ``./data`` |
+| ``PLASTICITY_DATABASE_URL`` | SQLAlchemy URL | ``sqlite:///<data dir>/plasticity.db`` |
+| ``PLASTICITY_API_TOKENS`` | comma-separated bearer tokens for writes | generated into ``<data dir>/api_token`` |
+| ``PLASTICITY_MAX_EPISODES`` | cap on ``meta.episodes`` (and ``meta.eval_episodes``) | 20000 |
+| ``PLASTICITY_MAX_WIDTH`` | cap on every layer width | 4096 |
+| ``PLASTICITY_MAX_DEPTH`` | cap on the number of weight layers L | 32 |
+| ``PLASTICITY_MAX_META_BATCH`` | cap on ``meta.meta_batch`` | 64 |
+| ``PLASTICITY_MAX_TRIALS`` | cap on the number of sweep trials | 64 |
+| ``PLASTICITY_MAX_CONCURRENT_JOBS`` | active (queued or running) jobs per token; same cap for benchmarks | 4 |
+| ``PLASTICITY_MAX_BODY_BYTES`` | largest request body | 1048576 |
+| ``PLASTICITY_MAX_RUNNING`` | jobs + benchmarks the dispatcher keeps submitted to Ray at once | 4 |
+| ``PLASTICITY_POLL_SECONDS`` | dispatcher polling period | 1.0 |
+| ``PLASTICITY_DISPATCHER`` | ``0`` disables the dispatcher thread (read-only replicas, tests) | ``1`` |
+| ``PLASTICITY_AUTO_BENCHMARK`` | comma-separated suites every newly discovered rule is benchmarked on | empty |
+| ``PLASTICITY_BENCHMARK_TINY`` | ``1``: run suites in their tiny (smoke-test) size | ``0`` |
+| ``RAY_ADDRESS`` | Ray cluster to join (read by ``workers.ray_jobs``) | local Ray |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw not in ("0", "false", "no", "off")
+
+
+def _env_list(name: str) -> list[str]:
+    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what one request may ask for (HTTP 413 / 422 / 429 when exceeded)."""
+
+    max_episodes: int = 20_000
+    max_width: int = 4096
+    max_depth: int = 32
+    max_meta_batch: int = 64
+    max_trials: int = 64
+    max_concurrent_jobs: int = 4
+    max_body_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app, the dispatcher and the CLI need to know about their environment."""
+
+    data_dir: Path
+    database_url: str
+    api_tokens: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    dispatcher_enabled: bool = True
+    poll_seconds: float = 1.0
+    max_running: int = 4
+    auto_benchmark_suites: tuple[str, ...] = ()
+    benchmark_tiny: bool = False
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Root of the per-job checkpoint folders ``job-<id>``."""
+        return self.data_dir / "checkpoints"
+
+    def checkpoint_dir(self, job_id: int) -> Path:
+        """Where job ``job_id`` checkpoints, so that a resubmitted job resumes."""
+        return self.checkpoints_dir / f"job-{job_id}"
+
+    @property
+    def token_file(self) -> Path:
+        """The generated API token, used when ``PLASTICITY_API_TOKENS`` is unset."""
+        return self.data_dir / "api_token"
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql`` (the SQLAlchemy dialect name)."""
+        return self.database_url.split(":", 1)[0].split("+", 1)[0]
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed (tests, CLI options)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def default_database_url(data_dir: Path) -> str:
+    """SQLite file ``plasticity.db`` inside the data folder."""
+    return f"sqlite:///{(data_dir / 'plasticity.db').resolve()}"
+
+
+def load_settings() -> Settings:
+    """Read :class:`Settings` from the environment; raises ``ValueError`` with the variable's name when bad."""
+    data_dir = Path(os.environ.get("PLASTICITY_DATA_DIR", "").strip() or "./data").expanduser().resolve()
+    url = os.environ.get("PLASTICITY_DATABASE_URL", "").strip() or default_database_url(data_dir)
+    limits = Limits(
+        max_episodes=_env_int("PLASTICITY_MAX_EPISODES", Limits.max_episodes),
+        max_width=_env_int("PLASTICITY_MAX_WIDTH", Limits.max_width),
+        max_depth=_env_int("PLASTICITY_MAX_DEPTH", Limits.max_depth),
+        max_meta_batch=_env_int("PLASTICITY_MAX_META_BATCH", Limits.max_meta_batch),
+        max_trials=_env_int("PLASTICITY_MAX_TRIALS", Limits.max_trials),
+        max_concurrent_jobs=_env_int("PLASTICITY_MAX_CONCURRENT_JOBS", Limits.max_concurrent_jobs),
+        max_body_bytes=_env_int("PLASTICITY_MAX_BODY_BYTES", Limits.max_body_bytes),
+    )
+    return Settings(
+        data_dir=data_dir,
+        database_url=url,
+        api_tokens=tuple(_env_list("PLASTICITY_API_TOKENS")),
+        limits=limits,
+        dispatcher_enabled=_env_bool("PLASTICITY_DISPATCHER", True),
+        poll_seconds=_env_float("PLASTICITY_POLL_SECONDS", 1.0),
+        max_running=_env_int("PLASTICITY_MAX_RUNNING", 4),
+        auto_benchmark_suites=tuple(_env_list("PLASTICITY_AUTO_BENCHMARK")),
+        benchmark_tiny=_env_bool("PLASTICITY_BENCHMARK_TINY", False),
+    )

@@ -1,0 +1,135 @@
+"""Database operations shared by the routes, the dispatcher and the CLI (no HTTP, no Ray here).
+
+The central one is :func:`upsert_rule`: a rule is stored once per content hash; storing it again returns the
+existing row (``created=False``) — also when two writers race, thanks to the unique index and a savepoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from discovery.spec import DiscoverySpec
+from service.db import finite_json
+from service.models import (
+    ACTIVE_STATUSES,
+    QUEUED,
+    BenchmarkRun,
+    Job,
+    JobEvent,
+    JobRule,
+    Rule,
+    RuleTerm,
+)
+from service.rulebook import RuleRecord, code_version
+
+
+def add_event(
+    session: Session,
+    kind: str,
+    message: str = "",
+    *,
+    job_id: int | None = None,
+    benchmark_id: int | None = None,
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    """Append an event to a job's (or a benchmark run's) history."""
+    event = JobEvent(
+        job_id=job_id,
+        benchmark_id=benchmark_id,
+        kind=kind,
+        message=message,
+        data=finite_json(data) if data is not None else None,
+    )
+    session.add(event)
+    return event
+
+
+def create_job(
+    session: Session,
+    spec: DiscoverySpec,
+    owner: str,
+    goal: str | None = None,
+    understood: list[str] | None = None,
+) -> Job:
+    """Insert a queued job for ``spec`` and its first event; flushes so the id is known."""
+    job = Job(
+        status=QUEUED, spec=spec.model_dump(mode="json"), name=spec.name, goal=goal, owner=owner, attempts=0
+    )
+    session.add(job)
+    session.flush()
+    data = {"understood": understood} if understood else None
+    add_event(session, "queued", "job created" + (" from a goal" if goal else ""), job_id=job.id, data=data)
+    return job
+
+
+def active_count(session: Session, model: type[Job | BenchmarkRun], owner: str) -> int:
+    """How many jobs (or benchmark runs) of ``owner`` are queued or running."""
+    stmt = (
+        select(func.count()).select_from(model).where(model.owner == owner, model.status.in_(ACTIVE_STATUSES))
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def find_rule_by_hash(session: Session, digest: str) -> Rule | None:
+    """The stored rule with this content hash, if any."""
+    return session.scalar(select(Rule).where(Rule.hash == digest))
+
+
+def upsert_rule(
+    session: Session,
+    record: RuleRecord,
+    *,
+    name: str,
+    origin: str,
+    spec: dict[str, Any] | None = None,
+    seed: int | None = None,
+    job_id: int | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> tuple[Rule, bool]:
+    """Store the rule unless its hash is already stored; returns (row, created)."""
+    existing = find_rule_by_hash(session, record.hash)
+    if existing is not None:
+        return existing, False
+    network = (spec or {}).get("network") or {}
+    task = (spec or {}).get("task") or {}
+    widths = network.get("widths")
+    rule = Rule(
+        name=name[:200],
+        hash=record.hash,
+        canonical=record.canonical,
+        srepr=record.srepr,
+        expression=record.expression,
+        latex=record.latex,
+        coefficients=finite_json(record.coefficients),
+        terms=list(record.terms),
+        origin=origin,
+        spec=spec,
+        seed=seed,
+        code_version=code_version()[:64],
+        job_id=job_id,
+        feedback=network.get("feedback"),
+        depth=len(widths) - 1 if widths else None,
+        dataset=task.get("dataset"),
+        provenance=finite_json(provenance) if provenance else None,
+    )
+    rule.term_links = [RuleTerm(term=t) for t in dict.fromkeys(record.terms)]
+    try:
+        with session.begin_nested():
+            session.add(rule)
+            session.flush()
+    except IntegrityError:
+        existing = find_rule_by_hash(session, record.hash)
+        if existing is None:
+            raise
+        return existing, False
+    return rule, True
+
+
+def link_job_rule(session: Session, job: Job, rule: Rule) -> None:
+    """Record that ``job`` produced ``rule`` (idempotent)."""
+    if rule.id not in job.rule_ids:
+        job.rule_links.append(JobRule(job_id=job.id, rule_id=rule.id))

@@ -1,0 +1,170 @@
+"""ORM rows → the API's JSON shapes (``service.schemas``), shared by the REST routes and the HTML pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.models import FINAL_STATUSES, SUCCEEDED, BenchmarkRun, Job, JobEvent, JobRule, Rule
+
+#: What a feedback mode says about locality (the vocabulary of the suites' ``locality`` field).
+FEEDBACK_LOCALITY: dict[str, str] = {
+    "bp": "weight transport",
+    "dfa": "global error",
+    "fa": "local",
+    "sign": "local",
+}
+
+
+def event_out(event: JobEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "created_at": event.created_at,
+        "kind": event.kind,
+        "message": event.message,
+        "data": event.data,
+    }
+
+
+def job_out(job: Job, *, events: bool = False) -> dict[str, Any]:
+    """A job as ``GET /api/jobs/{id}`` shows it (``events=True`` adds the history)."""
+    result = job.result or {}
+    progress = dict(job.progress) if job.progress else None
+    if progress is not None:
+        progress.setdefault("theta", {})
+        progress["theta"] = progress.get("theta") or {}
+    out: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status,
+        "name": job.name,
+        "goal": job.goal,
+        "progress": progress,
+        "error": job.error,
+        "rule_ids": job.rule_ids,
+        "spec": job.spec,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "attempts": job.attempts,
+        "heldout_accuracy": result.get("heldout_accuracy"),
+        "heldout_ci95": result.get("heldout_ci95"),
+        "trials": len(job.trials),
+    }
+    if events:
+        out["events"] = [event_out(e) for e in job.events]
+    return out
+
+
+def discovery_scores(session: Session, rule: Rule) -> list[dict[str, Any]]:
+    """Held-out accuracy of ``rule`` on the task of each succeeded job that produced it."""
+    stmt = (
+        select(Job)
+        .join(JobRule, JobRule.job_id == Job.id)
+        .where(JobRule.rule_id == rule.id, Job.status == SUCCEEDED)
+        .order_by(Job.id)
+    )
+    out = []
+    for job in session.scalars(stmt):
+        result = job.result or {}
+        feedback = ((job.spec or {}).get("network") or {}).get("feedback")
+        out.append(
+            {
+                "suite": "discovery",
+                "score": result.get("heldout_accuracy"),
+                "ci95": result.get("heldout_ci95"),
+                "job_id": job.id,
+                "benchmark_id": None,
+                "locality": FEEDBACK_LOCALITY.get(feedback or ""),
+                "cost_per_sample_ms": None,
+                "created_at": job.finished_at,
+            }
+        )
+    return out
+
+
+def rule_out(session: Session, rule: Rule, *, created: bool | None = None) -> dict[str, Any]:
+    """A rule as ``GET /api/rules/{id}`` shows it, with its scores on every suite."""
+    scores = discovery_scores(session, rule)
+    for s in rule.scores:
+        if s.run is not None and s.run.status == SUCCEEDED:
+            scores.append(
+                {
+                    "suite": s.suite,
+                    "score": s.score,
+                    "ci95": s.ci95,
+                    "benchmark_id": s.run_id,
+                    "job_id": None,
+                    "locality": s.locality,
+                    "cost_per_sample_ms": s.cost_per_sample_ms,
+                    "created_at": s.created_at,
+                }
+            )
+    provenance = {
+        **(rule.provenance or {}),
+        "job_id": rule.job_id,
+        "seed": rule.seed,
+        "code_version": rule.code_version,
+        "created_at": rule.created_at.isoformat(),
+        "canonical": rule.canonical,
+        "srepr": rule.srepr,
+    }
+    out: dict[str, Any] = {
+        "id": rule.id,
+        "name": rule.name,
+        "expression": rule.expression,
+        "latex": rule.latex,
+        "coefficients": rule.coefficients,
+        "terms": rule.terms,
+        "origin": rule.origin,
+        "hash": rule.hash,
+        "spec": rule.spec,
+        "provenance": provenance,
+        "scores": scores,
+        "feedback": rule.feedback,
+        "depth": rule.depth,
+        "dataset": rule.dataset,
+        "created_at": rule.created_at,
+    }
+    if created is not None:
+        out["created"] = created
+    return out
+
+
+def benchmark_out(run: BenchmarkRun) -> dict[str, Any]:
+    """A benchmark run with its per-learner scores and the suite's diagnostics."""
+    diagnostics = None
+    if run.result:
+        diagnostics = {k: v for k, v in run.result.items() if k != "entries"}
+    elif run.progress and run.status not in FINAL_STATUSES:
+        diagnostics = {"progress": run.progress}
+    return {
+        "id": run.id,
+        "status": run.status,
+        "suite": run.suite,
+        "suite_version": run.suite_version,
+        "rule_id": run.rule_id,
+        "expression": run.expression,
+        "tiny": run.tiny,
+        "seed": run.seed,
+        "error": run.error,
+        "scores": [
+            {
+                "learner": s.learner,
+                "origin": s.origin,
+                "rule_id": s.rule_id,
+                "score": s.score,
+                "ci95": s.ci95,
+                "locality": s.locality,
+                "cost_per_sample_ms": s.cost_per_sample_ms,
+                "metrics": s.metrics,
+            }
+            for s in run.scores
+        ],
+        "diagnostics": diagnostics,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+    }

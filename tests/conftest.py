@@ -1,0 +1,454 @@
+"""Shared pytest fixtures (generic; no test logic here).
+
+- ``pg_base_url`` / ``pg_schema_url``: the real PostgreSQL at 127.0.0.1:5432 (database ``test``, trust auth, user
+  ``root`` or ``postgres``; override with ``PLASTICITY_TEST_PG_URL``), isolated in a fresh schema per test session
+  (dropped at the end). Tests that need it skip with a reason when the server is unreachable.
+- ``db_url``: parametrized over ``sqlite`` (a new file per test) and ``postgresql`` (the session schema, migrated
+  once, tables truncated before each test).
+- ``settings``, ``app``, ``client``, ``auth``: the service on that database with the dispatcher off and the bearer
+  token ``test-token``.
+- ``FakeWorkers``: an in-process stand-in for ``workers.ray_jobs`` that follows a script of states.
+- ``LiveServer`` / ``live_server``: the real server (``python -m service.cli serve``) in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+TEST_TOKEN = "test-token"
+_PG_CANDIDATES = (
+    "postgresql+psycopg://root@127.0.0.1:5432/test",
+    "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+)
+TABLES = (
+    "job_events",
+    "benchmark_scores",
+    "benchmark_runs",
+    "trials",
+    "job_rules",
+    "rule_terms",
+    "rules",
+    "jobs",
+)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------------------------
+def _pg_reachable(url: str) -> str | None:
+    """None when ``url`` accepts connections, else the reason."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return str(exc).splitlines()[0]
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_base_url() -> str:
+    """A reachable PostgreSQL URL, or skip."""
+    candidates = (
+        [os.environ["PLASTICITY_TEST_PG_URL"]]
+        if os.environ.get("PLASTICITY_TEST_PG_URL")
+        else list(_PG_CANDIDATES)
+    )
+    reasons = []
+    for url in candidates:
+        reason = _pg_reachable(url)
+        if reason is None:
+            return url
+        reasons.append(reason)
+    pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable ({'; '.join(reasons)})")
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """``url`` whose connections use ``schema`` (libpq ``options=-csearch_path=...``)."""
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(scope="session")
+def pg_schema_factory(pg_base_url: str) -> Iterator[Callable[[], str]]:
+    """Make fresh schemas (URLs pointing at them); all are dropped at the end of the session."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(pg_base_url)
+    made: list[str] = []
+
+    def make() -> str:
+        schema = f"t_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        made.append(schema)
+        return with_search_path(pg_base_url, schema)
+
+    yield make
+    with admin.begin() as conn:
+        for schema in made:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_schema_url(pg_schema_factory: Callable[[], str]) -> str:
+    """One migrated schema for the whole session."""
+    from service.db import make_engine
+    from service.migrate import upgrade
+
+    url = pg_schema_factory()
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url
+
+
+def truncate_all(url: str) -> None:
+    """Empty every service table and reset ids (PostgreSQL)."""
+    from sqlalchemy import text
+
+    from service.db import make_engine
+
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database: SQLite file or PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    url = request.getfixturevalue("pg_schema_url")
+    truncate_all(url)
+    return url
+
+
+# --- the app -----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Any:
+    """Settings on ``db_url`` with a temp data folder, the token ``test-token`` and the dispatcher off."""
+    from service.settings import Settings
+
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        api_tokens=(TEST_TOKEN,),
+        dispatcher_enabled=False,
+        poll_seconds=0.05,
+    )
+
+
+@pytest.fixture
+def app(settings: Any) -> Any:
+    from service.app import create_app
+
+    application = create_app(settings, dispatcher=False)
+    yield application
+    application.state.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Any) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TEST_TOKEN}"}
+
+
+# --- a fake workers.ray_jobs --------------------------------------------------------------------------------------
+@dataclass
+class FakeState:
+    """Same fields as ``workers.ray_jobs.JobState``."""
+
+    status: str
+    progress: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    detail: str | None = None
+
+
+@dataclass
+class FakeHandle:
+    kind: str
+    id: int
+    args: dict[str, Any]
+    states: list[FakeState] = field(default_factory=list)
+    cancelled: bool = False
+
+
+def fake_discovery_result(
+    coefficients: dict[str, float] | None = None, episodes: int = 3, accuracy: float = 0.6
+) -> dict[str, Any]:
+    """A DiscoveryResult-shaped dict with a real ``rules.Rule`` and a short history."""
+    from rules.rule import Rule
+
+    coefficients = coefficients or {"F0": 0.01, "F9": 0.002}
+    rule = Rule(coefficients).to_dict()
+    history = [
+        {
+            "episode": i + 1,
+            "total": episodes,
+            "meta_loss": 1.5 - 0.1 * i,
+            "meta_accuracy": min(0.95, 0.3 + 0.6 * i / max(1, episodes - 1)),
+            "theta": {k: v * (i + 1) / episodes for k, v in coefficients.items()},
+        }
+        for i in range(episodes)
+    ]
+    return {
+        "rule": rule,
+        "theta": coefficients,
+        "history": history,
+        "theta_history": [h["theta"] for h in history],
+        "heldout_accuracy": accuracy,
+        "heldout_ci95": 0.05,
+        "heldout_episodes": 10,
+        "diverged_episodes": 0,
+        "skipped_steps": 0,
+        "stopped": False,
+        "wall_time_s": 1.0,
+        "device": "cpu",
+        "spec": {},
+    }
+
+
+def default_job_script(handle: FakeHandle) -> list[FakeState]:
+    """running (episode 1, 2) then succeeded with :func:`fake_discovery_result`."""
+    return [
+        FakeState("running", {"episode": 1, "total": 2, "meta_accuracy": 0.4, "theta": {"F0": 0.005}}),
+        FakeState(
+            "running", {"episode": 2, "total": 2, "meta_accuracy": float("nan"), "theta": {"F0": 0.01}}
+        ),
+        FakeState("succeeded", {"episode": 2, "total": 2}, fake_discovery_result()),
+    ]
+
+
+def default_benchmark_script(handle: FakeHandle) -> list[FakeState]:
+    """running then succeeded with a baseline and (when an expression is given) the rule."""
+    entries = [
+        {
+            "learner": "backprop",
+            "kind": "baseline",
+            "score": 0.8,
+            "ci95": [0.75, 0.85],
+            "ci95_halfwidth": 0.05,
+            "locality": "weight transport",
+            "cost_per_sample_ms": 0.1,
+            "metrics": {},
+        },
+        {
+            "learner": "fa",
+            "kind": "baseline",
+            "score": 0.3,
+            "ci95": [0.25, 0.35],
+            "ci95_halfwidth": 0.05,
+            "locality": "local",
+            "cost_per_sample_ms": 0.1,
+            "metrics": {},
+        },
+    ]
+    if handle.args.get("expression"):
+        entries.append(
+            {
+                "learner": "rule",
+                "kind": "rule",
+                "score": 0.7,
+                "ci95": [0.6, 0.8],
+                "ci95_halfwidth": 0.1,
+                "locality": "local",
+                "cost_per_sample_ms": 0.2,
+                "metrics": {"e1": [1.0, float("inf")]},
+            }
+        )
+    return [
+        FakeState("running", {"stage": "score"}),
+        FakeState("succeeded", None, {"suite": handle.args["suite"], "version": "1.0", "entries": entries}),
+    ]
+
+
+class FakeWorkers:
+    """In-process stand-in for ``workers.ray_jobs``: every handle walks through a scripted list of states."""
+
+    def __init__(
+        self,
+        job_script: Callable[[FakeHandle], list[FakeState]] = default_job_script,
+        benchmark_script: Callable[[FakeHandle], list[FakeState]] = default_benchmark_script,
+    ) -> None:
+        self.job_script = job_script
+        self.benchmark_script = benchmark_script
+        self.handles: list[FakeHandle] = []
+        self.ray_calls = 0
+
+    def ensure_ray(self) -> str:
+        self.ray_calls += 1
+        return "fake://ray"
+
+    def submit_discovery(self, job_id: Any, spec: Any, checkpoint_dir: Any = None) -> FakeHandle:
+        handle = FakeHandle("discovery", int(job_id), {"spec": spec, "checkpoint_dir": checkpoint_dir})
+        handle.states = self.job_script(handle)
+        self.handles.append(handle)
+        return handle
+
+    def submit_benchmark(
+        self, bench_id: Any, suite: str, expression: str | None, tiny: bool = False, seed: int = 0
+    ) -> FakeHandle:
+        handle = FakeHandle(
+            "benchmark", int(bench_id), {"suite": suite, "expression": expression, "tiny": tiny, "seed": seed}
+        )
+        handle.states = self.benchmark_script(handle)
+        self.handles.append(handle)
+        return handle
+
+    def poll(self, handle: FakeHandle) -> FakeState:
+        if handle.cancelled:
+            return FakeState("cancelled")
+        if len(handle.states) > 1:
+            return handle.states.pop(0)
+        return handle.states[0]
+
+    def cancel(self, handle: FakeHandle) -> None:
+        handle.cancelled = True
+
+
+@pytest.fixture
+def fake_workers() -> FakeWorkers:
+    return FakeWorkers()
+
+
+# --- a live server -------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """``python -m service.cli serve`` in its own process group, with its log in the data folder."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "PLASTICITY_DATA_DIR": str(data_dir),
+            "PLASTICITY_POLL_SECONDS": "0.5",
+            "PLASTICITY_RAY_NUM_CPUS": "2",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        if "RAY_ADDRESS" not in (env or {}):
+            self.env.pop("RAY_ADDRESS", None)  # a local Ray of its own
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"server-{self.port}.log"
+
+    def start(self, timeout: float = 120.0) -> LiveServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"the server did not answer within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        """Signal the server's process group (the server and the local Ray it started); SIGKILL after timeout."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._kill_group(signal.SIGKILL)
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._kill_group(signal.SIGKILL)
+            self.proc.wait(10)
+        if sig != signal.SIGKILL:
+            time.sleep(1.0)
+        self._kill_group(signal.SIGKILL)
+
+    def _kill_group(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "api_token").read_text().strip()
+
+
+@pytest.fixture
+def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start servers on demand; all are stopped at the end of the test."""
+    started: list[LiveServer] = []
+
+    def start(
+        data_dir: Path | None = None, env: dict[str, str] | None = None, port: int | None = None
+    ) -> LiveServer:
+        server = LiveServer(data_dir or tmp_path / "data", env, port).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,234 @@
+"""discovery.goal: plain-language goals → DiscoverySpec, and clear errors for what is not understood."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from discovery.goal import (
+    BAD_INIT_SCALE,
+    SMALL_INIT_SCALE,
+    VOCABULARY,
+    GoalError,
+    goal_to_spec,
+    interpolate_hidden,
+    network_widths,
+    parse_goal,
+)
+from discovery.spec import POOLS, DiscoverySpec
+
+
+def test_the_example_goal_of_the_issue() -> None:
+    spec = goal_to_spec("find a plasticity rule for depth-5 online learning under feedback alignment")
+    assert spec.network.widths == [784, 170, 130, 100, 70, 10]
+    assert spec.network.feedback == "fa"
+    assert spec.task.dataset == "mnist5k"
+    assert spec.rule.terms == POOLS["paper3"]
+
+
+@pytest.mark.parametrize(
+    ("depth", "widths"),
+    [
+        (1, [784, 10]),
+        (2, [784, 115, 10]),
+        (3, [784, 170, 70, 10]),
+        (4, [784, 170, 115, 70, 10]),
+        (5, [784, 170, 130, 100, 70, 10]),
+    ],
+)
+def test_depth_interpolates_widths(depth: int, widths: list[int]) -> None:
+    assert goal_to_spec(f"depth-{depth} online").network.widths == widths
+    assert goal_to_spec(f"{depth} layers").network.widths == widths
+
+
+def test_interpolation_is_monotone_for_deep_nets() -> None:
+    hidden = interpolate_hidden(19)
+    assert hidden[0] == 170 and hidden[-1] == 70
+    assert all(a >= b for a, b in itertools.pairwise(hidden))
+    assert network_widths(3, 64, 10, width=32) == [64, 32, 32, 10]
+
+
+def test_e2e_goal_with_width_and_episodes() -> None:
+    parsed = parse_goal(
+        "find a plasticity rule for depth-2 online learning under feedback alignment with oja on "
+        "synthetic data for 3 episodes, width 16"
+    )
+    spec = parsed.spec
+    assert spec.network.widths == [784, 16, 10]
+    assert spec.task.dataset == "synthetic"
+    assert spec.rule.terms == ["F0", "F9"]
+    assert spec.meta.episodes == 3
+    assert any("oja" in note for note in parsed.understood)
+
+
+def test_tiny_sets_small_sizes_but_explicit_numbers_win() -> None:
+    spec = goal_to_spec("tiny depth-2 backprop on digits for 4 episodes, 7 shots")
+    assert spec.network.widths == [64, 16, 10]
+    assert spec.network.feedback == "bp"
+    assert spec.task.shots == 7 and spec.task.queries == 5
+    assert spec.meta.episodes == 4 and spec.meta.eval_episodes == 10
+
+
+@pytest.mark.parametrize(
+    ("phrase", "mode"),
+    [
+        ("feedback alignment", "fa"),
+        ("FA", "fa"),
+        ("random feedback", "fa"),
+        ("backprop", "bp"),
+        ("backpropagation", "bp"),
+        ("weight transport", "bp"),
+        ("direct feedback alignment", "dfa"),
+        ("DFA", "dfa"),
+        ("direct feedback", "dfa"),
+        ("sign-symmetric", "sign"),
+        ("sign symmetric feedback", "sign"),
+    ],
+)
+def test_feedback_phrases(phrase: str, mode: str) -> None:
+    assert goal_to_spec(f"depth-2 {phrase}").network.feedback == mode
+
+
+@pytest.mark.parametrize(
+    ("phrase", "dataset", "n_in", "n_out"),
+    [
+        ("mnist", "mnist5k", 784, 10),
+        ("MNIST", "mnist5k", 784, 10),
+        ("digits", "digits", 64, 10),
+        ("digits28", "digits28", 784, 10),
+        ("synthetic", "synthetic", 784, 10),
+        ("emnist", "emnist-balanced", 784, 47),
+    ],
+)
+def test_datasets_set_input_and_output_widths(phrase: str, dataset: str, n_in: int, n_out: int) -> None:
+    spec = goal_to_spec(f"depth-3 on {phrase}")
+    assert spec.task.dataset == dataset
+    assert spec.network.widths[0] == n_in and spec.network.widths[-1] == n_out
+
+
+@pytest.mark.parametrize(
+    ("phrase", "terms"),
+    [
+        ("oja", ["F0", "F9"]),
+        ("Oja's rule", ["F0", "F9"]),
+        ("hebbian", ["F0", "hebb"]),
+        ("error-Hebbian", ["F0", "F2"]),
+        ("eHebb", ["F0", "F2"]),
+        ("decay", ["F0", "F3"]),
+        ("pseudo-gradient", ["F0"]),
+        ("eHebb and oja", ["F0", "F2", "F9"]),
+        ("only oja", ["F9"]),
+        ("F4 and F7", ["F0", "F4", "F7"]),
+    ],
+)
+def test_term_phrases(phrase: str, terms: list[str]) -> None:
+    assert goal_to_spec(f"depth-2 with {phrase}").rule.terms == terms
+
+
+def test_all_ten_terms_is_the_bio10_pool() -> None:
+    assert goal_to_spec("depth-5 with all ten terms").rule.terms == POOLS["bio10"]
+    assert goal_to_spec("bio10 pool on mnist").rule.terms == POOLS["bio10"]
+
+
+def test_init_phrases() -> None:
+    assert goal_to_spec("depth-5 bad init").network.init_scale == BAD_INIT_SCALE
+    assert goal_to_spec("depth-5 large initialization").network.init_scale == BAD_INIT_SCALE
+    assert goal_to_spec("depth-5 small init").network.init_scale == SMALL_INIT_SCALE
+    assert goal_to_spec("depth-5 init scale 2.5").network.init_scale == 2.5
+
+
+def test_training_numbers() -> None:
+    spec = goal_to_spec(
+        "depth-2 for 1,200 episodes, 50 eval episodes, 3-way 20-shot 4 queries, seed 7, lr 3e-4, "
+        "l1 0.001, meta-batch 4, beta 5"
+    )
+    assert (spec.meta.episodes, spec.meta.eval_episodes, spec.meta.seed) == (1200, 50, 7)
+    assert (spec.task.ways, spec.task.shots, spec.task.queries) == (3, 20, 4)
+    assert spec.meta.lr == pytest.approx(3e-4) and spec.meta.l1 == pytest.approx(1e-3)
+    assert spec.meta.meta_batch == 4 and spec.network.beta == 5
+
+
+def test_gpu_phrase() -> None:
+    spec = goal_to_spec("depth-5 on gpu")
+    assert spec.resources.device == "cuda" and spec.resources.num_gpus == 1
+
+
+def test_batch_learning_is_refused() -> None:
+    with pytest.raises(GoalError, match="batch learning is not supported"):
+        parse_goal("depth-5 mini-batch learning with oja")
+
+
+def test_unknown_words_are_listed_with_what_was_understood() -> None:
+    with pytest.raises(GoalError) as info:
+        parse_goal("depth-2 quantum learning with oja on mnist using telepathy")
+    detail = info.value.to_dict()
+    assert detail["unknown_words"] == ["quantum", "telepathy"]
+    assert any("depth-2" in u for u in detail["understood"])
+    assert any("oja" in u for u in detail["understood"])
+    assert detail["vocabulary"] == VOCABULARY
+
+
+def test_contradictions_are_errors() -> None:
+    with pytest.raises(GoalError, match="contradicts"):
+        parse_goal("backprop with feedback alignment")
+    with pytest.raises(GoalError, match="contradicts"):
+        parse_goal("depth-2 and depth-3")
+
+
+def test_invalid_resulting_spec_is_a_goal_error() -> None:
+    with pytest.raises(GoalError, match="invalid spec"):
+        parse_goal("depth-2 1-way")
+    with pytest.raises(GoalError, match="invalid spec"):
+        parse_goal("depth-0")
+
+
+def test_empty_goal() -> None:
+    with pytest.raises(GoalError, match="empty"):
+        parse_goal("   ")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=120))
+def test_any_text_gives_a_spec_or_a_goal_error(text: str) -> None:
+    try:
+        spec = goal_to_spec(text)
+    except GoalError as exc:
+        assert exc.message
+        return
+    assert isinstance(spec, DiscoverySpec)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "depth-2",
+                "online",
+                "oja",
+                "ehebb",
+                "decay",
+                "mnist",
+                "3 episodes",
+                "width 8",
+                "tiny",
+                "seed 3",
+                "bad init",
+                "with",
+                "on",
+                "the",
+                "for",
+            ]
+        ),
+        max_size=8,
+    )
+)
+def test_vocabulary_phrases_always_parse(words: list[str]) -> None:
+    text = " ".join(words)
+    if words.count("depth-2") > 1 or not text.strip():
+        return
+    spec = goal_to_spec(text)
+    assert spec.network.widths[0] == 784

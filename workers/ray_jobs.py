@@ -1,0 +1,404 @@
+"""The workers' public API: submit discovery and benchmark jobs to Ray, poll them, cancel them.
+
+A discovery job meta-learns the coefficients θ of a plasticity rule ΔW_ℓ = Σ_r θ_r F^r_ℓ (SCIENCE.md) with
+``discovery.discover``; a spec with a non-empty ``sweep`` runs as Ray Tune trials over the grid of seeds,
+meta learning rates η_meta and L1 weights λ, and the trial with the best held-out accuracy gives the job's
+rule. A benchmark job scores a rule expression (or the baselines alone) with ``discovery.suites.run_suite``.
+
+Every job is one Ray actor (:class:`workers.actors.JobActor`) with the spec's CPUs and GPUs (a sweep's
+coordinating actor takes none; its trials take them). The caller keeps a :class:`JobHandle` and calls
+:func:`poll`, which never blocks for long: it looks at the job's result reference and at the answer to the
+previous ``state()`` call with ``ray.wait(..., timeout=0)`` and asks for a fresh state for the next poll.
+
+    handle = submit_discovery("42", spec, checkpoint_dir)
+    state = poll(handle)        # JobState(status="queued"|"running"|"succeeded"|"failed"|"cancelled", ...)
+    cancel(handle)              # the engine stops at its next episode; killed after a grace period
+
+Environment: ``PLASTICITY_CANCEL_GRACE_S`` (default 10) seconds between a cancel and ``ray.kill``;
+``PLASTICITY_ALLOW_PENDING_RESOURCES=1`` keeps a job queued (instead of failing it at once) when the cluster
+has fewer CPUs/GPUs in total than it asks for, e.g. on an autoscaling cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import ray
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayError
+
+from workers.actors import ACTOR_CONCURRENCY, RemoteJobActor
+from workers.progress import describe_ray_error
+from workers.runtime import ensure_ray
+
+log = logging.getLogger(__name__)
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobKind = Literal["discovery", "sweep", "benchmark"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+DEFAULT_CANCEL_GRACE_S = 10.0
+
+
+@dataclass
+class JobState:
+    """What :func:`poll` knows about a job.
+
+    ``progress``: the latest progress event as a dict (episode, total, meta_loss, meta_accuracy, theta,
+    alignment_deg, e1, skipped, kind, updated_at; a sweep adds trials_total, trials_done, best_trial,
+    best_heldout_accuracy, best_config and a row per trial), ``None`` before the first one.
+    ``result``: the engine's result as a JSON-able dict once the job ended (a sweep's adds ``trials``,
+    ``best_trial``, ``sweep``; a cancelled job may carry the partial result). ``error``: a one-line message of
+    a failed job; ``detail``: the last lines of its traceback or Ray's reason.
+    """
+
+    status: JobStatus
+    progress: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    detail: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the status is terminal (succeeded, failed or cancelled)."""
+        return self.status in TERMINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields."""
+        return asdict(self)
+
+
+@dataclass
+class JobHandle:
+    """The caller's grip on a submitted job: its actor, the reference to the actor's ``run()`` and what
+    :func:`poll` has learned so far. Keep it in memory (e.g. a dict by job id); it is cheap.
+
+    It pickles with Ray's serializer while Ray is up (the lock and the cancel timer stay behind); an actor
+    lives as long as the process that submitted it, so a handle is no use after a restart of the service.
+    """
+
+    job_id: str
+    kind: JobKind
+    payload: dict[str, Any]
+    actor_options: dict[str, Any]
+    max_retries: int = 0
+    attempt: int = 1
+    submitted_at: float = field(default_factory=time.time)
+    actor: Any = None
+    run_ref: Any = None
+    cancel_requested_at: float | None = None
+    cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S
+    infeasible: str | None = None
+    _state_ref: Any = field(default=None, repr=False)
+    _last_state: dict[str, Any] | None = field(default=None, repr=False)
+    _seen_running: bool = field(default=False, repr=False)
+    _final: JobState | None = field(default=None, repr=False)
+    _note: dict[str, Any] | None = field(default=None, repr=False)
+    _lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
+    _timer: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def done(self) -> bool:
+        """True once :func:`poll` has seen the job end."""
+        return self._final is not None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_lock"] = None
+        state["_timer"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+
+# --- resources --------------------------------------------------------------------------------------------
+def spec_resources(spec: Any) -> dict[str, float]:
+    """``{"num_cpus", "num_gpus"}`` for a job of this spec.
+
+    GPUs: ``resources.num_gpus`` when positive, else 1 when ``device == "cuda"``, else 0; ``device == "cpu"``
+    asks for none. (Ray hides unrequested GPUs from an actor, so ``device="auto"`` with no GPUs runs on CPU.)
+    """
+    res = spec.resources
+    gpus = float(res.num_gpus) if res.num_gpus > 0 else (1.0 if res.device == "cuda" else 0.0)
+    if res.device == "cpu":
+        gpus = 0.0
+    return {"num_cpus": float(res.num_cpus), "num_gpus": gpus}
+
+
+def _infeasible_reason(need: Mapping[str, float]) -> str | None:
+    """Why the cluster can never give these resources (its totals are too small), or None."""
+    if os.environ.get("PLASTICITY_ALLOW_PENDING_RESOURCES", "").strip() in ("1", "true", "yes"):
+        return None
+    try:
+        total = ray.cluster_resources()
+    except Exception:  # noqa: BLE001 - unknown: let the job wait
+        return None
+    for key, label in (("num_gpus", "GPU"), ("num_cpus", "CPU")):
+        want = float(need.get(key, 0) or 0)
+        have = float(total.get(label, 0) or 0)
+        if want > have:
+            return f"the job asks for {want:g} {label}(s) but the Ray cluster has {have:g}"
+    return None
+
+
+# --- submission ---------------------------------------------------------------------------------------------
+def _launch(handle: JobHandle) -> None:
+    """Create the handle's actor and start its ``run()``."""
+    actor = RemoteJobActor.options(**handle.actor_options).remote(handle.job_id, handle.kind, handle.payload)
+    handle.actor = actor
+    handle.run_ref = actor.run.remote()
+    handle._state_ref = None
+    handle._seen_running = False
+
+
+def _spec_model(spec: Any) -> Any:
+    from discovery.spec import DiscoverySpec
+
+    if isinstance(spec, DiscoverySpec):
+        return spec
+    if isinstance(spec, Mapping):
+        return DiscoverySpec.model_validate(dict(spec))
+    if hasattr(spec, "model_dump"):
+        return DiscoverySpec.model_validate(spec.model_dump())
+    raise TypeError(f"a DiscoverySpec or a dict is needed, not {type(spec).__name__}")
+
+
+def submit_discovery(
+    job_id: str | int,
+    spec: Any,
+    checkpoint_dir: str | Path | None = None,
+    *,
+    max_retries: int = 0,
+    engine: Callable[..., Any] | None = None,
+) -> JobHandle:
+    """Start a discovery job (a sweep when ``spec.sweep`` is not empty) and return its handle at once.
+
+    ``spec``: a ``DiscoverySpec`` or its dict (validated here; a ``pydantic.ValidationError`` is raised now,
+    not later). ``checkpoint_dir``: where the engine checkpoints (and resumes from); a sweep puts Tune's files
+    under ``tune/`` and each trial's checkpoints under ``trials/<grid point>/`` there. ``max_retries``: how
+    often a job whose actor died (node lost, out of memory) is started again, resuming from its checkpoints.
+    ``engine``: a stand-in for ``discovery.discover`` with its signature (tests, experiments); it must
+    pickle (cloudpickle) into the worker.
+    """
+    ensure_ray()
+    model = _spec_model(spec)
+    need = spec_resources(model)
+    spec_dict = model.model_dump(mode="json")
+    payload: dict[str, Any] = {
+        "spec": spec_dict,
+        "checkpoint_dir": None if checkpoint_dir is None else str(Path(checkpoint_dir).resolve()),
+        "engine": engine,
+    }
+    if model.sweep.is_empty():
+        kind: JobKind = "discovery"
+        options = {**need, "max_concurrency": ACTOR_CONCURRENCY}
+    else:
+        kind = "sweep"
+        payload["trial_resources"] = {"cpu": need["num_cpus"], "gpu": need["num_gpus"]}
+        options = {"num_cpus": 0, "num_gpus": 0, "max_concurrency": ACTOR_CONCURRENCY}
+    handle = JobHandle(
+        job_id=str(job_id),
+        kind=kind,
+        payload=payload,
+        actor_options=options,
+        max_retries=max(0, int(max_retries)),
+        cancel_grace_s=float(os.environ.get("PLASTICITY_CANCEL_GRACE_S", DEFAULT_CANCEL_GRACE_S)),
+        infeasible=_infeasible_reason(need),
+    )
+    _launch(handle)
+    return handle
+
+
+def submit_benchmark(
+    bench_id: str | int,
+    suite: str,
+    expression: str | None,
+    tiny: bool = False,
+    seed: int = 0,
+    *,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    device: str | None = None,
+    max_retries: int = 0,
+    engine: Callable[..., Any] | None = None,
+) -> JobHandle:
+    """Start a benchmark: ``run_suite(suite, Rule.parse(expression) or None, tiny=…, seed=…)`` in an actor.
+
+    ``expression`` ``None`` (or blank) scores the baselines only; a bad expression fails the job with the
+    parser's message. ``device`` goes to ``run_suite`` when it takes one (default: ``"cuda"`` when
+    ``num_gpus`` > 0, else the suite's own default). ``engine``: a stand-in for ``discovery.suites.run_suite``
+    with its signature. The suite cannot stop half-way, so a cancel kills the actor at once.
+    """
+    ensure_ray()
+    need = {"num_cpus": float(num_cpus), "num_gpus": float(num_gpus)}
+    if device is None and num_gpus > 0:
+        device = "cuda"
+    handle = JobHandle(
+        job_id=str(bench_id),
+        kind="benchmark",
+        payload={"suite": suite, "expression": expression, "tiny": bool(tiny), "seed": int(seed),
+                 "device": device, "engine": engine},
+        actor_options={**need, "max_concurrency": ACTOR_CONCURRENCY},
+        max_retries=max(0, int(max_retries)),
+        cancel_grace_s=0.0,
+        infeasible=_infeasible_reason(need),
+    )
+    _launch(handle)
+    return handle
+
+
+# --- polling ------------------------------------------------------------------------------------------------
+def _kill(handle: JobHandle) -> None:
+    if handle.actor is None:
+        return
+    try:
+        ray.kill(handle.actor, no_restart=True)
+    except Exception:  # already gone, or Ray is down
+        log.debug("job %s: kill failed", handle.job_id, exc_info=True)
+
+
+def _finish(handle: JobHandle, state: JobState) -> JobState:
+    """Record the final state, stop the cancel timer and free the actor's resources."""
+    handle._final = state
+    if handle._timer is not None:
+        handle._timer.cancel()
+        handle._timer = None
+    _kill(handle)
+    handle._state_ref = None
+    return state
+
+
+def _actor_error(exc: BaseException) -> tuple[str, str]:
+    """(short reason, detail) for an actor that died or a task that Ray could not run."""
+    return describe_ray_error(exc, "the job's worker")
+
+
+def _refresh_state(handle: JobHandle) -> None:
+    """Take the answer to the last ``state()`` call if it is in; ask for the next one."""
+    if handle._state_ref is not None:
+        ready, _ = ray.wait([handle._state_ref], timeout=0)
+        if not ready:
+            return
+        try:
+            handle._last_state = ray.get(handle._state_ref, timeout=1)
+            handle._seen_running = handle._seen_running or handle._last_state.get("phase") != "ready"
+        except (ActorUnavailableError, GetTimeoutError):
+            pass
+        except RayError:
+            pass  # the actor is gone; run_ref tells why
+        handle._state_ref = None
+    try:
+        handle._state_ref = handle.actor.state.remote()
+    except RayError:
+        handle._state_ref = None
+
+
+def _current_progress(handle: JobHandle) -> dict[str, Any] | None:
+    progress = (handle._last_state or {}).get("progress")
+    if handle._note:
+        progress = {**(progress or {}), **handle._note}
+    if handle.cancel_requested_at is not None and progress is not None:
+        progress = {**progress, "cancel_requested": True}
+    return progress
+
+
+def poll(handle: JobHandle, timeout: float = 0.0) -> JobState:
+    """The job's state now; waits at most ``timeout`` seconds (default: not at all) for the job's end.
+
+    queued: the actor has not started yet (waiting for a worker or for resources); running: it runs (also
+    while a cancel is under way); succeeded / failed / cancelled: final, and the same answer from then on.
+    """
+    with handle._lock:
+        if handle._final is not None:
+            return handle._final
+        if handle.infeasible is not None:
+            return _finish(handle, JobState("failed", None, None, f"cannot be scheduled: {handle.infeasible}"))
+
+        ready, _ = ray.wait([handle.run_ref], timeout=max(0.0, float(timeout)))
+        if ready:
+            try:
+                outcome = ray.get(handle.run_ref, timeout=30)
+            except RayActorError as exc:
+                if handle.cancel_requested_at is not None:
+                    return _finish(handle, JobState("cancelled", _current_progress(handle), None, None))
+                message, detail = _actor_error(exc)
+                if handle.attempt <= handle.max_retries:
+                    handle.attempt += 1
+                    handle._note = {"retry": handle.attempt - 1, "previous_error": message}
+                    _launch(handle)
+                    return JobState("queued", _current_progress(handle))
+                return _finish(handle, JobState("failed", _current_progress(handle), None, message, detail))
+            except RayError as exc:
+                if handle.cancel_requested_at is not None:
+                    return _finish(handle, JobState("cancelled", _current_progress(handle), None, None))
+                message, detail = _actor_error(exc)
+                return _finish(handle, JobState("failed", _current_progress(handle), None, message, detail))
+            # one last look at the progress, so that the final state carries the last event
+            try:
+                handle._last_state = ray.get(handle.actor.state.remote(), timeout=2)
+            except Exception:  # the outcome is what matters
+                log.debug("job %s: no last state", handle.job_id, exc_info=True)
+            status = outcome.get("status", "failed")
+            return _finish(
+                handle,
+                JobState(
+                    status=status,
+                    progress=_current_progress(handle),
+                    result=outcome.get("result") or None,
+                    error=outcome.get("error"),
+                    detail=outcome.get("detail"),
+                ),
+            )
+
+        if handle.cancel_requested_at is not None:
+            waited = time.time() - handle.cancel_requested_at
+            if not handle._seen_running or waited >= handle.cancel_grace_s:
+                return _finish(handle, JobState("cancelled", _current_progress(handle), None, None))
+
+        _refresh_state(handle)
+        status: JobStatus = "running" if handle._seen_running else "queued"
+        return JobState(status, _current_progress(handle))
+
+
+def wait(handle: JobHandle, timeout: float | None = None, interval: float = 0.2) -> JobState:
+    """Poll until the job ends (or ``timeout`` seconds pass); return the last state. Blocking: CLI and tests."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        state = poll(handle, timeout=interval)
+        if state.done or (deadline is not None and time.monotonic() >= deadline):
+            return state
+
+
+def cancel(handle: JobHandle, grace_s: float | None = None) -> None:
+    """Ask the job to stop: the engine sees ``should_stop()`` true and ends at its next episode.
+
+    After ``grace_s`` seconds (default ``handle.cancel_grace_s``; 0 for benchmarks) the actor is killed, by a
+    timer here and by :func:`poll` as well. A job still queued is killed at the next poll. Idempotent.
+    """
+    with handle._lock:
+        if handle._final is not None or handle.cancel_requested_at is not None:
+            return
+        if grace_s is not None:
+            handle.cancel_grace_s = float(grace_s)
+        handle.cancel_requested_at = time.time()
+        try:
+            handle.actor.cancel.remote()
+        except Exception:  # a dead actor needs no cancel
+            log.debug("job %s: cancel call failed", handle.job_id, exc_info=True)
+        timer = threading.Timer(handle.cancel_grace_s, _kill_if_unfinished, args=(handle,))
+        timer.daemon = True
+        handle._timer = timer
+        timer.start()
+
+
+def _kill_if_unfinished(handle: JobHandle) -> None:
+    with handle._lock:
+        if handle._final is None:
+            _kill(handle)
