@@ -18,7 +18,7 @@ def discover(spec: Any, progress=None, checkpoint_dir=None, should_stop=None) ->
     return _discover(spec, progress=progress, checkpoint_dir=checkpoint_dir, should_stop=should_stop)
 
 
-__all__ = ["discover", "DiscoveryResult", "ProgressEvent"]
+__all__ = ["DiscoveryResult", "ProgressEvent", "discover"]
 
 
 def __getattr__(name: str):

@@ -11,6 +11,7 @@ subprocess so its peak memory (ru_maxrss, or CUDA max allocated) is its own.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing as mp
 import resource
@@ -44,8 +45,8 @@ def reference_episode(theta: torch.nn.Parameter, opt: torch.optim.Optimizer, sho
 
     beta = 10.0
     x, y, xq, yq = _synthetic_episode(shots, 10, gen, device, torch.float32)
-    Ws = [uniform((o, i), xavier_range(i, o), gen, device, torch.float32) for i, o in zip(WIDTHS[:-1], WIDTHS[1:])]
-    Bs = [uniform((o, i), xavier_range(i, o), gen, device, torch.float32) for i, o in zip(WIDTHS[:-1], WIDTHS[1:])]
+    Ws = [uniform((o, i), xavier_range(i, o), gen, device, torch.float32) for i, o in itertools.pairwise(WIDTHS)]
+    Bs = [uniform((o, i), xavier_range(i, o), gen, device, torch.float32) for i, o in itertools.pairwise(WIDTHS)]
     L = len(Ws)
     for s in range(x.shape[1]):
         acts = [x[0, s:s + 1]]

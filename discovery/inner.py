@@ -103,7 +103,7 @@ def query_accuracy(Ws: Sequence[Tensor], xq: Tensor, yq: Tensor, beta: float) ->
 
 def _tangent_forward(Ws: Sequence[Tensor], Wd: Sequence[Tensor], x: Tensor, beta: float):
     """Activities y_ℓ and tangents ẏ_ℓ: ż = Ẇ y + W ẏ, ẏ = sigmoid(βz) ż; output post-activity softmax p, ṗ."""
-    ys, yd, zs = [x], [None], []
+    ys, yd = [x], [None]
     L = len(Ws)
     for i, (W, D) in enumerate(zip(Ws, Wd)):
         h = ys[-1]

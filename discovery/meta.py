@@ -20,8 +20,17 @@ from pydantic import BaseModel, Field
 from torch import Tensor
 
 from discovery.diagnostics import alignment_angles, orthonormality_error
-from discovery.inner import (RuleLearner, onehot, per_episode_ce, query_accuracy, query_logits,
-                             run_online, run_online_forward, query_loss_forward, rule_step)
+from discovery.inner import (
+    RuleLearner,
+    onehot,
+    per_episode_ce,
+    query_accuracy,
+    query_logits,
+    query_loss_forward,
+    rule_step,
+    run_online,
+    run_online_forward,
+)
 from discovery.network import init_feedback, init_weights
 from discovery.spec import DiscoverySpec
 from rules.compiler import CompiledRule, compile_terms
@@ -109,7 +118,7 @@ class MetaTrainer:
                              f"({task.dataset}{' upsampled' if task.upsample else ''})")
         if not task.remap_labels and net.widths[-1] < self.dataset.n_classes:
             raise ValueError(f"output width {net.widths[-1]} < {self.dataset.n_classes} classes (remap_labels off)")
-        common = dict(heldout_fraction=task.heldout_fraction, remap_labels=task.remap_labels)
+        common = {"heldout_fraction": task.heldout_fraction, "remap_labels": task.remap_labels}
         seed = spec.meta.seed
         self.train_sampler = EpisodeSampler(self.dataset, task.ways, task.shots, task.queries, split="train",
                                             seed=seed, **common)

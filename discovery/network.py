@@ -8,6 +8,7 @@ Feedback: e_L = softmax(z_L) − onehot; e_ℓ = (e_{ℓ+1} B_{ℓ+1}) ⊙ (1 �
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -31,7 +32,7 @@ def init_weights(widths: Sequence[int], batch: int, gen: torch.Generator, scale:
                  device="cpu", dtype=torch.float32) -> list[Tensor]:
     """W_ℓ ~ U(−s·r_ℓ, s·r_ℓ), one independent draw per episode: list of (B, n_ℓ, n_{ℓ−1})."""
     return [uniform((batch, n_out, n_in), scale * xavier_range(n_in, n_out), gen, device, dtype)
-            for n_in, n_out in zip(widths[:-1], widths[1:])]
+            for n_in, n_out in itertools.pairwise(widths)]
 
 
 def init_feedback(widths: Sequence[int], mode: str, batch: int, gen: torch.Generator,

@@ -18,7 +18,7 @@ D = torch.float64
 
 def _env(B=3, n=5, m=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
     return {"x": r(B, m), "y": r(B, n), "e": r(B, n), "e_pre": r(B, m), "W": r(B, n, m)}
 
 
@@ -30,8 +30,8 @@ def _hand(tid: str, env: dict) -> torch.Tensor:
     """Hand-written references of the F0..F9 / hebb table (column-vector form)."""
     x, y, e, ep, W = (_col(env["x"]), _col(env["y"]), _col(env["e"]), _col(env["e_pre"]), env["W"])
     one = torch.ones_like(y)
-    T = lambda a: a.transpose(-1, -2)  # noqa: E731
-    s = lambda a: a.reshape(-1, 1, 1)  # noqa: E731  (B,1,1) scalar per episode
+    T = lambda a: a.transpose(-1, -2)
+    s = lambda a: a.reshape(-1, 1, 1)
     table = {
         "F0": -e @ T(x),
         "F1": -y @ T(ep),

@@ -74,7 +74,7 @@ def test_force_draws_the_butterfly_with_a_shortened_protocol() -> None:
 
 
 def test_seeds_are_independent_in_a_batch() -> None:
-    kw = dict(periods_train=1, periods_test=1, period_steps=300, N=80)
+    kw = {"periods_train": 1, "periods_test": 1, "period_steps": 300, "N": 80}
     both = run_reservoir(2, "supertrex", [3, 4], **kw)["deviation"]
     one = run_reservoir(2, "supertrex", [4], **kw)["deviation"]
     assert both[1] == pytest.approx(one[0], rel=1e-3)
