@@ -111,41 +111,41 @@ def bp_oja(lr: float, gamma: float, beta: float = 10.0) -> PseudoGradientLearner
 
 # ----------------------------------------------------------------------------------------- tuning grids
 
-#: Budget: every baseline gets exactly this many grid points (× the same meta-train episodes) when tuned.
+#: Budget: every baseline evaluates exactly this many hyperparameter points (× the same meta-train episodes).
 GRID_POINTS = 9
-#: 9 log-spaced online learning rates for single-hyperparameter learners.
+#: 9 log-spaced online learning rates for single-hyperparameter learners (BP, FA, DFA, PC-Exact).
 LR_GRID_9: tuple[float, ...] = (0.003, 0.006, 0.01, 0.02, 0.03, 0.06, 0.1, 0.2, 0.3)
-#: 3 learning rates × 3 values of the second hyperparameter for two-hyperparameter learners.
-LR_GRID_3: tuple[float, ...] = (0.01, 0.03, 0.1)
-OJA_GAMMA_GRID_3: tuple[float, ...] = (0.001, 0.003, 0.01)
-#: (η, n) of the PC relaxation; FixedPred(1, L) would be exactly BP, so it is left out of the grid.
-PC_FIXEDPRED_GRID_3: tuple[tuple[float, int], ...] = ((0.1, 20), (0.2, 10), (0.5, 5))
-PC_STRICT_GRID_3: tuple[tuple[float, int], ...] = ((0.1, 20), (0.2, 10), (0.4, 5))
+#: Two-hyperparameter learners: coordinate search in two stages, 5 + 4 = 9 points. Stage 1: these learning rates
+#: with the second hyperparameter at its default; stage 2: 4 other values of the second one at the best lr.
+LR_GRID_5: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3)
+OJA_GAMMA_DEFAULT = 0.001
+OJA_GAMMA_STAGE2: tuple[float, ...] = (0.0003, 0.003, 0.01, 0.03)
+#: (η, n) of the PC relaxation: default the paper's (0.1, 20); FixedPred(1, L) would be exactly BP (left out).
+PC_DEFAULT: tuple[float, int] = (0.1, 20)
+PC_FIXEDPRED_STAGE2: tuple[tuple[float, int], ...] = ((0.05, 20), (0.2, 10), (0.3, 20), (0.5, 5))
+PC_STRICT_STAGE2: tuple[tuple[float, int], ...] = ((0.05, 20), (0.1, 10), (0.2, 10), (0.4, 5))
+
+Stages = tuple[tuple[dict[str, Any], ...], ...]
 
 
 @dataclass(frozen=True)
 class BaselineSpec:
-    """A named baseline: its factory (beta, **hyperparameters) → Learner, its feedback mode, and its tuning grid
-    (exactly :data:`GRID_POINTS` points, so every baseline is tuned with the same budget)."""
+    """A named baseline: its factory (beta, **hyperparameters) → Learner, its feedback mode, and its tuning plan.
+
+    ``stages``: stage 0 lists full hyperparameter points; each later stage lists partial points merged onto the
+    best point so far (coordinate search). Every baseline evaluates :data:`GRID_POINTS` points in total."""
 
     name: str
     feedback: str
     factory: Callable[..., Any]
-    grid: tuple[Mapping[str, float], ...]
+    stages: Stages
 
-    def make(self, beta: float, **hp: float) -> Any:
+    @property
+    def grid_points(self) -> int:
+        return sum(len(st) for st in self.stages)
+
+    def make(self, beta: float, **hp: Any) -> Any:
         return self.factory(beta=beta, **hp)
-
-
-def _product(lrs: Sequence[float], key: str, values: Sequence[Any]) -> tuple[dict[str, Any], ...]:
-    out: list[dict[str, Any]] = []
-    for lr in lrs:
-        for v in values:
-            if isinstance(v, tuple):
-                out.append({"lr": lr, "eta": v[0], "n": v[1]})
-            else:
-                out.append({"lr": lr, key: v})
-    return tuple(out)
 
 
 def _pc_factory(mode: str) -> Callable[..., Any]:
@@ -157,25 +157,32 @@ def _pc_factory(mode: str) -> Callable[..., Any]:
     return make
 
 
+def _two_stage(first: Mapping[str, Any], second: Sequence[Mapping[str, Any]]) -> Stages:
+    return (tuple({"lr": lr, **first} for lr in LR_GRID_5), tuple(dict(p) for p in second))
+
+
 def _registry() -> dict[str, BaselineSpec]:
-    lr9 = tuple({"lr": lr} for lr in LR_GRID_9)
+    lr9: Stages = (tuple({"lr": lr} for lr in LR_GRID_9),)
+    eta0, n0 = PC_DEFAULT
     return {
         "BP": BaselineSpec("BP", "bp", lambda beta, lr: backprop(lr, beta), lr9),
         "FA": BaselineSpec("FA", "fa", lambda beta, lr: feedback_alignment(lr, beta), lr9),
         "DFA": BaselineSpec("DFA", "dfa", lambda beta, lr: direct_feedback_alignment(lr, beta), lr9),
         "BP+Oja": BaselineSpec("BP+Oja", "bp", lambda beta, lr, gamma: bp_oja(lr, gamma, beta),
-                               _product(LR_GRID_3, "gamma", OJA_GAMMA_GRID_3)),
+                               _two_stage({"gamma": OJA_GAMMA_DEFAULT}, [{"gamma": g} for g in OJA_GAMMA_STAGE2])),
         "PC-Exact": BaselineSpec("PC-Exact", "bp", _pc_factory("exact"), lr9),
         "PC-FixedPred": BaselineSpec("PC-FixedPred", "bp", _pc_factory("fixedpred"),
-                                     _product(LR_GRID_3, "", PC_FIXEDPRED_GRID_3)),
+                                     _two_stage({"eta": eta0, "n": n0},
+                                                [{"eta": e, "n": n} for e, n in PC_FIXEDPRED_STAGE2])),
         "PC-Strict": BaselineSpec("PC-Strict", "bp", _pc_factory("strict"),
-                                  _product(LR_GRID_3, "", PC_STRICT_GRID_3)),
+                                  _two_stage({"eta": eta0, "n": n0},
+                                             [{"eta": e, "n": n} for e, n in PC_STRICT_STAGE2])),
     }
 
 
-#: Named baselines with their tuning grids (same number of points each).
+#: Named baselines with their tuning plans (same number of evaluated points each).
 BASELINES: dict[str, BaselineSpec] = _registry()
-assert all(len(b.grid) == GRID_POINTS for b in BASELINES.values())
+assert all(b.grid_points == GRID_POINTS for b in BASELINES.values())
 
 
 def make_baseline(name: str, beta: float = 10.0, **hp: float) -> Any:

@@ -11,8 +11,9 @@ one update per sample, on every episode of a meta-batch; the score of an episode
   output) seen through W_ℓ, zero at Oja's fixed point with orthonormal rows. Also ‖I − W_ℓ W_ℓᵀ‖²_F / n_ℓ.
 * Activation norms: mean over queries of ‖y_ℓ‖₂ per layer (ℓ = 1..L, logits last).
 * Cost: wall time of ``learner.step`` only (diagnostics excluded), per sample per episode.
-* Fair tuning: every baseline evaluates exactly the same number of grid points, each on the same meta-train
-  episodes (split="train", same episode and init seeds), and keeps the point with the best mean accuracy;
+* Fair tuning: every baseline evaluates exactly the same number of hyperparameter points (a 9-point lr grid, or
+  a 5 lr + 4 second-hyperparameter coordinate search), each on the same meta-train episodes (split="train",
+  same episode and init seeds), and keeps the point with the best mean accuracy;
   scoring then uses held-out episodes, identical for every learner (paired comparison).
 """
 
@@ -235,36 +236,51 @@ def mean_finite(xs: Sequence[float]) -> float:
 
 @dataclass
 class TuningResult:
-    """The chosen grid point and the whole table (meta-train accuracy per point)."""
+    """The chosen point and the whole table (meta-train accuracy per evaluated point, with its stage)."""
 
     best: dict[str, Any]
     table: list[dict[str, Any]] = field(default_factory=list)
     split: str = "train"
     episodes: int = 0
 
+    def on_edge(self) -> list[str]:
+        """Hyperparameters whose chosen value is the smallest or largest value evaluated (widen the grid?)."""
+        out = []
+        for k, v in self.best.items():
+            vals = {row["hyperparameters"].get(k) for row in self.table} - {None}
+            if len(vals) > 1 and isinstance(v, (int, float)) and v in (min(vals), max(vals)):
+                out.append(k)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {"split": self.split, "episodes": self.episodes, "grid_points": len(self.table),
-                "best": dict(self.best), "grid": self.table}
+                "best": dict(self.best), "best_on_grid_edge": self.on_edge(), "grid": self.table}
 
 
-def tune(make: Callable[..., Any], grid: Sequence[Mapping[str, Any]], new_sampler: Callable[[], Any], *, widths: Sequence[int],
-         beta: float, episodes: int, init_seed: int, init_scale: float = 1.0, chunk: int = 100,
-         dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+def tune(make: Callable[..., Any], stages: Sequence[Sequence[Mapping[str, Any]]], new_sampler: Callable[[], Any],
+         *, widths: Sequence[int], beta: float, episodes: int, init_seed: int, init_scale: float = 1.0,
+         chunk: int = 100, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
          progress: Callable[[int, int], None] | None = None) -> TuningResult:
-    """Evaluate every grid point on the same meta-train episodes; keep the best mean accuracy (first on ties)."""
+    """Coordinate search on the same meta-train episodes: stage 0's points are full hyperparameter sets, each
+    later stage's points are merged onto the best so far; keep the best mean accuracy (first on ties)."""
     table: list[dict[str, Any]] = []
-    best_i, best_acc = 0, -1.0
-    for i, hp in enumerate(grid):
-        learner = make(**hp)
-        run = run_learner(learner, new_sampler, widths=widths, beta=beta, episodes=episodes, init_seed=init_seed,
-                          init_scale=init_scale, chunk=chunk, dtype=dtype, device=device, diagnostics=False)
-        acc = sum(run.accuracy) / len(run.accuracy)
-        table.append({"hyperparameters": dict(hp), "accuracy": acc, "diverged": run.diverged})
-        if acc > best_acc:
-            best_i, best_acc = i, acc
-        if progress is not None:
-            progress(i + 1, len(grid))
-    return TuningResult(best=dict(grid[best_i]), table=table, episodes=episodes)
+    best: dict[str, Any] = {}
+    best_acc = -1.0
+    total = sum(len(s) for s in stages)
+    for k, stage in enumerate(stages):
+        base = dict(best)
+        for delta in stage:
+            hp = {**base, **delta}
+            run = run_learner(make(**hp), new_sampler, widths=widths, beta=beta, episodes=episodes,
+                              init_seed=init_seed, init_scale=init_scale, chunk=chunk, dtype=dtype, device=device,
+                              diagnostics=False)
+            acc = sum(run.accuracy) / len(run.accuracy)
+            table.append({"stage": k, "hyperparameters": hp, "accuracy": acc, "diverged": run.diverged})
+            if acc > best_acc:
+                best, best_acc = hp, acc
+            if progress is not None:
+                progress(len(table), total)
+    return TuningResult(best=dict(best), table=table, episodes=episodes)
 
 
 # ------------------------------------------------------------------------------------------ rules

@@ -224,10 +224,10 @@ def _simulate(cfg: TaskConfig, learner: Learner, seeds: Sequence[int], lesion: S
               progress: Callable[[int, int], None] | None = None) -> _Run:
     """Run B = len(seeds) independent reservoirs (batch element b uses seed b; lesion[b] = first training period
     with the exploratory pathway removed, or None) through periods_train training and periods_test test periods."""
-    if learner == "force" and cfg.task != 1:
-        raise ValueError("FORCE needs the target output z, so it only applies to task 1")
     if learner not in ("force", "rmhl", "supertrex"):
         raise ValueError(f"unknown learner {learner!r}")
+    if learner == "force" and cfg.task != 1:
+        raise ValueError("FORCE needs the target output z, so it only applies to task 1")
     B, d = len(seeds), cfg.n_out
     parts = [make_reservoir(s, N, d) for s in seeds]
     Jcsr = block_diag_csr([p[0] for p in parts]).to(dtype)
@@ -324,8 +324,9 @@ def _resolve(protocol: str, periods_train: int | None, periods_test: int | None,
 
 
 def _deviation(errors: Tensor, start: int, stop: int, period_steps: int) -> tuple[Tensor, Tensor]:
-    """√(low-passed error) (τ_e = period·dt/10) over the whole run and its mean over steps [start, stop)."""
-    dev = lowpass(errors, c=DT / (period_steps * DT / 10.0)).clamp(min=0).sqrt()
+    """√(low-passed error) over the whole run and its mean over steps [start, stop); τ_e = period·dt/10, so the
+    filter weight dt/τ_e is 10/period_steps (2·10⁻⁴ in the published protocol)."""
+    dev = lowpass(errors, c=10.0 / period_steps).clamp(min=0).sqrt()
     return dev, dev[:, start:stop].mean(-1)
 
 
@@ -341,7 +342,8 @@ def run_reservoir(task: int, learner: Learner, seeds: Sequence[int], periods_tra
     period_steps override the preset.
     Test phase: W_exp removed, weights frozen, no noise, feedback teacher-forced with f (task 1) or with the
     output z replayed from the last training periods (arms). Returns per-seed deviations (test-phase mean of
-    √(low-passed error)), mean, std, n_satisfactory (< 0.5), downsampled deviation curves and steps/s.
+    √(low-passed error)), their mean and population std, n_satisfactory (< 0.5), deviation curves downsampled to
+    about `curve_points` points, the mean consolidation gate per period, wall time and steps/s.
     """
     if threads is not None:
         torch.set_num_threads(threads)

@@ -48,8 +48,12 @@ class NetworkSpec(_Strict):
 
 
 class TaskSpec(_Strict):
-    """Episodes of M classes, K online training samples and Q query samples per class."""
+    """Episodes of M classes, K online training samples and Q query samples per class.
 
+    ``kind = "fixedpoint-mnist"`` targets the recurrent fixed-point setting of SCIENCE.md S2 instead: widths
+    [784, N, 10] give N recurrent units, and the rule's terms are recurrent directions (dW1, dW3, dW4, ...)."""
+
+    kind: Literal["fewshot", "fixedpoint-mnist"] = "fewshot"
     dataset: DatasetName = "mnist5k"
     ways: int = Field(5, ge=2, le=47)
     shots: int = Field(50, ge=1, le=1000)

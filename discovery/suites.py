@@ -365,7 +365,7 @@ def fewshot_runner(suite: Suite, ctx: RunContext) -> dict[str, Any]:
         def tick(done: int, total: int, _n: str = bname, _stage: str = "tune") -> None:
             ctx.emit({"stage": _stage, "learner": _n, "done": done, "total": total})
 
-        tuned = tune(functools.partial(spec.make, beta), spec.grid, train, episodes=int(prot["tune_episodes"]),
+        tuned = tune(functools.partial(spec.make, beta), spec.stages, train, episodes=int(prot["tune_episodes"]),
                      init_seed=seeds["tune_init"], progress=tick, **common)
         learner = spec.make(beta, **tuned.best)
         run = run_learner(learner, held, episodes=int(prot["episodes"]), init_seed=seeds["score_init"],
@@ -412,7 +412,7 @@ def deep_runner(suite: Suite, ctx: RunContext) -> dict[str, Any]:
         made: dict[str, Any] = {}
         for bname in suite.baselines:
             spec = BASELINES[bname]
-            tuned = tune(functools.partial(spec.make, beta), spec.grid, train, widths=widths,
+            tuned = tune(functools.partial(spec.make, beta), spec.stages, train, widths=widths,
                          episodes=int(prot["tune_episodes"]), init_seed=seeds["tune_init"], init_scale=1.0,
                          progress=lambda d, t, _n=bname, _L=depth: ctx.emit(
                              {"stage": "tune", "learner": _n, "config": f"depth={_L}", "done": d, "total": t}),
@@ -461,8 +461,9 @@ _FEWSHOT_TEXT = (
     "accuracy over {protocol[episodes]} episodes from the held-out image split (fraction "
     "{data[heldout_fraction]} of every class, never used for meta-training or tuning) ± 95% Student "
     "t-interval over episodes. Fair comparison: every baseline's free hyperparameters (lr; Oja γ; PC η, n) are "
-    "tuned with the same budget of {protocol[grid_points]} grid points, each evaluated on the same "
-    "{protocol[tune_episodes]} meta-train episodes (split=train); the best mean accuracy is kept. A discovered "
+    "tuned with the same budget of {protocol[grid_points]} evaluated points (a 9-point lr grid; or 5 learning "
+    "rates at the default second hyperparameter, then 4 values of it at the best lr), each evaluated on the "
+    "same {protocol[tune_episodes]} meta-train episodes (split=train); the best mean accuracy is kept. A discovered "
     "rule is scored as it is (no tuning) under '{network[rule_feedback]}' feedback. All learners see the same "
     "held-out episodes and the same initial weights (paired). Diagnostics: per-layer angle between each "
     "learner's teaching signal e_ℓ and backprop's δ_ℓ at the same W (ℓ = 1..L−1, every "
@@ -477,8 +478,8 @@ _DEEP_TEXT = (
     "scale in {network[init_scales]} × Xavier, a fresh net makes one online pass (batch 1) over a "
     "{data[ways]}-class stream of {data[dataset]} ({data[shots]} images per class, shuffled) and is scored on "
     "{data[queries]} query images per class, on {protocol[episodes]} held-out episodes per configuration. "
-    "BP and BP+Oja are tuned per depth at init scale 1 with the same budget ({protocol[grid_points]} grid "
-    "points × {protocol[tune_episodes]} meta-train episodes) and keep those values at the other scales; the "
+    "BP and BP+Oja are tuned per depth at init scale 1 with the same budget ({protocol[grid_points]} "
+    "evaluated points × {protocol[tune_episodes]} meta-train episodes) and keep those values at the other scales; the "
     "rule is scored as it is under '{network[rule_feedback]}' feedback. Score = per-episode accuracy averaged "
     "over the configurations (paired episodes), ± 95% t-interval; per-configuration accuracy and activation "
     "norms ‖y_ℓ‖ are in metrics.configs."

@@ -108,9 +108,9 @@ def test_names_locality_and_equal_tuning_budgets():
     assert backprop(0.1).locality == "weight transport"
     assert locality_of("dfa") == "global error" and locality_of("none") == "local"
     assert bp_oja(0.1, 0.01).hyperparameters == {"lr": 0.1, "gamma": 0.01}
-    assert {len(b.grid) for b in BASELINES.values()} == {GRID_POINTS}
+    assert {b.grid_points for b in BASELINES.values()} == {GRID_POINTS}
     for name, spec in BASELINES.items():
-        learner = spec.make(BETA, **spec.grid[0])
+        learner = spec.make(BETA, **spec.stages[0][0])
         assert learner.name == name
         assert learner.feedback == spec.feedback
         assert callable(learner.step)
@@ -126,6 +126,6 @@ def test_learners_run_in_float32_batched_and_keep_shapes():
     target = nn.functional.one_hot(torch.tensor([0, 1, 2]), WIDTHS[-1]).float()
     for name, spec in BASELINES.items():
         Bs = init_feedback(WIDTHS, spec.feedback, 3, g)
-        new = spec.make(BETA, **spec.grid[4]).step(Ws, Bs, x, target)
+        new = spec.make(BETA, **spec.stages[0][2]).step(Ws, Bs, x, target)
         assert [W.shape for W in new] == [W.shape for W in Ws], name
         assert all(W.dtype == torch.float32 and torch.isfinite(W).all() for W in new), name

@@ -1,0 +1,372 @@
+"""The recurrent rule language (SCIENCE.md S2): plasticity of the recurrent weights W of a fixed-point network.
+
+One recurrent layer of N units at its fixed point r = f(W r + X), column-vector form, one sample:
+
+    r (N×1) fixed-point rates,  delta = δ = ∂𝓛/∂r (N×1),  G = diag(f'(W r + X)) (N×N, diagonal, Gᵀ = G; tanh:
+    diag(1 − r²)),  W (N×N),  I = Identity(N),  u (N×1) the adjoint fixed point u = δ + Wᵀ G u.
+
+A rule is ΔW = Σ_k θ_k F_k (batch-averaged over the samples of a minibatch) with the terms
+
+    rec_dW1   = −G u rᵀ                                 = −(G⁻¹ − Wᵀ)⁻¹ δ rᵀ   (minus the Euclidean gradient ∇_W 𝓛)
+    rec_dW3   = −(I − W G) G δ [(I − G W)ᵀ(I − G W) r]ᵀ                       (minus the paper's dW3)
+    rec_dW4   = −(I − W G) δ [(I − W G)ᵀ(I − W G) r]ᵀ                         (minus the paper's dW4)
+    rec_oja   = r rᵀ − r (rᵀ W)                          (Oja's subspace rule on the recurrent weights; S3's F9)
+    rec_decay = −W                                       (weight decay; S3's F3)
+
+Sign convention (same as S3's library, where F0 = −e xᵀ): every F_k is an *update direction*, ΔW = +Σ θ_k F_k, so
+θ_k > 0 means "apply this term as named": descend the loss for the dW terms (θ_dW is the paper's learning rate,
+W ← W − θ·dW), Oja's rule for rec_oja, shrinkage for rec_decay. (discovery.fixedpoint.recurrent_term_directions
+uses ΔW = −lr Σ θ D with D = the paper's dW for dW1/3/4 but D = F for oja/decay: only the dW signs differ.)
+
+rec_dW1 needs the inverse (G⁻¹ − Wᵀ)⁻¹; the language keeps it as the auxiliary symbol u (defined by its fixed-point
+equation, solved numerically by the engine); ``RecurrentTerm.closed_form`` holds the explicit sympy ``Inverse``.
+
+Identity: ``canonical()`` lists the nonzero θ_k (6 significant digits) by term id in library order, prefixed with
+``recurrent/v1:``; the five terms are linearly independent functions of (W, r, δ, G), so equal canonical text ⇔
+equal rule, and a recurrent hash can never equal a feedforward (rules.rule.Rule) hash. Parsing user-written
+recurrent rules is out of scope: rules/parser.py knows only the feedforward primitives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import sympy as sp
+from sympy import Identity, MatAdd, MatMul, MatrixExpr, MatrixSymbol, Transpose, ZeroMatrix
+
+N = sp.Symbol("N", integer=True, positive=True)
+"""Number of recurrent units."""
+
+r = MatrixSymbol("r", N, 1)
+delta = MatrixSymbol("delta", N, 1)
+G = MatrixSymbol("G", N, N)
+W = MatrixSymbol("W", N, N)
+u = MatrixSymbol("u", N, 1)
+I = Identity(N)  # noqa: E741  (the identity matrix, as in the paper)
+
+RECURRENT_PRIMITIVES: dict[str, MatrixExpr] = {"r": r, "delta": delta, "G": G, "W": W, "u": u, "I": I}
+"""Name → sympy symbol. G is diagonal (treated as symmetric when writing transposes); u = δ + Wᵀ G u."""
+
+ADJOINT_EQUATION = sp.Eq(u, MatAdd(delta, MatMul(Transpose(W), G, u)))
+"""The auxiliary definition of u (rec_dW1): u = δ + Wᵀ G u, i.e. u = (I − Wᵀ G)⁻¹ δ and G u = (G⁻¹ − Wᵀ)⁻¹ δ."""
+
+CANONICAL_PREFIX = "recurrent/v1:"
+CANONICAL_DIGITS = 6
+_CANONICAL_TERM = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _neg(expr: MatrixExpr) -> MatrixExpr:
+    return MatMul(sp.Integer(-1), expr)
+
+
+def _i_minus(a: MatrixExpr, b: MatrixExpr) -> MatrixExpr:
+    """I − a b (unevaluated)."""
+    return MatAdd(I, MatMul(sp.Integer(-1), a, b))
+
+
+@dataclass(frozen=True)
+class RecurrentTerm:
+    """One recurrent term F = sign · body (N×N): sympy expression, user-syntax text and LaTeX of the body."""
+
+    id: str
+    name: str
+    sign: int
+    body: MatrixExpr
+    text: str
+    latex_body: str
+    description: str
+    closed_form: MatrixExpr | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def expr(self) -> MatrixExpr:
+        """F = sign · body."""
+        return self.body if self.sign > 0 else _neg(self.body)
+
+    def latex(self) -> str:
+        return ("-" if self.sign < 0 else "") + self.latex_body
+
+
+_A3 = _i_minus(G, W)   # I − G W
+_A4 = _i_minus(W, G)   # I − W G
+
+_LIBRARY = [
+    RecurrentTerm(
+        "rec_dW1", "euclidean_gradient", -1, MatMul(G, u, Transpose(r)), "G*u*r.T", r"G u r^{T}",
+        "−G u rᵀ = −(G⁻¹ − Wᵀ)⁻¹ δ rᵀ: minus the Euclidean gradient (paper's dW1); u = δ + Wᵀ G u is the "
+        "adjoint fixed point (an N×N solve / iteration per sample)",
+        closed_form=_neg(MatMul(sp.Inverse(MatAdd(sp.Inverse(G), _neg(Transpose(W)))), delta, Transpose(r))),
+        aliases=("dW1",)),
+    RecurrentTerm(
+        "rec_dW3", "linearized_reparameterized", -1,
+        MatMul(_A4, G, delta, Transpose(MatMul(Transpose(_A3), _A3, r))),
+        "(I - W*G)*G*delta*((I - G*W).T*(I - G*W)*r).T",
+        r"\left(\mathbb{I} - W G\right) G \delta \left[\left(\mathbb{I} - G W\right)^{T}"
+        r" \left(\mathbb{I} - G W\right) r\right]^{T}",
+        "−(I − W G) G δ [(I − G W)ᵀ(I − G W) r]ᵀ: linearized reparameterized gradient (paper's dW3), no inverse",
+        aliases=("dW3",)),
+    RecurrentTerm(
+        "rec_dW4", "reparameterized_dW4", -1,
+        MatMul(_A4, delta, Transpose(MatMul(Transpose(_A4), _A4, r))),
+        "(I - W*G)*delta*((I - W*G).T*(I - W*G)*r).T",
+        r"\left(\mathbb{I} - W G\right) \delta \left[\left(\mathbb{I} - W G\right)^{T}"
+        r" \left(\mathbb{I} - W G\right) r\right]^{T}",
+        "−(I − W G) δ [(I − W G)ᵀ(I − W G) r]ᵀ: the paper's dW4 (O(N²) per sample)",
+        aliases=("dW4",)),
+    RecurrentTerm(
+        "rec_oja", "recurrent_oja", +1,
+        MatAdd(MatMul(r, Transpose(r)), _neg(MatMul(r, MatMul(Transpose(r), W)))),
+        "r*r.T - r*(r.T*W)", r"\left(r r^{T} - r r^{T} W\right)",
+        "r rᵀ − r (rᵀW): Oja's subspace rule on the recurrent weights (pre = post = r), evaluated as r (rᵀW)",
+        aliases=("oja",)),
+    RecurrentTerm(
+        "rec_decay", "recurrent_decay", -1, W, "W", "W", "−W: weight decay of the recurrent weights",
+        aliases=("decay",)),
+]
+
+RECURRENT_TERMS: dict[str, RecurrentTerm] = {t.id: t for t in _LIBRARY}
+"""Recurrent terms by id, in library order."""
+
+RECURRENT_POOLS: dict[str, list[str]] = {
+    "rec4": ["rec_dW3", "rec_dW4", "rec_oja", "rec_decay"],
+    "rec5": ["rec_dW1", "rec_dW3", "rec_dW4", "rec_oja", "rec_decay"],
+}
+"""Named pools; ``rec4`` (no N×N solve per sample) is the default of a fixedpoint-mnist discovery."""
+
+PUBLISHED_LR: dict[str, float] = {"rec_dW1": 0.01, "rec_dW3": 0.25, "rec_dW4": 0.1}
+"""Best learning rates of the paper's MNIST runs (SCIENCE.md S2): W ← W − lr·dW, i.e. θ = lr here."""
+
+DEFAULT_THETA: dict[str, float] = {**PUBLISHED_LR, "rec_oja": 0.0, "rec_decay": 0.0}
+"""θ at the start of meta-learning when the spec gives none: the published learning rates, biological terms off."""
+
+_LOOKUP: dict[str, str] = {}
+for _t in _LIBRARY:
+    for _k in (_t.id, _t.name, *_t.aliases):
+        _LOOKUP[_k] = _t.id
+
+
+def recurrent_term(id_or_alias: str) -> RecurrentTerm:
+    """Term by id ('rec_dW3'), name ('linearized_reparameterized') or alias ('dW3', 'oja', 'decay')."""
+    tid = _LOOKUP.get(id_or_alias)
+    if tid is None:
+        raise KeyError(f"unknown recurrent term {id_or_alias!r}; known ids: {', '.join(RECURRENT_TERMS)} "
+                       f"(aliases: {', '.join(a for t in _LIBRARY for a in t.aliases)})")
+    return RECURRENT_TERMS[tid]
+
+
+def resolve_term_ids(ids: list[str] | tuple[str, ...]) -> list[str]:
+    """Canonical ids of a list of ids/aliases; ValueError (naming the culprit) on unknown or repeated ids."""
+    out: list[str] = []
+    for k in ids:
+        try:
+            tid = recurrent_term(k).id
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        if tid in out:
+            raise ValueError(f"recurrent term {k!r} is listed twice (as {tid!r})")
+        out.append(tid)
+    return out
+
+
+def _round_sig(value: float, sig: int) -> float:
+    return float(f"{value:.{sig}g}")
+
+
+def _num_text(c: float) -> str:
+    return repr(_round_sig(c, CANONICAL_DIGITS))
+
+
+class RecurrentRule:
+    """ΔW = Σ_k θ_k F_k over the recurrent terms (coefficients keyed by id or alias; stored by id)."""
+
+    def __init__(self, coefficients: Mapping[str, float], name: str | None = None) -> None:
+        coefs: dict[str, float] = {}
+        for key, value in coefficients.items():
+            theta = float(value)
+            if not math.isfinite(theta):
+                raise ValueError(f"coefficient of {key!r} is not finite: {value!r}")
+            try:
+                tid = recurrent_term(key).id
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
+            coefs[tid] = coefs.get(tid, 0.0) + theta
+        self._coefficients = {k: coefs[k] for k in RECURRENT_TERMS if k in coefs}
+        self.name = name
+
+    # --- views -------------------------------------------------------------------------------------------
+    @property
+    def coefficients(self) -> dict[str, float]:
+        """θ by term id in library order, zeros included."""
+        return dict(self._coefficients)
+
+    @property
+    def terms(self) -> list[str]:
+        """Ids with a nonzero coefficient, in library order."""
+        return [k for k, v in self._coefficients.items() if v != 0]
+
+    @cached_property
+    def expression(self) -> MatrixExpr:
+        """sympy ΔW = Σ_k θ_k F_k (unevaluated MatAdd of MatMul(θ_k, F_k)); ZeroMatrix(N, N) when all θ are 0."""
+        parts = [MatMul(sp.Float(self._coefficients[k]), RECURRENT_TERMS[k].expr) for k in self.terms]
+        if not parts:
+            return ZeroMatrix(N, N)
+        return parts[0] if len(parts) == 1 else MatAdd(*parts)
+
+    # --- transforms ----------------------------------------------------------------------------------------
+    def pruned(self, tol: float = 1e-6) -> RecurrentRule:
+        """Drop terms with |θ| < tol."""
+        return RecurrentRule({k: v for k, v in self._coefficients.items() if abs(v) >= tol}, self.name)
+
+    def rounded(self, sig: int = 3) -> RecurrentRule:
+        """Every θ rounded to ``sig`` significant digits."""
+        if sig < 1:
+            raise ValueError("sig must be >= 1")
+        return RecurrentRule({k: _round_sig(v, sig) for k, v in self._coefficients.items()}, self.name)
+
+    # --- printing ------------------------------------------------------------------------------------------
+    def _summands(self) -> list[tuple[float, RecurrentTerm]]:
+        """(θ_k · sign_k, term): the sign of each term folded into its displayed coefficient."""
+        return [(self._coefficients[k] * RECURRENT_TERMS[k].sign, RECURRENT_TERMS[k]) for k in self.terms]
+
+    def to_text(self) -> str:
+        """Readable text, e.g. '-0.25*(I - W*G)*G*delta*((I - G*W).T*(I - G*W)*r).T - 0.01*W'."""
+        parts = []
+        for c, t in self._summands():
+            body = f"({t.text})" if isinstance(t.body, MatAdd) else t.text
+            parts.append(body if c == 1 else "-" + body if c == -1 else f"{c!r}*{body}")
+        return _join_signed(parts) if parts else "0*W"
+
+    def latex(self) -> str:
+        """LaTeX of ΔW, e.g. '- 0.25 \\left(\\mathbb{I} - W G\\right) G \\delta [...]^{T} - 0.01 W'."""
+        parts = []
+        for c, t in self._summands():
+            num = "" if abs(c) == 1 else sp.latex(sp.Float(abs(c))) + " "
+            parts.append(("-" if c < 0 else "") + num + t.latex_body)
+        return _join_signed(parts) if parts else "0"
+
+    def canonical(self) -> str:
+        """'recurrent/v1: 0.25*rec_dW3 + -0.01*rec_decay' (nonzero θ at 6 significant digits, library order)."""
+        body = " + ".join(f"{_num_text(self._coefficients[k])}*{k}" for k in self.terms
+                          if _round_sig(self._coefficients[k], CANONICAL_DIGITS) != 0)
+        return f"{CANONICAL_PREFIX} {body or '0'}"
+
+    def hash(self) -> str:
+        """sha256 hex digest of ``canonical()``."""
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
+
+    def srepr(self) -> str:
+        return sp.srepr(self.expression)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Same keys as ``rules.rule.Rule.to_dict()`` (+ ``kind: "recurrent"``)."""
+        return {
+            "name": self.name,
+            "expression": self.to_text(),
+            "latex": self.latex(),
+            "coefficients": self.coefficients,
+            "terms": self.terms,
+            "hash": self.hash(),
+            "srepr": self.srepr(),
+            "kind": "recurrent",
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RecurrentRule:
+        """Inverse of ``to_dict`` (uses ``coefficients`` and ``name``)."""
+        return cls(data["coefficients"], data.get("name"))
+
+    @classmethod
+    def from_canonical(cls, text: str, name: str | None = None) -> RecurrentRule:
+        """Inverse of ``canonical()`` ('recurrent/v1: 0.25*rec_dW3 + -0.01*rec_decay'), a strict regex reader (no
+        eval): the one text form of a recurrent rule that can travel as a benchmark 'expression' string."""
+        text = text.strip()
+        if not text.startswith(CANONICAL_PREFIX):
+            raise ValueError(f"a recurrent rule text starts with {CANONICAL_PREFIX!r}")
+        body = text[len(CANONICAL_PREFIX):].strip()
+        if body == "0":
+            return cls({}, name)
+        coefs: dict[str, float] = {}
+        for part in body.split(" + "):
+            m = _CANONICAL_TERM.fullmatch(part.strip())
+            if m is None:
+                raise ValueError(f"cannot read {part!r}: expected '<number>*<term id>'")
+            coefs[m.group(2)] = coefs.get(m.group(2), 0.0) + float(m.group(1))
+        return cls(coefs, name)
+
+    # --- dunder --------------------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RecurrentRule) and self.canonical() == other.canonical()
+
+    def __hash__(self) -> int:
+        return hash(self.canonical())
+
+    def __repr__(self) -> str:
+        return f"RecurrentRule({self._coefficients!r}, name={self.name!r})"
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+def _join_signed(parts: list[str]) -> str:
+    """['a', '-b'] → 'a - b'."""
+    out = parts[0]
+    for p in parts[1:]:
+        out += f" - {p[1:]}" if p.startswith("-") else f" + {p}"
+    return out
+
+
+def evaluate(expr: sp.Basic, values: Mapping[str, Any]) -> Any:
+    """Reference evaluation of a recurrent expression for one sample, with torch tensors: ``values`` maps
+    "W", "G" (N×N), "r", "delta", "u" (N×1) to tensors; supports MatAdd, MatMul (numeric scalars), Transpose,
+    Inverse, Identity and numbers. Slow-path checking tool (the engine evaluates batched closed forms)."""
+    import torch
+
+    if isinstance(expr, MatrixSymbol):
+        return values[expr.name]
+    if isinstance(expr, Identity):
+        n = values["W"].shape[0]
+        return torch.eye(n, dtype=values["W"].dtype, device=values["W"].device)
+    if isinstance(expr, ZeroMatrix):
+        return torch.zeros_like(values["W"])
+    if isinstance(expr, sp.Number):
+        return float(expr)
+    if isinstance(expr, Transpose):
+        return evaluate(expr.arg, values).T
+    if isinstance(expr, sp.Inverse):
+        return torch.linalg.inv(evaluate(expr.arg, values))
+    if isinstance(expr, MatAdd):
+        parts = [evaluate(a, values) for a in expr.args]
+        out = parts[0]
+        for p in parts[1:]:
+            out = out + p
+        return out
+    if isinstance(expr, MatMul):
+        out = None
+        scalar = 1.0
+        for a in expr.args:
+            v = evaluate(a, values)
+            if isinstance(v, float):
+                scalar *= v
+            else:
+                out = v if out is None else out @ v
+        return scalar if out is None else scalar * out
+    raise TypeError(f"cannot evaluate {type(expr).__name__}: {expr}")
+
+
+def is_recurrent_rule_dict(data: Mapping[str, Any]) -> bool:
+    """True for a stored rule dict of this language (``kind`` flag, or every coefficient a recurrent id)."""
+    if data.get("kind") == "recurrent":
+        return True
+    coefs = data.get("coefficients") or {}
+    return bool(coefs) and all(k in _LOOKUP for k in coefs)
+
+
+__all__ = ["ADJOINT_EQUATION", "DEFAULT_THETA", "PUBLISHED_LR", "RECURRENT_POOLS", "RECURRENT_PRIMITIVES",
+           "RECURRENT_TERMS", "G", "I", "N", "RecurrentRule", "RecurrentTerm", "W", "delta", "evaluate",
+           "is_recurrent_rule_dict", "r", "recurrent_term", "resolve_term_ids", "u"]
