@@ -302,6 +302,10 @@ def discover(spec: DiscoverySpec | dict, progress: Callable[[ProgressEvent], Non
              should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
     """Meta-train θ for `spec`, evaluate on held-out episodes, return the rule and its history."""
     spec = spec if isinstance(spec, DiscoverySpec) else DiscoverySpec.model_validate(spec)
+    if spec.task.kind == "fixedpoint-mnist":
+        from discovery.recurrent_discovery import discover_recurrent
+
+        return discover_recurrent(spec, progress, checkpoint_dir, should_stop)
     t0 = time.perf_counter()
     trainer = MetaTrainer(spec)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None

@@ -105,11 +105,12 @@ def bench_lesion(protocol: str = "shortened", seeds: Sequence[int] = (0,), N: in
         rows.append([name, c["lesion_period"] if c["lesion_period"] is not None else "-",
                      " ".join(f"{v:.3f}" for v in c["post_lesion_train_deviation"]),
                      " ".join(f"{v:.3f}" for v in c["test_deviation"]),
+                     " ".join(f"{v:.3f}" for v in c["test_deviation_fresh"]),
                      " ".join(f"{g:.2f}" for g in gate)])
     head = f"lesion probe: {out['periods_train']}+{out['periods_test']} periods x {out['period_steps']} steps, " \
            f"N={N}, {out['wall_s']:.0f}s"
-    return head + "\n" + _table(["condition", "lesion period", "train dev after lesion point", "test dev",
-                                 "gate s per training period (seed 0)"], rows)
+    return head + "\n" + _table(["condition", "lesion period", "closed-loop train dev after lesion", "test dev",
+                                 "test dev (fresh filter)", "gate s per training period (seed 0)"], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -48,10 +48,10 @@ from discovery.recurrent_engine import (
     FixedPointNet,
     MnistData,
     SolverConfig,
+    accuracy_on,
     inner_step,
     load_mnist5k_split,
     run_episode,
-    accuracy_on,
 )
 from discovery.spec import POOLS, DiscoverySpec
 from rules.recurrent import DEFAULT_THETA, RECURRENT_POOLS, RecurrentRule, resolve_term_ids
@@ -149,7 +149,7 @@ class RecurrentMetaTrainer:
         self.x_test, self.y_test = xte.to(dev, dt), yte.to(dev)
         seed = spec.meta.seed
         split = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(seed + 17))
-        n_q = max(1, int(round(spec.task.heldout_fraction * len(ytr))))
+        n_q = max(1, round(spec.task.heldout_fraction * len(ytr)))
         self.query_idx, self.inner_idx = split[:n_q].to(dev), split[n_q:].to(dev)
         self.gen = torch.Generator().manual_seed(seed)
         self.net = FixedPointNet.random(self.setting.N, torch.Generator().manual_seed(seed + 1), dt, dev)
@@ -293,6 +293,7 @@ class RecurrentMetaTrainer:
         self.load_state_dict(state)
         return True
 
+
 def discover_recurrent(spec: DiscoverySpec | dict, progress: Callable[[ProgressEvent], None] | None = None,
                        checkpoint_dir: Path | str | None = None, should_stop: Callable[[], bool] | None = None, *,
                        data: MnistData | None = None) -> DiscoveryResult:
@@ -342,49 +343,70 @@ SCORE_PROTOCOL: dict[str, dict[str, Any]] = {
 """S2 MNIST protocol on mnist5k (4,000 train / 1,000 test): SGD epochs over the training images in minibatches,
 fresh (W₀, W_x, R, order) per episode seeded exactly as discovery.fixedpoint.run_fixedpoint_mnist(seed=...)."""
 
+SUITE_BASELINES: dict[str, dict[str, float]] = {"dW1": {"rec_dW1": 0.01}, "dW3": {"rec_dW3": 0.25},
+                                                "dW4": {"rec_dW4": 0.1}}
+"""The paper's three MNIST learners at their published learning rates, as recurrent rules."""
+
 
 def recurrent_locality(rule: RecurrentRule) -> str:
     """'local' when only Oja / decay are used, else 'weight transport' (the dW terms multiply δ by W and Wᵀ)."""
     return "local" if set(rule.terms) <= {"rec_oja", "rec_decay"} else "weight transport"
 
 
-def score_recurrent_rule(coefficients: dict[str, float] | RecurrentRule, *, tiny: bool = False, seed: int = 0,
-                         data: MnistData | None = None, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+def as_recurrent_rule(rule: Any) -> RecurrentRule:
+    """A RecurrentRule from a RecurrentRule, a stored rule dict ({coefficients, name, ...}), a plain {id: θ}
+    mapping, or the canonical text 'recurrent/v1: …' (TypeError / ValueError otherwise)."""
+    if isinstance(rule, RecurrentRule):
+        return rule
+    if isinstance(rule, str):
+        return RecurrentRule.from_canonical(rule)
+    if isinstance(rule, Mapping):
+        if "coefficients" in rule:
+            return RecurrentRule.from_dict(rule)
+        return RecurrentRule(rule)
+    raise TypeError(f"cannot read a recurrent rule from {type(rule).__name__}")
+
+
+def score_recurrent_rule(coefficients: Mapping[str, float] | RecurrentRule | str, *, tiny: bool = False,
+                         seed: int = 0, data: MnistData | None = None, dtype: torch.dtype = torch.float32,
+                         protocol: Mapping[str, Any] | None = None, device: str = "cpu",
+                         learner: str | None = None, kind: str = "rule") -> dict[str, Any]:
     """Score a recurrent rule on fixedpoint-mnist: mean test accuracy ± 95% t-interval over episodes.
 
-    Returns a suite entry {learner, kind: "rule", score, ci95: [lo, hi], ci95_halfwidth, episodes, metrics:
-    {spectral_abscissa (mean final max Re λ(W)), max_spectral_abscissa, final_train_loss, failures,
-    per_episode_accuracy}, locality, cost_per_sample_ms, hyperparameters, tuning: None, rule}.
+    ``protocol`` overrides keys of SCORE_PROTOCOL["tiny" | "full"]. Returns a suite entry {learner, kind, score,
+    ci95: [lo, hi], ci95_halfwidth, episodes, metrics: {spectral_abscissa (mean final max Re λ(W)),
+    max_spectral_abscissa, final_train_loss, failures, per_episode_accuracy}, locality, cost_per_sample_ms,
+    hyperparameters, tuning: None, rule}.
     """
     from discovery.evaluate import t_interval
 
-    rule = coefficients if isinstance(coefficients, RecurrentRule) else RecurrentRule(coefficients)
-    proto = SCORE_PROTOCOL["tiny" if tiny else "full"]
+    rule = as_recurrent_rule(coefficients)
+    proto = {**SCORE_PROTOCOL["tiny" if tiny else "full"], **(protocol or {})}
+    dev = torch.device(device)
     xtr, ytr, xte, yte = data if data is not None else load_mnist5k_split()
-    if proto["n_train"]:
+    if proto.get("n_train"):
         xtr, ytr = xtr[:proto["n_train"]], ytr[:proto["n_train"]]
-    if proto["n_test"]:
+    if proto.get("n_test"):
         xte, yte = xte[:proto["n_test"]], yte[:proto["n_test"]]
-    xtr, xte = xtr.to(dtype), xte.to(dtype)
-    ids = [t for t in rule.coefficients if t in rule.terms]
-    theta = torch.tensor([rule.coefficients[t] for t in ids], dtype=dtype)
-    N = proto["N"]
+    xtr, xte, ytr, yte = xtr.to(dev, dtype), xte.to(dev, dtype), ytr.to(dev), yte.to(dev)
+    ids = rule.terms
+    theta = torch.tensor([rule.coefficients[t] for t in ids], dtype=dtype, device=dev)
+    N, batch = int(proto["N"]), int(proto["batch"])
     cfg = SolverConfig(tol=1e-5 if dtype != torch.float64 else 1e-10, adjoint_tol=1e-6, max_iter=300,
                        adjoint_method="solve" if N <= SOLVE_MAX_N else "anderson")
     accs, absc, max_absc, final_loss = [], [], [], []
     failures, samples, step_time = 0, 0, 0.0
-    for i in range(proto["episodes"]):
-        ep_seed = seed * 1000 + i
-        gen = torch.Generator().manual_seed(ep_seed)
-        W = random_matrix(N, RHO_INIT, gen).to(dtype)
-        net = FixedPointNet.random(N, gen, dtype, torch.device("cpu"), D=xtr.shape[1])
-        peak, last, acc = float(spectral_abscissa(W)), math.nan, math.nan
+    for i in range(int(proto["episodes"])):
+        gen = torch.Generator().manual_seed(seed * 1000 + i)
+        W = random_matrix(N, RHO_INIT, gen).to(dev, dtype)
+        net = FixedPointNet.random(N, gen, dtype, dev, D=xtr.shape[1])
+        peak, last, acc = float(spectral_abscissa(W.cpu())), math.nan, math.nan
         try:
             with torch.no_grad():
-                for _ in range(proto["epochs"]):
-                    perm = torch.randperm(len(ytr), generator=gen)
-                    for j in range(0, len(ytr), proto["batch"]):
-                        idx = perm[j:j + proto["batch"]]
+                for _ in range(int(proto["epochs"])):
+                    perm = torch.randperm(len(ytr), generator=gen).to(dev)
+                    for j in range(0, len(ytr), batch):
+                        idx = perm[j:j + batch]
                         t1 = time.perf_counter()
                         if ids:
                             W, loss = inner_step(net, W, xtr[idx], ytr[idx], theta, ids, cfg)
@@ -395,7 +417,7 @@ def score_recurrent_rule(coefficients: dict[str, float] | RecurrentRule, *, tiny
                         last = float(loss.mean())
                         if not torch.isfinite(W).all():
                             raise FixedPointError("weights became non-finite", math.inf)
-                        peak = max(peak, float(spectral_abscissa(W)))
+                        peak = max(peak, float(spectral_abscissa(W.cpu())))
                 acc = accuracy_on(net, W, xte, yte, cfg)
         except DIVERGENCE_ERRORS:
             acc = math.nan
@@ -403,14 +425,14 @@ def score_recurrent_rule(coefficients: dict[str, float] | RecurrentRule, *, tiny
             failures += 1
             acc = 0.0
         else:
-            absc.append(float(spectral_abscissa(W)))
+            absc.append(float(spectral_abscissa(W.cpu())))
         accs.append(acc)
         max_absc.append(peak)
         final_loss.append(last)
     mean, lo, hi = t_interval(accs)
     return {
-        "learner": rule.name or "recurrent rule",
-        "kind": "rule",
+        "learner": learner or rule.name or "recurrent rule",
+        "kind": kind,
         "score": mean,
         "ci95": [lo, hi],
         "ci95_halfwidth": (hi - lo) / 2,
@@ -428,3 +450,49 @@ def score_recurrent_rule(coefficients: dict[str, float] | RecurrentRule, *, tiny
         "tuning": None,
         "rule": rule.to_dict(),
     }
+
+
+def fixedpoint_suite_runner(suite: Any, ctx: Any) -> dict[str, Any]:
+    """discovery.suites runner: the suite's baselines (SUITE_BASELINES) and ctx.rule (anything
+    ``as_recurrent_rule`` reads), all scored by ``score_recurrent_rule`` on the same seeds (paired)."""
+    proto = {**suite.network, **suite.data, **suite.protocol}
+    proto = {k: proto[k] for k in SCORE_PROTOCOL["full"] if k in proto}
+    data = load_mnist5k_split()
+    jobs: list[tuple[str, str, Any]] = [(b, "baseline", SUITE_BASELINES[b]) for b in suite.baselines]
+    if ctx.rule is not None:
+        jobs.append(("rule", "rule", as_recurrent_rule(ctx.rule)))
+    entries = []
+    for k, (name, kind, rule) in enumerate(jobs):
+        ctx.emit({"stage": "score", "learner": name, "done": k, "total": len(jobs)})
+        entries.append(score_recurrent_rule(rule, seed=ctx.seed, data=data, protocol=proto, device=ctx.device,
+                                            learner=name if kind == "baseline" else None, kind=kind))
+    return {"entries": entries}
+
+
+def fixedpoint_mnist_suite() -> Any:
+    """The ``fixedpoint-mnist`` Suite (not registered here: ``register_suite(fixedpoint_mnist_suite())``)."""
+    from discovery.suites import Suite
+
+    full, tiny = SCORE_PROTOCOL["full"], SCORE_PROTOCOL["tiny"]
+    return Suite(
+        name=KIND, version="1", kind="recurrent-fixedpoint",
+        title="Fixed-point RNN on MNIST (S2)",
+        description="Learning the recurrent weights of a tanh fixed-point network r = tanh(W r + W_x x) on mnist5k.",
+        network={"N": full["N"], "activation": "tanh", "rho_init": RHO_INIT},
+        data={"dataset": "mnist5k", "n_train": full["n_train"], "n_test": full["n_test"]},
+        protocol={"batch": full["batch"], "epochs": full["epochs"], "episodes": full["episodes"]},
+        metrics=["test_accuracy", "spectral_abscissa", "max_spectral_abscissa", "failures"],
+        baselines=list(SUITE_BASELINES),
+        tiny={"network": {"N": tiny["N"]}, "data": {"n_train": tiny["n_train"], "n_test": tiny["n_test"]},
+              "protocol": {"batch": tiny["batch"], "epochs": tiny["epochs"], "episodes": tiny["episodes"]}},
+        protocol_text=(
+            "S2 fixed-point RNN: {network[N]} tanh units, r = tanh(W r + W_x x) solved by Anderson iteration, fixed "
+            "W_x ~ N(0, 1/784) and readout R ~ N(0, 1/N), W₀ with spectral radius {network[rho_init]}; only W "
+            "learns, by ΔW = Σ θ_k F_k (batch-averaged) over {protocol[epochs]} epochs of minibatches of "
+            "{protocol[batch]} mnist5k training images (4,000; n_train={data[n_train]}). Score = test accuracy on "
+            "the 1,000 mnist5k test images (n_test={data[n_test]}), mean ± 95% t-interval over {protocol[episodes]} "
+            "episodes (fresh W₀, W_x, R, order; seeded as discovery.fixedpoint.run_fixedpoint_mnist). Baselines: "
+            "the paper's dW1 / dW3 / dW4 at their published learning rates .01 / .25 / .1 (no tuning). A lost "
+            "fixed point scores 0. Diagnostics: spectral abscissa max Re λ(W) at the end and its maximum."),
+        runner=fixedpoint_suite_runner,
+    )

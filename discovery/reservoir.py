@@ -10,6 +10,7 @@ P ← P − c k kᵀ, W ← W − c (z − f) kᵀ. Metric: test-phase mean of �
 τ_e = period/10 (1000 time units in the published protocol); satisfactory < 0.5.
 
 All seeds run as one batch: state (B, N), readouts (B, d, N), P (B, N, N), and J as one block-diagonal CSR matrix.
+Importing the module registers the `reservoir-motor` suite with discovery.suites.
 """
 
 from __future__ import annotations
@@ -220,10 +221,14 @@ def _make_step(cfg: TaskConfig, learner: Learner, train: bool, dtype: torch.dtyp
 
 def _simulate(cfg: TaskConfig, learner: Learner, seeds: Sequence[int], lesion: Sequence[int | None], *,
               periods_train: int, periods_test: int, period_steps: int, N: int, noise: float = NOISE,
-              chunk: int = 1000, dtype: torch.dtype = torch.float32,
+              chunk: int = 1000, dtype: torch.dtype = torch.float32, test_feedback: str = "teacher",
               progress: Callable[[int, int], None] | None = None) -> _Run:
     """Run B = len(seeds) independent reservoirs (batch element b uses seed b; lesion[b] = first training period
-    with the exploratory pathway removed, or None) through periods_train training and periods_test test periods."""
+    with the exploratory pathway removed, or None) through periods_train training and periods_test test periods.
+    test_feedback 'teacher' feeds f (task 1) or the replayed training output (arms) back in the test phase;
+    'closed' feeds back the network's own output z (autonomous production)."""
+    if test_feedback not in ("teacher", "closed"):
+        raise ValueError(f"unknown test_feedback {test_feedback!r}")
     if learner not in ("force", "rmhl", "supertrex"):
         raise ValueError(f"unknown learner {learner!r}")
     if learner == "force" and cfg.task != 1:
@@ -247,7 +252,8 @@ def _simulate(cfg: TaskConfig, learner: Learner, seeds: Sequence[int], lesion: S
     gens = [torch.Generator().manual_seed(1_000_003 * (s + 1)) for s in seeds]
     steps = {tr: _make_step(cfg, learner, tr, dtype) for tr in (True, False)}
     n_replay = min(periods_test, periods_train)
-    replay = torch.zeros(n_replay, period_steps, B, d, dtype=dtype) if cfg.task > 1 else None
+    use_replay = cfg.task > 1 and test_feedback == "teacher"
+    replay = torch.zeros(n_replay, period_steps, B, d, dtype=dtype) if use_replay else None
     total = (periods_train + periods_test) * period_steps
     errors = torch.empty(B, total, dtype=torch.float32)
     gate_hist = torch.full((B, periods_train + periods_test), math.nan, dtype=torch.float64)
@@ -274,7 +280,7 @@ def _simulate(cfg: TaskConfig, learner: Learner, seeds: Sequence[int], lesion: S
             for k in range(K):
                 t = c0 + k
                 f_t = target[t]
-                if train:
+                if train or test_feedback == "closed":
                     fb = z
                 elif replay is None:
                     fb = f_t.expand(B, d)                                  # teacher-forced feedback (task 1)
@@ -334,6 +340,7 @@ def run_reservoir(task: int, learner: Learner, seeds: Sequence[int], periods_tra
                   periods_test: int | None = None, period_steps: int | None = None, setting: Setting = "published",
                   N: int = 1000, *, protocol: Protocol = "full", noise: float = NOISE,
                   curve_points: int = 300, threads: int | None = None, dtype: torch.dtype = torch.float32,
+                  test_feedback: Literal["teacher", "closed"] = "teacher",
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Train `learner` on `task` for every seed (batched) and score the test phase.
 
@@ -341,7 +348,8 @@ def run_reservoir(task: int, learner: Learner, seeds: Sequence[int], periods_tra
     5·10⁴ steps; 'fast' = 10 + 2 periods of 5·10³ steps (the butterfly drawn 10× faster); explicit periods_* /
     period_steps override the preset.
     Test phase: W_exp removed, weights frozen, no noise, feedback teacher-forced with f (task 1) or with the
-    output z replayed from the last training periods (arms). Returns per-seed deviations (test-phase mean of
+    output z replayed from the last training periods (arms); test_feedback='closed' feeds back the network's own
+    output instead (autonomous production). Returns per-seed deviations (test-phase mean of
     √(low-passed error)), their mean and population std, n_satisfactory (< 0.5), deviation curves downsampled to
     about `curve_points` points, the mean consolidation gate per period, wall time and steps/s.
     """
@@ -351,7 +359,8 @@ def run_reservoir(task: int, learner: Learner, seeds: Sequence[int], periods_tra
     cfg = task_config(task, setting)
     seeds = list(seeds)
     run = _simulate(cfg, learner, seeds, [None] * len(seeds), periods_train=pt, periods_test=pe,
-                    period_steps=ps, N=N, noise=noise, dtype=dtype, progress=progress)
+                    period_steps=ps, N=N, noise=noise, dtype=dtype, test_feedback=test_feedback,
+                    progress=progress)
     dev_curve, dev = _deviation(run.errors, pt * ps, (pt + pe) * ps, ps)
     stride = max(1, run.steps // curve_points)
     return {
@@ -369,12 +378,16 @@ def run_reservoir(task: int, learner: Learner, seeds: Sequence[int], periods_tra
 def lesion_probe(task: int = 1, seeds: Sequence[int] = (0,), *, early: int = 1, late: int | None = None,
                  periods_train: int | None = None, periods_test: int | None = None,
                  period_steps: int | None = None, setting: Setting = "published", N: int = 1000,
-                 protocol: Protocol = "full", dtype: torch.dtype = torch.float32,
-                 threads: int | None = None) -> dict:
+                 protocol: Protocol = "full", test_feedback: Literal["teacher", "closed"] = "teacher",
+                 dtype: torch.dtype = torch.float32, threads: int | None = None) -> dict:
     """SUPERTREX with the exploratory pathway removed from training period `early` (before consolidation) or
     `late` (default: the last training period, after consolidation), against the intact model; the three
-    conditions share reservoirs and noise and run as one batch. Reports, per condition, the deviation over the
-    training periods after the lesion point and in the test phase, and the mean consolidation gate s per period.
+    conditions share reservoirs and noise and run as one batch.
+
+    Per condition: post_lesion_train_deviation = mean √(low-passed error) over the training periods from the
+    lesion on (closed loop, the mastery pathway alone; for 'intact' from `early` on), test_deviation (the
+    protocol's metric, whose filter carries the last training error into the test phase) and
+    test_deviation_fresh (filter restarted at the test phase), and the mean consolidation gate s per period.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -387,20 +400,100 @@ def lesion_probe(task: int = 1, seeds: Sequence[int] = (0,), *, early: int = 1, 
     batch_seeds = [s for _ in conds for s in seeds]
     batch_lesion = [les for les in conds.values() for _ in seeds]
     run = _simulate(task_config(task, setting), "supertrex", batch_seeds, batch_lesion, periods_train=pt,
-                    periods_test=pe, period_steps=ps, N=N, dtype=dtype)
-    dev_curve, test_dev = _deviation(run.errors, pt * ps, (pt + pe) * ps, ps)
+                    periods_test=pe, period_steps=ps, N=N, dtype=dtype, test_feedback=test_feedback)
+    test_dev = _deviation(run.errors, pt * ps, (pt + pe) * ps, ps)[1]
+    fresh_test = _deviation(run.errors[:, pt * ps:], 0, pe * ps, ps)[1]
     out: dict = {"task": task, "seeds": seeds, "early": early, "late": late, "periods_train": pt,
-                 "periods_test": pe, "period_steps": ps, "N": N, "wall_s": run.wall_s, "conditions": {}}
+                 "periods_test": pe, "period_steps": ps, "N": N, "test_feedback": test_feedback,
+                 "wall_s": run.wall_s, "conditions": {}}
     S = len(seeds)
     for i, (name, les) in enumerate(conds.items()):
         sl = slice(i * S, (i + 1) * S)
         start = (les if les is not None else early) * ps
-        post = dev_curve[sl, start:pt * ps].mean(-1)
+        post = _deviation(run.errors[sl, start:pt * ps], 0, (pt * ps - start), ps)[1]
         out["conditions"][name] = {
             "lesion_period": les,
             "post_lesion_train_deviation": post.tolist(),
             "test_deviation": test_dev[sl].tolist(),
+            "test_deviation_fresh": fresh_test[sl].tolist(),
             "test_mean": float(test_dev[sl].mean()),
             "gate_per_period": run.gate[sl].tolist(),
         }
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Benchmark suite (discovery.suites imports this module as a plug-in; the suite registers itself here).
+
+SUITE_CONFIGS: tuple[tuple[int, str, str], ...] = (
+    (1, "force", "published"), (1, "rmhl", "published"), (1, "supertrex", "published"),
+    (2, "rmhl", "published"), (2, "supertrex", "published"),
+    (3, "rmhl", "published"), (3, "supertrex", "published"), (3, "supertrex", "fixed"))
+LOCALITY = {"force": "global error", "rmhl": "reward-modulated", "supertrex": "reward-modulated"}
+
+
+def reservoir_suite_runner(suite: object, ctx: object) -> dict:
+    """discovery.suites runner: every (task, learner, setting) of the suite on the same seeds; the score is the
+    test-phase deviation (mean over seeds ± 95% t-interval; lower is better)."""
+    from discovery.evaluate import t_interval
+
+    p = {**suite.network, **suite.data, **suite.protocol}                      # type: ignore[attr-defined]
+    seeds = [1000 * int(ctx.seed) + i for i in range(int(p["seeds"]))]         # type: ignore[attr-defined]
+    jobs = [tuple(c) for c in p["configs"]]
+    entries = []
+    for k, (task, learner, setting) in enumerate(jobs):
+        name = f"{learner} task{task}" + ("" if setting == "published" else f" ({setting})")
+        ctx.emit({"stage": "score", "learner": name, "done": k, "total": len(jobs)})  # type: ignore[attr-defined]
+        res = run_reservoir(int(task), learner, seeds, int(p["periods_train"]), int(p["periods_test"]),
+                            int(p["period_steps"]), setting, int(p["N"]))
+        mean, lo, hi = t_interval(res["deviation"])
+        entries.append({
+            "learner": name, "kind": "baseline", "score": mean, "ci95": [lo, hi], "ci95_halfwidth": (hi - lo) / 2,
+            "episodes": len(seeds),
+            "metrics": {"lower_is_better": True, "deviation_per_seed": res["deviation"],
+                        "n_satisfactory": res["n_satisfactory"], "steps_per_s": res["steps_per_s"]},
+            "locality": LOCALITY[learner], "cost_per_sample_ms": 1000.0 / res["steps_per_s"] / len(seeds),
+            "hyperparameters": {"task": task, "setting": setting, "N": p["N"]}, "tuning": None,
+        })
+    notes = [("score = test-phase deviation mean √(low-passed squared error); lower is better, < 0.5 is "
+              "satisfactory; cost_per_sample_ms is per simulation step and seed")]
+    if ctx.rule is not None:                                                   # type: ignore[attr-defined]
+        notes.append("this suite scores the built-in reservoir learners only; the given rule was not run")
+    return {"entries": entries, "notes": notes}
+
+
+def reservoir_suite() -> object:
+    """The ``reservoir-motor`` suite (S5): FORCE / RMHL / SUPERTREX on the three motor tasks, `shortened`
+    protocol with 3 seeds (tiny: N = 100, 2 + 1 periods of 500 steps, 2 seeds)."""
+    from discovery.suites import Suite
+
+    proto = PROTOCOLS["shortened"]
+    return Suite(
+        name="reservoir-motor", version="1", kind="reservoir",
+        title="Reservoir motor learning: FORCE, RMHL, SUPERTREX (S5)",
+        description="Chaotic rate reservoir (λ = 1.5, p = 0.1) drawing the butterfly directly (task 1) or with a "
+                    "2- or 3-joint arm (tasks 2, 3); readouts learned by FORCE, RMHL or SUPERTREX.",
+        network={"N": 1000, "lambda": LAMBDA, "p": P_CONNECT, "dt": DT, "tau": TAU},
+        data={"target": "butterfly", "tasks": [1, 2, 3]},
+        protocol={**proto, "seeds": 3, "configs": [list(c) for c in SUITE_CONFIGS]},
+        metrics=["deviation", "n_satisfactory", "steps_per_s"],
+        baselines=sorted({f"{lr} task{t}" for t, lr, _ in SUITE_CONFIGS}),
+        tiny={"network": {"N": 100}, "protocol": {"periods_train": 2, "periods_test": 1, "period_steps": 500,
+                                                  "seeds": 2}},
+        protocol_text=("S5 reservoir, N={network[N]}: {protocol[periods_train]} training + {protocol[periods_test]} "
+                       "test periods of {protocol[period_steps]} steps (dt = 0.2) over {protocol[seeds]} seeds; test "
+                       "phase with W_exp = 0, frozen weights and teacher-forced feedback; score = mean √(low-passed "
+                       "squared error) in the test phase (lower is better)."),
+        runner=reservoir_suite_runner,
+    )
+
+
+def _register_suite() -> None:
+    try:
+        from discovery.suites import register_suite
+    except ImportError:                                                        # suites not available: nothing to do
+        return
+    register_suite(reservoir_suite())
+
+
+_register_suite()

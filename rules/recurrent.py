@@ -48,7 +48,7 @@ delta = MatrixSymbol("delta", N, 1)
 G = MatrixSymbol("G", N, N)
 W = MatrixSymbol("W", N, N)
 u = MatrixSymbol("u", N, 1)
-I = Identity(N)  # noqa: E741  (the identity matrix, as in the paper)
+I = Identity(N)  # the identity matrix, as in the paper
 
 RECURRENT_PRIMITIVES: dict[str, MatrixExpr] = {"r": r, "delta": delta, "G": G, "W": W, "u": u, "I": I}
 """Name → sympy symbol. G is diagonal (treated as symmetric when writing transposes); u = δ + Wᵀ G u."""
@@ -264,7 +264,8 @@ class RecurrentRule:
         return sp.srepr(self.expression)
 
     def to_dict(self) -> dict[str, Any]:
-        """Same keys as ``rules.rule.Rule.to_dict()`` (+ ``kind: "recurrent"``)."""
+        """Same keys as ``rules.rule.Rule.to_dict()``, plus ``canonical`` (so service.rulebook.record_from_result
+        never rebuilds it with the feedforward Rule) and ``kind: "recurrent"``."""
         return {
             "name": self.name,
             "expression": self.to_text(),
@@ -273,6 +274,7 @@ class RecurrentRule:
             "terms": self.terms,
             "hash": self.hash(),
             "srepr": self.srepr(),
+            "canonical": self.canonical(),
             "kind": "recurrent",
         }
 

@@ -14,15 +14,18 @@ import torch
 from discovery.fixedpoint import dW1, random_matrix, run_fixedpoint_mnist, solve_fixed_point
 from discovery.recurrent_discovery import (
     SCORE_PROTOCOL,
-    FixedPointNet,
     RecurrentProgressEvent,
-    SolverConfig,
     discover_recurrent,
+    fixedpoint_mnist_suite,
+    recurrent_setting,
+    score_recurrent_rule,
+)
+from discovery.recurrent_engine import (
+    FixedPointNet,
+    SolverConfig,
     load_mnist5k_split,
     meta_loss,
-    recurrent_setting,
     run_episode,
-    score_recurrent_rule,
     term_directions,
 )
 from discovery.spec import DiscoverySpec
@@ -121,7 +124,7 @@ def test_meta_gradient_matches_finite_differences(method: str) -> None:
 def test_finite_difference_check_detects_a_one_step_backward(monkeypatch) -> None:
     """Sensitivity of the check: differentiating only one step r = tanh(W r*.detach() + X) (no implicit solve)
     gives a visibly different meta-gradient."""
-    import discovery.recurrent_discovery as rd
+    import discovery.recurrent_engine as rd
 
     net, W0, batches, query = _toy(seed=1)
     theta = torch.tensor([0.5, 0.5], dtype=F64)
@@ -146,7 +149,7 @@ def test_recurrent_rule_identity_and_dict() -> None:
     b = RecurrentRule({"oja": -0.003, "decay": 0.01, "dW3": 0.25 + 1e-12})
     assert a.hash() == b.hash() and a == b and len(a.hash()) == 64
     assert a.hash() != RecurrentRule({"rec_dW3": 0.25}).hash()
-    assert a.canonical().startswith("recurrent/v1:")
+    assert a.canonical().startswith("recurrent/v1:") and a.to_dict()["canonical"] == a.canonical()
     d = a.to_dict()
     assert set(Rule({"F0": 1.0}).to_dict()) <= set(d)
     assert d["terms"] == ["rec_dW3", "rec_oja", "rec_decay"]
@@ -220,3 +223,18 @@ def test_score_matches_published_learner(mnist) -> None:
     assert entry["score"] == pytest.approx(sum(ref) / len(ref))
     assert entry["locality"] == "weight transport" and entry["metrics"]["spectral_abscissa"] < 1
     assert entry["ci95"][0] <= entry["score"] <= entry["ci95"][1]
+
+
+def test_suite_runner_scores_baselines_and_rule(mnist) -> None:
+    from discovery.suites import RunContext
+
+    suite = fixedpoint_mnist_suite().resolved(tiny=True).with_overrides(
+        {"protocol": {"episodes": 1}, "data": {"n_train": 128, "n_test": 64}, "baselines": ["dW3"]})
+    events: list[dict] = []
+    rule = RecurrentRule({"rec_dW3": 0.5, "rec_decay": 1e-3}, name="found")
+    ctx = RunContext(rule=rule.canonical(), seed=0, tiny=True, device="cpu", feedback=None, emit=events.append)
+    out = suite.runner(suite, ctx)
+    names = [(e["learner"], e["kind"]) for e in out["entries"]]
+    assert names == [("dW3", "baseline"), ("recurrent rule", "rule")]
+    assert out["entries"][1]["rule"]["hash"] == rule.hash() and len(events) == 2
+    assert "tanh" in suite.describe()

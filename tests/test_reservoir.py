@@ -91,6 +91,14 @@ def test_learners_run_on_every_task(task: int, learner: str, setting: str) -> No
         assert all(0.0 <= g <= 1.0 for g in res["gate_per_period"][0][:2])
 
 
+def test_closed_loop_test_phase() -> None:
+    kw = dict(periods_train=1, periods_test=1, period_steps=200, N=60)
+    res = run_reservoir(2, "supertrex", [0], test_feedback="closed", **kw)
+    assert math.isfinite(res["deviation"][0])
+    with pytest.raises(ValueError):
+        run_reservoir(1, "force", [0], test_feedback="open", **kw)
+
+
 def test_force_is_rejected_on_arm_tasks() -> None:
     with pytest.raises(ValueError):
         run_reservoir(2, "force", [0], periods_train=1, periods_test=1, period_steps=50, N=30)
@@ -105,3 +113,13 @@ def test_lesion_probe_on_a_tiny_configuration() -> None:
         assert all(math.isfinite(v) for v in cond["test_deviation"] + cond["post_lesion_train_deviation"])
     with pytest.raises(ValueError):
         lesion_probe(1, [0], early=2, late=1, periods_train=3, periods_test=1, period_steps=50, N=30)
+
+
+def test_reservoir_suite_is_registered_and_runs() -> None:
+    from discovery.suites import get_suite, run_suite
+
+    assert get_suite("reservoir-motor").protocol["period_steps"] == 50_000
+    r = run_suite("reservoir-motor", None, tiny=True, overrides={
+        "protocol": {"configs": [[1, "force", "published"], [3, "supertrex", "fixed"]], "period_steps": 100}})
+    assert [e["learner"] for e in r["entries"]] == ["force task1", "supertrex task3 (fixed)"]
+    assert all(math.isfinite(e["score"]) and e["metrics"]["lower_is_better"] for e in r["entries"])
