@@ -56,6 +56,9 @@ class RuleLearner:
 
     @property
     def locality(self) -> str:
+        """'local' when no term reads an error; else what the feedback pathway needs."""
+        if not self.rule.uses_error:
+            return "local"
         if self.feedback in ("bp", "sign"):
             return "weight transport"
         return "global error"

@@ -231,7 +231,10 @@ class CompiledRule:
         self.names = list(names) if names is not None else [f"t{i}" for i in range(len(self.terms))]
         self.has_decay = any(t.decay != 0 for t in self.terms)
         self.decays = [t.decay for t in self.terms]
-        self.uses_W = any(("W" in (f[0] for f in a.prefix + a.suffix)) for t in self.terms for a in t.atoms)
+        names = {f[0] for t in self.terms for a in t.atoms for f in a.prefix + a.suffix}
+        self.uses_W = "W" in names
+        #: Whether any term reads an error signal (e or e_pre): otherwise the rule is purely local (Hebbian-like).
+        self.uses_error = bool(names & {"e", "e_pre"})
 
     def __len__(self) -> int:
         return len(self.terms)
