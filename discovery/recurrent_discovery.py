@@ -459,14 +459,18 @@ def fixedpoint_suite_runner(suite: Any, ctx: Any) -> dict[str, Any]:
     proto = {k: proto[k] for k in SCORE_PROTOCOL["full"] if k in proto}
     data = load_mnist5k_split()
     jobs: list[tuple[str, str, Any]] = [(b, "baseline", SUITE_BASELINES[b]) for b in suite.baselines]
+    notes: list[str] = []
     if ctx.rule is not None:
-        jobs.append(("rule", "rule", as_recurrent_rule(ctx.rule)))
+        try:
+            jobs.append(("rule", "rule", as_recurrent_rule(ctx.rule)))
+        except (ValueError, TypeError, KeyError) as exc:  # a feedforward rule has no recurrent reading
+            notes.append(f"the given rule is not a recurrent rule and was not scored: {exc}")
     entries = []
     for k, (name, kind, rule) in enumerate(jobs):
         ctx.emit({"stage": "score", "learner": name, "done": k, "total": len(jobs)})
         entries.append(score_recurrent_rule(rule, seed=ctx.seed, data=data, protocol=proto, device=ctx.device,
                                             learner=name if kind == "baseline" else None, kind=kind))
-    return {"entries": entries}
+    return {"entries": entries, "notes": notes}
 
 
 def fixedpoint_mnist_suite() -> Any:

@@ -128,7 +128,7 @@ def test_restart_while_a_job_runs(live_server_factory: Callable[..., LiveServer]
         "name": "restart",
         "network": {"widths": [784, 16, 10]},
         "task": {"dataset": "synthetic", "shots": 5, "queries": 5},
-        "meta": {"episodes": 60, "eval_episodes": 10, "checkpoint_every": 5},
+        "meta": {"episodes": 400, "eval_episodes": 10, "checkpoint_every": 5},
     }
     with httpx.Client(base_url=server.url, timeout=30) as http:
         kept = http.post(

@@ -50,7 +50,10 @@ def _parse_rule(expression: str | None) -> Any:
     if expression is None or not str(expression).strip():
         return None
     import rules
+    from rules.recurrent import RecurrentRule
 
+    if str(expression).lstrip().startswith("recurrent/"):  # a recurrent rule's canonical text
+        return RecurrentRule.from_canonical(str(expression))
     rule_cls = getattr(rules, "Rule", None)
     if rule_cls is None:
         from rules.rule import Rule as rule_cls
