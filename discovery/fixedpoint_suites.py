@@ -39,8 +39,8 @@ def linear_suite_runner(suite: Suite, ctx: Any) -> dict:
             "metrics": {"lower_is_better": True, "final_loss": final, "loss_at": checkpoints, "best_eta": best_eta},
             "cost_per_sample_ms": None, "hyperparameters": {"eta": best_eta}, "tuning": None,
         })
-    notes = ["score = log10 of the final loss J at the best η (lower is better); the suite scores the published "
-             "rules only"]
+    notes = [("score = log10 of the final loss J at the best η (lower is better); the suite scores the published "
+              "rules only")]
     if ctx.rule is not None:
         notes.append("a feedforward rule cannot run on this suite; it was not scored")
     return {"entries": entries, "notes": notes}

@@ -10,7 +10,6 @@ state is never poisoned.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor
 
+from discovery.checkpoint import load_checkpoint, save_checkpoint
 from discovery.diagnostics import alignment_angles, orthonormality_error
 from discovery.inner import (
     RuleLearner,
@@ -274,17 +274,11 @@ class MetaTrainer:
         self.train_sampler.set_state(state["train_sampler"])
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (CHECKPOINT_NAME + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, folder / CHECKPOINT_NAME)
+        save_checkpoint(folder, self.state_dict(), CHECKPOINT_NAME)
 
     def try_resume(self, folder: Path) -> bool:
-        path = folder / CHECKPOINT_NAME
-        if not path.exists():
-            return False
-        state = torch.load(path, weights_only=False)
-        if state.get("spec") != self.spec.model_dump():
+        state = load_checkpoint(folder, self.spec.model_dump(), CHECKPOINT_NAME)
+        if state is None:
             return False
         self.load_state_dict(state)
         return True

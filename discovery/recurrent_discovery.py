@@ -25,7 +25,6 @@ implicitly (discovery.recurrent_engine); checked against central finite differen
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from discovery.checkpoint import load_checkpoint, save_checkpoint
 from discovery.fixedpoint import random_matrix, spectral_abscissa
 from discovery.meta import DiscoveryResult, ProgressEvent, resolve_device
 from discovery.recurrent_engine import (
@@ -131,6 +131,18 @@ class RecurrentProgressEvent(ProgressEvent):
 
 
 # ================================================================================ the meta-trainer
+
+def _record_accuracy(acc: float, W: Tensor, accs: list[float], absc: list[float]) -> bool:
+    """Append an episode's test accuracy to ``accs`` (0 when it diverged / is not finite) and, when finite, the
+    spectral abscissa of its final W to ``absc``; True when the episode failed."""
+    failed = not math.isfinite(acc)
+    if failed:
+        acc = 0.0
+    else:
+        absc.append(float(spectral_abscissa(W.cpu())))
+    accs.append(acc)
+    return failed
+
 
 class RecurrentMetaTrainer:
     """θ, Adam, data and generators of a fixedpoint-mnist discovery; `step()` is one meta-step."""
@@ -252,12 +264,7 @@ class RecurrentMetaTrainer:
                     acc = accuracy_on(self.net, W, self.x_test, self.y_test, self.cfg)
                 except DIVERGENCE_ERRORS:
                     acc = math.nan
-                if not math.isfinite(acc):
-                    failures += 1
-                    acc = 0.0
-                else:
-                    absc.append(float(spectral_abscissa(W.cpu())))
-                accs.append(acc)
+                failures += _record_accuracy(acc, W, accs, absc)
         mean, ci = _mean_ci95(accs) if accs else (None, None)
         return {"accuracy": mean, "ci95": ci, "episodes": len(accs), "failures": failures,
                 "spectral_abscissa": sum(absc) / len(absc) if absc else None}
@@ -278,17 +285,11 @@ class RecurrentMetaTrainer:
         self.gen.set_state(state["gen"])
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (CHECKPOINT_NAME + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, folder / CHECKPOINT_NAME)
+        save_checkpoint(folder, self.state_dict(), CHECKPOINT_NAME)
 
     def try_resume(self, folder: Path) -> bool:
-        path = folder / CHECKPOINT_NAME
-        if not path.exists():
-            return False
-        state = torch.load(path, weights_only=False)
-        if state.get("spec") != self.spec.model_dump():
+        state = load_checkpoint(folder, self.spec.model_dump(), CHECKPOINT_NAME)
+        if state is None:
             return False
         self.load_state_dict(state)
         return True
@@ -421,12 +422,7 @@ def score_recurrent_rule(coefficients: Mapping[str, float] | RecurrentRule | str
                 acc = accuracy_on(net, W, xte, yte, cfg)
         except DIVERGENCE_ERRORS:
             acc = math.nan
-        if not math.isfinite(acc):
-            failures += 1
-            acc = 0.0
-        else:
-            absc.append(float(spectral_abscissa(W.cpu())))
-        accs.append(acc)
+        failures += _record_accuracy(acc, W, accs, absc)
         max_absc.append(peak)
         final_loss.append(last)
     mean, lo, hi = t_interval(accs)

@@ -29,8 +29,6 @@ recurrent rules is out of scope: rules/parser.py knows only the feedforward prim
 
 from __future__ import annotations
 
-import hashlib
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +37,9 @@ from typing import Any
 
 import sympy as sp
 from sympy import Identity, MatAdd, MatMul, MatrixExpr, MatrixSymbol, Transpose, ZeroMatrix
+
+from rules.base import CoefficientRule, finite_coefficient
+from rules.terms import join_signed, round_sig
 
 N = sp.Symbol("N", integer=True, positive=True)
 """Number of recurrent units."""
@@ -174,23 +175,19 @@ def resolve_term_ids(ids: list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
-def _round_sig(value: float, sig: int) -> float:
-    return float(f"{value:.{sig}g}")
-
-
 def _num_text(c: float) -> str:
-    return repr(_round_sig(c, CANONICAL_DIGITS))
+    return repr(round_sig(c, CANONICAL_DIGITS))
 
 
-class RecurrentRule:
+class RecurrentRule(CoefficientRule):
     """ΔW = Σ_k θ_k F_k over the recurrent terms (coefficients keyed by id or alias; stored by id)."""
+
+    PRUNE_TOL = 1e-6
 
     def __init__(self, coefficients: Mapping[str, float], name: str | None = None) -> None:
         coefs: dict[str, float] = {}
         for key, value in coefficients.items():
-            theta = float(value)
-            if not math.isfinite(theta):
-                raise ValueError(f"coefficient of {key!r} is not finite: {value!r}")
+            theta = finite_coefficient(key, value)
             try:
                 tid = recurrent_term(key).id
             except KeyError as exc:
@@ -200,16 +197,6 @@ class RecurrentRule:
         self.name = name
 
     # --- views -------------------------------------------------------------------------------------------
-    @property
-    def coefficients(self) -> dict[str, float]:
-        """θ by term id in library order, zeros included."""
-        return dict(self._coefficients)
-
-    @property
-    def terms(self) -> list[str]:
-        """Ids with a nonzero coefficient, in library order."""
-        return [k for k, v in self._coefficients.items() if v != 0]
-
     @cached_property
     def expression(self) -> MatrixExpr:
         """sympy ΔW = Σ_k θ_k F_k (unevaluated MatAdd of MatMul(θ_k, F_k)); ZeroMatrix(N, N) when all θ are 0."""
@@ -217,17 +204,6 @@ class RecurrentRule:
         if not parts:
             return ZeroMatrix(N, N)
         return parts[0] if len(parts) == 1 else MatAdd(*parts)
-
-    # --- transforms ----------------------------------------------------------------------------------------
-    def pruned(self, tol: float = 1e-6) -> RecurrentRule:
-        """Drop terms with |θ| < tol."""
-        return RecurrentRule({k: v for k, v in self._coefficients.items() if abs(v) >= tol}, self.name)
-
-    def rounded(self, sig: int = 3) -> RecurrentRule:
-        """Every θ rounded to ``sig`` significant digits."""
-        if sig < 1:
-            raise ValueError("sig must be >= 1")
-        return RecurrentRule({k: _round_sig(v, sig) for k, v in self._coefficients.items()}, self.name)
 
     # --- printing ------------------------------------------------------------------------------------------
     def _summands(self) -> list[tuple[float, RecurrentTerm]]:
@@ -240,7 +216,7 @@ class RecurrentRule:
         for c, t in self._summands():
             body = f"({t.text})" if isinstance(t.body, MatAdd) else t.text
             parts.append(body if c == 1 else "-" + body if c == -1 else f"{c!r}*{body}")
-        return _join_signed(parts) if parts else "0*W"
+        return join_signed(parts) if parts else "0*W"
 
     def latex(self) -> str:
         """LaTeX of ΔW, e.g. '- 0.25 \\left(\\mathbb{I} - W G\\right) G \\delta [...]^{T} - 0.01 W'."""
@@ -248,40 +224,18 @@ class RecurrentRule:
         for c, t in self._summands():
             num = "" if abs(c) == 1 else sp.latex(sp.Float(abs(c))) + " "
             parts.append(("-" if c < 0 else "") + num + t.latex_body)
-        return _join_signed(parts) if parts else "0"
+        return join_signed(parts) if parts else "0"
 
     def canonical(self) -> str:
         """'recurrent/v1: 0.25*rec_dW3 + -0.01*rec_decay' (nonzero θ at 6 significant digits, library order)."""
         body = " + ".join(f"{_num_text(self._coefficients[k])}*{k}" for k in self.terms
-                          if _round_sig(self._coefficients[k], CANONICAL_DIGITS) != 0)
+                          if round_sig(self._coefficients[k], CANONICAL_DIGITS) != 0)
         return f"{CANONICAL_PREFIX} {body or '0'}"
-
-    def hash(self) -> str:
-        """sha256 hex digest of ``canonical()``."""
-        return hashlib.sha256(self.canonical().encode()).hexdigest()
-
-    def srepr(self) -> str:
-        return sp.srepr(self.expression)
 
     def to_dict(self) -> dict[str, Any]:
         """Same keys as ``rules.rule.Rule.to_dict()``, plus ``canonical`` (so service.rulebook.record_from_result
         never rebuilds it with the feedforward Rule) and ``kind: "recurrent"``."""
-        return {
-            "name": self.name,
-            "expression": self.to_text(),
-            "latex": self.latex(),
-            "coefficients": self.coefficients,
-            "terms": self.terms,
-            "hash": self.hash(),
-            "srepr": self.srepr(),
-            "canonical": self.canonical(),
-            "kind": "recurrent",
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RecurrentRule:
-        """Inverse of ``to_dict`` (uses ``coefficients`` and ``name``)."""
-        return cls(data["coefficients"], data.get("name"))
+        return {**super().to_dict(), "canonical": self.canonical(), "kind": "recurrent"}
 
     @classmethod
     def from_canonical(cls, text: str, name: str | None = None) -> RecurrentRule:
@@ -300,27 +254,6 @@ class RecurrentRule:
                 raise ValueError(f"cannot read {part!r}: expected '<number>*<term id>'")
             coefs[m.group(2)] = coefs.get(m.group(2), 0.0) + float(m.group(1))
         return cls(coefs, name)
-
-    # --- dunder --------------------------------------------------------------------------------------------
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RecurrentRule) and self.canonical() == other.canonical()
-
-    def __hash__(self) -> int:
-        return hash(self.canonical())
-
-    def __repr__(self) -> str:
-        return f"RecurrentRule({self._coefficients!r}, name={self.name!r})"
-
-    def __str__(self) -> str:
-        return self.to_text()
-
-
-def _join_signed(parts: list[str]) -> str:
-    """['a', '-b'] → 'a - b'."""
-    out = parts[0]
-    for p in parts[1:]:
-        out += f" - {p[1:]}" if p.startswith("-") else f" + {p}"
-    return out
 
 
 def evaluate(expr: sp.Basic, values: Mapping[str, Any]) -> Any:

@@ -11,15 +11,13 @@ dict order, on how the user wrote the expression, nor on the term decomposition.
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Mapping
 from functools import cached_property, lru_cache
-from typing import Any
 
 import sympy as sp
 from sympy import MatrixExpr
 
+from rules.base import CoefficientRule, finite_coefficient
 from rules.parser import parse_poly
 from rules.terms import (
     TERMS,
@@ -61,15 +59,16 @@ def _order_key(term_id: str) -> tuple[int, str]:
     return (ids.index(term_id), "") if term_id in TERMS else (len(ids), term_id)
 
 
-class Rule:
+class Rule(CoefficientRule):
     """ΔW = Σ θ_r F_r over library ids / names and custom ``"X:<monomial>"`` terms."""
+
+    PRUNE_TOL = 1e-4
+    """``pruned`` default: absolute, since θ are per-sample learning rates, comparable across rules."""
 
     def __init__(self, coefficients: Mapping[str, float], name: str | None = None) -> None:
         coefs: dict[str, float] = {}
         for key, value in coefficients.items():
-            theta = float(value)
-            if not math.isfinite(theta):
-                raise ValueError(f"coefficient of {key!r} is not finite: {value!r}")
+            theta = finite_coefficient(key, value)
             if key.startswith(CUSTOM_PREFIX):
                 mono, c = _custom_monomial(key[len(CUSTOM_PREFIX):])
                 key, theta = CUSTOM_PREFIX + mono.text, theta * c
@@ -80,16 +79,6 @@ class Rule:
         self.name = name
 
     # --- views -------------------------------------------------------------------------------------------
-    @property
-    def coefficients(self) -> dict[str, float]:
-        """θ by term id (stable order: F0..F9, hebb, then custom ids sorted), zeros included."""
-        return dict(self._coefficients)
-
-    @property
-    def terms(self) -> list[str]:
-        """Ids with a nonzero coefficient, in the stable order."""
-        return [k for k, v in self._coefficients.items() if v != 0]
-
     @cached_property
     def poly(self) -> Poly:
         """Expanded Σ θ_r F_r as monomials."""
@@ -106,17 +95,6 @@ class Rule:
         ZeroMatrix(n, m) when every θ is zero. Equal rules give equal expressions.
         """
         return self.poly.to_sympy()
-
-    # --- transforms ----------------------------------------------------------------------------------------
-    def pruned(self, tol: float = 1e-4) -> Rule:
-        """Drop terms with |θ| < tol (absolute: θ are per-sample learning rates, comparable across rules)."""
-        return Rule({k: v for k, v in self._coefficients.items() if abs(v) >= tol}, self.name)
-
-    def rounded(self, sig: int = 3) -> Rule:
-        """Every θ rounded to ``sig`` significant digits."""
-        if sig < 1:
-            raise ValueError("sig must be >= 1")
-        return Rule({k: round_sig(v, sig) for k, v in self._coefficients.items()}, self.name)
 
     # --- printing ------------------------------------------------------------------------------------------
     def _summands(self) -> list[tuple[float, Poly]]:
@@ -151,31 +129,7 @@ class Rule:
         """Deterministic text of the expanded expression, coefficients rounded to 6 significant digits."""
         return self.poly.text(canonical=True)
 
-    def hash(self) -> str:
-        """sha256 hex digest of ``canonical()``."""
-        return hashlib.sha256(self.canonical().encode()).hexdigest()
-
-    def srepr(self) -> str:
-        return sp.srepr(self.expression)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able: name, expression (user syntax), latex, coefficients, terms, hash, srepr."""
-        return {
-            "name": self.name,
-            "expression": self.to_text(),
-            "latex": self.latex(),
-            "coefficients": self.coefficients,
-            "terms": self.terms,
-            "hash": self.hash(),
-            "srepr": self.srepr(),
-        }
-
     # --- construction --------------------------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Rule:
-        """Inverse of ``to_dict`` (uses ``coefficients`` and ``name``)."""
-        return cls(data["coefficients"], data.get("name"))
-
     @classmethod
     def from_poly(cls, poly: Poly, name: str | None = None) -> Rule:
         """Decompose expanded monomials onto the library (see ``decompose``)."""
@@ -192,19 +146,6 @@ class Rule:
     def parse(cls, text: str, name: str | None = None) -> Rule:
         """Rule from user text via the safe parser (RuleSyntaxError if invalid)."""
         return cls.from_poly(parse_poly(text), name)
-
-    # --- dunder --------------------------------------------------------------------------------------------
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Rule) and self.canonical() == other.canonical()
-
-    def __hash__(self) -> int:
-        return hash(self.canonical())
-
-    def __repr__(self) -> str:
-        return f"Rule({self._coefficients!r}, name={self.name!r})"
-
-    def __str__(self) -> str:
-        return self.to_text()
 
 
 def decompose(poly: Poly) -> dict[str, float]:

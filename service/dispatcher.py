@@ -22,6 +22,7 @@ import math
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -279,29 +280,41 @@ class Dispatcher:
                 free -= 1
 
     def _poll_jobs(self) -> None:
-        for job_id, tracked in list(self._jobs.items()):
+        self._poll_tracked(
+            self._jobs, "job", self._apply_job_state, self._fail_job,
+            lost="lost contact with the job's Ray worker", unrecorded="could not record the job's result",
+        )
+
+    def _poll_tracked(
+        self,
+        tracked_by_id: dict[int, _Tracked],
+        what: str,
+        apply: Callable[[int, _Tracked, Any], None],
+        fail: Callable[..., None],
+        *,
+        lost: str,
+        unrecorded: str,
+    ) -> None:
+        """Poll every tracked job or benchmark and apply its state; fail it (and stop tracking it) after
+        MAX_POLL_ERRORS consecutive poll errors, or when its state cannot be recorded."""
+        for item_id, tracked in list(tracked_by_id.items()):
             try:
                 state = self.workers().poll(tracked.handle)
             except Exception as exc:  # noqa: BLE001
                 tracked.poll_errors += 1
                 if tracked.poll_errors >= MAX_POLL_ERRORS:
-                    del self._jobs[job_id]
+                    del tracked_by_id[item_id]
                     with session_scope(self.sessions) as s:
-                        self._fail_job(s, job_id, f"lost contact with the job's Ray worker: {_short(exc)}")
+                        fail(s, item_id, f"{lost}: {_short(exc)}")
                 continue
             tracked.poll_errors = 0
             try:
-                self._apply_job_state(job_id, tracked, state)
+                apply(item_id, tracked, state)
             except Exception as exc:
-                log.exception("job %s: could not record its state", job_id)
-                self._jobs.pop(job_id, None)
+                log.exception("%s %s: could not record its state", what, item_id)
+                tracked_by_id.pop(item_id, None)
                 with session_scope(self.sessions) as s:
-                    self._fail_job(
-                        s,
-                        job_id,
-                        f"could not record the job's result: {_short(exc)}",
-                        {"traceback": traceback.format_exc(limit=8)},
-                    )
+                    fail(s, item_id, f"{unrecorded}: {_short(exc)}", {"traceback": traceback.format_exc(limit=8)})
 
     def _apply_job_state(self, job_id: int, tracked: _Tracked, state: Any) -> None:
         status = getattr(state, "status", None)
@@ -554,31 +567,10 @@ class Dispatcher:
             add_event(s, "failed", error[:4000], benchmark_id=run_id, data=data)
 
     def _poll_benchmarks(self) -> None:
-        for run_id, tracked in list(self._benchmarks.items()):
-            try:
-                state = self.workers().poll(tracked.handle)
-            except Exception as exc:  # noqa: BLE001
-                tracked.poll_errors += 1
-                if tracked.poll_errors >= MAX_POLL_ERRORS:
-                    del self._benchmarks[run_id]
-                    with session_scope(self.sessions) as s:
-                        self._fail_benchmark(
-                            s, run_id, f"lost contact with the benchmark's worker: {_short(exc)}"
-                        )
-                continue
-            tracked.poll_errors = 0
-            try:
-                self._apply_benchmark_state(run_id, tracked, state)
-            except Exception as exc:
-                log.exception("benchmark %s: could not record its state", run_id)
-                self._benchmarks.pop(run_id, None)
-                with session_scope(self.sessions) as s:
-                    self._fail_benchmark(
-                        s,
-                        run_id,
-                        f"could not record the result: {_short(exc)}",
-                        {"traceback": traceback.format_exc(limit=8)},
-                    )
+        self._poll_tracked(
+            self._benchmarks, "benchmark", self._apply_benchmark_state, self._fail_benchmark,
+            lost="lost contact with the benchmark's worker", unrecorded="could not record the result",
+        )
 
     def _apply_benchmark_state(self, run_id: int, tracked: _Tracked, state: Any) -> None:
         status = getattr(state, "status", None)

@@ -24,12 +24,7 @@ BETA = 10.0
 WIDTHS = [10, 8, 7, 6]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _problem(widths=WIDTHS, batch: int = 4, seed: int = 0):

@@ -27,12 +27,7 @@ WIDTHS = [12, 9, 8, 7, 6, 5]
 L = len(WIDTHS) - 1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _problem(batch: int = 3, seed: int = 0):

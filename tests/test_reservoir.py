@@ -19,14 +19,7 @@ from discovery.reservoir import (
     task_config,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Per-step tensors are tiny: one thread avoids oversubscribing the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_targets_and_arm_kinematics() -> None:

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-import torch
 
 from discovery.baselines import backprop
 from discovery.evaluate import t_interval
@@ -26,12 +25,7 @@ FEWSHOT_BASELINES = ["BP", "FA", "DFA", "BP+Oja", "PC-Exact", "PC-FixedPred", "P
 VOLATILE = {"cost_per_sample_ms", "wall_time_s", "cost_per_step_ms"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

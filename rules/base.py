@@ -1,0 +1,104 @@
+"""Behaviour shared by the coefficient-vector rules (rules.rule.Rule, rules.recurrent.RecurrentRule).
+
+A subclass stores ``_coefficients`` (θ by canonical term id, in its stable order) and ``name``, is built as
+``cls(coefficients, name)``, and provides ``canonical()``, ``to_text()``, ``latex()`` and ``expression``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from typing import Any, Self
+
+import sympy as sp
+
+from rules.terms import round_sig
+
+
+def finite_coefficient(key: str, value: float) -> float:
+    """``float(value)``; ValueError naming ``key`` when it is not finite."""
+    theta = float(value)
+    if not math.isfinite(theta):
+        raise ValueError(f"coefficient of {key!r} is not finite: {value!r}")
+    return theta
+
+
+class CoefficientRule:
+    """ΔW = Σ θ_k F_k with one scalar θ per term id; equality and hashing follow ``canonical()``."""
+
+    PRUNE_TOL: float = 1e-4
+    """Default ``pruned`` threshold."""
+
+    _coefficients: dict[str, float]
+    name: str | None
+
+    # --- views -------------------------------------------------------------------------------------------
+    @property
+    def coefficients(self) -> dict[str, float]:
+        """θ by term id in the rule's stable order, zeros included."""
+        return dict(self._coefficients)
+
+    @property
+    def terms(self) -> list[str]:
+        """Ids with a nonzero coefficient, in the stable order."""
+        return [k for k, v in self._coefficients.items() if v != 0]
+
+    # --- transforms ----------------------------------------------------------------------------------------
+    def pruned(self, tol: float | None = None) -> Self:
+        """Drop terms with |θ| < tol (absolute; default ``PRUNE_TOL``)."""
+        tol = self.PRUNE_TOL if tol is None else tol
+        return type(self)({k: v for k, v in self._coefficients.items() if abs(v) >= tol}, self.name)
+
+    def rounded(self, sig: int = 3) -> Self:
+        """Every θ rounded to ``sig`` significant digits."""
+        if sig < 1:
+            raise ValueError("sig must be >= 1")
+        return type(self)({k: round_sig(v, sig) for k, v in self._coefficients.items()}, self.name)
+
+    # --- identity / serialisation ----------------------------------------------------------------------------
+    def canonical(self) -> str:
+        raise NotImplementedError
+
+    def to_text(self) -> str:
+        raise NotImplementedError
+
+    def latex(self) -> str:
+        raise NotImplementedError
+
+    def hash(self) -> str:
+        """sha256 hex digest of ``canonical()``."""
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
+
+    def srepr(self) -> str:
+        return sp.srepr(self.expression)  # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: name, expression (text), latex, coefficients, terms, hash, srepr."""
+        return {
+            "name": self.name,
+            "expression": self.to_text(),
+            "latex": self.latex(),
+            "coefficients": self.coefficients,
+            "terms": self.terms,
+            "hash": self.hash(),
+            "srepr": self.srepr(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Inverse of ``to_dict`` (uses ``coefficients`` and ``name``)."""
+        return cls(data["coefficients"], data.get("name"))
+
+    # --- dunder --------------------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, type(self)) and self.canonical() == other.canonical()
+
+    def __hash__(self) -> int:
+        return hash(self.canonical())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._coefficients!r}, name={self.name!r})"
+
+    def __str__(self) -> str:
+        return self.to_text()
