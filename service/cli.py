@@ -326,6 +326,10 @@ def benchmark(
     expression: Annotated[str | None, typer.Option(help='a rule expression, e.g. "-0.01*e*x.T"')] = None,
     tiny: Annotated[bool, typer.Option(help="the suite's smoke-test size")] = False,
     seed: Annotated[int, typer.Option(min=0)] = 0,
+    feedback: Annotated[
+        str | None, typer.Option(help="feedback mode the rule runs with (bp, fa, dfa, sign); default per suite")
+    ] = None,
+    rule_only: Annotated[bool, typer.Option(help="score the rule alone (skip tuning the baselines)")] = False,
 ) -> None:
     """Run a named suite for a rule (or the baselines alone) and write its report JSON."""
     with _friendly():
@@ -336,6 +340,10 @@ def benchmark(
         names = sorted(_suite_names())
         if suite not in names:
             raise CliError(f"unknown suite {suite!r}; known suites: {', '.join(names)}")
+        if feedback is not None and feedback not in ("bp", "fa", "dfa", "sign"):
+            raise CliError(f"unknown feedback mode {feedback!r}; use bp, fa, dfa or sign")
+        if rule_only and rule_id is None and expression is None:
+            raise CliError("--rule-only needs --rule-id or --expression")
         text = _rule_expression(rule_id) if rule_id is not None else expression
         rule = None
         if text is not None:
@@ -369,7 +377,10 @@ def benchmark(
                     learner=str(event.get("learner", "")),
                 )
 
-            report = suite_registry.run_suite(suite, rule, tiny=tiny, seed=seed, progress=progress)
+            extra: dict[str, Any] = {"overrides": {"baselines": []}} if rule_only else {}
+            report = suite_registry.run_suite(
+                suite, rule, tiny=tiny, seed=seed, progress=progress, feedback=feedback, **extra
+            )
         _write_json(out_file, _finite(report))
         if report.get("skipped"):
             out.print(f"[yellow]skipped:[/] {report['skipped']}", highlight=False)
