@@ -13,8 +13,8 @@ from service.models import FINAL_STATUSES, SUCCEEDED, BenchmarkRun, Job, JobEven
 FEEDBACK_LOCALITY: dict[str, str] = {
     "bp": "weight transport",
     "dfa": "global error",
-    "fa": "local",
-    "sign": "local",
+    "fa": "global error",
+    "sign": "weight transport",
 }
 
 
