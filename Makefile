@@ -25,7 +25,7 @@ run: setup
 	$(VENV)/bin/plasticity serve --host $(HOST) --port $(PORT)
 
 test: setup
-	$(VPY) -m pytest tests -q --timeout=900
+	$(VPY) -m pytest tests --timeout=900
 
 test-fast: setup
 	$(VPY) -m pytest tests -q -m "not slow and not browser"
