@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,3 +26,21 @@ def load_checkpoint(folder: Path, spec_dump: dict, name: str) -> dict | None:
     if state.get("spec") != spec_dump:
         return None
     return state
+
+
+class Checkpointed:
+    """save / try_resume for a trainer with `spec`, `state_dict()`, `load_state_dict()` and `checkpoint_name`."""
+
+    checkpoint_name: str
+    spec: Any
+
+    def save(self, folder: Path) -> None:
+        save_checkpoint(folder, self.state_dict(), self.checkpoint_name)  # type: ignore[attr-defined]
+
+    def try_resume(self, folder: Path) -> bool:
+        """Load the checkpoint in `folder` when it was saved for this very spec; False otherwise."""
+        state = load_checkpoint(folder, self.spec.model_dump(), self.checkpoint_name)
+        if state is None:
+            return False
+        self.load_state_dict(state)  # type: ignore[attr-defined]
+        return True

@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor
 
-from discovery.checkpoint import load_checkpoint, save_checkpoint
+from discovery.checkpoint import Checkpointed
 from discovery.diagnostics import alignment_angles, orthonormality_error
 from discovery.inner import (
     RuleLearner,
@@ -96,8 +96,11 @@ def _mean_ci95(values: Tensor) -> tuple[float, float]:
     return mean, float(1.96 * values.std(unbiased=True) / math.sqrt(n))
 
 
-class MetaTrainer:
+class MetaTrainer(Checkpointed):
     """Holds θ, Adam, samplers and generators; `step()` performs one meta-step on a meta-batch of episodes."""
+
+
+    checkpoint_name = CHECKPOINT_NAME
 
     def __init__(self, spec: DiscoverySpec, device: torch.device | None = None):
         from discovery.data import EpisodeSampler, load_dataset
@@ -272,16 +275,6 @@ class MetaTrainer:
         self.diverged, self.skipped = state["diverged"], state["skipped"]
         self.gen.set_state(state["gen"])
         self.train_sampler.set_state(state["train_sampler"])
-
-    def save(self, folder: Path) -> None:
-        save_checkpoint(folder, self.state_dict(), CHECKPOINT_NAME)
-
-    def try_resume(self, folder: Path) -> bool:
-        state = load_checkpoint(folder, self.spec.model_dump(), CHECKPOINT_NAME)
-        if state is None:
-            return False
-        self.load_state_dict(state)
-        return True
 
 
 def learned_rule(term_ids: list[str], theta: dict[str, float], prune_rel: float = 1e-3):

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from discovery.checkpoint import load_checkpoint, save_checkpoint
+from discovery.checkpoint import Checkpointed
 from discovery.fixedpoint import random_matrix, spectral_abscissa
 from discovery.meta import DiscoveryResult, ProgressEvent, resolve_device
 from discovery.recurrent_engine import (
@@ -144,8 +144,11 @@ def _record_accuracy(acc: float, W: Tensor, accs: list[float], absc: list[float]
     return failed
 
 
-class RecurrentMetaTrainer:
+class RecurrentMetaTrainer(Checkpointed):
     """θ, Adam, data and generators of a fixedpoint-mnist discovery; `step()` is one meta-step."""
+
+
+    checkpoint_name = CHECKPOINT_NAME
 
     def __init__(self, spec: DiscoverySpec, device: torch.device | None = None, data: MnistData | None = None):
         self.spec = spec
@@ -283,16 +286,6 @@ class RecurrentMetaTrainer:
         self.history = list(state["history"])
         self.diverged, self.skipped = state["diverged"], state["skipped"]
         self.gen.set_state(state["gen"])
-
-    def save(self, folder: Path) -> None:
-        save_checkpoint(folder, self.state_dict(), CHECKPOINT_NAME)
-
-    def try_resume(self, folder: Path) -> bool:
-        state = load_checkpoint(folder, self.spec.model_dump(), CHECKPOINT_NAME)
-        if state is None:
-            return False
-        self.load_state_dict(state)
-        return True
 
 
 def discover_recurrent(spec: DiscoverySpec | dict, progress: Callable[[ProgressEvent], None] | None = None,
