@@ -99,7 +99,6 @@ def _mean_ci95(values: Tensor) -> tuple[float, float]:
 class MetaTrainer(Checkpointed):
     """Holds θ, Adam, samplers and generators; `step()` performs one meta-step on a meta-batch of episodes."""
 
-
     checkpoint_name = CHECKPOINT_NAME
 
     def __init__(self, spec: DiscoverySpec, device: torch.device | None = None):

@@ -147,7 +147,6 @@ def _record_accuracy(acc: float, W: Tensor, accs: list[float], absc: list[float]
 class RecurrentMetaTrainer(Checkpointed):
     """θ, Adam, data and generators of a fixedpoint-mnist discovery; `step()` is one meta-step."""
 
-
     checkpoint_name = CHECKPOINT_NAME
 
     def __init__(self, spec: DiscoverySpec, device: torch.device | None = None, data: MnistData | None = None):
