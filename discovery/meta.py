@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor
 
+from discovery import fused
 from discovery.checkpoint import Checkpointed
 from discovery.diagnostics import alignment_angles, orthonormality_error
 from discovery.inner import (
@@ -133,6 +134,7 @@ class MetaTrainer(Checkpointed):
         self.theta = torch.nn.Parameter(torch.tensor([init[t] for t in self.term_ids], dtype=self.dtype,
                                                      device=self.device))
         self.opt = torch.optim.Adam([self.theta], lr=spec.meta.lr)
+        self.use_fused = self._choose_kernel()
         self.episode = 0
         self.history: list[dict] = []
         self.diverged = 0
@@ -155,11 +157,31 @@ class MetaTrainer(Checkpointed):
         Bs = init_feedback(net.widths, net.feedback, batch, gen, self.device, self.dtype)
         return Ws, Bs
 
+    def _choose_kernel(self) -> bool:
+        """Whether the inner loop runs in the fused CPU kernel (discovery.fused) or as batched torch ops."""
+        kind, net = self.spec.meta.kernel, self.spec.network
+        ok = fused.fusable(self.rule, net.feedback, self.device, self.dtype)
+        if kind == "fused" and not ok:
+            raise ValueError("meta.kernel='fused' needs the CPU device, fa or dfa feedback, numba, and terms whose "
+                             "atoms are u vᵀ with u in {y, e, 1} and v in {x, e_pre, 1, Wᵀy, Wᵀe, Wᵀ1} (plus decay); "
+                             "use kernel 'auto' or 'torch'")
+        return ok and kind != "torch"
+
+    def _online(self, theta: Tensor, Ws, Bs, ep, tangents: bool):
+        """The inner loop on the chosen kernel: adapted W (and Ẇ = ∂W/∂θ when tangents)."""
+        net = self.spec.network
+        args = (self.rule, theta, Ws, Bs, ep.x_train, ep.y_train, net.feedback, net.beta)
+        if tangents:
+            return (fused.run_online_forward_fused if self.use_fused else run_online_forward)(*args)
+        if self.use_fused:
+            return fused.run_online_fused(*args)
+        return run_online(RuleLearner(self.rule, theta, net.feedback, net.beta), Ws, Bs, ep.x_train, ep.y_train)
+
     def _gradient_forward(self, ep, Ws, Bs) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
         net = self.spec.network
         with torch.no_grad():
             theta = self.theta.detach()
-            Wf, Wd = run_online_forward(self.rule, theta, Ws, Bs, ep.x_train, ep.y_train, net.feedback, net.beta)
+            Wf, Wd = self._online(theta, Ws, Bs, ep, tangents=True)
             loss, grad, acc = query_loss_forward(Wf, Wd, ep.x_query, ep.y_query, net.beta)
         return loss, grad, acc, Wf
 
@@ -238,7 +260,6 @@ class MetaTrainer(Checkpointed):
         if episodes <= 0:
             return None, None, 0
         net = self.spec.network
-        learner = RuleLearner(self.rule, self.theta.detach(), net.feedback, net.beta)
         eval_gen = torch.Generator().manual_seed(self.spec.meta.seed + 7_777)
         self.heldout_sampler.reseed(self.spec.meta.seed + 1_000_003)
         accs = []
@@ -248,7 +269,7 @@ class MetaTrainer(Checkpointed):
                 b = min(batch, episodes - done)
                 ep = self.heldout_sampler.sample(b, device=self.device, dtype=self.dtype)
                 Ws, Bs = self._weights(b, eval_gen)
-                Wf = run_online(learner, Ws, Bs, ep.x_train, ep.y_train)
+                Wf = self._online(self.theta.detach(), Ws, Bs, ep, tangents=False)
                 accs.append(query_accuracy(Wf, ep.x_query, ep.y_query, net.beta).cpu())
                 done += b
         values = torch.cat(accs).double()

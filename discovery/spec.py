@@ -99,6 +99,10 @@ class MetaSpec(_Strict):
     lr: float = Field(1e-3, gt=0, le=10.0)
     l1: float = Field(0.0, ge=0, le=10.0)
     grad_mode: GradMode = "forward"
+    kernel: Literal["auto", "fused", "torch"] = Field(
+        "auto", description="inner loop: 'fused' = the numba CPU kernel (fa/dfa feedback, rules over y, e, 1 × x, "
+                            "e_pre, 1, Wᵀy, Wᵀe plus decay); 'torch' = batched torch ops (any rule, CPU or CUDA); "
+                            "'auto' = fused where it applies")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     dtype: Literal["float32", "float64"] = "float32"
     eval_episodes: int = Field(200, ge=0, le=100_000)

@@ -1,0 +1,115 @@
+"""The fused numba kernel against the batched torch loop it replaces: same W, same tangents Ẇ, same meta-gradient,
+same θ trajectory; it refuses what it cannot run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from discovery import fused
+from discovery.inner import RuleLearner, query_loss_forward, run_online, run_online_forward
+from discovery.meta import MetaTrainer, discover
+from discovery.network import init_feedback, init_weights
+from discovery.spec import DiscoverySpec
+from rules.compiler import compile_expression, compile_terms
+from rules.rule import Rule
+from rules.terms import term
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="numba not installed")
+
+POOLS = {"paper3": ["F0", "F2", "F9"], "fusable7": ["F0", "F1", "F2", "F3", "F4", "F9", "hebb"]}
+
+
+def _episode(feedback: str, dtype=torch.float64, widths=(12, 9, 7, 5), B=3, S=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Ws = init_weights(widths, B, g, 1.0, "cpu", dtype)
+    Bs = init_feedback(widths, feedback, B, g, "cpu", dtype)
+    x = torch.rand(B, S, widths[0], generator=g, dtype=dtype)
+    y = torch.randint(0, widths[-1], (B, S), generator=g)
+    xq = torch.rand(B, 4, widths[0], generator=g, dtype=dtype)
+    yq = torch.randint(0, widths[-1], (B, 4), generator=g)
+    return Ws, Bs, x, y, xq, yq
+
+
+def _rule(ids):
+    return compile_terms([term(t).expr for t in ids], ids)
+
+
+@pytest.mark.parametrize("feedback", ["fa", "dfa"])
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_fused_equals_torch_forward_mode(feedback, pool):
+    """W_T and Ẇ_T = ∂W_T/∂θ of the fused loop equal the torch loop's in float64."""
+    ids = POOLS[pool]
+    rule = _rule(ids)
+    Ws, Bs, x, y, xq, yq = _episode(feedback)
+    theta = torch.tensor([0.05, -0.03, 0.02, 0.01, -0.01, 0.004, 0.003][: len(ids)], dtype=torch.float64)
+    W1, D1 = run_online_forward(rule, theta, Ws, Bs, x, y, feedback, 10.0)
+    W2, D2 = fused.run_online_forward_fused(rule, theta, Ws, Bs, x, y, feedback, 10.0)
+    for a, b in zip(W1, W2):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+    for a, b in zip(D1, D2):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+    l1, g1, _ = query_loss_forward(W1, D1, xq, yq, 10.0)
+    l2, g2, _ = query_loss_forward(W2, D2, xq, yq, 10.0)
+    torch.testing.assert_close(g2, g1, rtol=1e-9, atol=1e-12)
+    W3 = fused.run_online_fused(rule, theta, Ws, Bs, x, y, feedback, 10.0)
+    W4 = run_online(RuleLearner(rule, theta, feedback, 10.0), Ws, Bs, x, y)
+    for a, b in zip(W4, W3):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_float32_close_to_torch():
+    rule = _rule(POOLS["paper3"])
+    Ws, Bs, x, y, _, _ = _episode("fa", torch.float32)
+    theta = torch.tensor([0.05, -0.03, 0.02])
+    W1, D1 = run_online_forward(rule, theta, Ws, Bs, x, y, "fa", 10.0)
+    W2, D2 = fused.run_online_forward_fused(rule, theta, Ws, Bs, x, y, "fa", 10.0)
+    for a, b in zip(W1 + D1, W2 + D2):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_user_expression_with_oja_on_error_fuses():
+    """A parsed expression using eᵀW (v = Wᵀe) and the ones vector runs in the kernel and matches torch."""
+    rule = compile_expression(Rule.parse("-0.02*e*x.T + 0.01*one*(e.T*W) - 0.003*y*e_pre.T").expression)
+    assert fused.plan(rule) is not None
+    Ws, Bs, x, y, _, _ = _episode("fa")
+    one = torch.ones(1, dtype=torch.float64)
+    W1, D1 = run_online_forward(rule, one, Ws, Bs, x, y, "fa", 10.0)
+    W2, D2 = fused.run_online_forward_fused(rule, one, Ws, Bs, x, y, "fa", 10.0)
+    for a, b in zip(W1 + D1, W2 + D2):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+
+
+def test_plan_rejects_scalar_gated_terms_and_bp():
+    assert fused.plan(_rule(["F5"])) is None          # −e (1ᵀy) xᵀ: a scalar chain
+    assert fused.plan(_rule(["F6"])) is None
+    assert not fused.fusable(_rule(["F0"]), "bp", torch.device("cpu"), torch.float32)
+    assert fused.fusable(_rule(["F0"]), "fa", torch.device("cpu"), torch.float32)
+
+
+def _spec(kernel: str, pool: str = "paper3", feedback: str = "fa") -> DiscoverySpec:
+    return DiscoverySpec.model_validate({
+        "network": {"widths": [784, 16, 8, 5], "feedback": feedback},
+        "task": {"dataset": "synthetic", "ways": 5, "shots": 3, "queries": 2},
+        "rule": {"pool": pool},
+        "meta": {"episodes": 3, "meta_batch": 2, "eval_episodes": 4, "lr": 1e-2, "dtype": "float64",
+                 "kernel": kernel},
+    })
+
+
+def test_trainer_fused_and_torch_kernels_give_the_same_run():
+    a = discover(_spec("fused"))
+    b = discover(_spec("torch"))
+    for ta, tb in zip(a.theta_history, b.theta_history):
+        for k in ta:
+            assert ta[k] == pytest.approx(tb[k], rel=1e-8, abs=1e-12)
+    assert a.heldout_accuracy == pytest.approx(b.heldout_accuracy)
+
+
+def test_trainer_kernel_choice():
+    assert MetaTrainer(_spec("auto")).use_fused
+    assert not MetaTrainer(_spec("torch")).use_fused
+    assert not MetaTrainer(_spec("auto", pool="bio10")).use_fused       # F5–F8 are scalar-gated
+    assert not MetaTrainer(_spec("auto", feedback="bp")).use_fused
+    with pytest.raises(ValueError, match="kernel='fused'"):
+        MetaTrainer(_spec("fused", pool="bio10"))
