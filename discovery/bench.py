@@ -73,7 +73,7 @@ def reference_episode(theta: torch.nn.Parameter, opt: torch.optim.Optimizer, sho
     opt.step()
 
 
-def engine_trainer(shots: int, meta_batch: int, device: torch.device):
+def engine_trainer(shots: int, meta_batch: int, device: torch.device, kernel: str = "auto"):
     """A MetaTrainer on synthetic data (the engine's own data path), F0 + F2 + F9, forward mode."""
     from discovery.meta import MetaTrainer
     from discovery.spec import DiscoverySpec
@@ -82,7 +82,8 @@ def engine_trainer(shots: int, meta_batch: int, device: torch.device):
         "network": {"widths": WIDTHS, "feedback": "fa"},
         "task": {"dataset": "synthetic", "ways": WAYS, "shots": shots, "queries": 10},
         "rule": {"pool": "paper3", "theta_init": {"F0": 1e-3, "F2": 0.0, "F9": 0.0}},
-        "meta": {"episodes": 100_000, "meta_batch": meta_batch, "eval_episodes": 0, "lr": 3e-4},
+        "meta": {"episodes": 100_000, "meta_batch": meta_batch, "eval_episodes": 0, "lr": 3e-4,
+                 "kernel": kernel},
         "resources": {"device": device.type},
     })
     return MetaTrainer(spec, device)
@@ -92,8 +93,8 @@ def _measure(kind: str, shots: int, meta_batch: int, steps: int, device_name: st
     device = torch.device(device_name)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    if kind == "engine":
-        trainer = engine_trainer(shots, meta_batch, device)
+    if kind.startswith("engine"):
+        trainer = engine_trainer(shots, meta_batch, device, "torch" if kind == "engine-torch" else "auto")
         trainer.step()  # warm-up
         run = trainer.step
     else:
@@ -112,8 +113,9 @@ def _measure(kind: str, shots: int, meta_batch: int, steps: int, device_name: st
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    episodes = steps * (meta_batch if kind == "engine" else 1)
-    queue.put({"kind": kind, "shots": shots, "inner_steps": WAYS * shots, "meta_batch": meta_batch,
+    episodes = steps * (meta_batch if kind.startswith("engine") else 1)
+    kernel = ("fused" if trainer.use_fused else "torch") if kind.startswith("engine") else "-"
+    queue.put({"kind": kind, "kernel": kernel, "shots": shots, "inner_steps": WAYS * shots, "meta_batch": meta_batch,
                "episodes_per_s": episodes / dt, "s_per_episode": dt / episodes, "peak_mb": _peak_mb(device)})
 
 
@@ -145,16 +147,20 @@ def main(argv: list[str] | None = None) -> dict:
         measure("reference", 50, 1, max(2, args.steps), args.device),
         measure("engine", 50, args.meta_batch, args.steps, args.device),
         measure("engine", 200, args.meta_batch, max(1, args.steps // 2), args.device),
+        measure("engine-torch", 50, args.meta_batch, args.steps, args.device),
     ]
-    print(f"{'configuration':<44}{'inner steps':>12}{'episodes/s':>12}{'s/episode':>11}{'peak MB':>10}")
+    print(f"{'configuration':<52}{'inner steps':>12}{'episodes/s':>12}{'s/episode':>11}{'peak MB':>10}"
+          f"{'vs (b)':>8}")
     for r in rows:
         name = ("(b) original: reverse mode, batch 1, (yyᵀ)W" if r["kind"] == "reference"
-                else f"(a) engine: forward mode, meta-batch {r['meta_batch']}")
-        print(f"{name:<44}{r['inner_steps']:>12}{r['episodes_per_s']:>12.2f}{r['s_per_episode']:>11.3f}"
-              f"{r['peak_mb']:>10.0f}")
+                else f"(a) engine, {r['kernel']} kernel: forward mode, meta-batch {r['meta_batch']}")
+        r["speedup_vs_reference"] = r["episodes_per_s"] / rows[0]["episodes_per_s"]
+        print(f"{name:<52}{r['inner_steps']:>12}{r['episodes_per_s']:>12.2f}{r['s_per_episode']:>11.3f}"
+              f"{r['peak_mb']:>10.0f}{r['speedup_vs_reference']:>7.1f}x")
     ratio = rows[1]["episodes_per_s"] / rows[0]["episodes_per_s"]
     mem_ratio = rows[2]["peak_mb"] / rows[1]["peak_mb"]
-    print(f"speed-up a/b at 250 inner steps: {ratio:.1f}x (target >= 20x)")
+    print(f"speed-up a/b at 250 inner steps: {ratio:.1f}x (target >= 20x; {rows[1]['kernel']} kernel); "
+          f"torch kernel {rows[3]['speedup_vs_reference']:.1f}x")
     print(f"engine peak memory 1,000 vs 250 inner steps: {rows[2]['peak_mb']:.0f} MB vs {rows[1]['peak_mb']:.0f} MB "
           f"(ratio {mem_ratio:.2f}; flat = 1)")
     out = {"rows": rows, "speedup": ratio, "memory_ratio_1000_vs_250": mem_ratio, "device": args.device}

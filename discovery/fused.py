@@ -35,7 +35,7 @@ FEEDBACK_CODES = {"fa": 0, "dfa": 1}
 try:  # numba is a runtime dependency; a missing or broken install only disables the fast path
     import numba
     from numba import njit, prange
-except Exception:  # pragma: no cover
+except Exception:  # noqa: BLE001  # pragma: no cover
     numba = None
 
 

@@ -51,6 +51,7 @@ def test_fused_equals_torch_forward_mode(feedback, pool):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
     l1, g1, _ = query_loss_forward(W1, D1, xq, yq, 10.0)
     l2, g2, _ = query_loss_forward(W2, D2, xq, yq, 10.0)
+    torch.testing.assert_close(l2, l1, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(g2, g1, rtol=1e-9, atol=1e-12)
     W3 = fused.run_online_fused(rule, theta, Ws, Bs, x, y, feedback, 10.0)
     W4 = run_online(RuleLearner(rule, theta, feedback, 10.0), Ws, Bs, x, y)
