@@ -17,6 +17,7 @@ the caller uses the batched torch loop.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ U_CODES = {"y": 0, "e": 1, "one": 2}
 V_DIRECT = {"x": 0, "e_pre": 1, "one": 2}
 N_SLOTS = 6
 FEEDBACK_CODES = {"fa": 0, "dfa": 1}
+_KERNEL_LOCK = threading.Lock()   # numba's default 'workqueue' threading layer must not be entered concurrently
 
 try:  # numba is a runtime dependency; a missing or broken install only disables the fast path
     import numba
@@ -387,8 +389,9 @@ def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Seq
     X = x_train.detach().cpu().contiguous().numpy().astype(np_dtype, copy=False)
     T = y_train.detach().cpu().contiguous().numpy().astype(np.int64)
     th = theta.detach().cpu().numpy().astype(np_dtype)
-    _run(WT, WdT, FB.astype(np_dtype, copy=False), X, T, widths, woff, foff, voff, th,
-         p.coef.astype(np_dtype), p.decay.astype(np_dtype), FEEDBACK_CODES[feedback], float(beta))
+    with _KERNEL_LOCK:
+        _run(WT, WdT, FB.astype(np_dtype, copy=False), X, T, widths, woff, foff, voff, th,
+             p.coef.astype(np_dtype), p.decay.astype(np_dtype), FEEDBACK_CODES[feedback], float(beta))
     Wt, Wdt = torch.from_numpy(WT), torch.from_numpy(WdT)
     out_W, out_D = [], []
     for li in range(len(Ws)):

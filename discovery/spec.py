@@ -140,6 +140,24 @@ class DiscoverySpec(_Strict):
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
 
     @model_validator(mode="after")
+    def _fused_kernel_applies(self) -> DiscoverySpec:
+        """meta.kernel = 'fused' is refused at submission when the kernel cannot run the job."""
+        if self.meta.kernel != "fused" or self.task.kind != "fewshot":
+            return self
+        if self.network.feedback not in ("fa", "dfa"):
+            raise ValueError(f"meta.kernel 'fused' runs fa or dfa feedback, not {self.network.feedback!r}")
+        if self.resources.device == "cuda":
+            raise ValueError("meta.kernel 'fused' is a CPU kernel; use 'torch' (or 'auto') on cuda")
+        from discovery.fused import plan
+        from rules.compiler import compile_terms
+        from rules.terms import term
+
+        for t in self.rule.terms or []:
+            if plan(compile_terms([term(t).expr])) is None:
+                raise ValueError(f"meta.kernel 'fused' cannot run term {t} (a scalar-gated product); use 'auto'")
+        return self
+
+    @model_validator(mode="after")
     def _output_matches_ways(self) -> DiscoverySpec:
         if self.task.remap_labels and self.network.widths[-1] < self.task.ways:
             raise ValueError(

@@ -112,5 +112,7 @@ def test_trainer_kernel_choice():
     assert not MetaTrainer(_spec("torch")).use_fused
     assert not MetaTrainer(_spec("auto", pool="bio10")).use_fused       # F5–F8 are scalar-gated
     assert not MetaTrainer(_spec("auto", feedback="bp")).use_fused
-    with pytest.raises(ValueError, match="kernel='fused'"):
-        MetaTrainer(_spec("fused", pool="bio10"))
+    with pytest.raises(ValueError, match="meta.kernel 'fused' cannot run term F5"):
+        _spec("fused", pool="bio10")                                    # refused at submission (422 in the API)
+    with pytest.raises(ValueError, match="meta.kernel 'fused' runs fa or dfa"):
+        _spec("fused", feedback="bp")
