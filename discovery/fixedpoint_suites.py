@@ -42,7 +42,7 @@ def linear_suite_runner(suite: Suite, ctx: Any) -> dict:
     notes = [("score = log10 of the final loss J at the best η (lower is better); the suite scores the published "
               "rules only")]
     if ctx.rule is not None:
-        notes.append("a feedforward rule cannot run on this suite; it was not scored")
+        notes.append("this suite scores the published rules dW1, dW2, dW3 only; the given rule was not run")
     return {"entries": entries, "notes": notes}
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +64,14 @@ def _at(pos: int) -> str:
     return f"at position {pos}"
 
 
-def tokenize(text: str) -> list[Token]:
-    """Split ``text`` into whitelisted tokens (ends with an 'end' token)."""
+def tokenize(text: str, names: Collection[str] | None = None, allowed: str | None = None) -> list[Token]:
+    """Split ``text`` into whitelisted tokens (ends with an 'end' token).
+
+    ``names``: the identifiers accepted as 'name' tokens (default: the feedforward PRIMITIVES); ``allowed``: how
+    an unknown-name error lists them (default: ``names`` joined). rules.recurrent reuses this with its term names.
+    """
+    names = PRIMITIVES if names is None else names
+    allowed = (_ALLOWED if names is PRIMITIVES else ", ".join(names)) if allowed is None else allowed
     if len(text) > MAX_LENGTH:
         raise RuleSyntaxError(
             f"expression is too long: {len(text)} characters (limit {MAX_LENGTH})", MAX_LENGTH, None
@@ -83,8 +89,8 @@ def tokenize(text: str) -> list[Token]:
             tokens.append(Token("num", num.group(), i))
         elif name := _NAME.match(text, i):
             word = name.group()
-            if word not in PRIMITIVES:
-                raise RuleSyntaxError(f"unknown name {word!r} {_at(i)}; allowed names: {_ALLOWED}", i, word)
+            if word not in names:
+                raise RuleSyntaxError(f"unknown name {word!r} {_at(i)}; allowed names: {allowed}", i, word)
             tokens.append(Token("name", word, i))
         elif ch == ".":
             attr = _NAME.match(text, i + 1)

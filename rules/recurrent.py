@@ -23,12 +23,29 @@ equation, solved numerically by the engine); ``RecurrentTerm.closed_form`` holds
 
 Identity: ``canonical()`` lists the nonzero θ_k (6 significant digits) by term id in library order, prefixed with
 ``recurrent/v1:``; the five terms are linearly independent functions of (W, r, δ, G), so equal canonical text ⇔
-equal rule, and a recurrent hash can never equal a feedforward (rules.rule.Rule) hash. Parsing user-written
-recurrent rules is out of scope: rules/parser.py knows only the feedforward primitives.
+equal rule, and a recurrent hash can never equal a feedforward (rules.rule.Rule) hash.
+
+User syntax (``parse_recurrent``; a whitelist grammar on rules/parser.py's tokenizer, never eval/sympify):
+
+    rule   := term (('+' | '-') term)*              or the canonical text 'recurrent/v1: …' (same grammar after it)
+    term   := factor ('*' factor)*                  exactly one NAME per term: c*name, name*c, name, -name, 2*name*0.5
+    factor := '-'* (NUMBER | NAME | '(' '-'* NUMBER ')')
+    NAME   := a recurrent term id, name or alias    (rec_dW1 … rec_decay, euclidean_gradient, dW3, oja, decay, …)
+
+e.g. ``0.25*rec_dW3 + 0.001*oja - 0.01*decay`` = θ_dW3 = 0.25, θ_oja = 0.001, θ_decay = −0.01. Repeated names add
+up. Everything else is a RuleSyntaxError naming the token and its position: unknown names, the variables r, delta,
+G, W, u, I and the feedforward primitives x, y, e, … (write a term name instead), products of two terms, '@',
+'**', '.T', parentheses around anything but a number, a term without a name, non-finite coefficients, and text
+over the tokenizer's MAX_LENGTH / MAX_TOKENS. The bare text ``0`` (e.g. 'recurrent/v1: 0') is the zero rule.
+
+Which family a text belongs to (``is_recurrent_text``): it starts with 'recurrent/', or one of its identifiers is a
+recurrent term id / name / alias or starts with 'rec_'. The feedforward primitives and the recurrent term names are
+disjoint, so every feedforward expression keeps its meaning; ``parse_rule_text`` dispatches on this test.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +56,9 @@ import sympy as sp
 from sympy import Identity, MatAdd, MatMul, MatrixExpr, MatrixSymbol, Transpose, ZeroMatrix
 
 from rules.base import CoefficientRule, finite_coefficient
+from rules.parser import RuleSyntaxError, Token, tokenize
+from rules.primitives import PRIMITIVES
+from rules.rule import Rule
 from rules.terms import join_signed, round_sig
 
 N = sp.Symbol("N", integer=True, positive=True)
@@ -256,6 +276,199 @@ class RecurrentRule(CoefficientRule):
         return cls(coefs, name)
 
 
+# --- parsing user-written recurrent rules ------------------------------------------------------------------------
+_WORD = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+)?|([A-Za-z_][A-Za-z0-9_]*)")
+"""A number (skipped, so the 'e' of '1e-3' is no identifier) or an identifier (group 1): the tokenizer's rules."""
+
+_ALLOWED_TERMS = (f"{', '.join(RECURRENT_TERMS)} (aliases: "
+                  f"{', '.join(k for k in _LOOKUP if k not in RECURRENT_TERMS)})")
+
+
+def is_recurrent_text(text: object) -> bool:
+    """True when ``text`` is meant as a recurrent rule: it starts with 'recurrent/', or one of its identifiers is
+    a recurrent term id, name or alias or starts with 'rec_' (then ``parse_recurrent`` reads it and reports any
+    feedforward primitive in it as an error). Cheap; never raises."""
+    if not isinstance(text, str):
+        return False
+    if text.lstrip().startswith("recurrent/"):
+        return True
+    for m in _WORD.finditer(text):
+        word = m.group(1)
+        if word and (word in _LOOKUP or word.startswith("rec_")):
+            return True
+    return False
+
+
+def _syntax_error(message: str, pos: int, token: str | None, hint: str = "") -> RuleSyntaxError:
+    return RuleSyntaxError(f"{message} at position {pos}{hint}", pos, token)
+
+
+class _RecurrentParser:
+    """Recursive descent over rules.parser tokens; ``parse()`` returns {term id: θ} (repeated terms summed)."""
+
+    def __init__(self, tokens: list[Token]) -> None:
+        self.tokens = tokens
+        self.i = 0
+
+    def peek(self) -> Token:
+        return self.tokens[self.i]
+
+    def take(self) -> Token:
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def is_op(self, text: str) -> bool:
+        tok = self.peek()
+        return tok.kind == "op" and tok.text == text
+
+    def unexpected(self, tok: Token, hint: str = "") -> RuleSyntaxError:
+        if tok.kind == "end":
+            return _syntax_error(f"unexpected end of expression{hint}", tok.pos, "")
+        if tok.kind == "T":
+            return _syntax_error("transposes ('.T') are not allowed in a recurrent rule", tok.pos, tok.text)
+        if tok.kind == "op" and tok.text == "**":
+            return _syntax_error("exponents ('**') are not allowed in a recurrent rule", tok.pos, tok.text)
+        if tok.kind == "op" and tok.text == "@":
+            return _syntax_error("'@' is not allowed in a recurrent rule (write c*term)", tok.pos, tok.text)
+        return _syntax_error(f"unexpected token {tok.text!r}{hint}", tok.pos, tok.text)
+
+    def number(self, tok: Token) -> float:
+        value = float(tok.text)
+        if not math.isfinite(value):
+            raise _syntax_error(f"number {tok.text} is out of range", tok.pos, tok.text)
+        return value
+
+    def parse(self) -> dict[str, float]:
+        first = self.peek()
+        if first.kind == "end":
+            raise _syntax_error("empty expression", first.pos, "")
+        if first.kind == "num" and self.tokens[1].kind == "end" and self.number(first) == 0:
+            return {}  # the zero rule, as canonical() writes it
+        coefs: dict[str, float] = {}
+        sign = 1.0
+        while True:
+            start = self.peek()
+            tid, c = self.term()
+            total = coefs.get(tid, 0.0) + sign * c
+            if not math.isfinite(total):
+                raise _syntax_error(f"the coefficient of {tid} overflows", start.pos, start.text)
+            coefs[tid] = total
+            tok = self.peek()
+            if tok.kind == "end":
+                return coefs
+            if tok.kind == "op" and tok.text in ("+", "-"):
+                self.take()
+                sign = 1.0 if tok.text == "+" else -1.0
+                continue
+            raise self.unexpected(tok, " (expected '+', '-', '*' or the end)")
+
+    def term(self) -> tuple[str, float]:
+        """factor ('*' factor)* with exactly one term name: (term id, product of the numbers)."""
+        start = self.peek()
+        tid: str | None = None
+        c = 1.0
+        while True:
+            negate, tok = self.factor()
+            if tok.kind == "name":
+                if tid is not None:
+                    raise _syntax_error(f"product of two recurrent terms ({tid} * {tok.text}); a term is "
+                                        "<number>*<term name>", tok.pos, tok.text)
+                tid = _LOOKUP[tok.text]
+                value = 1.0
+            else:
+                value = self.paren_number() if tok.kind == "op" else self.number(tok)
+            c *= -value if negate else value
+            if not math.isfinite(c):
+                raise _syntax_error("coefficient overflow", tok.pos, tok.text)
+            if not self.is_op("*"):
+                break
+            self.take()
+        if tid is None:
+            raise _syntax_error("a term without a recurrent term name", start.pos, start.text,
+                                f"; allowed names: {_ALLOWED_TERMS}")
+        return tid, c
+
+    def factor(self) -> tuple[bool, Token]:
+        """'-'* then a number, a term name or '(': (negated, the token)."""
+        negate = False
+        while self.is_op("-"):
+            self.take()
+            negate = not negate
+        tok = self.take()
+        if tok.kind == "num" or (tok.kind == "op" and tok.text == "("):
+            return negate, tok
+        if tok.kind == "name":
+            if tok.text in _LOOKUP:
+                if self.is_op("("):
+                    raise _syntax_error(f"function calls are not allowed: {tok.text}(", self.peek().pos, "(")
+                return negate, tok
+            raise _syntax_error(_not_a_term(tok.text), tok.pos, tok.text, _TERM_HINT)
+        self.i -= 1
+        raise self.unexpected(tok)
+
+    def paren_number(self) -> float:
+        """After '(': '-'* NUMBER ')'."""
+        negate = False
+        while self.is_op("-"):
+            self.take()
+            negate = not negate
+        tok = self.take()
+        if tok.kind != "num":
+            self.i -= 1
+            hint = " (parentheses may enclose a number only)"
+            if tok.kind == "name" and tok.text not in _LOOKUP:
+                raise _syntax_error(_not_a_term(tok.text), tok.pos, tok.text, _TERM_HINT)
+            raise self.unexpected(tok, hint)
+        value = self.number(tok)
+        close = self.take()
+        if not (close.kind == "op" and close.text == ")"):
+            self.i -= 1
+            raise self.unexpected(close, " (parentheses may enclose a number only; expected ')')")
+        return -value if negate else value
+
+
+_TERM_HINT = f"; a recurrent rule is a sum of <number>*<term name> with names {_ALLOWED_TERMS}"
+
+
+def _not_a_term(word: str) -> str:
+    """Why an identifier the tokenizer let through (a variable or a feedforward primitive) is no term name."""
+    if word in RECURRENT_PRIMITIVES:
+        return f"{word!r} is a variable of the recurrent terms, not a term"
+    if word in PRIMITIVES:
+        return f"{word!r} is a feedforward primitive (rules/parser.py), not a recurrent term"
+    return f"unknown recurrent term {word!r}"
+
+
+def parse_recurrent(text: str, name: str | None = None) -> RecurrentRule:
+    """Parse a user-written recurrent rule (grammar in the module docstring) into a RecurrentRule.
+
+    Also reads the canonical text 'recurrent/v1: …' (``canonical()``), so parse → canonical → parse keeps the hash.
+    Raises ``rules.parser.RuleSyntaxError`` (message, 0-based ``position``, ``token``) for anything else."""
+    if not isinstance(text, str):
+        raise RuleSyntaxError(f"expression must be a string, got {type(text).__name__}", 0, None)
+    body = text
+    lead = len(text) - len(text.lstrip())
+    if text.lstrip().startswith("recurrent/"):
+        if not text.startswith(CANONICAL_PREFIX, lead):
+            word = text[lead:].split(":", 1)[0][:40]
+            raise RuleSyntaxError(f"unknown recurrent text version {word!r} at position {lead}; expected "
+                                  f"{CANONICAL_PREFIX!r}", lead, word)
+        end = lead + len(CANONICAL_PREFIX)
+        body = " " * end + text[end:]  # same positions, the prefix blanked out
+    words = {*_LOOKUP, *RECURRENT_PRIMITIVES, *PRIMITIVES}  # the variables get a pointed message in the grammar
+    coefs = _RecurrentParser(tokenize(body, names=words, allowed=_ALLOWED_TERMS)).parse()
+    return RecurrentRule(coefs, name)
+
+
+def parse_rule_text(text: str, name: str | None = None) -> Rule | RecurrentRule:
+    """A user's rule text of either family: ``parse_recurrent`` when ``is_recurrent_text``, else the feedforward
+    ``rules.rule.Rule.parse`` (name set when given). Raises RuleSyntaxError (or ValueError) on bad input."""
+    if is_recurrent_text(text):
+        return parse_recurrent(text, name)
+    return Rule.parse(text, name)
+
+
 def evaluate(expr: sp.Basic, values: Mapping[str, Any]) -> Any:
     """Reference evaluation of a recurrent expression for one sample, with torch tensors: ``values`` maps
     "W", "G" (N×N), "r", "delta", "u" (N×1) to tensors; supports MatAdd, MatMul (numeric scalars), Transpose,
@@ -304,4 +517,5 @@ def is_recurrent_rule_dict(data: Mapping[str, Any]) -> bool:
 
 __all__ = ["ADJOINT_EQUATION", "DEFAULT_THETA", "PUBLISHED_LR", "RECURRENT_POOLS", "RECURRENT_PRIMITIVES",
            "RECURRENT_TERMS", "G", "I", "N", "RecurrentRule", "RecurrentTerm", "W", "delta", "evaluate",
-           "is_recurrent_rule_dict", "r", "recurrent_term", "resolve_term_ids", "u"]
+           "is_recurrent_rule_dict", "is_recurrent_text", "parse_recurrent", "parse_rule_text", "r",
+           "recurrent_term", "resolve_term_ids", "u"]

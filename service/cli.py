@@ -311,7 +311,9 @@ def _rule_expression(rule_id: int) -> str:
                     f"rule {rule_id} does not exist in {settings.database_url.split('://')[0]} "
                     "database (PLASTICITY_DATABASE_URL / PLASTICITY_DATA_DIR)"
                 )
-            return rule.expression
+            from service.rulebook import benchmark_text
+
+            return benchmark_text(rule.canonical, rule.expression)  # a recurrent rule: its canonical text
     finally:
         engine.dispose()
 
@@ -355,9 +357,15 @@ def benchmark(
                 where = f" at position {exc.position}" if exc.position is not None else ""
                 pointer = f"\n  {text}\n  {' ' * exc.position}^" if exc.position is not None else ""
                 raise CliError(f"invalid expression{where}: {exc.message}{pointer}") from exc
-            from rules.rule import Rule
+            from rules.recurrent import parse_rule_text
 
-            rule = Rule.parse(text)
+            rule = parse_rule_text(text)  # recurrent when the text names a recurrent term (rules.recurrent)
+            from service.catalog import registered_suites
+            from service.rulebook import suite_rejects
+
+            reason = suite_rejects(registered_suites().get(suite), rule.canonical())
+            if reason is not None:
+                raise CliError(reason)
         columns = (
             SpinnerColumn(),
             TextColumn("[bold]{task.fields[stage]}[/] {task.fields[learner]}"),

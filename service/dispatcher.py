@@ -48,7 +48,7 @@ from service.models import (
     Trial,
     utcnow,
 )
-from service.rulebook import record_from_result
+from service.rulebook import benchmark_text, record_from_result
 from service.settings import Settings
 from service.store import add_event, link_job_rule, upsert_rule
 
@@ -538,7 +538,8 @@ class Dispatcher:
                 expression = run.expression
                 if run.rule_id is not None:
                     rule = s.get(Rule, run.rule_id)
-                    expression = rule.expression if rule is not None else expression
+                    if rule is not None:  # a recurrent rule travels as its canonical text
+                        expression = benchmark_text(rule.canonical, rule.expression)
                 try:
                     handle = self.workers().submit_benchmark(
                         run.id, run.suite, expression, tiny=run.tiny, seed=run.seed

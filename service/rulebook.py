@@ -3,6 +3,14 @@
 Both paths end in :class:`RuleRecord`, the fields of a ``rules`` row: the sympy expression as text, its canonical
 string and ``srepr``, LaTeX, coefficients {term id: θ_r}, term ids and the content hash (sha256 of the canonical
 string, ``rules.Rule.hash``). ``rules`` is imported lazily so that the service starts without it.
+
+Two families share the table. A user's expression is read by ``rules.recurrent.parse_rule_text``: a text that
+starts with ``recurrent/`` or names a recurrent term (``rec_dW3``, ``oja``, ``decay``, …; see
+``rules.recurrent.is_recurrent_text``) is a recurrent rule (S2, ``RecurrentRule``), anything else a feedforward
+``Rule``. A recurrent row's canonical string starts with ``recurrent/v1:``; its ``expression`` is the readable
+matrix form, so a benchmark of a stored rule sends :func:`benchmark_text` (the canonical text for a recurrent
+rule) to the workers. Recurrent rules run only on suites that do not compile feedforward rules
+(:func:`suite_rejects`).
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ class InvalidRule(ValueError):
         self.position = position
         self.token = token
 
-    def to_dict(self, expression: str | None = None) -> dict[str, Any]:
-        """HTTP 422 detail."""
-        detail: dict[str, Any] = {"message": self.message, "position": self.position, "token": self.token}
+    def to_dict(self, expression: str | None = None, field: str = "expression") -> dict[str, Any]:
+        """HTTP 422 detail: field, message, position, token (and the expression with a caret)."""
+        detail: dict[str, Any] = {
+            "field": field, "message": self.message, "position": self.position, "token": self.token
+        }
         if expression is not None and self.position is not None:
             detail["context"] = expression + "\n" + " " * self.position + "^"
         return detail
@@ -48,19 +58,48 @@ class RuleRecord:
 
 
 def parse_rule(expression: str) -> RuleRecord:
-    """Parse a user's expression with the safe parser (``rules.Rule.parse``); raises :class:`InvalidRule`."""
+    """Parse a user's expression with the safe parsers (``rules.recurrent.parse_rule_text``: a recurrent rule when
+    the text names a recurrent term or starts with ``recurrent/``, else ``rules.Rule.parse``); raises
+    :class:`InvalidRule`."""
     from rules.parser import RuleSyntaxError
-    from rules.rule import Rule
+    from rules.recurrent import parse_rule_text
 
     if not isinstance(expression, str) or not expression.strip():
         raise InvalidRule("the expression is empty", 0, "")
     try:
-        rule = Rule.parse(expression)
+        rule = parse_rule_text(expression)
     except RuleSyntaxError as exc:
         raise InvalidRule(exc.message, exc.position, exc.token) from exc
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise InvalidRule(str(exc) or type(exc).__name__) from exc
     return record_of(rule)
+
+
+def is_recurrent_canonical(canonical: str | None) -> bool:
+    """True for the canonical string of a recurrent rule (``recurrent/v1: …``)."""
+    return str(canonical or "").startswith("recurrent/")
+
+
+def benchmark_text(canonical: str | None, expression: str) -> str:
+    """The text a worker parses to benchmark a stored rule: the canonical text of a recurrent rule (its stored
+    expression is the readable matrix form, not user syntax), else the stored expression."""
+    return str(canonical) if is_recurrent_canonical(canonical) else expression
+
+
+FEEDFORWARD_SUITE_KINDS = ("mlp-",)
+"""Suite kinds (prefixes) whose runners compile the rule as a feedforward expression: no recurrent rule there."""
+
+
+def suite_rejects(suite: Any, canonical: str | None) -> str | None:
+    """Why ``suite`` cannot benchmark the rule with this canonical string (None when it can): a recurrent rule on a
+    feedforward suite. Suites of other kinds take any rule (fixedpoint-mnist scores a recurrent one;
+    fixedpoint-linear and reservoir-motor score their built-in learners and note that the rule was not run)."""
+    kind = str(getattr(suite, "kind", "") or "")
+    if is_recurrent_canonical(canonical) and kind.startswith(FEEDFORWARD_SUITE_KINDS):
+        name = getattr(suite, "name", "?")
+        return (f"suite {name!r} (kind {kind!r}) runs feedforward rules; a recurrent rule can be benchmarked on "
+                "fixedpoint-mnist (scored), fixedpoint-linear or reservoir-motor (baselines only)")
+    return None
 
 
 def record_of(rule: Any) -> RuleRecord:

@@ -46,18 +46,14 @@ def _accepts(func: Callable[..., Any], name: str) -> bool:
 
 
 def _parse_rule(expression: str | None) -> Any:
-    """The ``rules.Rule`` of an expression string (``None`` for baselines only)."""
+    """The rule of an expression string (``None`` for baselines only): a ``rules.recurrent.RecurrentRule`` for a
+    recurrent text (its canonical 'recurrent/v1: …' or user syntax naming recurrent terms, see
+    ``rules.recurrent.is_recurrent_text``), else a feedforward ``rules.Rule``; both parsers are whitelists."""
     if expression is None or not str(expression).strip():
         return None
-    import rules
-    from rules.recurrent import RecurrentRule
+    from rules.recurrent import parse_rule_text
 
-    if str(expression).lstrip().startswith("recurrent/"):  # a recurrent rule's canonical text
-        return RecurrentRule.from_canonical(str(expression))
-    rule_cls = getattr(rules, "Rule", None)
-    if rule_cls is None:
-        from rules.rule import Rule as rule_cls
-    return rule_cls.parse(expression)
+    return parse_rule_text(str(expression))
 
 
 class JobActor:

@@ -11,7 +11,7 @@ from service.catalog import registered_suites, suites_payload
 from service.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
 from service.leaderboard import known_suites, leaderboard
 from service.models import ORIGIN_USER, QUEUED, BenchmarkRun, Rule
-from service.rulebook import InvalidRule, parse_rule
+from service.rulebook import InvalidRule, parse_rule, suite_rejects
 from service.schemas import BenchmarkCreate, BenchmarkOut, LeaderboardOut
 from service.store import active_count, add_event, upsert_rule
 from service.views import benchmark_out
@@ -50,8 +50,10 @@ def submit_benchmark(
             detail=f"unknown suite {body.suite!r}; known suites: {', '.join(sorted(suites))}",
         )
     rule_id = body.rule_id
-    if rule_id is not None and session.get(Rule, rule_id) is None:
+    stored = session.get(Rule, rule_id) if rule_id is not None else None
+    if rule_id is not None and stored is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"rule {rule_id} does not exist")
+    canonical = stored.canonical if stored is not None else None
     if body.expression is not None:
         try:
             record = parse_rule(body.expression)
@@ -59,6 +61,13 @@ def submit_benchmark(
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict(body.expression)
             ) from exc
+        canonical = record.canonical
+    reason = suite_rejects(suites[body.suite], canonical)
+    if reason is not None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail={"field": "suite", "message": reason, "position": None, "token": body.suite},
+        )
     cap = settings.limits.max_concurrent_jobs
     if active_count(session, BenchmarkRun, who) >= cap:
         raise HTTPException(
