@@ -5,9 +5,10 @@ each step touches every weight once: W_ℓ is stored transposed (row j = input u
 
     v_j = (aᵀW)_j (Oja's yᵀW),  W_{:,j} ← (1+d) W_{:,j} + Σ_s U_s v_{s,j},  z_{t+1} += W_{:,j} x_{t+1,j}
 
-updates column j of W and of its R tangents and accumulates the next sample's forward pass, all in L1 cache.
-Episodes run in parallel (numba prange); the whole episode state (W and R tangents, ~3 MB for the S3 network)
-stays in L2/L3, so the loop is compute-bound instead of memory-bound.
+updates column j of W and of its R tangents and accumulates the next sample's forward pass while the row sits in
+L1: each weight and tangent is read and written once per step (the batched torch loop streams them four times).
+Episodes run in parallel (numba prange), one episode per thread, so its state (W and R tangents, ~3 MB for the S3
+network) is streamed from L2/L3 rather than from DRAM; the sweep is bound by that cache bandwidth.
 
 A rule is fusable when every atom is u vᵀ with u ∈ {y, e, 1} and v ∈ {x, e_pre, 1, Wᵀy, Wᵀe, Wᵀ1} (F0, F1, F2,
 F4, F9, hebb) plus decay (F3), and the feedback is fa or dfa (no weight transport inside the sweep). Otherwise
