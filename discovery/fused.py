@@ -11,8 +11,8 @@ Episodes run in parallel (numba prange), one episode per thread, so its state (W
 network) is streamed from L2/L3 rather than from DRAM; the sweep is bound by that cache bandwidth.
 
 A rule is fusable when every atom is u vᵀ with u ∈ {y, e, 1} and v ∈ {x, e_pre, 1, Wᵀy, Wᵀe, Wᵀ1} (F0, F1, F2,
-F4, F9, hebb) plus decay (F3), and the feedback is fa or dfa (no weight transport inside the sweep). Otherwise
-the caller uses the batched torch loop.
+F4, F9, hebb) plus decay (F3), and the feedback is fa, dfa or bp (bp reads W_{ℓ+1} and Ẇ_{ℓ+1} in the error pass,
+before the sweep updates them). Otherwise (F5–F8, sign feedback, CUDA) the caller uses the batched torch loop.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ U_CODES = {"y": 0, "e": 1, "one": 2}
 #: v slots: 0 x, 1 e_pre, 2 one, 3 Wᵀy, 4 Wᵀe, 5 Wᵀ1 (slot 3 + u-code of a)
 V_DIRECT = {"x": 0, "e_pre": 1, "one": 2}
 N_SLOTS = 6
-FEEDBACK_CODES = {"fa": 0, "dfa": 1}
+FEEDBACK_CODES = {"fa": 0, "dfa": 1, "bp": 2}
 _KERNEL_LOCK = threading.Lock()   # numba's default 'workqueue' threading layer must not be entered concurrently
 
 try:  # numba is a runtime dependency; a missing or broken install only disables the fast path
@@ -75,7 +75,7 @@ def available() -> bool:
 
 
 def fusable(rule: CompiledRule, feedback: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the fused loop can run this rule: CPU, fa/dfa feedback, supported atoms, numba present."""
+    """Whether the fused loop can run this rule: CPU, fa/dfa/bp feedback, supported atoms, numba present."""
     return (available() and device.type == "cpu" and feedback in FEEDBACK_CODES
             and dtype in (torch.float32, torch.float64) and plan(rule) is not None)
 
@@ -108,9 +108,10 @@ if numba is not None:
                 ys[voff[li + 1] + i] = z[i] if li == L - 1 else _softplus(z[i], beta)
 
     @njit(cache=True, error_model="numpy", fastmath=FAST)
-    def _errors(ys, yd, es, ed, FB, foff, widths, voff, target, mode, beta):
+    def _errors(ys, yd, es, ed, FB, foff, WT, WdT, woff, widths, voff, target, mode, beta):
         """e_L = p − onehot (p = softmax, written into ys[L] as the output post-activity), ė_L = ṗ;
-        e_ℓ = g ⊙ s, s = 1 − e^{−β y_ℓ}, g = e_{ℓ+1} B_{ℓ+1} (fa) or e_L D_ℓ (dfa); ė_ℓ = ġ ⊙ s + g β e^{−β y} ẏ."""
+        e_ℓ = g ⊙ s, s = 1 − e^{−β y_ℓ}, g = e_{ℓ+1} B_{ℓ+1} (fa), e_{ℓ+1} W_{ℓ+1} (bp) or e_L D_ℓ (dfa);
+        ė_ℓ = ġ ⊙ s + g β e^{−β y} ẏ with ġ = ė B (fa), ė W + e Ẇ (bp), ė_L D (dfa)."""
         L = widths.shape[0] - 1
         R = yd.shape[0]
         nL, oL = widths[L], voff[L]
@@ -144,9 +145,9 @@ if numba is not None:
                 break
             G = np.zeros(R + 1, dtype=ys.dtype)    # [g_j, ġ_{1,j}, …, ġ_{R,j}] in the activities' precision
             for j in range(m):
-                if mode == 0:                      # BT block li: row j = column j of B_{li+1}
-                    base = foff[li] + j * n
-                    row = FB[base:base + n]
+                if mode != 1:                      # transposed block li: row j = column j of B_{li+1} or W_{li+1}
+                    row = FB[foff[li] + j * n:foff[li] + (j + 1) * n] if mode == 0 else \
+                        WT[woff[li] + j * n:woff[li] + (j + 1) * n]
                     acc = row[0] * 0
                     for i in range(n):
                         acc += row[i] * es[on + i]
@@ -156,6 +157,10 @@ if numba is not None:
                         edr = ed[r, on:on + n]
                         for i in range(n):
                             acc += row[i] * edr[i]
+                        if mode == 2:              # bp: the feedback is W itself, so it has a tangent e Ẇ_r
+                            wdr = WdT[r, woff[li] + j * n:woff[li] + (j + 1) * n]
+                            for i in range(n):
+                                acc += wdr[i] * es[on + i]
                         G[r + 1] = acc
                 else:                              # D_li (nL × m) row-major
                     for k in range(R + 1):
@@ -313,7 +318,7 @@ if numba is not None:
                 ys[j] = X[bi, 0, j]
             _forward0(Wb, woff, widths, ys, voff, beta)
             for st in range(S):
-                _errors(ys, yd, es, ed, Fb, foff, widths, voff, T[bi, st], mode, beta)
+                _errors(ys, yd, es, ed, Fb, foff, Wb, Wdb, woff, widths, voff, T[bi, st], mode, beta)
                 has_next = st + 1 < S
                 if has_next:
                     for j in range(widths[0]):
@@ -372,7 +377,7 @@ def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Seq
                 tangents: bool) -> tuple[list[Tensor], list[Tensor]]:
     """Pack W, Ẇ = 0 and the feedback as transposed flat blocks, run the kernel, unpack as torch views."""
     p = plan(rule)
-    if p is None or numba is None or feedback not in FEEDBACK_CODES or Bs is None:
+    if p is None or numba is None or feedback not in FEEDBACK_CODES or (Bs is None and feedback != "bp"):
         raise ValueError("rule/feedback not fusable; use discovery.inner.run_online_forward")
     dtype = Ws[0].dtype
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
@@ -382,7 +387,9 @@ def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Seq
     WT, woff = _pack_transposed([W.detach().cpu() for W in Ws])
     Bn, R = WT.shape[0], (len(rule) if tangents else 0)
     WdT = np.zeros((Bn, R, WT.shape[1]), dtype=np_dtype)
-    if feedback == "fa":
+    if feedback == "bp":                                  # the feedback is W itself (read from the W blocks)
+        FB, foff = np.zeros((Bn, 1), dtype=np_dtype), np.zeros(len(Ws), dtype=np.int64)
+    elif feedback == "fa":
         FB, foff = _pack_transposed([b.detach().cpu() for b in Bs])
     else:
         FB, foff = _pack_rowmajor([b.detach().cpu() for b in Bs])

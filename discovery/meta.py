@@ -162,7 +162,7 @@ class MetaTrainer(Checkpointed):
         kind, net = self.spec.meta.kernel, self.spec.network
         ok = fused.fusable(self.rule, net.feedback, self.device, self.dtype)
         if kind == "fused" and not ok:
-            raise ValueError("meta.kernel 'fused' needs the CPU device, fa or dfa feedback, numba, and terms whose "
+            raise ValueError("meta.kernel 'fused' needs the CPU device, fa, dfa or bp feedback, numba, and terms whose "
                              "atoms are u vᵀ with u in {y, e, 1} and v in {x, e_pre, 1, Wᵀy, Wᵀe, Wᵀ1} (plus decay); "
                              "use kernel 'auto' or 'torch'")
         return ok and kind != "torch"

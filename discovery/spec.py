@@ -100,7 +100,7 @@ class MetaSpec(_Strict):
     l1: float = Field(0.0, ge=0, le=10.0)
     grad_mode: GradMode = "forward"
     kernel: Literal["auto", "fused", "torch"] = Field(
-        "auto", description="inner loop: 'fused' = the numba CPU kernel (fa/dfa feedback, rules over y, e, 1 × x, "
+        "auto", description="inner loop: 'fused' = the numba CPU kernel (fa, dfa or bp feedback, rules over y, e, 1 × x, "
                             "e_pre, 1, Wᵀy, Wᵀe plus decay); 'torch' = batched torch ops (any rule, CPU or CUDA); "
                             "'auto' = fused where it applies")
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -144,8 +144,8 @@ class DiscoverySpec(_Strict):
         """meta.kernel = 'fused' is refused at submission when the kernel cannot run the job."""
         if self.meta.kernel != "fused" or self.task.kind != "fewshot":
             return self
-        if self.network.feedback not in ("fa", "dfa"):
-            raise ValueError(f"meta.kernel 'fused' runs fa or dfa feedback, not {self.network.feedback!r}")
+        if self.network.feedback not in ("fa", "dfa", "bp"):
+            raise ValueError(f"meta.kernel 'fused' runs fa, dfa or bp feedback, not {self.network.feedback!r}")
         if self.resources.device == "cuda":
             raise ValueError("meta.kernel 'fused' is a CPU kernel; use 'torch' (or 'auto') on cuda")
         from discovery.fused import plan

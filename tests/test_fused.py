@@ -35,7 +35,7 @@ def _rule(ids):
     return compile_terms([term(t).expr for t in ids], ids)
 
 
-@pytest.mark.parametrize("feedback", ["fa", "dfa"])
+@pytest.mark.parametrize("feedback", ["fa", "dfa", "bp"])
 @pytest.mark.parametrize("pool", list(POOLS))
 def test_fused_equals_torch_forward_mode(feedback, pool):
     """W_T and Ẇ_T = ∂W_T/∂θ of the fused loop equal the torch loop's in float64."""
@@ -84,7 +84,8 @@ def test_user_expression_with_oja_on_error_fuses():
 def test_plan_rejects_scalar_gated_terms_and_bp():
     assert fused.plan(_rule(["F5"])) is None          # −e (1ᵀy) xᵀ: a scalar chain
     assert fused.plan(_rule(["F6"])) is None
-    assert not fused.fusable(_rule(["F0"]), "bp", torch.device("cpu"), torch.float32)
+    assert not fused.fusable(_rule(["F0"]), "sign", torch.device("cpu"), torch.float32)
+    assert fused.fusable(_rule(["F0"]), "bp", torch.device("cpu"), torch.float32)
     assert fused.fusable(_rule(["F0"]), "fa", torch.device("cpu"), torch.float32)
 
 
@@ -111,8 +112,9 @@ def test_trainer_kernel_choice():
     assert MetaTrainer(_spec("auto")).use_fused
     assert not MetaTrainer(_spec("torch")).use_fused
     assert not MetaTrainer(_spec("auto", pool="bio10")).use_fused       # F5–F8 are scalar-gated
-    assert not MetaTrainer(_spec("auto", feedback="bp")).use_fused
+    assert MetaTrainer(_spec("auto", feedback="bp")).use_fused
+    assert not MetaTrainer(_spec("auto", feedback="sign")).use_fused
     with pytest.raises(ValueError, match="meta.kernel 'fused' cannot run term F5"):
         _spec("fused", pool="bio10")                                    # refused at submission (422 in the API)
-    with pytest.raises(ValueError, match="meta.kernel 'fused' runs fa or dfa"):
-        _spec("fused", feedback="bp")
+    with pytest.raises(ValueError, match="meta.kernel 'fused' runs fa, dfa or bp"):
+        _spec("fused", feedback="sign")
