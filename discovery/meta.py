@@ -4,7 +4,8 @@ Meta-loss per meta-step: mean over the meta-batch of the query cross-entropy of 
 λ Σ_r |θ_r|. The exact meta-gradient is computed in forward mode (R tangents carried through the loop, O(1) memory
 in the inner steps) or in reverse mode (autograd through the unrolled loop). Adam updates θ; an episode whose
 loss or gradient is not finite is dropped and recorded, and a meta-step with none left is skipped, so the optimizer
-state is never poisoned.
+state is never poisoned; after `backtrack_after` skipped steps in a row θ returns to its last finite value with
+Adam's moments cleared and the learning rate halved.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class ProgressEvent(BaseModel):
     e1: list[float] = Field(default_factory=list)
     skipped: bool = False
     dropped_episodes: int = 0
+    backtracked: bool = False
+    lr: float | None = None
 
 
 class DiscoveryResult(BaseModel):
@@ -139,6 +142,8 @@ class MetaTrainer(Checkpointed):
         self.history: list[dict] = []
         self.diverged = 0
         self.skipped = 0
+        self.run_of_skips = 0
+        self.last_good_theta: Tensor | None = None
 
     @property
     def heldout_sampler(self):
@@ -221,9 +226,14 @@ class MetaTrainer(Checkpointed):
         self.diverged += n_bad
         skipped = not bool(finite.any())
         alignment, e1 = [], []
+        backtracked = False
         if skipped:
             self.skipped += 1
+            self.run_of_skips += 1
+            backtracked = self._maybe_backtrack()
         else:
+            self.run_of_skips = 0
+            self.last_good_theta = self.theta.detach().clone()
             g = grad[:, finite].mean(1) + meta.l1 * torch.sign(self.theta.detach())
             self.opt.zero_grad(set_to_none=True)
             self.theta.grad = g.to(self.theta.dtype)
@@ -235,9 +245,25 @@ class MetaTrainer(Checkpointed):
             episode=self.episode, total=meta.episodes,
             meta_loss=None if skipped else float(loss[finite].mean() + meta.l1 * self.theta.detach().abs().sum()),
             meta_accuracy=None if skipped else float(acc[finite].mean()),
-            theta=self.theta_dict(), alignment_deg=alignment, e1=e1, skipped=skipped, dropped_episodes=n_bad)
+            theta=self.theta_dict(), alignment_deg=alignment, e1=e1, skipped=skipped, dropped_episodes=n_bad,
+            backtracked=backtracked, lr=self.opt.param_groups[0]["lr"])
         self.history.append(event.model_dump())
         return event
+
+    def _maybe_backtrack(self) -> bool:
+        """After `backtrack_after` skipped steps in a row, θ ← the last θ with finite episodes, Adam's moments
+        cleared and lr ← lr/2: a run whose θ entered a region where every episode diverges would otherwise stay
+        there (no finite gradient ever moves it out)."""
+        n = self.spec.meta.backtrack_after
+        if n == 0 or self.run_of_skips < n or self.last_good_theta is None:
+            return False
+        with torch.no_grad():
+            self.theta.copy_(self.last_good_theta)
+        self.opt.state.clear()
+        for group in self.opt.param_groups:
+            group["lr"] *= 0.5
+        self.run_of_skips = 0
+        return True
 
     def _diagnostics(self, ep, Wf, Bs, idx: int) -> tuple[list[float], list[float]]:
         """Alignment angles α_ℓ (FA vs BP teaching signal) and E1_ℓ of one adapted episode, on its queries."""
@@ -282,6 +308,7 @@ class MetaTrainer(Checkpointed):
         return {
             "episode": self.episode, "theta": self.theta.detach().cpu(), "opt": self.opt.state_dict(),
             "history": self.history, "diverged": self.diverged, "skipped": self.skipped,
+            "run_of_skips": self.run_of_skips, "last_good_theta": self.last_good_theta,
             "gen": self.gen.get_state(), "train_sampler": self.train_sampler.get_state(),
             "spec": self.spec.model_dump(),
         }
@@ -293,6 +320,8 @@ class MetaTrainer(Checkpointed):
         self.opt.load_state_dict(state["opt"])
         self.history = list(state["history"])
         self.diverged, self.skipped = state["diverged"], state["skipped"]
+        self.run_of_skips = state.get("run_of_skips", 0)
+        self.last_good_theta = state.get("last_good_theta")
         self.gen.set_state(state["gen"])
         self.train_sampler.set_state(state["train_sampler"])
 

@@ -109,6 +109,9 @@ class MetaSpec(_Strict):
     eval_every: int = Field(0, ge=0, description="evaluate on held-out episodes every N episodes (0: only at end)")
     checkpoint_every: int = Field(50, ge=1)
     max_update_norm: float = Field(1e4, gt=0, description="an inner update larger than this counts as divergence")
+    backtrack_after: int = Field(3, ge=0, le=1000, description=(
+        "after this many consecutive skipped meta-steps, restore the last θ whose episodes were finite, clear Adam's "
+        "moments and halve the learning rate (0: never)"))
 
 
 class SweepSpec(_Strict):

@@ -175,3 +175,25 @@ def test_trainer_rejects_mismatched_input_width():
                                          "meta": {"episodes": 1}})
     with pytest.raises(ValueError, match="input width"):
         MetaTrainer(spec)
+
+
+def test_backtracking_leaves_a_region_where_every_episode_diverges():
+    """lr = 10 throws θ where every episode diverges; after 2 skipped steps θ returns to the last finite θ with
+    Adam cleared and lr halved, so the run keeps learning instead of stalling for good."""
+    spec = DiscoverySpec.model_validate({
+        "network": {"widths": [784, 32, 16, 5], "feedback": "fa"},
+        "task": {"dataset": "synthetic", "ways": 5, "shots": 4, "queries": 3},
+        "rule": {"pool": "paper3", "theta_init": {"F0": 1e-3}},
+        "meta": {"episodes": 9, "meta_batch": 2, "eval_episodes": 0, "lr": 10.0, "backtrack_after": 2},
+    })
+    res = discover(spec)
+    events = res.history
+    back = [i for i, h in enumerate(events) if h["backtracked"]]
+    assert back, "no backtrack happened"
+    i = back[0]
+    assert events[i - 1]["skipped"] and events[i]["skipped"]
+    good = max(j for j in range(i) if not events[j]["skipped"])       # the last step with finite episodes
+    used = events[good - 1]["theta"] if good > 0 else spec.rule.initial_theta()   # the θ that step ran with
+    assert events[i]["theta"] == pytest.approx({k: float(v) for k, v in used.items()}, abs=1e-7)
+    assert events[i]["lr"] == pytest.approx(events[i - 1]["lr"] / 2)
+    assert all(abs(v) < float("inf") for v in res.theta.values())
