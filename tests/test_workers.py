@@ -335,7 +335,8 @@ def test_benchmark_job_real_suite(ray_local) -> None:
     suites = pytest.importorskip("discovery.suites")
     if "fa5-online" not in suites.SUITES:
         pytest.skip("fa5-online is not registered")
-    final, seen = _wait_all(submit_benchmark("b0", "fa5-online", "-0.01*e*x.T", tiny=True))
+    # a real (tiny) suite: tuning 9 baselines takes ~30 s on an idle 2-core machine, minutes on a loaded one
+    final, seen = _wait_all(submit_benchmark("b0", "fa5-online", "-0.01*e*x.T", tiny=True), timeout=300)
     assert final.status == "succeeded", final
     learners = {e["learner"] for e in final.result["entries"]}
     assert "rule" in learners and "BP" in learners
