@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,24 @@ class Checkpointed:
             return False
         self.load_state_dict(state)  # type: ignore[attr-defined]
         return True
+
+    def run(self, progress: Callable[[Any], None] | None, folder: Path | None,
+            should_stop: Callable[[], bool] | None) -> bool:
+        """Resume from `folder` if possible, then `step()` until spec.meta.episodes, reporting each event and
+        checkpointing every spec.meta.checkpoint_every steps and at the end; True when `should_stop` cut it short."""
+        meta = self.spec.meta
+        if folder is not None:
+            self.try_resume(folder)
+        stopped = False
+        while self.episode < meta.episodes:  # type: ignore[attr-defined]
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            event = self.step()  # type: ignore[attr-defined]
+            if progress is not None:
+                progress(event)
+            if folder is not None and self.episode % meta.checkpoint_every == 0:  # type: ignore[attr-defined]
+                self.save(folder)
+        if folder is not None:
+            self.save(folder)
+        return stopped

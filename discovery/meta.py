@@ -345,20 +345,7 @@ def discover(spec: DiscoverySpec | dict, progress: Callable[[ProgressEvent], Non
     t0 = time.perf_counter()
     trainer = MetaTrainer(spec)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if folder is not None:
-        trainer.try_resume(folder)
-    stopped = False
-    while trainer.episode < spec.meta.episodes:
-        if should_stop is not None and should_stop():
-            stopped = True
-            break
-        event = trainer.step()
-        if progress is not None:
-            progress(event)
-        if folder is not None and trainer.episode % spec.meta.checkpoint_every == 0:
-            trainer.save(folder)
-    if folder is not None:
-        trainer.save(folder)
+    stopped = trainer.run(progress, folder, should_stop)
     acc, ci, n = (None, None, 0) if stopped else trainer.evaluate(spec.meta.eval_episodes)
     theta = trainer.theta_dict()
     rule = learned_rule(trainer.term_ids, theta)

@@ -295,20 +295,7 @@ def discover_recurrent(spec: DiscoverySpec | dict, progress: Callable[[ProgressE
     t0 = time.perf_counter()
     trainer = RecurrentMetaTrainer(spec, data=data)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if folder is not None:
-        trainer.try_resume(folder)
-    stopped = False
-    while trainer.episode < spec.meta.episodes:
-        if should_stop is not None and should_stop():
-            stopped = True
-            break
-        event = trainer.step()
-        if progress is not None:
-            progress(event)
-        if folder is not None and trainer.episode % spec.meta.checkpoint_every == 0:
-            trainer.save(folder)
-    if folder is not None:
-        trainer.save(folder)
+    stopped = trainer.run(progress, folder, should_stop)
     n_eval = 0 if stopped else min(spec.meta.eval_episodes, MAX_EVAL_EPISODES)
     ev = trainer.evaluate(n_eval) if n_eval else {"accuracy": None, "ci95": None, "episodes": 0, "failures": 0,
                                                    "spectral_abscissa": None}

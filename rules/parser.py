@@ -121,13 +121,12 @@ def _bad_char_message(ch: str, pos: int) -> str:
     return f"unexpected character {ch!r} {_at(pos)}"
 
 
-class _Parser:
-    """Recursive descent over the token list, building a Poly (expanded monomials)."""
+class TokenCursor:
+    """A position in a token list: ``peek`` the next token, ``take`` it (shared by the rule parsers)."""
 
     def __init__(self, tokens: list[Token]) -> None:
         self.tokens = tokens
         self.i = 0
-        self.depth = 0
 
     def peek(self) -> Token:
         return self.tokens[self.i]
@@ -136,6 +135,14 @@ class _Parser:
         tok = self.tokens[self.i]
         self.i += 1
         return tok
+
+
+class _Parser(TokenCursor):
+    """Recursive descent over the token list, building a Poly (expanded monomials)."""
+
+    def __init__(self, tokens: list[Token]) -> None:
+        super().__init__(tokens)
+        self.depth = 0
 
     def unexpected(self, tok: Token, hint: str = "") -> RuleSyntaxError:
         if tok.kind == "end":

@@ -56,7 +56,7 @@ import sympy as sp
 from sympy import Identity, MatAdd, MatMul, MatrixExpr, MatrixSymbol, Transpose, ZeroMatrix
 
 from rules.base import CoefficientRule, finite_coefficient
-from rules.parser import RuleSyntaxError, Token, tokenize
+from rules.parser import RuleSyntaxError, Token, TokenCursor, tokenize
 from rules.primitives import PRIMITIVES
 from rules.rule import Rule
 from rules.terms import join_signed, round_sig
@@ -303,20 +303,8 @@ def _syntax_error(message: str, pos: int, token: str | None, hint: str = "") -> 
     return RuleSyntaxError(f"{message} at position {pos}{hint}", pos, token)
 
 
-class _RecurrentParser:
+class _RecurrentParser(TokenCursor):
     """Recursive descent over rules.parser tokens; ``parse()`` returns {term id: θ} (repeated terms summed)."""
-
-    def __init__(self, tokens: list[Token]) -> None:
-        self.tokens = tokens
-        self.i = 0
-
-    def peek(self) -> Token:
-        return self.tokens[self.i]
-
-    def take(self) -> Token:
-        tok = self.tokens[self.i]
-        self.i += 1
-        return tok
 
     def is_op(self, text: str) -> bool:
         tok = self.peek()
