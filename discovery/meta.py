@@ -134,9 +134,12 @@ class MetaTrainer(Checkpointed):
         self.rule = build_rule(spec)
         self.term_ids = list(spec.rule.terms or [])
         init = spec.rule.initial_theta()
-        self.theta = torch.nn.Parameter(torch.tensor([init[t] for t in self.term_ids], dtype=self.dtype,
-                                                     device=self.device))
-        self.opt = torch.optim.Adam([self.theta], lr=spec.meta.lr)
+        theta0 = torch.tensor([init[t] for t in self.term_ids], dtype=self.dtype, device=self.device)
+        self.scale = torch.ones_like(theta0)
+        if spec.meta.term_scale == "norm":
+            self.scale = term_scales(self).to(theta0)
+        self.phi = torch.nn.Parameter(theta0 / self.scale)          # Adam runs on φ; θ = s ⊙ φ
+        self.opt = torch.optim.Adam([self.phi], lr=spec.meta.lr)
         self.use_fused = self._choose_kernel()
         self.episode = 0
         self.history: list[dict] = []
@@ -144,6 +147,11 @@ class MetaTrainer(Checkpointed):
         self.skipped = 0
         self.run_of_skips = 0
         self.last_good_theta: Tensor | None = None
+
+    @property
+    def theta(self) -> Tensor:
+        """θ = s ⊙ φ (differentiable in φ; s = 1 unless meta.term_scale is 'norm')."""
+        return self.scale * self.phi
 
     @property
     def heldout_sampler(self):
@@ -234,9 +242,9 @@ class MetaTrainer(Checkpointed):
         else:
             self.run_of_skips = 0
             self.last_good_theta = self.theta.detach().clone()
-            g = grad[:, finite].mean(1) + meta.l1 * torch.sign(self.theta.detach())
+            g = grad[:, finite].mean(1) + meta.l1 * torch.sign(self.theta.detach())   # ∂(CE + λ‖θ‖₁)/∂θ
             self.opt.zero_grad(set_to_none=True)
-            self.theta.grad = g.to(self.theta.dtype)
+            self.phi.grad = (g * self.scale).to(self.phi.dtype)                      # chain rule: ∂/∂φ = s ⊙ ∂/∂θ
             self.opt.step()
             idx = finite.nonzero()[0, 0].item()
             alignment, e1 = self._diagnostics(ep, Wf, Bs, idx)
@@ -258,7 +266,7 @@ class MetaTrainer(Checkpointed):
         if n == 0 or self.run_of_skips < n or self.last_good_theta is None:
             return False
         with torch.no_grad():
-            self.theta.copy_(self.last_good_theta)
+            self.phi.copy_(self.last_good_theta / self.scale)
         self.opt.state.clear()
         for group in self.opt.param_groups:
             group["lr"] *= 0.5
@@ -306,7 +314,8 @@ class MetaTrainer(Checkpointed):
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         return {
-            "episode": self.episode, "theta": self.theta.detach().cpu(), "opt": self.opt.state_dict(),
+            "episode": self.episode, "theta": self.theta.detach().cpu(), "scale": self.scale.cpu(),
+            "opt": self.opt.state_dict(),
             "history": self.history, "diverged": self.diverged, "skipped": self.skipped,
             "run_of_skips": self.run_of_skips, "last_good_theta": self.last_good_theta,
             "gen": self.gen.get_state(), "train_sampler": self.train_sampler.get_state(),
@@ -316,7 +325,8 @@ class MetaTrainer(Checkpointed):
     def load_state_dict(self, state: dict) -> None:
         self.episode = state["episode"]
         with torch.no_grad():
-            self.theta.copy_(state["theta"].to(self.theta))
+            self.scale = state.get("scale", torch.ones_like(state["theta"])).to(self.phi)
+            self.phi.copy_(state["theta"].to(self.phi) / self.scale)
         self.opt.load_state_dict(state["opt"])
         self.history = list(state["history"])
         self.diverged, self.skipped = state["diverged"], state["skipped"]
@@ -324,6 +334,37 @@ class MetaTrainer(Checkpointed):
         self.last_good_theta = state.get("last_good_theta")
         self.gen.set_state(state["gen"])
         self.train_sampler.set_state(state["train_sampler"])
+
+
+def term_scales(trainer: MetaTrainer, episodes: int = 8, samples: int = 10) -> Tensor:
+    """s_r = min(1, ‖F_ref‖/‖F_r‖): RMS Frobenius norm of each term summed over layers, on `samples` online samples
+    of fresh networks (own generator and sampler, so the run's random streams are untouched); F_ref = pseudo_grad
+    (F0) when it is in the pool, else the median term."""
+    from discovery.inner import rule_env
+    from discovery.network import errors, forward, post_activities
+
+    spec, net = trainer.spec, trainer.spec.network
+    cls, task, common, seed = trainer._sampler_args
+    sampler = cls(trainer.dataset, task.ways, task.shots, task.queries, split="train", seed=seed + 424_242, **common)
+    ep = sampler.sample(episodes, device=trainer.device, dtype=trainer.dtype)
+    Ws, Bs = trainer._weights(episodes, torch.Generator().manual_seed(seed + 424_243))
+    targets = onehot(ep.y_train, net.widths[-1], trainer.dtype)
+    ones = torch.ones(1, dtype=trainer.dtype, device=trainer.device)
+    singles = [CompiledRule([t]) for t in trainer.rule.terms]
+    sq = torch.zeros(len(singles), dtype=torch.float64)
+    steps = torch.linspace(0, ep.x_train.shape[1] - 1, samples).long().tolist()
+    with torch.no_grad():
+        for s in steps:
+            ys = forward(Ws, ep.x_train[:, s], net.beta)
+            es = errors(ys, targets[:, s], Ws, Bs, net.feedback, net.beta)
+            post = post_activities(ys)
+            for r, single in enumerate(singles):
+                for i, W in enumerate(Ws):
+                    sq[r] += float(single.delta(ones, rule_env(i, ys, post, es, W)).pow(2).sum()) / episodes
+    norms = (sq / len(steps)).sqrt()
+    ids = list(trainer.rule.names)
+    ref = norms[ids.index("F0")] if "F0" in ids else norms.median()
+    return torch.clamp(ref / norms.clamp_min(1e-30), max=1.0)
 
 
 def learned_rule(term_ids: list[str], theta: dict[str, float], prune_rel: float = 1e-3):

@@ -24,7 +24,7 @@ CONFIGS = {
 
 
 def _run(name: str, path: str, seed: int, meta_steps: int, meta_batch: int, lr: float, eval_episodes: int,
-         out: str, theta0: float | None = None) -> None:
+         out: str, theta0: float | None = None, term_scale: str = "none") -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -33,7 +33,7 @@ def _run(name: str, path: str, seed: int, meta_steps: int, meta_batch: int, lr: 
 
     spec = json.loads(Path(path).read_text())
     spec["meta"].update({"seed": seed, "episodes": meta_steps, "meta_batch": meta_batch, "lr": lr,
-                         "eval_episodes": eval_episodes})
+                         "eval_episodes": eval_episodes, "term_scale": term_scale})
     if theta0 is not None:  # the starting pseudo-gradient coefficient (the paper: 1e-3)
         spec["rule"].setdefault("theta_init", {})["F0"] = theta0
     spec = DiscoverySpec.model_validate(spec)
@@ -91,13 +91,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-episodes", type=int, default=200)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--theta0", type=float, default=None, help="initial θ of F0 (default: the example spec's 0.01)")
+    ap.add_argument("--term-scale", choices=["none", "norm"], default="none",
+                    help="meta.term_scale: 'norm' scales each term's Adam step by min(1, ‖F0‖/‖F_r‖)")
     ap.add_argument("--only", nargs="*", default=None, help="configuration names to run (default all)")
     ap.add_argument("--summary-only", action="store_true")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
-        tasks = [(n, p, s, args.meta_steps, args.meta_batch, args.lr, args.eval_episodes, str(out), args.theta0)
+        tasks = [(n, p, s, args.meta_steps, args.meta_batch, args.lr, args.eval_episodes, str(out), args.theta0, args.term_scale)
                  for n, p in CONFIGS.items() if not args.only or n in args.only for s in args.seeds]
         t0 = time.perf_counter()
         with mp.get_context("spawn").Pool(args.jobs) as pool:

@@ -109,6 +109,10 @@ class MetaSpec(_Strict):
     eval_every: int = Field(0, ge=0, description="evaluate on held-out episodes every N episodes (0: only at end)")
     checkpoint_every: int = Field(50, ge=1)
     max_update_norm: float = Field(1e4, gt=0, description="an inner update larger than this counts as divergence")
+    term_scale: Literal["none", "norm"] = Field("none", description=(
+        "per-term step size: 'norm' divides term r's Adam step by ‖F_r‖/‖F_ref‖ (measured on fresh networks, "
+        "capped at 1; F_ref = pseudo_grad when in the pool, else the median term), so a term that moves W much "
+        "more per unit θ (F5, F9, F3 of bio10) is not moved as far as F0 by Adam's first steps"))
     backtrack_after: int = Field(3, ge=0, le=1000, description=(
         "after this many consecutive skipped meta-steps, restore the last θ whose episodes were finite, clear Adam's "
         "moments and halve the learning rate (0: never)"))
