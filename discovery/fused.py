@@ -114,6 +114,7 @@ if numba is not None:
         ė_ℓ = ġ ⊙ s + g β e^{−β y} ẏ with ġ = ė B (fa), ė W + e Ẇ (bp), ė_L D (dfa)."""
         L = widths.shape[0] - 1
         R = yd.shape[0]
+        zero = np.zeros(1, dtype=ys.dtype)[0]     # typed 0: keeps the dot products in the activities' precision
         nL, oL = widths[L], voff[L]
         mx = -1e300
         for i in range(nL):
@@ -148,12 +149,12 @@ if numba is not None:
                 if mode != 1:                      # transposed block li: row j = column j of B_{li+1} or W_{li+1}
                     row = FB[foff[li] + j * n:foff[li] + (j + 1) * n] if mode == 0 else \
                         WT[woff[li] + j * n:woff[li] + (j + 1) * n]
-                    acc = row[0] * 0
+                    acc = zero
                     for i in range(n):
                         acc += row[i] * es[on + i]
                     G[0] = acc
                     for r in range(R):
-                        acc = row[0] * 0
+                        acc = zero
                         edr = ed[r, on:on + n]
                         for i in range(n):
                             acc += row[i] * edr[i]
@@ -185,7 +186,8 @@ if numba is not None:
         column j, and the next sample's forward accumulation z += W_{:,j} x_{t+1,j} (with tangents)."""
         R = theta.shape[0]                          # terms
         RT = WdT.shape[0]                           # tangent directions: R (meta-gradient) or 0 (evaluation)
-        tmp = np.empty(R + 1, dtype=WT.dtype)      # scalars in the weights' precision (float32 stays float32)
+        tmp = np.zeros(R + 1, dtype=WT.dtype)      # scalars in the weights' precision (float32 stays float32)
+        zero = tmp[R]                               # a typed 0 (numba: float32 * 0 is float64, which halves the SIMD width)
         tmp[R] = 1.0
         for t in range(R):
             tmp[R] += theta[t] * decay[t]
@@ -198,7 +200,7 @@ if numba is not None:
             if not active[s]:
                 continue
             for uc in range(3):
-                c = 0.0
+                c = zero
                 for t in range(R):
                     c += theta[t] * coef[t, uc, s]
                 if c != 0.0:
@@ -228,13 +230,13 @@ if numba is not None:
                 s = 3 + a
                 if not active[s]:
                     continue
-                acc = w[0] * 0
+                acc = zero
                 for i in range(n):
                     acc += u[a, i] * w[i]
                 vals[s] = acc
                 for r in range(RT):
                     wd = WdT[r, b:b + n]
-                    acc = w[0] * 0
+                    acc = zero
                     if a < 2:
                         for i in range(n):
                             acc += ud[r, a, i] * w[i] + u[a, i] * wd[i]
