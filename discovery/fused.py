@@ -20,12 +20,14 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from discovery import ckernel
 from rules.compiler import CompiledRule
 
 U_CODES = {"y": 0, "e": 1, "one": 2}
@@ -93,277 +95,333 @@ if numba is not None:
         return z if bz > 20.0 else math.log1p(math.exp(bz)) / beta
 
     @njit(cache=True, error_model="numpy", fastmath=FAST)
-    def _forward0(WT, woff, widths, ys, voff, beta):
-        """Initial forward pass (Ẇ = 0 so all tangents are 0): ys[ℓ] from ys[0]."""
-        L = widths.shape[0] - 1
-        for li in range(L):
-            n, m = widths[li + 1], widths[li]
-            z = np.zeros(n, dtype=ys.dtype)
-            for j in range(m):
-                xj = ys[voff[li] + j]
-                base = woff[li] + j * n
+    def _dots(A, ka, cnt, oa, Bm, kb, ob, n, out, oo, zero):
+        """out[oo + k] = Σ_i A[ka + k, oa + i] · Bm[kb, ob + i] for k < cnt: up to four dot products per pass, so
+        the shared vector is loaded once per four rows (each loop is one clean SIMD reduction)."""
+        k = 0
+        while k < cnt:
+            left = cnt - k
+            r = ka + k
+            a0 = zero
+            a1 = zero
+            a2 = zero
+            a3 = zero
+            bv = Bm[kb, ob:ob + n]                  # slices indexed from 0: numba then knows i ≥ 0, so no
+            v0 = A[r, oa:oa + n]                    # wrap-around check blocks the vectorizer
+            if left >= 4:
+                v1, v2, v3 = A[r + 1, oa:oa + n], A[r + 2, oa:oa + n], A[r + 3, oa:oa + n]
                 for i in range(n):
-                    z[i] += WT[base + i] * xj
-            for i in range(n):
-                ys[voff[li + 1] + i] = z[i] if li == L - 1 else _softplus(z[i], beta)
+                    b = bv[i]
+                    a0 += v0[i] * b
+                    a1 += v1[i] * b
+                    a2 += v2[i] * b
+                    a3 += v3[i] * b
+                out[oo + k] = a0
+                out[oo + k + 1] = a1
+                out[oo + k + 2] = a2
+                out[oo + k + 3] = a3
+                k += 4
+            elif left == 3:
+                v1, v2 = A[r + 1, oa:oa + n], A[r + 2, oa:oa + n]
+                for i in range(n):
+                    b = bv[i]
+                    a0 += v0[i] * b
+                    a1 += v1[i] * b
+                    a2 += v2[i] * b
+                out[oo + k] = a0
+                out[oo + k + 1] = a1
+                out[oo + k + 2] = a2
+                k += 3
+            elif left == 2:
+                v1 = A[r + 1, oa:oa + n]
+                for i in range(n):
+                    b = bv[i]
+                    a0 += v0[i] * b
+                    a1 += v1[i] * b
+                out[oo + k] = a0
+                out[oo + k + 1] = a1
+                k += 2
+            else:
+                for i in range(n):
+                    a0 += v0[i] * bv[i]
+                out[oo + k] = a0
+                k += 1
 
     @njit(cache=True, error_model="numpy", fastmath=FAST)
-    def _errors(ys, yd, es, ed, FB, foff, WT, WdT, woff, widths, voff, target, mode, beta):
-        """e_L = p − onehot (p = softmax, written into ys[L] as the output post-activity), ė_L = ṗ;
-        e_ℓ = g ⊙ s, s = 1 − e^{−β y_ℓ}, g = e_{ℓ+1} B_{ℓ+1} (fa), e_{ℓ+1} W_{ℓ+1} (bp) or e_L D_ℓ (dfa);
-        ė_ℓ = ġ ⊙ s + g β e^{−β y} ẏ with ġ = ė B (fa), ė W + e Ẇ (bp), ė_L D (dfa)."""
+    def _axpy_rows(Z, kz, cnt, w, ow, coef, n):
+        """Z[kz + k, i] += w[ow + i] · coef[k] for k < cnt (the tangent forward term W ẋ_r), four rows per pass."""
+        k = 0
+        while k < cnt:
+            r = kz + k
+            wv = w[ow:ow + n]
+            z0 = Z[r, :n]
+            if cnt - k >= 4:
+                c0, c1, c2, c3 = coef[k], coef[k + 1], coef[k + 2], coef[k + 3]
+                z1, z2, z3 = Z[r + 1, :n], Z[r + 2, :n], Z[r + 3, :n]
+                for i in range(n):
+                    wi = wv[i]
+                    z0[i] += wi * c0
+                    z1[i] += wi * c1
+                    z2[i] += wi * c2
+                    z3[i] += wi * c3
+                k += 4
+            else:
+                c0 = coef[k]
+                for i in range(n):
+                    z0[i] += wv[i] * c0
+                k += 1
+
+    @njit(cache=True, error_model="numpy", fastmath=FAST)
+    def _forward0(WT, woff, widths, wpad, Y, voff, beta):
+        """Initial forward pass (Ẇ = 0 so all tangents are 0): Y[0] of every layer from the input."""
         L = widths.shape[0] - 1
-        R = yd.shape[0]
-        zero = np.zeros(1, dtype=ys.dtype)[0]     # typed 0: keeps the dot products in the activities' precision
+        for li in range(L):
+            n, m, npd = widths[li + 1], widths[li], wpad[li + 1]
+            z = np.zeros(npd, dtype=Y.dtype)
+            for j in range(m):
+                xj = Y[0, voff[li] + j]
+                base = woff[li] + j * npd
+                for i in range(npd):
+                    z[i] += WT[base + i] * xj
+            for i in range(n):
+                Y[0, voff[li + 1] + i] = z[i] if li == L - 1 else _softplus(z[i], beta)
+
+    @njit(cache=True, error_model="numpy", fastmath=FAST)
+    def _errors(U, FB, foff, W2, Wd, woff, widths, wpad, voff, target, mode, beta, R, G, zero):
+        """e_L = p − onehot (p = softmax, written into Y[0] as the output post-activity), ė_L = ṗ;
+        e_ℓ = g ⊙ s, s = 1 − e^{−β y_ℓ}, g = e_{ℓ+1} B_{ℓ+1} (fa), e_{ℓ+1} W_{ℓ+1} (bp) or e_L D_ℓ (dfa);
+        ė_ℓ = ġ ⊙ s + g β e^{−β y} ẏ with ġ = ė B (fa), ė W + e Ẇ (bp), ė_L D (dfa). Rows: 0 primal, 1..R tangents."""
+        L = widths.shape[0] - 1
         nL, oL = widths[L], voff[L]
         mx = -1e300
         for i in range(nL):
-            mx = max(mx, ys[oL + i])
+            mx = max(mx, U[0, oL + i])
         tot = 0.0
         for i in range(nL):
-            ys[oL + i] = math.exp(ys[oL + i] - mx)
-            tot += ys[oL + i]
+            U[0, oL + i] = math.exp(U[0, oL + i] - mx)
+            tot += U[0, oL + i]
         for i in range(nL):
-            ys[oL + i] /= tot
-        for r in range(R):
+            U[0, oL + i] /= tot
+        for r in range(1, R + 1):
             dot = 0.0
             for i in range(nL):
-                dot += ys[oL + i] * yd[r, oL + i]
+                dot += U[0, oL + i] * U[r, oL + i]
             for i in range(nL):
-                yd[r, oL + i] = ys[oL + i] * (yd[r, oL + i] - dot)
+                U[r, oL + i] = U[0, oL + i] * (U[r, oL + i] - dot)
         for i in range(nL):
-            es[oL + i] = ys[oL + i] - (1.0 if i == target else 0.0)
-            for r in range(R):
-                ed[r, oL + i] = yd[r, oL + i]
+            U[R + 1, oL + i] = U[0, oL + i] - (1.0 if i == target else 0.0)
+            for r in range(1, R + 1):
+                U[R + 1 + r, oL + i] = U[r, oL + i]
         for li in range(L - 1, -1, -1):          # layer li's error from layer li+1 (weight block li)
-            n, m = widths[li + 1], widths[li]
+            n, m, npd = widths[li + 1], widths[li], wpad[li + 1]
             om, on = voff[li], voff[li + 1]
             if mode == 1 and li == 0:
                 for j in range(m):
-                    es[om + j] = 0.0
-                    for r in range(R):
-                        ed[r, om + j] = 0.0
+                    for r in range(R + 1):
+                        U[R + 1 + r, om + j] = 0.0
                 break
-            G = np.zeros(R + 1, dtype=ys.dtype)    # [g_j, ġ_{1,j}, …, ġ_{R,j}] in the activities' precision
             for j in range(m):
-                if mode != 1:                      # transposed block li: row j = column j of B_{li+1} or W_{li+1}
-                    row = FB[foff[li] + j * n:foff[li] + (j + 1) * n] if mode == 0 else \
-                        WT[woff[li] + j * n:woff[li] + (j + 1) * n]
-                    acc = zero
-                    for i in range(n):
-                        acc += row[i] * es[on + i]
-                    G[0] = acc
+                if mode == 0:                      # transposed block li: row j = column j of B_{li+1}
+                    _dots(U, R + 1, R + 1, on, FB, 0, foff[li] + j * npd, npd, G, 0, zero)
+                elif mode == 2:                    # bp: ġ = ė W + e Ẇ (the feedback is W itself)
+                    b = woff[li] + j * npd
+                    _dots(U, R + 1, R + 1, on, W2, 0, b, npd, G, 0, zero)
+                    _dots(Wd, 0, R, b, U, R + 1, on, npd, G, R + 1, zero)
                     for r in range(R):
-                        acc = zero
-                        edr = ed[r, on:on + n]
-                        for i in range(n):
-                            acc += row[i] * edr[i]
-                        if mode == 2:              # bp: the feedback is W itself, so it has a tangent e Ẇ_r
-                            wdr = WdT[r, woff[li] + j * n:woff[li] + (j + 1) * n]
-                            for i in range(n):
-                                acc += wdr[i] * es[on + i]
-                        G[r + 1] = acc
-                else:                              # D_li (nL × m) row-major
+                        G[r + 1] += G[R + 1 + r]
+                else:                              # dfa: D_li (nL × m) row-major
                     for k in range(R + 1):
                         G[k] = 0.0
                     for i in range(nL):
-                        dv = FB[foff[li] + i * m + j]
-                        G[0] += dv * es[oL + i]
-                        for r in range(R):
-                            G[r + 1] += dv * ed[r, oL + i]
+                        dv = FB[0, foff[li] + i * m + j]
+                        for k in range(R + 1):
+                            G[k] += dv * U[R + 1 + k, oL + i]
                 g = G[0]
-                ex = math.exp(-beta * ys[om + j])
+                ex = math.exp(-beta * U[0, om + j])
                 s = 1.0 - ex
-                es[om + j] = g * s
-                for r in range(R):
-                    gd = G[r + 1]
-                    ed[r, om + j] = gd * s + g * beta * ex * yd[r, om + j]
+                U[R + 1, om + j] = g * s
+                for r in range(1, R + 1):
+                    U[R + 1 + r, om + j] = G[r] * s + g * beta * ex * U[r, om + j]
 
     @njit(cache=True, error_model="numpy", fastmath=FAST)
-    def _sweep(WT, WdT, base_off, n, m, theta, coef, decay, u, ud, vx, vxd, vep, vepd, xn, xnd, has_next,
-               z, zd, active, beta):
-        """One pass over the rows j of layer block (m × n): reductions aᵀW_{:,j}, tangent then primal update of
-        column j, and the next sample's forward accumulation z += W_{:,j} x_{t+1,j} (with tangents)."""
-        R = theta.shape[0]                          # terms
-        RT = WdT.shape[0]                           # tangent directions: R (meta-gradient) or 0 (evaluation)
-        tmp = np.zeros(R + 1, dtype=WT.dtype)      # scalars in the weights' precision (float32 stays float32)
-        zero = tmp[R]                               # a typed 0 (numba: float32 * 0 is float64, which halves the SIMD width)
-        tmp[R] = 1.0
-        for t in range(R):
-            tmp[R] += theta[t] * decay[t]
-            tmp[t] = decay[t]
-        scale = tmp[R]
-        # combined U_s = Σ_t θ_t Σ_u C[t,u,s] u ; U̇_{r,s} = Σ_t θ_t Σ_u C[t,u,s] u̇_r + Σ_u C[r,u,s] u
-        Uc = np.zeros((N_SLOTS, n), dtype=WT.dtype)
-        Udc = np.zeros((RT, N_SLOTS, n), dtype=WT.dtype)
-        for s in range(N_SLOTS):
-            if not active[s]:
-                continue
-            for uc in range(3):
-                c = zero
-                for t in range(R):
-                    c += theta[t] * coef[t, uc, s]
-                if c != 0.0:
-                    for i in range(n):
-                        Uc[s, i] += c * u[uc, i]
-                    if uc < 2:
-                        for r in range(RT):
-                            for i in range(n):
-                                Udc[r, s, i] += c * ud[r, uc, i]
-                for r in range(RT):
-                    cr = coef[r, uc, s]
-                    if cr != 0.0:
-                        for i in range(n):
-                            Udc[r, s, i] += cr * u[uc, i]
-        vals = np.zeros(N_SLOTS, dtype=WT.dtype)
-        vd = np.zeros((RT, N_SLOTS), dtype=WT.dtype)
-        vals[2] = 1.0
+    def _sweep(W2, Wd, b0, n, npd, m, R, c, Cr, dr, scale, act_s, act_u, U, Un, on, om, Z, has_next, zero,
+               red, vals, vd, au, aud, xdv):
+        """One pass over the rows j of a layer block (m rows of npd): reductions v_s = (aᵀW)_j, then the tangent and
+        primal updates ΔW_{:,j} = Σ_u u a_{u,j} (a_u = Σ_s c_{u,s} v_s) with the next sample's forward accumulation
+        z += W_{:,j} x_{t+1,j} fused into the same loop while the row is in L1."""
         for j in range(m):
-            b = base_off + j * n
-            w = WT[b:b + n]
-            vals[0] = vx[j]
-            vals[1] = vep[j]
-            for r in range(RT):
-                vd[r, 0] = vxd[r, j]
-                vd[r, 1] = vepd[r, j]
-            for a in range(3):                      # v = Wᵀa: (aᵀW)_j and its tangent ȧᵀW_{:,j} + aᵀẆ_{:,j}
+            b = b0 + j * npd
+            vals[0] = U[0, om + j]                  # v = x (pre activity)
+            vals[1] = U[R + 1, om + j]                  # v = e_pre
+            vals[2] = 1.0
+            for r in range(R):
+                vd[r, 0] = U[r + 1, om + j]
+                vd[r, 1] = U[R + 2 + r, om + j]
+                vd[r, 2] = 0.0
+            for a in range(3):                      # v = Wᵀa: aᵀW_{:,j} and ȧ_rᵀW_{:,j} + aᵀẆ_r{:,j}
                 s = 3 + a
-                if not active[s]:
+                if not act_s[s]:
                     continue
+                if a == 0:
+                    _dots(U, 0, R + 1, on, W2, 0, b, npd, red, 0, zero)
+                    _dots(Wd, 0, R, b, U, 0, on, npd, red, R + 1, zero)
+                elif a == 1:
+                    _dots(U, R + 1, R + 1, on, W2, 0, b, npd, red, 0, zero)
+                    _dots(Wd, 0, R, b, U, R + 1, on, npd, red, R + 1, zero)
+                else:
+                    _dots(U, 2 * R + 2, 1, on, W2, 0, b, npd, red, 0, zero)
+                    for r in range(R):
+                        red[r + 1] = 0.0
+                    _dots(Wd, 0, R, b, U, 2 * R + 2, on, npd, red, R + 1, zero)
+                vals[s] = red[0]
+                for r in range(R):
+                    vd[r, s] = red[r + 1] + red[R + 1 + r]
+            for u in range(3):                      # a_u = Σ_s c_{u,s} v_s ; ȧ_{u,r} = Σ_s C_{r,u,s} v_s + c_{u,s} v̇_{r,s}
                 acc = zero
-                for i in range(n):
-                    acc += u[a, i] * w[i]
-                vals[s] = acc
-                for r in range(RT):
-                    wd = WdT[r, b:b + n]
+                for s in range(6):
+                    acc += c[u, s] * vals[s]
+                au[u] = acc
+                for r in range(R):
                     acc = zero
-                    if a < 2:
-                        for i in range(n):
-                            acc += ud[r, a, i] * w[i] + u[a, i] * wd[i]
-                    else:
-                        for i in range(n):
-                            acc += wd[i]
-                    vd[r, s] = acc
-            for r in range(RT):                     # Ẇ ← (1+d)Ẇ + d_r W + Σ_s (U̇_{r,s} v_s + U_s v̇_{r,s})
-                wd = WdT[r, b:b + n]
-                dr = tmp[r]
-                if scale != 1.0:
-                    for i in range(n):
-                        wd[i] *= scale
-                if dr != 0.0:
-                    for i in range(n):
-                        wd[i] += dr * w[i]
-                for s in range(N_SLOTS):
-                    if not active[s]:
-                        continue
-                    v = vals[s]
-                    dv = vd[r, s]
-                    if dv != 0.0:
-                        for i in range(n):
-                            wd[i] += Udc[r, s, i] * v + Uc[s, i] * dv
-                    else:                           # e.g. v = x on layer 1: the input has no tangent
-                        for i in range(n):
-                            wd[i] += Udc[r, s, i] * v
-            if scale != 1.0:                        # W ← (1+d)W + Σ_s U_s v_s
-                for i in range(n):
+                    for s in range(6):
+                        acc += Cr[r, u, s] * vals[s] + c[u, s] * vd[r, s]
+                    aud[r, u] = acc
+            xn = Un[0, om + j] if has_next else zero   # next sample's pre activity x_{t+1,j} and its tangents
+            ay, ae, a1 = au[0], au[1], au[2]
+            w = W2[0, b:b + npd]                    # 0-based slices: see _dots
+            yv, ev, one = U[0, on:on + npd], U[R + 1, on:on + npd], U[2 * R + 2, on:on + npd]
+            for r in range(R):                      # Ẇ_r ← sẆ_r + d_r W + ẏ_r a_y + ė_r a_e + y ȧ_y + e ȧ_e + 1 ȧ_1
+                by, be, b1 = aud[r, 0], aud[r, 1], aud[r, 2]
+                wd, zd = Wd[r, b:b + npd], Z[r + 1, :npd]
+                ydv, edv = U[r + 1, on:on + npd], U[R + 2 + r, on:on + npd]
+                if scale != 1.0 or dr[r] != 0.0:
+                    d = dr[r]
+                    for i in range(npd):
+                        wd[i] = wd[i] * scale + w[i] * d
+                if act_u[2] and b1 != 0.0:
+                    for i in range(npd):
+                        wd[i] += one[i] * b1
+                for i in range(npd):                # ... and ż_r += Ẇ_r{:,j} x_{t+1,j}
+                    nw = wd[i] + (ydv[i] * ay + edv[i] * ae + yv[i] * by + ev[i] * be)
+                    wd[i] = nw
+                    zd[i] += nw * xn
+            z0 = Z[0, :npd]
+            if scale != 1.0:                        # W ← sW + y a_y + e a_e + 1 a_1, and z += W_{:,j} x_{t+1,j}
+                for i in range(npd):
                     w[i] *= scale
-            for s in range(N_SLOTS):
-                if active[s]:
-                    v = vals[s]
-                    for i in range(n):
-                        w[i] += Uc[s, i] * v
-            if has_next:                            # z_{t+1} += W_{:,j} x_j, ż_r += Ẇ_r{:,j} x_j + W_{:,j} ẋ_{r,j}
-                xj = xn[j]
-                for i in range(n):
-                    z[i] += w[i] * xj
-                for r in range(RT):
-                    wd = WdT[r, b:b + n]
-                    xdj = xnd[r, j]
-                    if xdj != 0.0:
-                        for i in range(n):
-                            zd[r, i] += wd[i] * xj + w[i] * xdj
-                    else:
-                        for i in range(n):
-                            zd[r, i] += wd[i] * xj
+            if act_u[2] and a1 != 0.0:
+                for i in range(npd):
+                    w[i] += one[i] * a1
+            for i in range(npd):
+                nw = w[i] + yv[i] * ay + ev[i] * ae
+                w[i] = nw
+                z0[i] += nw * xn
+            if has_next and om > 0:                 # ż_r += W_{:,j} ẋ_{r,t+1,j} (the input layer has no tangent)
+                for r in range(R):
+                    xdv[r] = Un[r + 1, om + j]
+                _axpy_rows(Z, 1, R, W2[0], b, xdv, npd)
 
     @njit(cache=True, error_model="numpy", fastmath=FAST, parallel=True)
-    def _run(WT, WdT, FB, X, T, widths, woff, foff, voff, theta, coef, decay, mode, beta):
-        """All episodes (prange over b), all samples; W and Ẇ updated in place."""
+    def _run(WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, theta, coef, decay, mode, beta):
+        """All episodes (prange over b), all samples; W and Ẇ updated in place. Per-layer vectors are stacked
+        as rows (0 primal, 1..R tangents) and zero-padded to the padded widths, so every loop is whole SIMD."""
         Bn, S = X.shape[0], X.shape[1]
         R = WdT.shape[1]                            # tangent directions (0: primal only)
         NT = theta.shape[0]
         L = widths.shape[0] - 1
-        V = voff[L] + widths[L]
-        nmax = 0
-        for k in range(L + 1):
-            nmax = max(nmax, widths[k])
-        active = np.zeros(N_SLOTS, dtype=np.bool_)
-        for s in range(N_SLOTS):
-            for t in range(NT):
-                for uc in range(3):
+        V = voff[L] + wpad[L]
+        zero = np.zeros(1, dtype=WT.dtype)[0]       # a typed 0 (numba: float32 * 0 is float64, halving SIMD width)
+        act_s = np.zeros(N_SLOTS, dtype=np.bool_)
+        act_u = np.zeros(3, dtype=np.bool_)
+        c = np.zeros((3, N_SLOTS), dtype=WT.dtype)  # c_{u,s} = Σ_t θ_t C[t,u,s]
+        Cr = np.zeros((max(R, 1), 3, N_SLOTS), dtype=WT.dtype)
+        dr = np.zeros(max(R, 1), dtype=WT.dtype)
+        scale = np.ones(1, dtype=WT.dtype)[0]
+        for t in range(NT):
+            scale += theta[t] * decay[t]
+            for uc in range(3):
+                for s in range(N_SLOTS):
+                    c[uc, s] += theta[t] * coef[t, uc, s]
                     if coef[t, uc, s] != 0.0:
-                        active[s] = True
+                        act_s[s] = True
+                        act_u[uc] = True
+        for r in range(R):
+            dr[r] = decay[r]
+            for uc in range(3):
+                for s in range(N_SLOTS):
+                    Cr[r, uc, s] = coef[r, uc, s]
+        npmax = 0
+        for k in range(L + 1):
+            npmax = max(npmax, wpad[k])
         for bi in prange(Bn):
-            ys = np.zeros(V, dtype=WT.dtype)
-            yd = np.zeros((R, V), dtype=WT.dtype)
-            yn = np.zeros(V, dtype=WT.dtype)
-            ydn = np.zeros((R, V), dtype=WT.dtype)
-            es = np.zeros(V, dtype=WT.dtype)
-            ed = np.zeros((R, V), dtype=WT.dtype)
-            u = np.zeros((3, nmax), dtype=WT.dtype)
-            ud = np.zeros((R, 3, nmax), dtype=WT.dtype)
-            z = np.zeros(nmax, dtype=WT.dtype)
-            zd = np.zeros((R, nmax), dtype=WT.dtype)
-            zero_m = np.zeros((R, nmax), dtype=WT.dtype)
-            Wb, Wdb, Fb = WT[bi], WdT[bi], FB[bi]
+            U = np.zeros((2 * R + 3, V), dtype=WT.dtype)     # rows: y, ẏ_1..ẏ_R, e, ė_1..ė_R, 1 (one base
+            Un = np.zeros((2 * R + 3, V), dtype=WT.dtype)    # pointer: the vectorizer's alias checks stay few)
+            for li in range(L + 1):
+                for i in range(widths[li]):
+                    U[2 * R + 2, voff[li] + i] = 1.0
+                    Un[2 * R + 2, voff[li] + i] = 1.0
+            Z = np.zeros((R + 1, npmax), dtype=WT.dtype)
+            G = np.zeros(2 * R + 2, dtype=WT.dtype)
+            red = np.zeros(2 * R + 2, dtype=WT.dtype)
+            vals = np.zeros(N_SLOTS, dtype=WT.dtype)
+            vd = np.zeros((max(R, 1), N_SLOTS), dtype=WT.dtype)
+            au = np.zeros(3, dtype=WT.dtype)
+            aud = np.zeros((max(R, 1), 3), dtype=WT.dtype)
+            xdv = np.zeros(max(R, 1), dtype=WT.dtype)
+            # the episode's state is copied into arrays of this thread's own: views of the shared inputs would
+            # share one reference count, whose atomic updates on every slice bounce a cache line between cores
+            W1 = WT[bi].copy()
+            W2 = W1.reshape((1, W1.shape[0]))
+            Wd = WdT[bi].copy()
+            F2 = FB[bi].copy().reshape((1, FB.shape[1]))
             for j in range(widths[0]):
-                ys[j] = X[bi, 0, j]
-            _forward0(Wb, woff, widths, ys, voff, beta)
+                U[0, j] = X[bi, 0, j]
+            _forward0(W1, woff, widths, wpad, U, voff, beta)
             for st in range(S):
-                _errors(ys, yd, es, ed, Fb, foff, Wb, Wdb, woff, widths, voff, T[bi, st], mode, beta)
+                _errors(U, F2, foff, W2, Wd, woff, widths, wpad, voff, T[bi, st], mode, beta, R, G, zero)
                 has_next = st + 1 < S
                 if has_next:
                     for j in range(widths[0]):
-                        yn[j] = X[bi, st + 1, j]
+                        Un[0, j] = X[bi, st + 1, j]
                 for li in range(L):
-                    n, m = widths[li + 1], widths[li]
+                    n, m, npd = widths[li + 1], widths[li], wpad[li + 1]
                     on, om = voff[li + 1], voff[li]
-                    for i in range(n):
-                        u[0, i] = ys[on + i]
-                        u[1, i] = es[on + i]
-                        u[2, i] = 1.0
-                        for r in range(R):
-                            ud[r, 0, i] = yd[r, on + i]
-                            ud[r, 1, i] = ed[r, on + i]
-                    for i in range(n):
-                        z[i] = 0.0
-                        for r in range(R):
-                            zd[r, i] = 0.0
-                    xnd = zero_m if li == 0 else ydn[:, om:om + m]
-                    _sweep(Wb, Wdb, woff[li], n, m, theta, coef, decay,
-                           u, ud, ys[om:om + m], yd[:, om:om + m], es[om:om + m], ed[:, om:om + m],
-                           yn[om:om + m], xnd, has_next, z, zd, active, beta)
+                    for k in range(R + 1):
+                        for i in range(npd):
+                            Z[k, i] = 0.0
+                    _sweep(W2, Wd, woff[li], n, npd, m, R, c, Cr, dr, scale, act_s, act_u, U, Un, on, om,
+                           Z, has_next, zero, red, vals, vd, au, aud, xdv)
                     if has_next:
                         for i in range(n):
                             if li == L - 1:
-                                yn[on + i] = z[i]
+                                Un[0, on + i] = Z[0, i]
                                 for r in range(R):
-                                    ydn[r, on + i] = zd[r, i]
+                                    Un[r + 1, on + i] = Z[r + 1, i]
                             else:
-                                yn[on + i] = _softplus(z[i], beta)
-                                sg = 1.0 / (1.0 + math.exp(-beta * z[i]))
+                                Un[0, on + i] = _softplus(Z[0, i], beta)
+                                sg = 1.0 / (1.0 + math.exp(-beta * Z[0, i]))
                                 for r in range(R):
-                                    ydn[r, on + i] = sg * zd[r, i]
+                                    Un[r + 1, on + i] = sg * Z[r + 1, i]
                 if has_next:
-                    ys, yn = yn, ys
-                    yd, ydn = ydn, yd
+                    U, Un = Un, U
+            WT[bi] = W1
+            WdT[bi] = Wd
 
 
 # --------------------------------------------------------------------------------------------- torch wrapper
 
+PAD = 16   # per-layer vectors and weight rows are zero-padded to a multiple of 16 floats: every loop is whole SIMD
+
+
+def _padded(n: int) -> int:
+    return -(-n // PAD) * PAD
+
+
 def _pack_transposed(mats: Sequence[Tensor]) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate (…, n, m) matrices as transposed (m × n) blocks in one flat trailing dim; block offsets."""
-    blocks = [m.transpose(-1, -2).reshape(*m.shape[:-2], -1) for m in mats]
+    """Concatenate (…, n, m) matrices as transposed (m × n̄) blocks, n̄ = n padded with zeros, in one flat trailing
+    dim; block offsets."""
+    blocks = [torch.nn.functional.pad(m.transpose(-1, -2), (0, _padded(m.shape[-2]) - m.shape[-2]))
+              .reshape(*m.shape[:-2], -1) for m in mats]
     offs = np.cumsum([0] + [b.shape[-1] for b in blocks[:-1]]).astype(np.int64)
     return torch.cat(blocks, dim=-1).contiguous().numpy(), offs
 
@@ -372,6 +430,43 @@ def _pack_rowmajor(mats: Sequence[Tensor]) -> tuple[np.ndarray, np.ndarray]:
     blocks = [m.reshape(m.shape[0], -1) for m in mats]
     offs = np.cumsum([0] + [b.shape[-1] for b in blocks[:-1]]).astype(np.int64)
     return torch.cat(blocks, dim=-1).contiguous().numpy(), offs
+
+
+def _coefficients(p: FusedPlan, theta: np.ndarray, R: int) -> tuple[np.ndarray, ...]:
+    """c_{u,s} = Σ_t θ_t C[t,u,s], C_r (tangent r's own table), d_r, s = 1 + Σ_t θ_t d_t, and the active slots
+    and u-vectors, in θ's precision."""
+    dt = theta.dtype
+    c = np.einsum("t,tus->us", theta.astype(np.float64), p.coef).astype(dt)
+    Cr = np.ascontiguousarray(p.coef[:R], dtype=dt) if R else np.zeros((1, 3, N_SLOTS), dtype=dt)
+    dr = np.ascontiguousarray(p.decay[:R], dtype=dt) if R else np.zeros(1, dtype=dt)
+    scale = 1.0 + float(theta.astype(np.float64) @ p.decay)
+    active = p.coef != 0
+    return c, Cr, dr, scale, active.any(axis=(0, 1)).astype(np.int8), active.any(axis=(0, 2)).astype(np.int8)
+
+
+def _run_c(kernel, p: FusedPlan, theta: np.ndarray, WT: np.ndarray, WdT: np.ndarray, FB: np.ndarray, X: np.ndarray,
+           T: np.ndarray, widths: np.ndarray, wpad: np.ndarray, woff: np.ndarray, foff: np.ndarray,
+           voff: np.ndarray, mode: int, beta: float) -> None:
+    """The C kernel, one episode per call, episodes spread over torch's thread count (ctypes drops the GIL)."""
+    Bn, R = WT.shape[0], WdT.shape[1]
+    c, Cr, dr, scale, act_s, act_u = _coefficients(p, theta, R)
+    ints = [np.ascontiguousarray(a, dtype=np.int64) for a in (widths, wpad, woff, foff, voff)]
+    shared = [a.ctypes.data for a in ints] + [WT.shape[1], c.ctypes.data, Cr.ctypes.data, dr.ctypes.data,
+                                              scale, float(beta), act_s.ctypes.data, act_u.ctypes.data]
+    L = len(widths) - 1
+
+    def one(b: int) -> int:
+        return kernel(WT[b].ctypes.data, WdT[b].ctypes.data, FB[b].ctypes.data, X[b].ctypes.data,
+                      T[b].ctypes.data, X.shape[1], L, R, mode, *shared)
+
+    threads = max(1, min(torch.get_num_threads(), Bn))
+    if threads == 1:
+        codes = [one(b) for b in range(Bn)]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            codes = list(pool.map(one, range(Bn)))
+    if any(codes):
+        raise MemoryError("the fused C kernel could not allocate its work memory")
 
 
 def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Sequence[Tensor] | None,
@@ -385,7 +480,8 @@ def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Seq
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
     numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())))
     widths = np.array([Ws[0].shape[2]] + [W.shape[1] for W in Ws], dtype=np.int64)
-    voff = np.cumsum(np.concatenate([[0], widths[:-1]])).astype(np.int64)
+    wpad = np.array([_padded(int(n)) for n in widths], dtype=np.int64)
+    voff = np.cumsum(np.concatenate([[0], wpad[:-1]])).astype(np.int64)
     WT, woff = _pack_transposed([W.detach().cpu() for W in Ws])
     Bn, R = WT.shape[0], (len(rule) if tangents else 0)
     WdT = np.zeros((Bn, R, WT.shape[1]), dtype=np_dtype)
@@ -396,20 +492,25 @@ def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Seq
     else:
         FB, foff = _pack_rowmajor([b.detach().cpu() for b in Bs])
         foff = np.concatenate([[0], foff]).astype(np.int64)  # D for hidden layer ℓ sits at block ℓ (1-based)
-    X = x_train.detach().cpu().contiguous().numpy().astype(np_dtype, copy=False)
-    T = y_train.detach().cpu().contiguous().numpy().astype(np.int64)
+    X = np.ascontiguousarray(x_train.detach().cpu().numpy(), dtype=np_dtype)
+    T = np.ascontiguousarray(y_train.detach().cpu().numpy(), dtype=np.int64)
     th = theta.detach().cpu().numpy().astype(np_dtype)
-    with _KERNEL_LOCK:
-        _run(WT, WdT, FB.astype(np_dtype, copy=False), X, T, widths, woff, foff, voff, th,
-             p.coef.astype(np_dtype), p.decay.astype(np_dtype), FEEDBACK_CODES[feedback], float(beta))
+    FB = np.ascontiguousarray(FB, dtype=np_dtype)
+    kernel = ckernel.load(np_dtype)
+    if kernel is not None:
+        _run_c(kernel, p, th, WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, FEEDBACK_CODES[feedback], beta)
+    else:
+        with _KERNEL_LOCK:
+            _run(WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, th,
+                 p.coef.astype(np_dtype), p.decay.astype(np_dtype), FEEDBACK_CODES[feedback], float(beta))
     Wt, Wdt = torch.from_numpy(WT), torch.from_numpy(WdT)
     out_W, out_D = [], []
     for li in range(len(Ws)):
-        n, m = int(widths[li + 1]), int(widths[li])
+        n, m, npd = int(widths[li + 1]), int(widths[li]), int(wpad[li + 1])
         o = int(woff[li])
-        out_W.append(Wt[:, o:o + n * m].reshape(Bn, m, n).transpose(1, 2))
+        out_W.append(Wt[:, o:o + npd * m].reshape(Bn, m, npd)[..., :n].transpose(1, 2))
         if tangents:
-            out_D.append(Wdt[:, :, o:o + n * m].reshape(Bn, R, m, n).permute(1, 0, 3, 2))
+            out_D.append(Wdt[:, :, o:o + npd * m].reshape(Bn, R, m, npd)[..., :n].permute(1, 0, 3, 2))
     return out_W, out_D
 
 

@@ -1,0 +1,85 @@
+"""Build and load the C version of the fused inner loop (`fused_kernel.c`) with the system's C compiler.
+
+The shared library is compiled once per machine, source and precision (-O3 -march=native, reassociation and FMA
+contraction allowed, IEEE NaN/inf kept so divergence stays visible) into a cache folder, then loaded with ctypes.
+Where no compiler works, `load` returns None and discovery.fused uses its numba kernel instead.
+`PLASTICITY_FUSED_BACKEND` = auto (default) | c | numba chooses; `PLASTICITY_KERNEL_CACHE` names the folder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+SOURCE = Path(__file__).with_name("fused_kernel.c")
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+         "-ffp-contract=fast", "-shared", "-fPIC"]
+REALS = {np.float32: "float", np.float64: "double"}
+
+
+def backend() -> str:
+    """The configured backend of the fused loop: 'auto', 'c' or 'numba'."""
+    value = os.environ.get("PLASTICITY_FUSED_BACKEND", "auto").strip().lower()
+    if value not in ("auto", "c", "numba"):
+        raise ValueError(f"PLASTICITY_FUSED_BACKEND must be auto, c or numba, not {value!r}")
+    return value
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cache_dir() -> Path:
+    default = Path(tempfile.gettempdir()) / f"plasticity-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    return Path(os.environ.get("PLASTICITY_KERNEL_CACHE", default))
+
+
+def _build(real: str) -> Path:
+    """Compile the kernel for one precision (atomically: concurrent processes may build the same file)."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(src + " ".join([cc, real, *FLAGS]).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"fused_{real}_{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    proc = subprocess.run([cc, *FLAGS, f"-DREAL={real}", str(SOURCE), "-o", str(tmp), "-lm"],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compiling {SOURCE.name} failed: {proc.stderr.strip()[-500:]}")
+    os.replace(tmp, out)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def load(dtype: type) -> ctypes._CFuncPtr | None:
+    """The `fused_episode` function for np.float32 or np.float64, or None when it cannot be built here."""
+    if backend() == "numba":
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(REALS[dtype])))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        if backend() == "c":
+            raise RuntimeError(f"PLASTICITY_FUSED_BACKEND=c but the C kernel is unavailable: {exc}") from exc
+        return None
+    fn = lib.fused_episode
+    creal = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    fn.argtypes = [ptr, ptr, ptr, ptr, ptr, long_, int_, int_, int_, ptr, ptr, ptr, ptr, ptr, long_,
+                   ptr, ptr, ptr, creal, creal, ptr, ptr]
+    fn.restype = ctypes.c_int
+    return fn
