@@ -21,7 +21,7 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("fused_kernel.c")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
-         "-ffp-contract=fast", "-shared", "-fPIC"]
+         "-ffp-contract=fast", "-shared", "-fPIC", *os.environ.get("PLASTICITY_KERNEL_CFLAGS", "").split()]
 REALS = {np.float32: "float", np.float64: "double"}
 
 
@@ -80,6 +80,6 @@ def load(dtype: type) -> ctypes._CFuncPtr | None:
     creal = ctypes.c_float if dtype == np.float32 else ctypes.c_double
     ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     fn.argtypes = [ptr, ptr, ptr, ptr, ptr, long_, int_, int_, int_, ptr, ptr, ptr, ptr, ptr, long_,
-                   ptr, ptr, ptr, creal, creal, ptr, ptr]
+                   ptr, ptr, ptr, creal, creal, ptr, ptr, int_, ptr]
     fn.restype = ctypes.c_int
     return fn

@@ -441,7 +441,9 @@ def _coefficients(p: FusedPlan, theta: np.ndarray, R: int) -> tuple[np.ndarray, 
     dr = np.ascontiguousarray(p.decay[:R], dtype=dt) if R else np.zeros(1, dtype=dt)
     scale = 1.0 + float(theta.astype(np.float64) @ p.decay)
     active = p.coef != 0
-    return c, Cr, dr, scale, active.any(axis=(0, 1)).astype(np.int8), active.any(axis=(0, 2)).astype(np.int8)
+    pairs = np.ascontiguousarray(np.argwhere(active.any(axis=0)), dtype=np.int32)   # (u, s) used by some term
+    return (c, Cr, dr, scale, active.any(axis=(0, 1)).astype(np.int8), active.any(axis=(0, 2)).astype(np.int8),
+            pairs)
 
 
 def _run_c(kernel, p: FusedPlan, theta: np.ndarray, WT: np.ndarray, WdT: np.ndarray, FB: np.ndarray, X: np.ndarray,
@@ -449,10 +451,11 @@ def _run_c(kernel, p: FusedPlan, theta: np.ndarray, WT: np.ndarray, WdT: np.ndar
            voff: np.ndarray, mode: int, beta: float) -> None:
     """The C kernel, one episode per call, episodes spread over torch's thread count (ctypes drops the GIL)."""
     Bn, R = WT.shape[0], WdT.shape[1]
-    c, Cr, dr, scale, act_s, act_u = _coefficients(p, theta, R)
+    c, Cr, dr, scale, act_s, act_u, pairs = _coefficients(p, theta, R)
     ints = [np.ascontiguousarray(a, dtype=np.int64) for a in (widths, wpad, woff, foff, voff)]
     shared = [a.ctypes.data for a in ints] + [WT.shape[1], c.ctypes.data, Cr.ctypes.data, dr.ctypes.data,
-                                              scale, float(beta), act_s.ctypes.data, act_u.ctypes.data]
+                                              scale, float(beta), act_s.ctypes.data, act_u.ctypes.data,
+                                              len(pairs), pairs.ctypes.data]
     L = len(widths) - 1
 
     def one(b: int) -> int:

@@ -58,6 +58,8 @@ typedef struct {
     const real *c, *Cr, *dr;   /* c[u][s] = Σ_t θ_t C[t,u,s]; Cr[r][u][s] = C[r,u,s]; dr[r] = d_r */
     real scale, beta;          /* s = 1 + Σ_t θ_t d_t */
     const char *act_s, *act_u;
+    int npairs;                /* the (u, s) pairs with a nonzero coefficient in some term */
+    const int *pairs;
 } Plan;
 
 /* Initial forward pass (all tangents are 0): row 0 of U for every layer from the input. */
@@ -159,17 +161,16 @@ static void sweep(const Plan *p, int li, real *W, real *Wd, const real *U, const
             vals[s] = red[0];
             for (int r = 0; r < R; r++) vd[r * NS + s] = red[r + 1] + red[R + 1 + r];
         }
-        for (int u = 0; u < 3; u++) {          /* a_u = Σ_s c_{u,s} v_s ; ȧ_{u,r} = Σ_s C_{r,u,s} v_s + c_{u,s} v̇_{r,s} */
-            real acc = 0;
-            if (p->act_u[u])
-                for (int s = 0; s < NS; s++) acc += p->c[u * NS + s] * vals[s];
-            au[u] = acc;
-            for (int r = 0; r < R; r++) {
-                real ad = 0;
-                for (int s = 0; s < NS; s++)
-                    ad += p->Cr[(r * 3 + u) * NS + s] * vals[s] + p->c[u * NS + s] * vd[r * NS + s];
-                aud[r * 3 + u] = ad;
-            }
+        for (int u = 0; u < 3; u++) {
+            au[u] = 0;
+            for (int r = 0; r < R; r++) aud[r * 3 + u] = 0;
+        }
+        for (int k = 0; k < p->npairs; k++) {  /* a_u = Σ_s c_{u,s} v_s ; ȧ_{u,r} = Σ_s C_{r,u,s} v_s + c_{u,s} v̇_{r,s} */
+            int u = p->pairs[2 * k], s = p->pairs[2 * k + 1];
+            real cus = p->c[u * NS + s], v = vals[s];
+            au[u] += cus * v;
+            for (int r = 0; r < R; r++)
+                aud[r * 3 + u] += p->Cr[(r * 3 + u) * NS + s] * v + cus * vd[r * NS + s];
         }
         real xn = has_next ? Un[om + j] : 0, ay = au[0], ae = au[1], a1 = au[2];
         for (int r = 0; r < R; r++) {          /* Ẇ_r ← sẆ_r + d_r W + ẏ_r a_y + ė_r a_e + y ȧ_y + e ȧ_e + 1 ȧ_1 */
@@ -210,10 +211,11 @@ static void sweep(const Plan *p, int li, real *W, real *Wd, const real *U, const
 int fused_episode(real *W, real *Wd, const real *FB, const real *X, const long *T, long S, int L, int R, int mode,
                   const long *widths, const long *wpad, const long *woff, const long *foff, const long *voff,
                   long Wtot, const real *c, const real *Cr, const real *dr, real scale, real beta,
-                  const char *act_s, const char *act_u) {
+                  const char *act_s, const char *act_u, int npairs, const int *pairs) {
     long V = voff[L] + wpad[L], npmax = 0;
     for (int k = 0; k <= L; k++) npmax = wpad[k] > npmax ? wpad[k] : npmax;
-    Plan p = {L, R, mode, V, Wtot, npmax, widths, wpad, woff, foff, voff, c, Cr, dr, scale, beta, act_s, act_u};
+    Plan p = {L, R, mode, V, Wtot, npmax, widths, wpad, woff, foff, voff, c, Cr, dr, scale, beta, act_s, act_u,
+              npairs, pairs};
     long rows = 2L * R + 3;
     real *U = calloc(rows * V, sizeof(real)), *Un = calloc(rows * V, sizeof(real));
     real *Z = calloc((R + 1) * npmax, sizeof(real));
