@@ -15,6 +15,7 @@ import itertools
 import json
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import time
 
@@ -110,14 +111,21 @@ def _measure(kind: str, shots: int, meta_batch: int, steps: int, device_name: st
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    times = []                                      # each meta-step timed alone; the median resists the
+    for _ in range(steps):                          # machine's noise (other tenants, frequency changes)
+        t0 = time.perf_counter()
         run()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    dt = statistics.median(times) * steps
     episodes = steps * (meta_batch if kind.startswith("engine") else 1)
-    kernel = ("fused" if trainer.use_fused else "torch") if kind.startswith("engine") else "-"
+    kernel = "-"
+    if kind.startswith("engine"):
+        import numpy as np
+
+        from discovery import ckernel
+        kernel = ("fused C" if ckernel.load(np.float32) is not None else "fused numba") if trainer.use_fused else "torch"
     queue.put({"kind": kind, "kernel": kernel, "threads": torch.get_num_threads(), "shots": shots, "inner_steps": WAYS * shots, "meta_batch": meta_batch,
                "episodes_per_s": episodes / dt, "s_per_episode": dt / episodes, "peak_mb": _peak_mb(device)})
 
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--meta-batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=3, help="meta-steps timed per configuration")
+    ap.add_argument("--steps", type=int, default=5, help="meta-steps timed per configuration (median reported)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args(argv)
     print(f"device={args.device}  torch={torch.__version__}  threads={torch.get_num_threads()}  "

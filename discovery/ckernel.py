@@ -58,14 +58,14 @@ def _build(real: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     proc = subprocess.run([cc, *FLAGS, f"-DREAL={real}", str(SOURCE), "-o", str(tmp), "-lm"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"compiling {SOURCE.name} failed: {proc.stderr.strip()[-500:]}")
     os.replace(tmp, out)
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(dtype: type) -> ctypes._CFuncPtr | None:
     """The `fused_episode` function for np.float32 or np.float64, or None when it cannot be built here."""
     if backend() == "numba":

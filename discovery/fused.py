@@ -73,11 +73,12 @@ def plan(rule: CompiledRule) -> FusedPlan | None:
 
 
 def available() -> bool:
-    return numba is not None
+    """Whether some fused kernel can run here: the C one (a compiler is present) or the numba one."""
+    return numba is not None or ckernel.load(np.float64) is not None
 
 
 def fusable(rule: CompiledRule, feedback: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the fused loop can run this rule: CPU, fa/dfa/bp feedback, supported atoms, numba present."""
+    """Whether the fused loop can run this rule: CPU, fa/dfa/bp feedback, supported atoms, a kernel present."""
     return (available() and device.type == "cpu" and feedback in FEEDBACK_CODES
             and dtype in (torch.float32, torch.float64) and plan(rule) is not None)
 
@@ -213,7 +214,7 @@ if numba is not None:
             for r in range(1, R + 1):
                 U[R + 1 + r, oL + i] = U[r, oL + i]
         for li in range(L - 1, -1, -1):          # layer li's error from layer li+1 (weight block li)
-            n, m, npd = widths[li + 1], widths[li], wpad[li + 1]
+            m, npd = widths[li], wpad[li + 1]
             om, on = voff[li], voff[li + 1]
             if mode == 1 and li == 0:
                 for j in range(m):
@@ -477,11 +478,10 @@ def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Seq
                 tangents: bool) -> tuple[list[Tensor], list[Tensor]]:
     """Pack W, Ẇ = 0 and the feedback as transposed flat blocks, run the kernel, unpack as torch views."""
     p = plan(rule)
-    if p is None or numba is None or feedback not in FEEDBACK_CODES or (Bs is None and feedback != "bp"):
+    if p is None or not available() or feedback not in FEEDBACK_CODES or (Bs is None and feedback != "bp"):
         raise ValueError("rule/feedback not fusable; use discovery.inner.run_online_forward")
     dtype = Ws[0].dtype
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())))
     widths = np.array([Ws[0].shape[2]] + [W.shape[1] for W in Ws], dtype=np.int64)
     wpad = np.array([_padded(int(n)) for n in widths], dtype=np.int64)
     voff = np.cumsum(np.concatenate([[0], wpad[:-1]])).astype(np.int64)
@@ -503,6 +503,7 @@ def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Seq
     if kernel is not None:
         _run_c(kernel, p, th, WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, FEEDBACK_CODES[feedback], beta)
     else:
+        numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())))
         with _KERNEL_LOCK:
             _run(WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, th,
                  p.coef.astype(np_dtype), p.decay.astype(np_dtype), FEEDBACK_CODES[feedback], float(beta))

@@ -343,7 +343,7 @@ def term_scales(trainer: MetaTrainer, episodes: int = 8, samples: int = 10) -> T
     from discovery.inner import rule_env
     from discovery.network import errors, forward, post_activities
 
-    spec, net = trainer.spec, trainer.spec.network
+    net = trainer.spec.network
     cls, task, common, seed = trainer._sampler_args
     sampler = cls(trainer.dataset, task.ways, task.shots, task.queries, split="train", seed=seed + 424_242, **common)
     ep = sampler.sample(episodes, device=trainer.device, dtype=trainer.dtype)

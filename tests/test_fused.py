@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from discovery import fused
+from discovery import ckernel, fused
 from discovery.inner import RuleLearner, query_loss_forward, run_online, run_online_forward
 from discovery.meta import MetaTrainer, discover
 from discovery.network import init_feedback, init_weights
@@ -15,7 +15,26 @@ from rules.compiler import compile_expression, compile_terms
 from rules.rule import Rule
 from rules.terms import term
 
-pytestmark = pytest.mark.skipif(not fused.available(), reason="numba not installed")
+pytestmark = pytest.mark.skipif(not fused.available(), reason="no fused kernel (no C compiler, no numba)")
+
+
+
+@pytest.fixture(params=["c", "numba"], autouse=True)
+def backend(request, monkeypatch):
+    """Every test runs on both kernels: the C one (skipped without a compiler) and the numba fallback."""
+    monkeypatch.setenv("PLASTICITY_FUSED_BACKEND", request.param)
+    ckernel.load.cache_clear()
+    if request.param == "c":
+        import numpy as np
+        try:
+            ckernel.load(np.float64)
+        except RuntimeError as exc:
+            pytest.skip(f"no C kernel here: {exc}")
+    elif fused.numba is None:
+        pytest.skip("numba not installed")
+    yield request.param
+    ckernel.load.cache_clear()
+
 
 POOLS = {"paper3": ["F0", "F2", "F9"], "fusable7": ["F0", "F1", "F2", "F3", "F4", "F9", "hebb"]}
 
@@ -118,3 +137,22 @@ def test_trainer_kernel_choice():
         _spec("fused", pool="bio10")                                    # refused at submission (422 in the API)
     with pytest.raises(ValueError, match="meta.kernel 'fused' runs fa, dfa or bp"):
         _spec("fused", feedback="sign")
+
+
+def test_c_backend_without_a_compiler_is_a_clear_error(monkeypatch, tmp_path, backend):
+    """PLASTICITY_FUSED_BACKEND=c with no compiler names the cause; 'auto' falls back to numba silently."""
+    import numpy as np
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PLASTICITY_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PLASTICITY_FUSED_BACKEND", "c")
+    ckernel.load.cache_clear()
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        ckernel.load(np.float32)
+    monkeypatch.setenv("PLASTICITY_FUSED_BACKEND", "auto")
+    ckernel.load.cache_clear()
+    assert ckernel.load(np.float32) is None
+    monkeypatch.setenv("PLASTICITY_FUSED_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="auto, c or numba"):
+        ckernel.backend()
