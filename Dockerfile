@@ -15,7 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git curl ca-certificates \
+ && apt-get install -y --no-install-recommends git curl ca-certificates gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
