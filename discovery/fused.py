@@ -97,8 +97,8 @@ if numba is not None:
 
     @njit(cache=True, error_model="numpy", fastmath=FAST)
     def _dots(A, ka, cnt, oa, Bm, kb, ob, n, out, oo, zero):
-        """out[oo + k] = Σ_i A[ka + k, oa + i] · Bm[kb, ob + i] for k < cnt: up to four dot products per pass, so
-        the shared vector is loaded once per four rows (each loop is one clean SIMD reduction)."""
+        """out[oo + k] = Σ_i A[ka + k, oa + i] · Bm[kb, ob + i] for k < cnt: four dot products per pass while four
+        rows are left (the shared vector is loaded once per four rows), then one at a time."""
         k = 0
         while k < cnt:
             left = cnt - k
@@ -122,26 +122,6 @@ if numba is not None:
                 out[oo + k + 2] = a2
                 out[oo + k + 3] = a3
                 k += 4
-            elif left == 3:
-                v1, v2 = A[r + 1, oa:oa + n], A[r + 2, oa:oa + n]
-                for i in range(n):
-                    b = bv[i]
-                    a0 += v0[i] * b
-                    a1 += v1[i] * b
-                    a2 += v2[i] * b
-                out[oo + k] = a0
-                out[oo + k + 1] = a1
-                out[oo + k + 2] = a2
-                k += 3
-            elif left == 2:
-                v1 = A[r + 1, oa:oa + n]
-                for i in range(n):
-                    b = bv[i]
-                    a0 += v0[i] * b
-                    a1 += v1[i] * b
-                out[oo + k] = a0
-                out[oo + k + 1] = a1
-                k += 2
             else:
                 for i in range(n):
                     a0 += v0[i] * bv[i]
