@@ -12,6 +12,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -40,6 +41,16 @@ def _compiler() -> str | None:
     return None
 
 
+def _machine_key() -> str:
+    """What -march=native depends on: the CPU's model and feature flags (a cache folder shared between unlike
+    machines must not hand one of them the other's instructions)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "|".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags"))}))
+    except OSError:
+        return f"{platform.machine()}|{platform.processor()}"
+
+
 def _cache_dir() -> Path:
     default = Path(tempfile.gettempdir()) / f"plasticity-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
     return Path(os.environ.get("PLASTICITY_KERNEL_CACHE", default))
@@ -51,7 +62,7 @@ def _build(real: str) -> Path:
     if cc is None:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
     src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join([cc, real, *FLAGS]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(src + " ".join([cc, real, *FLAGS, _machine_key()]).encode()).hexdigest()[:16]
     out = _cache_dir() / f"fused_{real}_{key}.so"
     if out.exists():
         return out
