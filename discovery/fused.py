@@ -303,34 +303,15 @@ if numba is not None:
                 _axpy_rows(Z, 1, R, W2[0], b, xdv, npd)
 
     @njit(cache=True, error_model="numpy", fastmath=FAST, parallel=True)
-    def _run(WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, theta, coef, decay, mode, beta):
+    def _run(WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, c, Cr, dr, scale, act_s, act_u, mode, beta):
         """All episodes (prange over b), all samples; W and Ẇ updated in place. Per-layer vectors are stacked
-        as rows (0 primal, 1..R tangents) and zero-padded to the padded widths, so every loop is whole SIMD."""
+        as rows (0 primal, 1..R tangents) and zero-padded to the padded widths, so every loop is whole SIMD.
+        c, Cr, dr, scale, act_s, act_u: the rule's coefficients as `_coefficients` gives them."""
         Bn, S = X.shape[0], X.shape[1]
         R = WdT.shape[1]                            # tangent directions (0: primal only)
-        NT = theta.shape[0]
         L = widths.shape[0] - 1
         V = voff[L] + wpad[L]
         zero = np.zeros(1, dtype=WT.dtype)[0]       # a typed 0 (numba: float32 * 0 is float64, halving SIMD width)
-        act_s = np.zeros(N_SLOTS, dtype=np.bool_)
-        act_u = np.zeros(3, dtype=np.bool_)
-        c = np.zeros((3, N_SLOTS), dtype=WT.dtype)  # c_{u,s} = Σ_t θ_t C[t,u,s]
-        Cr = np.zeros((max(R, 1), 3, N_SLOTS), dtype=WT.dtype)
-        dr = np.zeros(max(R, 1), dtype=WT.dtype)
-        scale = np.ones(1, dtype=WT.dtype)[0]
-        for t in range(NT):
-            scale += theta[t] * decay[t]
-            for uc in range(3):
-                for s in range(N_SLOTS):
-                    c[uc, s] += theta[t] * coef[t, uc, s]
-                    if coef[t, uc, s] != 0.0:
-                        act_s[s] = True
-                        act_u[uc] = True
-        for r in range(R):
-            dr[r] = decay[r]
-            for uc in range(3):
-                for s in range(N_SLOTS):
-                    Cr[r, uc, s] = coef[r, uc, s]
         npmax = 0
         for k in range(L + 1):
             npmax = max(npmax, wpad[k])
@@ -414,8 +395,8 @@ def _pack_rowmajor(mats: Sequence[Tensor]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _coefficients(p: FusedPlan, theta: np.ndarray, R: int) -> tuple[np.ndarray, ...]:
-    """c_{u,s} = Σ_t θ_t C[t,u,s], C_r (tangent r's own table), d_r, s = 1 + Σ_t θ_t d_t, and the active slots
-    and u-vectors, in θ's precision."""
+    """c_{u,s} = Σ_t θ_t C[t,u,s], C_r (tangent r's own table), d_r, s = 1 + Σ_t θ_t d_t, the active slots and
+    u-vectors, and the (u, s) pairs some term uses, in θ's precision (shared by the C and the numba kernel)."""
     dt = theta.dtype
     c = np.einsum("t,tus->us", theta.astype(np.float64), p.coef).astype(dt)
     Cr = np.ascontiguousarray(p.coef[:R], dtype=dt) if R else np.zeros((1, 3, N_SLOTS), dtype=dt)
@@ -435,7 +416,7 @@ def _run_c(kernel, p: FusedPlan, theta: np.ndarray, WT: np.ndarray, WdT: np.ndar
     c, Cr, dr, scale, act_s, act_u, pairs = _coefficients(p, theta, R)
     ints = [np.ascontiguousarray(a, dtype=np.int64) for a in (widths, wpad, woff, foff, voff)]
     shared = [a.ctypes.data for a in ints] + [WT.shape[1], c.ctypes.data, Cr.ctypes.data, dr.ctypes.data,
-                                              scale, float(beta), act_s.ctypes.data, act_u.ctypes.data,
+                                              float(scale), float(beta), act_s.ctypes.data, act_u.ctypes.data,
                                               len(pairs), pairs.ctypes.data]
     L = len(widths) - 1
 
@@ -485,8 +466,9 @@ def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Seq
     else:
         numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())))
         with _KERNEL_LOCK:
-            _run(WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, th,
-                 p.coef.astype(np_dtype), p.decay.astype(np_dtype), FEEDBACK_CODES[feedback], float(beta))
+            c, Cr, dr, scale, act_s, act_u, _ = _coefficients(p, th, WdT.shape[1])
+            _run(WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, c, Cr, dr, np_dtype(scale), act_s, act_u,
+                 FEEDBACK_CODES[feedback], float(beta))
     Wt, Wdt = torch.from_numpy(WT), torch.from_numpy(WdT)
     out_W, out_D = [], []
     for li in range(len(Ws)):
