@@ -34,6 +34,7 @@ class Checkpointed:
 
     checkpoint_name: str
     spec: Any
+    resumed_from: int | None = None   # the episode a checkpoint restored (None: a fresh run)
 
     def save(self, folder: Path) -> None:
         save_checkpoint(folder, self.state_dict(), self.checkpoint_name)  # type: ignore[attr-defined]
@@ -51,8 +52,8 @@ class Checkpointed:
         """Resume from `folder` if possible, then `step()` until spec.meta.episodes, reporting each event and
         checkpointing every spec.meta.checkpoint_every steps and at the end; True when `should_stop` cut it short."""
         meta = self.spec.meta
-        if folder is not None:
-            self.try_resume(folder)
+        if folder is not None and self.try_resume(folder):
+            self.resumed_from = self.episode  # type: ignore[attr-defined]
         stopped = False
         while self.episode < meta.episodes:  # type: ignore[attr-defined]
             if should_stop is not None and should_stop():

@@ -69,6 +69,7 @@ class DiscoveryResult(BaseModel):
     diverged_episodes: int
     skipped_steps: int
     stopped: bool = False
+    resumed_from_episode: int | None = None   # the checkpointed episode this run resumed from (None: fresh)
     wall_time_s: float
     device: str
     spec: dict
@@ -396,4 +397,5 @@ def discover(spec: DiscoverySpec | dict, progress: Callable[[ProgressEvent], Non
         rule=rule_dict, theta=theta, history=trainer.history,
         theta_history=[h["theta"] for h in trainer.history], heldout_accuracy=acc, heldout_ci95=ci,
         heldout_episodes=n, diverged_episodes=trainer.diverged, skipped_steps=trainer.skipped, stopped=stopped,
-        wall_time_s=time.perf_counter() - t0, device=str(trainer.device), spec=spec.model_dump())
+        resumed_from_episode=trainer.resumed_from, wall_time_s=time.perf_counter() - t0, device=str(trainer.device),
+        spec=spec.model_dump())

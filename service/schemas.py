@@ -112,6 +112,7 @@ class JobOut(BaseModel):
     attempts: int = 0
     heldout_accuracy: float | None = None
     heldout_ci95: float | None = None
+    resumed_from_episode: int | None = Field(None, description="the checkpointed episode the finished run resumed from")
     trials: int = 0
     events: list[EventOut] | None = None
     understood: list[str] | None = Field(None, description="how a goal was read (POST with a goal only)")

@@ -51,6 +51,7 @@ def job_out(job: Job, *, events: bool = False) -> dict[str, Any]:
         "attempts": job.attempts,
         "heldout_accuracy": result.get("heldout_accuracy"),
         "heldout_ci95": result.get("heldout_ci95"),
+        "resumed_from_episode": result.get("resumed_from_episode"),
         "trials": len(job.trials),
     }
     if events:

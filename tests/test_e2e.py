@@ -161,6 +161,7 @@ def test_restart_while_a_job_runs(live_server_factory: Callable[..., LiveServer]
         kinds = [e["kind"] for e in events]
         assert "requeued" in kinds and kinds.count("submitted") == 2
         if job["status"] == "succeeded":
+            assert job["resumed_from_episode"] and job["resumed_from_episode"] >= 5  # the episode-5 checkpoint
             after = events[kinds.index("requeued") :]
             resumed = [e["data"]["episode"] for e in after if e["kind"] == "progress"]
             assert resumed and resumed[0] > 1  # resumed from a checkpoint, not from episode 0

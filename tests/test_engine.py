@@ -146,8 +146,10 @@ def test_checkpoint_resume_matches_straight_run(tmp_path):
 
     partial = discover(_spec(seed=1, checkpoint_every=1), checkpoint_dir=tmp_path, should_stop=should_stop)
     assert partial.stopped and len(partial.history) == 2
+    assert partial.resumed_from_episode is None and straight.resumed_from_episode is None
     resumed = discover(_spec(seed=1, checkpoint_every=1), checkpoint_dir=tmp_path)
     assert resumed.theta_history == straight.theta_history
+    assert resumed.resumed_from_episode == 2
 
 
 def test_short_run_moves_theta0_up():

@@ -364,3 +364,13 @@ def test_handle_pickles_while_ray_is_up(ray_local) -> None:
     assert clone.job_id == "b2" and clone._lock is not None
     assert wait(handle, timeout=JOB_TIMEOUT_S).status == "succeeded"
     assert pickle.dumps(JobState("queued"))
+
+
+def test_final_progress_falls_back_to_the_result_history() -> None:
+    """A job that ends before any look at its progress still reports its last event (from the result)."""
+    from workers.ray_jobs import _last_history_event
+
+    assert _last_history_event({"history": [{"episode": 1}, {"episode": 2, "total": 2}]}) == {"episode": 2, "total": 2}
+    assert _last_history_event({"history": []}) is None
+    assert _last_history_event(None) is None
+    assert _last_history_event({"rule": {}}) is None

@@ -309,6 +309,13 @@ def _current_progress(handle: JobHandle) -> dict[str, Any] | None:
     return progress
 
 
+def _last_history_event(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run's last progress event from its result, for a job that ended before any look at its progress
+    (a short job, or a resumed one that finished between two polls)."""
+    history = (result or {}).get("history") if isinstance(result, dict) else None
+    return dict(history[-1]) if history else None
+
+
 def poll(handle: JobHandle, timeout: float = 0.0) -> JobState:
     """The job's state now; waits at most ``timeout`` seconds (default: not at all) for the job's end.
 
@@ -350,7 +357,7 @@ def poll(handle: JobHandle, timeout: float = 0.0) -> JobState:
                 handle,
                 JobState(
                     status=status,
-                    progress=_current_progress(handle),
+                    progress=_current_progress(handle) or _last_history_event(outcome.get("result")),
                     result=outcome.get("result") or None,
                     error=outcome.get("error"),
                     detail=outcome.get("detail"),
