@@ -121,10 +121,8 @@ def _measure(kind: str, shots: int, meta_batch: int, steps: int, device_name: st
     per_step = meta_batch if kind.startswith("engine") else 1
     kernel = "-"
     if kind.startswith("engine"):
-        import numpy as np
-
-        from discovery import ckernel
-        kernel = ("fused C" if ckernel.load(np.float32) is not None else "fused numba") if trainer.use_fused else "torch"
+        from discovery import fused
+        kernel = f"fused {fused.backend_name()}" if trainer.use_fused else "torch"
     queue.put({"kind": kind, "kernel": kernel, "threads": torch.get_num_threads(), "shots": shots, "inner_steps": WAYS * shots, "meta_batch": meta_batch,
                "episodes_per_step": per_step, "step_times": times, "peak_mb": _peak_mb(device)})
 

@@ -1,14 +1,15 @@
-"""Fused CPU inner loop: the forward-mode online pass of discovery.inner, compiled per episode with numba.
+"""Fused CPU inner loop: the forward-mode online pass of discovery.inner in one compiled kernel per run.
 
 Same mathematics as `run_online_forward` (W_ℓ ← W_ℓ + Σ_r θ_r F^r_ℓ and Ẇ_ℓ ← Ẇ_ℓ + d(ΔW_ℓ)/dθ in closed form), but
-each step touches every weight once: W_ℓ is stored transposed (row j = input unit j), so one sweep over the rows
+each step touches every weight once: W_ℓ is stored transposed (row j = input unit j, padded to 16 floats), so one
+sweep over the rows
 
-    v_j = (aᵀW)_j (Oja's yᵀW),  W_{:,j} ← (1+d) W_{:,j} + Σ_s U_s v_{s,j},  z_{t+1} += W_{:,j} x_{t+1,j}
+    v_j = (aᵀW)_j (Oja's yᵀW),  W_{:,j} ← s W_{:,j} + Σ_u u a_{u,j},  a_u = Σ_s c_{u,s} v_s,  z_{t+1} += W_{:,j} x_{t+1,j}
 
 updates column j of W and of its R tangents and accumulates the next sample's forward pass while the row sits in
-L1: each weight and tangent is read and written once per step (the batched torch loop streams them four times).
-Episodes run in parallel (numba prange), one episode per thread, so its state (W and R tangents, ~3 MB for the S3
-network) is streamed from L2/L3 rather than from DRAM; the sweep is bound by that cache bandwidth.
+L1 (the batched torch loop streams every weight four times). The kernel is C (`fused_kernel.c`, built by
+`discovery.ckernel`, one episode per thread); this module also holds the same kernel in numba, used where no C
+compiler works.
 
 A rule is fusable when every atom is u vᵀ with u ∈ {y, e, 1} and v ∈ {x, e_pre, 1, Wᵀy, Wᵀe, Wᵀ1} (F0, F1, F2,
 F4, F9, hebb) plus decay (F3), and the feedback is fa, dfa or bp (bp reads W_{ℓ+1} and Ẇ_{ℓ+1} in the error pass,
@@ -75,6 +76,11 @@ def plan(rule: CompiledRule) -> FusedPlan | None:
 def available() -> bool:
     """Whether some fused kernel can run here: the C one (a compiler is present) or the numba one."""
     return numba is not None or ckernel.load(np.float64) is not None
+
+
+def backend_name() -> str:
+    """Which fused kernel runs here: 'C' or 'numba'."""
+    return "C" if ckernel.load(np.float32) is not None else "numba"
 
 
 def fusable(rule: CompiledRule, feedback: str, device: torch.device, dtype: torch.dtype) -> bool:
@@ -225,7 +231,7 @@ if numba is not None:
                     U[R + 1 + r, om + j] = G[r] * s + g * beta * ex * U[r, om + j]
 
     @njit(cache=True, error_model="numpy", fastmath=FAST)
-    def _sweep(W2, Wd, b0, n, npd, m, R, c, Cr, dr, scale, act_s, act_u, U, Un, on, om, Z, has_next, zero,
+    def _sweep(W2, Wd, b0, npd, m, R, c, Cr, dr, scale, act_s, act_u, pairs, U, Un, on, om, Z, has_next, zero,
                red, vals, vd, au, aud, xdv):
         """One pass over the rows j of a layer block (m rows of npd): reductions v_s = (aᵀW)_j, then the tangent and
         primal updates ΔW_{:,j} = Σ_u u a_{u,j} (a_u = Σ_s c_{u,s} v_s) with the next sample's forward accumulation
@@ -257,16 +263,16 @@ if numba is not None:
                 vals[s] = red[0]
                 for r in range(R):
                     vd[r, s] = red[r + 1] + red[R + 1 + r]
-            for u in range(3):                      # a_u = Σ_s c_{u,s} v_s ; ȧ_{u,r} = Σ_s C_{r,u,s} v_s + c_{u,s} v̇_{r,s}
-                acc = zero
-                for s in range(6):
-                    acc += c[u, s] * vals[s]
-                au[u] = acc
+            for u in range(3):
+                au[u] = 0.0
                 for r in range(R):
-                    acc = zero
-                    for s in range(6):
-                        acc += Cr[r, u, s] * vals[s] + c[u, s] * vd[r, s]
-                    aud[r, u] = acc
+                    aud[r, u] = 0.0
+            for k in range(pairs.shape[0]):          # a_u = Σ_s c_{u,s} v_s ; ȧ_{u,r} = Σ_s C_{r,u,s} v_s + c_{u,s} v̇_{r,s}
+                u, s = pairs[k, 0], pairs[k, 1]
+                v = vals[s]
+                au[u] += c[u, s] * v
+                for r in range(R):
+                    aud[r, u] += Cr[r, u, s] * v + c[u, s] * vd[r, s]
             xn = Un[0, om + j] if has_next else zero   # next sample's pre activity x_{t+1,j} and its tangents
             ay, ae, a1 = au[0], au[1], au[2]
             w = W2[0, b:b + npd]                    # 0-based slices: see _dots
@@ -303,10 +309,11 @@ if numba is not None:
                 _axpy_rows(Z, 1, R, W2[0], b, xdv, npd)
 
     @njit(cache=True, error_model="numpy", fastmath=FAST, parallel=True)
-    def _run(WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, c, Cr, dr, scale, act_s, act_u, mode, beta):
+    def _run(WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, c, Cr, dr, scale, act_s, act_u, pairs, mode,
+             beta):
         """All episodes (prange over b), all samples; W and Ẇ updated in place. Per-layer vectors are stacked
         as rows (0 primal, 1..R tangents) and zero-padded to the padded widths, so every loop is whole SIMD.
-        c, Cr, dr, scale, act_s, act_u: the rule's coefficients as `_coefficients` gives them."""
+        c … pairs: the rule's coefficients as `_coefficients` gives them."""
         Bn, S = X.shape[0], X.shape[1]
         R = WdT.shape[1]                            # tangent directions (0: primal only)
         L = widths.shape[0] - 1
@@ -351,7 +358,7 @@ if numba is not None:
                     for k in range(R + 1):
                         for i in range(npd):
                             Z[k, i] = 0.0
-                    _sweep(W2, Wd, woff[li], n, npd, m, R, c, Cr, dr, scale, act_s, act_u, U, Un, on, om,
+                    _sweep(W2, Wd, woff[li], npd, m, R, c, Cr, dr, scale, act_s, act_u, pairs, U, Un, on, om,
                            Z, has_next, zero, red, vals, vd, au, aud, xdv)
                     if has_next:
                         for i in range(n):
@@ -466,8 +473,8 @@ def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Seq
     else:
         numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())))
         with _KERNEL_LOCK:
-            c, Cr, dr, scale, act_s, act_u, _ = _coefficients(p, th, WdT.shape[1])
-            _run(WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, c, Cr, dr, np_dtype(scale), act_s, act_u,
+            c, Cr, dr, scale, act_s, act_u, pairs = _coefficients(p, th, WdT.shape[1])
+            _run(WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, c, Cr, dr, np_dtype(scale), act_s, act_u, pairs,
                  FEEDBACK_CODES[feedback], float(beta))
     Wt, Wdt = torch.from_numpy(WT), torch.from_numpy(WdT)
     out_W, out_D = [], []
