@@ -3,7 +3,8 @@
 The shared library is compiled once per machine, source and precision (-O3 -march=native, reassociation and FMA
 contraction allowed, IEEE NaN/inf kept so divergence stays visible) into a cache folder, then loaded with ctypes.
 Where no compiler works, `load` returns None and discovery.fused uses its numba kernel instead.
-`PLASTICITY_FUSED_BACKEND` = auto (default) | c | numba chooses; `PLASTICITY_KERNEL_CACHE` names the folder.
+`PLASTICITY_FUSED_BACKEND` = auto (default) | c | numba chooses; `PLASTICITY_KERNEL_CACHE` names the folder
+(default ~/.cache/plasticity/kernels; created 0700, and its owner and mode are checked before a library is loaded).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,53 @@ def _machine_key() -> str:
         return f"{platform.machine()}|{platform.processor()}"
 
 
+class KernelCacheError(Exception):
+    """The kernel cache folder (or a library in it) is not private to this user: nothing is loaded from it.
+
+    Deliberately not an OSError/RuntimeError, so that `load` does not quietly fall back to numba: a cache that
+    someone else can write is refused with this message."""
+
+
+def _default_cache_root() -> Path:
+    """$XDG_CACHE_HOME (or ~/.cache)/plasticity/kernels: per user, never a predictable path in the shared temp
+    folder (where another user could create it first)."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".cache") / "plasticity" / "kernels"
+
+
+def check_private(path: Path, *, folder: bool) -> None:
+    """Refuse `path` unless it is a real (not symlinked) folder or file owned by this user that no group or other
+    user can write; a folder must also be closed to others (0700). Raises KernelCacheError naming the problem."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise KernelCacheError(f"kernel cache {path}: cannot inspect it ({exc})") from exc
+    kind = "folder" if folder else "library"
+    if stat.S_ISLNK(st.st_mode) or (stat.S_ISDIR(st.st_mode) != folder) or not (folder or stat.S_ISREG(st.st_mode)):
+        raise KernelCacheError(f"kernel cache {kind} {path} is not a plain {kind} (a symlink or another type); "
+                               "remove it or set PLASTICITY_KERNEL_CACHE to a private folder")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise KernelCacheError(f"kernel cache {kind} {path} belongs to uid {st.st_uid}, not to this user "
+                               f"(uid {os.getuid()}); refusing to load a compiled kernel from it")
+    loose = 0o077 if folder else 0o022
+    if st.st_mode & loose:
+        raise KernelCacheError(f"kernel cache {kind} {path} has mode {stat.S_IMODE(st.st_mode):04o}: other users "
+                               f"could {'enter or write' if folder else 'rewrite'} it; "
+                               f"run chmod {'700' if folder else '600'} on it or remove it")
+
+
 def _cache_dir() -> Path:
-    default = Path(tempfile.gettempdir()) / f"plasticity-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
-    return Path(os.environ.get("PLASTICITY_KERNEL_CACHE", default))
+    """The private folder of compiled kernels (`PLASTICITY_KERNEL_CACHE`, else per user under ~/.cache), created
+    0700 and checked to be this user's and closed to others before anything is loaded from it."""
+    raw = os.environ.get("PLASTICITY_KERNEL_CACHE", "").strip()
+    folder = Path(raw).expanduser() if raw else _default_cache_root()
+    folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    check_private(folder, folder=True)
+    return folder
 
 
 def _build(real: str) -> Path:
@@ -65,6 +110,7 @@ def _build(real: str) -> Path:
     key = hashlib.sha256(src + " ".join([cc, real, *FLAGS, _machine_key()]).encode()).hexdigest()[:16]
     out = _cache_dir() / f"fused_{real}_{key}.so"
     if out.exists():
+        check_private(out, folder=False)  # the owner check before loading
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
@@ -72,7 +118,9 @@ def _build(real: str) -> Path:
                           capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"compiling {SOURCE.name} failed: {proc.stderr.strip()[-500:]}")
+    os.chmod(tmp, 0o700)
     os.replace(tmp, out)
+    check_private(out, folder=False)
     return out
 
 
