@@ -20,8 +20,8 @@ from torch import Tensor
 
 from rules.primitives import PRIMITIVES
 
-#: Names of the primitive symbols a compiled rule reads; ``one`` has no tangent.
-PRIMITIVE_NAMES = ("x", "y", "e", "e_pre", "W", "one")
+#: Names of the primitive symbols a compiled rule reads; ``one`` and ``one_pre`` have no tangent.
+PRIMITIVE_NAMES = ("x", "y", "e", "e_pre", "W", "one", "one_pre")
 
 
 class CompileError(ValueError):
@@ -241,8 +241,7 @@ class CompiledRule:
 
     @staticmethod
     def _with_one(env: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        e = env["e"]
-        return {**env, "one": torch.ones_like(e)}
+        return {**env, "one": torch.ones_like(env["e"]), "one_pre": torch.ones_like(env["x"])}
 
     def atoms(self, theta: Tensor, env: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """U (B, n, K), Vᵀ (B, K, m) with Σ_t θ_t Σ_i c_i u_i v_iᵀ = U Vᵀ (θ and c folded into U)."""

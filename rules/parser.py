@@ -28,8 +28,8 @@ from sympy import MatrixExpr
 from rules.primitives import PRIMITIVES
 from rules.terms import MAX_EXPONENT, MAX_MONOMIALS, UPDATE, ExpressionError, Poly, fmt_shape
 
-MAX_LENGTH = 2000
-MAX_TOKENS = 200
+MAX_LENGTH = 8000
+MAX_TOKENS = 1000
 MAX_DEPTH = 32
 
 __all__ = [

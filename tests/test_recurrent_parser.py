@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from rules.parser import MAX_LENGTH, RuleSyntaxError, tokenize
+from rules.parser import MAX_LENGTH, MAX_TOKENS, RuleSyntaxError, tokenize
 from rules.recurrent import (
     RECURRENT_TERMS,
     RecurrentRule,
@@ -101,7 +101,7 @@ REJECTED = [
     ("1e308*oja + 1e308*oja", 12, "1e308", "overflows"),
     ("recurrent/v2: 1.0*rec_oja", 0, "recurrent/v2", "unknown recurrent text version"),
     ("recurrent/v1: 0.5*rec_oja*x", 26, "x", "feedforward primitive"),
-    ("oja+" * 120, None, None, "too many tokens"),
+    ("oja+" * (MAX_TOKENS // 2 + 1), None, None, "too many tokens"),
     ("rec_oja" + " " * MAX_LENGTH, None, None, f"(limit {MAX_LENGTH})"),
 ]
 
