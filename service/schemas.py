@@ -48,6 +48,10 @@ JobCreate = Annotated[
 ]
 
 
+#: ``GET /api/rules/{id}/export?format=``: the export formats (``rules.export.FORMATS``).
+ExportFormatName = Literal["torch", "numpy", "jax", "latex", "sympy", "json"]
+
+
 class RuleCreate(_Request):
     """A rule written by hand, e.g. ``-0.012*e*x.T + 0.065*e*e_pre.T + 0.008*(y*x.T - y*(y.T*W))``."""
 

@@ -1,4 +1,4 @@
-"""``/api/rules``: list (with filters), inspect, and add a hand-written rule.
+"""``/api/rules``: list (with filters), inspect, export, and add a hand-written rule.
 
 ``POST /api/rules`` answers **201** with the new rule, or **200** with the already stored rule (same content
 hash: the same ΔW up to the canonical form of ``rules.Rule``); the body's ``created`` tells which.
@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import func, select
 
 from service.deps import IdPath, OwnerDep, SessionDep
 from service.models import ORIGIN_USER, Rule, RuleTerm
 from service.rulebook import InvalidRule, parse_rule, terms_catalog
-from service.schemas import RuleCreate, RuleOut
+from service.schemas import ExportFormatName, RuleCreate, RuleOut
 from service.store import upsert_rule
 from service.views import rule_out
 
@@ -68,6 +68,62 @@ def get_rule(rule_id: IdPath, session: SessionDep) -> dict:
     if rule is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"rule {rule_id} does not exist")
     return rule_out(session, rule)
+
+
+def _rule_language_object(rule: Rule) -> object:
+    """The stored rule as a ``rules`` object of its family (recurrent when its canonical text says so)."""
+    from rules.recurrent import RecurrentRule
+    from rules.rule import Rule as FeedforwardRule
+    from service.rulebook import is_recurrent_canonical
+
+    family = RecurrentRule if is_recurrent_canonical(rule.canonical) else FeedforwardRule
+    return family({str(k): float(v) for k, v in (rule.coefficients or {}).items()}, rule.name)
+
+
+def _provenance(rule: Rule) -> object:
+    """What an export records about where the rule came from."""
+    from rules.export import Provenance, spec_summary
+
+    return Provenance(
+        rule_id=rule.id, name=rule.name, hash=rule.hash, origin=rule.origin, job_id=rule.job_id, seed=rule.seed,
+        spec_summary=spec_summary(rule.spec), code_version=rule.code_version, created_at=rule.created_at.isoformat(),
+    )
+
+
+@router.get(
+    "/{rule_id}/export",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"description": "the source file (Content-Disposition names it)", "content": {
+            "text/x-python": {}, "application/x-latex": {}, "application/json": {}}},
+        404: {"description": "no such rule"},
+        409: {"description": "the stored rule cannot be exported (e.g. a non-finite coefficient)"},
+    },
+)
+def export_rule(
+    rule_id: IdPath,
+    session: SessionDep,
+    format: Annotated[ExportFormatName, Query(description="torch, numpy, jax, latex, sympy or json")] = "torch",
+) -> PlainTextResponse:
+    """Self-contained source defining ``delta_w(x, y, e, e_pre, W)`` (recurrent rules: ``delta_w(r, delta, G, W,
+    u=None)``), batched over a leading dimension, printed from the rule's sympy expression; LaTeX or JSON too."""
+    from rules.export import ExportError
+    from rules.export import export_rule as render
+
+    rule = session.get(Rule, rule_id)
+    if rule is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"rule {rule_id} does not exist")
+    try:
+        exported = render(_rule_language_object(rule), format, _provenance(rule))  # type: ignore[arg-type]
+    except (ExportError, ValueError, TypeError) as exc:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, detail=f"rule {rule_id} cannot be exported as {format}: {exc}"
+        ) from exc
+    return PlainTextResponse(
+        exported.text,
+        media_type=exported.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'},
+    )
 
 
 @router.post(
