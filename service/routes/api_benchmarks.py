@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from sqlalchemy import func, select
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select, update
 
 from service.catalog import registered_suites, suites_payload
 from service.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
 from service.leaderboard import known_suites, leaderboard
-from service.models import ORIGIN_USER, QUEUED, BenchmarkRun, Rule
+from service.models import ACTIVE_STATUSES, CANCELLED, ORIGIN_USER, QUEUED, BenchmarkRun, Rule, utcnow
 from service.rulebook import InvalidRule, parse_rule, suite_rejects
 from service.schemas import BenchmarkCreate, BenchmarkOut, LeaderboardOut
 from service.store import active_count, add_event, upsert_rule
@@ -132,6 +133,43 @@ def get_benchmark(bench_id: IdPath, session: SessionDep) -> dict:
     run = session.get(BenchmarkRun, bench_id)
     if run is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"benchmark {bench_id} does not exist")
+    return benchmark_out(run)
+
+
+@router.post(
+    "/api/benchmarks/{bench_id}/cancel",
+    response_model=BenchmarkOut,
+    responses={
+        401: {"description": "missing or invalid bearer token"},
+        404: {"description": "no such benchmark run"},
+        409: {"description": "the run already finished"},
+    },
+)
+def cancel_benchmark(bench_id: IdPath, session: SessionDep, dispatcher: DispatcherDep, who: OwnerDep) -> dict:
+    """Cancel a queued or running benchmark (the dispatcher stops its Ray work). Cancelling twice is harmless."""
+    run = session.get(BenchmarkRun, bench_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"benchmark {bench_id} does not exist")
+    if run.status == CANCELLED:
+        return benchmark_out(run)
+    result = session.execute(
+        update(BenchmarkRun)
+        .where(BenchmarkRun.id == bench_id, BenchmarkRun.status.in_(ACTIVE_STATUSES))
+        .values(status=CANCELLED, error=None, finished_at=utcnow())
+    )
+    if not result.rowcount:
+        session.rollback()
+        session.refresh(run)
+        if run.status == CANCELLED:
+            return benchmark_out(run)
+        return JSONResponse(
+            status_code=status.HTTP_409_CONFLICT,  # type: ignore[return-value]
+            content={"detail": f"benchmark {bench_id} already {run.status}; nothing to cancel"},
+        )
+    add_event(session, "cancelled", "cancelled through the API", benchmark_id=bench_id)
+    session.commit()
+    session.refresh(run)
+    wake(dispatcher)
     return benchmark_out(run)
 
 
