@@ -12,16 +12,26 @@ Status changes are conditional SQL updates (``WHERE status IN ('queued', 'runnin
 request handler is never overwritten. Ray handles live only in this process: at start :meth:`Dispatcher.recover`
 puts every job and benchmark left ``running`` back to ``queued``, and the engine resumes from its checkpoint
 folder ``<data dir>/checkpoints/job-<id>``. A job requeued more than ``MAX_ATTEMPTS`` times fails with a reason.
+
+Worker loss while the service runs is Ray's to handle: every submission asks for ``settings.max_attempts`` − 1
+actor restarts (``PLASTICITY_MAX_ATTEMPTS``, default 3), so a job whose worker process or node dies is recreated
+by Ray on a live node and resumes from its checkpoint (which must be on storage every node reads,
+``PLASTICITY_CHECKPOINT_DIR``). Each poll compares the attempt that ``workers`` reports with the one recorded:
+every new attempt adds one to ``attempts`` and writes a ``retrying`` event, and every new worker process a
+``worker`` event naming its node. A failure of the engine itself is not retried.
+
+Public text carries no tracebacks: an error is stored as one short line, and the traceback tail that the workers
+send along is written to the server log only.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import math
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -93,11 +103,30 @@ class _Tracked:
     last_event_episode: int | None = None
     last_event_time: float = field(default_factory=time.monotonic)
     cancelling: bool = False
+    attempt: int = 1
+    worker: tuple[Any, Any] | None = None
 
 
 def _short(exc: BaseException, limit: int = 500) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
+    text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".strip(": ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def public_reason(text: str, limit: int = 4000) -> str:
+    """One line for public responses: the first non-empty line of ``text`` that is not a traceback header."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Traceback (most recent call last)")] or ["failed"]
+    return lines[0][:limit]
+
+
+def _retry_kwargs(submit: Callable[..., Any], retries: int) -> dict[str, Any]:
+    """``{"max_retries": retries}`` when the workers' submit function takes it (stand-ins may not)."""
+    try:
+        params = inspect.signature(submit).parameters
+    except (TypeError, ValueError):
+        return {}
+    takes = "max_retries" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {"max_retries": retries} if takes else {}
 
 
 class Dispatcher:
@@ -258,15 +287,11 @@ class Dispatcher:
                     spec = DiscoverySpec.model_validate(job.spec)
                     folder = self.settings.checkpoint_dir(job.id)
                     folder.mkdir(parents=True, exist_ok=True)
-                    handle = self.workers().submit_discovery(job.id, spec, folder)
-                except Exception as exc:  # noqa: BLE001 - a job that cannot start fails with the reason
-                    log.warning("job %s: submission failed: %s", job.id, exc)
-                    self._fail_job(
-                        s,
-                        job.id,
-                        f"could not submit the job: {_short(exc)}",
-                        {"traceback": traceback.format_exc(limit=5)},
-                    )
+                    submit = self.workers().submit_discovery
+                    handle = submit(job.id, spec, folder, **_retry_kwargs(submit, self.settings.max_attempts - 1))
+                except Exception as exc:
+                    log.exception("job %s: submission failed", job.id)
+                    self._fail_job(s, job.id, f"could not submit the job: {_short(exc)}")
                     continue
                 job.attempts += 1
                 self._jobs[job.id] = _Tracked(handle)
@@ -314,7 +339,7 @@ class Dispatcher:
                 log.exception("%s %s: could not record its state", what, item_id)
                 tracked_by_id.pop(item_id, None)
                 with session_scope(self.sessions) as s:
-                    fail(s, item_id, f"{unrecorded}: {_short(exc)}", {"traceback": traceback.format_exc(limit=8)})
+                    fail(s, item_id, f"{unrecorded}: {_short(exc)}")
 
     def _apply_job_state(self, job_id: int, tracked: _Tracked, state: Any) -> None:
         status = getattr(state, "status", None)
@@ -342,6 +367,7 @@ class Dispatcher:
                 and self._transition(s, job_id, RUNNING, started_at=job.started_at or utcnow())
             ):
                 add_event(s, "started", "meta-training started", job_id=job_id)
+            self._record_attempts(s, Job, job_id, tracked, state, job_id=job_id)
             progress = getattr(state, "progress", None)
             if progress:
                 self._record_progress(s, job, tracked, progress)
@@ -351,11 +377,48 @@ class Dispatcher:
             elif status == FAILED:
                 del self._jobs[job_id]
                 error = getattr(state, "error", None) or "the job failed without a message"
-                self._fail_job(s, job_id, error, {"detail": getattr(state, "detail", None)})
+                _log_failure("job", job_id, error, getattr(state, "detail", None))
+                self._fail_job(s, job_id, error)
             elif status == CANCELLED:
                 del self._jobs[job_id]
                 if self._transition(s, job_id, CANCELLED, finished_at=utcnow()):
                     add_event(s, "cancelled", "the Ray work was cancelled", job_id=job_id)
+
+    def _record_attempts(
+        self, s: Session, model: type, row_id: int, tracked: _Tracked, state: Any, **owner: int
+    ) -> None:
+        """Count the attempts Ray made since the last poll (``attempts`` += new ones, a ``retrying`` event each)
+        and write a ``worker`` event when a new worker process (pid, node) runs the job or benchmark."""
+        attempt = getattr(state, "attempt", None)
+        if isinstance(attempt, int) and attempt > tracked.attempt:
+            new = attempt - tracked.attempt
+            s.execute(update(model).where(model.id == row_id).values(attempts=model.attempts + new))
+            previous = tracked.worker
+            for n in range(tracked.attempt + 1, attempt + 1):
+                add_event(
+                    s,
+                    "retrying",
+                    f"the worker was lost; Ray restarted it on a live node (attempt {n} of "
+                    f"{self.settings.max_attempts} in this submission); it resumes from its last checkpoint",
+                    data={"attempt": n, "max_attempts": self.settings.max_attempts,
+                          "previous_node_id": previous[1] if previous else None,
+                          "previous_pid": previous[0] if previous else None},
+                    **owner,
+                )
+            tracked.attempt = attempt
+        worker = getattr(state, "worker", None)
+        if isinstance(worker, dict) and worker.get("pid") is not None:
+            key = (worker.get("pid"), worker.get("node_id"))
+            if key != tracked.worker:
+                tracked.worker = key
+                node = str(key[1] or "?")
+                add_event(
+                    s,
+                    "worker",
+                    f"running on Ray node {node[:12]} (pid {key[0]}, attempt {tracked.attempt})",
+                    data={"pid": key[0], "node_id": key[1], "attempt": tracked.attempt},
+                    **owner,
+                )
 
     def _record_progress(self, s: Session, job: Job, tracked: _Tracked, progress: dict[str, Any]) -> None:
         clean = finite_json({k: progress[k] for k in PROGRESS_KEYS if k in progress})
@@ -389,8 +452,9 @@ class Dispatcher:
         return bool(result.rowcount)
 
     def _fail_job(self, s: Session, job_id: int, error: str, data: dict[str, Any] | None = None) -> None:
-        if self._transition(s, job_id, FAILED, error=error[:4000], finished_at=utcnow()):
-            add_event(s, "failed", error[:4000], job_id=job_id, data=data)
+        error = public_reason(error)
+        if self._transition(s, job_id, FAILED, error=error, finished_at=utcnow()):
+            add_event(s, "failed", error, job_id=job_id, data=data)
 
     def _finish_job(self, s: Session, job: Job, result: dict[str, Any]) -> None:
         """Store the trials and the rule of a successful job, then mark it succeeded."""
@@ -541,10 +605,13 @@ class Dispatcher:
                     if rule is not None:  # a recurrent rule travels as its canonical text
                         expression = benchmark_text(rule.canonical, rule.expression)
                 try:
-                    handle = self.workers().submit_benchmark(
-                        run.id, run.suite, expression, tiny=run.tiny, seed=run.seed
+                    submit = self.workers().submit_benchmark
+                    handle = submit(
+                        run.id, run.suite, expression, tiny=run.tiny, seed=run.seed,
+                        **_retry_kwargs(submit, self.settings.max_attempts - 1),
                     )
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
+                    log.exception("benchmark %s: submission failed", run.id)
                     self._fail_benchmark(s, run.id, f"could not submit the benchmark: {_short(exc)}")
                     continue
                 run.attempts += 1
@@ -564,8 +631,9 @@ class Dispatcher:
     def _fail_benchmark(
         self, s: Session, run_id: int, error: str, data: dict[str, Any] | None = None
     ) -> None:
-        if self._bench_transition(s, run_id, FAILED, error=error[:4000], finished_at=utcnow()):
-            add_event(s, "failed", error[:4000], benchmark_id=run_id, data=data)
+        error = public_reason(error)
+        if self._bench_transition(s, run_id, FAILED, error=error, finished_at=utcnow()):
+            add_event(s, "failed", error, benchmark_id=run_id, data=data)
 
     def _poll_benchmarks(self) -> None:
         self._poll_tracked(
@@ -588,6 +656,7 @@ class Dispatcher:
                 if final:
                     del self._benchmarks[run_id]
                 return
+            self._record_attempts(s, BenchmarkRun, run_id, tracked, state, benchmark_id=run_id)
             progress = getattr(state, "progress", None)
             if progress and finite_json(progress) != run.progress:
                 run.progress = finite_json(progress)
@@ -599,12 +668,9 @@ class Dispatcher:
                 self._finish_benchmark(s, run, getattr(state, "result", None) or {})
             elif status == FAILED:
                 del self._benchmarks[run_id]
-                self._fail_benchmark(
-                    s,
-                    run_id,
-                    getattr(state, "error", None) or "the benchmark failed",
-                    {"detail": getattr(state, "detail", None)},
-                )
+                error = getattr(state, "error", None) or "the benchmark failed"
+                _log_failure("benchmark", run_id, error, getattr(state, "detail", None))
+                self._fail_benchmark(s, run_id, error)
             elif status == CANCELLED:
                 del self._benchmarks[run_id]
                 if self._bench_transition(s, run_id, CANCELLED, finished_at=utcnow()):
@@ -641,6 +707,14 @@ class Dispatcher:
             error=None,
         ):
             add_event(s, "succeeded", f"{len(entries)} learners scored", benchmark_id=run.id)
+
+
+def _log_failure(what: str, item_id: int, error: str, detail: str | None) -> None:
+    """The full story of a failure (the worker's traceback tail) for the server log only."""
+    if detail:
+        log.warning("%s %s failed: %s\n%s", what, item_id, error, detail)
+    else:
+        log.warning("%s %s failed: %s", what, item_id, error)
 
 
 def rule_entry_index(entries: list[dict[str, Any]], rule_name: str | None) -> int | None:

@@ -17,6 +17,10 @@
 | ``PLASTICITY_DISPATCHER`` | ``0`` disables the dispatcher thread (read-only replicas, tests) | ``1`` |
 | ``PLASTICITY_AUTO_BENCHMARK`` | comma-separated suites every newly discovered rule is benchmarked on | empty |
 | ``PLASTICITY_BENCHMARK_TINY`` | ``1``: run suites in their tiny (smoke-test) size | ``0`` |
+| ``PLASTICITY_MAX_ATTEMPTS`` | runs of a job or benchmark per submission when its Ray worker dies (Ray restarts
+  it on a live node; it resumes from its checkpoint); 1 turns retries off | 3 |
+| ``PLASTICITY_CHECKPOINT_DIR`` | root of the per-job checkpoint folders; on a cluster, a folder every Ray node
+  mounts at the same path (NFS, a ReadWriteMany volume) | ``<data dir>/checkpoints`` |
 | ``RAY_ADDRESS`` | Ray cluster to join (read by ``workers.ray_jobs``) | local Ray |
 """
 
@@ -60,6 +64,11 @@ def _env_bool(name: str, default: bool) -> bool:
     return raw not in ("0", "false", "no", "off")
 
 
+def _env_path(name: str) -> Path | None:
+    raw = os.environ.get(name, "").strip()
+    return Path(raw).expanduser().resolve() if raw else None
+
+
 def _env_list(name: str) -> list[str]:
     return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
 
@@ -90,11 +99,14 @@ class Settings:
     max_running: int = 4
     auto_benchmark_suites: tuple[str, ...] = ()
     benchmark_tiny: bool = False
+    max_attempts: int = 3
+    checkpoint_root: Path | None = None
 
     @property
     def checkpoints_dir(self) -> Path:
-        """Root of the per-job checkpoint folders ``job-<id>``."""
-        return self.data_dir / "checkpoints"
+        """Root of the per-job checkpoint folders ``job-<id>`` (``PLASTICITY_CHECKPOINT_DIR``, else in the data
+        folder); every Ray node must read and write it at this same path."""
+        return self.checkpoint_root if self.checkpoint_root is not None else self.data_dir / "checkpoints"
 
     def checkpoint_dir(self, job_id: int) -> Path:
         """Where job ``job_id`` checkpoints, so that a resubmitted job resumes."""
@@ -143,4 +155,6 @@ def load_settings() -> Settings:
         max_running=_env_int("PLASTICITY_MAX_RUNNING", 4),
         auto_benchmark_suites=tuple(_env_list("PLASTICITY_AUTO_BENCHMARK")),
         benchmark_tiny=_env_bool("PLASTICITY_BENCHMARK_TINY", False),
+        max_attempts=_env_int("PLASTICITY_MAX_ATTEMPTS", 3),
+        checkpoint_root=_env_path("PLASTICITY_CHECKPOINT_DIR"),
     )

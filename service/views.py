@@ -18,13 +18,21 @@ FEEDBACK_LOCALITY: dict[str, str] = {
 }
 
 
+#: event data keys that only the server log may show (rows written by earlier versions carried them)
+PRIVATE_EVENT_KEYS = frozenset({"traceback", "detail"})
+
+
 def event_out(event: JobEvent) -> dict[str, Any]:
+    """An event as the API shows it: no traceback text, even in rows written by earlier versions."""
+    data = event.data
+    if isinstance(data, dict) and PRIVATE_EVENT_KEYS & set(data):
+        data = {k: v for k, v in data.items() if k not in PRIVATE_EVENT_KEYS} or None
     return {
         "id": event.id,
         "created_at": event.created_at,
         "kind": event.kind,
-        "message": event.message,
-        "data": event.data,
+        "message": event.message.split("\nTraceback (most recent call last)", 1)[0],
+        "data": data,
     }
 
 

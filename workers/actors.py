@@ -7,6 +7,11 @@ and :meth:`JobActor.cancel` answer from the others. ``run`` never raises for an 
 outcome dict ``{"status", "result", "error", "detail"}`` so that the caller gets a short message and a
 traceback tail instead of Ray's wrapped exception. Cancelling sets a flag that the engine reads through
 ``should_stop`` (it stops at the next episode); the caller kills the actor if that takes too long.
+
+Recovery: a job's actor is created with Ray's ``max_restarts`` / ``max_task_retries`` (``workers.ray_jobs``).
+When its process or its node dies, Ray recreates the actor on any live node with the resources and re-runs
+``run()``, and the engine resumes from the checkpoint folder (which every node must be able to read). An engine
+error is not a worker death: ``run`` returns it as a failed outcome, so Ray never retries it.
 """
 
 from __future__ import annotations
@@ -54,6 +59,14 @@ def _parse_rule(expression: str | None) -> Any:
     from rules.recurrent import parse_rule_text
 
     return parse_rule_text(str(expression))
+
+
+def _node_id() -> str | None:
+    """The Ray node this process runs on (hex id), or None outside Ray."""
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # noqa: BLE001 - not in a Ray worker
+        return None
 
 
 class JobActor:
@@ -120,6 +133,7 @@ class JobActor:
                 "created_at": self._created,
                 "started_at": self._started,
                 "pid": os.getpid(),
+                "node_id": _node_id(),
             }
 
     def cancel(self) -> bool:
@@ -172,6 +186,7 @@ class JobActor:
             on_progress=self._set_progress,
             engine=self.payload.get("engine"),
             trial_resources=self.payload.get("trial_resources"),
+            max_trial_failures=int(self.payload.get("max_trial_failures", 0)),
         )
 
     def _run_benchmark(self) -> dict[str, Any]:
@@ -194,5 +209,6 @@ class JobActor:
         return result_to_dict(result)
 
 
-#: the Ray actor class; give resources with ``.options(num_cpus=…, num_gpus=…)`` at submission
+#: the Ray actor class; give resources and the restart budget with ``.options(num_cpus=…, num_gpus=…,
+#: max_restarts=…, max_task_retries=…)`` at submission (``workers.ray_jobs``); no restarts by default
 RemoteJobActor = ray.remote(max_restarts=0, max_task_retries=0)(JobActor)

@@ -14,6 +14,14 @@ previous ``state()`` call with ``ray.wait(..., timeout=0)`` and asks for a fresh
     state = poll(handle)        # JobState(status="queued"|"running"|"succeeded"|"failed"|"cancelled", ...)
     cancel(handle)              # the engine stops at its next episode; killed after a grace period
 
+Worker loss: ``max_retries`` (the service passes ``PLASTICITY_MAX_ATTEMPTS`` − 1) becomes the actor's Ray
+``max_restarts`` and ``max_task_retries``: when the actor's process or node dies, Ray itself recreates the actor
+on a live node and re-runs ``run()``, and the engine resumes from its checkpoint folder. :func:`poll` reads the
+actor's restart count from Ray's actor table and reports it as ``JobState.attempt`` (1 + restarts). A sweep gives
+the same budget to each trial (Tune's ``FailureConfig(max_failures)``), so a lost trial worker costs only that
+trial's episodes since its last checkpoint. An engine error is returned by ``run()`` as a failed outcome and is
+never retried.
+
 Environment: ``PLASTICITY_CANCEL_GRACE_S`` (default 10) seconds between a cancel and ``ray.kill``;
 ``PLASTICITY_ALLOW_PENDING_RESOURCES=1`` keeps a job queued (instead of failing it at once) when the cluster
 has fewer CPUs/GPUs in total than it asks for, e.g. on an autoscaling cluster.
@@ -54,7 +62,9 @@ class JobState:
     best_heldout_accuracy, best_config and a row per trial), ``None`` before the first one.
     ``result``: the engine's result as a JSON-able dict once the job ended (a sweep's adds ``trials``,
     ``best_trial``, ``sweep``; a cancelled job may carry the partial result). ``error``: a one-line message of
-    a failed job; ``detail``: the last lines of its traceback or Ray's reason.
+    a failed job; ``detail``: the last lines of its traceback or Ray's reason (for the server log, not for
+    public responses). ``attempt``: which run of the job this is (1 + Ray's restarts of its actor);
+    ``worker``: ``{"pid", "node_id"}`` of the process that runs it, once known.
     """
 
     status: JobStatus
@@ -62,6 +72,8 @@ class JobState:
     result: dict[str, Any] | None = None
     error: str | None = None
     detail: str | None = None
+    attempt: int = 1
+    worker: dict[str, Any] | None = None
 
     @property
     def done(self) -> bool:
@@ -97,6 +109,7 @@ class JobHandle:
     _state_ref: Any = field(default=None, repr=False)
     _last_state: dict[str, Any] | None = field(default=None, repr=False)
     _seen_running: bool = field(default=False, repr=False)
+    _pids: list[int] = field(default_factory=list, repr=False)
     _final: JobState | None = field(default=None, repr=False)
     _note: dict[str, Any] | None = field(default=None, repr=False)
     _lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -149,9 +162,17 @@ def _infeasible_reason(need: Mapping[str, float]) -> str | None:
 
 
 # --- submission ---------------------------------------------------------------------------------------------
+def _restart_options(max_retries: int) -> dict[str, int]:
+    """Ray's own recovery for a job actor: recreate it (on any live node) and re-run its pending ``run()`` up to
+    ``max_retries`` times after its process or node dies."""
+    retries = max(0, int(max_retries))
+    return {"max_restarts": retries, "max_task_retries": retries}
+
+
 def _launch(handle: JobHandle) -> None:
     """Create the handle's actor and start its ``run()``."""
-    actor = RemoteJobActor.options(**handle.actor_options).remote(handle.job_id, handle.kind, handle.payload)
+    options = {**handle.actor_options, **_restart_options(handle.max_retries)}
+    actor = RemoteJobActor.options(**options).remote(handle.job_id, handle.kind, handle.payload)
     handle.actor = actor
     handle.run_ref = actor.run.remote()
     handle._state_ref = None
@@ -183,7 +204,8 @@ def submit_discovery(
     ``spec``: a ``DiscoverySpec`` or its dict (validated here; a ``pydantic.ValidationError`` is raised now,
     not later). ``checkpoint_dir``: where the engine checkpoints (and resumes from); a sweep puts Tune's files
     under ``tune/`` and each trial's checkpoints under ``trials/<grid point>/`` there. ``max_retries``: how
-    often a job whose actor died (node lost, out of memory) is started again, resuming from its checkpoints.
+    often Ray restarts a job whose actor died (process killed, node lost, out of memory), resuming from its
+    checkpoints; for a sweep, also how often each trial is retried (a lost trial costs only that trial).
     ``engine``: a stand-in for ``discovery.discover`` with its signature (tests, experiments); it must
     pickle (cloudpickle) into the worker.
     """
@@ -202,6 +224,7 @@ def submit_discovery(
     else:
         kind = "sweep"
         payload["trial_resources"] = {"cpu": need["num_cpus"], "gpu": need["num_gpus"]}
+        payload["max_trial_failures"] = max(0, int(max_retries))
         options = {"num_cpus": 0, "num_gpus": 0, "max_concurrency": ACTOR_CONCURRENCY}
     handle = JobHandle(
         job_id=str(job_id),
@@ -234,7 +257,8 @@ def submit_benchmark(
     ``expression`` ``None`` (or blank) scores the baselines only; a bad expression fails the job with the
     parser's message. ``device`` goes to ``run_suite`` when it takes one (default: ``"cuda"`` when
     ``num_gpus`` > 0, else the suite's own default). ``engine``: a stand-in for ``discovery.suites.run_suite``
-    with its signature. The suite cannot stop half-way, so a cancel kills the actor at once.
+    with its signature. The suite cannot stop half-way, so a cancel kills the actor at once. ``max_retries``:
+    how often Ray restarts the benchmark after its worker died (a suite has no checkpoints: it starts over).
     """
     ensure_ray()
     need = {"num_cpus": float(num_cpus), "num_gpus": float(num_gpus)}
@@ -280,6 +304,44 @@ def _actor_error(exc: BaseException) -> tuple[str, str]:
     return describe_ray_error(exc, "the job's worker")
 
 
+def _actor_restarts(handle: JobHandle) -> int | None:
+    """How often Ray has restarted the handle's actor (its actor table in the GCS), or None when unknown."""
+    if handle.actor is None:
+        return None
+    try:
+        from ray._private import state as ray_state  # the GCS actor table (no dashboard needed)
+
+        info = ray_state.actors(actor_id=handle.actor._actor_id.hex())
+        return int(info.get("NumRestarts", 0)) if isinstance(info, dict) else None
+    except Exception:  # Ray's table is a hint; the worker's pid is the fallback
+        log.debug("job %s: no actor table entry", handle.job_id, exc_info=True)
+        return None
+
+
+def _sync_attempt(handle: JobHandle) -> None:
+    """Move ``handle.attempt`` to 1 + Ray's restarts of the actor (or count a new worker pid when Ray's table is
+    unavailable), and note the retry in the progress that :func:`poll` reports."""
+    restarts = _actor_restarts(handle)
+    attempt = None if restarts is None else restarts + 1
+    if attempt is None and handle._last_state and handle._pids:
+        attempt = len(handle._pids)
+    if attempt is not None and attempt > handle.attempt:
+        handle.attempt = attempt
+        handle._note = {
+            "retry": attempt - 1,
+            "previous_error": "the job's worker died; Ray restarted it on a live node "
+            f"(attempt {attempt} of {handle.max_retries + 1})",
+        }
+
+
+def _worker(handle: JobHandle) -> dict[str, Any] | None:
+    """``{"pid", "node_id"}`` of the worker process last seen running the job."""
+    state = handle._last_state or {}
+    if state.get("pid") is None:
+        return None
+    return {"pid": state.get("pid"), "node_id": state.get("node_id")}
+
+
 def _refresh_state(handle: JobHandle) -> None:
     """Take the answer to the last ``state()`` call if it is in; ask for the next one."""
     if handle._state_ref is not None:
@@ -289,6 +351,8 @@ def _refresh_state(handle: JobHandle) -> None:
         try:
             handle._last_state = ray.get(handle._state_ref, timeout=1)
             handle._seen_running = handle._seen_running or handle._last_state.get("phase") != "ready"
+            if handle._last_state.get("pid") is not None and handle._last_state["pid"] not in handle._pids:
+                handle._pids.append(handle._last_state["pid"])
         except (ActorUnavailableError, GetTimeoutError):
             pass
         except RayError:
@@ -329,24 +393,18 @@ def poll(handle: JobHandle, timeout: float = 0.0) -> JobState:
             return _finish(handle, JobState("failed", None, None, f"cannot be scheduled: {handle.infeasible}"))
 
         ready, _ = ray.wait([handle.run_ref], timeout=max(0.0, float(timeout)))
+        _sync_attempt(handle)
         if ready:
             try:
                 outcome = ray.get(handle.run_ref, timeout=30)
-            except RayActorError as exc:
-                if handle.cancel_requested_at is not None:
-                    return _finish(handle, JobState("cancelled", _current_progress(handle), None, None))
-                message, detail = _actor_error(exc)
-                if handle.attempt <= handle.max_retries:
-                    handle.attempt += 1
-                    handle._note = {"retry": handle.attempt - 1, "previous_error": message}
-                    _launch(handle)
-                    return JobState("queued", _current_progress(handle))
-                return _finish(handle, JobState("failed", _current_progress(handle), None, message, detail))
             except RayError as exc:
                 if handle.cancel_requested_at is not None:
-                    return _finish(handle, JobState("cancelled", _current_progress(handle), None, None))
+                    return _finish(handle, _state(handle, "cancelled"))
                 message, detail = _actor_error(exc)
-                return _finish(handle, JobState("failed", _current_progress(handle), None, message, detail))
+                if isinstance(exc, RayActorError) and handle.max_retries > 0:
+                    _sync_attempt(handle)
+                    message += f" (gave up after {handle.attempt} attempt{'s' if handle.attempt > 1 else ''})"
+                return _finish(handle, _state(handle, "failed", error=message, detail=detail))
             # one last look at the progress, so that the final state carries the last event
             try:
                 handle._last_state = ray.get(handle.actor.state.remote(), timeout=2)
@@ -361,17 +419,24 @@ def poll(handle: JobHandle, timeout: float = 0.0) -> JobState:
                     result=outcome.get("result") or None,
                     error=outcome.get("error"),
                     detail=outcome.get("detail"),
+                    attempt=handle.attempt,
+                    worker=_worker(handle),
                 ),
             )
 
         if handle.cancel_requested_at is not None:
             waited = time.time() - handle.cancel_requested_at
             if not handle._seen_running or waited >= handle.cancel_grace_s:
-                return _finish(handle, JobState("cancelled", _current_progress(handle), None, None))
+                return _finish(handle, _state(handle, "cancelled"))
 
         _refresh_state(handle)
         status: JobStatus = "running" if handle._seen_running else "queued"
-        return JobState(status, _current_progress(handle))
+        return _state(handle, status)
+
+
+def _state(handle: JobHandle, status: JobStatus, error: str | None = None, detail: str | None = None) -> JobState:
+    """A JobState of the handle's current progress, attempt and worker."""
+    return JobState(status, _current_progress(handle), None, error, detail, handle.attempt, _worker(handle))
 
 
 def wait(handle: JobHandle, timeout: float | None = None, interval: float = 0.2) -> JobState:

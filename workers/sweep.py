@@ -10,12 +10,20 @@ The Tune driver (:func:`run_sweep`) runs inside the job's coordinating actor, in
 it uses no CPU of its own, and each trial asks for the spec's ``resources``. A Tune callback feeds the
 aggregated progress (trials done / total, best so far, summed episodes) to the actor, and a Tune stopper ends
 all trials once the job is cancelled.
+
+Recovery: ``max_trial_failures`` goes to Tune's ``FailureConfig(max_failures=…)``. A trial whose worker process
+or node dies is restarted by Tune on any node with the resources, and its engine resumes from the trial's own
+checkpoint folder (``<checkpoint_dir>/trials/<seed=…>``), so only that trial loses the episodes since its last
+checkpoint; the other trials run on. An engine error ends the trial as ``failed`` (reported, not raised), so Tune
+never retries it. Each trial row says which Ray node ran it (``node_id``) and how often it was retried
+(``retries``). Tracebacks go to this process's log, not into the rows.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 import os
 import shutil
@@ -26,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from workers.progress import (
@@ -46,6 +55,15 @@ REPORT_INTERVAL_S = 0.5
 METRIC = "heldout_accuracy"
 
 Engine = Callable[..., Any]
+log = logging.getLogger(__name__)
+
+
+def _node_id() -> str | None:
+    """The Ray node of this process (hex id), or None outside Ray."""
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # noqa: BLE001
+        return None
 
 
 class SweepFailed(RuntimeError):
@@ -144,6 +162,7 @@ def _trainable(
                 "error": short_error(exc),
                 "detail": traceback_tail(exc),
                 "wall_time_s": time.monotonic() - started,
+                "node_id": _node_id(),
             }
         )
         return
@@ -154,6 +173,7 @@ def _trainable(
             METRIC: result.get(METRIC),
             "result": result,
             "wall_time_s": time.monotonic() - started,
+            "node_id": _node_id(),
         }
     )
 
@@ -167,7 +187,8 @@ class _Monitor:
         self.should_stop = should_stop
         self.lock = threading.Lock()
         self.records: list[dict[str, Any]] = [
-            {"index": i, "config": cfg, "status": "pending", "episode": 0, "total": episodes_per_trial}
+            {"index": i, "config": cfg, "status": "pending", "episode": 0, "total": episodes_per_trial,
+             "retries": 0}
             for i, cfg in enumerate(grid)
         ]
         self.results: dict[int, dict[str, Any]] = {}
@@ -196,6 +217,7 @@ class _Monitor:
             elif result.get("kind") == "final":
                 record["status"] = result.get("status", "failed")
                 record["wall_time_s"] = result.get("wall_time_s")
+                record["node_id"] = result.get("node_id")
                 if record["status"] == "succeeded":
                     full = dict(result.get("result") or {})
                     self.results[index] = full
@@ -326,6 +348,17 @@ class _MonitorCallback(tune.Callback):
         self.monitor.on_result(trial.config, result)
         self._push()
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune retries a trial whose worker died (FailureConfig.max_failures): count it, keep it running."""
+        index = self.monitor.index_of(trial.config)
+        if index is not None:
+            with self.monitor.lock:
+                record = self.monitor.records[index]
+                record["retries"] = int(record.get("retries") or 0) + 1
+                record["status"] = "running"
+        log.warning("sweep trial %s: its worker died; Tune restarts it from its checkpoint", trial.config)
+        self._push()
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         message, detail = _trial_error(trial)
         self.monitor.on_error(trial.config, message, detail)
@@ -361,11 +394,13 @@ def run_sweep(
     engine: Engine | None = None,
     trial_resources: dict[str, float] | None = None,
     report_interval_s: float = REPORT_INTERVAL_S,
+    max_trial_failures: int = 0,
 ) -> dict[str, Any]:
     """Run the sweep of ``spec`` as Ray Tune trials and return the job's result.
 
     The result is the best trial's engine result plus ``trials`` (one row per grid point: index, config,
-    status, heldout_accuracy, heldout_ci95, rule, error, wall_time_s), ``best_trial`` (its index) and
+    status, heldout_accuracy, heldout_ci95, rule, error, wall_time_s, node_id, retries), ``best_trial`` (its
+    index) and
     ``sweep`` (metric, mode, grid). Tune keeps its files under ``checkpoint_dir/tune`` (or a temporary folder,
     removed afterwards); each trial's engine checkpoints go to ``checkpoint_dir/trials/<seed=…_lr=…>``.
     Raises :class:`SweepFailed` when no trial succeeded and the sweep was not cancelled.
@@ -425,7 +460,7 @@ def run_sweep(
             storage_path=str(storage),
             verbose=0,
             sync_config=tune.SyncConfig(sync_artifacts=False),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=max(0, int(max_trial_failures))),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             stop=_CancelStopper(monitor),
             callbacks=[_MonitorCallback(monitor, on_progress)],
@@ -445,8 +480,12 @@ def run_sweep(
                 record["status"] = "cancelled" if cancelled else "failed"
                 if not cancelled:
                     record.setdefault("error", "the trial ended without a result")
+        for record in monitor.records:
+            if record.get("detail"):
+                log.warning("sweep %s trial %s failed: %s\n%s", job_id, record["index"], record.get("error"),
+                            record["detail"])
         trials = [
-            {k: v for k, v in r.items() if k not in ("meta_loss",)}
+            {k: v for k, v in r.items() if k not in ("meta_loss", "detail")}
             for r in monitor.records
         ]
     if on_progress is not None:
@@ -465,7 +504,6 @@ def run_sweep(
             return summary
         first = next((t for t in trials if t.get("error")), None)
         message = first["error"] if first else "no trial succeeded"
-        raise SweepFailed(
-            f"all {len(trials)} trial(s) failed; first: {message}", first.get("detail") if first else None, summary
-        )
+        detail = monitor.records[first["index"]].get("detail") if first else None
+        raise SweepFailed(f"all {len(trials)} trial(s) failed; first: {message}", detail, summary)
     return {**monitor.results[best], "trials": trials, "best_trial": best, "sweep": sweep_info}
