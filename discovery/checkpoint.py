@@ -103,7 +103,7 @@ def read_checkpoint(path: Path) -> dict:
     """
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - the unpickler refuses anything but tensors and containers
+    except Exception as exc:  # the unpickler refuses anything but tensors and containers
         raise CheckpointFormatError(f"{path} is not a safe checkpoint: {type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if not isinstance(raw, dict):
