@@ -113,10 +113,13 @@ def _short(exc: BaseException, limit: int = 500) -> str:
 
 
 def public_reason(text: str, limit: int = 4000) -> str:
-    """One line for public responses: the first non-empty line of ``text`` that is not a traceback header."""
+    """One line for public responses: the text's first line, or for a bare traceback its last line (the
+    exception); never the frames."""
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith("Traceback (most recent call last)")] or ["failed"]
-    return lines[0][:limit]
+    if not lines:
+        return "failed"
+    first = lines[0] if not lines[0].startswith("Traceback (most recent call last)") else lines[-1]
+    return first[:limit]
 
 
 def _retry_kwargs(submit: Callable[..., Any], retries: int) -> dict[str, Any]:
