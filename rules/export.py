@@ -302,11 +302,11 @@ def _swap(backend: str, name: str) -> str:
 
 
 def _docstring(rule: CoefficientRule, family: Family, prov: Provenance, fmt: str, printer: str) -> str:
-    lines = [f"{prov.name or rule.name or 'rule'}: a plasticity rule exported from the plasticity-rule discovery "
-             f"service ({fmt}).", "", f"ΔW = {rule.to_text()}", "", family.convention, "", "Provenance:"]
+    title = f"{prov.name or rule.name or 'rule'}: a plasticity rule exported from the plasticity-rule discovery service"
+    lines = [f"{title} ({fmt}).", "", f"ΔW = {rule.to_text()}", "", family.convention, "", "Provenance:"]
     lines += [f"    {line}" for line in prov.lines()] or ["    (none recorded)"]
-    lines += ["", f"Generated from the rule's sympy expression by sympy {sp.__version__}'s {printer}; runs without "
-              "the plasticity project installed."]
+    generated = f"Generated from the rule's sympy expression by sympy {sp.__version__}'s {printer}"
+    lines += ["", f"{generated}; runs without the plasticity project installed."]
     return "\n".join(lines)
 
 
@@ -471,8 +471,8 @@ def _sympy_source(rule: CoefficientRule, prov: Provenance) -> str:
 def _latex_source(rule: CoefficientRule, prov: Provenance) -> str:
     """A LaTeX snippet: ΔW = sympy's LaTeX of the expression, provenance as comments."""
     family = family_of(rule)
-    lines = [f"% {prov.name or rule.name or 'rule'}: a plasticity rule exported from the plasticity-rule discovery "
-             "service", f"% ΔW = {rule.to_text()}"]
+    title = f"{prov.name or rule.name or 'rule'}: a plasticity rule exported from the plasticity-rule discovery service"
+    lines = [f"% {title}", f"% ΔW = {rule.to_text()}"]
     lines += [f"% {line}" for line in prov.lines()]
     lines += [f"% {line}" for line in family.convention.splitlines()]
     full = sp.latex(rule.expression, symbol_names=LATEX_NAMES) if family is FEEDFORWARD else rule.latex()
