@@ -163,10 +163,12 @@ def _infeasible_reason(need: Mapping[str, float]) -> str | None:
 
 # --- submission ---------------------------------------------------------------------------------------------
 def _restart_options(max_retries: int) -> dict[str, int]:
-    """Ray's own recovery for a job actor: recreate it (on any live node) and re-run its pending ``run()`` up to
-    ``max_retries`` times after its process or node dies."""
+    """Ray's own recovery for a job actor: recreate it (on any live node) up to ``max_retries`` times after its
+    process or node dies, and re-run its pending ``run()`` on the new actor. Task retries are unbounded (-1) because
+    the restarts bound them: while a lost node is being declared dead, each retry fails at once with "actor
+    temporarily unavailable", which would use up a bounded task budget before the actor is back."""
     retries = max(0, int(max_retries))
-    return {"max_restarts": retries, "max_task_retries": retries}
+    return {"max_restarts": retries, "max_task_retries": -1 if retries else 0}
 
 
 def _launch(handle: JobHandle) -> None:
