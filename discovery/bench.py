@@ -5,7 +5,9 @@
 (b) the original algorithm re-expressed plainly: batch 1, meta-batch 1, reverse-mode autograd through the unrolled
     loop, Oja evaluated as (y yᵀ) W, Adam.
 Both on 784-170-130-100-70-47 with F0 + F2 + F9 and synthetic images; each configuration runs in a fresh
-subprocess so its peak memory (ru_maxrss, or CUDA max allocated) is its own.
+subprocess so its peak memory (ru_maxrss, or CUDA max allocated) is its own. The engine also runs the open pools
+(bio10, the 16-term library, the 43-term gated library): every row carries its ``pool``, ``s_per_episode`` and
+``speedup_vs_reference`` (against the original's three-term episode).
 """
 
 from __future__ import annotations
@@ -74,15 +76,15 @@ def reference_episode(theta: torch.nn.Parameter, opt: torch.optim.Optimizer, sho
     opt.step()
 
 
-def engine_trainer(shots: int, meta_batch: int, device: torch.device, kernel: str = "auto"):
-    """A MetaTrainer on synthetic data (the engine's own data path), F0 + F2 + F9, forward mode."""
+def engine_trainer(shots: int, meta_batch: int, device: torch.device, kernel: str = "auto", pool: str = "paper3"):
+    """A MetaTrainer on synthetic data (the engine's own data path), the pool's terms (F0 + F2 + F9), forward mode."""
     from discovery.meta import MetaTrainer
     from discovery.spec import DiscoverySpec
 
     spec = DiscoverySpec.model_validate({
         "network": {"widths": WIDTHS, "feedback": "fa"},
         "task": {"dataset": "synthetic", "ways": WAYS, "shots": shots, "queries": 10},
-        "rule": {"pool": "paper3", "theta_init": {"F0": 1e-3, "F2": 0.0, "F9": 0.0}},
+        "rule": {"pool": pool},
         "meta": {"episodes": 100_000, "meta_batch": meta_batch, "eval_episodes": 0, "lr": 3e-4,
                  "kernel": kernel},
         "resources": {"device": device.type},
@@ -91,14 +93,14 @@ def engine_trainer(shots: int, meta_batch: int, device: torch.device, kernel: st
 
 
 def _measure(kind: str, shots: int, meta_batch: int, steps: int, device_name: str, queue,
-             threads: int | None = None) -> None:
+             threads: int | None = None, pool: str = "paper3") -> None:
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device_name)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     if kind.startswith("engine"):
-        trainer = engine_trainer(shots, meta_batch, device, "torch" if kind == "engine-torch" else "auto")
+        trainer = engine_trainer(shots, meta_batch, device, "torch" if kind == "engine-torch" else "auto", pool)
         trainer.step()  # warm-up
         run = trainer.step
     else:
@@ -123,15 +125,16 @@ def _measure(kind: str, shots: int, meta_batch: int, steps: int, device_name: st
     if kind.startswith("engine"):
         from discovery import fused
         kernel = f"fused {fused.backend_name()}" if trainer.use_fused else "torch"
-    queue.put({"kind": kind, "kernel": kernel, "threads": torch.get_num_threads(), "shots": shots, "inner_steps": WAYS * shots, "meta_batch": meta_batch,
+    queue.put({"kind": kind, "pool": pool, "kernel": kernel, "threads": torch.get_num_threads(), "shots": shots, "inner_steps": WAYS * shots, "meta_batch": meta_batch,
                "episodes_per_step": per_step, "step_times": times, "peak_mb": _peak_mb(device)})
 
 
-def measure(kind: str, shots: int, meta_batch: int, steps: int, device: str, threads: int | None = None) -> dict:
+def measure(kind: str, shots: int, meta_batch: int, steps: int, device: str, threads: int | None = None,
+            pool: str = "paper3") -> dict:
     """Run one configuration in a fresh process (spawn) and return its figures."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(kind, shots, meta_batch, steps, device, queue, threads))
+    proc = ctx.Process(target=_measure, args=(kind, shots, meta_batch, steps, device, queue, threads, pool))
     proc.start()
     try:
         out = queue.get(timeout=1800)
@@ -149,20 +152,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=5, help="meta-steps timed per configuration (median reported)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all configurations")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--pools", nargs="*", default=["bio10", "library", "library_gated"],
+                    help="open pools timed beside the three-term rule")
     args = ap.parse_args(argv)
     print(f"device={args.device}  torch={torch.__version__}  threads={torch.get_num_threads()}  "
           f"net={'-'.join(map(str, WIDTHS))}  rule=F0+F2+F9", flush=True)
-    configs = [("reference", 50, 1, max(2, args.steps), None)]
+    configs = [("reference", 50, 1, max(2, args.steps), None, "paper3")]
     if args.device == "cpu" and torch.get_num_threads() > 1:  # batch-1 ops may run faster on one thread
-        configs.append(("reference", 50, 1, max(2, args.steps), 1))
+        configs.append(("reference", 50, 1, max(2, args.steps), 1, "paper3"))
     n_refs = len(configs)
-    configs += [("engine", 50, args.meta_batch, args.steps, None),
-                ("engine", 200, args.meta_batch, max(1, args.steps // 2), None),
-                ("engine-torch", 50, args.meta_batch, args.steps, None)]
+    configs += [("engine", 50, args.meta_batch, args.steps, None, "paper3"),
+                ("engine", 200, args.meta_batch, max(1, args.steps // 2), None, "paper3"),
+                ("engine-torch", 50, args.meta_batch, args.steps, None, "paper3")]
+    configs += [("engine", 50, args.meta_batch, max(2, args.steps // 2), None, pool) for pool in args.pools]
     rows: list[dict] = []
     for rnd in range(args.rounds):                   # rounds interleave the configurations: a slow spell of the
-        for i, (kind, shots, mb, steps, threads) in enumerate(configs):   # machine hits all of them alike
-            r = measure(kind, shots, mb, steps, args.device, threads)
+        for i, (kind, shots, mb, steps, threads, pool) in enumerate(configs):   # machine hits all of them alike
+            r = measure(kind, shots, mb, steps, args.device, threads, pool)
             if rnd == 0:
                 rows.append(r)
             else:
@@ -173,14 +179,14 @@ def main(argv: list[str] | None = None) -> dict:
         r["episodes_per_s"] = 1 / r["s_per_episode"]
     refs = rows[:n_refs]
     ref = max(refs, key=lambda r: r["episodes_per_s"])         # compare against the faster original
-    eng, eng1000, eng_torch = rows[n_refs:]
-    print(f"{'configuration':<60}{'inner steps':>12}{'episodes/s':>12}{'s/episode':>11}{'peak MB':>10}"
+    eng, eng1000, eng_torch = rows[n_refs:n_refs + 3]
+    print(f"{'configuration':<60}{'pool':>14}{'inner steps':>12}{'episodes/s':>12}{'s/episode':>11}{'peak MB':>10}"
           f"{'vs (b)':>8}")
     for r in rows:
         name = (f"(b) original: reverse mode, batch 1, (yyᵀ)W, {r['threads']} thread(s)" if r["kind"] == "reference"
                 else f"(a) engine, {r['kernel']} kernel: forward mode, meta-batch {r['meta_batch']}")
         r["speedup_vs_reference"] = r["episodes_per_s"] / ref["episodes_per_s"]
-        print(f"{name:<60}{r['inner_steps']:>12}{r['episodes_per_s']:>12.2f}{r['s_per_episode']:>11.3f}"
+        print(f"{name:<60}{r['pool']:>14}{r['inner_steps']:>12}{r['episodes_per_s']:>12.2f}{r['s_per_episode']:>11.3f}"
               f"{r['peak_mb']:>10.0f}{r['speedup_vs_reference']:>7.1f}x")
     ratio = eng["speedup_vs_reference"]
     mem_ratio = eng1000["peak_mb"] / eng["peak_mb"]
@@ -188,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"{eng['kernel']} kernel); torch kernel {eng_torch['speedup_vs_reference']:.1f}x")
     print(f"engine peak memory 1,000 vs 250 inner steps: {eng1000['peak_mb']:.0f} MB vs {eng['peak_mb']:.0f} MB "
           f"(ratio {mem_ratio:.2f}; flat = 1)")
+    for r in rows[n_refs + 3:]:
+        print(f"pool {r['pool']}: {r['s_per_episode']:.3f} s/episode, {r['speedup_vs_reference']:.1f}x the original's "
+              f"three-term episode ({r['kernel']} kernel)")
     out = {"rows": rows, "speedup": ratio, "memory_ratio_1000_vs_250": mem_ratio, "device": args.device}
     if args.json:
         with open(args.json, "w") as f:

@@ -139,6 +139,6 @@ def load(dtype: type) -> ctypes._CFuncPtr | None:
     creal = ctypes.c_float if dtype == np.float32 else ctypes.c_double
     ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     fn.argtypes = [ptr, ptr, ptr, ptr, ptr, long_, int_, int_, int_, ptr, ptr, ptr, ptr, ptr, long_,
-                   ptr, ptr, ptr, creal, creal, ptr, ptr, int_, ptr]
+                   ptr, ptr, ptr, creal, creal, ptr, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, ptr]
     fn.restype = ctypes.c_int
     return fn

@@ -11,9 +11,11 @@ L1 (the batched torch loop streams every weight four times). The kernel is C (`f
 `discovery.ckernel`, one episode per thread); this module also holds the same kernel in numba, used where no C
 compiler works.
 
-A rule is fusable when every atom is u vᵀ with u ∈ {y, e, 1} and v ∈ {x, e_pre, 1, Wᵀy, Wᵀe, Wᵀ1} (F0, F1, F2,
-F4, F9, hebb) plus decay (F3), and the feedback is fa, dfa or bp (bp reads W_{ℓ+1} and Ẇ_{ℓ+1} in the error pass,
-before the sweep updates them). Otherwise (F5–F8, sign feedback, CUDA) the caller uses the batched torch loop.
+A rule is fusable when every atom is G · u vᵀ with u ∈ {y, e, 1}, v ∈ {x, e_pre, 1_pre, Wᵀy, Wᵀe, Wᵀ1} and G a
+product of at most two 1×1 gates (aᵀb of two post or two pre vectors, or aᵀW b), plus decay (F3): every term of
+bio10 and of the generated library (rules.library). The feedback must be fa, dfa or bp (bp reads W_{ℓ+1} and Ẇ_{ℓ+1}
+in the error pass, before the sweep updates them). Gated rules run in the C kernel only; otherwise (sign feedback,
+CUDA, other shapes) the caller uses the batched torch loop.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,10 +32,11 @@ from torch import Tensor
 
 from discovery import ckernel
 from rules.compiler import CompiledRule
+from rules.primitives import DIMS
 
 U_CODES = {"y": 0, "e": 1, "one": 2}
 #: v slots: 0 x, 1 e_pre, 2 one, 3 Wᵀy, 4 Wᵀe, 5 Wᵀ1 (slot 3 + u-code of a)
-V_DIRECT = {"x": 0, "e_pre": 1, "one": 2}
+V_DIRECT = {"x": 0, "e_pre": 1, "one_pre": 2}
 N_SLOTS = 6
 FEEDBACK_CODES = {"fa": 0, "dfa": 1, "bp": 2}
 _KERNEL_LOCK = threading.Lock()   # numba's default 'workqueue' threading layer must not be entered concurrently
@@ -45,32 +48,95 @@ except Exception:  # noqa: BLE001  # pragma: no cover
     numba = None
 
 
+POST_CODES = {"y": 0, "e": 1, "one": 2}
+PRE_CODES = {"x": 0, "e_pre": 1, "one_pre": 2}
+MAX_GATES_PER_ATOM = 2
+
+
 @dataclass(frozen=True)
 class FusedPlan:
-    """ΔW = Σ_t θ_t (Σ_{u,s} C[t,u,s] u v_sᵀ + d_t W): the rule as a dense coefficient table."""
+    """ΔW = Σ_t θ_t (Σ_{u,s} C[t,u,s] G u v_sᵀ + d_t W): the rule as a coefficient table and, for scalar-gated
+    rules, the atom list (t, u, s, gate 1, gate 2; κ) and the gates (kind 0 post aᵀb, 1 pre aᵀb, 2 aᵀW b; a, b)."""
 
-    coef: np.ndarray    # (R, 3, 6)
+    coef: np.ndarray    # (R, 3, 6): κ summed per (t, u, s) (the whole rule when ungated; the structure otherwise)
     decay: np.ndarray   # (R,)
+    atoms: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), dtype=np.int32))
+    atom_coef: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gates: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int32))
+
+    @property
+    def gated(self) -> bool:
+        return len(self.gates) > 0
+
+
+def _segments(chain: Sequence[tuple[str, bool]]) -> list[list[tuple[str, bool]]]:
+    """Cut a 1×m chain of factors wherever the inner dimension is 1: 1×1 gates, then the final 1×m piece."""
+    out, cur = [], []
+    for f in chain:
+        cur.append(f)
+        rows, cols = DIMS[f[0]]
+        if (rows if f[1] else cols) == "1":
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _gate(seg: Sequence[tuple[str, bool]]) -> tuple[int, int, int] | None:
+    """(kind, a, b) of a 1×1 gate: aᵀb of two post vectors (0) or two pre vectors (1), or aᵀW b (2)."""
+    if len(seg) == 2 and seg[0][1] and not seg[1][1]:
+        (a, _), (b, _) = seg
+        for kind, codes in ((0, POST_CODES), (1, PRE_CODES)):
+            if a in codes and b in codes:
+                return (kind, *sorted((codes[a], codes[b])))
+    if len(seg) == 3 and seg[1][0] == "W":
+        (a, ta), (_, tw), (b, tb) = seg
+        if ta and not tw and not tb and a in POST_CODES and b in PRE_CODES:
+            return (2, POST_CODES[a], PRE_CODES[b])
+        if ta and tw and not tb and a in PRE_CODES and b in POST_CODES:
+            return (2, POST_CODES[b], PRE_CODES[a])
+    return None
+
+
+def _slot(seg: Sequence[tuple[str, bool]]) -> int | None:
+    """The v slot of the final 1×m piece: x, e_pre, 1_pre (0–2) or aᵀW (3 + a)."""
+    if len(seg) == 1 and seg[0][1] and seg[0][0] in V_DIRECT:
+        return V_DIRECT[seg[0][0]]
+    if len(seg) == 2 and seg[0][1] and seg[0][0] in U_CODES and seg[1] == ("W", False):
+        return 3 + U_CODES[seg[0][0]]
+    return None
 
 
 def plan(rule: CompiledRule) -> FusedPlan | None:
-    """The coefficient table of a fusable rule, or None when some atom has another shape."""
+    """The coefficient table (and gated atoms) of a fusable rule, or None when some atom has another shape."""
     R = len(rule)
     coef = np.zeros((R, 3, N_SLOTS))
+    atoms, kappas, gates = [], [], []
     for t, term in enumerate(rule.terms):
         for a in term.atoms:
             if len(a.prefix) != 1 or a.prefix[0][1] or a.prefix[0][0] not in U_CODES:
                 return None
-            u = U_CODES[a.prefix[0][0]]
-            if len(a.suffix) == 1 and a.suffix[0][1] and a.suffix[0][0] in V_DIRECT:
-                slot = V_DIRECT[a.suffix[0][0]]
-            elif (len(a.suffix) == 2 and a.suffix[0][1] and a.suffix[0][0] in U_CODES
-                  and a.suffix[1] == ("W", False)):
-                slot = 3 + U_CODES[a.suffix[0][0]]
-            else:
+            segs = _segments(a.suffix)
+            slot = _slot(segs[-1]) if segs else None
+            found = [_gate(g) for g in segs[:-1]]
+            if slot is None or None in found or len(found) > MAX_GATES_PER_ATOM:
                 return None
+            u = U_CODES[a.prefix[0][0]]
             coef[t, u, slot] += a.coef
-    return FusedPlan(coef, np.array(rule.decays, dtype=np.float64))
+            ids = []
+            for g in found:
+                if g not in gates:
+                    gates.append(g)
+                ids.append(gates.index(g))
+            ids += [-1] * (MAX_GATES_PER_ATOM - len(ids))
+            atoms.append([t, u, slot, *ids])
+            kappas.append(a.coef)
+    decay = np.array(rule.decays, dtype=np.float64)
+    if not gates:
+        return FusedPlan(coef, decay)
+    return FusedPlan(coef, decay, np.array(atoms, dtype=np.int32).reshape(-1, 5),
+                     np.array(kappas, dtype=np.float64), np.array(gates, dtype=np.int32).reshape(-1, 3))
 
 
 def available() -> bool:
@@ -85,8 +151,11 @@ def backend_name() -> str:
 
 def fusable(rule: CompiledRule, feedback: str, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the fused loop can run this rule: CPU, fa/dfa/bp feedback, supported atoms, a kernel present."""
-    return (available() and device.type == "cpu" and feedback in FEEDBACK_CODES
-            and dtype in (torch.float32, torch.float64) and plan(rule) is not None)
+    if not (available() and device.type == "cpu" and feedback in FEEDBACK_CODES
+            and dtype in (torch.float32, torch.float64)):
+        return False
+    p = plan(rule)
+    return p is not None and (not p.gated or ckernel.load(np.float64) is not None)   # gates: the C kernel only
 
 
 # --------------------------------------------------------------------------------------------- the kernel
@@ -422,9 +491,13 @@ def _run_c(kernel, p: FusedPlan, theta: np.ndarray, WT: np.ndarray, WdT: np.ndar
     Bn, R = WT.shape[0], WdT.shape[1]
     c, Cr, dr, scale, act_s, act_u, pairs = _coefficients(p, theta, R)
     ints = [np.ascontiguousarray(a, dtype=np.int64) for a in (widths, wpad, woff, foff, voff)]
+    th = np.ascontiguousarray(theta, dtype=np.float64)
+    atoms, kap, gates = (np.ascontiguousarray(p.atoms, dtype=np.int32), np.ascontiguousarray(p.atom_coef),
+                         np.ascontiguousarray(p.gates, dtype=np.int32))
     shared = [a.ctypes.data for a in ints] + [WT.shape[1], c.ctypes.data, Cr.ctypes.data, dr.ctypes.data,
                                               float(scale), float(beta), act_s.ctypes.data, act_u.ctypes.data,
-                                              len(pairs), pairs.ctypes.data]
+                                              len(pairs), pairs.ctypes.data, th.ctypes.data, len(atoms),
+                                              atoms.ctypes.data, kap.ctypes.data, len(gates), gates.ctypes.data]
     L = len(widths) - 1
 
     def one(b: int) -> int:
@@ -468,6 +541,8 @@ def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Seq
     th = theta.detach().cpu().numpy().astype(np_dtype)
     FB = np.ascontiguousarray(FB, dtype=np_dtype)
     kernel = ckernel.load(np_dtype)
+    if p.gated and kernel is None:
+        raise ValueError("scalar-gated rules need the C kernel (the numba fallback runs ungated rules only)")
     if kernel is not None:
         _run_c(kernel, p, th, WT, WdT, FB, X, T, widths, wpad, woff, foff, voff, FEEDBACK_CODES[feedback], beta)
     else:

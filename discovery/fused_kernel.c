@@ -9,6 +9,12 @@
  * pass while the row is in L1. Every loop is a plain unit-stride loop over restrict pointers: the compiler
  * vectorizes all of them (the numba version cannot prove the arrays distinct, and leaves the updates scalar).
  *
+ * Scalar gates (F5–F8 and the generated gated terms): an atom may carry up to two 1×1 gates g (post dot aᵀb, pre
+ * dot aᵀb, or bilinear aᵀW b). Then c_{u,s} = Σ_atoms θ_t κ G and C_{r,u,s} = Σ_{atoms of r} κ G + Σ_atoms θ_t κ Ġ_r
+ * are recomputed per layer and sample from the gates' values G and tangents Ġ_r (ȧ_{u,r} then picks up Ċ's part);
+ * a bilinear gate aᵀW b = Σ_j (aᵀW)_j b_j needs every column of W before any is updated, so its reductions (the
+ * same as Oja's slot v = Wᵀa) run in a pre-pass over the layer and the sweep reuses them.
+ *
  * Layout (all per episode): U rows 0..R = y, ẏ_1..ẏ_R; rows R+1..2R+1 = e, ė_r; row 2R+2 = ones (zero pads);
  * each row holds every layer's vector at offset voff[ℓ]. REAL is float or double (-DREAL=...).
  */
@@ -53,14 +59,91 @@ static void dots(const real *A, long lda, int cnt, const real *restrict b, long 
 
 typedef struct {
     int L, R, mode;            /* layers, tangents, feedback: 0 fa, 1 dfa, 2 bp */
-    long V, Wtot, npmax;
+    long V, Wtot, npmax, mmax;
     const long *widths, *wpad, *woff, *foff, *voff;
     const real *c, *Cr, *dr;   /* c[u][s] = Σ_t θ_t C[t,u,s]; Cr[r][u][s] = C[r,u,s]; dr[r] = d_r */
     real scale, beta;          /* s = 1 + Σ_t θ_t d_t */
     const char *act_s, *act_u;
     int npairs;                /* the (u, s) pairs with a nonzero coefficient in some term */
     const int *pairs;
+    const double *theta;       /* θ_t (gated rules: c and C_r are recomputed from the atoms every sample) */
+    int natoms, ngates;
+    const int *atoms;          /* natoms × 5: term t, u, s, gate 1, gate 2 (−1: none) */
+    const double *atom_coef;   /* κ of each atom */
+    const int *gates;          /* ngates × 3: kind (0 post dot aᵀb, 1 pre dot aᵀb, 2 aᵀW b), a, b */
+    int need_pre[3];           /* a ∈ {y, e, 1} whose reductions aᵀW run in the pre-pass (bilinear gates) */
 } Plan;
+
+static inline real vdot(const real *restrict a, const real *restrict b, long n) {
+    real s = 0;
+    for (long i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Row of U holding vector code a (0 y/x, 1 e/e_pre, 2 ones): primal, and tangent r (−1: none, the ones). */
+static inline long prow(const Plan *p, int a) { return a == 0 ? 0 : a == 1 ? p->R + 1 : 2L * p->R + 2; }
+static inline long trow(const Plan *p, int a, int r) { return a == 0 ? r + 1 : a == 1 ? p->R + 2 + r : -1; }
+
+/* Gated rules, layer li, before its sweep: the pre-pass reductions T_a = aᵀW (and Ṫ_{a,r} = ȧ_rᵀW + aᵀẆ_r) for
+ * the a of bilinear gates, the gates G_k and Ġ_{k,r}, then c_{u,s} and C_{r,u,s} from the atoms. */
+static void layer_coefficients(const Plan *p, int li, const real *W, const real *Wd, const real *U, real *T,
+                               real *red, double *g, double *gd, real *c, real *Cr) {
+    int R = p->R;
+    long V = p->V, m = p->widths[li], npd = p->wpad[li + 1], on = p->voff[li + 1], om = p->voff[li];
+    long mmax = p->mmax;
+    for (int a = 0; a < 3; a++) {
+        if (!p->need_pre[a]) continue;
+        const real *av = U + prow(p, a) * V + on;
+        real *Ta = T + (long)a * (R + 1) * mmax;
+        for (long j = 0; j < m; j++) {
+            long b = p->woff[li] + j * npd;
+            if (a < 2) dots(av, V, R + 1, W + b, npd, red);
+            else {
+                dots(av, V, 1, W + b, npd, red);
+                for (int r = 0; r < R; r++) red[r + 1] = 0;
+            }
+            dots(Wd + b, p->Wtot, R, av, npd, red + R + 1);
+            Ta[j] = red[0];
+            for (int r = 0; r < R; r++) Ta[(long)(1 + r) * mmax + j] = red[r + 1] + red[R + 1 + r];
+        }
+    }
+    for (int k = 0; k < p->ngates; k++) {
+        int kind = p->gates[3 * k], a = p->gates[3 * k + 1], b = p->gates[3 * k + 2];
+        if (kind < 2) {                        /* aᵀb on the post (kind 0) or the pre (kind 1) side */
+            long off = kind == 0 ? on : om, len = kind == 0 ? p->widths[li + 1] : m;
+            const real *pa = U + prow(p, a) * V + off, *pb = U + prow(p, b) * V + off;
+            g[k] = vdot(pa, pb, len);
+            for (int r = 0; r < R; r++) {
+                double s = 0;
+                if (a < 2) s += vdot(U + trow(p, a, r) * V + off, pb, len);
+                if (b < 2) s += vdot(pa, U + trow(p, b, r) * V + off, len);
+                gd[(long)k * R + r] = s;
+            }
+        } else {                               /* aᵀW b = Σ_j T_a[j] b_j */
+            const real *Ta = T + (long)a * (R + 1) * mmax, *pb = U + prow(p, b) * V + om;
+            g[k] = vdot(Ta, pb, m);
+            for (int r = 0; r < R; r++) {
+                double s = vdot(Ta + (long)(1 + r) * mmax, pb, m);
+                if (b < 2) s += vdot(Ta, U + trow(p, b, r) * V + om, m);
+                gd[(long)k * R + r] = s;
+            }
+        }
+    }
+    double cd[3 * NS] = {0};
+    for (long i = 0; i < (long)R * 3 * NS; i++) Cr[i] = 0;
+    for (int q = 0; q < p->natoms; q++) {
+        const int *at = p->atoms + 5 * q;
+        int t = at[0], u = at[1], s = at[2], g1 = at[3], g2 = at[4], us = u * NS + s;
+        double G1 = g1 >= 0 ? g[g1] : 1, G2 = g2 >= 0 ? g[g2] : 1, kap = p->atom_coef[q];
+        cd[us] += p->theta[t] * kap * G1 * G2;
+        if (t < R) Cr[t * 3 * NS + us] += (real)(kap * G1 * G2);
+        for (int r = 0; r < R; r++) {
+            double dG = (g1 >= 0 ? gd[(long)g1 * R + r] * G2 : 0) + (g2 >= 0 ? G1 * gd[(long)g2 * R + r] : 0);
+            Cr[r * 3 * NS + us] += (real)(p->theta[t] * kap * dG);
+        }
+    }
+    for (int i = 0; i < 3 * NS; i++) c[i] = (real)cd[i];
+}
 
 /* Initial forward pass (all tangents are 0): row 0 of U for every layer from the input. */
 static void forward0(const Plan *p, const real *W, real *U, real *z) {
@@ -131,7 +214,8 @@ static void errors(const Plan *p, real *U, const real *FB, const real *W, const 
 /* One pass over the m rows of layer block li: reductions v_s = (aᵀW)_j (and tangents), then the tangent and
  * primal column updates with the next sample's forward accumulation z += W_{:,j} x_{t+1,j} in the same loop. */
 static void sweep(const Plan *p, int li, real *W, real *Wd, const real *U, const real *Un, real *Z, int has_next,
-                  real *red, real *vals, real *vd, real *au, real *aud) {
+                  real *red, real *vals, real *vd, real *au, real *aud, const real *c, const real *Cr,
+                  const real *T) {
     int R = p->R;
     long V = p->V, Wtot = p->Wtot, zs = p->npmax;
     long m = p->widths[li], npd = p->wpad[li + 1], on = p->voff[li + 1], om = p->voff[li];
@@ -151,6 +235,12 @@ static void sweep(const Plan *p, int li, real *W, real *Wd, const real *U, const
         for (int a = 0; a < 3; a++) {          /* v = Wᵀa: aᵀW_{:,j}, and ȧ_rᵀW_{:,j} + aᵀẆ_r{:,j} */
             int s = 3 + a;
             if (!p->act_s[s]) continue;
+            if (T && p->need_pre[a]) {         /* computed by the pre-pass of a bilinear gate */
+                const real *Ta = T + (long)a * (R + 1) * p->mmax;
+                vals[s] = Ta[j];
+                for (int r = 0; r < R; r++) vd[r * NS + s] = Ta[(long)(1 + r) * p->mmax + j];
+                continue;
+            }
             const real *av = U + urow[a] * V + on;
             if (a < 2) dots(av, V, R + 1, w, npd, red);
             else {
@@ -167,10 +257,10 @@ static void sweep(const Plan *p, int li, real *W, real *Wd, const real *U, const
         }
         for (int k = 0; k < p->npairs; k++) {  /* a_u = Σ_s c_{u,s} v_s ; ȧ_{u,r} = Σ_s C_{r,u,s} v_s + c_{u,s} v̇_{r,s} */
             int u = p->pairs[2 * k], s = p->pairs[2 * k + 1];
-            real cus = p->c[u * NS + s], v = vals[s];
+            real cus = c[u * NS + s], v = vals[s];
             au[u] += cus * v;
             for (int r = 0; r < R; r++)
-                aud[r * 3 + u] += p->Cr[(r * 3 + u) * NS + s] * v + cus * vd[r * NS + s];
+                aud[r * 3 + u] += Cr[(r * 3 + u) * NS + s] * v + cus * vd[r * NS + s];
         }
         real xn = has_next ? Un[om + j] : 0, ay = au[0], ae = au[1], a1 = au[2];
         for (int r = 0; r < R; r++) {          /* Ẇ_r ← sẆ_r + d_r W + ẏ_r a_y + ė_r a_e + y ȧ_y + e ȧ_e + 1 ȧ_1 */
@@ -211,18 +301,25 @@ static void sweep(const Plan *p, int li, real *W, real *Wd, const real *U, const
 int fused_episode(real *W, real *Wd, const real *FB, const real *X, const long *T, long S, int L, int R, int mode,
                   const long *widths, const long *wpad, const long *woff, const long *foff, const long *voff,
                   long Wtot, const real *c, const real *Cr, const real *dr, real scale, real beta,
-                  const char *act_s, const char *act_u, int npairs, const int *pairs) {
-    long V = voff[L] + wpad[L], npmax = 0;
+                  const char *act_s, const char *act_u, int npairs, const int *pairs, const double *theta,
+                  int natoms, const int *atoms, const double *atom_coef, int ngates, const int *gates) {
+    long V = voff[L] + wpad[L], npmax = 0, mmax = 0;
     for (int k = 0; k <= L; k++) npmax = wpad[k] > npmax ? wpad[k] : npmax;
-    Plan p = {L, R, mode, V, Wtot, npmax, widths, wpad, woff, foff, voff, c, Cr, dr, scale, beta, act_s, act_u,
-              npairs, pairs};
+    for (int k = 0; k < L; k++) mmax = widths[k] > mmax ? widths[k] : mmax;
+    Plan p = {L, R, mode, V, Wtot, npmax, mmax, widths, wpad, woff, foff, voff, c, Cr, dr, scale, beta, act_s,
+              act_u, npairs, pairs, theta, natoms, ngates, atoms, atom_coef, gates, {0, 0, 0}};
+    for (int k = 0; k < ngates; k++)
+        if (gates[3 * k] == 2) p.need_pre[gates[3 * k + 1]] = 1;
     long rows = 2L * R + 3;
     real *U = calloc(rows * V, sizeof(real)), *Un = calloc(rows * V, sizeof(real));
     real *Z = calloc((R + 1) * npmax, sizeof(real));
     real *G = calloc(2 * R + 2, sizeof(real)), *red = calloc(2 * R + 2, sizeof(real));
     real *vals = calloc(NS, sizeof(real)), *vd = calloc((R + 1) * NS, sizeof(real));
     real *au = calloc(3, sizeof(real)), *aud = calloc((R + 1) * 3, sizeof(real));
-    int ok = U && Un && Z && G && red && vals && vd && au && aud;
+    real *Tp = calloc(3L * (R + 1) * mmax, sizeof(real)), *cg = calloc(3 * NS, sizeof(real));
+    real *Crg = calloc((R + 1) * 3 * NS, sizeof(real));
+    double *g = calloc(ngates + 1, sizeof(double)), *gd = calloc((long)(ngates + 1) * (R + 1), sizeof(double));
+    int ok = U && Un && Z && G && red && vals && vd && au && aud && Tp && cg && Crg && g && gd;
     if (ok) {
         for (int li = 0; li <= L; li++)
             for (long i = 0; i < widths[li]; i++) {
@@ -239,7 +336,12 @@ int fused_episode(real *W, real *Wd, const real *FB, const real *X, const long *
             for (int li = 0; li < L; li++) {
                 long n = widths[li + 1], on = voff[li + 1];
                 memset(Z, 0, sizeof(real) * (R + 1) * npmax);
-                sweep(&p, li, W, Wd, U, Un, Z, has_next, red, vals, vd, au, aud);
+                if (ngates) {
+                    layer_coefficients(&p, li, W, Wd, U, Tp, red, g, gd, cg, Crg);
+                    sweep(&p, li, W, Wd, U, Un, Z, has_next, red, vals, vd, au, aud, cg, Crg, Tp);
+                } else {
+                    sweep(&p, li, W, Wd, U, Un, Z, has_next, red, vals, vd, au, aud, c, Cr, NULL);
+                }
                 if (!has_next) continue;
                 for (long i = 0; i < n; i++) {
                     real z = Z[i];
@@ -257,5 +359,6 @@ int fused_episode(real *W, real *Wd, const real *FB, const real *X, const long *
         }
     }
     free(U); free(Un); free(Z); free(G); free(red); free(vals); free(vd); free(au); free(aud);
+    free(Tp); free(cg); free(Crg); free(g); free(gd);
     return ok ? 0 : -1;
 }

@@ -23,7 +23,11 @@ Vocabulary (case-insensitive):
 - terms (rules.terms ids): ``pseudo-gradient`` F0, ``error-Hebbian``/``eHebb`` F2, ``decay`` F3, ``Oja`` F9,
   ``Hebbian``/``Hebb`` hebb, ``F0``..``F9``; ``all ten``/``bio10`` → the ten-term pool; ``paper3``/``three-term`` →
   F0, F2, F9. Named terms are added to the pseudo-gradient F0 (the error-driven base the rule starts from, θ0 = 1e-3)
-  unless the goal says ``only``. No term named → the paper3 pool.
+  unless the goal says ``only``; named terms are fitted as they are (no search). ``paper's three terms``/``paper3``
+  → fit F0, F2, F9. **No term named → open discovery**: search the generated 16-term library (``rules.library``)
+  by forward selection and return the front; ``from bio10``/``bio10``, ``library``, ``gated library`` name the
+  pool searched; ``forward selection``, ``backward elimination``, ``l1 path``/``lasso path`` choose the search;
+  ``at most N terms`` bounds the support.
 - init: ``bad init``/``large init`` → init_scale 3 (3× the Xavier range, the "sub-optimal initialization" of S1);
   ``small init`` → 0.3; ``init scale X``.
 - training: ``N episodes`` (meta-training), ``N eval episodes``, ``N-way``, ``K-shot``, ``Q queries``, ``seed S``,
@@ -189,7 +193,10 @@ VOCABULARY: dict[str, list[str]] = {
         "Hebbian",
         "F0..F9",
         "all ten / bio10",
-        "paper3 / three-term",
+        "paper3 / three-term / the paper's three terms",
+        "library / gated library (the pool an open search runs over; the default when no term is named)",
+        "forward selection / backward elimination / l1 path",
+        "at most N terms",
         "only",
     ],
     "init": ["bad init (scale 3)", "large init (scale 3)", "small init (scale 0.3)", "init scale X"],
@@ -249,6 +256,8 @@ class _Draft:
     dataset: str | None = None
     terms: list[str] = field(default_factory=list)
     pool: str | None = None
+    search: str | None = None
+    max_terms: int | None = None
     only: bool = False
     init_scale: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -386,6 +395,19 @@ def _pool(name: str) -> _Handler:
     return handle
 
 
+def _search(method: str) -> _Handler:
+    def handle(m: re.Match[str], d: _Draft) -> str:
+        d.set_once("search", method, m.group(0))
+        return f"{m.group(0)!r} → search by {method}"
+
+    return handle
+
+
+def _max_terms(m: re.Match[str], d: _Draft) -> str:
+    d.max_terms = int(m.group(1))
+    return f"{m.group(0)!r} → at most {d.max_terms} terms on the front"
+
+
 def _f_term(m: re.Match[str], d: _Draft) -> str:
     return _term(f"F{m.group(1)}", "library term")(m, d)
 
@@ -442,8 +464,15 @@ PHRASES: list[tuple[str, _Handler]] = [
     (r"\bdigits[\s-]*28\b|\bupsampled[\s-]+digits\b", _dataset("digits28")),
     (r"\b(?:sklearn[\s-]+)?digits\b", _dataset("digits")),
     (r"\bsynthetic\b", _dataset("synthetic")),
+    (r"\b(?:up\s+to|at\s+most|no\s+more\s+than|max(?:imum)?(?:\s+of)?)\s+(\d+)\s+terms?\b", _max_terms),
+    (r"\bforward[\s-]+(?:selection|search|stepwise)\b|\bscreening\b", _search("forward")),
+    (r"\bbackward[\s-]+(?:elimination|selection|search|stepwise)\b", _search("backward")),
+    (r"\b(?:l1|lasso|proximal|sparse)[\s-]+path\b", _search("path")),
+    (r"\b(?:gated[\s-]+(?:term[\s-]+)?library|library[\s-]+with[\s-]+gates)\b", _pool("library_gated")),
+    (r"\b(?:open[\s-]+|generated[\s-]+|term[\s-]+|whole[\s-]+|full[\s-]+)?library\b", _pool("library")),
     (r"\ball[\s-]+(?:ten|10)(?:[\s-]+terms)?\b|\bbio[\s-]*10\b|\bf[\s_-]*bio\b", _pool("bio10")),
-    (r"\bpaper[\s-]*3\b|\bthree[\s-]*terms?\b", _pool("paper3")),
+    (r"\b(?:the\s+)?paper'?s\s+(?:three|3)[\s-]*terms?\b|\bpaper[\s-]*3\b|\bthree[\s-]*terms?\b",
+     _pool("paper3")),
     (
         r"\berror[\s-]*(?:based[\s-]*)?hebb(?:ian)?\b|\be[\s-]?hebb(?:ian)?\b",
         _term("F2", "error-based Hebbian"),
@@ -527,6 +556,9 @@ def parse_goal(text: str) -> GoalParse:
         raise GoalError(f"the goal gives an invalid spec: {reasons}", understood) from exc
     except ValueError as exc:
         raise GoalError(f"the goal gives an invalid spec: {exc}", understood) from exc
+    if spec.search.active:
+        understood.append(f"open discovery: {spec.search.method} search over the {spec.rule.pool} pool "
+                          f"({len(spec.rule.terms or [])} terms), at most {spec.search.max_terms} terms on the front")
     return GoalParse(spec=spec, understood=understood)
 
 
@@ -563,6 +595,14 @@ def _build_spec(d: _Draft, text: str) -> DiscoverySpec:
     if d.init_scale is not None:
         network["init_scale"] = d.init_scale
     rule: dict[str, Any] = {}
+    search: dict[str, Any] = {}
+    if not d.terms and not d.only and d.pool != "paper3":     # open discovery: search the pool's structure
+        rule["pool"] = d.pool or "library"
+        search = {"method": d.search or "forward", "max_terms": d.max_terms or 5}
+        meta.setdefault("term_scale", "norm")
+    elif d.search is not None or d.max_terms is not None:
+        raise ValueError("a search ('forward selection', 'at most N terms', ...) needs a pool to search, not named "
+                         "terms: drop the named terms or say 'from the library' / 'from bio10'")
     if d.pool and not d.terms:
         rule["pool"] = d.pool
     elif d.terms:
@@ -581,6 +621,7 @@ def _build_spec(d: _Draft, text: str) -> DiscoverySpec:
             "task": task,
             "rule": rule,
             "meta": meta,
+            "search": search,
             "resources": d.resources,
         }
     )

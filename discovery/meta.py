@@ -54,6 +54,23 @@ class ProgressEvent(BaseModel):
     dropped_episodes: int = 0
     backtracked: bool = False
     lr: float | None = None
+    phase: str | None = None          # the search stage this step belongs to (open discovery), e.g. "fit 3 terms"
+
+
+class FrontPoint(BaseModel):
+    """One rule of an open search's front: its support, refit θ, complexity and held-out score."""
+
+    terms: list[str]
+    theta: dict[str, float]
+    rule: dict
+    n_terms: int
+    complexity: int
+    heldout_accuracy: float | None
+    heldout_ci95: float | None
+    heldout_episodes: int
+    stage: str
+    selected: bool = False
+    rule_id: int | None = None      # filled in by the service once the rule is stored
 
 
 class DiscoveryResult(BaseModel):
@@ -73,6 +90,8 @@ class DiscoveryResult(BaseModel):
     wall_time_s: float
     device: str
     spec: dict
+    front: list[FrontPoint] = Field(default_factory=list)   # open discovery (spec.search): every support found
+    search: dict | None = None                              # open discovery: method, pool, stages, screening
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,7 +125,9 @@ class MetaTrainer(Checkpointed):
 
     checkpoint_name = CHECKPOINT_NAME
 
-    def __init__(self, spec: DiscoverySpec, device: torch.device | None = None):
+    def __init__(self, spec: DiscoverySpec, device: torch.device | None = None, stream: int = 0):
+        """``stream`` > 0 draws another meta-train episode stream from the same seed (the stages of a search see
+        fresh episodes); held-out episodes depend on the seed alone, so every stage is scored on the same ones."""
         from discovery.data import EpisodeSampler, load_dataset
 
         self.spec = spec
@@ -127,11 +148,12 @@ class MetaTrainer(Checkpointed):
             raise ValueError(f"output width {net.widths[-1]} < {self.dataset.n_classes} classes (remap_labels off)")
         common = {"heldout_fraction": task.heldout_fraction, "remap_labels": task.remap_labels}
         seed = spec.meta.seed
+        stream_seed = seed + 7_919 * stream
         self.train_sampler = EpisodeSampler(self.dataset, task.ways, task.shots, task.queries, split="train",
-                                            seed=seed, **common)
+                                            seed=stream_seed, **common)
         self._sampler_args = (EpisodeSampler, task, common, seed)
         self._heldout = None
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(stream_seed)
         self.rule = build_rule(spec)
         self.term_ids = list(spec.rule.terms or [])
         init = spec.rule.initial_theta()
@@ -243,10 +265,14 @@ class MetaTrainer(Checkpointed):
         else:
             self.run_of_skips = 0
             self.last_good_theta = self.theta.detach().clone()
-            g = grad[:, finite].mean(1) + meta.l1 * torch.sign(self.theta.detach())   # ∂(CE + λ‖θ‖₁)/∂θ
+            g = grad[:, finite].mean(1)
+            if meta.l1_mode == "subgradient":
+                g = g + meta.l1 * torch.sign(self.theta.detach())                   # ∂(CE + λ‖θ‖₁)/∂θ
             self.opt.zero_grad(set_to_none=True)
             self.phi.grad = (g * self.scale).to(self.phi.dtype)                      # chain rule: ∂/∂φ = s ⊙ ∂/∂θ
             self.opt.step()
+            if meta.l1_mode == "proximal" and meta.l1 > 0:
+                self._prox_l1(meta.l1)
             idx = finite.nonzero()[0, 0].item()
             alignment, e1 = self._diagnostics(ep, Wf, Bs, idx)
         self.episode += 1
@@ -258,6 +284,29 @@ class MetaTrainer(Checkpointed):
             backtracked=backtracked, lr=self.opt.param_groups[0]["lr"])
         self.history.append(event.model_dump())
         return event
+
+    def _prox_l1(self, lam: float) -> None:
+        """Proximal step of λ‖φ‖₁ after Adam's step: φ_r ← sign(φ_r) max(|φ_r| − λ η_r, 0) with Adam's per-coordinate
+        step η_r = lr / (√v̂_r + ε). φ = θ / s is θ in units of effect (θ_r ‖F_r‖ ∝ φ_r for s_r < 1), so terms of
+        different magnitude are penalized alike; a coefficient whose mean gradient stays below λ becomes exactly 0."""
+        state = self.opt.state.get(self.phi)
+        if not state:
+            return
+        group = self.opt.param_groups[0]
+        beta2, eps = group["betas"][1], group["eps"]
+        step = float(state["step"])
+        v_hat = state["exp_avg_sq"] / (1 - beta2 ** step)
+        eta = group["lr"] / (v_hat.sqrt() + eps)
+        with torch.no_grad():
+            self.phi.copy_(torch.sign(self.phi) * torch.clamp(self.phi.abs() - lam * eta, min=0.0))
+
+    def gradient_rms(self) -> Tensor:
+        """√v̂: Adam's running RMS of ∂L/∂φ per term (the noise scale the λ path is measured in)."""
+        state = self.opt.state.get(self.phi)
+        if not state:
+            return torch.zeros_like(self.phi.detach())
+        beta2 = self.opt.param_groups[0]["betas"][1]
+        return (state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))).sqrt().detach()
 
     def _maybe_backtrack(self) -> bool:
         """After `backtrack_after` skipped steps in a row, θ ← the last θ with finite episodes, Adam's moments
@@ -294,6 +343,13 @@ class MetaTrainer(Checkpointed):
         """Held-out accuracy of the rule with the current θ: mean ± 95% CI over `episodes` held-out episodes."""
         if episodes <= 0:
             return None, None, 0
+        values = self.heldout_values(episodes, batch)
+        mean, ci = _mean_ci95(values)
+        return mean, ci, values.numel()
+
+    def heldout_values(self, episodes: int, batch: int = 25) -> Tensor:
+        """Per-episode held-out query accuracy (float64, `episodes` values; a diverged episode counts 0). The
+        episodes and the fresh W, B depend on the seed alone: rules scored with one seed are paired."""
         net = self.spec.network
         eval_gen = torch.Generator().manual_seed(self.spec.meta.seed + 7_777)
         self.heldout_sampler.reseed(self.spec.meta.seed + 1_000_003)
@@ -308,9 +364,7 @@ class MetaTrainer(Checkpointed):
                 accs.append(query_accuracy(Wf, ep.x_query, ep.y_query, net.beta).cpu())
                 done += b
         values = torch.cat(accs).double()
-        values = torch.nan_to_num(values, nan=0.0)
-        mean, ci = _mean_ci95(values)
-        return mean, ci, values.numel()
+        return torch.nan_to_num(values, nan=0.0)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -338,9 +392,17 @@ class MetaTrainer(Checkpointed):
 
 
 def term_scales(trainer: MetaTrainer, episodes: int = 8, samples: int = 10) -> Tensor:
-    """s_r = min(1, ‖F_ref‖/‖F_r‖): RMS Frobenius norm of each term summed over layers, on `samples` online samples
-    of fresh networks (own generator and sampler, so the run's random streams are untouched); F_ref = pseudo_grad
-    (F0) when it is in the pool, else the median term."""
+    """s_r = min(1, ‖F_ref‖/‖F_r‖) (see :func:`term_norms`); F_ref = pseudo_grad (F0) when it is in the pool, else
+    the median term."""
+    norms = term_norms(trainer, episodes, samples)
+    ids = list(trainer.rule.names)
+    ref = norms[ids.index("F0")] if "F0" in ids else norms.median()
+    return torch.clamp(ref / norms.clamp_min(1e-30), max=1.0)
+
+
+def term_norms(trainer: MetaTrainer, episodes: int = 8, samples: int = 10) -> Tensor:
+    """‖F_r‖: RMS Frobenius norm of each term summed over layers, on `samples` online samples of fresh networks
+    (own generator and sampler, so the run's random streams are untouched)."""
     from discovery.inner import rule_env
     from discovery.network import errors, forward, post_activities
 
@@ -362,10 +424,7 @@ def term_scales(trainer: MetaTrainer, episodes: int = 8, samples: int = 10) -> T
             for r, single in enumerate(singles):
                 for i, W in enumerate(Ws):
                     sq[r] += float(single.delta(ones, rule_env(i, ys, post, es, W)).pow(2).sum()) / episodes
-    norms = (sq / len(steps)).sqrt()
-    ids = list(trainer.rule.names)
-    ref = norms[ids.index("F0")] if "F0" in ids else norms.median()
-    return torch.clamp(ref / norms.clamp_min(1e-30), max=1.0)
+    return (sq / len(steps)).sqrt()
 
 
 def learned_rule(term_ids: list[str], theta: dict[str, float], prune_rel: float = 1e-3):
@@ -380,6 +439,10 @@ def discover(spec: DiscoverySpec | dict, progress: Callable[[ProgressEvent], Non
              should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
     """Meta-train θ for `spec`, evaluate on held-out episodes, return the rule and its history."""
     spec = spec if isinstance(spec, DiscoverySpec) else DiscoverySpec.model_validate(spec)
+    if spec.search.active and spec.task.kind == "fewshot":
+        from discovery.search import discover_search
+
+        return discover_search(spec, progress, checkpoint_dir, should_stop)
     if spec.task.kind == "fixedpoint-mnist":
         from discovery.recurrent_discovery import discover_recurrent
 

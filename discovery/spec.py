@@ -11,15 +11,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rules.terms import POOLS as RULE_POOLS
+
 FeedbackMode = Literal["bp", "fa", "dfa", "sign"]
 DatasetName = Literal["mnist5k", "digits", "digits28", "emnist-balanced", "synthetic"]
 GradMode = Literal["forward", "reverse"]
 
-#: Term pools (ids of rules.terms): the released three-term rule and the paper's ten-term F_bio pool.
-POOLS: dict[str, list[str]] = {
-    "paper3": ["F0", "F2", "F9"],
-    "bio10": [f"F{i}" for i in range(10)],
-}
+#: Term pools (ids of rules.terms): paper3, bio10, the generated 16-term library and the 43-term gated library.
+POOLS: dict[str, list[str]] = RULE_POOLS
+PoolName = Literal["paper3", "bio10", "library", "library_gated"]
 
 
 class _Strict(BaseModel):
@@ -65,11 +65,24 @@ class TaskSpec(_Strict):
 
 
 class RuleSpec(_Strict):
-    """The rule family ΔW_ℓ = Σ_r θ_r F^r_ℓ: term ids (or a pool name) and θ at the start."""
+    """The rule family ΔW_ℓ = Σ_r θ_r F^r_ℓ: term ids (or a pool name) and θ at the start.
 
-    pool: Literal["paper3", "bio10"] | None = None
+    ``terms`` is a list of term ids, or a pool name ("library" = the generated 16-term library)."""
+
+    pool: PoolName | None = None
     terms: list[str] | None = None
     theta_init: dict[str, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pool_as_terms(cls, data: object) -> object:
+        """``"terms": "library"`` (a pool's name instead of a list) means ``"pool": "library"``."""
+        if isinstance(data, dict) and isinstance(data.get("terms"), str):
+            name = data["terms"]
+            if name not in POOLS:
+                raise ValueError(f"terms {name!r} is neither a list of term ids nor a pool ({', '.join(POOLS)})")
+            data = {**data, "pool": name, "terms": None}
+        return data
 
     @model_validator(mode="after")
     def _resolve_terms(self) -> RuleSpec:
@@ -100,8 +113,9 @@ class MetaSpec(_Strict):
     l1: float = Field(0.0, ge=0, le=10.0)
     grad_mode: GradMode = "forward"
     kernel: Literal["auto", "fused", "torch"] = Field(
-        "auto", description="inner loop: 'fused' = the numba CPU kernel (fa, dfa or bp feedback, rules over y, e, 1 × x, "
-                            "e_pre, 1, Wᵀy, Wᵀe plus decay); 'torch' = batched torch ops (any rule, CPU or CUDA); "
+        "auto", description="inner loop: 'fused' = the C (or numba) CPU kernel (fa, dfa or bp feedback, rules of "
+                            "gated outer products G·u vᵀ, u in y, e, 1, v in x, e_pre, 1_pre, Wᵀy, Wᵀe, plus decay: "
+                            "every library term); 'torch' = batched torch ops (any rule, CPU or CUDA); "
                             "'auto' = fused where it applies")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     dtype: Literal["float32", "float64"] = "float32"
@@ -113,6 +127,9 @@ class MetaSpec(_Strict):
         "per-term step size: 'norm' divides term r's Adam step by ‖F_r‖/‖F_ref‖ (measured on fresh networks, "
         "capped at 1; F_ref = pseudo_grad when in the pool, else the median term), so a term that moves W much "
         "more per unit θ (F5, F9, F3 of bio10) is not moved as far as F0 by Adam's first steps"))
+    l1_mode: Literal["subgradient", "proximal"] = Field("subgradient", description=(
+        "how λ‖θ‖₁ enters: 'subgradient' adds λ sign(θ) to the gradient (never exactly 0 under Adam); 'proximal' "
+        "soft-thresholds φ = θ/s after each Adam step by λ times Adam's per-term step, which sets exact zeros"))
     backtrack_after: int = Field(3, ge=0, le=1000, description=(
         "after this many consecutive skipped meta-steps, restore the last θ whose episodes were finite, clear Adam's "
         "moments and halve the learning rate (0: never)"))
@@ -127,6 +144,27 @@ class SweepSpec(_Strict):
 
     def is_empty(self) -> bool:
         return not (self.seeds or self.lr or self.l1)
+
+
+class SearchSpec(_Strict):
+    """Open discovery: search the structure of the rule over the pool, not only its coefficients.
+
+    ``forward``: greedy forward selection by meta-gradient screening (∂L/∂θ_r of every candidate at θ_r = 0 from
+    the forward-mode tangents), each added term refit; ``backward``: fit the whole pool, then drop the term of the
+    smallest effect |θ_r|/s_r and refit, down to one term; ``path``: proximal-L1 path over λ with warm starts, then a
+    refit of each support without L1. The episode budget is meta.episodes; every support found is scored on the
+    same held-out episodes and the simplest within the 95 % CI of the best is selected (the front)."""
+
+    method: Literal["none", "forward", "backward", "path"] = "none"
+    max_terms: int = Field(5, ge=1, le=64, description="largest support the forward search grows (front size)")
+    screen_episodes: int = Field(8, ge=1, le=256, description="episodes per screening of the candidates")
+    n_lambda: int = Field(5, ge=1, le=20, description="λ values on the proximal path")
+    front_eval_episodes: int | None = Field(None, ge=1, le=100_000, description=(
+        "held-out episodes per front point (default meta.eval_episodes)"))
+
+    @property
+    def active(self) -> bool:
+        return self.method != "none"
 
 
 class ResourceSpec(_Strict):
@@ -144,6 +182,7 @@ class DiscoverySpec(_Strict):
     rule: RuleSpec = Field(default_factory=RuleSpec)
     meta: MetaSpec = Field(default_factory=MetaSpec)
     sweep: SweepSpec = Field(default_factory=SweepSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
 
     @model_validator(mode="after")
@@ -161,7 +200,7 @@ class DiscoverySpec(_Strict):
 
         for t in self.rule.terms or []:
             if plan(compile_terms([term(t).expr])) is None:
-                raise ValueError(f"meta.kernel 'fused' cannot run term {t} (a scalar-gated product); use 'auto'")
+                raise ValueError(f"meta.kernel 'fused' cannot run term {t}; use 'auto'")
         return self
 
     @model_validator(mode="after")

@@ -26,7 +26,32 @@ def test_the_example_goal_of_the_issue() -> None:
     assert spec.network.widths == [784, 170, 130, 100, 70, 10]
     assert spec.network.feedback == "fa"
     assert spec.task.dataset == "mnist5k"
-    assert spec.rule.terms == POOLS["paper3"]
+    # no term named: open discovery over the generated library (no F0/F2/F9 hint)
+    assert spec.rule.pool == "library" and spec.rule.terms == POOLS["library"]
+    assert spec.search.method == "forward" and spec.meta.term_scale == "norm"
+
+
+@pytest.mark.parametrize(
+    ("goal", "pool", "terms", "method"),
+    [
+        ("find a rule using the paper's three terms", "paper3", ["F0", "F2", "F9"], "none"),
+        ("only F0 and F2", None, ["F0", "F2"], "none"),
+        ("find a rule from bio10", "bio10", POOLS["bio10"], "forward"),
+        ("a rule from the gated library by l1 path", "library_gated", POOLS["library_gated"], "path"),
+        ("depth-3 with oja", None, ["F0", "F9"], "none"),
+    ],
+)
+def test_goal_restricts_the_search(goal: str, pool: str | None, terms: list[str], method: str) -> None:
+    parse = parse_goal(goal)
+    assert parse.spec.rule.pool == pool and parse.spec.rule.terms == terms
+    assert parse.spec.search.method == method
+    assert any("open discovery" in u for u in parse.understood) == (method != "none")
+
+
+def test_goal_max_terms_and_named_terms_conflict() -> None:
+    assert goal_to_spec("at most 3 terms by backward elimination").search.max_terms == 3
+    with pytest.raises(GoalError, match="needs a pool"):
+        goal_to_spec("oja by forward selection")
 
 
 @pytest.mark.parametrize(

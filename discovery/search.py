@@ -1,0 +1,322 @@
+"""Open discovery: search which terms of a pool the rule needs, then return a complexity × accuracy front.
+
+Three searches share one budget of meta-training episodes (spec.meta.episodes) and one scoring:
+
+* ``forward`` — greedy forward selection by **meta-gradient screening**. Forward mode carries ∂W/∂θ_r for every
+  term of the pool, so one meta-batch with θ_r = 0 for the candidates gives ∂L/∂θ_r for all of them at the cost of
+  one episode with R tangents. The candidate of largest |∂L/∂φ_r| (φ = θ/s, θ in units of effect) joins the
+  support, which is refit warm-started (only its own tangents, cheap); repeated up to ``max_terms``.
+* ``backward`` — fit the whole pool, then repeatedly drop the term of the smallest effect |φ_r| and refit.
+* ``path`` — proximal L1 (``meta.l1_mode = "proximal"``) over a λ grid with warm starts, λ_k measured in units of
+  the gradient noise √v̂ of the dense fit; each support the path visits is refit without L1 (debiasing), warm
+  from the path's θ.
+
+Every support gets a refit θ and is scored on the same held-out episodes (paired across supports); the front is
+the list of these rules (number of terms, complexity, held-out accuracy ± 95 % CI) and the selected rule is the
+simplest whose accuracy lies within the CI of the best (PySR's convention). Each stage checkpoints under
+``checkpoint_dir/stage_<i>`` and the finished stages are listed in ``search.json``: a restarted search resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from discovery.meta import (
+    DiscoveryResult,
+    FrontPoint,
+    MetaTrainer,
+    ProgressEvent,
+    learned_rule,
+    resolve_device,
+    term_norms,
+)
+from discovery.spec import DiscoverySpec
+from rules.terms import term
+
+STATE_FILE = "search.json"
+LAMBDA_FACTORS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+
+
+class Stage(BaseModel):
+    """A finished stage of the search (what `search.json` records)."""
+
+    kind: str                        # "fit", "screen"
+    label: str
+    terms: list[str]
+    theta: dict[str, float]
+    episodes: int
+    scores: dict[str, float] | None = None
+    gradient_rms: dict[str, float] | None = None
+    history: list[dict] = []
+
+
+def complexity(terms: list[str]) -> int:
+    """Σ over the terms' monomials of their primitive factors (e xᵀ = 2, y (yᵀW) = 4, (1ᵀy) e xᵀ = 4)."""
+    return sum(sum(len(seg) for seg in mono.spine) + sum(len(s) for s in mono.scalars)
+               for t in terms for mono in term(t).poly.terms)
+
+
+def select(front: list[FrontPoint]) -> int:
+    """Index of the simplest point whose accuracy is within the 95 % CI of the best (ties: higher accuracy)."""
+    scored = [(i, p) for i, p in enumerate(front) if p.heldout_accuracy is not None]
+    if not scored:
+        return len(front) - 1
+    best = max(scored, key=lambda ip: ip[1].heldout_accuracy)[1]
+    floor = best.heldout_accuracy - (best.heldout_ci95 or 0.0)
+    ok = [(p.n_terms, p.complexity, -p.heldout_accuracy, i) for i, p in scored if p.heldout_accuracy >= floor]
+    return min(ok)[3]
+
+
+class Search:
+    """Runs one of the searches of the module docstring for a spec whose rule terms are the pool."""
+
+    def __init__(self, spec: DiscoverySpec, progress: Callable[[ProgressEvent], None] | None = None,
+                 checkpoint_dir: Path | str | None = None, should_stop: Callable[[], bool] | None = None):
+        self.spec = spec
+        self.pool = list(spec.rule.terms or [])
+        self.progress = progress
+        self.folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.should_stop = should_stop
+        self.budget = spec.meta.episodes
+        self.used = 0                      # episodes consumed by finished stages
+        self.stages: list[Stage] = self._load_state()
+        self.cursor = 0                    # index of the next stage (replayed from search.json when done)
+        self.history: list[dict] = []
+        self.stopped = False
+        self.resumed_from: int | None = sum(s.episodes for s in self.stages) if self.stages else None
+        self._norms: dict[str, float] | None = None
+        self._screener: MetaTrainer | None = None
+
+    # ------------------------------------------------------------------ state
+    def _load_state(self) -> list[Stage]:
+        if self.folder is None or not (self.folder / STATE_FILE).exists():
+            return []
+        raw = json.loads((self.folder / STATE_FILE).read_text())
+        if raw.get("spec") != self.spec.model_dump(mode="json"):
+            return []
+        return [Stage.model_validate(s) for s in raw["stages"]]
+
+    def _save_state(self) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps({"spec": self.spec.model_dump(mode="json"),
+                                   "stages": [s.model_dump(mode="json") for s in self.stages]}))
+        tmp.replace(self.folder / STATE_FILE)
+
+    def _replay(self) -> Stage | None:
+        """The recorded result of the next stage, when a previous run finished it."""
+        if self.cursor < len(self.stages):
+            stage = self.stages[self.cursor]
+            self.cursor += 1
+            self.used += stage.episodes
+            self.history.extend(stage.history)
+            return stage
+        return None
+
+    def _record(self, stage: Stage) -> Stage:
+        self.stages.append(stage)
+        self.cursor += 1
+        self.used += stage.episodes
+        self._save_state()
+        return stage
+
+    # ------------------------------------------------------------------ building blocks
+    def _subspec(self, terms: list[str], theta: dict[str, float], episodes: int, **meta: Any) -> DiscoverySpec:
+        data = self.spec.model_dump()
+        data["rule"] = {"terms": terms, "theta_init": {t: theta.get(t, 0.0) for t in terms}}
+        data["meta"].update({"episodes": max(1, episodes), **meta})
+        data["search"] = {"method": "none"}
+        data["sweep"] = {}
+        return DiscoverySpec.model_validate(data)
+
+    def fit(self, terms: list[str], theta: dict[str, float], episodes: int, label: str, **meta: Any) -> Stage:
+        """Meta-train θ of `terms` (warm start `theta`) for `episodes` fresh episodes."""
+        done = self._replay()
+        if done is not None:
+            return done
+        spec = self._subspec(terms, theta, episodes, **meta)
+        trainer = MetaTrainer(spec, stream=self.cursor + 1)
+        offset, index = self.used, self.cursor
+
+        def report(event: ProgressEvent) -> None:
+            event = event.model_copy(update={"episode": offset + event.episode, "total": self.budget,
+                                             "phase": label})
+            if self.progress is not None:
+                self.progress(event)
+
+        folder = self.folder / f"stage_{index}" if self.folder is not None else None
+        self.stopped = trainer.run(report, folder, self.should_stop)
+        history = [{**h, "episode": offset + h["episode"], "total": self.budget, "phase": label}
+                   for h in trainer.history]
+        self.history.extend(history)
+        stage = Stage(kind="fit", label=label, terms=terms, theta=trainer.theta_dict(), episodes=trainer.episode,
+                      gradient_rms=dict(zip(terms, trainer.gradient_rms().tolist(), strict=True)), history=history)
+        return stage if self.stopped else self._record(stage)
+
+    def norms(self) -> dict[str, float]:
+        """‖F_r‖ of every pool term on fresh networks (the unit of effect; one measurement for the search)."""
+        if self._norms is None:
+            trainer = self.screener()
+            self._norms = dict(zip(self.pool, term_norms(trainer).tolist(), strict=True))
+        return self._norms
+
+    def screener(self) -> MetaTrainer:
+        """A trainer over the whole pool whose meta-gradients screen the candidates."""
+        if self._screener is None:
+            spec = self._subspec(self.pool, {}, 1, meta_batch=self.spec.search.screen_episodes)
+            self._screener = MetaTrainer(spec, stream=10_000)
+        return self._screener
+
+    def screen(self, theta: dict[str, float], label: str) -> Stage:
+        """∂L/∂φ_r = ∂L/∂θ_r · ‖F_ref‖/‖F_r‖ for every pool term at θ (candidates at 0), mean over fresh episodes."""
+        done = self._replay()
+        if done is not None:
+            return done
+        trainer = self.screener()
+        norms = self.norms()
+        ref = norms.get("F0") or float(torch.tensor(list(norms.values())).median())
+        with torch.no_grad():
+            full = torch.tensor([theta.get(t, 0.0) for t in self.pool], dtype=trainer.dtype)
+            trainer.phi.copy_(full / trainer.scale)
+        n = self.spec.search.screen_episodes
+        ep = trainer.train_sampler.sample(n, device=trainer.device, dtype=trainer.dtype)
+        Ws, Bs = trainer._weights(n)
+        loss, grad, _, _ = trainer.meta_gradient(ep, Ws, Bs)
+        finite = torch.isfinite(loss) & torch.isfinite(grad).all(0)
+        g = grad[:, finite].mean(1) if bool(finite.any()) else torch.zeros(len(self.pool))
+        scores = {t: abs(float(g[i])) * ref / max(norms[t], 1e-30) for i, t in enumerate(self.pool)}
+        return self._record(Stage(kind="screen", label=label, terms=list(theta), theta=theta, episodes=n,
+                                  scores=scores))
+
+    def remaining(self) -> int:
+        return max(0, self.budget - self.used)
+
+    # ------------------------------------------------------------------ the searches
+    def start(self) -> list[str]:
+        """The first support: F0 (the error-driven base) when the pool has it, else the best-screened term."""
+        if "F0" in self.pool:
+            return ["F0"]
+        scores = self.screen({}, "screen from 0").scores or {}
+        return [max(scores, key=scores.get)]
+
+    def forward(self) -> list[Stage]:
+        """Greedy forward selection: screen, add the best candidate, refit; up to max_terms terms."""
+        k_max = min(self.spec.search.max_terms, len(self.pool))
+        support = self.start()
+        n_screen = self.spec.search.screen_episodes
+        per_fit = max(1, (self.remaining() - (k_max - 1) * n_screen) // k_max)
+        init = self.spec.rule.initial_theta()
+        fits = [self.fit(support, {t: init.get(t, 0.0) for t in support}, per_fit, f"fit {len(support)} terms")]
+        while len(support) < k_max and not self.stopped:
+            scores = self.screen(fits[-1].theta, f"screen for term {len(support) + 1}").scores or {}
+            candidates = {t: s for t, s in scores.items() if t not in support and math.isfinite(s)}
+            if not candidates:
+                break
+            support = [*support, max(candidates, key=candidates.get)]
+            fits.append(self.fit(support, fits[-1].theta, per_fit, f"fit {len(support)} terms"))
+        return fits
+
+    def backward(self) -> list[Stage]:
+        """Dense fit of the pool, then drop the smallest-effect term and refit, down to one term."""
+        init = self.spec.rule.initial_theta()
+        R = len(self.pool)
+        dense = self.fit(self.pool, init, max(1, self.remaining() * 2 // 5), f"fit {R} terms")
+        fits = [dense]
+        per_fit = max(1, self.remaining() // max(1, R - 1))
+        while len(fits[-1].terms) > 1 and not self.stopped:
+            cur = fits[-1]
+            scale = self.screener().scale
+            s = dict(zip(self.pool, scale.tolist(), strict=True))
+            effect = {t: abs(cur.theta[t]) / max(s[t], 1e-30) for t in cur.terms if t != "F0"} or \
+                {t: abs(cur.theta[t]) for t in cur.terms}
+            keep = [t for t in cur.terms if t != min(effect, key=effect.get)]
+            fits.append(self.fit(keep, cur.theta, per_fit, f"fit {len(keep)} terms"))
+        return fits
+
+    def path(self) -> list[Stage]:
+        """Proximal-L1 path over λ (warm starts, supports shrink), then a debiasing refit of every support."""
+        init = self.spec.rule.initial_theta()
+        n_lambda = self.spec.search.n_lambda
+        dense = self.fit(self.pool, init, max(1, self.remaining() * 2 // 5), f"fit {len(self.pool)} terms")
+        noise = torch.tensor(list((dense.gradient_rms or {}).values()) or [1.0]).median().item()
+        per_lambda = max(1, self.remaining() * 2 // 3 // n_lambda)
+        cur, supports = dense, []
+        for lam in [c * noise for c in LAMBDA_FACTORS[:n_lambda]]:
+            if self.stopped:
+                break
+            stage = self.fit(cur.terms, cur.theta, per_lambda, f"path λ={lam:.2e}", l1=lam, l1_mode="proximal")
+            nonzero = [t for t in stage.terms if stage.theta[t] != 0.0] or [max(stage.terms, key=lambda t: abs(
+                stage.theta[t]))]
+            cur = stage.model_copy(update={"terms": nonzero, "theta": {t: stage.theta[t] for t in nonzero}})
+            if nonzero not in [s.terms for s in supports]:
+                supports.append(cur)
+        fits = [dense]
+        per_refit = max(1, self.remaining() // max(1, len(supports)))
+        for s in supports:
+            if self.stopped:
+                break
+            fits.append(self.fit(s.terms, s.theta, per_refit, f"refit {len(s.terms)} terms"))
+        return fits
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, fits: list[Stage]) -> list[FrontPoint]:
+        """Every distinct support's refit θ scored on the same held-out episodes; the selected one marked."""
+        episodes = self.spec.search.front_eval_episodes or self.spec.meta.eval_episodes
+        by_support: dict[tuple[str, ...], Stage] = {}
+        for f in fits:
+            by_support[tuple(sorted(f.terms))] = f          # the latest fit of a support wins
+        front = []
+        for f in sorted(by_support.values(), key=lambda f: len(f.terms)):
+            trainer = MetaTrainer(self._subspec(f.terms, f.theta, 1))
+            acc, ci, n = trainer.evaluate(episodes) if episodes else (None, None, 0)
+            rule = learned_rule(f.terms, f.theta)
+            front.append(FrontPoint(terms=f.terms, theta=f.theta, rule={**rule.to_dict(), "coefficients_raw": f.theta},
+                                    n_terms=len(f.terms), complexity=complexity(f.terms), heldout_accuracy=acc,
+                                    heldout_ci95=ci, heldout_episodes=n, stage=f.label))
+        if front:
+            front[select(front)].selected = True
+        return front
+
+    def run(self) -> tuple[list[FrontPoint], list[Stage]]:
+        fits = getattr(self, self.spec.search.method)()
+        return ([] if self.stopped else self.score(fits)), fits
+
+
+def discover_search(spec: DiscoverySpec, progress: Callable[[ProgressEvent], None] | None = None,
+                    checkpoint_dir: Path | str | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
+    """Run spec.search over spec.rule.terms and return the selected rule with the whole front."""
+    t0 = time.perf_counter()
+    search = Search(spec, progress, checkpoint_dir, should_stop)
+    front, fits = search.run()
+    chosen = next((p for p in front if p.selected), None)
+    last = fits[-1] if fits else None
+    theta = chosen.theta if chosen else (last.theta if last else {})
+    terms = chosen.terms if chosen else (last.terms if last else [])
+    rule = chosen.rule if chosen else {**learned_rule(terms, theta).to_dict(), "coefficients_raw": theta} if terms \
+        else {}
+    screens = [s for s in search.stages if s.kind == "screen"]
+    return DiscoveryResult(
+        rule=rule, theta=theta, history=search.history, theta_history=[h["theta"] for h in search.history],
+        heldout_accuracy=chosen.heldout_accuracy if chosen else None,
+        heldout_ci95=chosen.heldout_ci95 if chosen else None,
+        heldout_episodes=chosen.heldout_episodes if chosen else 0,
+        diverged_episodes=sum(h.get("dropped_episodes", 0) for h in search.history),
+        skipped_steps=sum(1 for h in search.history if h.get("skipped")), stopped=search.stopped,
+        resumed_from_episode=search.resumed_from, wall_time_s=time.perf_counter() - t0,
+        device=str(resolve_device(spec.resources.device)),
+        spec=spec.model_dump(), front=front,
+        search={"method": spec.search.method, "pool": search.pool, "episodes": search.used,
+                "stages": [{"label": s.label, "kind": s.kind, "terms": s.terms, "episodes": s.episodes}
+                           for s in search.stages],
+                "screening": [{"label": s.label, "scores": s.scores} for s in screens]})
