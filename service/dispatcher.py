@@ -60,7 +60,7 @@ from service.models import (
 )
 from service.rulebook import benchmark_text, record_from_result
 from service.settings import Settings
-from service.store import add_event, link_job_rule, upsert_rule
+from service.store import add_event, link_job_rule, store_front, upsert_rule
 
 log = logging.getLogger("plasticity.dispatcher")
 
@@ -72,6 +72,7 @@ MAX_POLL_ERRORS = 5
 RAY_RETRY_SECONDS = 10.0
 #: Keys of a progress event worth keeping in ``jobs.progress``.
 PROGRESS_KEYS = (
+    "phase",
     "episode",
     "total",
     "meta_loss",
@@ -519,6 +520,11 @@ class Dispatcher:
             )
         rule_row: Rule | None = None
         rule_dict = result.get("rule")
+        front = result.get("front") or []
+        if front:   # open discovery: every rule of the front is stored (the entries gain their rule_id)
+            ids = store_front(s, job, front, name=_rule_name(job), spec=spec, seed=(spec.get("meta") or {}).get("seed"))
+            add_event(s, "front", f"stored the front: rules {', '.join(map(str, ids))}", job_id=job.id,
+                      data={"rule_ids": ids})
         if rule_dict:
             record = record_from_result(rule_dict)
             best = result.get("best_trial")

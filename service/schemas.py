@@ -98,6 +98,19 @@ class EventOut(BaseModel):
     data: dict[str, Any] | None = None
 
 
+class FrontEntry(BaseModel):
+    """One stored rule of an open search's front (number of terms / complexity × held-out accuracy)."""
+
+    rule_id: int | None = None
+    n_terms: int
+    complexity: int
+    heldout_accuracy: float | None = None
+    heldout_ci95: float | None = None
+    selected: bool = False
+    terms: list[str] = Field(default_factory=list)
+    expression: str | None = None
+
+
 class JobOut(BaseModel):
     """A discovery job."""
 
@@ -120,6 +133,7 @@ class JobOut(BaseModel):
     trials: int = 0
     events: list[EventOut] | None = None
     understood: list[str] | None = Field(None, description="how a goal was read (POST with a goal only)")
+    front: list[FrontEntry] = Field(default_factory=list, description="open discovery: the rules of the front")
 
 
 class ScoreOut(BaseModel):

@@ -16,6 +16,7 @@ from discovery.spec import DiscoverySpec
 from service.db import finite_json
 from service.models import (
     ACTIVE_STATUSES,
+    ORIGIN_DISCOVERED,
     QUEUED,
     BenchmarkRun,
     Job,
@@ -24,7 +25,7 @@ from service.models import (
     Rule,
     RuleTerm,
 )
-from service.rulebook import RuleRecord, code_version
+from service.rulebook import RuleRecord, code_version, record_from_result
 
 
 def add_event(
@@ -133,3 +134,25 @@ def link_job_rule(session: Session, job: Job, rule: Rule) -> None:
     """Record that ``job`` produced ``rule`` (idempotent)."""
     if rule.id not in job.rule_ids:
         job.rule_links.append(JobRule(job_id=job.id, rule_id=rule.id))
+
+
+def store_front(session: Session, job: Job, front: list[dict[str, Any]], *, name: str, spec: dict[str, Any] | None,
+                seed: int | None) -> list[int]:
+    """Store every rule of an open search's front (deduplicated by hash), link it to the job and write its id
+    into the front entry (``rule_id``); returns the ids in front order."""
+    ids = []
+    for point in front:
+        rule_dict = point.get("rule") or {}
+        if not rule_dict:
+            continue
+        n = point.get("n_terms")
+        row, _ = upsert_rule(
+            session, record_from_result(rule_dict), name=f"{name} ({n} terms)", origin=ORIGIN_DISCOVERED,
+            spec=spec, seed=seed, job_id=job.id,
+            provenance={"job_id": job.id, "goal": job.goal, "front": {k: point.get(k) for k in (
+                "n_terms", "complexity", "heldout_accuracy", "heldout_ci95", "heldout_episodes", "selected",
+                "stage")}, "coefficients_raw": point.get("theta")})
+        link_job_rule(session, job, row)
+        point["rule_id"] = row.id
+        ids.append(row.id)
+    return ids

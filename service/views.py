@@ -36,6 +36,15 @@ def event_out(event: JobEvent) -> dict[str, Any]:
     }
 
 
+def front_entries(front: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The API's view of a stored front (``FrontEntry`` fields) from the job result's front points."""
+    return [{"rule_id": p.get("rule_id"), "n_terms": p.get("n_terms", len(p.get("terms") or [])),
+             "complexity": p.get("complexity", 0), "heldout_accuracy": p.get("heldout_accuracy"),
+             "heldout_ci95": p.get("heldout_ci95"), "selected": bool(p.get("selected")),
+             "terms": list(p.get("terms") or []), "expression": (p.get("rule") or {}).get("expression")}
+            for p in front]
+
+
 def job_out(job: Job, *, events: bool = False) -> dict[str, Any]:
     """A job as ``GET /api/jobs/{id}`` shows it (``events=True`` adds the history)."""
     result = job.result or {}
@@ -61,6 +70,7 @@ def job_out(job: Job, *, events: bool = False) -> dict[str, Any]:
         "heldout_ci95": result.get("heldout_ci95"),
         "resumed_from_episode": result.get("resumed_from_episode"),
         "trials": len(job.trials),
+        "front": front_entries(result.get("front") or []),
     }
     if events:
         out["events"] = [event_out(e) for e in job.events]
