@@ -100,9 +100,12 @@ def test_user_expression_with_oja_on_error_fuses():
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
 
 
-def test_plan_rejects_scalar_gated_terms_and_bp():
-    assert fused.plan(_rule(["F5"])) is None          # −e (1ᵀy) xᵀ: a scalar chain
-    assert fused.plan(_rule(["F6"])) is None
+def test_plan_gates_scalar_chains_and_rejects_sign_feedback(backend):
+    assert fused.plan(_rule(["F5"])).gated            # −e (1ᵀy) xᵀ: a 1×1 gate on the post side
+    assert fused.plan(_rule(["F6"])).gated            # yᵀW e_pre: a bilinear gate
+    # gated rules run in the C kernel only; the numba fallback sends them to the torch loop
+    assert fused.fusable(_rule(["F5"]), "fa", torch.device("cpu"), torch.float32) == (backend == "c")
+    assert fused.plan(compile_expression(Rule.parse("(e.T*W*W.T*y)*e*x.T").expression)) is None  # not a gate
     assert not fused.fusable(_rule(["F0"]), "sign", torch.device("cpu"), torch.float32)
     assert fused.fusable(_rule(["F0"]), "bp", torch.device("cpu"), torch.float32)
     assert fused.fusable(_rule(["F0"]), "fa", torch.device("cpu"), torch.float32)
@@ -127,14 +130,14 @@ def test_trainer_fused_and_torch_kernels_give_the_same_run():
     assert a.heldout_accuracy == pytest.approx(b.heldout_accuracy)
 
 
-def test_trainer_kernel_choice():
+def test_trainer_kernel_choice(backend):
     assert MetaTrainer(_spec("auto")).use_fused
     assert not MetaTrainer(_spec("torch")).use_fused
-    assert not MetaTrainer(_spec("auto", pool="bio10")).use_fused       # F5–F8 are scalar-gated
+    # F5–F8 are scalar-gated: the C kernel runs them, the numba fallback leaves them to the torch loop
+    assert MetaTrainer(_spec("auto", pool="bio10")).use_fused == (backend == "c")
+    assert MetaTrainer(_spec("auto", pool="library_gated")).use_fused == (backend == "c")
     assert MetaTrainer(_spec("auto", feedback="bp")).use_fused
     assert not MetaTrainer(_spec("auto", feedback="sign")).use_fused
-    with pytest.raises(ValueError, match="meta.kernel 'fused' cannot run term F5"):
-        _spec("fused", pool="bio10")                                    # refused at submission (422 in the API)
     with pytest.raises(ValueError, match="meta.kernel 'fused' runs fa, dfa or bp"):
         _spec("fused", feedback="sign")
 
