@@ -185,6 +185,13 @@ class DiscoverySpec(_Strict):
     search: SearchSpec = Field(default_factory=SearchSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
 
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, v: str | None) -> str | None:
+        if v is not None and any(ord(c) < 32 and c not in "\t\n" for c in v):
+            raise ValueError("the name must not contain control characters (NUL, ...)")
+        return v
+
     @model_validator(mode="after")
     def _fused_kernel_applies(self) -> DiscoverySpec:
         """meta.kernel = 'fused' is refused at submission when the kernel cannot run the job."""

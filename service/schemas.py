@@ -26,6 +26,7 @@ class GoalRequest(_Request):
         ...,
         min_length=1,
         max_length=2000,
+        pattern=r"^[^\x00-\x08\x0b-\x1f]*$",
         examples=[
             (
                 "find a plasticity rule for depth-5 online learning under feedback alignment "
