@@ -80,7 +80,7 @@ def test_tiny_fa5_scores_with_confidence_intervals(fa5_tiny):
         assert t["best"] == e["hyperparameters"]
     by = {e["learner"]: e for e in r["entries"]}
     # backprop's teaching signal is δ itself; FA's starts unaligned
-    assert max(by["BP"]["metrics"]["alignment_deg"]) < 1e-2
+    assert max(by["BP"]["metrics"]["alignment_deg"]) < 5e-2    # float32 arccos near 1 resolves ≈ 0.02°
     assert min(by["FA"]["metrics"]["alignment_deg"]) > 30
     # PC-Exact is backprop: same tuning table and same scores
     assert by["PC-Exact"]["score"] == by["BP"]["score"]
