@@ -387,20 +387,21 @@ def _init_value(m: re.Match[str], d: _Draft) -> str:
     return _init(float(m.group(1)))(m, d)
 
 
-def _pool(name: str) -> _Handler:
+def _choice(attr: str, value: str, label: str) -> _Handler:
+    """A phrase that sets one draft field (once) to a fixed value, e.g. the pool or the search method."""
     def handle(m: re.Match[str], d: _Draft) -> str:
-        d.set_once("pool", name, m.group(0))
-        return f"{m.group(0)!r} → term pool {name}"
+        d.set_once(attr, value, m.group(0))
+        return f"{m.group(0)!r} → {label} {value}"
 
     return handle
+
+
+def _pool(name: str) -> _Handler:
+    return _choice("pool", name, "term pool")
 
 
 def _search(method: str) -> _Handler:
-    def handle(m: re.Match[str], d: _Draft) -> str:
-        d.set_once("search", method, m.group(0))
-        return f"{m.group(0)!r} → search by {method}"
-
-    return handle
+    return _choice("search", method, "search by")
 
 
 def _max_terms(m: re.Match[str], d: _Draft) -> str:

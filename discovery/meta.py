@@ -159,8 +159,10 @@ class MetaTrainer(Checkpointed):
         init = spec.rule.initial_theta()
         theta0 = torch.tensor([init[t] for t in self.term_ids], dtype=self.dtype, device=self.device)
         self.scale = torch.ones_like(theta0)
+        self.norms: Tensor | None = None      # ‖F_r‖ on fresh networks, measured when term_scale is 'norm'
         if spec.meta.term_scale == "norm":
-            self.scale = term_scales(self).to(theta0)
+            self.norms = term_norms(self)
+            self.scale = scales_from_norms(self.norms, self.rule.names).to(theta0)
         self.phi = torch.nn.Parameter(theta0 / self.scale)          # Adam runs on φ; θ = s ⊙ φ
         self.opt = torch.optim.Adam([self.phi], lr=spec.meta.lr)
         self.use_fused = self._choose_kernel()
@@ -391,11 +393,10 @@ class MetaTrainer(Checkpointed):
         self.train_sampler.set_state(state["train_sampler"])
 
 
-def term_scales(trainer: MetaTrainer, episodes: int = 8, samples: int = 10) -> Tensor:
-    """s_r = min(1, ‖F_ref‖/‖F_r‖) (see :func:`term_norms`); F_ref = pseudo_grad (F0) when it is in the pool, else
-    the median term."""
-    norms = term_norms(trainer, episodes, samples)
-    ids = list(trainer.rule.names)
+def scales_from_norms(norms: Tensor, names: list[str]) -> Tensor:
+    """s_r = min(1, ‖F_ref‖/‖F_r‖) from the norms of :func:`term_norms`; F_ref = pseudo_grad (F0) when it is in the
+    pool, else the median term."""
+    ids = list(names)
     ref = norms[ids.index("F0")] if "F0" in ids else norms.median()
     return torch.clamp(ref / norms.clamp_min(1e-30), max=1.0)
 

@@ -167,7 +167,8 @@ class Search:
         """‖F_r‖ of every pool term on fresh networks (the unit of effect; one measurement for the search)."""
         if self._norms is None:
             trainer = self.screener()
-            self._norms = dict(zip(self.pool, term_norms(trainer).tolist(), strict=True))
+            norms = trainer.norms if trainer.norms is not None else term_norms(trainer)
+            self._norms = dict(zip(self.pool, norms.tolist(), strict=True))
         return self._norms
 
     def screener(self) -> MetaTrainer:
@@ -233,10 +234,9 @@ class Search:
         dense = self.fit(self.pool, init, max(1, self.remaining() * 2 // 5), f"fit {R} terms")
         fits = [dense]
         per_fit = max(1, self.remaining() // max(1, R - 1))
+        s = dict(zip(self.pool, self.screener().scale.tolist(), strict=True))
         while len(fits[-1].terms) > 1 and not self.stopped:
             cur = fits[-1]
-            scale = self.screener().scale
-            s = dict(zip(self.pool, scale.tolist(), strict=True))
             effect = {t: abs(cur.theta[t]) / max(s[t], 1e-30) for t in cur.terms if t != "F0"} or \
                 {t: abs(cur.theta[t]) for t in cur.terms}
             keep = [t for t in cur.terms if t != min(effect, key=effect.get)]

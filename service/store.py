@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -16,6 +16,7 @@ from discovery.spec import DiscoverySpec
 from service.db import finite_json
 from service.models import (
     ACTIVE_STATUSES,
+    CANCELLED,
     ORIGIN_DISCOVERED,
     QUEUED,
     BenchmarkRun,
@@ -24,6 +25,7 @@ from service.models import (
     JobRule,
     Rule,
     RuleTerm,
+    utcnow,
 )
 from service.rulebook import RuleRecord, code_version, record_from_result
 
@@ -156,3 +158,25 @@ def store_front(session: Session, job: Job, front: list[dict[str, Any]], *, name
         point["rule_id"] = row.id
         ids.append(row.id)
     return ids
+
+
+def cancel_run(session: Session, row: Job | BenchmarkRun) -> str:
+    """Cancel a queued or running job or benchmark: 'cancelled' (now), 'already' (it was cancelled before) or
+    'finished' (it ended otherwise: nothing to cancel, the API's 409)."""
+    if row.status == CANCELLED:
+        return "already"
+    model = type(row)
+    result = session.execute(
+        update(model)
+        .where(model.id == row.id, model.status.in_(ACTIVE_STATUSES))
+        .values(status=CANCELLED, error=None, finished_at=utcnow())
+    )
+    if not result.rowcount:
+        session.rollback()
+        session.refresh(row)
+        return "already" if row.status == CANCELLED else "finished"
+    owner = {"job_id": row.id} if isinstance(row, Job) else {"benchmark_id": row.id}
+    add_event(session, "cancelled", "cancelled through the API", **owner)
+    session.commit()
+    session.refresh(row)
+    return "cancelled"

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.models import FINAL_STATUSES, SUCCEEDED, BenchmarkRun, Job, JobEvent, JobRule, Rule
+from service.schemas import FrontEntry
 
 #: What a feedback mode says about locality (the vocabulary of the suites' ``locality`` field).
 FEEDBACK_LOCALITY: dict[str, str] = {
@@ -38,10 +39,7 @@ def event_out(event: JobEvent) -> dict[str, Any]:
 
 def front_entries(front: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The API's view of a stored front (``FrontEntry`` fields) from the job result's front points."""
-    return [{"rule_id": p.get("rule_id"), "n_terms": p.get("n_terms", len(p.get("terms") or [])),
-             "complexity": p.get("complexity", 0), "heldout_accuracy": p.get("heldout_accuracy"),
-             "heldout_ci95": p.get("heldout_ci95"), "selected": bool(p.get("selected")),
-             "terms": list(p.get("terms") or []), "expression": (p.get("rule") or {}).get("expression")}
+    return [FrontEntry.model_validate({**p, "expression": (p.get("rule") or {}).get("expression")}).model_dump()
             for p in front]
 
 

@@ -6,15 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from service.catalog import registered_suites, suites_payload
 from service.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
 from service.leaderboard import known_suites, leaderboard
-from service.models import ACTIVE_STATUSES, CANCELLED, ORIGIN_USER, QUEUED, BenchmarkRun, Rule, utcnow
+from service.models import ORIGIN_USER, QUEUED, BenchmarkRun, Rule
 from service.rulebook import InvalidRule, parse_rule, suite_rejects
 from service.schemas import BenchmarkCreate, BenchmarkOut, LeaderboardOut
-from service.store import active_count, add_event, upsert_rule
+from service.store import active_count, add_event, cancel_run, upsert_rule
 from service.views import benchmark_out
 
 router = APIRouter(tags=["benchmarks"])
@@ -150,26 +150,14 @@ def cancel_benchmark(bench_id: IdPath, session: SessionDep, dispatcher: Dispatch
     run = session.get(BenchmarkRun, bench_id)
     if run is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"benchmark {bench_id} does not exist")
-    if run.status == CANCELLED:
-        return benchmark_out(run)
-    result = session.execute(
-        update(BenchmarkRun)
-        .where(BenchmarkRun.id == bench_id, BenchmarkRun.status.in_(ACTIVE_STATUSES))
-        .values(status=CANCELLED, error=None, finished_at=utcnow())
-    )
-    if not result.rowcount:
-        session.rollback()
-        session.refresh(run)
-        if run.status == CANCELLED:
-            return benchmark_out(run)
+    outcome = cancel_run(session, run)
+    if outcome == "finished":
         return JSONResponse(
             status_code=status.HTTP_409_CONFLICT,  # type: ignore[return-value]
             content={"detail": f"benchmark {bench_id} already {run.status}; nothing to cancel"},
         )
-    add_event(session, "cancelled", "cancelled through the API", benchmark_id=bench_id)
-    session.commit()
-    session.refresh(run)
-    wake(dispatcher)
+    if outcome == "cancelled":
+        wake(dispatcher)
     return benchmark_out(run)
 
 

@@ -17,7 +17,7 @@ from service.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDe
 from service.limits import spec_problems
 from service.models import ACTIVE_STATUSES, CANCELLED, STATUSES, Job, utcnow
 from service.schemas import GoalRequest, JobCreate, JobOut
-from service.store import active_count, add_event, create_job
+from service.store import active_count, add_event, cancel_run, create_job
 from service.views import job_out
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -131,8 +131,15 @@ def get_job(
 def cancel_job(job_id: IdPath, session: SessionDep, dispatcher: DispatcherDep, who: OwnerDep) -> dict:
     """Cancel a queued or running job (the dispatcher stops its Ray work). Cancelling twice is harmless."""
     job = _get_job(session, job_id)
-    if job.status == CANCELLED:
-        return job_out(job)
+    outcome = cancel_run(session, job)
+    if outcome == "finished":
+        return JSONResponse(
+            status_code=status.HTTP_409_CONFLICT,  # type: ignore[return-value]
+            content={"detail": f"job {job_id} already {job.status}; nothing to cancel"},
+        )
+    if outcome == "cancelled":
+        wake(dispatcher)
+    return job_out(job)
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
