@@ -24,7 +24,7 @@ from functools import cached_property
 import sympy as sp
 from sympy import MatAdd, MatMul, MatPow, MatrixExpr, MatrixSymbol, Trace, Transpose, ZeroMatrix
 
-from rules.primitives import DIMS, LATEX_NAMES, PRIMITIVES, W, e, e_pre, m, n, one, x, y
+from rules.primitives import DIMS, LATEX_NAMES, PRIMITIVES, m, n
 
 Factor = tuple[str, bool]
 """(primitive name, transposed)."""

@@ -15,7 +15,7 @@ from discovery.search import select
 from discovery.spec import DiscoverySpec
 from rules.compiler import compile_terms
 from rules.library import canonical_text, generate, term_id
-from rules.primitives import e, x, y
+from rules.primitives import e, x
 from rules.terms import POOLS, TERMS, expand, term
 
 
