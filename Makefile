@@ -34,7 +34,7 @@ bench: setup
 	$(VENV)/bin/plasticity bench
 
 lint: setup
-	$(VENV)/bin/ruff check rules discovery workers service tests
+	$(VENV)/bin/ruff check rules discovery workers service tests experiments
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

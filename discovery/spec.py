@@ -110,7 +110,7 @@ class MetaSpec(_Strict):
     episodes: int = Field(600, ge=1, le=100_000)
     meta_batch: int = Field(1, ge=1, le=256)
     lr: float = Field(1e-3, gt=0, le=10.0)
-    l1: float = Field(0.0, ge=0, le=10.0)
+    l1: float = Field(0.0, ge=0, le=1e4)
     grad_mode: GradMode = "forward"
     kernel: Literal["auto", "fused", "torch"] = Field(
         "auto", description="inner loop: 'fused' = the C (or numba) CPU kernel (fa, dfa or bp feedback, rules of "
@@ -157,7 +157,8 @@ class SearchSpec(_Strict):
 
     method: Literal["none", "forward", "backward", "path"] = "none"
     max_terms: int = Field(5, ge=1, le=64, description="largest support the forward search grows (front size)")
-    screen_episodes: int = Field(8, ge=1, le=256, description="episodes per screening of the candidates")
+    screen_episodes: int = Field(16, ge=2, le=256,
+                                 description="episodes per screening of the candidates (the score test needs ≥ 2)")
     n_lambda: int = Field(5, ge=1, le=20, description="λ values on the proximal path")
     front_eval_episodes: int | None = Field(None, ge=1, le=100_000, description=(
         "held-out episodes per front point (default meta.eval_episodes)"))
@@ -201,7 +202,7 @@ class DiscoverySpec(_Strict):
             raise ValueError(f"meta.kernel 'fused' runs fa, dfa or bp feedback, not {self.network.feedback!r}")
         if self.resources.device == "cuda":
             raise ValueError("meta.kernel 'fused' is a CPU kernel; use 'torch' (or 'auto') on cuda")
-        from discovery.fused import plan
+        from discovery.feedforward.kernels.fused import plan
         from rules.compiler import compile_terms
         from rules.terms import term
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from scipy import stats
 
-from discovery.meta import MetaTrainer, discover
+from discovery.engine import discover
+from discovery.feedforward.meta import MetaTrainer
 from discovery.spec import DiscoverySpec
 from rules.terms import term
 

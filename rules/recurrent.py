@@ -15,7 +15,7 @@ A rule is ΔW = Σ_k θ_k F_k (batch-averaged over the samples of a minibatch) w
 
 Sign convention (same as S3's library, where F0 = −e xᵀ): every F_k is an *update direction*, ΔW = +Σ θ_k F_k, so
 θ_k > 0 means "apply this term as named": descend the loss for the dW terms (θ_dW is the paper's learning rate,
-W ← W − θ·dW), Oja's rule for rec_oja, shrinkage for rec_decay. (discovery.fixedpoint.recurrent_term_directions
+W ← W − θ·dW), Oja's rule for rec_oja, shrinkage for rec_decay. (discovery.recurrent.fixedpoint.recurrent_term_directions
 uses ΔW = −lr Σ θ D with D = the paper's dW for dW1/3/4 but D = F for oja/decay: only the dW signs differ.)
 
 rec_dW1 needs the inverse (G⁻¹ − Wᵀ)⁻¹; the language keeps it as the auxiliary symbol u (defined by its fixed-point
@@ -457,44 +457,6 @@ def parse_rule_text(text: str, name: str | None = None) -> Rule | RecurrentRule:
     return Rule.parse(text, name)
 
 
-def evaluate(expr: sp.Basic, values: Mapping[str, Any]) -> Any:
-    """Reference evaluation of a recurrent expression for one sample, with torch tensors: ``values`` maps
-    "W", "G" (N×N), "r", "delta", "u" (N×1) to tensors; supports MatAdd, MatMul (numeric scalars), Transpose,
-    Inverse, Identity and numbers. Slow-path checking tool (the engine evaluates batched closed forms)."""
-    import torch
-
-    if isinstance(expr, MatrixSymbol):
-        return values[expr.name]
-    if isinstance(expr, Identity):
-        n = values["W"].shape[0]
-        return torch.eye(n, dtype=values["W"].dtype, device=values["W"].device)
-    if isinstance(expr, ZeroMatrix):
-        return torch.zeros_like(values["W"])
-    if isinstance(expr, sp.Number):
-        return float(expr)
-    if isinstance(expr, Transpose):
-        return evaluate(expr.arg, values).T
-    if isinstance(expr, sp.Inverse):
-        return torch.linalg.inv(evaluate(expr.arg, values))
-    if isinstance(expr, MatAdd):
-        parts = [evaluate(a, values) for a in expr.args]
-        out = parts[0]
-        for p in parts[1:]:
-            out = out + p
-        return out
-    if isinstance(expr, MatMul):
-        out = None
-        scalar = 1.0
-        for a in expr.args:
-            v = evaluate(a, values)
-            if isinstance(v, float):
-                scalar *= v
-            else:
-                out = v if out is None else out @ v
-        return scalar if out is None else scalar * out
-    raise TypeError(f"cannot evaluate {type(expr).__name__}: {expr}")
-
-
 def is_recurrent_rule_dict(data: Mapping[str, Any]) -> bool:
     """True for a stored rule dict of this language (``kind`` flag, or every coefficient a recurrent id)."""
     if data.get("kind") == "recurrent":
@@ -504,6 +466,6 @@ def is_recurrent_rule_dict(data: Mapping[str, Any]) -> bool:
 
 
 __all__ = ["ADJOINT_EQUATION", "DEFAULT_THETA", "PUBLISHED_LR", "RECURRENT_POOLS", "RECURRENT_PRIMITIVES",
-           "RECURRENT_TERMS", "G", "I", "N", "RecurrentRule", "RecurrentTerm", "W", "delta", "evaluate",
+           "RECURRENT_TERMS", "G", "I", "N", "RecurrentRule", "RecurrentTerm", "W", "delta",
            "is_recurrent_rule_dict", "is_recurrent_text", "parse_recurrent", "parse_rule_text", "r",
            "recurrent_term", "resolve_term_ids", "u"]

@@ -1,15 +1,12 @@
-"""The benchmark suites registered by the engine (``discovery.suites.SUITES``), as plain JSON for the API.
+"""The benchmark suites registered by the engine (``discovery.benchmarks.registry.SUITES``), as plain JSON for the API.
 
-Imported lazily: without ``discovery.suites`` the service still runs and lists no suites.
+Imported lazily: without ``discovery.benchmarks.registry`` the service still runs and lists no suites.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
-
-log = logging.getLogger("plasticity.catalog")
 
 #: The pseudo-suite of the leaderboard that ranks discovered rules by their held-out accuracy on the task they
 #: were discovered on (no baselines; tasks differ between rules, so compare within a task).
@@ -22,17 +19,11 @@ DISCOVERY_DESCRIPTION = (
 
 
 def registered_suites() -> dict[str, Any]:
-    """``discovery.suites.SUITES``, or ``{}`` when the module is not available."""
+    """``discovery.benchmarks.registry.SUITES``, or ``{}`` when the module is not available."""
     try:
-        from discovery import suites
+        from discovery.benchmarks import registry as suites
     except ImportError:
         return {}
-    load_plugins = getattr(suites, "load_plugins", None)
-    if load_plugins is not None:
-        try:
-            load_plugins()
-        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not hide the built-in suites
-            log.warning("could not load the suite plug-ins: %s", exc)
     return dict(getattr(suites, "SUITES", {}) or {})
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from discovery.baselines import (
+from discovery.baselines.learners import (
     BASELINES,
     GRID_POINTS,
     PseudoGradientLearner,
@@ -18,7 +18,7 @@ from discovery.baselines import (
     locality_of,
     make_baseline,
 )
-from discovery.network import errors, forward, init_feedback, init_weights, post_activities
+from discovery.feedforward.network import errors, forward, init_feedback, init_weights, post_activities
 
 BETA = 10.0
 WIDTHS = [10, 8, 7, 6]

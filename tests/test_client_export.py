@@ -156,7 +156,8 @@ def engine_delta(expression: str, env: dict[str, np.ndarray]) -> np.ndarray:
 
 def recurrent_reference(expression: str, rec: dict[str, np.ndarray]) -> np.ndarray:
     """ΔW per sample by ``rules.recurrent.evaluate`` (G = diag, u from its fixed-point equation)."""
-    from rules.recurrent import evaluate, parse_recurrent
+    from rules.recurrent import parse_recurrent
+    from rules.recurrent_compiler import evaluate
 
     expr = parse_recurrent(expression).expression
     out = []

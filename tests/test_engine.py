@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from discovery.inner import rule_step, run_online_forward
-from discovery.meta import MetaTrainer, discover
-from discovery.network import init_feedback, init_weights
+from discovery.engine import discover
+from discovery.feedforward.inner import rule_step, run_online_forward
+from discovery.feedforward.meta import MetaTrainer
+from discovery.feedforward.network import init_feedback, init_weights
 from discovery.spec import DiscoverySpec
 from rules.compiler import compile_expression, compile_terms, reference_function
 from rules.terms import TERMS, term
@@ -91,7 +92,7 @@ def test_forward_mode_equals_reverse_mode(feedback, pool):
     rule = compile_terms([term(t).expr for t in pool])
     theta0 = torch.tensor([0.05, -0.03, 0.02, 0.01, -0.01, 0.004, 0.003, 0.002][: len(pool)], dtype=D)
     # forward mode
-    from discovery.inner import query_loss_forward
+    from discovery.feedforward.inner import query_loss_forward
     Wf, Wd = run_online_forward(rule, theta0, Ws, Bs, x, y, feedback, 10.0)
     loss_f, grad_f, _ = query_loss_forward(Wf, Wd, xq, yq, 10.0)
     # reverse mode
@@ -100,7 +101,7 @@ def test_forward_mode_equals_reverse_mode(feedback, pool):
     targets = torch.nn.functional.one_hot(y, 3).double()
     for s in range(x.shape[1]):
         Wt = rule_step(rule, theta, Wt, Bs, x[:, s], targets[:, s], feedback, 10.0)
-    from discovery.inner import per_episode_ce, query_logits
+    from discovery.feedforward.inner import per_episode_ce, query_logits
     loss_r = per_episode_ce(query_logits(Wt, xq, 10.0), yq)
     grad_r = torch.stack([torch.autograd.grad(loss_r[b], theta, retain_graph=True)[0] for b in range(2)], 1)
     torch.testing.assert_close(loss_f, loss_r.detach(), rtol=1e-10, atol=1e-12)

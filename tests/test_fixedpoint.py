@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from discovery.fixedpoint import (
+from discovery.recurrent.fixedpoint import (
     FixedPointError,
     adjoint,
     combine_directions,

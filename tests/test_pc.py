@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from discovery.network import errors, forward, init_weights
-from discovery.pc import (
+from discovery.baselines.pc import (
     PCLearner,
     fixedpred_shrink,
     pc_errors_mlp,
@@ -21,6 +20,7 @@ from discovery.pc import (
     pc_gradients,
     pc_weight_grads_mlp,
 )
+from discovery.feedforward.network import errors, forward, init_weights
 
 BETA = 10.0
 WIDTHS = [12, 9, 8, 7, 6, 5]
@@ -54,7 +54,7 @@ def test_exact_and_fixedpred_eta1_equal_backprop_mlp(mode, eta, n):
     got = pc_weight_grads_mlp(Ws, x, target, mode, eta, n, BETA)
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
-    # and the local-form BP errors of discovery.network
+    # and the local-form BP errors of discovery.feedforward.network
     ys = forward(Ws, x, BETA)
     es = errors(ys, target, Ws, None, "bp", BETA)
     for i, gW in enumerate(got):

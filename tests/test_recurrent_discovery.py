@@ -1,6 +1,6 @@
 """Tests of recurrent rule discovery (SCIENCE.md S2): the sympy terms equal the torch directions, the implicit
 meta-gradient equals central finite differences, RecurrentRule identity, a short discovery run, divergence
-bookkeeping and the suite scorer (identical to discovery.fixedpoint.run_fixedpoint_mnist for dW3 alone)."""
+bookkeeping and the suite scorer (identical to discovery.recurrent.fixedpoint.run_fixedpoint_mnist for dW3 alone)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,7 @@ import pytest
 import sympy as sp
 import torch
 
-from discovery.fixedpoint import dW1, random_matrix, run_fixedpoint_mnist, solve_fixed_point
-from discovery.recurrent_discovery import (
-    SCORE_PROTOCOL,
-    RecurrentProgressEvent,
-    discover_recurrent,
-    fixedpoint_mnist_suite,
-    recurrent_setting,
-    score_recurrent_rule,
-)
-from discovery.recurrent_engine import (
+from discovery.recurrent.engine import (
     FixedPointNet,
     SolverConfig,
     load_mnist5k_split,
@@ -28,8 +19,13 @@ from discovery.recurrent_engine import (
     run_episode,
     term_directions,
 )
+from discovery.recurrent.fixedpoint import dW1, random_matrix, run_fixedpoint_mnist, solve_fixed_point
+from discovery.recurrent.scoring import SCORE_PROTOCOL, score_recurrent_rule
+from discovery.recurrent.suites import fixedpoint_mnist_suite
+from discovery.recurrent.trainer import RecurrentProgressEvent, discover_recurrent, recurrent_setting
 from discovery.spec import DiscoverySpec
-from rules.recurrent import RECURRENT_TERMS, N, RecurrentRule, evaluate, is_recurrent_rule_dict
+from rules.recurrent import RECURRENT_TERMS, N, RecurrentRule, is_recurrent_rule_dict
+from rules.recurrent_compiler import evaluate
 from rules.rule import Rule
 
 F64 = torch.float64
@@ -89,7 +85,7 @@ def test_sympy_terms_equal_torch_directions() -> None:
     rep[sp.MatrixSymbol("G", n, n)] = sp.ImmutableMatrix(np.diag(g[0].numpy()))
     oja = np.array(RECURRENT_TERMS["rec_oja"].expr.subs(N, n).xreplace(rep).as_explicit(), dtype=float)
     np.testing.assert_allclose(oja, dirs["rec_oja"].numpy(), rtol=1e-9)
-    # rec_dW1 is minus the Euclidean gradient of discovery.fixedpoint
+    # rec_dW1 is minus the Euclidean gradient of discovery.recurrent.fixedpoint
     torch.testing.assert_close(dirs["rec_dW1"], -dW1(W, r, delta, g))
 
 
@@ -119,7 +115,7 @@ def test_meta_gradient_matches_finite_differences(method: str) -> None:
 def test_finite_difference_check_detects_a_one_step_backward(monkeypatch) -> None:
     """Sensitivity of the check: differentiating only one step r = tanh(W r*.detach() + X) (no implicit solve)
     gives a visibly different meta-gradient."""
-    import discovery.recurrent_engine as rd
+    import discovery.recurrent.engine as rd
 
     net, W0, batches, query = _toy(seed=1)
     theta = torch.tensor([0.5, 0.5], dtype=F64)
@@ -221,7 +217,7 @@ def test_score_matches_published_learner(mnist) -> None:
 
 
 def test_suite_runner_scores_baselines_and_rule(mnist) -> None:
-    from discovery.suites import RunContext
+    from discovery.benchmarks.suite import RunContext
 
     suite = fixedpoint_mnist_suite().resolved(tiny=True).with_overrides(
         {"protocol": {"episodes": 1}, "data": {"n_train": 128, "n_test": 64}, "baselines": ["dW3"]})

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from discovery.reservoir import (
+from discovery.reservoir.model import (
     arm_position,
     block_diag_csr,
     butterfly,
@@ -109,7 +109,7 @@ def test_lesion_probe_on_a_tiny_configuration() -> None:
 
 
 def test_reservoir_suite_is_registered_and_runs() -> None:
-    from discovery.suites import get_suite, run_suite
+    from discovery.benchmarks.registry import get_suite, run_suite
 
     assert get_suite("reservoir-motor").protocol["period_steps"] == 50_000
     r = run_suite("reservoir-motor", None, tiny=True, overrides={

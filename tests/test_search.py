@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from discovery import ckernel, fused
-from discovery.inner import run_online_forward
-from discovery.meta import MetaTrainer, discover
-from discovery.network import init_feedback, init_weights
-from discovery.search import select
+from discovery.engine import discover
+from discovery.feedforward.inner import run_online_forward
+from discovery.feedforward.kernels import ckernel, fused
+from discovery.feedforward.meta import MetaTrainer
+from discovery.feedforward.network import init_feedback, init_weights
+from discovery.search.search import select
 from discovery.spec import DiscoverySpec
 from rules.compiler import compile_terms
 from rules.library import canonical_text, generate, term_id
@@ -105,7 +106,7 @@ def test_tiny_forward_search_returns_a_selected_front(tmp_path) -> None:
 
 
 def test_selection_is_the_simplest_within_the_ci_of_the_best() -> None:
-    from discovery.meta import FrontPoint
+    from discovery.results import FrontPoint
 
     def pt(k, acc, ci):
         return FrontPoint(terms=[f"t{i}" for i in range(k)], theta={}, rule={}, n_terms=k, complexity=2 * k,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 
-from discovery.checkpoint import (
+from discovery.feedforward.checkpoint import (
     CheckpointFormatError,
     decode_state,
     encode_state,
@@ -112,7 +112,7 @@ def kernel_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_kernel_cache_is_created_private(kernel_cache: Path) -> None:
-    from discovery import ckernel
+    from discovery.feedforward.kernels import ckernel
 
     assert ckernel._cache_dir() == kernel_cache
     assert stat.S_IMODE(kernel_cache.stat().st_mode) == 0o700
@@ -123,7 +123,7 @@ def test_default_kernel_cache_is_not_in_the_shared_temp_folder(monkeypatch: pyte
                                                                tmp_path: Path) -> None:
     import tempfile
 
-    from discovery import ckernel
+    from discovery.feedforward.kernels import ckernel
 
     monkeypatch.delenv("PLASTICITY_KERNEL_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -133,7 +133,7 @@ def test_default_kernel_cache_is_not_in_the_shared_temp_folder(monkeypatch: pyte
 
 
 def test_kernel_cache_open_to_others_is_refused(kernel_cache: Path) -> None:
-    from discovery import ckernel
+    from discovery.feedforward.kernels import ckernel
 
     kernel_cache.mkdir(parents=True)
     kernel_cache.chmod(0o777)
@@ -148,7 +148,7 @@ def test_kernel_cache_open_to_others_is_refused(kernel_cache: Path) -> None:
 
 
 def test_kernel_cache_symlink_is_refused(kernel_cache: Path, tmp_path: Path) -> None:
-    from discovery import ckernel
+    from discovery.feedforward.kernels import ckernel
 
     target = tmp_path / "elsewhere"
     target.mkdir(mode=0o700)
@@ -162,7 +162,7 @@ def test_kernel_cache_symlink_is_refused(kernel_cache: Path, tmp_path: Path) -> 
 def test_kernel_cache_of_another_user_is_refused_before_loading(kernel_cache: Path, monkeypatch) -> None:
     import numpy as np
 
-    from discovery import ckernel
+    from discovery.feedforward.kernels import ckernel
 
     kernel_cache.mkdir(parents=True, mode=0o700)
     os.chown(kernel_cache, 65534, 65534)
@@ -179,7 +179,7 @@ def test_kernel_cache_of_another_user_is_refused_before_loading(kernel_cache: Pa
 
 
 # --- no tracebacks in public responses ----------------------------------------------------------------------
-TRACEBACK = ('Traceback (most recent call last):\n  File "/srv/discovery/meta.py", line 12, in step\n'
+TRACEBACK = ('Traceback (most recent call last):\n  File "/srv/discovery/feedforward/meta.py", line 12, in step\n'
              "    raise ValueError('bad')\nValueError: bad")
 
 

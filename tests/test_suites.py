@@ -8,18 +8,10 @@ from typing import Any
 
 import pytest
 
-from discovery.baselines import backprop
-from discovery.evaluate import t_interval
-from discovery.suites import (
-    SUITES,
-    RunContext,
-    Suite,
-    SuiteSkipped,
-    get_suite,
-    list_suites,
-    register_suite,
-    run_suite,
-)
+from discovery.baselines.learners import backprop
+from discovery.benchmarks.evaluate import t_interval
+from discovery.benchmarks.registry import SUITES, get_suite, list_suites, register_suite, run_suite
+from discovery.benchmarks.suite import RunContext, Suite, SuiteSkipped
 
 FEWSHOT_BASELINES = ["BP", "FA", "DFA", "BP+Oja", "PC-Exact", "PC-FixedPred", "PC-Strict"]
 VOLATILE = {"cost_per_sample_ms", "wall_time_s", "cost_per_step_ms"}
@@ -117,7 +109,7 @@ def test_a_rule_expression_is_compiled_and_run():
     """−0.03·e xᵀ under bp feedback is backprop with lr 0.03 (needs the lead's rules.primitives / compiler)."""
     prim = pytest.importorskip("rules.primitives")
     pytest.importorskip("rules.compiler")
-    pytest.importorskip("discovery.inner")
+    pytest.importorskip("discovery.feedforward.inner")
     e, x = prim.PRIMITIVES["e"], prim.PRIMITIVES["x"]
     expr = -0.03 * e * x.T
     common = {"tiny": True, "seed": 0, "threads": 1, "feedback": "bp",

@@ -332,7 +332,7 @@ def test_sweep_all_trials_fail(ray_local, monkeypatch) -> None:
 
 
 def test_benchmark_job_real_suite(ray_local) -> None:
-    suites = pytest.importorskip("discovery.suites")
+    suites = pytest.importorskip("discovery.benchmarks.registry")
     if "fa5-online" not in suites.SUITES:
         pytest.skip("fa5-online is not registered")
     # a real (tiny) suite: tuning 9 baselines takes ~30 s on an idle 2-core machine, minutes on a loaded one

@@ -1,7 +1,7 @@
 """The Ray actor that hosts one job: a discovery run, a sweep (Ray Tune driver) or a benchmark suite.
 
 A discovery job meta-learns θ in ΔW_ℓ = Σ_r θ_r F^r_ℓ (SCIENCE.md) by calling ``discovery.discover``; a
-benchmark scores a rule (or only the baselines) with ``discovery.suites.run_suite``. The actor is threaded
+benchmark scores a rule (or only the baselines) with ``discovery.benchmarks.registry.run_suite``. The actor is threaded
 (``max_concurrency`` > 1): :meth:`JobActor.run` blocks one thread with the job while :meth:`JobActor.state`
 and :meth:`JobActor.cancel` answer from the others. ``run`` never raises for an engine error: it returns an
 outcome dict ``{"status", "result", "error", "detail"}`` so that the caller gets a short message and a
@@ -32,13 +32,10 @@ ACTOR_CONCURRENCY = 4
 
 
 def default_engine() -> Callable[..., Any]:
-    """``discovery.discover`` (or ``discovery.meta.discover`` while the package does not re-export it yet)."""
-    import discovery
+    """``discovery.engine.discover``, the engine's one entry point."""
+    from discovery.engine import discover
 
-    engine = getattr(discovery, "discover", None)
-    if engine is None:
-        from discovery.meta import discover as engine
-    return engine
+    return discover
 
 
 def _accepts(func: Callable[..., Any], name: str) -> bool:
@@ -192,7 +189,7 @@ class JobActor:
     def _run_benchmark(self) -> dict[str, Any]:
         runner: Callable[..., Any] | None = self.payload.get("engine")
         if runner is None:
-            from discovery.suites import run_suite as runner
+            from discovery.benchmarks.registry import run_suite as runner
         rule = _parse_rule(self.payload.get("expression"))
         extra: dict[str, Any] = {}
         device = self.payload.get("device")

@@ -3,7 +3,7 @@
 A discovery job meta-learns the coefficients θ of a plasticity rule ΔW_ℓ = Σ_r θ_r F^r_ℓ (SCIENCE.md) with
 ``discovery.discover``; a spec with a non-empty ``sweep`` runs as Ray Tune trials over the grid of seeds,
 meta learning rates η_meta and L1 weights λ, and the trial with the best held-out accuracy gives the job's
-rule. A benchmark job scores a rule expression (or the baselines alone) with ``discovery.suites.run_suite``.
+rule. A benchmark job scores a rule expression (or the baselines alone) with ``discovery.benchmarks.registry.run_suite``.
 
 Every job is one Ray actor (:class:`workers.actors.JobActor`) with the spec's CPUs and GPUs (a sweep's
 coordinating actor takes none; its trials take them). The caller keeps a :class:`JobHandle` and calls
@@ -258,7 +258,7 @@ def submit_benchmark(
 
     ``expression`` ``None`` (or blank) scores the baselines only; a bad expression fails the job with the
     parser's message. ``device`` goes to ``run_suite`` when it takes one (default: ``"cuda"`` when
-    ``num_gpus`` > 0, else the suite's own default). ``engine``: a stand-in for ``discovery.suites.run_suite``
+    ``num_gpus`` > 0, else the suite's own default). ``engine``: a stand-in for ``discovery.benchmarks.registry.run_suite``
     with its signature. The suite cannot stop half-way, so a cancel kills the actor at once. ``max_retries``:
     how often Ray restarts the benchmark after its worker died (a suite has no checkpoints: it starts over).
     """

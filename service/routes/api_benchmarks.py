@@ -43,7 +43,7 @@ def submit_benchmark(
     if not suites:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="no benchmark suites are available (discovery.suites is missing)",
+            detail="no benchmark suites are available (discovery.benchmarks.registry is missing)",
         )
     if body.suite not in suites:
         raise HTTPException(

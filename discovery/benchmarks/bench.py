@@ -44,7 +44,7 @@ def _synthetic_episode(shots: int, queries: int, gen: torch.Generator, device, d
 
 def reference_episode(theta: torch.nn.Parameter, opt: torch.optim.Optimizer, shots: int, gen, device) -> None:
     """One meta-step of the original: ΔW = −θ0 e xᵀ − θ1 e e_preᵀ + θ2 (y xᵀ − (y yᵀ) W), reverse mode."""
-    from discovery.network import uniform, xavier_range
+    from discovery.feedforward.network import uniform, xavier_range
 
     beta = 10.0
     x, y, xq, yq = _synthetic_episode(shots, 10, gen, device, torch.float32)
@@ -78,7 +78,7 @@ def reference_episode(theta: torch.nn.Parameter, opt: torch.optim.Optimizer, sho
 
 def engine_trainer(shots: int, meta_batch: int, device: torch.device, kernel: str = "auto", pool: str = "paper3"):
     """A MetaTrainer on synthetic data (the engine's own data path), the pool's terms (F0 + F2 + F9), forward mode."""
-    from discovery.meta import MetaTrainer
+    from discovery.feedforward.meta import MetaTrainer
     from discovery.spec import DiscoverySpec
 
     spec = DiscoverySpec.model_validate({
@@ -123,7 +123,7 @@ def _measure(kind: str, shots: int, meta_batch: int, steps: int, device_name: st
     per_step = meta_batch if kind.startswith("engine") else 1
     kernel = "-"
     if kind.startswith("engine"):
-        from discovery import fused
+        from discovery.feedforward.kernels import fused
         kernel = f"fused {fused.backend_name()}" if trainer.use_fused else "torch"
     queue.put({"kind": kind, "pool": pool, "kernel": kernel, "threads": torch.get_num_threads(), "shots": shots, "inner_steps": WAYS * shots, "meta_batch": meta_batch,
                "episodes_per_step": per_step, "step_times": times, "peak_mb": _peak_mb(device)})

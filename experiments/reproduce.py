@@ -1,6 +1,6 @@
 """Reproduce the S3 science table: meta-learned FA, BP, FA + eHebb + Oja, FA + bio10 + L1 on mnist5k.
 
-`python -m discovery.reproduce --out results/s3 [--seeds 0 1 2] [--meta-steps 50] [--meta-batch 8] [--jobs 2]`
+`python -m experiments.reproduce --out results/s3 [--seeds 0 1 2] [--meta-steps 50] [--meta-batch 8] [--jobs 2]`
 runs every (configuration, seed) from the example specs in its own process (1 torch thread each), writes one
 RESULT.json per run, then prints the table: held-out accuracy mean ± 95% CI over the seeds' held-out episodes,
 the learned θ, the mean alignment angle, and wall time.
@@ -28,7 +28,7 @@ def _run(name: str, path: str, seed: int, meta_steps: int, meta_batch: int, lr: 
     import torch
 
     torch.set_num_threads(1)
-    from discovery.meta import discover
+    from discovery.engine import discover
     from discovery.spec import DiscoverySpec
 
     spec = json.loads(Path(path).read_text())

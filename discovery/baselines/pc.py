@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from discovery.network import forward, matvec, softplus, softplus_grad_from_output, vecmat
+from discovery.feedforward.network import forward, matvec, softplus, softplus_grad_from_output, vecmat
 
 Weights = list[Tensor]
 PC_MODES = ("exact", "fixedpred", "strict")

@@ -4,10 +4,10 @@ Every learner updates all layers once per sample (batch 1 per episode, B episode
 weights W_ℓ of shape (B, n_ℓ, n_{ℓ−1}).
 
 * Pseudo-gradient (BP / FA / DFA / sign):  W_ℓ ← W_ℓ − η e_ℓ y_{ℓ−1}ᵀ, with e_ℓ from
-  :func:`discovery.network.errors` for the learner's feedback mode (B = W for bp, random B for fa, e_L D_ℓ for dfa).
+  :func:`discovery.feedforward.network.errors` for the learner's feedback mode (B = W for bp, random B for fa, e_L D_ℓ for dfa).
 * Pseudo-gradient + Oja (S1; F9 with γ):  ΔW_ℓ = −η e_ℓ y_{ℓ−1}ᵀ + γ (y_ℓ y_{ℓ−1}ᵀ − y_ℓ (y_ℓᵀ W_ℓ)), the decay
   evaluated the cheap way y (yᵀW); the output layer's post-activity is softmax(z_L), as a rule sees it.
-* Predictive coding Strict / FixedPred / Exact: :mod:`discovery.pc`.
+* Predictive coding Strict / FixedPred / Exact: :mod:`discovery.baselines.pc`.
 
 Locality (leaderboard column): "weight transport" when the teaching signal needs W in the feedback path (bp,
 sign, predictive coding), "global error" when an output error reaches every layer through fixed random pathways
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from discovery.network import errors, forward, post_activities, vecmat
+from discovery.feedforward.network import errors, forward, post_activities, vecmat
 
 Weights = list[Tensor]
 
@@ -150,7 +150,7 @@ class BaselineSpec:
 
 def _pc_factory(mode: str) -> Callable[..., Any]:
     def make(beta: float, lr: float, eta: float = 1.0, n: int | None = None) -> Any:
-        from discovery.pc import PCLearner
+        from discovery.baselines.pc import PCLearner
 
         return PCLearner(mode=mode, lr=lr, eta=eta, n=n, beta=beta)
 

@@ -2,7 +2,7 @@
 
 The shared library is compiled once per machine, source and precision (-O3 -march=native, reassociation and FMA
 contraction allowed, IEEE NaN/inf kept so divergence stays visible) into a cache folder, then loaded with ctypes.
-Where no compiler works, `load` returns None and discovery.fused uses its numba kernel instead.
+Where no compiler works, `load` returns None and discovery.feedforward.kernels.fused uses its numba kernel instead.
 `PLASTICITY_FUSED_BACKEND` = auto (default) | c | numba chooses; `PLASTICITY_KERNEL_CACHE` names the folder
 (default ~/.cache/plasticity/kernels; created 0700, and its owner and mode are checked before a library is loaded).
 """

@@ -1,33 +1,23 @@
-"""Named, versioned benchmark suites: a suite is data (network, data set and split, protocol, metrics) plus the
-runner that executes it; ``run_suite`` scores tuned baselines and an optional discovered rule (SCIENCE.md S3, S1).
+"""The built-in feedforward suites (all online: batch 1, one pass, one update per sample) and their runners.
 
-Built-in suites (all online: batch 1, one pass, one update per sample):
 * ``fa5-online``  — S3 setting, 784-170-130-100-70-10 on mnist5k held-out images, 5-way 50-shot, 10 queries/class,
   200 episodes; accuracy ± 95% t-interval, alignment α_ℓ(e_ℓ, δ_ℓ), E1_ℓ = (1/N)‖Z_ℓ − Y_ℓ W_ℓ W_ℓᵀ‖²_F.
 * ``deep-online`` — S1: depth L ∈ {2, 5, 10}, init scale ∈ {0.3, 1, 3} × Xavier, one pass over a 10-class stream;
   BP vs BP + Oja (ΔW_ℓ = −η δ_ℓ y_{ℓ−1}ᵀ + γ(y_ℓ y_{ℓ−1}ᵀ − y_ℓ y_ℓᵀ W_ℓ)) and the rule; accuracy, activation norms.
 * ``emnist-5way`` — the paper's 784-170-130-100-70-47 on EMNIST-balanced, when PLASTICITY_EMNIST_DIR is set.
-
-Plug-ins (recurrent fixed-point, reservoir suites) build a :class:`Suite` with their own ``runner(suite, ctx)``
-and call :func:`register_suite`; modules listed in :data:`PLUGIN_MODULES` are imported on first lookup.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import math
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from discovery.baselines import BASELINES, GRID_POINTS, locality_of
-from discovery.evaluate import (
+from discovery.baselines.learners import BASELINES, GRID_POINTS, locality_of
+from discovery.benchmarks.evaluate import (
     LearnerRun,
     is_learner,
     mean_finite,
@@ -37,219 +27,10 @@ from discovery.evaluate import (
     t_interval,
     tune,
 )
+from discovery.benchmarks.suite import RunContext, Suite, SuiteSkipped
 
-Progress = Callable[[dict[str, Any]], None]
-Runner = Callable[["Suite", "RunContext"], dict[str, Any]]
-
-#: Modules that register extra suites when imported (missing ones are skipped).
-PLUGIN_MODULES: tuple[str, ...] = ("discovery.fixedpoint_suites", "discovery.reservoir")
 EMNIST_ENV = "PLASTICITY_EMNIST_DIR"
 
-
-class SuiteSkipped(Exception):
-    """Raised by a runner when the suite cannot run here (e.g. data not configured); the report says why."""
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What a runner gets besides its (resolved) suite: the rule to score (None, a ``rules.Rule``, an expression
-    string or a ready Learner), the seed, tiny mode, the device, an optional feedback override for the rule, and
-    ``emit(event)`` for progress (events carry ``suite``, ``stage``, ``learner``, ``done``, ``total``)."""
-
-    rule: Any
-    seed: int
-    tiny: bool
-    device: str
-    feedback: str | None
-    emit: Callable[[dict[str, Any]], None]
-
-
-class Suite(BaseModel):
-    """A benchmark suite definition (data) and its runner.
-
-    ``network``, ``data``, ``protocol`` are free-form sections the runner reads; ``tiny`` holds per-section
-    overrides applied when ``tiny=True`` (``{"protocol": {"episodes": 4}, ...}``); ``protocol_text`` is a
-    ``str.format_map`` template over the resolved sections (e.g. ``"{data[ways]}-way"``). ``runner(suite, ctx)``
-    returns ``{"entries": [...]}`` (optionally ``skipped``, ``protocol``, ``notes``) — see :func:`run_suite`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
-
-    name: str = Field(min_length=1, max_length=100)
-    version: str = Field(min_length=1, max_length=40)
-    title: str = ""
-    description: str = ""
-    kind: str = "mlp-online"
-    network: dict[str, Any] = Field(default_factory=dict)
-    data: dict[str, Any] = Field(default_factory=dict)
-    protocol: dict[str, Any] = Field(default_factory=dict)
-    metrics: list[str] = Field(default_factory=list)
-    baselines: list[str] = Field(default_factory=list)
-    tiny: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    requires_env: list[str] = Field(default_factory=list)
-    protocol_text: str = ""
-    runner: Runner = Field(exclude=True)
-
-    @field_validator("runner")
-    @classmethod
-    def _callable(cls, v: Any) -> Any:
-        if not callable(v):
-            raise TypeError("runner must be callable: runner(suite, ctx) -> dict")
-        return v
-
-    def resolved(self, tiny: bool) -> Suite:
-        """The suite with its tiny overrides merged in (itself when ``tiny`` is False)."""
-        if not tiny or not self.tiny:
-            return self
-        return self.with_overrides(self.tiny)
-
-    def with_overrides(self, overrides: Mapping[str, Any]) -> Suite:
-        """A copy with per-section overrides merged in: ``{"protocol": {"episodes": 50}, "baselines": [...]}``."""
-        upd: dict[str, Any] = {}
-        for section, over in overrides.items():
-            if section in ("network", "data", "protocol"):
-                upd[section] = {**getattr(self, section), **over}
-            elif section in ("baselines", "metrics"):
-                upd[section] = list(over)  # type: ignore[arg-type]
-            else:
-                raise ValueError(f"cannot override unknown section {section!r}")
-        return self.model_copy(update=upd)
-
-    def describe(self) -> str:
-        """The protocol in words (``protocol_text`` filled with the resolved sections)."""
-        if not self.protocol_text:
-            return self.description
-        return self.protocol_text.format_map({"network": self.network, "data": self.data,
-                                              "protocol": self.protocol, "name": self.name})
-
-    def definition(self, tiny: bool = False) -> dict[str, Any]:
-        """JSON-able definition (for ``GET /api/suites``): every field but the runner, plus the runner's name."""
-        s = self.resolved(tiny)
-        d = s.model_dump(mode="json")
-        d["runner"] = f"{getattr(self.runner, '__module__', '?')}.{getattr(self.runner, '__qualname__', '?')}"
-        d["protocol_description"] = s.describe()
-        return d
-
-
-#: The registry: suite name → definition (latest registered version).
-SUITES: dict[str, Suite] = {}
-_plugins_loaded = False
-
-
-def register_suite(suite: Suite, *, replace: bool = False) -> Suite:
-    """Add a suite to :data:`SUITES`. Re-registering an identical definition is a no-op; a different one under
-    an existing name needs ``replace=True`` (bump ``version`` when a definition changes)."""
-    if not isinstance(suite, Suite):
-        raise TypeError("register_suite expects a discovery.suites.Suite")
-    old = SUITES.get(suite.name)
-    if old is not None and not replace:
-        same = old.model_dump() == suite.model_dump() and old.runner is suite.runner
-        if not same:
-            raise ValueError(f"suite {suite.name!r} is already registered (version {old.version}); "
-                             "pass replace=True to override it")
-        return old
-    SUITES[suite.name] = suite
-    return suite
-
-
-def load_plugins() -> None:
-    """Import :data:`PLUGIN_MODULES` once, so their suites register themselves (absent modules are skipped)."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for mod in PLUGIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-
-
-def get_suite(name: str) -> Suite:
-    """The registered suite called ``name`` (loading plug-ins first if needed)."""
-    if name not in SUITES:
-        load_plugins()
-    try:
-        return SUITES[name]
-    except KeyError:
-        raise KeyError(f"unknown suite {name!r}; registered: {', '.join(sorted(SUITES))}") from None
-
-
-def list_suites(tiny: bool = False) -> list[dict[str, Any]]:
-    """Definitions of every registered suite (JSON-able), sorted by name."""
-    load_plugins()
-    return [SUITES[k].definition(tiny) for k in sorted(SUITES)]
-
-
-def _json_safe(obj: Any) -> Any:
-    """Replace NaN/inf by None and tuples by lists, recursively (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _json_safe(obj.tolist())
-    return obj
-
-
-def run_suite(name: str, rule: Any = None, *, tiny: bool = False, seed: int = 0, progress: Progress | None = None,
-              device: str = "cpu", feedback: str | None = None, threads: int | None = None,
-              overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Run a suite: tune and score its baselines, score ``rule`` as it is (if given); JSON-able report.
-
-    Returns ``{suite, version, title, kind, protocol (text), definition, seed, tiny, device, wall_time_s,
-    skipped (None or the reason), entries: [{learner, kind: "baseline"|"rule", score, ci95: [lo, hi],
-    ci95_halfwidth, episodes, metrics, locality, cost_per_sample_ms, hyperparameters, tuning}], notes}``.
-    ``rule``: None, a ``rules.Rule``, an expression string, or any Learner; ``feedback`` overrides the suite's
-    feedback mode for the rule; ``threads`` sets torch's intra-op threads for the run (restored after; 1 is much
-    faster for these small batched ops on a shared CPU); ``overrides`` (per section, applied after ``tiny``)
-    runs a modified protocol, e.g. ``{"protocol": {"episodes": 50}, "baselines": ["BP"]}`` (the report's
-    ``definition`` shows what ran, ``overridden`` flags it). Same seed → identical numbers (costs and wall time
-    aside)."""
-    suite = get_suite(name).resolved(tiny)
-    if overrides:
-        suite = suite.with_overrides(overrides)
-
-    def emit(event: dict[str, Any]) -> None:
-        if progress is not None:
-            progress({"suite": suite.name, **event})
-
-    ctx = RunContext(rule=rule, seed=int(seed), tiny=bool(tiny), device=str(device), feedback=feedback, emit=emit)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    t0 = time.perf_counter()
-    try:
-        out = dict(suite.runner(suite, ctx))
-    except SuiteSkipped as exc:
-        out = {"entries": [], "skipped": str(exc)}
-    finally:
-        wall = time.perf_counter() - t0
-        n_threads = torch.get_num_threads()
-        torch.set_num_threads(old_threads)
-    report = {
-        "suite": suite.name,
-        "version": suite.version,
-        "title": suite.title,
-        "kind": suite.kind,
-        "protocol": out.pop("protocol", None) or suite.describe(),
-        "definition": suite.definition(),
-        "overridden": bool(overrides),
-        "seed": int(seed),
-        "tiny": bool(tiny),
-        "device": str(device),
-        "torch_threads": n_threads,
-        "skipped": out.pop("skipped", None),
-        "entries": out.pop("entries", []),
-        "wall_time_s": wall,
-    }
-    report.update(out)
-    return _json_safe(report)
-
-
-# ================================================================================ built-in runners
 
 def _seeds(seed: int) -> dict[str, int]:
     base = 1_000_003 * int(seed)
@@ -541,6 +322,3 @@ DEEP_ONLINE = Suite(
           "protocol": {"episodes": 4, "tune_episodes": 2, "chunk": 4, "diag_every": 10}},
     protocol_text=_DEEP_TEXT,
 )
-
-for _s in (FA5_ONLINE, DEEP_ONLINE, EMNIST_5WAY):
-    register_suite(_s)

@@ -16,13 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field
 from torch import Tensor
 
-from discovery import fused
-from discovery.checkpoint import Checkpointed
-from discovery.diagnostics import alignment_angles, orthonormality_error
-from discovery.inner import (
+from discovery.benchmarks.diagnostics import alignment_angles, orthonormality_error
+from discovery.feedforward.checkpoint import Checkpointed
+from discovery.feedforward.inner import (
     RuleLearner,
     onehot,
     per_episode_ce,
@@ -33,65 +31,13 @@ from discovery.inner import (
     run_online,
     run_online_forward,
 )
-from discovery.network import init_feedback, init_weights
+from discovery.feedforward.kernels import fused
+from discovery.feedforward.network import init_feedback, init_weights
+from discovery.results import DiscoveryResult, ProgressEvent
 from discovery.spec import DiscoverySpec
 from rules.compiler import CompiledRule, compile_terms
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-class ProgressEvent(BaseModel):
-    """What the progress callback receives after every meta-step."""
-
-    episode: int
-    total: int
-    meta_loss: float | None
-    meta_accuracy: float | None
-    theta: dict[str, float]
-    alignment_deg: list[float] = Field(default_factory=list)
-    e1: list[float] = Field(default_factory=list)
-    skipped: bool = False
-    dropped_episodes: int = 0
-    backtracked: bool = False
-    lr: float | None = None
-    phase: str | None = None          # the search stage this step belongs to (open discovery), e.g. "fit 3 terms"
-
-
-class FrontPoint(BaseModel):
-    """One rule of an open search's front: its support, refit θ, complexity and held-out score."""
-
-    terms: list[str]
-    theta: dict[str, float]
-    rule: dict
-    n_terms: int
-    complexity: int
-    heldout_accuracy: float | None
-    heldout_ci95: float | None
-    heldout_episodes: int
-    stage: str
-    selected: bool = False
-    rule_id: int | None = None      # filled in by the service once the rule is stored
-
-
-class DiscoveryResult(BaseModel):
-    """A finished (or stopped) discovery run: the rule, its θ trajectory, curves and held-out evaluation."""
-
-    rule: dict
-    theta: dict[str, float]
-    history: list[dict]
-    theta_history: list[dict[str, float]]
-    heldout_accuracy: float | None
-    heldout_ci95: float | None
-    heldout_episodes: int
-    diverged_episodes: int
-    skipped_steps: int
-    stopped: bool = False
-    resumed_from_episode: int | None = None   # the checkpointed episode this run resumed from (None: fresh)
-    wall_time_s: float
-    device: str
-    spec: dict
-    front: list[FrontPoint] = Field(default_factory=list)   # open discovery (spec.search): every support found
-    search: dict | None = None                              # open discovery: method, pool, stages, screening
 
 
 def resolve_device(name: str) -> torch.device:
@@ -196,7 +142,7 @@ class MetaTrainer(Checkpointed):
         return Ws, Bs
 
     def _choose_kernel(self) -> bool:
-        """Whether the inner loop runs in the fused CPU kernel (discovery.fused) or as batched torch ops."""
+        """Whether the inner loop runs in the fused CPU kernel (discovery.feedforward.kernels.fused) or as batched torch ops."""
         kind, net = self.spec.meta.kernel, self.spec.network
         ok = fused.fusable(self.rule, net.feedback, self.device, self.dtype)
         if kind == "fused" and not ok:
@@ -404,8 +350,8 @@ def scales_from_norms(norms: Tensor, names: list[str]) -> Tensor:
 def term_norms(trainer: MetaTrainer, episodes: int = 8, samples: int = 10) -> Tensor:
     """‖F_r‖: RMS Frobenius norm of each term summed over layers, on `samples` online samples of fresh networks
     (own generator and sampler, so the run's random streams are untouched)."""
-    from discovery.inner import rule_env
-    from discovery.network import errors, forward, post_activities
+    from discovery.feedforward.inner import rule_env
+    from discovery.feedforward.network import errors, forward, post_activities
 
     net = trainer.spec.network
     cls, task, common, seed = trainer._sampler_args
@@ -435,19 +381,11 @@ def learned_rule(term_ids: list[str], theta: dict[str, float], prune_rel: float 
     return Rule({t: theta[t] for t in term_ids}).pruned(prune_rel * max([abs(v) for v in theta.values()] + [1e-12]))
 
 
-def discover(spec: DiscoverySpec | dict, progress: Callable[[ProgressEvent], None] | None = None,
-             checkpoint_dir: Path | str | None = None,
-             should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
-    """Meta-train θ for `spec`, evaluate on held-out episodes, return the rule and its history."""
-    spec = spec if isinstance(spec, DiscoverySpec) else DiscoverySpec.model_validate(spec)
-    if spec.search.active and spec.task.kind == "fewshot":
-        from discovery.search import discover_search
-
-        return discover_search(spec, progress, checkpoint_dir, should_stop)
-    if spec.task.kind == "fixedpoint-mnist":
-        from discovery.recurrent_discovery import discover_recurrent
-
-        return discover_recurrent(spec, progress, checkpoint_dir, should_stop)
+def discover_feedforward(spec: DiscoverySpec, progress: Callable[[ProgressEvent], None] | None = None,
+                         checkpoint_dir: Path | str | None = None,
+                         should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
+    """Meta-train θ of a fixed feedforward term family for `spec`, evaluate on held-out episodes, return the rule
+    and its history (``discovery.discover`` routes a spec here when it is not an open search or recurrent)."""
     t0 = time.perf_counter()
     trainer = MetaTrainer(spec)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from discovery.network import errors, feedback_matrices, forward, matvec, post_activities, vecmat
+from discovery.feedforward.network import errors, feedback_matrices, forward, matvec, post_activities, vecmat
 from rules.compiler import CompiledRule, mm
 
 Weights = list[Tensor]

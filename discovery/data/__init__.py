@@ -1,7 +1,7 @@
 """Data for meta-learning plasticity rules (SCIENCE.md S3, "Meta-learning protocol" and "Data").
 
-Public entry point of the data layer; the code lives in :mod:`discovery.datasets` (offline data sets: mnist5k,
-digits / digits28, EMNIST-balanced from local IDX files, synthetic) and :mod:`discovery.sampler` (M-way K-shot
+Public entry point of the data layer; the code lives in :mod:`discovery.data.datasets` (offline data sets: mnist5k,
+digits / digits28, EMNIST-balanced from local IDX files, synthetic) and :mod:`discovery.data.sampler` (M-way K-shot
 Q-query episodes with a disjoint meta-train / held-out split).
 
 Episode: M distinct classes, K training images per class streamed online in shuffled order (x_train, y_train of
@@ -11,7 +11,7 @@ the meta-loss (query cross-entropy + λ Σ_r |θ_r|). Images are the network inp
 
 from __future__ import annotations
 
-from discovery.datasets import (
+from discovery.data.datasets import (
     DATASET_NAMES,
     EMNIST_BALANCED_CLASSES,
     EMNIST_ENV,
@@ -22,7 +22,7 @@ from discovery.datasets import (
     make_synthetic,
     read_idx,
 )
-from discovery.sampler import CLASS_HOLDOUT_MIN_CLASSES, Episodes, EpisodeSampler, onehot
+from discovery.data.sampler import CLASS_HOLDOUT_MIN_CLASSES, Episodes, EpisodeSampler, onehot
 
 __all__ = [
     "CLASS_HOLDOUT_MIN_CLASSES",

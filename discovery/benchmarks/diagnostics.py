@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from discovery.network import errors, forward
+from discovery.feedforward.network import errors, forward
 
 
 def _expand(Ws: Sequence[Tensor], q: int) -> list[Tensor]:

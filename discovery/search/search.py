@@ -4,8 +4,9 @@ Three searches share one budget of meta-training episodes (spec.meta.episodes) a
 
 * ``forward`` — greedy forward selection by **meta-gradient screening**. Forward mode carries ∂W/∂θ_r for every
   term of the pool, so one meta-batch with θ_r = 0 for the candidates gives ∂L/∂θ_r for all of them at the cost of
-  one episode with R tangents. The candidate of largest |∂L/∂φ_r| (φ = θ/s, θ in units of effect) joins the
-  support, which is refit warm-started (only its own tangents, cheap); repeated up to ``max_terms``.
+  one episode with R tangents. Over n such episodes the candidate of largest |t_r| = |ḡ_r| / (s_r/√n) (Rao's score
+  test of θ_r = 0, invariant to the term's scale) joins the support, which is refit warm-started (only its own
+  tangents, cheap); repeated up to ``max_terms``.
 * ``backward`` — fit the whole pool, then repeatedly drop the term of the smallest effect |φ_r| and refit.
 * ``path`` — proximal L1 (``meta.l1_mode = "proximal"``) over a λ grid with warm starts, λ_k measured in units of
   the gradient noise √v̂ of the dense fit; each support the path visits is refit without L1 (debiasing), warm
@@ -29,15 +30,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from discovery.meta import (
-    DiscoveryResult,
-    FrontPoint,
-    MetaTrainer,
-    ProgressEvent,
-    learned_rule,
-    resolve_device,
-    term_norms,
-)
+from discovery.feedforward.meta import MetaTrainer, learned_rule, resolve_device, term_norms
+from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
 from discovery.spec import DiscoverySpec
 from rules.terms import term
 
@@ -53,7 +47,8 @@ class Stage(BaseModel):
     terms: list[str]
     theta: dict[str, float]
     episodes: int
-    scores: dict[str, float] | None = None
+    scores: dict[str, float] | None = None           # screening: |t| of the score test per pool term
+    effect: dict[str, float] | None = None           # screening: |∂L/∂θ_r| in units of effect
     gradient_rms: dict[str, float] | None = None
     history: list[dict] = []
 
@@ -179,7 +174,10 @@ class Search:
         return self._screener
 
     def screen(self, theta: dict[str, float], label: str) -> Stage:
-        """∂L/∂φ_r = ∂L/∂θ_r · ‖F_ref‖/‖F_r‖ for every pool term at θ (candidates at 0), mean over fresh episodes."""
+        """Rao's score test for every pool term at θ (candidates at θ_r = 0): t_r = ḡ_r / (s_r / √n) with g_r the
+        per-episode meta-gradient ∂L/∂θ_r over n fresh episodes. |t_r| ranks how clearly adding term r lowers the
+        meta-loss; it is invariant to the term's scale, so terms of different magnitude compare fairly. The
+        effect-unit gradient |ḡ_r| ‖F_ref‖/‖F_r‖ is recorded alongside (``effect``)."""
         done = self._replay()
         if done is not None:
             return done
@@ -194,10 +192,15 @@ class Search:
         Ws, Bs = trainer._weights(n)
         loss, grad, _, _ = trainer.meta_gradient(ep, Ws, Bs)
         finite = torch.isfinite(loss) & torch.isfinite(grad).all(0)
-        g = grad[:, finite].mean(1) if bool(finite.any()) else torch.zeros(len(self.pool))
-        scores = {t: abs(float(g[i])) * ref / max(norms[t], 1e-30) for i, t in enumerate(self.pool)}
+        g = grad[:, finite].double()
+        scores, effect = {}, {}
+        for i, t in enumerate(self.pool):
+            mean = float(g[i].mean()) if g.shape[1] else 0.0
+            sem = float(g[i].std() / math.sqrt(g.shape[1])) if g.shape[1] > 1 else math.inf
+            scores[t] = abs(mean) / sem if sem > 0 else (math.inf if mean else 0.0)
+            effect[t] = abs(mean) * ref / max(norms[t], 1e-30)
         return self._record(Stage(kind="screen", label=label, terms=list(theta), theta=theta, episodes=n,
-                                  scores=scores))
+                                  scores=scores, effect=effect))
 
     def remaining(self) -> int:
         return max(0, self.budget - self.used)
@@ -319,4 +322,4 @@ def discover_search(spec: DiscoverySpec, progress: Callable[[ProgressEvent], Non
         search={"method": spec.search.method, "pool": search.pool, "episodes": search.used,
                 "stages": [{"label": s.label, "kind": s.kind, "terms": s.terms, "episodes": s.episodes}
                            for s in search.stages],
-                "screening": [{"label": s.label, "scores": s.scores} for s in screens]})
+                "screening": [{"label": s.label, "scores": s.scores, "effect": s.effect} for s in screens]})

@@ -1,8 +1,8 @@
 """The S5 reservoir results table: each configuration run over several seeds (batched), one JSON per configuration.
 
-One configuration per call, all its seeds in one batch (SCIENCE.md S5; `discovery.reservoir.run_reservoir`):
+One configuration per call, all its seeds in one batch (SCIENCE.md S5; `discovery.reservoir.model.run_reservoir`):
 
-    OMP_NUM_THREADS=1 python -m discovery.reservoir_table --task 2 --learner supertrex --protocol shortened
+    OMP_NUM_THREADS=1 python -m experiments.reservoir_table --task 2 --learner supertrex --protocol shortened
 
 writes results/reservoir/<protocol>/task2_supertrex_published.json with the per-seed test-phase deviations, their
 mean and 95% t-interval over seeds, the number satisfactory (< 0.5), the wall time and the protocol, beside the
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from discovery.evaluate import t_interval
-from discovery.reservoir import PROTOCOLS, SATISFACTORY, run_reservoir
+from discovery.benchmarks.evaluate import t_interval
+from discovery.reservoir.model import PROTOCOLS, SATISFACTORY, run_reservoir
 
 # (task, learner, setting) of the table, in order.
 CONFIGS: tuple[tuple[int, str, str], ...] = (
@@ -50,7 +50,7 @@ def _name(task: int, learner: str, setting: str) -> str:
 
 
 def command(task: int, learner: str, setting: str, seeds: Sequence[int], protocol: str, N: int) -> str:
-    return (f"OMP_NUM_THREADS=1 python -m discovery.reservoir_table --task {task} --learner {learner} "
+    return (f"OMP_NUM_THREADS=1 python -m experiments.reservoir_table --task {task} --learner {learner} "
             f"--setting {setting} --seeds {' '.join(map(str, seeds))} --protocol {protocol} --N {N}")
 
 

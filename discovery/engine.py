@@ -1,0 +1,26 @@
+"""``discover(spec)``: route a job spec to its family's trainer (feedforward meta-training, open search, or the
+recurrent fixed-point trainer). The one entry point the workers and the CLI call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from discovery.feedforward.meta import discover_feedforward
+from discovery.recurrent.trainer import discover_recurrent
+from discovery.results import DiscoveryResult, ProgressEvent
+from discovery.search.search import discover_search
+from discovery.spec import DiscoverySpec
+
+
+def discover(spec: DiscoverySpec | dict, progress: Callable[[ProgressEvent], None] | None = None,
+             checkpoint_dir: Path | str | None = None,
+             should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
+    """Meta-train θ for `spec` (a DiscoverySpec or its dict), evaluate on held-out data, return the rule and its
+    history; ``progress`` receives a ProgressEvent per meta-step, ``should_stop`` is polled between steps."""
+    spec = spec if isinstance(spec, DiscoverySpec) else DiscoverySpec.model_validate(spec)
+    if spec.search.active and spec.task.kind == "fewshot":
+        return discover_search(spec, progress, checkpoint_dir, should_stop)
+    if spec.task.kind == "fixedpoint-mnist":
+        return discover_recurrent(spec, progress, checkpoint_dir, should_stop)
+    return discover_feedforward(spec, progress, checkpoint_dir, should_stop)
