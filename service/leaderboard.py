@@ -42,7 +42,32 @@ def _rank(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return entries
 
 
+def front_marks(session: Session) -> dict[int, dict[str, Any]]:
+    """rule id → its place on the Pareto front of the succeeded open-search jobs that stored it
+    (``n_terms``, ``selected``: selected by any of them; the point of the job with the highest accuracy)."""
+    marks: dict[int, dict[str, Any]] = {}
+    for result in session.scalars(select(Job.result).where(Job.status == SUCCEEDED)):
+        for point in (result or {}).get("front") or []:
+            rid = point.get("rule_id")
+            if not isinstance(rid, int):
+                continue
+            old = marks.get(rid)
+            acc = point.get("heldout_accuracy")
+            if old is None or (acc is not None and (old["heldout_accuracy"] is None or acc > old["heldout_accuracy"])):
+                marks[rid] = {"n_terms": point.get("n_terms"), "heldout_accuracy": acc,
+                              "heldout_ci95": point.get("heldout_ci95"),
+                              "selected": bool(point.get("selected")) or bool(old and old["selected"])}
+            elif point.get("selected"):
+                old["selected"] = True
+    return marks
+
+
+def _front_point(result: dict[str, Any], rule_id: int) -> dict[str, Any] | None:
+    return next((p for p in result.get("front") or [] if p.get("rule_id") == rule_id), None)
+
+
 def _discovery_entries(session: Session) -> list[dict[str, Any]]:
+    """Each discovered rule at its best job: a front rule scores its own front point, others the job's rule."""
     best: dict[int, dict[str, Any]] = {}
     stmt = (
         select(Rule, Job)
@@ -52,13 +77,14 @@ def _discovery_entries(session: Session) -> list[dict[str, Any]]:
     )
     for rule, job in session.execute(stmt):
         result = job.result or {}
-        score = result.get("heldout_accuracy")
+        point = _front_point(result, rule.id) or result
+        score = point.get("heldout_accuracy")
         entry = {
             "name": rule.name,
             "origin": rule.origin,
             "rule_id": rule.id,
             "score": score,
-            "ci": result.get("heldout_ci95"),
+            "ci": point.get("heldout_ci95"),
             "locality": FEEDBACK_LOCALITY.get(rule.feedback or ""),
             "cost": None,
             "feedback": rule.feedback,
@@ -121,8 +147,17 @@ def _suite_entries(session: Session, suite: str) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
-def leaderboard(session: Session, suite: str | None = None) -> dict[str, Any]:
-    """The ranked entries of ``suite`` (default: :func:`default_suite`)."""
+def _mark_front(session: Session, entries: list[dict[str, Any]], only_front: bool) -> list[dict[str, Any]]:
+    """Tag each rule entry with its front place (``front``: None off any front); ``only_front`` drops the rest."""
+    marks = front_marks(session)
+    for entry in entries:
+        entry["front"] = marks.get(entry["rule_id"]) if entry.get("rule_id") is not None else None
+    return [e for e in entries if e["front"] is not None] if only_front else entries
+
+
+def leaderboard(session: Session, suite: str | None = None, *, only_front: bool = False) -> dict[str, Any]:
+    """The ranked entries of ``suite`` (default: :func:`default_suite`); ``only_front``: rules on a stored
+    Pareto front only."""
     name = suite or default_suite(session)
     if name == DISCOVERY_SUITE:
         entries, description = _discovery_entries(session), DISCOVERY_DESCRIPTION
@@ -137,5 +172,6 @@ def leaderboard(session: Session, suite: str | None = None) -> dict[str, Any]:
         "suite": name,
         "suites": known_suites(session),
         "description": description,
-        "entries": _rank(entries),
+        "only_front": only_front,
+        "entries": _rank(_mark_front(session, entries, only_front)),
     }

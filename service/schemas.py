@@ -201,6 +201,15 @@ class BenchmarkOut(BaseModel):
     finished_at: dt.datetime | None = None
 
 
+class FrontMark(BaseModel):
+    """Where a leaderboard rule sits on the Pareto front of the open search(es) that stored it."""
+
+    n_terms: int | None = None
+    heldout_accuracy: float | None = None
+    heldout_ci95: float | None = None
+    selected: bool = False
+
+
 class LeaderboardEntry(BaseModel):
     rank: int
     name: str
@@ -215,12 +224,14 @@ class LeaderboardEntry(BaseModel):
     expression: str | None = None
     benchmark_id: int | None = None
     job_id: int | None = None
+    front: FrontMark | None = Field(None, description="its place on a stored Pareto front; null off any front")
 
 
 class LeaderboardOut(BaseModel):
     suite: str
     suites: list[str]
     description: str
+    only_front: bool = False
     entries: list[LeaderboardEntry]
 
 

@@ -176,6 +176,7 @@ def get_leaderboard(
         str | None,
         Query(max_length=100, description="default: the suite of the latest benchmark run, else 'discovery'"),
     ] = None,
+    front: Annotated[bool, Query(description="only rules on a stored Pareto front of an open search")] = False,
 ) -> dict:
     """Ranked entries (rules and baselines): name, origin, score, ci, locality, cost."""
     if suite is not None and suite not in known_suites(session):
@@ -183,4 +184,4 @@ def get_leaderboard(
             status.HTTP_404_NOT_FOUND,
             detail=f"unknown suite {suite!r}; known: {', '.join(known_suites(session))}",
         )
-    return leaderboard(session, suite)
+    return leaderboard(session, suite, only_front=front)

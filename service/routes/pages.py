@@ -21,9 +21,9 @@ from service import __version__
 from service.deps import IdPath, SessionDep
 from service.leaderboard import known_suites, leaderboard
 from service.models import ACTIVE_STATUSES, BenchmarkRun, Job, Rule
-from service.render import accuracy_plot_svg, latex_svg, theta_plot_svg
+from service.render import accuracy_plot_svg, front_plot_svg, latex_svg, theta_plot_svg
 from service.rulebook import display_latex, terms_catalog
-from service.views import benchmark_out, job_out, rule_out
+from service.views import benchmark_out, front_entries, job_out, rule_out
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
@@ -68,7 +68,10 @@ def _not_found(request: Request, what: str) -> HTMLResponse:
 
 @router.get("/", response_class=HTMLResponse)
 def leaderboard_page(
-    request: Request, session: SessionDep, suite: Annotated[str | None, Query(max_length=100)] = None
+    request: Request,
+    session: SessionDep,
+    suite: Annotated[str | None, Query(max_length=100)] = None,
+    front: Annotated[bool, Query()] = False,
 ) -> HTMLResponse:
     suites = known_suites(session)
     if suite is not None and suite not in suites:
@@ -79,7 +82,7 @@ def leaderboard_page(
             title="Unknown suite",
             message=f"There is no suite named {suite!r}. Known: {', '.join(suites)}.",
         )
-    board = leaderboard(session, suite)
+    board = leaderboard(session, suite, only_front=front)
     coefficients = {
         r.id: r.coefficients
         for r in session.scalars(
@@ -92,6 +95,12 @@ def leaderboard_page(
             latex = display_latex(coefficients[entry["rule_id"]], latex)
         entry["formula_svg"] = _formula(latex, 13)
     return _page(request, "leaderboard.html", board=board, title="Leaderboard")
+
+
+def _front_svg(job: Job | None, highlight: int | None = None) -> Markup | None:
+    """The job's Pareto front as a plot (None when the job ran no open search)."""
+    svg = front_plot_svg(((job.result or {}) if job is not None else {}).get("front") or [], highlight)
+    return Markup(svg) if svg else None
 
 
 def _job_curves(job: Job | None) -> tuple[Markup | None, Markup | None]:
@@ -137,6 +146,8 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLRes
         coefficients=coefficients,
         theta_svg=theta_svg,
         accuracy_svg=acc_svg,
+        front_svg=_front_svg(job, rule.id),
+        front=front_entries(((job.result or {}) if job is not None else {}).get("front") or []),
         job=job,
         title=rule.name,
     )
@@ -182,6 +193,8 @@ def job_page(request: Request, job_id: IdPath, session: SessionDep) -> HTMLRespo
         refresh=job.status in ACTIVE_STATUSES,
         theta_svg=theta_svg,
         accuracy_svg=acc_svg,
+        front_svg=_front_svg(job),
+        front=data["front"],
         events=list(reversed(data["events"]))[:50],
         title=f"Job {job.id}",
     )
