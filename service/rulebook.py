@@ -168,23 +168,34 @@ def _rounded_latex(items: tuple[tuple[str, float], ...], sig: int) -> str:
 
 
 def terms_catalog() -> list[dict[str, Any]]:
-    """The rule-term library (id, name, expression, description), empty when ``rules.terms`` is missing."""
+    """The rule-term library: id, name, expression, description, family (named / base / gated), the named pools
+    that hold the term, and ``fused`` (whether its atoms fit the fused CPU kernel's plan); empty without ``rules``."""
+    return [dict(t) for t in _terms_catalog()]
+
+
+@lru_cache(maxsize=1)
+def _terms_catalog() -> tuple[dict[str, Any], ...]:
     try:
-        from rules.terms import TERMS
+        from rules.compiler import compile_terms
+        from rules.terms import POOLS, TERMS
     except ImportError:
-        return []
-    out = []
-    for term in TERMS.values():
-        out.append(
-            {
-                "id": term.id,
-                "name": term.name,
-                "expression": str(term.expr),
-                "description": term.description,
-                "certain": bool(getattr(term, "certain", True)),
-            }
-        )
-    return out
+        return ()
+    from discovery.feedforward.kernels.fused import plan
+
+    return tuple(
+        {
+            "id": term.id,
+            "name": term.name,
+            "expression": str(term.expr),
+            "text": term.text,
+            "description": term.description,
+            "certain": bool(getattr(term, "certain", True)),
+            "family": term.family,
+            "pools": [name for name, ids in POOLS.items() if term.id in ids],
+            "fused": plan(compile_terms([term.expr], [term.id])) is not None,
+        }
+        for term in TERMS.values()
+    )
 
 
 @lru_cache(maxsize=1)

@@ -356,8 +356,15 @@ def test_rule_filters(client: TestClient, app: Any) -> None:
 
 
 def test_term_catalog(client: TestClient) -> None:
+    from rules.terms import POOLS
+
     terms = {t["id"]: t for t in client.get("/api/rules/terms").json()}
     assert {"F0", "F2", "F9"} <= set(terms)
+    # the whole generated library is listed, each term with its family, its pools and the fused-kernel flag
+    assert set(POOLS["library_gated"]) <= set(terms)
+    assert {terms[t]["family"] for t in POOLS["library_gated"]} == {"named", "base", "gated"}
+    assert all(terms[t]["fused"] is True for t in POOLS["library_gated"] + POOLS["bio10"])
+    assert "library" in terms["F2"]["pools"] and "bio10" in terms["F2"]["pools"]
 
 
 # --- benchmarks, suites, leaderboard -----------------------------------------------------------------------------
