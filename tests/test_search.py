@@ -12,7 +12,7 @@ from discovery.feedforward.inner import run_online_forward
 from discovery.feedforward.kernels import ckernel, fused
 from discovery.feedforward.meta import MetaTrainer
 from discovery.feedforward.network import init_feedback, init_weights
-from discovery.search.search import select
+from discovery.search.search import Search, select
 from discovery.spec import DiscoverySpec
 from rules.compiler import compile_terms
 from rules.library import canonical_text, generate, term_id
@@ -90,6 +90,26 @@ def test_screening_gradient_is_the_finite_difference_of_the_meta_loss() -> None:
             losses.append(loss)
         fd = (losses[0] - losses[1]) / (2 * h)
         torch.testing.assert_close(grad[r], fd, rtol=1e-5, atol=1e-8)
+
+
+def test_screening_scores_are_the_score_test_t_statistics() -> None:
+    """screen() ranks candidates by |ḡ_r| / (s_r/√n) over its n episodes' per-episode meta-gradients."""
+    data = _spec().model_dump()
+    data["search"] = {"method": "forward", "screen_episodes": 4}
+    spec = DiscoverySpec.model_validate(data)
+    theta = {"F0": 0.01}
+    stage = Search(spec).screen(theta, "screen")
+    again = Search(spec)                                     # the same streams: the same episodes and networks
+    again.norms()
+    trainer = again.screener()
+    with torch.no_grad():
+        trainer.phi.copy_(torch.tensor([theta.get(t, 0.0) for t in again.pool], dtype=trainer.dtype) / trainer.scale)
+    ep = trainer.train_sampler.sample(4, device=trainer.device, dtype=trainer.dtype)
+    Ws, Bs = trainer._weights(4)
+    _, grad, _, _ = trainer.meta_gradient(ep, Ws, Bs)
+    t = grad.mean(1).abs() / (grad.std(1) / 2.0)
+    assert stage.scores == pytest.approx(dict(zip(again.pool, t.tolist(), strict=True)), rel=1e-9)
+    assert set(stage.effect) == set(again.pool)
 
 
 def test_tiny_forward_search_returns_a_selected_front(tmp_path) -> None:

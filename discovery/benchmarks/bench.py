@@ -76,8 +76,10 @@ def reference_episode(theta: torch.nn.Parameter, opt: torch.optim.Optimizer, sho
     opt.step()
 
 
-def engine_trainer(shots: int, meta_batch: int, device: torch.device, kernel: str = "auto", pool: str = "paper3"):
-    """A MetaTrainer on synthetic data (the engine's own data path), the pool's terms (F0 + F2 + F9), forward mode."""
+def engine_trainer(shots: int, meta_batch: int, device: torch.device, kernel: str = "auto", pool: str = "paper3",
+                   grad_mode: str = "forward"):
+    """A MetaTrainer on synthetic data (the engine's own data path) over the pool's terms (paper3: F0 + F2 + F9);
+    forward mode carries R tangents (cost ∝ 1 + R), reverse mode one backward pass (cost ∝ const, memory ∝ T)."""
     from discovery.feedforward.meta import MetaTrainer
     from discovery.spec import DiscoverySpec
 
@@ -86,7 +88,7 @@ def engine_trainer(shots: int, meta_batch: int, device: torch.device, kernel: st
         "task": {"dataset": "synthetic", "ways": WAYS, "shots": shots, "queries": 10},
         "rule": {"pool": pool},
         "meta": {"episodes": 100_000, "meta_batch": meta_batch, "eval_episodes": 0, "lr": 3e-4,
-                 "kernel": kernel},
+                 "kernel": kernel, "grad_mode": grad_mode},
         "resources": {"device": device.type},
     })
     return MetaTrainer(spec, device)
@@ -100,7 +102,8 @@ def _measure(kind: str, shots: int, meta_batch: int, steps: int, device_name: st
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     if kind.startswith("engine"):
-        trainer = engine_trainer(shots, meta_batch, device, "torch" if kind == "engine-torch" else "auto", pool)
+        trainer = engine_trainer(shots, meta_batch, device, "auto" if kind == "engine" else "torch", pool,
+                                 "reverse" if kind == "engine-reverse" else "forward")
         trainer.step()  # warm-up
         run = trainer.step
     else:
@@ -125,7 +128,9 @@ def _measure(kind: str, shots: int, meta_batch: int, steps: int, device_name: st
     if kind.startswith("engine"):
         from discovery.feedforward.kernels import fused
         kernel = f"fused {fused.backend_name()}" if trainer.use_fused else "torch"
-    queue.put({"kind": kind, "pool": pool, "kernel": kernel, "threads": torch.get_num_threads(), "shots": shots, "inner_steps": WAYS * shots, "meta_batch": meta_batch,
+        kernel += ", reverse mode" if kind == "engine-reverse" else ""
+    queue.put({"kind": kind, "pool": pool, "n_terms": len(trainer.term_ids) if kind.startswith("engine") else 3,
+               "kernel": kernel, "threads": torch.get_num_threads(), "shots": shots, "inner_steps": WAYS * shots, "meta_batch": meta_batch,
                "episodes_per_step": per_step, "step_times": times, "peak_mb": _peak_mb(device)})
 
 
@@ -154,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--pools", nargs="*", default=["bio10", "library", "library_gated"],
                     help="open pools timed beside the three-term rule")
+    ap.add_argument("--reverse-pools", nargs="*", default=["library", "library_gated"],
+                    help="pools also timed in reverse mode (torch autograd; its cost does not grow with R)")
     args = ap.parse_args(argv)
     print(f"device={args.device}  torch={torch.__version__}  threads={torch.get_num_threads()}  "
           f"net={'-'.join(map(str, WIDTHS))}  rule=F0+F2+F9", flush=True)
@@ -165,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ("engine", 200, args.meta_batch, max(1, args.steps // 2), None, "paper3"),
                 ("engine-torch", 50, args.meta_batch, args.steps, None, "paper3")]
     configs += [("engine", 50, args.meta_batch, max(2, args.steps // 2), None, pool) for pool in args.pools]
+    configs += [("engine-reverse", 50, args.meta_batch, 2, None, pool) for pool in args.reverse_pools]
     rows: list[dict] = []
     for rnd in range(args.rounds):                   # rounds interleave the configurations: a slow spell of the
         for i, (kind, shots, mb, steps, threads, pool) in enumerate(configs):   # machine hits all of them alike
@@ -195,8 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"engine peak memory 1,000 vs 250 inner steps: {eng1000['peak_mb']:.0f} MB vs {eng['peak_mb']:.0f} MB "
           f"(ratio {mem_ratio:.2f}; flat = 1)")
     for r in rows[n_refs + 3:]:
-        print(f"pool {r['pool']}: {r['s_per_episode']:.3f} s/episode, {r['speedup_vs_reference']:.1f}x the original's "
-              f"three-term episode ({r['kernel']} kernel)")
+        print(f"pool {r['pool']} (R={r['n_terms']}): {r['s_per_episode']:.3f} s/episode, "
+              f"{r['speedup_vs_reference']:.1f}x the original's three-term episode ({r['kernel']} kernel)")
     out = {"rows": rows, "speedup": ratio, "memory_ratio_1000_vs_250": mem_ratio, "device": args.device}
     if args.json:
         with open(args.json, "w") as f:
