@@ -13,13 +13,15 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from scipy import stats
 
+from discovery.benchmarks.stats import paired_difference
 from discovery.engine import discover
 from discovery.feedforward.meta import MetaTrainer
+from discovery.results import ProgressEvent
 from discovery.spec import DiscoverySpec
 from rules.terms import term
 
@@ -42,11 +44,25 @@ def heldout(spec: dict, theta: dict[str, float], episodes: int = 200) -> torch.T
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """Mean of a − b with its 95 % t-interval."""
-    d = (a - b).double()
-    n = d.numel()
-    half = float(stats.t.ppf(0.975, n - 1) * d.std(unbiased=True) / math.sqrt(n))
-    return {"delta": float(d.mean()), "ci95": [float(d.mean()) - half, float(d.mean()) + half]}
+    """Mean of a − b with its 95 % t-interval (discovery.benchmarks.stats)."""
+    d = paired_difference(a.double(), b.double())
+    return {"delta": d.delta, "ci95": d.ci95}
+
+
+def printer(tag: str, every: int = 50) -> Callable[[ProgressEvent], None]:
+    """A progress callback: one line per `every` episodes and at each new phase (mean meta-accuracy since the last)."""
+    t0, last_phase, acc = time.perf_counter(), [None], []
+
+    def report(event: ProgressEvent) -> None:
+        if event.meta_accuracy is not None and math.isfinite(event.meta_accuracy):
+            acc.append(event.meta_accuracy)
+        if event.phase != last_phase[0] or event.episode % every == 0:
+            mean = f"{sum(acc) / len(acc):.3f}" if acc else "-"
+            print(f"  [{tag}] episode {event.episode}/{event.total} {event.phase or ''}: meta-accuracy {mean}, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+            last_phase[0] = event.phase
+            acc.clear()
+    return report
 
 
 def main() -> None:
@@ -75,7 +91,7 @@ def main() -> None:
             t0 = time.perf_counter()
             spec = base_spec(seed, args.episodes, "fa", {"pool": args.pool},
                              {"method": method, "max_terms": args.max_terms})
-            res = discover(spec)
+            res = discover(spec, progress=printer(f"seed {seed} {method}"))
             wall = time.perf_counter() - t0
             chosen = next(p for p in res.front if p.selected)
             vs_bp = paired(heldout(spec, chosen.theta), bp_values)
