@@ -132,6 +132,9 @@ def parse_goal(text: str) -> GoalParse:
         raise GoalError(f"the goal gives an invalid spec: {reasons}", understood) from exc
     except ValueError as exc:
         raise GoalError(f"the goal gives an invalid spec: {exc}", understood) from exc
+    if spec.family == "recurrent":
+        understood.append(f"recurrent fixed-point rule on mnist5k: N = {spec.network.widths[1]} tanh units, terms "
+                          f"{', '.join(spec.rule.terms or [])}, {spec.meta.episodes} episodes")
     if spec.search.active:
         understood.append(f"open discovery: {spec.search.method} search over the {spec.rule.pool} pool "
                           f"({len(spec.rule.terms or [])} terms), at most {spec.search.max_terms} terms on the front")
@@ -143,7 +146,49 @@ def goal_to_spec(text: str) -> DiscoverySpec:
     return parse_goal(text).spec
 
 
+#: the words of feedforward terms that name a recurrent term in a recurrent goal ("oja", "decay")
+RECURRENT_READING: dict[str, str] = {"F9": "rec_oja", "F3": "rec_decay"}
+#: a recurrent goal's defaults (those of examples/fixedpoint_mnist.json; tiny: N = 16 and a short run)
+RECURRENT_DEFAULTS: dict[str, Any] = {"N": 100, "shots": 20, "episodes": 40, "lr": 0.1, "eval_episodes": 20}
+RECURRENT_TINY: dict[str, Any] = {"N": 16, "shots": 3, "ways": 2, "queries": 4, "episodes": 2, "eval_episodes": 2}
+
+
+def _recurrent_terms(d: Draft) -> list[str]:
+    """The recurrent term ids a goal named (oja and decay read as their recurrent versions)."""
+    out = []
+    for t in d.terms:
+        tid = RECURRENT_READING.get(t, t)
+        if not tid.startswith("rec_"):
+            raise ValueError(f"term {t} belongs to feedforward rules; a recurrent goal names dW1, dW3, dW4, oja or "
+                             "decay")
+        out.append(tid)
+    return out
+
+
+def _build_recurrent_spec(d: Draft, text: str) -> DiscoverySpec:
+    """The spec of a recurrent fixed-point goal: task fixedpoint-mnist, widths [784, N, 10], a recurrent rule."""
+    if d.dataset not in (None, "mnist5k"):
+        raise ValueError(f"the recurrent fixed-point task runs on mnist only, not {d.dataset!r}")
+    if d.feedback or d.search or d.pool or d.depth not in (None, 1, 2):
+        raise ValueError("feedback modes, depths, pools and searches belong to feedforward goals; a recurrent goal "
+                         "names its terms (dW1, dW3, dW4, oja, decay) or takes the default ones")
+    base = {**RECURRENT_DEFAULTS, **(RECURRENT_TINY if d.tiny else {})}
+    n = d.width if d.width is not None else base["N"]
+    task = {"kind": "fixedpoint-mnist", "dataset": "mnist5k", "shots": base["shots"],
+            **({"ways": base["ways"], "queries": base["queries"]} if d.tiny else {}), **d.task}
+    meta = {"episodes": base["episodes"], "lr": base["lr"], "eval_episodes": base["eval_episodes"], **d.meta}
+    terms = _recurrent_terms(d)
+    rule: dict[str, Any] = {"family": "recurrent", **({"terms": terms} if terms else {})}
+    return DiscoverySpec.model_validate({"name": text.strip()[:200], "network": {"widths": [784, n, 10]},
+                                         "task": task, "rule": rule, "meta": meta, "resources": d.resources})
+
+
 def _build_spec(d: Draft, text: str) -> DiscoverySpec:
+    if d.family == "recurrent":
+        return _build_recurrent_spec(d, text)
+    if any(t.startswith("rec_") for t in d.terms):
+        raise ValueError("dW1, dW3 and dW4 are recurrent terms: say 'recurrent' or 'fixed points' to learn a "
+                         "recurrent rule")
     dataset = d.dataset or "mnist5k"
     task: dict[str, Any] = {"dataset": dataset, **d.task}
     meta: dict[str, Any] = dict(d.meta)

@@ -141,6 +141,8 @@ VOCABULARY: dict[str, list[str]] = {
     "depth": ["depth-N", "N layers", "N-layer"],
     "width": ["width N", "widths 784-64-10", "tiny"],
     "learning": ["online (batch is not supported)"],
+    "family": ["recurrent / fixed points / fixed-point rnn (the recurrent fixed-point family on mnist, SCIENCE.md "
+               "S2; 'N units' sets N; terms dW1, dW3, dW4, oja, decay; default dW3, dW4, oja, decay)"],
     "feedback": [
         "feedback alignment / fa",
         "backprop / bp / weight transport",
@@ -183,6 +185,7 @@ VOCABULARY: dict[str, list[str]] = {
 class Draft:
     """What the phrases set so far (None = not said)."""
 
+    family: str | None = None
     depth: int | None = None
     width: int | None = None
     widths: list[int] | None = None
@@ -361,10 +364,21 @@ def _device(kind: str) -> _Handler:
     return handle
 
 
+def _recurrent(m: re.Match[str], d: Draft) -> str:
+    d.set_once("family", "recurrent", m.group(0))
+    return f"{m.group(0)!r} → the recurrent fixed-point rule family (task fixedpoint-mnist)"
+
+
+def _rec_term(m: re.Match[str], d: Draft) -> str:
+    return _term(f"rec_dW{m.group(1)}", "recurrent term")(m, d)
+
+
 _INIT_WORD = r"init(?:ial(?:i[sz]ation)?|i[sz]ation)?"
 
 #: (pattern, handler) in matching order: longer and more specific phrases first; each match consumes its text.
 PHRASES: list[tuple[str, _Handler]] = [
+    (r"\brecurrent\b|\bfixed[\s-]*points?(?:[\s-]+(?:rnn|networks?|systems?))?\b|\brnn\b", _recurrent),
+    (r"\bdw([134])\b", _rec_term),
     (r"\bwidths?[\s:=]*(\d+(?:\s*[-x,]\s*\d+)+)\b", _widths),
     (
         r"\bmeta[\s-]*batch(?:[\s-]*size)?(?:\s+of)?[\s:=]*(\d+)\b",

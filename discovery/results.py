@@ -1,26 +1,70 @@
 """The typed results that cross from the engine to the workers and the service: the progress event of a meta-step,
-one point of an open search's front, and a finished discovery run."""
+one point of an open search's front, a finished discovery run; and :func:`jsonable`, the one serializer of the
+project (non-finite numbers become ``None`` here and nowhere else)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Any
+
 from pydantic import BaseModel, Field
+
+_MAX_DEPTH = 12
+
+
+def jsonable(value: Any, _depth: int = 0) -> Any:
+    """``value`` as strict-JSON plain data: NaN/±∞ become ``None``; tensors and numpy arrays (nested) lists,
+    numpy/torch scalars Python numbers, pydantic models and dataclasses dicts, tuples and sets lists, paths
+    strings, mapping keys strings; anything else unknown its ``str``."""
+    if _depth > _MAX_DEPTH:
+        return str(value)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v, _depth + 1) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, BaseModel):
+        return jsonable(value.model_dump(mode="json"), _depth + 1)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value), _depth + 1)
+    if hasattr(value, "detach") and hasattr(value, "tolist"):  # torch.Tensor without importing torch
+        return jsonable(value.detach().cpu().tolist(), _depth + 1)
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars
+        return jsonable(value.tolist(), _depth + 1)
+    if hasattr(value, "item") and callable(value.item):
+        with contextlib.suppress(Exception):  # not a scalar after all: fall through to str
+            return jsonable(value.item(), _depth + 1)
+    return str(value)
 
 
 class ProgressEvent(BaseModel):
-    """What the progress callback receives after every meta-step."""
+    """What the progress callback receives after every meta-step (a value that was not finite reads ``None``
+    once the event went through :func:`jsonable`). ``e1`` is the per-layer orthonormality error
+    (discovery.benchmarks.diagnostics.orthonormality_error)."""
 
     episode: int
     total: int
     meta_loss: float | None
     meta_accuracy: float | None
-    theta: dict[str, float]
-    alignment_deg: list[float] = Field(default_factory=list)
-    e1: list[float] = Field(default_factory=list)
+    theta: dict[str, float | None]
+    alignment_deg: list[float | None] = Field(default_factory=list)
+    e1: list[float | None] = Field(default_factory=list)
     skipped: bool = False
     dropped_episodes: int = 0
     backtracked: bool = False
     lr: float | None = None
     phase: str | None = None          # the search stage this step belongs to (open discovery), e.g. "fit 3 terms"
+    spectral_abscissa: float | None = None   # recurrent family: max Re λ(W_T), mean over the meta-batch
+    train_loss: float | None = None          # recurrent family: the last inner step's training CE
 
 
 class FrontPoint(BaseModel):

@@ -7,7 +7,7 @@ A job = network (widths L+1, softplus β, feedback mode) + task (data set, M-way
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,6 +20,7 @@ GradMode = Literal["forward", "reverse"]
 #: Term pools (ids of rules.terms): paper3, bio10, the generated 16-term library and the 43-term gated library.
 POOLS: dict[str, list[str]] = RULE_POOLS
 PoolName = Literal["paper3", "bio10", "library", "library_gated"]
+RecurrentPoolName = Literal["rec4", "rec5"]
 
 
 class _Strict(BaseModel):
@@ -64,12 +65,14 @@ class TaskSpec(_Strict):
     heldout_fraction: float = Field(0.2, gt=0, lt=1)
 
 
-class RuleSpec(_Strict):
-    """The rule family ΔW_ℓ = Σ_r θ_r F^r_ℓ: term ids (or a pool name) and θ at the start.
+RuleFamily = Literal["feedforward", "recurrent"]
+#: the rule family each task kind learns (SCIENCE.md S3: feedforward ΔW_ℓ; S2: recurrent fixed-point ΔW)
+TASK_FAMILY: dict[str, RuleFamily] = {"fewshot": "feedforward", "fixedpoint-mnist": "recurrent"}
 
-    ``terms`` is a list of term ids, or a pool name ("library" = the generated 16-term library)."""
 
-    pool: PoolName | None = None
+class _RuleTerms(_Strict):
+    """What every rule family shares: term ids (or a pool name) and θ at the start."""
+
     terms: list[str] | None = None
     theta_init: dict[str, float] | None = None
 
@@ -79,19 +82,28 @@ class RuleSpec(_Strict):
         """``"terms": "library"`` (a pool's name instead of a list) means ``"pool": "library"``."""
         if isinstance(data, dict) and isinstance(data.get("terms"), str):
             name = data["terms"]
-            if name not in POOLS:
-                raise ValueError(f"terms {name!r} is neither a list of term ids nor a pool ({', '.join(POOLS)})")
             data = {**data, "pool": name, "terms": None}
         return data
+
+    def _check_distinct(self) -> None:
+        if not self.terms:
+            raise ValueError("the rule family needs at least one term")
+        if len(set(self.terms)) != len(self.terms):
+            raise ValueError("terms must be distinct")
+
+
+class RuleSpec(_RuleTerms):
+    """The feedforward rule family ΔW_ℓ = Σ_r θ_r F^r_ℓ: term ids of rules.terms (or a pool name) and θ at the
+    start. ``terms`` is a list of term ids, or a pool name ("library" = the generated 16-term library)."""
+
+    family: Literal["feedforward"] = "feedforward"
+    pool: PoolName | None = None
 
     @model_validator(mode="after")
     def _resolve_terms(self) -> RuleSpec:
         if self.terms is None:
             self.terms = list(POOLS[self.pool or "paper3"])
-        if not self.terms:
-            raise ValueError("the rule family needs at least one term")
-        if len(set(self.terms)) != len(self.terms):
-            raise ValueError("terms must be distinct")
+        self._check_distinct()
         return self
 
     def initial_theta(self) -> dict[str, float]:
@@ -102,6 +114,43 @@ class RuleSpec(_Strict):
                 raise ValueError(f"theta_init names {k!r}, which is not one of the terms {self.terms}")
             init[k] = float(v)
         return init
+
+
+class RecurrentRuleSpec(_RuleTerms):
+    """The recurrent fixed-point rule family ΔW = Σ_k θ_k F_k (SCIENCE.md S2): ids (or aliases) of
+    rules.recurrent terms, or a pool ("rec4" by default); θ starts at the published learning rates."""
+
+    family: Literal["recurrent"] = "recurrent"
+    pool: RecurrentPoolName | None = None
+
+    @model_validator(mode="after")
+    def _resolve_terms(self) -> RecurrentRuleSpec:
+        from rules.recurrent import RECURRENT_POOLS, resolve_term_ids
+
+        if self.terms is None or (self.terms == POOLS["paper3"] and not self.theta_init):
+            # no terms named (or the feedforward default of a spec stored before the family was explicit)
+            self.terms = list(RECURRENT_POOLS[self.pool or "rec4"])
+        self.terms = resolve_term_ids(self.terms)
+        self._check_distinct()
+        return self
+
+    def initial_theta(self) -> dict[str, float]:
+        """θ at episode 0: the published learning rates (rules.recurrent.DEFAULT_THETA), overridden by
+        ``theta_init`` (ids or aliases)."""
+        from rules.recurrent import DEFAULT_THETA, resolve_term_ids
+
+        init = {t: DEFAULT_THETA[t] for t in self.terms or []}
+        for k, v in (self.theta_init or {}).items():
+            (tid,) = resolve_term_ids([k])
+            if tid not in init:
+                raise ValueError(f"theta_init names {k!r}, which is not one of the terms {self.terms}")
+            init[tid] = float(v)
+        return init
+
+
+#: The rule part of a spec: one model per family, told apart by ``family`` (filled from ``task.kind`` when the
+#: spec does not say it).
+AnyRuleSpec = Annotated[RuleSpec | RecurrentRuleSpec, Field(discriminator="family")]
 
 
 class MetaSpec(_Strict):
@@ -180,11 +229,40 @@ class DiscoverySpec(_Strict):
     name: str | None = Field(None, max_length=200)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     task: TaskSpec = Field(default_factory=TaskSpec)
-    rule: RuleSpec = Field(default_factory=RuleSpec)
+    rule: AnyRuleSpec = Field(default_factory=RuleSpec)
     meta: MetaSpec = Field(default_factory=MetaSpec)
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_from_task(cls, data: Any) -> Any:
+        """A rule without ``family`` belongs to the family of the task kind (fewshot → feedforward,
+        fixedpoint-mnist → recurrent)."""
+        if not isinstance(data, dict):
+            return data
+        task = data.get("task")
+        kind = task.get("kind", "fewshot") if isinstance(task, dict) else getattr(task, "kind", "fewshot")
+        rule = data.get("rule")
+        if rule is None and TASK_FAMILY.get(kind) == "recurrent":
+            return {**data, "rule": {"family": "recurrent"}}
+        if isinstance(rule, dict) and "family" not in rule and kind in TASK_FAMILY:
+            return {**data, "rule": {**rule, "family": TASK_FAMILY[kind]}}
+        return data
+
+    @model_validator(mode="after")
+    def _family_fits_task(self) -> DiscoverySpec:
+        expected = TASK_FAMILY[self.task.kind]
+        if self.rule.family != expected:
+            raise ValueError(f"rule.family {self.rule.family!r} does not fit task.kind {self.task.kind!r}, which "
+                             f"learns {expected} rules")
+        return self
+
+    @property
+    def family(self) -> RuleFamily:
+        """The rule family of this job (the one its task kind learns)."""
+        return self.rule.family
 
     @field_validator("name")
     @classmethod

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import time
 from pathlib import Path
+
+from discovery.benchmarks.stats import mean_halfwidth
 
 CONFIGS = {
     "FA (θ0 only)": "examples/fa_only.json",
@@ -51,16 +52,14 @@ def _run(name: str, path: str, seed: int, meta_steps: int, meta_batch: int, lr: 
 
 
 def summarize(out: Path) -> list[dict]:
-    """One row per configuration: pooled held-out accuracy over seeds with a 95% CI of the seed means."""
+    """One row per configuration: pooled held-out accuracy over seeds with the 95% t-interval of the seed means."""
     rows = []
     for name, path in CONFIGS.items():
         runs = [json.loads(p.read_text()) for p in sorted(out.glob(f"{Path(path).stem}_seed*.json"))]
         if not runs:
             continue
         accs = [r["heldout_accuracy"] for r in runs if r["heldout_accuracy"] is not None]
-        mean = sum(accs) / len(accs)
-        sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else float("nan")
-        ci_seeds = 1.96 * sd / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
+        mean, ci_seeds = mean_halfwidth(accs)
         ci_eps = sum(r["heldout_ci95"] or 0 for r in runs) / len(runs)
         theta = {k: sum(r["theta"][k] for r in runs) / len(runs) for k in runs[0]["theta"]}
         last = [h for r in runs for h in r["history"][-10:] if h["alignment_deg"]]

@@ -29,6 +29,9 @@ class CoefficientRule:
 
     PRUNE_TOL: float = 1e-4
     """Default ``pruned`` threshold."""
+    FAMILY: str = "feedforward"
+    """The rule family (``feedforward`` ΔW_ℓ over layer primitives, ``recurrent`` ΔW of a fixed-point network):
+    the column ``rules.family`` and the spec's ``rule.family``."""
 
     _coefficients: dict[str, float]
     name: str | None

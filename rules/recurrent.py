@@ -203,6 +203,7 @@ class RecurrentRule(CoefficientRule):
     """ΔW = Σ_k θ_k F_k over the recurrent terms (coefficients keyed by id or alias; stored by id)."""
 
     PRUNE_TOL = 1e-6
+    FAMILY = "recurrent"
 
     def __init__(self, coefficients: Mapping[str, float], name: str | None = None) -> None:
         coefs: dict[str, float] = {}

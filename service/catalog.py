@@ -5,8 +5,9 @@ Imported lazily: without ``discovery.benchmarks.registry`` the service still run
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
+
+from discovery.results import jsonable
 
 #: The pseudo-suite of the leaderboard that ranks discovered rules by their held-out accuracy on the task they
 #: were discovered on (no baselines; tasks differ between rules, so compare within a task).
@@ -27,38 +28,9 @@ def registered_suites() -> dict[str, Any]:
     return dict(getattr(suites, "SUITES", {}) or {})
 
 
-def _plain(value: Any, depth: int = 0) -> Any:
-    if depth > 8:
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_plain(v, depth + 1) for v in value]
-    if hasattr(value, "model_dump"):
-        return _plain(value.model_dump(mode="json"), depth + 1)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: _plain(getattr(value, f.name), depth + 1)
-            for f in dataclasses.fields(value)
-            if not callable(getattr(value, f.name)) and not f.name.startswith("_")
-        }
-    if callable(value):
-        return getattr(value, "__name__", str(value))
-    return str(value)
-
-
 def suite_info(name: str, suite: Any) -> dict[str, Any]:
-    """A JSON description of one suite (its own ``definition()`` or ``to_dict()`` when it has one)."""
-    if hasattr(suite, "definition") and callable(suite.definition):
-        info = _plain(suite.definition())
-    elif hasattr(suite, "to_dict") and callable(suite.to_dict):
-        info = _plain(suite.to_dict())
-    else:
-        info = _plain(suite)
-    if not isinstance(info, dict):
-        info = {"definition": info}
+    """The JSON definition of one suite: its ``Suite.definition()`` (discovery.benchmarks.suite)."""
+    info = jsonable(suite.definition())
     info.setdefault("name", name)
     return info
 

@@ -25,6 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from discovery.results import jsonable
 from service.cli_common import (
     CliError,
     _friendly,
@@ -216,7 +217,7 @@ def discover(
             finally:
                 signal.signal(signal.SIGINT, previous)
         data = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
-        _write_json(out_file, _finite(data))
+        _write_json(out_file, jsonable(data))
         rule = (data or {}).get("rule") or {}
         acc = data.get("heldout_accuracy")
         ci = data.get("heldout_ci95")
@@ -237,12 +238,6 @@ def _engine() -> Callable[..., Any]:
     from discovery.engine import discover
 
     return discover
-
-
-def _finite(value: Any) -> Any:
-    from service.db import finite_json
-
-    return finite_json(value)
 
 
 # --- benchmark / suites / bench ---------------------------------------------------------------------------------
@@ -340,7 +335,7 @@ def benchmark(
             report = suite_registry.run_suite(
                 suite, rule, tiny=tiny, seed=seed, progress=progress, feedback=feedback, **extra
             )
-        _write_json(out_file, _finite(report))
+        _write_json(out_file, jsonable(report))
         if report.get("skipped"):
             out.print(f"[yellow]skipped:[/] {report['skipped']}", highlight=False)
         for entry in sorted(report.get("entries") or [], key=lambda e: -(e.get("score") or 0.0)):

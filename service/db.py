@@ -8,7 +8,6 @@ turned into ``null``: PostgreSQL's ``json`` type rejects ``NaN``, and the API mu
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,20 +17,11 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-
-def finite_json(value: Any) -> Any:
-    """``value`` with every NaN/±∞ float replaced by ``None`` (recursively through dicts, lists, tuples)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(v) for v in value]
-    return value
+from discovery.results import jsonable
 
 
 def _json_dumps(value: Any) -> str:
-    return json.dumps(finite_json(value), allow_nan=False, default=str)
+    return json.dumps(jsonable(value), allow_nan=False, default=str)
 
 
 def make_engine(url: str) -> Engine:

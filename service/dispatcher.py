@@ -29,7 +29,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -37,30 +36,30 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from discovery.results import jsonable
 from discovery.spec import DiscoverySpec
-from service.db import finite_json, session_scope
+from service.db import session_scope
 from service.models import (
     ACTIVE_STATUSES,
     CANCELLED,
     FAILED,
-    ORIGIN_BASELINE,
-    ORIGIN_DISCOVERED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
     BenchmarkRun,
-    BenchmarkScore,
     Job,
     Rule,
-    Trial,
     utcnow,
 )
-from service.rulebook import benchmark_text, record_from_result
+from service.recording import queue_benchmarks, record_benchmark_result, record_job_result
+from service.rulebook import benchmark_text
 from service.settings import Settings
-from service.store import add_event, link_job_rule, store_front, upsert_rule
+from service.store import add_event
+from workers.progress import JobProgress
 
 log = logging.getLogger("plasticity.dispatcher")
 
@@ -70,28 +69,31 @@ MAX_ATTEMPTS = 5
 MAX_POLL_ERRORS = 5
 #: Seconds between attempts to connect to Ray after a failure.
 RAY_RETRY_SECONDS = 10.0
-#: Keys of a progress event worth keeping in ``jobs.progress``.
-PROGRESS_KEYS = (
-    "phase",
-    "episode",
-    "total",
-    "meta_loss",
-    "meta_accuracy",
-    "theta",
-    "alignment_deg",
-    "e1",
-    "skipped",
-    "dropped_episodes",
-    "kind",
-    "trials_total",
-    "trials_done",
-    "best_trial",
-    "best_heldout_accuracy",
-    "best_config",
-    "retry",
-    "previous_error",
-    "cancel_requested",
-)
+#: The final statuses a worker reports.
+FINAL_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """What differs between the two kinds of tracked work; the state machine that moves them is one
+    (:meth:`Dispatcher._submit`, :meth:`Dispatcher._apply_state`): the table, the event owner and the words."""
+
+    what: str                             # "job" | "benchmark"
+    model: type[Job] | type[BenchmarkRun]
+    owner: str                            # the add_event keyword naming the row
+    started: str
+    cancelled: str
+    failed: str
+    lost: str
+    unrecorded: str
+
+
+JOB_FLOW = Flow("job", Job, "job_id", started="meta-training started", cancelled="the Ray work was cancelled",
+                failed="the job failed without a message", lost="lost contact with the job's Ray worker",
+                unrecorded="could not record the job's result")
+BENCHMARK_FLOW = Flow("benchmark", BenchmarkRun, "benchmark_id", started="benchmark started",
+                      cancelled="the benchmark was cancelled", failed="the benchmark failed",
+                      lost="lost contact with the benchmark's worker", unrecorded="could not record the result")
 
 
 @dataclass
@@ -259,73 +261,68 @@ class Dispatcher:
         self.ticks += 1
         if not self._ray_ready():
             return
-        self._poll_jobs()
-        self._poll_benchmarks()
-        self._submit_jobs()
-        self._submit_benchmarks()
+        self._poll(JOB_FLOW)
+        self._poll(BENCHMARK_FLOW)
+        self._submit(JOB_FLOW)
+        self._submit(BENCHMARK_FLOW)
 
     def _running(self) -> int:
         return sum(1 for t in self._jobs.values() if not t.cancelling) + len(self._benchmarks)
 
-    # --- jobs -----------------------------------------------------------------------------------------------
-    def _submit_jobs(self) -> None:
+    def _tracked(self, flow: Flow) -> dict[int, _Tracked]:
+        return self._jobs if flow is JOB_FLOW else self._benchmarks
+
+    # --- the state machine ----------------------------------------------------------------------------------
+    def _submit(self, flow: Flow) -> None:
+        """Submit the queued rows of ``flow`` (oldest first) while fewer than ``max_running`` run; a row
+        submitted MAX_ATTEMPTS times fails instead."""
         free = self.settings.max_running - self._running()
         if free <= 0:
             return
+        tracked = self._tracked(flow)
         with session_scope(self.sessions) as s:
-            queued = s.scalars(select(Job).where(Job.status == QUEUED).order_by(Job.id)).all()
-            for job in queued:
+            for row in s.scalars(select(flow.model).where(flow.model.status == QUEUED).order_by(flow.model.id)).all():
                 if free <= 0:
                     break
-                if job.id in self._jobs:
+                if row.id in tracked:
                     continue
-                if job.attempts >= MAX_ATTEMPTS:
-                    self._fail_job(
-                        s,
-                        job.id,
-                        f"gave up after {job.attempts} attempts: the job was interrupted "
-                        "every time (service restarts or lost workers)",
-                    )
+                if row.attempts >= MAX_ATTEMPTS:
+                    self._fail(flow, s, row.id, _gave_up(flow, row.attempts))
                     continue
                 try:
-                    spec = DiscoverySpec.model_validate(job.spec)
-                    folder = self.settings.checkpoint_dir(job.id)
-                    folder.mkdir(parents=True, exist_ok=True)
-                    submit = self.workers().submit_discovery
-                    handle = submit(job.id, spec, folder, **_retry_kwargs(submit, self.settings.max_attempts - 1))
+                    handle, data = self._hand_over(flow, s, row)
                 except Exception as exc:
-                    log.exception("job %s: submission failed", job.id)
-                    self._fail_job(s, job.id, f"could not submit the job: {_short(exc)}")
+                    log.exception("%s %s: submission failed", flow.what, row.id)
+                    self._fail(flow, s, row.id, f"could not submit the {flow.what}: {_short(exc)}")
                     continue
-                job.attempts += 1
-                self._jobs[job.id] = _Tracked(handle)
-                add_event(
-                    s,
-                    "submitted",
-                    f"submitted to Ray (attempt {job.attempts})",
-                    job_id=job.id,
-                    data={"checkpoint_dir": str(folder)},
-                )
+                row.attempts += 1
+                tracked[row.id] = _Tracked(handle)
+                add_event(s, "submitted", f"submitted to Ray (attempt {row.attempts})", data=data,
+                          **{flow.owner: row.id})
                 free -= 1
 
-    def _poll_jobs(self) -> None:
-        self._poll_tracked(
-            self._jobs, "job", self._apply_job_state, self._fail_job,
-            lost="lost contact with the job's Ray worker", unrecorded="could not record the job's result",
-        )
+    def _hand_over(self, flow: Flow, s: Session, row: Job | BenchmarkRun) -> tuple[Any, dict[str, Any] | None]:
+        """Submit one row to the workers: (its handle, the data of its ``submitted`` event)."""
+        retries = self.settings.max_attempts - 1
+        if flow is JOB_FLOW:
+            spec = DiscoverySpec.model_validate(row.spec)
+            folder = self.settings.checkpoint_dir(row.id)
+            folder.mkdir(parents=True, exist_ok=True)
+            submit = self.workers().submit_discovery
+            return submit(row.id, spec, folder, **_retry_kwargs(submit, retries)), {"checkpoint_dir": str(folder)}
+        expression = row.expression
+        if row.rule_id is not None:
+            rule = s.get(Rule, row.rule_id)
+            if rule is not None:  # a recurrent rule travels as its canonical text
+                expression = benchmark_text(rule.canonical, rule.expression)
+        submit = self.workers().submit_benchmark
+        return submit(row.id, row.suite, expression, tiny=row.tiny, seed=row.seed,
+                      **_retry_kwargs(submit, retries)), None
 
-    def _poll_tracked(
-        self,
-        tracked_by_id: dict[int, _Tracked],
-        what: str,
-        apply: Callable[[int, _Tracked, Any], None],
-        fail: Callable[..., None],
-        *,
-        lost: str,
-        unrecorded: str,
-    ) -> None:
-        """Poll every tracked job or benchmark and apply its state; fail it (and stop tracking it) after
+    def _poll(self, flow: Flow) -> None:
+        """Poll every tracked row of ``flow`` and apply its state; fail it (and stop tracking it) after
         MAX_POLL_ERRORS consecutive poll errors, or when its state cannot be recorded."""
+        tracked_by_id = self._tracked(flow)
         for item_id, tracked in list(tracked_by_id.items()):
             try:
                 state = self.workers().poll(tracked.handle)
@@ -334,60 +331,95 @@ class Dispatcher:
                 if tracked.poll_errors >= MAX_POLL_ERRORS:
                     del tracked_by_id[item_id]
                     with session_scope(self.sessions) as s:
-                        fail(s, item_id, f"{lost}: {_short(exc)}")
+                        self._fail(flow, s, item_id, f"{flow.lost}: {_short(exc)}")
                 continue
             tracked.poll_errors = 0
             try:
-                apply(item_id, tracked, state)
+                self._apply_state(flow, item_id, tracked, state)
             except Exception as exc:
-                log.exception("%s %s: could not record its state", what, item_id)
+                log.exception("%s %s: could not record its state", flow.what, item_id)
                 tracked_by_id.pop(item_id, None)
                 with session_scope(self.sessions) as s:
-                    fail(s, item_id, f"{unrecorded}: {_short(exc)}")
+                    self._fail(flow, s, item_id, f"{flow.unrecorded}: {_short(exc)}")
 
-    def _apply_job_state(self, job_id: int, tracked: _Tracked, state: Any) -> None:
+    def _apply_state(self, flow: Flow, row_id: int, tracked: _Tracked, state: Any) -> None:
+        """One poll's state of a row: started, attempts and workers, progress, and at the end its outcome."""
         status = getattr(state, "status", None)
-        final = status in (SUCCEEDED, FAILED, CANCELLED)
+        owner = {flow.owner: row_id}
         with session_scope(self.sessions) as s:
-            job = s.get(Job, job_id)
-            if job is None or job.status not in ACTIVE_STATUSES:
-                # deleted or cancelled through the API: stop the Ray work, keep the DB as it is
-                if not tracked.cancelling:
-                    tracked.cancelling = True
-                    try:
-                        self.workers().cancel(tracked.handle)
-                    except Exception as exc:  # noqa: BLE001
-                        log.warning("job %s: cancel failed: %s", job_id, exc)
-                    if job is not None:
-                        add_event(s, "stopping", "stopping the Ray work of the cancelled job", job_id=job_id)
-                if final:
-                    del self._jobs[job_id]
-                    if job is not None:
-                        add_event(s, "stopped", f"the Ray work ended ({status})", job_id=job_id)
+            row = s.get(flow.model, row_id)
+            if row is None or row.status not in ACTIVE_STATUSES:
+                self._stop_inactive(flow, s, row, row_id, tracked, status)
                 return
-            if (
-                status == RUNNING
-                and job.status == QUEUED
-                and self._transition(s, job_id, RUNNING, started_at=job.started_at or utcnow())
-            ):
-                add_event(s, "started", "meta-training started", job_id=job_id)
-            self._record_attempts(s, Job, job_id, tracked, state, job_id=job_id)
+            if (status == RUNNING and row.status == QUEUED
+                    and self._transition(flow, s, row_id, RUNNING, started_at=row.started_at or utcnow())):
+                add_event(s, "started", flow.started, **owner)
+            self._record_attempts(s, flow.model, row_id, tracked, state, **owner)
             progress = getattr(state, "progress", None)
             if progress:
-                self._record_progress(s, job, tracked, progress)
+                self._record_progress(flow, s, row, tracked, progress)
+            if status in FINAL_STATUSES:
+                del self._tracked(flow)[row_id]
             if status == SUCCEEDED:
-                del self._jobs[job_id]
-                self._finish_job(s, job, getattr(state, "result", None) or {})
+                self._finish(flow, s, row, getattr(state, "result", None) or {})
             elif status == FAILED:
-                del self._jobs[job_id]
-                error = getattr(state, "error", None) or "the job failed without a message"
-                _log_failure("job", job_id, error, getattr(state, "detail", None))
-                self._fail_job(s, job_id, error)
-            elif status == CANCELLED:
-                del self._jobs[job_id]
-                if self._transition(s, job_id, CANCELLED, finished_at=utcnow()):
-                    add_event(s, "cancelled", "the Ray work was cancelled", job_id=job_id)
+                error = getattr(state, "error", None) or flow.failed
+                _log_failure(flow.what, row_id, error, getattr(state, "detail", None))
+                self._fail(flow, s, row_id, error)
+            elif status == CANCELLED and self._transition(flow, s, row_id, CANCELLED, finished_at=utcnow()):
+                add_event(s, "cancelled", flow.cancelled, **owner)
 
+    def _stop_inactive(self, flow: Flow, s: Session, row: Job | BenchmarkRun | None, row_id: int,
+                       tracked: _Tracked, status: str | None) -> None:
+        """A row deleted or cancelled through the API: stop its Ray work once, keep the database as it is."""
+        owner = {flow.owner: row_id}
+        if not tracked.cancelling:
+            tracked.cancelling = True
+            try:
+                self.workers().cancel(tracked.handle)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("%s %s: cancel failed: %s", flow.what, row_id, exc)
+            if row is not None:
+                add_event(s, "stopping", f"stopping the Ray work of the cancelled {flow.what}", **owner)
+        if status in FINAL_STATUSES:
+            del self._tracked(flow)[row_id]
+            if row is not None:
+                add_event(s, "stopped", f"the Ray work ended ({status})", **owner)
+
+    def _transition(self, flow: Flow, s: Session, row_id: int, status: str, **values: Any) -> bool:
+        """Set the status of an active row; False when it is no longer active (e.g. cancelled meanwhile)."""
+        model = flow.model
+        result = s.execute(
+            update(model).where(model.id == row_id, model.status.in_(ACTIVE_STATUSES))
+            .values(status=status, updated_at=utcnow(), **values)
+        )
+        s.expire_all()
+        return bool(result.rowcount)
+
+    def _fail(self, flow: Flow, s: Session, row_id: int, error: str, data: dict[str, Any] | None = None) -> None:
+        error = public_reason(error)
+        if self._transition(flow, s, row_id, FAILED, error=error, finished_at=utcnow()):
+            add_event(s, "failed", error, data=data, **{flow.owner: row_id})
+
+    def _finish(self, flow: Flow, s: Session, row: Job | BenchmarkRun, result: dict[str, Any]) -> None:
+        """Record a succeeded row's result (service.recording), then mark it succeeded."""
+        if flow is BENCHMARK_FLOW:
+            report = record_benchmark_result(s, row, result)
+            version = str(report.version)[:32] if report.version is not None else None
+            if self._transition(flow, s, row.id, SUCCEEDED, result=jsonable(result), finished_at=utcnow(),
+                                suite_version=version, error=None):
+                add_event(s, "succeeded", f"{len(report.entries)} learners scored", benchmark_id=row.id)
+            return
+        summary, rule = record_job_result(s, row, result)
+        if self._transition(flow, s, row.id, SUCCEEDED, result=summary, finished_at=utcnow(), error=None):
+            acc = summary.get("heldout_accuracy")
+            add_event(s, "succeeded", "finished" + (f": held-out accuracy {acc:.3f}" if isinstance(acc, float) else ""),
+                      job_id=row.id)
+            if rule is not None:
+                queue_benchmarks(s, row, rule, list(self.settings.auto_benchmark_suites),
+                                 tiny=self.settings.benchmark_tiny)
+
+    # --- attempts and progress ------------------------------------------------------------------------------
     def _record_attempts(
         self, s: Session, model: type, row_id: int, tracked: _Tracked, state: Any, **owner: int
     ) -> None:
@@ -400,8 +432,7 @@ class Dispatcher:
             previous = tracked.worker
             for n in range(tracked.attempt + 1, attempt + 1):
                 add_event(
-                    s,
-                    "retrying",
+                    s, "retrying",
                     f"the worker was lost; Ray restarted it on a live node (attempt {n} of "
                     f"{self.settings.max_attempts} in this submission); it resumes from its last checkpoint",
                     data={"attempt": n, "max_attempts": self.settings.max_attempts,
@@ -416,19 +447,25 @@ class Dispatcher:
             if key != tracked.worker:
                 tracked.worker = key
                 node = str(key[1] or "?")
-                add_event(
-                    s,
-                    "worker",
-                    f"running on Ray node {node[:12]} (pid {key[0]}, attempt {tracked.attempt})",
-                    data={"pid": key[0], "node_id": key[1], "attempt": tracked.attempt},
-                    **owner,
-                )
+                add_event(s, "worker", f"running on Ray node {node[:12]} (pid {key[0]}, attempt {tracked.attempt})",
+                          data={"pid": key[0], "node_id": key[1], "attempt": tracked.attempt}, **owner)
 
-    def _record_progress(self, s: Session, job: Job, tracked: _Tracked, progress: dict[str, Any]) -> None:
-        clean = finite_json({k: progress[k] for k in PROGRESS_KEYS if k in progress})
-        if clean == job.progress:
+    def _record_progress(self, flow: Flow, s: Session, row: Job | BenchmarkRun, tracked: _Tracked,
+                         progress: dict[str, Any]) -> None:
+        """Keep the latest progress on the row; a job's is a :class:`workers.progress.JobProgress` (other keys
+        dropped) with a ``progress`` event about every 10 % of its episodes."""
+        if flow is BENCHMARK_FLOW:
+            if jsonable(progress) != row.progress:
+                row.progress = jsonable(progress)
             return
-        s.execute(update(Job).where(Job.id == job.id, Job.status.in_(ACTIVE_STATUSES)).values(progress=clean))
+        try:
+            clean = jsonable(JobProgress.model_validate(progress).model_dump(exclude_unset=True))
+        except ValidationError as exc:
+            log.warning("job %s: progress not understood, not recorded: %s", row.id, _short(exc))
+            return
+        if clean == row.progress:
+            return
+        s.execute(update(Job).where(Job.id == row.id, Job.status.in_(ACTIVE_STATUSES)).values(progress=clean))
         episode, total = clean.get("episode"), clean.get("total")
         if not isinstance(episode, int):
             return
@@ -437,285 +474,15 @@ class Dispatcher:
         if last is None or episode - last >= step or time.monotonic() - tracked.last_event_time > 30:
             tracked.last_event_episode = episode
             tracked.last_event_time = time.monotonic()
-            add_event(
-                s,
-                "progress",
-                f"episode {episode}/{total}",
-                job_id=job.id,
-                data={k: clean.get(k) for k in ("episode", "total", "meta_accuracy", "meta_loss", "theta")},
-            )
+            add_event(s, "progress", f"episode {episode}/{total}", job_id=row.id,
+                      data={k: clean.get(k) for k in ("episode", "total", "meta_accuracy", "meta_loss", "theta")})
 
-    def _transition(self, s: Session, job_id: int, status: str, **values: Any) -> bool:
-        """Set the status of an active job; False when it is no longer active (e.g. cancelled meanwhile)."""
-        result = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
-            .values(status=status, updated_at=utcnow(), **values)
-        )
-        s.expire_all()
-        return bool(result.rowcount)
 
-    def _fail_job(self, s: Session, job_id: int, error: str, data: dict[str, Any] | None = None) -> None:
-        error = public_reason(error)
-        if self._transition(s, job_id, FAILED, error=error, finished_at=utcnow()):
-            add_event(s, "failed", error, job_id=job_id, data=data)
-
-    def _finish_job(self, s: Session, job: Job, result: dict[str, Any]) -> None:
-        """Store the trials and the rule of a successful job, then mark it succeeded."""
-        trials = result.get("trials") or []
-        summary = {k: v for k, v in result.items() if k != "trials"}
-        spec = job.spec
-        if trials:
-            for i, trial in enumerate(trials):
-                s.add(
-                    Trial(
-                        job_id=job.id,
-                        index=int(trial.get("index", i)),
-                        status=str(trial.get("status") or SUCCEEDED)[:16],
-                        config=finite_json(trial.get("config")),
-                        heldout_accuracy=_float(trial.get("heldout_accuracy")),
-                        heldout_ci95=_float(trial.get("heldout_ci95")),
-                        rule=finite_json(trial.get("rule")),
-                        metrics=finite_json(
-                            {
-                                k: v
-                                for k, v in trial.items()
-                                if k
-                                not in (
-                                    "index",
-                                    "status",
-                                    "config",
-                                    "rule",
-                                    "heldout_accuracy",
-                                    "heldout_ci95",
-                                )
-                            }
-                        ),
-                    )
-                )
-        else:
-            meta = spec.get("meta") or {}
-            s.add(
-                Trial(
-                    job_id=job.id,
-                    index=0,
-                    status=SUCCEEDED,
-                    config={"seed": meta.get("seed"), "lr": meta.get("lr"), "l1": meta.get("l1")},
-                    heldout_accuracy=_float(result.get("heldout_accuracy")),
-                    heldout_ci95=_float(result.get("heldout_ci95")),
-                    rule=finite_json(result.get("rule")),
-                    metrics=finite_json(
-                        {
-                            k: result.get(k)
-                            for k in (
-                                "diverged_episodes",
-                                "skipped_steps",
-                                "wall_time_s",
-                                "device",
-                                "heldout_episodes",
-                            )
-                        }
-                    ),
-                )
-            )
-        rule_row: Rule | None = None
-        rule_dict = result.get("rule")
-        front = result.get("front") or []
-        if front:   # open discovery: every rule of the front is stored (the entries gain their rule_id)
-            ids = store_front(s, job, front, name=_rule_name(job), spec=spec, seed=(spec.get("meta") or {}).get("seed"))
-            add_event(s, "front", f"stored the front: rules {', '.join(map(str, ids))}", job_id=job.id,
-                      data={"rule_ids": ids})
-        if rule_dict:
-            record = record_from_result(rule_dict)
-            best = result.get("best_trial")
-            seed = (
-                ((trials[best] or {}).get("config") or {}).get("seed")
-                if trials and isinstance(best, int) and 0 <= best < len(trials)
-                else None
-            )
-            seed = seed if seed is not None else (spec.get("meta") or {}).get("seed")
-            rule_row, created = upsert_rule(
-                s,
-                record,
-                name=_rule_name(job),
-                origin=ORIGIN_DISCOVERED,
-                spec=spec,
-                seed=seed,
-                job_id=job.id,
-                provenance={
-                    "job_id": job.id,
-                    "goal": job.goal,
-                    "best_trial": best,
-                    "heldout_accuracy": result.get("heldout_accuracy"),
-                    "heldout_ci95": result.get("heldout_ci95"),
-                    "heldout_episodes": result.get("heldout_episodes"),
-                    "wall_time_s": result.get("wall_time_s"),
-                    "device": result.get("device"),
-                    "coefficients_raw": rule_dict.get("coefficients_raw"),
-                },
-            )
-            link_job_rule(s, job, rule_row)
-            add_event(
-                s,
-                "rule",
-                ("stored rule" if created else "the rule was already stored as rule") + f" {rule_row.id}",
-                job_id=job.id,
-                data={"rule_id": rule_row.id, "hash": rule_row.hash},
-            )
-        if self._transition(
-            s, job.id, SUCCEEDED, result=finite_json(summary), finished_at=utcnow(), error=None
-        ):
-            acc = result.get("heldout_accuracy")
-            add_event(
-                s,
-                "succeeded",
-                "finished" + (f": held-out accuracy {acc:.3f}" if isinstance(acc, float) else ""),
-                job_id=job.id,
-            )
-            if rule_row is not None:
-                for suite in self.settings.auto_benchmark_suites:
-                    run = BenchmarkRun(
-                        suite=suite,
-                        rule_id=rule_row.id,
-                        owner=job.owner,
-                        tiny=self.settings.benchmark_tiny,
-                        seed=0,
-                        status=QUEUED,
-                    )
-                    s.add(run)
-                    s.flush()
-                    add_event(
-                        s,
-                        "queued",
-                        f"automatic benchmark of rule {rule_row.id} from job {job.id}",
-                        benchmark_id=run.id,
-                    )
-
-    # --- benchmarks -----------------------------------------------------------------------------------------
-    def _submit_benchmarks(self) -> None:
-        free = self.settings.max_running - self._running()
-        if free <= 0:
-            return
-        with session_scope(self.sessions) as s:
-            queued = s.scalars(
-                select(BenchmarkRun).where(BenchmarkRun.status == QUEUED).order_by(BenchmarkRun.id)
-            ).all()
-            for run in queued:
-                if free <= 0:
-                    break
-                if run.id in self._benchmarks:
-                    continue
-                if run.attempts >= MAX_ATTEMPTS:
-                    self._fail_benchmark(s, run.id, f"gave up after {run.attempts} attempts")
-                    continue
-                expression = run.expression
-                if run.rule_id is not None:
-                    rule = s.get(Rule, run.rule_id)
-                    if rule is not None:  # a recurrent rule travels as its canonical text
-                        expression = benchmark_text(rule.canonical, rule.expression)
-                try:
-                    submit = self.workers().submit_benchmark
-                    handle = submit(
-                        run.id, run.suite, expression, tiny=run.tiny, seed=run.seed,
-                        **_retry_kwargs(submit, self.settings.max_attempts - 1),
-                    )
-                except Exception as exc:
-                    log.exception("benchmark %s: submission failed", run.id)
-                    self._fail_benchmark(s, run.id, f"could not submit the benchmark: {_short(exc)}")
-                    continue
-                run.attempts += 1
-                self._benchmarks[run.id] = _Tracked(handle)
-                add_event(s, "submitted", f"submitted to Ray (attempt {run.attempts})", benchmark_id=run.id)
-                free -= 1
-
-    def _bench_transition(self, s: Session, run_id: int, status: str, **values: Any) -> bool:
-        result = s.execute(
-            update(BenchmarkRun)
-            .where(BenchmarkRun.id == run_id, BenchmarkRun.status.in_(ACTIVE_STATUSES))
-            .values(status=status, updated_at=utcnow(), **values)
-        )
-        s.expire_all()
-        return bool(result.rowcount)
-
-    def _fail_benchmark(
-        self, s: Session, run_id: int, error: str, data: dict[str, Any] | None = None
-    ) -> None:
-        error = public_reason(error)
-        if self._bench_transition(s, run_id, FAILED, error=error, finished_at=utcnow()):
-            add_event(s, "failed", error, benchmark_id=run_id, data=data)
-
-    def _poll_benchmarks(self) -> None:
-        self._poll_tracked(
-            self._benchmarks, "benchmark", self._apply_benchmark_state, self._fail_benchmark,
-            lost="lost contact with the benchmark's worker", unrecorded="could not record the result",
-        )
-
-    def _apply_benchmark_state(self, run_id: int, tracked: _Tracked, state: Any) -> None:
-        status = getattr(state, "status", None)
-        final = status in (SUCCEEDED, FAILED, CANCELLED)
-        with session_scope(self.sessions) as s:
-            run = s.get(BenchmarkRun, run_id)
-            if run is None or run.status not in ACTIVE_STATUSES:
-                if not tracked.cancelling:
-                    tracked.cancelling = True
-                    try:
-                        self.workers().cancel(tracked.handle)
-                    except Exception as exc:  # noqa: BLE001
-                        log.warning("benchmark %s: cancel failed: %s", run_id, exc)
-                if final:
-                    del self._benchmarks[run_id]
-                return
-            self._record_attempts(s, BenchmarkRun, run_id, tracked, state, benchmark_id=run_id)
-            progress = getattr(state, "progress", None)
-            if progress and finite_json(progress) != run.progress:
-                run.progress = finite_json(progress)
-            if status == RUNNING and run.status == QUEUED:
-                if self._bench_transition(s, run_id, RUNNING, started_at=utcnow()):
-                    add_event(s, "started", "benchmark started", benchmark_id=run_id)
-            elif status == SUCCEEDED:
-                del self._benchmarks[run_id]
-                self._finish_benchmark(s, run, getattr(state, "result", None) or {})
-            elif status == FAILED:
-                del self._benchmarks[run_id]
-                error = getattr(state, "error", None) or "the benchmark failed"
-                _log_failure("benchmark", run_id, error, getattr(state, "detail", None))
-                self._fail_benchmark(s, run_id, error)
-            elif status == CANCELLED:
-                del self._benchmarks[run_id]
-                if self._bench_transition(s, run_id, CANCELLED, finished_at=utcnow()):
-                    add_event(s, "cancelled", "the benchmark was cancelled", benchmark_id=run_id)
-
-    def _finish_benchmark(self, s: Session, run: BenchmarkRun, result: dict[str, Any]) -> None:
-        entries = result.get("entries") or []
-        rule = s.get(Rule, run.rule_id) if run.rule_id is not None else None
-        rule_index = rule_entry_index(entries, rule.name if rule is not None else None) if rule else None
-        for i, entry in enumerate(entries):
-            is_rule = i == rule_index
-            s.add(
-                BenchmarkScore(
-                    run_id=run.id,
-                    suite=run.suite,
-                    learner=str(entry.get("learner") or entry.get("name") or f"#{i}")[:200],
-                    origin=(rule.origin if (is_rule and rule is not None) else ORIGIN_BASELINE),
-                    rule_id=rule.id if (is_rule and rule is not None) else None,
-                    score=_float(entry.get("score")),
-                    ci95=ci_halfwidth(entry),
-                    locality=(str(entry["locality"])[:32] if entry.get("locality") else None),
-                    cost_per_sample_ms=_float(entry.get("cost_per_sample_ms", entry.get("cost"))),
-                    metrics=finite_json(entry.get("metrics")),
-                )
-            )
-        version = result.get("version")
-        if self._bench_transition(
-            s,
-            run.id,
-            SUCCEEDED,
-            result=finite_json(result),
-            finished_at=utcnow(),
-            suite_version=str(version)[:32] if version is not None else None,
-            error=None,
-        ):
-            add_event(s, "succeeded", f"{len(entries)} learners scored", benchmark_id=run.id)
+def _gave_up(flow: Flow, attempts: int) -> str:
+    if flow is JOB_FLOW:
+        return (f"gave up after {attempts} attempts: the job was interrupted every time (service restarts or lost "
+                "workers)")
+    return f"gave up after {attempts} attempts"
 
 
 def _log_failure(what: str, item_id: int, error: str, detail: str | None) -> None:
@@ -724,52 +491,3 @@ def _log_failure(what: str, item_id: int, error: str, detail: str | None) -> Non
         log.warning("%s %s failed: %s\n%s", what, item_id, error, detail)
     else:
         log.warning("%s %s failed: %s", what, item_id, error)
-
-
-def rule_entry_index(entries: list[dict[str, Any]], rule_name: str | None) -> int | None:
-    """Which suite entry is the rule under test (the others are baselines).
-
-    An entry marked ``is_rule``/``kind == "rule"``/``origin == "rule"`` wins; else one whose learner is named
-    ``rule``, the rule's name, or starts with ``rule``.
-    """
-    for i, e in enumerate(entries):
-        if e.get("is_rule") or e.get("kind") == "rule" or e.get("origin") in ("rule", "candidate"):
-            return i
-    names = {"rule", "candidate", "rule under test"} | ({rule_name.lower()} if rule_name else set())
-    for i, e in enumerate(entries):
-        learner = str(e.get("learner") or e.get("name") or "").lower()
-        if learner in names:
-            return i
-    for i, e in enumerate(entries):
-        if str(e.get("learner") or "").lower().startswith("rule"):
-            return i
-    return None
-
-
-def ci_halfwidth(entry: dict[str, Any]) -> float | None:
-    """The 95 % CI half-width of a suite entry: ``ci95_halfwidth``, or from ``ci95`` as [lo, hi] or a number."""
-    if entry.get("ci95_halfwidth") is not None:
-        return _float(entry["ci95_halfwidth"])
-    ci = entry.get("ci95", entry.get("ci"))
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        lo, hi = _float(ci[0]), _float(ci[1])
-        return None if lo is None or hi is None else (hi - lo) / 2
-    return _float(ci)
-
-
-def _float(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
-def _rule_name(job: Job) -> str:
-    net = (job.spec or {}).get("network") or {}
-    task = (job.spec or {}).get("task") or {}
-    widths = net.get("widths") or []
-    return (
-        f"job {job.id} · {net.get('feedback', '?')} · {task.get('dataset', '?')} · "
-        f"depth {max(len(widths) - 1, 0)}"
-    )

@@ -1,7 +1,7 @@
 """Leaderboard: rules and baselines ranked by score on one suite.
 
 Named suites: the latest successful score of every stored rule and of every baseline learner in that suite,
-ranked by score (higher is better; unscored entries last). The pseudo-suite ``discovery`` ranks discovered
+ranked by score in the direction the suite declares (``Suite.higher_is_better``; unscored entries last). The pseudo-suite ``discovery`` ranks discovered
 rules by their held-out accuracy on their own discovery task (``service.catalog.DISCOVERY_DESCRIPTION``).
 """
 
@@ -35,8 +35,10 @@ def default_suite(session: Session) -> str:
     return latest or DISCOVERY_SUITE
 
 
-def _rank(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    entries.sort(key=lambda e: (e["score"] is None, -(e["score"] or 0.0), e["name"]))
+def _rank(entries: list[dict[str, Any]], higher_is_better: bool = True) -> list[dict[str, Any]]:
+    """Sort by score in the suite's direction (unscored entries last, ties by name) and number the ranks."""
+    sign = -1.0 if higher_is_better else 1.0
+    entries.sort(key=lambda e: (e["score"] is None, sign * (e["score"] or 0.0), e["name"]))
     for i, entry in enumerate(entries, start=1):
         entry["rank"] = i
     return entries
@@ -141,6 +143,7 @@ def _suite_entries(session: Session, suite: str) -> list[dict[str, Any]]:
                 "cost": score.cost_per_sample_ms,
                 "benchmark_id": run.id,
                 "job_id": None,
+                "vs": (score.metrics or {}).get("vs") if key[0] == "rule" else None,  # paired differences
             }
         )
         latest[key] = entry  # ordered by id: the last one wins
@@ -159,6 +162,7 @@ def leaderboard(session: Session, suite: str | None = None, *, only_front: bool 
     """The ranked entries of ``suite`` (default: :func:`default_suite`); ``only_front``: rules on a stored
     Pareto front only."""
     name = suite or default_suite(session)
+    higher_is_better = True
     if name == DISCOVERY_SUITE:
         entries, description = _discovery_entries(session), DISCOVERY_DESCRIPTION
     else:
@@ -168,10 +172,12 @@ def leaderboard(session: Session, suite: str | None = None, *, only_front: bool 
         description = str(
             info.get("protocol_description") or info.get("description") or f"benchmark suite {name}"
         )
+        higher_is_better = bool(info.get("higher_is_better", True))
     return {
         "suite": name,
+        "higher_is_better": higher_is_better,
         "suites": known_suites(session),
         "description": description,
         "only_front": only_front,
-        "entries": _rank(_mark_front(session, entries, only_front)),
+        "entries": _rank(_mark_front(session, entries, only_front), higher_is_better),
     }

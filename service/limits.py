@@ -103,17 +103,32 @@ def spec_problems(spec: DiscoverySpec, limits: Limits) -> list[dict[str, Any]]:
 
 
 def _term_problems(spec: DiscoverySpec) -> list[dict[str, Any]]:
-    """Unknown term ids in the rule family (checked only once ``rules.terms`` exists)."""
-    try:
-        from rules.terms import TERMS
-    except ImportError:
-        return []
-    known = set(TERMS)
+    """What the spec's rule family cannot run: unknown feedforward term ids (rules.terms), or for the
+    recurrent family (whose term ids the spec already resolved) a network or data set its trainer cannot use."""
+    if spec.family == "recurrent":
+        return _recurrent_problems(spec)
+    from rules.terms import TERMS
+
     return [
-        _problem(["rule", "terms", i], f"unknown term {t!r}; known terms: {', '.join(sorted(known))}")
+        _problem(["rule", "terms", i], f"unknown term {t!r}; known terms: {', '.join(sorted(TERMS))}")
         for i, t in enumerate(spec.rule.terms or [])
-        if t not in known
+        if t not in TERMS
     ]
+
+
+def _recurrent_problems(spec: DiscoverySpec) -> list[dict[str, Any]]:
+    """A recurrent fixed-point job learns N recurrent tanh units between 784 inputs and 10 classes of mnist5k."""
+    from discovery.recurrent.engine import INPUT_DIM, N_CLASSES
+
+    problems = []
+    w = spec.network.widths
+    if len(w) != 3 or w[0] != INPUT_DIM or w[2] != N_CLASSES:
+        problems.append(_problem(["network", "widths"], f"task.kind {spec.task.kind!r} needs network.widths = "
+                                 f"[{INPUT_DIM}, N, {N_CLASSES}] (N recurrent tanh units), got {w}"))
+    if spec.task.dataset != "mnist5k":
+        problems.append(_problem(["task", "dataset"], f"task.kind {spec.task.kind!r} runs on mnist5k only, "
+                                 f"got {spec.task.dataset!r}"))
+    return problems
 
 
 class BodySizeLimit:

@@ -171,6 +171,8 @@ class Rule(Base):
     latex: Mapped[str] = mapped_column(Text)
     coefficients: Mapped[dict[str, float]] = mapped_column(JSONColumn())
     terms: Mapped[list[str]] = mapped_column(JSONColumn())
+    #: "feedforward" or "recurrent" (rules.base.CoefficientRule.FAMILY); migration 0002 added it
+    family: Mapped[str] = mapped_column(String(16), index=True, default="feedforward", server_default="feedforward")
     origin: Mapped[str] = mapped_column(String(16), index=True)
     spec: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
     seed: Mapped[int | None] = mapped_column(Integer)

@@ -55,6 +55,7 @@ class RuleRecord:
     coefficients: dict[str, float]
     terms: list[str]
     hash: str
+    family: str = "feedforward"
 
 
 def parse_rule(expression: str) -> RuleRecord:
@@ -113,6 +114,7 @@ def record_of(rule: Any) -> RuleRecord:
         coefficients={str(k): float(v) for k, v in rule.coefficients.items()},
         terms=list(rule.terms),
         hash=rule.hash(),
+        family=rule.FAMILY,
     )
 
 
@@ -147,6 +149,7 @@ def record_from_result(rule: dict[str, Any]) -> RuleRecord:
         coefficients=coefficients or {str(k): float(v) for k, v in rebuild().coefficients.items()},
         terms=list(rule.get("terms") or coefficients or rebuild().terms),
         hash=digest,
+        family="recurrent" if rule.get("kind") == "recurrent" or is_recurrent_canonical(canonical) else "feedforward",
     )
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from discovery.spec import DiscoverySpec
+from workers.progress import JobProgress
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -79,18 +80,6 @@ class BenchmarkCreate(_Request):
         return self
 
 
-class Progress(BaseModel):
-    """Latest progress of a job (more keys may follow the engine's progress events)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    episode: int | None = None
-    total: int | None = None
-    meta_accuracy: float | None = None
-    meta_loss: float | None = None
-    theta: dict[str, float | None] = Field(default_factory=dict)
-
-
 class EventOut(BaseModel):
     id: int
     created_at: dt.datetime
@@ -119,7 +108,7 @@ class JobOut(BaseModel):
     status: JobStatus
     name: str | None = None
     goal: str | None = None
-    progress: Progress | None = None
+    progress: JobProgress | None = None
     error: str | None = None
     rule_ids: list[int] = Field(default_factory=list)
     spec: dict[str, Any]
@@ -167,6 +156,7 @@ class RuleOut(BaseModel):
     feedback: str | None = None
     depth: int | None = None
     dataset: str | None = None
+    family: Literal["feedforward", "recurrent"] = Field("feedforward", description="the rule family")
     created_at: dt.datetime
     created: bool | None = Field(None, description="POST only: false when the rule was already stored")
 
@@ -229,6 +219,7 @@ class LeaderboardEntry(BaseModel):
 
 class LeaderboardOut(BaseModel):
     suite: str
+    higher_is_better: bool = Field(True, description="the suite's score direction; False: the lowest is ranked first")
     suites: list[str]
     description: str
     only_front: bool = False

@@ -12,8 +12,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from discovery.results import jsonable
 from discovery.spec import DiscoverySpec
-from service.db import finite_json
 from service.models import (
     ACTIVE_STATUSES,
     CANCELLED,
@@ -45,7 +45,7 @@ def add_event(
         benchmark_id=benchmark_id,
         kind=kind,
         message=message,
-        data=finite_json(data) if data is not None else None,
+        data=jsonable(data) if data is not None else None,
     )
     session.add(event)
     return event
@@ -107,8 +107,9 @@ def upsert_rule(
         srepr=record.srepr,
         expression=record.expression,
         latex=record.latex,
-        coefficients=finite_json(record.coefficients),
+        coefficients=jsonable(record.coefficients),
         terms=list(record.terms),
+        family=record.family,
         origin=origin,
         spec=spec,
         seed=seed,
@@ -117,7 +118,7 @@ def upsert_rule(
         feedback=network.get("feedback"),
         depth=len(widths) - 1 if widths else None,
         dataset=task.get("dataset"),
-        provenance=finite_json(provenance) if provenance else None,
+        provenance=jsonable(provenance) if provenance else None,
     )
     rule.term_links = [RuleTerm(term=t) for t in dict.fromkeys(record.terms)]
     try:

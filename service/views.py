@@ -143,6 +143,7 @@ def rule_out(session: Session, rule: Rule, *, created: bool | None = None) -> di
         "feedback": rule.feedback,
         "depth": rule.depth,
         "dataset": rule.dataset,
+        "family": rule.family,
         "created_at": rule.created_at,
     }
     if created is not None:

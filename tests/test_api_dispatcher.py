@@ -8,9 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from discovery.benchmarks.suite import BenchmarkReport
 from service.app import create_app
 from service.db import session_scope
-from service.dispatcher import MAX_ATTEMPTS, Dispatcher, rule_entry_index
+from service.dispatcher import MAX_ATTEMPTS, Dispatcher
 from service.models import Job, Rule, Trial
 from tests.conftest import FakeHandle, FakeState, FakeWorkers, fake_discovery_result
 
@@ -282,9 +283,8 @@ def test_dispatcher_thread_with_the_app_lifespan(settings: Any, auth: dict[str, 
     application.state.engine.dispose()
 
 
-def test_rule_entry_index() -> None:
-    assert (
-        rule_entry_index([{"learner": "bp", "kind": "baseline"}, {"learner": "x", "kind": "rule"}], None) == 1
-    )
-    assert rule_entry_index([{"learner": "bp"}, {"learner": "My Rule"}], "my rule") == 1
-    assert rule_entry_index([{"learner": "bp"}], "r") is None
+def test_the_rule_entry_is_the_entry_of_kind_rule() -> None:
+    report = BenchmarkReport(suite="s", entries=[{"learner": "bp", "kind": "baseline"},
+                                                 {"learner": "x", "kind": "rule", "ci95": [0.5, 0.7]}])
+    assert report.rule_entry() == 1 and report.entries[1].ci95_halfwidth == pytest.approx(0.1)
+    assert BenchmarkReport(suite="s", entries=[{"learner": "bp"}]).rule_entry() is None

@@ -221,3 +221,29 @@ def test_postgres_schema_isolation(pg_schema_factory: Callable[[], str]) -> None
     finally:
         for eng in engines:
             eng.dispose()
+
+
+def test_migration_0002_gives_existing_rules_their_family(db_url: str, request: pytest.FixtureRequest) -> None:
+    """Rows stored before the family column existed come out of the upgrade with the family of their text."""
+    from sqlalchemy import text
+
+    if db_url.startswith("postgresql"):
+        db_url = request.getfixturevalue("pg_schema_factory")()
+    eng = make_engine(db_url)
+    try:
+        assert upgrade(eng, "0001_initial") == "0001_initial"
+        now = "2026-01-01 00:00:00+00:00"
+        with eng.begin() as conn:
+            for i, canonical in enumerate(["recurrent/v1: 0.25*rec_dW3", "v1:0.01*F0"]):
+                conn.execute(text(
+                    "INSERT INTO rules (id, created_at, name, hash, canonical, srepr, expression, latex, coefficients,"
+                    " terms, origin, code_version) VALUES (:id, :now, 'r', :h, :c, '', '', '', '{}', '[]', 'user', 'x')"
+                ), {"id": i + 1, "now": now, "h": f"{i}" * 64, "c": canonical})
+        assert upgrade(eng) == head_revision()
+        with eng.connect() as conn:
+            rows = dict(conn.execute(text("SELECT id, family FROM rules ORDER BY id")).all())
+        assert rows == {1: "recurrent", 2: "feedforward"}
+        downgrade(eng, "0001_initial")
+        assert "family" not in {c["name"] for c in inspect(eng).get_columns("rules")}
+    finally:
+        eng.dispose()

@@ -22,7 +22,8 @@ from discovery.recurrent.engine import (
 from discovery.recurrent.fixedpoint import dW1, random_matrix, run_fixedpoint_mnist, solve_fixed_point
 from discovery.recurrent.scoring import SCORE_PROTOCOL, score_recurrent_rule
 from discovery.recurrent.suites import fixedpoint_mnist_suite
-from discovery.recurrent.trainer import RecurrentProgressEvent, discover_recurrent, recurrent_setting
+from discovery.recurrent.trainer import discover_recurrent, recurrent_setting
+from discovery.results import ProgressEvent
 from discovery.spec import DiscoverySpec
 from rules.recurrent import RECURRENT_TERMS, N, RecurrentRule, is_recurrent_rule_dict
 from rules.recurrent_compiler import evaluate
@@ -172,7 +173,7 @@ def test_spec_mapping_and_validation() -> None:
 # ------------------------------------------------------------------------------------------------ discovery
 
 def test_short_discovery_moves_theta(mnist, tmp_path) -> None:
-    events: list[RecurrentProgressEvent] = []
+    events: list[ProgressEvent] = []
     spec = _spec()
     res = discover_recurrent(spec, progress=events.append, checkpoint_dir=tmp_path, data=mnist)
     assert len(events) == 3 and len(res.history) == 3 and res.diverged_episodes == 0

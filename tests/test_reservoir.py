@@ -115,4 +115,4 @@ def test_reservoir_suite_is_registered_and_runs() -> None:
     r = run_suite("reservoir-motor", None, tiny=True, overrides={
         "protocol": {"configs": [[1, "force", "published"], [3, "supertrex", "fixed"]], "period_steps": 100}})
     assert [e["learner"] for e in r["entries"]] == ["force task1", "supertrex task3 (fixed)"]
-    assert all(math.isfinite(e["score"]) and e["metrics"]["lower_is_better"] for e in r["entries"])
+    assert r["higher_is_better"] is False and all(math.isfinite(e["score"]) for e in r["entries"])

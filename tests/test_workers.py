@@ -18,6 +18,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from discovery.results import jsonable
 from workers import (
     JobState,
     cancel,
@@ -29,7 +30,7 @@ from workers import (
     submit_discovery,
     wait,
 )
-from workers.progress import event_to_dict, short_error, to_jsonable
+from workers.progress import event_to_dict, short_error
 from workers.sweep import apply_overrides, sweep_grid, trial_key
 
 JOB_TIMEOUT_S = 90
@@ -115,7 +116,7 @@ def test_event_to_dict_shapes_and_nonfinite() -> None:
             return {"F2": 0.5}
 
     assert event_to_dict(Slotted())["theta"] == {"F2": 0.5}
-    assert to_jsonable({"p": Path("/a"), "s": {1}}) == {"p": "/a", "s": [1]}
+    assert jsonable({"p": Path("/a"), "s": {1}}) == {"p": "/a", "s": [1]}
 
 
 def test_short_error_is_one_short_line() -> None:

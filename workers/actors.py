@@ -25,7 +25,8 @@ from typing import Any
 
 import ray
 
-from workers.progress import event_to_dict, result_to_dict, short_error, to_jsonable, traceback_tail
+from discovery.results import jsonable
+from workers.progress import event_to_dict, result_to_dict, short_error, traceback_tail
 
 #: threads of a job actor: the job, state() and cancel() calls, and slack
 ACTOR_CONCURRENCY = 4
@@ -111,7 +112,7 @@ class JobActor:
             extra = getattr(exc, "detail", None)
             outcome = {
                 "status": "cancelled" if self._stop.is_set() else "failed",
-                "result": to_jsonable(partial) if isinstance(partial, dict) else None,
+                "result": jsonable(partial) if isinstance(partial, dict) else None,
                 "error": None if self._stop.is_set() else short_error(exc),
                 "detail": extra if isinstance(extra, str) and extra else traceback_tail(exc),
             }

@@ -12,62 +12,92 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import re
 import traceback
 from collections.abc import Mapping
-from pathlib import PurePath
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from discovery.results import DiscoveryResult, ProgressEvent, jsonable
+
 #: The attributes of an engine progress event (read with ``getattr`` so that any object shape works).
-EVENT_FIELDS: tuple[str, ...] = (
-    "episode",
-    "total",
-    "meta_loss",
-    "meta_accuracy",
-    "theta",
-    "alignment_deg",
-    "e1",
-    "skipped",
+EVENT_FIELDS: tuple[str, ...] = tuple(ProgressEvent.model_fields)
+
+
+class SweepProgress(BaseModel):
+    """What a sweep adds to the progress of its job (workers.tune_monitor): trial counts and the best so far."""
+
+    kind: str | None = None
+    trials_total: int | None = None
+    trials_done: int | None = None
+    trials_running: int | None = None
+    trials_failed: int | None = None
+    latest_trial: int | None = None
+    best_trial: int | None = None
+    best_heldout_accuracy: float | None = None
+    best_config: dict[str, Any] | None = None
+
+
+class WorkerNote(BaseModel):
+    """What the workers add to any progress: a Ray retry of a lost worker and a pending cancel."""
+
+    retry: int | None = None
+    previous_error: str | None = None
+    cancel_requested: bool | None = None
+
+
+def _optional_fields(*models: type[BaseModel]) -> dict[str, Any]:
+    """Every field of ``models`` as optional (default None): a job's progress may carry any part of them."""
+    return {name: (f.annotation | None, None) for m in models for name, f in m.model_fields.items()}
+
+
+#: The progress of a job as the workers report it and the service stores it (``jobs.progress``): the engine's
+#: :class:`~discovery.results.ProgressEvent`, a sweep's counts and the workers' notes, every key optional.
+#: Unknown keys are dropped; dump with ``exclude_unset=True`` to keep only what was reported.
+JobProgress: type[BaseModel] = create_model(
+    "JobProgress", __doc__="The latest progress of a job (see workers.progress).",
+    **_optional_fields(ProgressEvent, SweepProgress, WorkerNote),
 )
 
-_MAX_DEPTH = 12
+
+class TrialRecord(BaseModel):
+    """One trial of a sweep as the job's result lists it (workers.sweep); further keys are its metrics."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index: int | None = None
+    config: dict[str, Any] | None = None
+    status: str = "succeeded"
+    heldout_accuracy: float | None = None
+    heldout_ci95: float | None = None
+    rule: dict[str, Any] | None = None
+
+    def metrics(self) -> dict[str, Any]:
+        """Everything else the trial reported (error, wall time, node, retries, ...)."""
+        return dict(self.model_extra or {})
+
+
+class JobResult(DiscoveryResult):
+    """A finished job's result as the workers hand it to the service: the engine's DiscoveryResult and, for a
+    sweep, the trials, the index of the best one and the sweep's description."""
+
+    model_config = ConfigDict(extra="allow")
+
+    trials: list[TrialRecord] = Field(default_factory=list)
+    best_trial: int | None = None
+    sweep: dict[str, Any] | None = None
+
+    def best_seed(self) -> int | None:
+        """The seed of the best trial (None without trials)."""
+        if self.best_trial is None or not 0 <= self.best_trial < len(self.trials):
+            return None
+        return (self.trials[self.best_trial].config or {}).get("seed")
+
 ERROR_MAX_CHARS = 500
 DETAIL_MAX_LINES = 25
 DETAIL_MAX_CHARS = 4000
-
-
-def to_jsonable(value: Any, _depth: int = 0) -> Any:
-    """Return ``value`` as JSON-able plain data.
-
-    Tensors and numpy arrays become (nested) lists, numpy/torch scalars Python numbers, non-finite floats
-    ``None``, pydantic models and dataclasses dicts, paths strings; anything else unknown its ``str``.
-    """
-    if _depth > _MAX_DEPTH:
-        return str(value)
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v, _depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_jsonable(v, _depth + 1) for v in value]
-    if isinstance(value, PurePath):
-        return str(value)
-    if hasattr(value, "model_dump") and callable(value.model_dump):
-        return to_jsonable(value.model_dump(mode="json"), _depth + 1)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value), _depth + 1)
-    if hasattr(value, "detach") and hasattr(value, "tolist"):  # torch.Tensor without importing torch
-        return to_jsonable(value.detach().cpu().tolist(), _depth + 1)
-    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars
-        return to_jsonable(value.tolist(), _depth + 1)
-    if hasattr(value, "item") and callable(value.item):
-        with contextlib.suppress(Exception):  # not a scalar after all: fall through to str
-            return to_jsonable(value.item(), _depth + 1)
-    return str(value)
 
 
 def event_to_dict(event: Any) -> dict[str, Any]:
@@ -96,7 +126,7 @@ def event_to_dict(event: Any) -> dict[str, Any]:
                     raw[name] = getattr(event, name)
     if not raw:
         raw = {"value": event}
-    return to_jsonable(raw)
+    return jsonable(raw)
 
 
 def result_to_dict(result: Any) -> dict[str, Any]:
@@ -105,10 +135,10 @@ def result_to_dict(result: Any) -> dict[str, Any]:
         return {}
     if hasattr(result, "model_dump") and callable(result.model_dump):
         try:
-            return to_jsonable(result.model_dump(mode="json"))
+            return jsonable(result.model_dump(mode="json"))
         except Exception:  # noqa: BLE001 - some models only dump in python mode
-            return to_jsonable(result.model_dump())
-    out = to_jsonable(result)
+            return jsonable(result.model_dump())
+    out = jsonable(result)
     return out if isinstance(out, dict) else {"value": out}
 
 

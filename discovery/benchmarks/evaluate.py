@@ -33,24 +33,6 @@ from discovery.feedforward.network import errors, forward, init_feedback, init_w
 Progress = Callable[[dict[str, Any]], None]
 
 
-# ------------------------------------------------------------------------------------------ statistics
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lo, hi): mean ± t_{(1+level)/2, E−1} s/√E over E values (lo = hi = mean when E < 2)."""
-    xs = [float(v) for v in values]
-    E = len(xs)
-    if E == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = sum(xs) / E
-    if E < 2:
-        return mean, mean, mean
-    var = sum((v - mean) ** 2 for v in xs) / (E - 1)
-    from scipy.stats import t as student_t  # scipy ships with scikit-learn
-
-    half = float(student_t.ppf(0.5 + level / 2, E - 1)) * math.sqrt(var / E)
-    return mean, mean - half, mean + half
-
-
 def _nanmean(t: Tensor, dim: int = 0) -> Tensor:
     return torch.nanmean(t, dim=dim)
 

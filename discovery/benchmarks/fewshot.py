@@ -24,9 +24,9 @@ from discovery.benchmarks.evaluate import (
     rule_description,
     rule_learner,
     run_learner,
-    t_interval,
     tune,
 )
+from discovery.benchmarks.stats import t_interval
 from discovery.benchmarks.suite import RunContext, Suite, SuiteSkipped
 
 EMNIST_ENV = "PLASTICITY_EMNIST_DIR"

@@ -8,7 +8,6 @@ Every family's suites are listed here explicitly (:data:`BUILTIN_SUITES`): the f
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,9 +15,10 @@ from typing import Any
 import torch
 
 from discovery.benchmarks.fewshot import DEEP_ONLINE, EMNIST_5WAY, FA5_ONLINE
-from discovery.benchmarks.suite import Progress, RunContext, Suite, SuiteSkipped
+from discovery.benchmarks.suite import BenchmarkReport, Progress, RunContext, Suite, SuiteSkipped
 from discovery.recurrent.suites import fixedpoint_mnist_suite, linear_suite
 from discovery.reservoir.suite import reservoir_suite
+from discovery.results import jsonable
 
 #: The built-in suites, in registration order (registered when this module is imported).
 BUILTIN_SUITES: tuple[Callable[[], Suite], ...] = (
@@ -59,25 +59,13 @@ def list_suites(tiny: bool = False) -> list[dict[str, Any]]:
     return [SUITES[k].definition(tiny) for k in sorted(SUITES)]
 
 
-def _json_safe(obj: Any) -> Any:
-    """Replace NaN/inf by None and tuples by lists, recursively (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _json_safe(obj.tolist())
-    return obj
-
-
 def run_suite(name: str, rule: Any = None, *, tiny: bool = False, seed: int = 0, progress: Progress | None = None,
               device: str = "cpu", feedback: str | None = None, threads: int | None = None,
               overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run a suite: tune and score its baselines, score ``rule`` as it is (if given); JSON-able report.
 
-    Returns ``{suite, version, title, kind, protocol (text), definition, seed, tiny, device, wall_time_s,
+    Returns a :class:`~discovery.benchmarks.suite.BenchmarkReport` as JSON: ``{suite, version, title, kind,
+    metric, higher_is_better, protocol (text), definition, seed, tiny, device, wall_time_s,
     skipped (None or the reason), entries: [{learner, kind: "baseline"|"rule", score, ci95: [lo, hi],
     ci95_halfwidth, episodes, metrics, locality, cost_per_sample_ms, hyperparameters, tuning}], notes}``.
     ``rule``: None, a ``rules.Rule``, an expression string, or any Learner; ``feedback`` overrides the suite's
@@ -112,6 +100,8 @@ def run_suite(name: str, rule: Any = None, *, tiny: bool = False, seed: int = 0,
         "version": suite.version,
         "title": suite.title,
         "kind": suite.kind,
+        "metric": suite.metric,
+        "higher_is_better": suite.higher_is_better,
         "protocol": out.pop("protocol", None) or suite.describe(),
         "definition": suite.definition(),
         "overridden": bool(overrides),
@@ -124,7 +114,7 @@ def run_suite(name: str, rule: Any = None, *, tiny: bool = False, seed: int = 0,
         "wall_time_s": wall,
     }
     report.update(out)
-    return _json_safe(report)
+    return jsonable(BenchmarkReport.model_validate(report))
 
 
 for _factory in BUILTIN_SUITES:

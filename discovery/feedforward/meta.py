@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from discovery.benchmarks.diagnostics import alignment_angles, orthonormality_error
+from discovery.benchmarks.stats import mean_halfwidth
 from discovery.feedforward.checkpoint import Checkpointed
 from discovery.feedforward.inner import (
     RuleLearner,
@@ -55,15 +56,6 @@ def build_rule(spec: DiscoverySpec) -> CompiledRule:
 
     ids = list(spec.rule.terms or [])
     return compile_terms([term(t).expr for t in ids], [term(t).id for t in ids])
-
-
-def _mean_ci95(values: Tensor) -> tuple[float, float]:
-    """Mean and 95% half-width (normal approximation, 1.96 σ/√n)."""
-    n = values.numel()
-    mean = float(values.mean())
-    if n < 2:
-        return mean, float("nan")
-    return mean, float(1.96 * values.std(unbiased=True) / math.sqrt(n))
 
 
 class MetaTrainer(Checkpointed):
@@ -288,11 +280,12 @@ class MetaTrainer(Checkpointed):
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, episodes: int, batch: int = 25) -> tuple[float | None, float | None, int]:
-        """Held-out accuracy of the rule with the current θ: mean ± 95% CI over `episodes` held-out episodes."""
+        """Held-out accuracy of the rule with the current θ: mean ± 95% t-interval half-width over `episodes` held-out
+        episodes (discovery.benchmarks.stats)."""
         if episodes <= 0:
             return None, None, 0
         values = self.heldout_values(episodes, batch)
-        mean, ci = _mean_ci95(values)
+        mean, ci = mean_halfwidth(values)
         return mean, ci, values.numel()
 
     def heldout_values(self, episodes: int, batch: int = 25) -> Tensor:

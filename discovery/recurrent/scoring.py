@@ -69,7 +69,7 @@ def score_recurrent_rule(coefficients: Mapping[str, float] | RecurrentRule | str
     max_spectral_abscissa, final_train_loss, failures, per_episode_accuracy}, locality, cost_per_sample_ms,
     hyperparameters, tuning: None, rule}.
     """
-    from discovery.benchmarks.evaluate import t_interval
+    from discovery.benchmarks.stats import t_interval
 
     rule = as_recurrent_rule(coefficients)
     proto = {**SCORE_PROTOCOL["tiny" if tiny else "full"], **(protocol or {})}

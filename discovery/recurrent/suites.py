@@ -42,9 +42,9 @@ def linear_suite_runner(suite: Suite, ctx: Any) -> dict:
                        for i in p["checkpoints"]}
         score = math.log10(max(final[best_eta], 1e-300))
         entries.append({
-            "learner": rule, "kind": "baseline", "score": score, "ci95": [score, score], "ci95_halfwidth": 0.0,
+            "learner": rule, "kind": "baseline", "score": score, "ci95": None, "ci95_halfwidth": None,
             "episodes": 1, "locality": "global error",
-            "metrics": {"lower_is_better": True, "final_loss": final, "loss_at": checkpoints, "best_eta": best_eta},
+            "metrics": {"final_loss": final, "loss_at": checkpoints, "best_eta": best_eta},
             "cost_per_sample_ms": None, "hyperparameters": {"eta": best_eta}, "tuning": None,
         })
     notes = [("score = log10 of the final loss J at the best η (lower is better); the suite scores the published "
@@ -56,7 +56,8 @@ def linear_suite_runner(suite: Suite, ctx: Any) -> dict:
 
 def linear_suite() -> Suite:
     return Suite(
-        name="fixedpoint-linear", version="1", kind="fixed-point",
+        name="fixedpoint-linear", version="1", kind="fixed-point", metric="log10 final loss J",
+        higher_is_better=False,
         title="Learning fixed points of a linear recurrent network (S2)",
         description="r = W r + X, N = 200, m = 100 samples, full-batch; Euclidean gradient vs reparameterized rules.",
         network={"N": 200, "activation": "linear", "rho_target": 0.5, "rho_init": 0.75},
@@ -97,7 +98,7 @@ def fixedpoint_mnist_suite() -> Any:
     """The ``fixedpoint-mnist`` Suite (not registered here: ``register_suite(fixedpoint_mnist_suite())``)."""
     full, tiny = SCORE_PROTOCOL["full"], SCORE_PROTOCOL["tiny"]
     return Suite(
-        name=KIND, version="1", kind="recurrent-fixedpoint",
+        name=KIND, version="1", kind="recurrent-fixedpoint", metric="test accuracy",
         title="Fixed-point RNN on MNIST (S2)",
         description="Learning the recurrent weights of a tanh fixed-point network r = tanh(W r + W_x x) on mnist5k.",
         network={"N": full["N"], "activation": "tanh", "rho_init": RHO_INIT},

@@ -16,7 +16,7 @@ task.shots inner steps; B = task.ways × task.queries images per inner step (all
 Q = QUERY_FACTOR·B query images per episode (capped by the split); the 4,000 training images of load_mnist_5k are
 split into inner-training and meta-query images by task.heldout_fraction; evaluation trains on all 4,000 and
 reports test accuracy on the 1,000 test images over min(meta.eval_episodes, MAX_EVAL_EPISODES) fresh W₀
-(mean ± 1.96 σ/√n). meta.grad_mode is ignored: the meta-gradient is always reverse mode.
+(mean ± 95 % t-interval, discovery.benchmarks.stats). meta.grad_mode is ignored: the meta-gradient is always reverse mode.
 
 Exact meta-gradient: reverse-mode autograd through the T unrolled updates, each fixed point differentiated
 implicitly (discovery.recurrent.engine); checked against central finite differences in the tests.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from discovery.benchmarks.stats import mean_halfwidth
 from discovery.feedforward.checkpoint import Checkpointed
 from discovery.feedforward.meta import resolve_device
 from discovery.recurrent.engine import (
@@ -51,8 +52,8 @@ from discovery.recurrent.engine import (
 )
 from discovery.recurrent.fixedpoint import random_matrix, spectral_abscissa
 from discovery.results import DiscoveryResult, ProgressEvent
-from discovery.spec import POOLS, DiscoverySpec
-from rules.recurrent import DEFAULT_THETA, RECURRENT_POOLS, RecurrentRule, resolve_term_ids
+from discovery.spec import DiscoverySpec
+from rules.recurrent import RecurrentRule
 
 KIND = "fixedpoint-mnist"
 CHECKPOINT_NAME = "recurrent_checkpoint.pt"
@@ -86,19 +87,9 @@ def recurrent_setting(spec: DiscoverySpec) -> RecurrentSetting:
     if spec.task.dataset != "mnist5k":
         raise ValueError(f"{KIND} runs on mnist5k only, got dataset {spec.task.dataset!r}")
     rule = spec.rule
-    terms = list(rule.terms or [])
-    if terms == POOLS["paper3"] and rule.pool in (None, "paper3") and not rule.theta_init:
-        terms = list(RECURRENT_POOLS["rec4"])            # RuleSpec's feedforward default → recurrent default
-    try:
-        ids = resolve_term_ids(terms)
-    except ValueError as exc:
-        raise ValueError(f"{KIND} needs recurrent terms (rules.recurrent): {exc}") from None
-    theta0 = {t: DEFAULT_THETA[t] for t in ids}
-    for k, v in (rule.theta_init or {}).items():
-        (tid,) = resolve_term_ids([k])
-        if tid not in theta0:
-            raise ValueError(f"theta_init names {k!r}, which is not one of the terms {ids}")
-        theta0[tid] = float(v)
+    if rule.family != "recurrent":
+        raise ValueError(f"{KIND} needs a recurrent rule (rule.family 'recurrent'), got {rule.family!r}")
+    ids, theta0 = list(rule.terms or []), rule.initial_theta()
     B = spec.task.ways * spec.task.queries
     return RecurrentSetting(N=w[1], inner_steps=spec.task.shots, batch=B, query=QUERY_FACTOR * B, term_ids=ids,
                             theta0=theta0)
@@ -108,24 +99,6 @@ def _draw(n: int, k: int, gen: torch.Generator) -> Tensor:
     """k indices of range(n): concatenated random permutations (no repeats while k ≤ n)."""
     perms = [torch.randperm(n, generator=gen) for _ in range(max(1, math.ceil(k / n)))]
     return torch.cat(perms)[:k]
-
-
-def _mean_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and 1.96 σ/√n (NaN half-width for fewer than 2 values)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, 1.96 * math.sqrt(var / n)
-
-
-class RecurrentProgressEvent(ProgressEvent):
-    """ProgressEvent plus the recurrent diagnostics: max Re λ(W_T) (mean over the meta-batch) and the last
-    inner-step training CE."""
-
-    spectral_abscissa: float | None = None
-    train_loss: float | None = None
 
 
 # ================================================================================ the meta-trainer
@@ -199,7 +172,7 @@ class RecurrentMetaTrainer(Checkpointed):
         return W0, batches, query
 
     # ------------------------------------------------------------------ one meta-step
-    def step(self) -> RecurrentProgressEvent:
+    def step(self) -> ProgressEvent:
         """Meta-batch of episodes (each its own graph); drop diverged ones; Adam-step θ on the mean gradient."""
         meta = self.spec.meta
         grads, losses, accs, absc, tl = [], [], [], [], []
@@ -232,7 +205,7 @@ class RecurrentMetaTrainer(Checkpointed):
             self.opt.step()
         self.episode += 1
         l1_term = meta.l1 * float(self.theta.abs().sum())
-        event = RecurrentProgressEvent(
+        event = ProgressEvent(
             episode=self.episode, total=meta.episodes,
             meta_loss=None if skipped else sum(losses) / len(losses) + l1_term,
             meta_accuracy=None if skipped else sum(accs) / len(accs),
@@ -265,7 +238,7 @@ class RecurrentMetaTrainer(Checkpointed):
                 except DIVERGENCE_ERRORS:
                     acc = math.nan
                 failures += _record_accuracy(acc, W, accs, absc)
-        mean, ci = _mean_ci95(accs) if accs else (None, None)
+        mean, ci = mean_halfwidth(accs) if accs else (None, None)
         return {"accuracy": mean, "ci95": ci, "episodes": len(accs), "failures": failures,
                 "spectral_abscissa": sum(absc) / len(absc) if absc else None}
 

@@ -3,7 +3,7 @@ scored by the test-phase deviation (lower is better); registered by discovery.be
 
 from __future__ import annotations
 
-from discovery.benchmarks.evaluate import t_interval
+from discovery.benchmarks.stats import t_interval
 from discovery.benchmarks.suite import Suite
 from discovery.reservoir.model import DT, LAMBDA, P_CONNECT, PROTOCOLS, TAU, run_reservoir
 
@@ -30,7 +30,7 @@ def reservoir_suite_runner(suite: object, ctx: object) -> dict:
         entries.append({
             "learner": name, "kind": "baseline", "score": mean, "ci95": [lo, hi], "ci95_halfwidth": (hi - lo) / 2,
             "episodes": len(seeds),
-            "metrics": {"lower_is_better": True, "deviation_per_seed": res["deviation"],
+            "metrics": {"deviation_per_seed": res["deviation"],
                         "n_satisfactory": res["n_satisfactory"], "steps_per_s": res["steps_per_s"]},
             "locality": LOCALITY[learner], "cost_per_sample_ms": 1000.0 / res["steps_per_s"] / len(seeds),
             "hyperparameters": {"task": task, "setting": setting, "N": p["N"]}, "tuning": None,
@@ -47,7 +47,8 @@ def reservoir_suite() -> Suite:
     protocol with 3 seeds (tiny: N = 100, 2 + 1 periods of 500 steps, 2 seeds)."""
     proto = PROTOCOLS["shortened"]
     return Suite(
-        name="reservoir-motor", version="1", kind="reservoir",
+        name="reservoir-motor", version="1", kind="reservoir", metric="test-phase deviation",
+        higher_is_better=False,
         title="Reservoir motor learning: FORCE, RMHL, SUPERTREX (S5)",
         description="Chaotic rate reservoir (λ = 1.5, p = 0.1) drawing the butterfly directly (task 1) or with a "
                     "2- or 3-joint arm (tasks 2, 3); readouts learned by FORCE, RMHL or SUPERTREX.",

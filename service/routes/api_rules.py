@@ -71,12 +71,11 @@ def get_rule(rule_id: IdPath, session: SessionDep) -> dict:
 
 
 def _rule_language_object(rule: Rule) -> object:
-    """The stored rule as a ``rules`` object of its family (recurrent when its canonical text says so)."""
+    """The stored rule as a ``rules`` object of its family (the ``family`` column)."""
     from rules.recurrent import RecurrentRule
     from rules.rule import Rule as FeedforwardRule
-    from service.rulebook import is_recurrent_canonical
 
-    family = RecurrentRule if is_recurrent_canonical(rule.canonical) else FeedforwardRule
+    family = RecurrentRule if rule.family == RecurrentRule.FAMILY else FeedforwardRule
     return family({str(k): float(v) for k, v in (rule.coefficients or {}).items()}, rule.name)
 
 

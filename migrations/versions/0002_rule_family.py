@@ -1,0 +1,35 @@
+"""The rule family as a column: ``rules.family`` (feedforward | recurrent), indexed.
+
+Existing rows are upgraded from what marks a recurrent rule in them: its canonical text starts with
+``recurrent/`` (rules.recurrent.CANONICAL_PREFIX); every other stored rule is feedforward.
+
+Revision ID: 0002_rule_family
+Revises: 0001_initial
+Create Date: 2026-12-02
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002_rule_family"
+down_revision: str | None = "0001_initial"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("rules") as batch:
+        batch.add_column(sa.Column("family", sa.String(16), nullable=False, server_default="feedforward"))
+        batch.create_index("ix_rules_family", ["family"])
+    rules = sa.table("rules", sa.column("family", sa.String), sa.column("canonical", sa.Text))
+    op.execute(rules.update().where(rules.c.canonical.like("recurrent/%")).values(family="recurrent"))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("rules") as batch:
+        batch.drop_index("ix_rules_family")
+        batch.drop_column("family")

@@ -1,0 +1,104 @@
+"""The recurrent fixed-point family over REST: the shipped example spec and a recurrent goal are accepted, run over
+the real local Ray and store a rule of family ``recurrent``; a rule of the wrong family is a 422 naming the field;
+the leaderboard ranks each suite in the direction the suite declares."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.db import session_scope
+from service.models import SUCCEEDED, BenchmarkRun, BenchmarkScore
+from tests.conftest import LiveServer
+from tests.test_e2e import FINAL, wait_for
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fixedpoint_mnist.json"
+RECURRENT_GOAL = "find a recurrent plasticity rule for fixed points on mnist, tiny"
+
+
+def tiny_example() -> dict[str, Any]:
+    """examples/fixedpoint_mnist.json at a smoke-test size (N = 16, 2 meta-steps of 3 inner steps)."""
+    spec = json.loads(EXAMPLE.read_text())
+    spec["network"]["widths"] = [784, 16, 10]
+    spec["task"].update({"ways": 2, "shots": 3, "queries": 4})
+    spec["meta"].update({"episodes": 2, "eval_episodes": 2})
+    return spec
+
+
+def test_the_example_spec_is_accepted_as_recurrent(client: TestClient, auth: dict[str, str]) -> None:
+    r = client.post("/api/jobs", json=json.loads(EXAMPLE.read_text()), headers=auth)
+    assert r.status_code == 201, r.text
+    rule = r.json()["spec"]["rule"]
+    assert rule["family"] == "recurrent" and rule["terms"] == ["rec_dW3", "rec_dW4", "rec_oja", "rec_decay"]
+
+
+def test_a_rule_of_the_wrong_family_is_a_422_naming_the_field(client: TestClient, auth: dict[str, str]) -> None:
+    bad = {**tiny_example(), "rule": {"family": "feedforward", "terms": ["F0"]}}
+    r = client.post("/api/jobs", json=bad, headers=auth)
+    assert r.status_code == 422 and "rule.family" in r.text, r.text
+    r = client.post("/api/jobs", json={"rule": {"terms": ["rec_dW3"]}}, headers=auth)   # fewshot task
+    assert r.status_code == 422 and "rec_dW3" in r.text and "terms" in r.text, r.text
+    wrong_net = {**tiny_example(), "network": {"widths": [784, 16, 16, 10]}}
+    r = client.post("/api/jobs", json=wrong_net, headers=auth)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "network", "widths"], r.text
+
+
+def test_a_recurrent_goal_is_understood(client: TestClient) -> None:
+    r = client.get("/api/goal", params={"text": RECURRENT_GOAL})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["spec"]["task"]["kind"] == "fixedpoint-mnist" and body["spec"]["rule"]["family"] == "recurrent"
+    assert body["spec"]["network"]["widths"] == [784, 16, 10]
+    assert any("recurrent fixed-point rule" in u for u in body["understood"]), body["understood"]
+
+
+def _scores(app: Any, suite: str, scores: dict[str, float]) -> None:
+    with session_scope(app.state.sessions) as s:
+        run = BenchmarkRun(suite=suite, owner="t", tiny=True, seed=0, status=SUCCEEDED)
+        s.add(run)
+        s.flush()
+        for learner, score in scores.items():
+            s.add(BenchmarkScore(run_id=run.id, suite=suite, learner=learner, origin="baseline", score=score))
+
+
+@pytest.mark.parametrize(("suite", "higher", "order"), [
+    ("fixedpoint-linear", False, ["dW3", "dW2", "dW1"]),
+    ("reservoir-motor", False, ["force task1", "rmhl task1"]),
+    ("fa5-online", True, ["BP", "FA"]),
+])
+def test_the_leaderboard_ranks_in_the_suites_direction(client: TestClient, app: Any, suite: str, higher: bool,
+                                                       order: list[str]) -> None:
+    scores = {"fixedpoint-linear": {"dW1": -1.0, "dW2": -3.0, "dW3": -4.0},
+              "reservoir-motor": {"rmhl task1": 0.2, "force task1": 0.01},
+              "fa5-online": {"FA": 0.23, "BP": 0.75}}[suite]
+    _scores(app, suite, scores)
+    board = client.get("/api/leaderboard", params={"suite": suite}).json()
+    assert board["higher_is_better"] is higher
+    assert [e["name"] for e in board["entries"]] == order
+    page = client.get("/", params={"suite": suite}).text
+    assert ("Lower is better" in page) is (not higher)
+
+
+@pytest.mark.slow
+def test_recurrent_job_and_goal_run_over_ray(live_server_factory: Callable[..., LiveServer]) -> None:
+    server = live_server_factory()
+    auth = {"Authorization": f"Bearer {server.token}"}
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        ids = []
+        for body in (tiny_example(), {"goal": RECURRENT_GOAL}):
+            r = http.post("/api/jobs", json=body, headers=auth)
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+        for job_id in ids:
+            job = wait_for(lambda: http.get(f"/api/jobs/{job_id}").json(), lambda j: j["status"] in FINAL, 300,
+                           f"job {job_id}", server)
+            assert job["status"] == "succeeded", job
+            [rule_id] = job["rule_ids"]
+            rule = http.get(f"/api/rules/{rule_id}").json()
+            assert rule["family"] == "recurrent" and all(t.startswith("rec_") for t in rule["terms"]), rule
