@@ -48,8 +48,8 @@ def jsonable(value: Any, _depth: int = 0) -> Any:
 
 class ProgressEvent(BaseModel):
     """What the progress callback receives after every meta-step (a value that was not finite reads ``None``
-    once the event went through :func:`jsonable`). ``e1`` is the per-layer orthonormality error
-    (discovery.benchmarks.diagnostics.orthonormality_error)."""
+    once the event went through :func:`jsonable`). ``subspace_orth_error`` is the per-layer orthonormality error of
+    W_ℓ on its activity subspace (discovery.benchmarks.diagnostics.subspace_orthonormality_error)."""
 
     episode: int
     total: int
@@ -57,7 +57,7 @@ class ProgressEvent(BaseModel):
     meta_accuracy: float | None
     theta: dict[str, float | None]
     alignment_deg: list[float | None] = Field(default_factory=list)
-    e1: list[float | None] = Field(default_factory=list)
+    subspace_orth_error: list[float | None] = Field(default_factory=list)
     skipped: bool = False
     dropped_episodes: int = 0
     backtracked: bool = False

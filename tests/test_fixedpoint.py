@@ -11,7 +11,6 @@ import torch
 from discovery.recurrent.fixedpoint import (
     FixedPointError,
     adjoint,
-    combine_directions,
     dW1,
     dW3,
     dW4,
@@ -19,7 +18,6 @@ from discovery.recurrent.fixedpoint import (
     gain,
     make_linear_task,
     random_matrix,
-    recurrent_term_directions,
     run_fixedpoint_linear,
     run_fixedpoint_mnist,
     solve_fixed_point,
@@ -180,23 +178,32 @@ def test_stable_solvers_agree_with_published_euler_relaxation() -> None:
 
 
 def test_term_directions_are_batched_over_seeds() -> None:
+    from discovery.recurrent.engine import SolverConfig, rule_update, term_directions
+    from rules.recurrent import RECURRENT_TERMS
+
     gen = torch.Generator().manual_seed(7)
     S, B, N = 3, 4, 6
     W = torch.stack([random_matrix(N, 0.5, gen) for _ in range(S)])
     X = torch.randn(S, B, N, generator=gen, dtype=F64)
     r = solve_fixed_point(W, X, tol=1e-13).r
     delta = torch.randn(S, B, N, generator=gen, dtype=F64)
-    dirs = recurrent_term_directions(W, r, delta, gain(r))
-    assert set(dirs) == {"dW1", "dW3", "dW4", "oja", "decay"}
+    cfg = SolverConfig(tol=1e-13, adjoint_tol=1e-13, adjoint_method="solve")
+    ids = list(RECURRENT_TERMS)
+    dirs = dict(zip(ids, term_directions(W, r, delta, ids, cfg)))
     for s in range(S):
-        single = recurrent_term_directions(W[s], r[s], delta[s], gain(r[s]))
+        single = dict(zip(ids, term_directions(W[s], r[s], delta[s], ids, cfg)))
         for k, v in dirs.items():
             assert v.shape == (S, N, N)
             assert torch.allclose(v[s], single[k], atol=1e-12)
     oja = (r[0].T @ r[0] - r[0].T @ r[0] @ W[0]) / B
-    assert torch.allclose(dirs["oja"][0], oja, atol=1e-12)
-    step = combine_directions(dirs, {"dW1": 1.0, "decay": -0.1})
-    assert torch.allclose(step, dirs["dW1"] + 0.1 * W, atol=1e-12)
+    assert torch.allclose(dirs["rec_oja"][0], oja, atol=1e-12)
+    # one sign convention: F = −dW for the paper's gradient directions, ΔW = Σ θ_k F_k
+    g = gain(r)
+    assert torch.allclose(dirs["rec_dW1"], -dW1(W, r, delta, g), atol=1e-10)
+    assert torch.allclose(dirs["rec_dW3"], -dW3(W, r, delta, g), atol=1e-12)
+    assert torch.allclose(dirs["rec_dW4"], -dW4(W, r, delta, g), atol=1e-12)
+    step = rule_update(W, r, delta, torch.tensor([1.0, 0.1], dtype=F64), ["rec_dW1", "rec_decay"], cfg)
+    assert torch.allclose(step, dirs["rec_dW1"] - 0.1 * W, atol=1e-12)
 
 
 def test_linear_runner_shapes_and_progress() -> None:

@@ -76,7 +76,7 @@ def make_fake_engine(episodes_delay: float = 0.0, crash_after: int | None = None
             if progress is not None:
                 progress(SimpleNamespace(episode=episode, total=spec.meta.episodes, meta_loss=1.0 / episode,
                                          meta_accuracy=0.2 + 0.01 * episode, theta=theta, alignment_deg=[45.0],
-                                         e1=[0.1], skipped=False))
+                                         subspace_orth_error=[0.1], skipped=False))
             done = episode
         if checkpoint_dir is not None:
             (checkpoint_dir / "fake.txt").write_text(str(done))
@@ -101,7 +101,7 @@ def make_fake_suite() -> Any:
 # --- pure helpers (no Ray) --------------------------------------------------------------------------------------
 def test_event_to_dict_shapes_and_nonfinite() -> None:
     ev = SimpleNamespace(episode=3, total=9, meta_loss=float("nan"), meta_accuracy=0.5, theta={"F0": 1e-3},
-                         alignment_deg=(10.0, float("inf")), e1=[0.1], skipped=False, _private=1)
+                         alignment_deg=(10.0, float("inf")), subspace_orth_error=[0.1], skipped=False, _private=1)
     d = event_to_dict(ev)
     assert d["episode"] == 3 and d["meta_loss"] is None and d["alignment_deg"] == [10.0, None]
     assert "_private" not in d

@@ -3,7 +3,7 @@
 The engine's progress callback receives one event per meta-training episode t (SCIENCE.md symbols):
 ``episode`` t, ``total`` T, ``meta_loss`` L_meta(θ_t) = CE on the query set + λ‖θ_t‖₁, ``meta_accuracy``
 (query accuracy of the episode), ``theta`` {r: θ_r} (coefficients of the rule terms F^r), ``alignment_deg``
-∠(W_ℓ^T, B_ℓ) per layer, ``e1`` per-layer orthonormality error, ``skipped`` (divergence guard fired).
+∠(W_ℓ^T, B_ℓ) per layer, ``subspace_orth_error`` per-layer orthonormality error on the activity subspace, ``skipped`` (divergence guard fired).
 Nothing here computes any of these; the functions only turn events, results and exceptions into JSON-able
 dicts (finite floats; NaN/±∞ become ``None``), because the service stores them in JSON columns.
 """

@@ -58,7 +58,7 @@ class JobState:
     """What :func:`poll` knows about a job.
 
     ``progress``: the latest progress event as a dict (episode, total, meta_loss, meta_accuracy, theta,
-    alignment_deg, e1, skipped, kind, updated_at; a sweep adds trials_total, trials_done, best_trial,
+    alignment_deg, subspace_orth_error, skipped, kind, updated_at; a sweep adds trials_total, trials_done, best_trial,
     best_heldout_accuracy, best_config and a row per trial), ``None`` before the first one.
     ``result``: the engine's result as a JSON-able dict once the job ended (a sweep's adds ``trials``,
     ``best_trial``, ``sweep``; a cancelled job may carry the partial result). ``error``: a one-line message of

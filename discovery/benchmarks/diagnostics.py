@@ -1,8 +1,9 @@
 """Diagnostics of an adapted network (SCIENCE.md S3).
 
 α_ℓ: angle between the teaching signal e_ℓ the learner uses (through B) and backprop's δ_ℓ (through W), averaged
-over samples; 90° means no alignment. E1_ℓ = ‖Y_ℓ − Y_ℓ W_ℓ W_ℓᵀ‖²_F / #samples with Y_ℓ the layer's activities:
-how far the rows of W_ℓ are from orthonormal on the subspace the activity occupies (Oja drives it to 0).
+over samples; 90° means no alignment. The subspace orthonormality error ‖Y_ℓ − Y_ℓ W_ℓ W_ℓᵀ‖²_F / #samples with Y_ℓ
+the layer's activities: how far the rows of W_ℓ are from orthonormal on the subspace the activity occupies (Oja
+drives it to 0).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ def alignment_angles(Ws: Sequence[Tensor], Bs: Sequence[Tensor] | None, x: Tenso
     return [a if math.isfinite(a) else float("nan") for a in out]
 
 
-def orthonormality_error(Ws: Sequence[Tensor], x: Tensor, beta: float) -> list[float]:
-    """E1_ℓ = ‖Y_ℓ (I − W_ℓ W_ℓᵀ)‖²_F / Q for hidden layers ℓ = 1..L−1 (Y_ℓ: (Q, n_ℓ) activities)."""
+def subspace_orthonormality_error(Ws: Sequence[Tensor], x: Tensor, beta: float) -> list[float]:
+    """‖Y_ℓ (I − W_ℓ W_ℓᵀ)‖²_F / Q for hidden layers ℓ = 1..L−1 (Y_ℓ: (Q, n_ℓ) activities): how far W_ℓ is from
+    orthonormal on the subspace its activity occupies (the progress events' ``subspace_orth_error``; not the
+    paper's E1, which is discovery.benchmarks.evaluate.drive_reconstruction_error)."""
     q = x.shape[0]
     ys = forward(_expand(Ws, q), x, beta)
     out = []

@@ -48,8 +48,10 @@ def query_forward(Ws: Sequence[Tensor], xq: Tensor, beta: float) -> list[Tensor]
     return hs
 
 
-def e1_error(Ws: Sequence[Tensor], hs: Sequence[Tensor]) -> Tensor:
-    """E1_ℓ = (1/N)‖Z_ℓ − Y_ℓ W_ℓ W_ℓᵀ‖²_F per episode and layer: (B, L); hs from :func:`query_forward`."""
+def drive_reconstruction_error(Ws: Sequence[Tensor], hs: Sequence[Tensor]) -> Tensor:
+    """The paper's E1_ℓ = (1/N)‖Z_ℓ − Y_ℓ W_ℓ W_ℓᵀ‖²_F per episode and layer, (B, L): how far the forward drive
+    Z_ℓ = Y_{ℓ−1} W_ℓᵀ is from its reconstruction through the layer's output Y_ℓ (the suites' metric ``e1``); hs
+    from :func:`query_forward`."""
     post = [*hs[:-1], torch.softmax(hs[-1], dim=-1)]
     out = []
     for i, W in enumerate(Ws):
@@ -189,7 +191,7 @@ def run_learner(learner: Any, new_sampler: Callable[[], Any], *, widths: Sequenc
             if diagnostics:
                 nan = torch.tensor(float("nan"), dtype=torch.float64)
                 keep = finite.cpu().unsqueeze(1)
-                e1s.append(torch.where(keep, e1_error(Ws, hs).double().cpu(), nan))
+                e1s.append(torch.where(keep, drive_reconstruction_error(Ws, hs).double().cpu(), nan))
                 orths.append(torch.where(keep, orth_error(Ws).double().cpu(), nan))
                 nrm = torch.stack([h.norm(dim=-1).mean(-1) for h in hs[1:]], 1).double().cpu()
                 norms.append(torch.where(keep, nrm, nan))

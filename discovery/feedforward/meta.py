@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from discovery.benchmarks.diagnostics import alignment_angles, orthonormality_error
+from discovery.benchmarks.diagnostics import alignment_angles, subspace_orthonormality_error
 from discovery.benchmarks.stats import mean_halfwidth
 from discovery.feedforward.checkpoint import Checkpointed
 from discovery.feedforward.inner import (
@@ -220,7 +220,7 @@ class MetaTrainer(Checkpointed):
             episode=self.episode, total=meta.episodes,
             meta_loss=None if skipped else float(loss[finite].mean() + meta.l1 * self.theta.detach().abs().sum()),
             meta_accuracy=None if skipped else float(acc[finite].mean()),
-            theta=self.theta_dict(), alignment_deg=alignment, e1=e1, skipped=skipped, dropped_episodes=n_bad,
+            theta=self.theta_dict(), alignment_deg=alignment, subspace_orth_error=e1, skipped=skipped, dropped_episodes=n_bad,
             backtracked=backtracked, lr=self.opt.param_groups[0]["lr"])
         self.history.append(event.model_dump())
         return event
@@ -272,7 +272,7 @@ class MetaTrainer(Checkpointed):
         tq = onehot(ep.y_query[idx], net.widths[-1], self.dtype)
         with torch.no_grad():
             ang = alignment_angles(W1, B1, xq, tq, net.feedback, net.beta)
-            e1 = orthonormality_error(W1, xq, net.beta)
+            e1 = subspace_orthonormality_error(W1, xq, net.beta)
         return ang, e1
 
     def theta_dict(self) -> dict[str, float]:

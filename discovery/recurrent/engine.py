@@ -13,6 +13,7 @@ SOLVE_MAX_N, else Anderson iteration on the right-hand side scaled to unit max-n
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,11 +26,11 @@ from torch import Tensor
 from discovery.recurrent.fixedpoint import (
     FixedPointError,
     anderson,
-    dW3,
-    dW4,
     solve_fixed_point,
     spectral_abscissa,
 )
+from rules.recurrent import recurrent_term
+from rules.recurrent_compiler import CompiledRecurrentTerm, compile_recurrent
 
 INPUT_DIM = 784
 N_CLASSES = 10
@@ -162,28 +163,20 @@ def fixed_point(W: Tensor, X: Tensor, cfg: SolverConfig) -> Tensor:
 
 # ================================================================================ the rule in torch
 
+@functools.lru_cache(maxsize=None)
+def compiled_term(tid: str) -> CompiledRecurrentTerm:
+    """The torch code of recurrent term ``tid``, compiled from its sympy expression (rules.recurrent)."""
+    return compile_recurrent(recurrent_term(tid).expr)
+
+
 def term_directions(W: Tensor, r: Tensor, delta: Tensor, ids: Sequence[str], cfg: SolverConfig) -> list[Tensor]:
-    """Batch-averaged F_k (..., N, N) of rules.recurrent for the rows r, δ (..., B, N); differentiable."""
-    g = 1.0 - r * r
-    B = r.shape[-2]
-    out = []
-    C = None
-    for tid in ids:
-        if tid == "rec_dW1":
-            u = _Adjoint.apply(W, g, delta, cfg)
-            out.append(-((g * u).transpose(-1, -2) @ r) / B)           # −mean_b G u rᵀ
-        elif tid == "rec_dW3":
-            out.append(-dW3(W, r, delta, g))
-        elif tid == "rec_dW4":
-            out.append(-dW4(W, r, delta, g))
-        elif tid == "rec_oja":
-            C = r.transpose(-1, -2) @ r / B if C is None else C            # mean_b r rᵀ
-            out.append(C - C @ W)
-        elif tid == "rec_decay":
-            out.append(-W)
-        else:
-            raise ValueError(f"unknown recurrent term id {tid!r}")
-    return out
+    """Batch-averaged F_k (..., N, N) of rules.recurrent for the rows r, δ (..., B, N), each compiled from its
+    sympy form (rules.recurrent_compiler); differentiable. The adjoint u is solved only when a term uses it."""
+    terms = [compiled_term(t) for t in ids]
+    env: dict[str, Tensor] = {"W": W, "g": 1.0 - r * r, "r": r, "delta": delta}
+    if any(t.needs_adjoint for t in terms):
+        env["u"] = _Adjoint.apply(W, env["g"], delta, cfg)
+    return [t(env) for t in terms]
 
 
 def rule_update(W: Tensor, r: Tensor, delta: Tensor, theta: Tensor, ids: Sequence[str], cfg: SolverConfig) -> Tensor:

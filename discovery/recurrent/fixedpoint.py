@@ -230,35 +230,6 @@ def dW4(W: Tensor, r: Tensor, delta: Tensor, g: Tensor) -> Tensor:
     return _outer_mean(a, c)
 
 
-def recurrent_term_directions(W: Tensor, r: Tensor, delta: Tensor, g: Tensor, *,
-                              adjoint_method: Literal["solve", "anderson"] = "solve") -> dict[str, Tensor]:
-    """Batch-averaged direction tensors D_k (..., N, N) for a meta-learned rule ΔW = −lr Σ_k θ_k D_k.
-
-    dW1, dW3, dW4 as above (gradient-like: θ = +1 descends); oja = mean_b (r rᵀ − r rᵀ W) (S3's F9 with y = x = r)
-    and decay = −W (S3's F3). These two keep S3's update-direction sign, so under ΔW = −lr Σ θ D Oja's rule and
-    weight decay are θ_oja = θ_decay = −1.
-    """
-    C = _outer_mean(r, r)
-    return {
-        "dW1": dW1(W, r, delta, g, adjoint_method=adjoint_method),
-        "dW3": dW3(W, r, delta, g),
-        "dW4": dW4(W, r, delta, g),
-        "oja": C - C @ W,
-        "decay": -W,
-    }
-
-
-def combine_directions(directions: dict[str, Tensor], theta: dict[str, float]) -> Tensor:
-    """Σ_k θ_k D_k over the keys of θ (the rule's step is ΔW = −lr times this)."""
-    out = None
-    for k, v in theta.items():
-        term = v * directions[k]
-        out = term if out is None else out + term
-    if out is None:
-        raise ValueError("theta is empty")
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Linear task (S2): G = I, r = A X, J(A) = (1/m)‖A X − R̂‖²_F, ∇_A J = (2/m)(A X − R̂) Xᵀ.
 
