@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -69,6 +69,19 @@ def _remote(server: str | None, token: str | None) -> Iterator[Any]:
         if os.environ.get("PLASTICITY_DEBUG"):
             raise
         _fail_line(f"{type(exc).__name__}: {exc}", code=1)
+
+
+def _answer(server: str | None, token: str | None, as_json: bool, fetch: Callable[[Any], Any],
+            show: Callable[[Any], None]) -> None:
+    """One request against the server: its answer as JSON (``--json``) or shown by ``show``."""
+    with _remote(server, token) as client:
+        answer = fetch(client)
+        _print_json(answer) if as_json else show(answer)
+
+
+def _status_line(what: str) -> Callable[[Any], None]:
+    """Shows a job or benchmark as one line: ``<what> <id> <status>``."""
+    return lambda row: out.print(f"{what} {row.id} {row.status}", highlight=False)
 
 
 def _print_json(data: Any) -> None:
@@ -156,6 +169,10 @@ def _show_benchmark(run: Any) -> None:
         [[s.learner, s.origin, s.score, s.ci95, s.locality, s.cost_per_sample_ms]
          for s in sorted(run.scores, key=lambda s: -(s.score or 0.0))],
     )
+    if run.vs:
+        _table(f"the rule − each baseline, paired on the same episodes (baselines {run.baselines or '?'})",
+               ["baseline", "delta", "95 % CI", "verdict"],
+               [[name, v.delta, f"[{_fmt(v.ci95[0])}, {_fmt(v.ci95[1])}]", v.verdict] for name, v in run.vs.items()])
 
 
 def _read_spec_file(path: Path) -> dict[str, Any]:
@@ -223,17 +240,13 @@ def jobs_list(
 @jobs_app.command("show")
 def jobs_show(job_id: IdArg, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """One job: status, progress, θ, held-out accuracy, rules (GET /api/jobs/{id})."""
-    with _remote(server, token) as client:
-        job = client.job(job_id)
-        _print_json(job) if as_json else _show_job(job)
+    _answer(server, token, as_json, lambda client: client.job(job_id), _show_job)
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: IdArg, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """Cancel a queued or running job (POST /api/jobs/{id}/cancel)."""
-    with _remote(server, token) as client:
-        job = client.cancel(job_id)
-        _print_json(job) if as_json else out.print(f"job {job.id} {job.status}", highlight=False)
+    _answer(server, token, as_json, lambda client: client.cancel(job_id), _status_line("job"))
 
 
 @rules_app.command("list")
@@ -263,9 +276,7 @@ def rules_list(
 @rules_app.command("show")
 def rules_show(rule_id: IdArg, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """One rule: expression, coefficients, hash, provenance, scores (GET /api/rules/{id})."""
-    with _remote(server, token) as client:
-        rule = client.rule(rule_id)
-        _print_json(rule) if as_json else _show_rule(rule)
+    _answer(server, token, as_json, lambda client: client.rule(rule_id), _show_rule)
 
 
 @rules_app.command("export")
@@ -297,6 +308,7 @@ def benchmarks_run(
     expression: Annotated[str | None, typer.Option(help='a rule expression, e.g. "-0.01*e*x.T"')] = None,
     tiny: Annotated[bool, typer.Option(help="the suite's smoke-test size")] = False,
     seed: Annotated[int, typer.Option(min=0)] = 0,
+    retune: Annotated[bool, typer.Option(help="tune the baselines again instead of using the suite's cache")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="follow the run until it ends and print its scores")] = False,
     timeout: Annotated[float | None, typer.Option(help="with --wait: give up after this many seconds")] = None,
     server: ServerOpt = None,
@@ -308,7 +320,7 @@ def benchmarks_run(
         if rule_id is not None and expression is not None:
             raise CliError("give --rule-id or --expression, not both")
         rule = rule_id if rule_id is not None else expression
-        run = client.benchmark(rule, suite, wait=False, tiny=tiny, seed=seed)
+        run = client.benchmark(rule, suite, wait=False, tiny=tiny, seed=seed, retune=retune)
         if not as_json:
             out.print(f"benchmark {run.id} {run.status}", highlight=False)
         if wait:
@@ -322,9 +334,7 @@ def benchmarks_run(
 @benchmarks_app.command("show")
 def benchmarks_show(run_id: IdArg, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """One benchmark run and its per-learner scores (GET /api/benchmarks/{id})."""
-    with _remote(server, token) as client:
-        run = client.benchmark_run(run_id)
-        _print_json(run) if as_json else _show_benchmark(run)
+    _answer(server, token, as_json, lambda client: client.benchmark_run(run_id), _show_benchmark)
 
 
 @benchmarks_app.command("cancel")
@@ -332,9 +342,7 @@ def benchmarks_cancel(
     run_id: IdArg, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Cancel a queued or running benchmark (POST /api/benchmarks/{id}/cancel)."""
-    with _remote(server, token) as client:
-        run = client.cancel_benchmark(run_id)
-        _print_json(run) if as_json else out.print(f"benchmark {run.id} {run.status}", highlight=False)
+    _answer(server, token, as_json, lambda client: client.cancel_benchmark(run_id), _status_line("benchmark"))
 
 
 @app.command("leaderboard")

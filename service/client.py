@@ -332,6 +332,7 @@ class Client:
         *,
         tiny: bool = False,
         seed: int = 0,
+        retune: bool = False,
         progress: bool = False,
         timeout: float | None = None,
         check: bool = True,
@@ -339,8 +340,9 @@ class Client:
     ) -> BenchmarkOut:
         """Run ``suite`` for a stored rule (id or RuleOut), an expression (str), or the baselines alone (None).
 
-        ``wait``: poll until it finishes (see :meth:`wait_benchmark`), else return the queued run."""
-        body: dict[str, Any] = {"suite": suite, "tiny": tiny, "seed": seed}
+        The baselines come from the suite's cache unless ``retune``. ``wait``: poll until it finishes (see
+        :meth:`wait_benchmark`), else return the queued run."""
+        body: dict[str, Any] = {"suite": suite, "tiny": tiny, "seed": seed, "retune": retune}
         if isinstance(rule, str):
             body["expression"] = rule
         elif rule is not None:
@@ -376,9 +378,13 @@ class Client:
         run_id = _id(run)
 
         def describe(b: BenchmarkOut) -> tuple[int | None, int | None, str]:
-            p = (b.diagnostics or {}).get("progress") or {}
-            what = " ".join(str(p[k]) for k in ("stage", "phase", "learner") if p.get(k))
-            return p.get("done"), p.get("total"), f"{b.status} {what}".strip()
+            p = b.progress  # the bar runs over the whole benchmark: per mille of its work
+            if p is None:
+                return None, None, b.status
+            left = f", ~{p.remaining_s:.0f} s left" if p.remaining_s is not None else ""
+            what = (f"{p.phase} {p.learner or ''} ({p.learner_index}/{p.learners}"
+                    + (f", {p.episode}/{p.total}" if p.total else "") + f"{left})")
+            return round(1000 * p.fraction), 1000, f"{b.status} {what}"
 
         final = self._poll(lambda: self.benchmark_run(run_id), describe, f"benchmark {run_id}", progress, timeout,
                            poll, console)

@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from discovery.results import jsonable
 from discovery.spec import DiscoverySpec
+from service import benchmark_cache
 from service.db import session_scope
 from service.models import (
     ACTIVE_STATUSES,
@@ -317,7 +318,7 @@ class Dispatcher:
                 expression = benchmark_text(rule.canonical, rule.expression)
         submit = self.workers().submit_benchmark
         return submit(row.id, row.suite, expression, tiny=row.tiny, seed=row.seed,
-                      **_retry_kwargs(submit, retries)), None
+                      **_retry_kwargs(submit, retries), **benchmark_cache.submit_kwargs(s, row, submit)), None
 
     def _poll(self, flow: Flow) -> None:
         """Poll every tracked row of ``flow`` and apply its state; fail it (and stop tracking it) after
@@ -404,6 +405,7 @@ class Dispatcher:
     def _finish(self, flow: Flow, s: Session, row: Job | BenchmarkRun, result: dict[str, Any]) -> None:
         """Record a succeeded row's result (service.recording), then mark it succeeded."""
         if flow is BENCHMARK_FLOW:
+            result = benchmark_cache.absorb(s, row, result)  # a first tuning: cache its baselines
             report = record_benchmark_result(s, row, result)
             version = str(report.version)[:32] if report.version is not None else None
             if self._transition(flow, s, row.id, SUCCEEDED, result=jsonable(result), finished_at=utcnow(),

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -227,6 +228,8 @@ class BenchmarkRun(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: tune the baselines again instead of using the suite's cached ones (migration 0003)
+    retune: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     scores: Mapped[list[BenchmarkScore]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="BenchmarkScore.id"
@@ -253,3 +256,25 @@ class BenchmarkScore(Base):
 
     run: Mapped[BenchmarkRun] = relationship(back_populates="scores")
     rule: Mapped[Rule | None] = relationship(back_populates="scores")
+
+
+class BaselineSetRow(Base):
+    """A suite's cached baselines for one (suite, suite version, seed, size): the tuned and scored baseline entries
+    with their per-episode values (``discovery.benchmarks.cache.BaselineSet`` as JSON in ``data``), reused by every
+    later rule benchmark on that key (service.benchmark_cache)."""
+
+    __tablename__ = "baseline_sets"
+    __table_args__ = (UniqueConstraint("suite", "suite_version", "seed", "tiny", name="uq_baseline_sets_suite"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    suite: Mapped[str] = mapped_column(String(100))
+    suite_version: Mapped[str] = mapped_column(String(32))
+    seed: Mapped[int] = mapped_column(Integer)
+    tiny: Mapped[bool] = mapped_column(Boolean)
+    metric: Mapped[str] = mapped_column(String(64))
+    higher_is_better: Mapped[bool] = mapped_column(Boolean)
+    tuned_with: Mapped[str] = mapped_column(String(16))
+    wall_time_s: Mapped[float | None] = mapped_column(Float)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("benchmark_runs.id", ondelete="SET NULL"), index=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONColumn())

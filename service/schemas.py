@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from discovery.benchmarks.cache import PairedVerdict
+from discovery.benchmarks.progress import BenchmarkProgress
 from discovery.spec import DiscoverySpec
 from workers.progress import JobProgress
 
@@ -72,6 +74,7 @@ class BenchmarkCreate(_Request):
     expression: str | None = Field(None, min_length=1, max_length=2000)
     tiny: bool = Field(False, description="run the suite's smoke-test size")
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    retune: bool = Field(False, description="tune the baselines again instead of using the suite's cached ones")
 
     @model_validator(mode="after")
     def _one_rule(self) -> BenchmarkCreate:
@@ -189,6 +192,13 @@ class BenchmarkOut(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    retune: bool = False
+    progress: BenchmarkProgress | None = Field(None, description="phase, learner i of n, episode j of J, "
+                                               "elapsed and remaining seconds, while it runs (the last at the end)")
+    baselines: Literal["cached", "tuned"] | None = Field(None, description="whether the baselines came from the "
+                                                         "suite's cache or were tuned by this run")
+    vs: dict[str, PairedVerdict] | None = Field(None, description="the rule minus each baseline on the same "
+                                                "episodes: delta, 95 % t-interval, verdict")
 
 
 class FrontMark(BaseModel):
@@ -215,6 +225,8 @@ class LeaderboardEntry(BaseModel):
     benchmark_id: int | None = None
     job_id: int | None = None
     front: FrontMark | None = Field(None, description="its place on a stored Pareto front; null off any front")
+    vs: dict[str, PairedVerdict] | None = Field(None, description="a rule's paired differences to the baselines "
+                                                "in its benchmark run")
 
 
 class LeaderboardOut(BaseModel):

@@ -185,4 +185,33 @@ def benchmark_out(run: BenchmarkRun) -> dict[str, Any]:
         "created_at": run.created_at,
         "started_at": run.started_at,
         "finished_at": run.finished_at,
+        **benchmark_extras(run),
     }
+
+
+def benchmark_extras(run: BenchmarkRun) -> dict[str, Any]:
+    """``retune``, ``progress`` (a :class:`~discovery.benchmarks.progress.BenchmarkProgress`, None when the
+    workers sent another shape), ``baselines`` ("cached" | "tuned") and the rule's paired differences ``vs``."""
+    from pydantic import ValidationError
+
+    from discovery.benchmarks.progress import BenchmarkProgress
+
+    progress = None
+    if run.progress:
+        try:
+            progress = BenchmarkProgress.model_validate(run.progress)
+        except ValidationError:
+            progress = None
+    result = run.result or {}
+    return {"retune": bool(run.retune), "progress": progress, "baselines": result.get("baselines"),
+            "vs": result.get("vs") or None}
+
+
+def vs_delta(delta: float | None, metric: str | None = None) -> str:
+    """A paired difference in words: accuracy in percentage points ("+1.2 points"), other metrics signed in
+    their own unit ("−0.031")."""
+    if delta is None:
+        return "—"
+    if metric is None or "accuracy" in metric:
+        return f"{delta * 100:+.1f} points"
+    return f"{delta:+.3g}"

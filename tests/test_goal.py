@@ -257,3 +257,26 @@ def test_vocabulary_phrases_always_parse(words: list[str]) -> None:
         return
     spec = goal_to_spec(text)
     assert spec.network.widths[0] == 784
+
+
+def test_a_recurrent_goal_resolves_to_the_fixed_point_family() -> None:
+    parsed = parse_goal("find a recurrent plasticity rule for fixed points on mnist")
+    spec = parsed.spec
+    assert spec.task.kind == "fixedpoint-mnist" and spec.family == "recurrent"
+    assert spec.network.widths == [784, 100, 10] and spec.task.dataset == "mnist5k"
+    assert spec.rule.terms == ["rec_dW3", "rec_dW4", "rec_oja", "rec_decay"]
+    assert any(u.startswith("recurrent fixed-point rule on mnist5k: N = 100") for u in parsed.understood)
+
+
+def test_a_recurrent_goal_names_its_terms_and_size() -> None:
+    spec = goal_to_spec("fixed-point rnn with dW1, dW3 and oja, 32 units, 5 episodes")
+    assert spec.rule.terms == ["rec_dW1", "rec_dW3", "rec_oja"]
+    assert spec.network.widths == [784, 32, 10] and spec.meta.episodes == 5
+
+
+@pytest.mark.parametrize("goal", ["recurrent rule on digits", "depth-2 rule with dW3", "recurrent rule with ehebb",
+                                  "recurrent rule under feedback alignment"])
+def test_recurrent_goals_that_cannot_run_say_why(goal: str) -> None:
+    with pytest.raises(GoalError) as err:
+        parse_goal(goal)
+    assert "recurrent" in err.value.message

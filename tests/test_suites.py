@@ -68,7 +68,8 @@ def test_tiny_fa5_scores_with_confidence_intervals(fa5_tiny):
         assert len(e["metrics"]["e1"]) == L and len(e["metrics"]["orth_error"]) == L
         assert len(e["metrics"]["activation_norms"]) == L
         t = e["tuning"]
-        assert t["split"] == "train" and t["grid_points"] == 9 and len(t["grid"]) == 9
+        assert t["split"] == "train" and t["planned_points"] == 9  # the same budget, then the edge extensions
+        assert t["grid_points"] == len(t["grid"]) == 9 + sum(len(x["values"]) for x in t["extensions"])
         assert t["best"] == e["hyperparameters"]
     by = {e["learner"]: e for e in r["entries"]}
     # backprop's teaching signal is δ itself; FA's starts unaligned

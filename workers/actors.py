@@ -39,7 +39,7 @@ def default_engine() -> Callable[..., Any]:
     return discover
 
 
-def _accepts(func: Callable[..., Any], name: str) -> bool:
+def accepts_keyword(func: Callable[..., Any], name: str) -> bool:
     """Whether ``func`` takes a keyword argument ``name`` (or ``**kwargs``)."""
     try:
         params = inspect.signature(func).parameters
@@ -189,12 +189,14 @@ class JobActor:
 
     def _run_benchmark(self) -> dict[str, Any]:
         runner: Callable[..., Any] | None = self.payload.get("engine")
-        if runner is None:
-            from discovery.benchmarks.registry import run_suite as runner
         rule = _parse_rule(self.payload.get("expression"))
+        if runner is None:  # cached baselines, or a first tuning fanned out as Ray tasks
+            from workers.baseline_tasks import run_benchmark_job
+
+            return result_to_dict(run_benchmark_job(self.payload, rule, self._set_progress, self._should_stop))
         extra: dict[str, Any] = {}
         device = self.payload.get("device")
-        if device and _accepts(runner, "device"):
+        if device and accepts_keyword(runner, "device"):
             extra["device"] = device
         result = runner(
             self.payload["suite"],

@@ -253,8 +253,14 @@ def submit_benchmark(
     device: str | None = None,
     max_retries: int = 0,
     engine: Callable[..., Any] | None = None,
+    baselines: Mapping[str, Any] | None = None,
 ) -> JobHandle:
-    """Start a benchmark: ``run_suite(suite, Rule.parse(expression) or None, tiny=…, seed=…)`` in an actor.
+    """Start a benchmark: the rule of ``expression`` (None: the baselines only) on ``suite`` in an actor.
+
+    ``baselines``: the suite's cached baselines for (suite, version, seed, tiny) (a dumped
+    ``discovery.benchmarks.cache.BaselineSet``); the actor then scores the rule alone, on the same held-out
+    episodes. Without them the baselines are tuned first as parallel Ray tasks (``workers.baseline_tasks``; the
+    actor itself then holds no CPU) and come back in the result as ``baseline_set``.
 
     ``expression`` ``None`` (or blank) scores the baselines only; a bad expression fails the job with the
     parser's message. ``device`` goes to ``run_suite`` when it takes one (default: ``"cuda"`` when
@@ -266,12 +272,13 @@ def submit_benchmark(
     need = {"num_cpus": float(num_cpus), "num_gpus": float(num_gpus)}
     if device is None and num_gpus > 0:
         device = "cuda"
+    fan_out = engine is None and baselines is None  # the tasks take the CPUs, the coordinating actor none
     handle = JobHandle(
         job_id=str(bench_id),
         kind="benchmark",
         payload={"suite": suite, "expression": expression, "tiny": bool(tiny), "seed": int(seed),
-                 "device": device, "engine": engine},
-        actor_options={**need, "max_concurrency": ACTOR_CONCURRENCY},
+                 "device": device, "engine": engine, "baselines": None if baselines is None else dict(baselines)},
+        actor_options={**need, **({"num_cpus": 0.0} if fan_out else {}), "max_concurrency": ACTOR_CONCURRENCY},
         max_retries=max(0, int(max_retries)),
         cancel_grace_s=0.0,
         infeasible=_infeasible_reason(need),

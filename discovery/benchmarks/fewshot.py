@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from discovery.benchmarks.evaluate import (
 )
 from discovery.benchmarks.stats import t_interval
 from discovery.benchmarks.suite import RunContext, Suite, SuiteSkipped
+from discovery.benchmarks.tuning import TuningPlan
 
 EMNIST_ENV = "PLASTICITY_EMNIST_DIR"
 
@@ -102,6 +104,7 @@ def _entry(name: str, kind: str, runs: Sequence[LearnerRun], locality: str, hype
         "cost_per_sample_ms": sum(r.cost_per_sample_ms for r in runs) / len(runs),
         "hyperparameters": dict(hyperparameters),
         "tuning": tuning,
+        "per_episode": per_episode,
     }
 
 
@@ -125,49 +128,108 @@ def _rule_locality(learner: Any, feedback: str) -> str:
     return loc if isinstance(loc, str) else locality_of(feedback)
 
 
-def fewshot_runner(suite: Suite, ctx: RunContext) -> dict[str, Any]:
-    """M-way K-shot online episodes on one fixed net: tune each baseline on meta-train episodes (same budget),
-    score it and the rule on the same held-out episodes and initial weights."""
+@dataclass(frozen=True)
+class FewshotSetup:
+    """Everything a few-shot suite's learners share: the resolved suite, the net, the samplers (fresh meta-train
+    sampler for tuning, fresh held-out sampler for scoring) and the init seeds. Built once per process."""
+
+    suite: Suite
+    widths: list[int]
+    beta: float
+    train: Callable[[], Any]
+    held: Callable[[], Any]
+    seeds: dict[str, int]
+    dtype: torch.dtype
+    common: dict[str, Any]
+
+
+def fewshot_setup(suite: Suite, seed: int, device: str) -> FewshotSetup:
+    """The shared setup of ``suite`` (already resolved for tiny) at ``seed`` on ``device``."""
     net, data, prot = suite.network, suite.data, suite.protocol
     dataset = _load_data(suite)
     widths = list(net["widths"])
     if widths[0] != dataset.dim:
         raise ValueError(f"suite {suite.name!r}: input width {widths[0]} != data dimension {dataset.dim}")
     beta, scale = float(net["beta"]), float(net.get("init_scale", 1.0))
-    train, held = _samplers(suite, dataset, ctx.seed, data["ways"], data["shots"], data["queries"])
-    seeds = _seeds(ctx.seed)
+    train, held = _samplers(suite, dataset, seed, data["ways"], data["shots"], data["queries"])
     dtype = _dtype(prot)
     common = {"widths": widths, "beta": beta, "init_scale": scale, "chunk": int(prot["chunk"]), "dtype": dtype,
-              "device": ctx.device}
+              "device": device}
+    return FewshotSetup(suite, widths, beta, train, held, _seeds(seed), dtype, common)
+
+
+def evaluate_point(setup: FewshotSetup, baseline: str, hp: Mapping[str, Any]) -> tuple[float, int]:
+    """(mean meta-train accuracy, diverged episodes) of one hyperparameter point of ``baseline`` on the tuning
+    episodes (the same episodes and initial weights for every point and every baseline)."""
+    learner = BASELINES[baseline].make(setup.beta, **hp)
+    run = run_learner(learner, setup.train, episodes=int(setup.suite.protocol["tune_episodes"]),
+                      init_seed=setup.seeds["tune_init"], diagnostics=False, **setup.common)
+    return sum(run.accuracy) / len(run.accuracy), run.diverged
+
+
+def tune_baseline(setup: FewshotSetup, baseline: str, emit: Callable[[int, int], None] | None = None,
+                  extend: bool = True) -> dict[str, Any]:
+    """Serial tuning of one baseline by its :class:`~discovery.benchmarks.tuning.TuningPlan` (the fan-out in
+    ``workers.baseline_tasks`` runs the same plan one task per point); returns the tuning report."""
+    plan = TuningPlan(BASELINES[baseline].stages, extend=extend)
+    while points := plan.next_points():
+        scores = []
+        for hp in points:
+            scores.append(evaluate_point(setup, baseline, hp))
+            if emit is not None:
+                emit(len(plan.table) + len(scores), plan.planned_points)
+        plan.record(scores)
+    return tuning_report(setup.suite, plan)
+
+
+def tuning_report(suite: Suite, plan: TuningPlan) -> dict[str, Any]:
+    """A finished plan's report with the tuning split and episode count of the (resolved) suite."""
+    return {"split": "train", "episodes": int(suite.protocol["tune_episodes"]), **plan.result()}
+
+
+def _score(setup: FewshotSetup, learner: Any, emit: Callable[[int, int], None] | None) -> LearnerRun:
+    prot = setup.suite.protocol
+    return run_learner(learner, setup.held, episodes=int(prot["episodes"]), init_seed=setup.seeds["score_init"],
+                       diag_every=int(prot["diag_every"]), progress=emit, **setup.common)
+
+
+def score_baseline(setup: FewshotSetup, baseline: str, tuning: Mapping[str, Any],
+                   emit: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The entry of ``baseline`` at its tuned point ``tuning["best"]``, scored on the held-out episodes."""
+    learner = BASELINES[baseline].make(setup.beta, **tuning["best"])
+    run = _score(setup, learner, emit)
+    metrics = _run_metrics(run)
+    if hasattr(learner, "vjp_per_step"):
+        metrics["vjp_per_step"] = learner.vjp_per_step(len(setup.widths) - 1)
+    return _entry(learner.name, "baseline", [run], learner.locality, learner.hyperparameters, metrics,
+                  dict(tuning))
+
+
+def score_rule(setup: FewshotSetup, rule: Any, feedback: str | None,
+               emit: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The entry of a rule scored as it is (no tuning) on the same held-out episodes and initial weights."""
+    fb = feedback or setup.suite.network.get("rule_feedback", "fa")
+    learner = rule_learner(rule, fb, setup.beta, setup.dtype, setup.common["device"])
+    run = _score(setup, learner, emit)
+    hp = {"feedback": getattr(learner, "feedback", fb), **({} if is_learner(rule) else rule_description(rule))}
+    return _entry(learner.name, "rule", [run], _rule_locality(learner, fb), hp, _run_metrics(run))
+
+
+def fewshot_runner(suite: Suite, ctx: RunContext) -> dict[str, Any]:
+    """M-way K-shot online episodes on one fixed net: tune each baseline on meta-train episodes (same budget,
+    grid extended where the best is on its edge), score it and the rule on the same held-out episodes and
+    initial weights."""
+    setup = fewshot_setup(suite, ctx.seed, ctx.device)
+
+    def emitter(stage: str, learner: str) -> Callable[[int, int], None]:
+        return lambda done, total: ctx.emit({"stage": stage, "learner": learner, "done": done, "total": total})
+
     entries: list[dict[str, Any]] = []
     for bname in suite.baselines:
-        spec = BASELINES[bname]
-
-        def tick(done: int, total: int, _n: str = bname, _stage: str = "tune") -> None:
-            ctx.emit({"stage": _stage, "learner": _n, "done": done, "total": total})
-
-        tuned = tune(functools.partial(spec.make, beta), spec.stages, train, episodes=int(prot["tune_episodes"]),
-                     init_seed=seeds["tune_init"], progress=tick, **common)
-        learner = spec.make(beta, **tuned.best)
-        run = run_learner(learner, held, episodes=int(prot["episodes"]), init_seed=seeds["score_init"],
-                          diag_every=int(prot["diag_every"]),
-                          progress=lambda d, t, _n=bname: ctx.emit({"stage": "score", "learner": _n, "done": d,
-                                                                   "total": t}), **common)
-        metrics = _run_metrics(run)
-        if hasattr(learner, "vjp_per_step"):
-            metrics["vjp_per_step"] = learner.vjp_per_step(len(widths) - 1)
-        entries.append(_entry(learner.name, "baseline", [run], learner.locality, learner.hyperparameters, metrics,
-                              tuned.to_dict()))
+        tuned = tune_baseline(setup, bname, emitter("tune", bname))
+        entries.append(score_baseline(setup, bname, tuned, emitter("score", bname)))
     if ctx.rule is not None:
-        fb = ctx.feedback or net.get("rule_feedback", "fa")
-        learner = rule_learner(ctx.rule, fb, beta, dtype, ctx.device)
-        run = run_learner(learner, held, episodes=int(prot["episodes"]), init_seed=seeds["score_init"],
-                          diag_every=int(prot["diag_every"]),
-                          progress=lambda d, t: ctx.emit({"stage": "score", "learner": "rule", "done": d,
-                                                          "total": t}), **common)
-        hp = {"feedback": getattr(learner, "feedback", fb), **({} if is_learner(ctx.rule) else
-                                                               rule_description(ctx.rule))}
-        entries.append(_entry(learner.name, "rule", [run], _rule_locality(learner, fb), hp, _run_metrics(run)))
+        entries.append(score_rule(setup, ctx.rule, ctx.feedback, emitter("score", "rule")))
     return {"entries": entries}
 
 

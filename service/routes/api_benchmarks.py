@@ -92,6 +92,7 @@ def submit_benchmark(
         owner=who,
         tiny=body.tiny or settings.benchmark_tiny,
         seed=body.seed,
+        retune=body.retune,
         status=QUEUED,
         attempts=0,
     )

@@ -23,7 +23,7 @@ from service.leaderboard import known_suites, leaderboard
 from service.models import ACTIVE_STATUSES, BenchmarkRun, Job, Rule
 from service.render import accuracy_plot_svg, front_plot_svg, latex_svg, theta_plot_svg
 from service.rulebook import display_latex, terms_catalog
-from service.views import benchmark_out, front_entries, job_out, rule_out
+from service.views import benchmark_out, front_entries, job_out, rule_out, vs_delta
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
@@ -54,6 +54,7 @@ def _sci(value: Any) -> str:
 
 templates.env.filters["num"] = _num
 templates.env.filters["sci"] = _sci
+templates.env.filters["vs_delta"] = vs_delta
 templates.env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
 templates.env.globals["version"] = __version__
 

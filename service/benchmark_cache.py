@@ -1,0 +1,97 @@
+"""The database side of cached baselines (``baseline_sets``, discovery.benchmarks.cache.BaselineSet).
+
+* :func:`submit_kwargs` — at submission, the cached set of the run's key (suite, current suite version, seed,
+  tiny) goes to the workers as ``baselines=``, unless the run asks to ``retune`` or none is stored; the workers
+  then score the rule alone.
+* :func:`absorb` — when a run that tuned its baselines succeeds, its ``baseline_set`` is stored (replacing the
+  row of the same key: a retune refreshes the cache) and taken out of the result (its entries are in the result
+  already).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from discovery.benchmarks.cache import BaselineKey, BaselineSet
+from discovery.results import jsonable
+from service.models import BaselineSetRow, BenchmarkRun
+from workers.actors import accepts_keyword
+
+
+def current_key(run: BenchmarkRun) -> BaselineKey | None:
+    """The cache key of a run with its suite's registered version (None for a suite not registered here)."""
+    from service.catalog import registered_suites
+
+    suite = registered_suites().get(run.suite)
+    if suite is None:
+        return None
+    return BaselineKey(suite=run.suite, version=str(suite.version), seed=int(run.seed), tiny=bool(run.tiny))
+
+
+def _row(s: Session, key: BaselineKey) -> BaselineSetRow | None:
+    return s.scalar(select(BaselineSetRow).where(
+        BaselineSetRow.suite == key.suite, BaselineSetRow.suite_version == key.version,
+        BaselineSetRow.seed == key.seed, BaselineSetRow.tiny == key.tiny))
+
+
+def lookup(s: Session, key: BaselineKey) -> BaselineSet | None:
+    """The cached baselines of ``key`` (None when none are stored, or the row does not validate)."""
+    row = _row(s, key)
+    if row is None:
+        return None
+    try:
+        return BaselineSet.model_validate(row.data)
+    except ValidationError:
+        return None
+
+
+def store(s: Session, baselines: BaselineSet, run_id: int | None) -> BaselineSetRow:
+    """Insert or replace the cached set of ``baselines.key``."""
+    key = baselines.key
+    data = jsonable(baselines.model_dump())
+    values = {"metric": baselines.metric[:64], "higher_is_better": baselines.higher_is_better,
+              "tuned_with": baselines.tuned_with[:16], "wall_time_s": baselines.wall_time_s, "run_id": run_id,
+              "data": data}
+    row = _row(s, key)
+    if row is None:
+        row = BaselineSetRow(suite=key.suite, suite_version=key.version[:32], seed=key.seed, tiny=key.tiny, **values)
+        try:
+            with s.begin_nested():
+                s.add(row)
+                s.flush()
+            return row
+        except IntegrityError:  # another writer stored the same key meanwhile: replace its row
+            row = _row(s, key)
+            if row is None:
+                raise
+    for name, value in values.items():
+        setattr(row, name, value)
+    return row
+
+
+def submit_kwargs(s: Session, run: BenchmarkRun, submit: Callable[..., Any]) -> dict[str, Any]:
+    """``{"baselines": <dumped set>}`` for the workers' ``submit_benchmark`` when the run's key is cached and it
+    does not ask to retune; ``{}`` otherwise (or when the workers' function takes no ``baselines``)."""
+    if run.retune or not accepts_keyword(submit, "baselines"):
+        return {}
+    key = current_key(run)
+    cached = lookup(s, key) if key is not None else None
+    return {} if cached is None else {"baselines": cached.model_dump()}
+
+
+def absorb(s: Session, run: BenchmarkRun, result: dict[str, Any]) -> dict[str, Any]:
+    """Store the result's ``baseline_set`` (a run that tuned) and return the result without it."""
+    raw = result.get("baseline_set") if isinstance(result, dict) else None
+    if not raw:
+        return result
+    try:
+        store(s, BaselineSet.model_validate(raw), run.id)
+    except ValidationError:
+        pass  # an unreadable set is not cached; the run's own scores are still recorded
+    return {k: v for k, v in result.items() if k != "baseline_set"}
