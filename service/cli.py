@@ -278,6 +278,7 @@ def benchmark(
         str | None, typer.Option(help="feedback mode the rule runs with (bp, fa, dfa, sign); default per suite")
     ] = None,
     rule_only: Annotated[bool, typer.Option(help="score the rule alone (skip tuning the baselines)")] = False,
+    retune: Annotated[bool, typer.Option(help="tune the baselines again instead of using the suite's cache")] = False,
 ) -> None:
     """Run a named suite for a rule (or the baselines alone) and write its report JSON."""
     with _friendly():
@@ -309,32 +310,41 @@ def benchmark(
             from service.catalog import registered_suites
             from service.rulebook import suite_rejects
 
-            reason = suite_rejects(registered_suites().get(suite), rule.canonical())
+            reason = suite_rejects(registered_suites().get(suite), rule.FAMILY)
             if reason is not None:
                 raise CliError(reason)
         columns = (
             SpinnerColumn(),
             TextColumn("[bold]{task.fields[stage]}[/] {task.fields[learner]}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.percentage:>3.0f}% {task.fields[info]}"),
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=err) as bar:
-            task = bar.add_task("suite", total=None, stage=suite, learner="")
+            task = bar.add_task("suite", total=1000, stage=suite, learner="", info="")
 
-            def progress(event: dict[str, Any]) -> None:
+            def progress(event: dict[str, Any]) -> None:  # a discovery.benchmarks.progress.BenchmarkProgress
+                left = event.get("remaining_s")
+                where = f" {event.get('episode')}/{event.get('total')}" if event.get("total") else ""
                 bar.update(
                     task,
-                    completed=event.get("done", 0),
-                    total=event.get("total"),
-                    stage=str(event.get("stage", "")),
-                    learner=str(event.get("learner", "")),
+                    completed=round(1000 * float(event.get("fraction") or 0.0)),
+                    stage=str(event.get("phase", "")),
+                    learner=f"{event.get('learner') or ''} ({event.get('learner_index')}/{event.get('learners')})",
+                    info=where + (f" · ~{left:.0f} s left" if left is not None else ""),
                 )
 
-            extra: dict[str, Any] = {"overrides": {"baselines": []}} if rule_only else {}
-            report = suite_registry.run_suite(
-                suite, rule, tiny=tiny, seed=seed, progress=progress, feedback=feedback, **extra
-            )
+            if rule_only:
+                from discovery.benchmarks.progress import ProgressTracker
+
+                tracker = ProgressTracker(progress, ["rule"], baselines="cached")
+                report = suite_registry.run_suite(suite, rule, tiny=tiny, seed=seed, progress=tracker.on_suite_event,
+                                                  feedback=feedback, overrides={"baselines": []})
+            else:  # the baselines from the suite's cache in the database (tuned and stored on a miss)
+                from service.benchmark_cache import local_benchmark
+
+                report = local_benchmark(_settings().database_url, suite, rule, tiny=tiny, seed=seed, retune=retune,
+                                         progress=progress, feedback=feedback)
         _write_json(out_file, jsonable(report))
         if report.get("skipped"):
             out.print(f"[yellow]skipped:[/] {report['skipped']}", highlight=False)
@@ -348,6 +358,14 @@ def benchmark(
                 highlight=False,
                 markup=False,
             )
+        from service.views import vs_delta
+
+        for name, v in (report.get("vs") or {}).items():  # the rule − each baseline, paired on the same episodes
+            lo, hi = v["ci95"]
+            out.print(f"  rule vs {name:<20} {vs_delta(v['delta'], report.get('metric'))} "
+                      f"[{lo:+.3f}, {hi:+.3f}] {v['verdict']}", highlight=False, markup=False)
+        if report.get("baselines"):
+            out.print(f"baselines: {report['baselines']}", highlight=False)
         out.print(f"wrote {out_file}", highlight=False)
 
 

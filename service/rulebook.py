@@ -9,8 +9,8 @@ starts with ``recurrent/`` or names a recurrent term (``rec_dW3``, ``oja``, ``de
 ``rules.recurrent.is_recurrent_text``) is a recurrent rule (S2, ``RecurrentRule``), anything else a feedforward
 ``Rule``. A recurrent row's canonical string starts with ``recurrent/v1:``; its ``expression`` is the readable
 matrix form, so a benchmark of a stored rule sends :func:`benchmark_text` (the canonical text for a recurrent
-rule) to the workers. Recurrent rules run only on suites that do not compile feedforward rules
-(:func:`suite_rejects`).
+rule) to the workers. The family is stored with the rule (``rules.family``); recurrent rules run only on suites
+whose ``rule_family`` is not feedforward (:func:`suite_rejects`).
 """
 
 from __future__ import annotations
@@ -87,20 +87,17 @@ def benchmark_text(canonical: str | None, expression: str) -> str:
     return str(canonical) if is_recurrent_canonical(canonical) else expression
 
 
-FEEDFORWARD_SUITE_KINDS = ("mlp-",)
-"""Suite kinds (prefixes) whose runners compile the rule as a feedforward expression: no recurrent rule there."""
-
-
-def suite_rejects(suite: Any, canonical: str | None) -> str | None:
-    """Why ``suite`` cannot benchmark the rule with this canonical string (None when it can): a recurrent rule on a
-    feedforward suite. Suites of other kinds take any rule (fixedpoint-mnist scores a recurrent one;
-    fixedpoint-linear and reservoir-motor score their built-in learners and note that the rule was not run)."""
-    kind = str(getattr(suite, "kind", "") or "")
-    if is_recurrent_canonical(canonical) and kind.startswith(FEEDFORWARD_SUITE_KINDS):
-        name = getattr(suite, "name", "?")
-        return (f"suite {name!r} (kind {kind!r}) runs feedforward rules; a recurrent rule can be benchmarked on "
-                "fixedpoint-mnist (scored), fixedpoint-linear or reservoir-motor (baselines only)")
-    return None
+def suite_rejects(suite: Any, family: str) -> str | None:
+    """Why ``suite`` cannot benchmark a rule of ``family`` (None when it can). A suite of feedforward rules
+    (``Suite.rule_family``) compiles the rule as a feedforward expression, so a recurrent rule cannot run there;
+    the other suites score what they can and note the rest (fixedpoint-mnist scores a recurrent rule;
+    fixedpoint-linear and reservoir-motor score their own learners only)."""
+    wanted = getattr(suite, "rule_family", "feedforward")
+    if wanted != "feedforward" or family == wanted:
+        return None
+    name = getattr(suite, "name", "?")
+    return (f"suite {name!r} scores feedforward rules, and this rule is {family}; a recurrent rule can be "
+            "benchmarked on fixedpoint-mnist (scored), fixedpoint-linear or reservoir-motor (baselines only)")
 
 
 def record_of(rule: Any) -> RuleRecord:

@@ -24,7 +24,7 @@ from discovery.recurrent.engine import (
     load_mnist5k_split,
 )
 from discovery.recurrent.fixedpoint import random_matrix, spectral_abscissa
-from discovery.recurrent.trainer import _record_accuracy
+from discovery.recurrent.trainer import record_accuracy
 from rules.recurrent import RecurrentRule
 
 SCORE_PROTOCOL: dict[str, dict[str, Any]] = {
@@ -112,7 +112,7 @@ def score_recurrent_rule(coefficients: Mapping[str, float] | RecurrentRule | str
                 acc = accuracy_on(net, W, xte, yte, cfg)
         except DIVERGENCE_ERRORS:
             acc = math.nan
-        failures += _record_accuracy(acc, W, accs, absc)
+        failures += record_accuracy(acc, W, accs, absc)
         max_absc.append(peak)
         final_loss.append(last)
     mean, lo, hi = t_interval(accs)

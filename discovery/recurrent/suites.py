@@ -57,7 +57,7 @@ def linear_suite_runner(suite: Suite, ctx: Any) -> dict:
 def linear_suite() -> Suite:
     return Suite(
         name="fixedpoint-linear", version="1", kind="fixed-point", metric="log10 final loss J",
-        higher_is_better=False,
+        higher_is_better=False, rule_family=None,
         title="Learning fixed points of a linear recurrent network (S2)",
         description="r = W r + X, N = 200, m = 100 samples, full-batch; Euclidean gradient vs reparameterized rules.",
         network={"N": 200, "activation": "linear", "rho_target": 0.5, "rho_init": 0.75},
@@ -98,7 +98,7 @@ def fixedpoint_mnist_suite() -> Any:
     """The ``fixedpoint-mnist`` Suite (not registered here: ``register_suite(fixedpoint_mnist_suite())``)."""
     full, tiny = SCORE_PROTOCOL["full"], SCORE_PROTOCOL["tiny"]
     return Suite(
-        name=KIND, version="1", kind="recurrent-fixedpoint", metric="test accuracy",
+        name=KIND, version="1", kind="recurrent-fixedpoint", metric="test accuracy", rule_family="recurrent",
         title="Fixed-point RNN on MNIST (S2)",
         description="Learning the recurrent weights of a tanh fixed-point network r = tanh(W r + W_x x) on mnist5k.",
         network={"N": full["N"], "activation": "tanh", "rho_init": RHO_INIT},

@@ -103,7 +103,7 @@ def _draw(n: int, k: int, gen: torch.Generator) -> Tensor:
 
 # ================================================================================ the meta-trainer
 
-def _record_accuracy(acc: float, W: Tensor, accs: list[float], absc: list[float]) -> bool:
+def record_accuracy(acc: float, W: Tensor, accs: list[float], absc: list[float]) -> bool:
     """Append an episode's test accuracy to ``accs`` (0 when it diverged / is not finite) and, when finite, the
     spectral abscissa of its final W to ``absc``; True when the episode failed."""
     failed = not math.isfinite(acc)
@@ -237,7 +237,7 @@ class RecurrentMetaTrainer(Checkpointed):
                     acc = accuracy_on(self.net, W, self.x_test, self.y_test, self.cfg)
                 except DIVERGENCE_ERRORS:
                     acc = math.nan
-                failures += _record_accuracy(acc, W, accs, absc)
+                failures += record_accuracy(acc, W, accs, absc)
         mean, ci = mean_halfwidth(accs) if accs else (None, None)
         return {"accuracy": mean, "ci95": ci, "episodes": len(accs), "failures": failures,
                 "spectral_abscissa": sum(absc) / len(absc) if absc else None}

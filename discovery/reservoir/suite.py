@@ -48,7 +48,7 @@ def reservoir_suite() -> Suite:
     proto = PROTOCOLS["shortened"]
     return Suite(
         name="reservoir-motor", version="1", kind="reservoir", metric="test-phase deviation",
-        higher_is_better=False,
+        higher_is_better=False, rule_family=None,
         title="Reservoir motor learning: FORCE, RMHL, SUPERTREX (S5)",
         description="Chaotic rate reservoir (λ = 1.5, p = 0.1) drawing the butterfly directly (task 1) or with a "
                     "2- or 3-joint arm (tasks 2, 3); readouts learned by FORCE, RMHL or SUPERTREX.",

@@ -54,7 +54,7 @@ def submit_benchmark(
     stored = session.get(Rule, rule_id) if rule_id is not None else None
     if rule_id is not None and stored is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"rule {rule_id} does not exist")
-    canonical = stored.canonical if stored is not None else None
+    family = stored.family if stored is not None else "feedforward"
     if body.expression is not None:
         try:
             record = parse_rule(body.expression)
@@ -62,8 +62,8 @@ def submit_benchmark(
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict(body.expression)
             ) from exc
-        canonical = record.canonical
-    reason = suite_rejects(suites[body.suite], canonical)
+        family = record.family
+    reason = suite_rejects(suites[body.suite], family)
     if reason is not None:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
