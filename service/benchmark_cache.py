@@ -95,3 +95,29 @@ def absorb(s: Session, run: BenchmarkRun, result: dict[str, Any]) -> dict[str, A
     except ValidationError:
         pass  # an unreadable set is not cached; the run's own scores are still recorded
     return {k: v for k, v in result.items() if k != "baseline_set"}
+
+
+def local_benchmark(database_url: str, suite: str, rule: Any, *, tiny: bool, seed: int, retune: bool = False,
+                    progress: Callable[[dict[str, Any]], None] | None = None,
+                    feedback: str | None = None) -> dict[str, Any]:
+    """A benchmark in this process (the CLI's ``plasticity benchmark``) with the same cache as the service: the
+    baselines of the key from the database unless ``retune``; else tuned here (serially) and stored."""
+    from discovery.benchmarks.cache import key_for, run_benchmark
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.migrate import upgrade
+
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine)
+        sessions = make_session_factory(engine)
+        with session_scope(sessions) as s:
+            cached = None if retune else lookup(s, key_for(suite, tiny=tiny, seed=seed))
+        report = run_benchmark(suite, rule, tiny=tiny, seed=seed, baselines=cached, progress=progress,
+                               feedback=feedback, threads=1)
+        raw = report.pop("baseline_set", None)
+        if raw:
+            with session_scope(sessions) as s:
+                store(s, BaselineSet.model_validate(raw), None)
+        return report
+    finally:
+        engine.dispose()
