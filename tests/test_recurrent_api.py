@@ -102,3 +102,11 @@ def test_recurrent_job_and_goal_run_over_ray(live_server_factory: Callable[..., 
             [rule_id] = job["rule_ids"]
             rule = http.get(f"/api/rules/{rule_id}").json()
             assert rule["family"] == "recurrent" and all(t.startswith("rec_") for t in rule["terms"]), rule
+
+
+def test_a_suite_without_intervals_reports_none_not_zero() -> None:
+    from discovery.benchmarks.registry import run_suite
+
+    report = run_suite("fixedpoint-linear", tiny=True)
+    assert report["higher_is_better"] is False and report["metric"].startswith("log10")
+    assert report["entries"] and all(e["ci95"] is None and e["ci95_halfwidth"] is None for e in report["entries"])
