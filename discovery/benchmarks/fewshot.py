@@ -337,16 +337,19 @@ _TINY_FEWSHOT = {
     "protocol": {"episodes": 6, "tune_episodes": 3, "chunk": 6, "diag_every": 5},
 }
 
+#: the S3 protocol and episode shape shared by fa5-online and emnist-5way (SCIENCE.md S3)
+_S3_PROTOCOL = {"episodes": 200, "tune_episodes": 50, "grid_points": GRID_POINTS, "chunk": 20, "diag_every": 25,
+                "dtype": "float32", "tune_split": "train", "score_split": "heldout"}
+_S3_DATA = {"ways": 5, "shots": 50, "queries": 10, "heldout_fraction": 0.2, "remap_labels": True, "split": "heldout"}
+
 FA5_ONLINE = Suite(
     name="fa5-online", version="1.0", kind="mlp-online", runner=fewshot_runner,
     title="5-way 50-shot online learning, 784-170-130-100-70-10, mnist5k held-out images",
     description="SCIENCE.md S3 setting on offline MNIST: baselines (BP, FA, DFA, BP+Oja, predictive coding) "
                 "and discovered rules learn a 5-way task online from 250 samples.",
     network={"widths": [784, 170, 130, 100, 70, 10], "beta": 10.0, "init_scale": 1.0, "rule_feedback": "fa"},
-    data={"dataset": "mnist5k", "ways": 5, "shots": 50, "queries": 10, "heldout_fraction": 0.2,
-          "remap_labels": True, "split": "heldout"},
-    protocol={"episodes": 200, "tune_episodes": 50, "grid_points": GRID_POINTS, "chunk": 20, "diag_every": 25,
-              "dtype": "float32", "tune_split": "train", "score_split": "heldout"},
+    data={"dataset": "mnist5k", **_S3_DATA},
+    protocol=dict(_S3_PROTOCOL),
     metrics=_FEWSHOT_METRICS, baselines=_FEWSHOT_BASELINES, tiny=_TINY_FEWSHOT, protocol_text=_FEWSHOT_TEXT,
 )
 
@@ -357,10 +360,8 @@ EMNIST_5WAY = Suite(
                 "PLASTICITY_EMNIST_DIR. Held-out episodes mix unseen images of meta-train classes with the "
                 "held-out classes of the data split.",
     network={"widths": [784, 170, 130, 100, 70, 47], "beta": 10.0, "init_scale": 1.0, "rule_feedback": "fa"},
-    data={"dataset": "emnist-balanced", "ways": 5, "shots": 50, "queries": 10, "heldout_fraction": 0.2,
-          "remap_labels": True, "split": "heldout"},
-    protocol={"episodes": 200, "tune_episodes": 50, "grid_points": GRID_POINTS, "chunk": 20, "diag_every": 25,
-              "dtype": "float32", "tune_split": "train", "score_split": "heldout"},
+    data={"dataset": "emnist-balanced", **_S3_DATA},
+    protocol=dict(_S3_PROTOCOL),
     metrics=_FEWSHOT_METRICS, baselines=_FEWSHOT_BASELINES, requires_env=[EMNIST_ENV],
     tiny={"network": {"widths": [784, 24, 16, 47]}, "data": {"shots": 6, "queries": 4},
           "protocol": {"episodes": 6, "tune_episodes": 3, "chunk": 6, "diag_every": 5}},
