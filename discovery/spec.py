@@ -179,6 +179,8 @@ class MetaSpec(_Strict):
     l1_mode: Literal["subgradient", "proximal"] = Field("subgradient", description=(
         "how λ‖θ‖₁ enters: 'subgradient' adds λ sign(θ) to the gradient (never exactly 0 under Adam); 'proximal' "
         "soft-thresholds φ = θ/s after each Adam step by λ times Adam's per-term step, which sets exact zeros"))
+    l1_exempt: list[str] = Field(default_factory=list, max_length=64, description=(
+        "term ids the L1 penalty leaves alone (glmnet's penalty factor 0), e.g. the error-driven base F0"))
     backtrack_after: int = Field(3, ge=0, le=1000, description=(
         "after this many consecutive skipped meta-steps, restore the last θ whose episodes were finite, clear Adam's "
         "moments and halve the learning rate (0: never)"))
@@ -200,8 +202,8 @@ class SearchSpec(_Strict):
 
     ``forward``: greedy forward selection by meta-gradient screening (∂L/∂θ_r of every candidate at θ_r = 0 from
     the forward-mode tangents), each added term refit; ``backward``: fit the whole pool, then drop the term of the
-    smallest effect |θ_r|/s_r and refit, down to one term; ``path``: proximal-L1 path over λ with warm starts, then a
-    refit of each support without L1. The episode budget is meta.episodes; every support found is scored on the
+    smallest effect |θ_r|/s_r and refit, down to one term; ``path``: a proximal-L1 path from λ_max (no term but
+    F0 enters) down, warm starts, then a refit of each support without L1. The episode budget is meta.episodes; every support found is scored on the
     same held-out episodes and the simplest within the 95 % CI of the best is selected (the front)."""
 
     method: Literal["none", "forward", "backward", "path"] = "none"

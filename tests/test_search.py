@@ -125,6 +125,20 @@ def test_tiny_forward_search_returns_a_selected_front(tmp_path) -> None:
     assert [p.terms for p in again.front] == [p.terms for p in res.front]
 
 
+def test_tiny_path_runs_from_the_sparse_end_with_exact_zeros() -> None:
+    spec = _spec(episodes=20, eval_episodes=4).model_dump()
+    spec["rule"] = {"pool": "library"}
+    spec["search"] = {"method": "path", "n_lambda": 2, "screen_episodes": 2}
+    res = discover(spec)
+    labels = [s["label"] for s in res.search["stages"]]
+    assert labels[:2] == ["fit 1 terms", "screen for λ_max"] and labels[2].startswith("path λ=")
+    lam = [float(lb.split("=")[1]) for lb in labels if lb.startswith("path")]
+    assert lam[1] == pytest.approx(lam[0] / 2, rel=1e-2)                       # λ halves along the path
+    assert res.front and all("F0" in p.terms for p in res.front)               # F0 is never penalized
+    assert all(len(p.terms) < 16 for p in res.front)                           # the prox set exact zeros
+    assert sum(p.selected for p in res.front) == 1
+
+
 def test_selection_is_the_simplest_within_the_ci_of_the_best() -> None:
     from discovery.results import FrontPoint
 

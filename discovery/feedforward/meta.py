@@ -207,7 +207,7 @@ class MetaTrainer(Checkpointed):
             self.last_good_theta = self.theta.detach().clone()
             g = grad[:, finite].mean(1)
             if meta.l1_mode == "subgradient":
-                g = g + meta.l1 * torch.sign(self.theta.detach())                   # ∂(CE + λ‖θ‖₁)/∂θ
+                g = g + meta.l1 * self.l1_weights() * torch.sign(self.theta.detach())  # ∂(CE + λ Σ w|θ|)/∂θ
             self.opt.zero_grad(set_to_none=True)
             self.phi.grad = (g * self.scale).to(self.phi.dtype)                      # chain rule: ∂/∂φ = s ⊙ ∂/∂θ
             self.opt.step()
@@ -218,12 +218,18 @@ class MetaTrainer(Checkpointed):
         self.episode += 1
         event = ProgressEvent(
             episode=self.episode, total=meta.episodes,
-            meta_loss=None if skipped else float(loss[finite].mean() + meta.l1 * self.theta.detach().abs().sum()),
+            meta_loss=None if skipped else float(loss[finite].mean() + meta.l1 * (self.l1_weights() * self.theta.detach().abs()).sum()),
             meta_accuracy=None if skipped else float(acc[finite].mean()),
             theta=self.theta_dict(), alignment_deg=alignment, subspace_orth_error=e1, skipped=skipped, dropped_episodes=n_bad,
             backtracked=backtracked, lr=self.opt.param_groups[0]["lr"])
         self.history.append(event.model_dump())
         return event
+
+    def l1_weights(self) -> Tensor:
+        """w_r of the penalty λ Σ_r w_r |θ_r|: 0 for the terms in meta.l1_exempt, else 1."""
+        exempt = set(self.spec.meta.l1_exempt)
+        return torch.tensor([0.0 if t in exempt else 1.0 for t in self.term_ids], dtype=self.dtype,
+                            device=self.device)
 
     def _prox_l1(self, lam: float) -> None:
         """Proximal step of λ‖φ‖₁ after Adam's step: φ_r ← sign(φ_r) max(|φ_r| − λ η_r, 0) with Adam's per-coordinate
@@ -237,6 +243,7 @@ class MetaTrainer(Checkpointed):
         step = float(state["step"])
         v_hat = state["exp_avg_sq"] / (1 - beta2 ** step)
         eta = group["lr"] / (v_hat.sqrt() + eps)
+        eta = eta * self.l1_weights().to(eta.dtype)
         with torch.no_grad():
             self.phi.copy_(torch.sign(self.phi) * torch.clamp(self.phi.abs() - lam * eta, min=0.0))
 

@@ -8,9 +8,9 @@ Three searches share one budget of meta-training episodes (spec.meta.episodes) a
   test of θ_r = 0, invariant to the term's scale) joins the support, which is refit warm-started (only its own
   tangents, cheap); repeated up to ``max_terms``.
 * ``backward`` — fit the whole pool, then repeatedly drop the term of the smallest effect |φ_r| and refit.
-* ``path`` — proximal L1 (``meta.l1_mode = "proximal"``) over a λ grid with warm starts, λ_k measured in units of
-  the gradient noise √v̂ of the dense fit; each support the path visits is refit without L1 (debiasing), warm
-  from the path's θ.
+* ``path`` — proximal L1 (``meta.l1_mode = "proximal"``) along λ_k = λ_max / 2^k from the sparse end (λ_max: the
+  largest screened gradient at the first support's θ, above which no term enters), warm starts over the whole pool,
+  the first support (F0) unpenalized; each support the path visits is refit without L1 (debiasing).
 
 Every support gets a refit θ and is scored on the same held-out episodes (paired across supports); the front is
 the list of these rules (number of terms, complexity, held-out accuracy ± 95 % CI) and the selected rule is the
@@ -36,7 +36,6 @@ from discovery.spec import DiscoverySpec
 from rules.terms import term
 
 STATE_FILE = "search.json"
-LAMBDA_FACTORS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 
 
 class Stage(BaseModel):
@@ -49,6 +48,7 @@ class Stage(BaseModel):
     episodes: int
     scores: dict[str, float] | None = None           # screening: |t| of the score test per pool term
     effect: dict[str, float] | None = None           # screening: |∂L/∂θ_r| in units of effect
+    gradient: dict[str, float] | None = None         # screening: mean ∂L/∂φ_r (φ = θ/s, the optimizer's variable)
     gradient_rms: dict[str, float] | None = None
     history: list[dict] = []
 
@@ -193,14 +193,16 @@ class Search:
         loss, grad, _, _ = trainer.meta_gradient(ep, Ws, Bs)
         finite = torch.isfinite(loss) & torch.isfinite(grad).all(0)
         g = grad[:, finite].double()
-        scores, effect = {}, {}
+        scale = trainer.scale.double()
+        scores, effect, gradient = {}, {}, {}
         for i, t in enumerate(self.pool):
             mean = float(g[i].mean()) if g.shape[1] else 0.0
             sem = float(g[i].std() / math.sqrt(g.shape[1])) if g.shape[1] > 1 else math.inf
             scores[t] = abs(mean) / sem if sem > 0 else (math.inf if mean else 0.0)
             effect[t] = abs(mean) * ref / max(norms[t], 1e-30)
+            gradient[t] = mean * float(scale[i])
         return self._record(Stage(kind="screen", label=label, terms=list(theta), theta=theta, episodes=n,
-                                  scores=scores, effect=effect))
+                                  scores=scores, effect=effect, gradient=gradient))
 
     def remaining(self) -> int:
         return max(0, self.budget - self.used)
@@ -247,28 +249,35 @@ class Search:
         return fits
 
     def path(self) -> list[Stage]:
-        """Proximal-L1 path over λ (warm starts, supports shrink), then a debiasing refit of every support."""
+        """The lasso path from the sparse end (glmnet's order): fit the first support (F0), screen it for
+        λ_max = max_r |∂L/∂φ_r| (the smallest λ at which no other term enters: under the proximal Adam step a φ_r
+        at 0 moves iff its averaged gradient exceeds λ), then λ_k = λ_max / 2^k over the whole pool with warm starts,
+        F0 unpenalized; each support the path visits is refit without L1 (debiasing)."""
         init = self.spec.rule.initial_theta()
         n_lambda = self.spec.search.n_lambda
-        dense = self.fit(self.pool, init, max(1, self.remaining() * 2 // 5), f"fit {len(self.pool)} terms")
-        noise = torch.tensor(list((dense.gradient_rms or {}).values()) or [1.0]).median().item()
-        per_lambda = max(1, self.remaining() * 2 // 3 // n_lambda)
-        cur, supports = dense, []
-        for lam in [c * noise for c in LAMBDA_FACTORS[:n_lambda]]:
+        support = self.start()
+        first = self.fit(support, {t: init.get(t, 0.0) for t in support}, max(1, self.remaining() // 5),
+                         f"fit {len(support)} terms")
+        grads = self.screen(first.theta, "screen for λ_max").gradient or {}
+        lam_max = max((abs(g) for t, g in grads.items() if t not in support and math.isfinite(g)), default=1.0)
+        per_lambda = max(1, self.remaining() * 3 // 5 // n_lambda)
+        cur, supports, fits = first, [], [first]
+        for k in range(1, n_lambda + 1):
             if self.stopped:
                 break
-            stage = self.fit(cur.terms, cur.theta, per_lambda, f"path λ={lam:.2e}", l1=lam, l1_mode="proximal")
-            nonzero = [t for t in stage.terms if stage.theta[t] != 0.0] or [max(stage.terms, key=lambda t: abs(
-                stage.theta[t]))]
-            cur = stage.model_copy(update={"terms": nonzero, "theta": {t: stage.theta[t] for t in nonzero}})
-            if nonzero not in [s.terms for s in supports]:
-                supports.append(cur)
-        fits = [dense]
+            lam = lam_max / 2 ** k
+            stage = self.fit(self.pool, cur.theta, per_lambda, f"path λ={lam:.3g}", l1=lam, l1_mode="proximal",
+                             l1_exempt=[t for t in support if t in self.pool])
+            cur = stage
+            nonzero = [t for t in self.pool if stage.theta.get(t, 0.0) != 0.0]
+            if nonzero and nonzero not in [f.terms for f in supports]:
+                supports.append(stage.model_copy(update={"terms": nonzero,
+                                                         "theta": {t: stage.theta[t] for t in nonzero}}))
         per_refit = max(1, self.remaining() // max(1, len(supports)))
-        for s in supports:
+        for sup in supports:
             if self.stopped:
                 break
-            fits.append(self.fit(s.terms, s.theta, per_refit, f"refit {len(s.terms)} terms"))
+            fits.append(self.fit(sup.terms, sup.theta, per_refit, f"refit {len(sup.terms)} terms"))
         return fits
 
     # ------------------------------------------------------------------ scoring
