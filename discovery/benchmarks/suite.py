@@ -63,7 +63,7 @@ class BenchmarkReport(BaseModel):
     torch_threads: int | None = None
     skipped: str | None = None
     entries: list[SuiteEntry] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)
+    notes: list[str] | str = Field(default_factory=list)
     wall_time_s: float | None = None
 
     def rule_entry(self) -> int | None:
