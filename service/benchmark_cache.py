@@ -6,11 +6,13 @@
 * :func:`absorb` — when a run that tuned its baselines succeeds, its ``baseline_set`` is stored (replacing the
   row of the same key: a retune refreshes the cache) and taken out of the result (its entries are in the result
   already).
+* :func:`waits_for_tuning` — a run whose key another submitted run is tuning right now stays queued until that
+  one has cached the baselines (two cold-cache requests tune once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -121,3 +123,18 @@ def local_benchmark(database_url: str, suite: str, rule: Any, *, tiny: bool, see
         return report
     finally:
         engine.dispose()
+
+
+def waits_for_tuning(s: Session, run: BenchmarkRun, active_ids: Iterable[int]) -> bool:
+    """Whether a queued run should wait: its key is not cached yet and another submitted run of the same key is
+    tuning it now (the dispatcher then submits it once that one has cached the baselines, or has ended without)."""
+    if run.retune:
+        return False
+    key = current_key(run)
+    others = [i for i in active_ids if i != run.id]
+    if key is None or not others or lookup(s, key) is not None:
+        return False
+    same = s.scalar(select(BenchmarkRun.id).where(
+        BenchmarkRun.id.in_(others), BenchmarkRun.suite == run.suite, BenchmarkRun.seed == run.seed,
+        BenchmarkRun.tiny == run.tiny).limit(1))
+    return same is not None

@@ -287,6 +287,8 @@ class Dispatcher:
                     break
                 if row.id in tracked:
                     continue
+                if flow is BENCHMARK_FLOW and benchmark_cache.waits_for_tuning(s, row, tracked):
+                    continue  # another run tunes this key's baselines now: use them once cached
                 if row.attempts >= MAX_ATTEMPTS:
                     self._fail(flow, s, row.id, _gave_up(flow, row.attempts))
                     continue

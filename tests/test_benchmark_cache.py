@@ -219,3 +219,30 @@ def test_cache_rows_by_key_and_version(settings: Any, fa5_baselines: BaselineSet
                                                  lambda *a, baselines=None: None) == {}  # another seed
     finally:
         engine.dispose()
+
+
+def test_a_cold_key_tuned_by_another_run_waits(settings: Any, fa5_baselines: BaselineSet) -> None:
+    from service import benchmark_cache
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.migrate import upgrade
+    from service.models import BenchmarkRun
+
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    try:
+        with session_scope(make_session_factory(engine)) as s:
+            runs = [BenchmarkRun(suite="fa5-online", tiny=True, seed=seed, owner="t", status="queued", attempts=0)
+                    for seed in (0, 0, 1)]
+            s.add_all(runs)
+            s.flush()
+            tuning, same, other = runs
+            assert benchmark_cache.waits_for_tuning(s, same, [tuning.id])  # the first run tunes seed 0 now
+            assert not benchmark_cache.waits_for_tuning(s, other, [tuning.id])  # another key
+            assert not benchmark_cache.waits_for_tuning(s, same, [])  # nobody tunes it: go and tune
+            same.retune = True
+            assert not benchmark_cache.waits_for_tuning(s, same, [tuning.id])
+            same.retune = False
+            benchmark_cache.store(s, fa5_baselines, tuning.id)
+            assert not benchmark_cache.waits_for_tuning(s, same, [tuning.id])  # cached: submit with the cache
+    finally:
+        engine.dispose()
