@@ -150,8 +150,11 @@ def test_suite_version_is_part_of_the_key() -> None:
 
 
 def test_a_lower_is_better_suite_takes_the_same_path() -> None:
-    report = run_benchmark("fixedpoint-linear", None, tiny=True, seed=0)
+    events: list[dict[str, Any]] = []
+    report = run_benchmark("fixedpoint-linear", None, tiny=True, seed=0, progress=events.append)
     assert report["baselines"] == "tuned" and report["higher_is_better"] is False
+    fractions = [e["fraction"] for e in events]
+    assert events and fractions == sorted(fractions) and {e["phase"] for e in events} == {"score"}
     cached = BaselineSet.model_validate(report["baseline_set"])
     assert cached.higher_is_better is False and [e["learner"] for e in cached.entries] == ["dW1", "dW2", "dW3"]
     again = run_benchmark("fixedpoint-linear", "0.1*dW3", tiny=True, seed=0, baselines=cached)

@@ -22,13 +22,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from discovery.benchmarks.progress import ProgressTracker
+from discovery.benchmarks.progress import ProgressTracker, within
 from discovery.benchmarks.stats import paired_difference
 
 Verdict = Literal["better", "worse", "not distinguishable"]
 #: Where an entry keeps its per-episode (per-seed) values, in the order looked up.
 PAIRED_KEYS: tuple[tuple[str, ...], ...] = (("per_episode",), ("metrics", "per_episode_accuracy"),
                                             ("metrics", "deviation_per_seed"))
+#: Share of a first benchmark's progress bar that the baselines' tuning takes (the rule is scored in the rest).
+TUNED_SHARE = 0.95
 #: Suite kinds whose runners score only their built-in learners (a rule is never run there).
 RULELESS_KINDS = frozenset({"fixed-point", "reservoir"})
 
@@ -198,10 +200,13 @@ def run_benchmark(suite: str, rule: Any, *, tiny: bool, seed: int, baselines: Ba
     as ``baseline_set`` for the caller to store."""
     t0 = time.perf_counter()
     cached = baselines is not None
-    if baselines is None:
+    rule_progress = progress
+    if baselines is None:  # one progress bar over both parts: the tuning, then the rule (≈ one learner's scoring)
+        split = TUNED_SHARE if rule is not None else 1.0
         tuner = tune or tune_serial
-        baselines = tuner(suite, tiny=tiny, seed=seed, progress=progress, device=device)
-    report = score_with_baselines(suite, rule, baselines, cached=cached, progress=progress, device=device,
+        tune_progress, rule_progress = within(progress, 0.0, split), within(progress, split, 1.0)
+        baselines = tuner(suite, tiny=tiny, seed=seed, progress=tune_progress, device=device)
+    report = score_with_baselines(suite, rule, baselines, cached=cached, progress=rule_progress, device=device,
                                   feedback=feedback, threads=threads)
     if not cached:
         report["baseline_set"] = baselines.model_dump()

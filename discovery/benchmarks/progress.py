@@ -80,3 +80,20 @@ class ProgressTracker:
             u = TUNE_SHARE * u if stage == "tune" else TUNE_SHARE + (1 - TUNE_SHARE) * u
         i = self.index(learner)
         self.report(stage, learner, done, total, (i + u) / max(len(self.learners), 1))
+
+
+def within(emit: Callable[[dict[str, Any]], None] | None, lo: float, hi: float,
+           clock: Callable[[], float] = time.monotonic) -> Callable[[dict[str, Any]], None] | None:
+    """A progress callback for one part of a longer run: it maps the part's fraction f to lo + (hi − lo) f of the
+    whole and measures elapsed / remaining from its own creation (the start of the whole run)."""
+    if emit is None:
+        return None
+    t0 = clock()
+
+    def part(event: dict[str, Any]) -> None:
+        f = lo + (hi - lo) * float(event.get("fraction") or 0.0)
+        elapsed = clock() - t0
+        emit({**event, "fraction": f, "elapsed_s": elapsed,
+              "remaining_s": elapsed * (1.0 - f) / f if f > 0 else None})
+
+    return part
