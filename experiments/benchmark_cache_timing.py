@@ -2,6 +2,8 @@
 
 1. The first tuning of a suite's baselines, fanned out as Ray tasks (``workers.baseline_tasks.tune_fanout``), on a
    local Ray with ``--cpus`` CPUs; the BaselineSet is written to ``--out``.
+   ``--serial`` instead times the tuning as it ran before the cache: every baseline and grid point one after the
+   other in this process (``discovery.benchmarks.cache.tune_serial``, torch's default threads).
 2. A rule benchmark against those cached baselines (``discovery.benchmarks.cache.score_with_baselines``, one torch
    thread as in the benchmark actor): only the rule is scored, on the same held-out episodes, with its paired
    differences to every baseline.
@@ -31,9 +33,20 @@ def main() -> None:
     ap.add_argument("--rule", default=RULE)
     ap.add_argument("--out", type=Path, default=Path("results/benchmark_cache"))
     ap.add_argument("--baselines", type=Path, default=None, help="a cached BaselineSet JSON (skips step 1)")
+    ap.add_argument("--serial", action="store_true",
+                    help="only time the serial tuning in this process (torch's default threads), as before the cache")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"{args.suite}_seed{args.seed}{'_tiny' if args.tiny else ''}"
+    if args.serial:
+        from discovery.benchmarks.cache import tune_serial
+
+        t0 = time.perf_counter()
+        serial = tune_serial(args.suite, tiny=args.tiny, seed=args.seed)
+        wall = time.perf_counter() - t0
+        (args.out / f"{tag}_serial_baselines.json").write_text(json.dumps(jsonable(serial.model_dump()), indent=1))
+        print(json.dumps({"suite": args.suite, "serial_tuning_s": wall}), flush=True)
+        return
     from discovery.benchmarks.cache import BaselineSet, score_with_baselines
 
     if args.baselines is None:

@@ -82,6 +82,8 @@ def test_cached_baselines_paired_progress_and_cancel(live_server_factory: Callab
         # 3. a retune, cancelled while it tunes: the dispatcher stops its Ray work, nothing is cached
         third = _submit(http, auth, expression=RULE_B, retune=True)
         _poll(http, third, lambda b: b["status"] == "running" and bool(b["progress"]), 120, server)
+        live_page = http.get(f"/benchmarks/{third}").text
+        assert 'id="progress"' in live_page and "s elapsed" in live_page and "being tuned" in live_page
         r = http.post(f"/api/benchmarks/{third}/cancel", headers=auth)
         assert r.status_code == 200 and r.json()["status"] == "cancelled"
         health = _poll_health(http, lambda h: third not in h["dispatcher"].get("benchmarks", []), 60)
