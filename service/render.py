@@ -67,6 +67,17 @@ def _figure_svg(fig: Figure) -> str:
     return _strip_header(buf.getvalue())
 
 
+def _finish(fig: Figure, ax: Any, xlabel: str, ylabel: str, title: str, loc: str = "lower right",
+            ncols: int = 1) -> str:
+    """Labels, title, grid and legend in the pages' one style, then the figure as SVG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc=loc, ncols=ncols)
+    return _figure_svg(fig)
+
+
 def _finite(values: Sequence[Any]) -> list[float]:
     out = []
     for v in values:
@@ -97,12 +108,7 @@ def theta_plot_svg(theta_history: Sequence[dict[str, Any]], title: str = "θ tra
                 linewidth=1.6,
             )
         ax.axhline(0.0, color="#999", linewidth=0.8)
-        ax.set_xlabel("meta-training episode")
-        ax.set_ylabel("θ")
-        ax.set_title(title, fontsize=11)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, ncols=min(5, len(terms)), loc="best")
-        return _figure_svg(fig)
+        return _finish(fig, ax, "meta-training episode", "θ", title, loc="best", ncols=min(5, len(terms)))
 
 
 def accuracy_plot_svg(
@@ -124,12 +130,7 @@ def accuracy_plot_svg(
         ax.plot(episodes, acc, color="#9bb7d4", linewidth=0.8, label="per episode")
         ax.plot(episodes, smooth, color="#1f4e79", linewidth=1.8, label=f"moving average ({window})")
         ax.set_ylim(0.0, 1.0)
-        ax.set_xlabel("meta-training episode")
-        ax.set_ylabel("query accuracy")
-        ax.set_title(title, fontsize=11)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-        return _figure_svg(fig)
+        return _finish(fig, ax, "meta-training episode", "query accuracy", title)
 
 
 def front_plot_svg(front: Sequence[dict[str, Any]], highlight: int | None = None,
@@ -156,9 +157,4 @@ def front_plot_svg(front: Sequence[dict[str, Any]], highlight: int | None = None
         best = max(range(len(ys)), key=ys.__getitem__)
         ax.axhspan(ys[best] - es[best], ys[best] + es[best], color="#c55a11", alpha=0.08, label="CI of the best")
         ax.set_xticks(sorted(set(xs)))
-        ax.set_xlabel("number of terms")
-        ax.set_ylabel("held-out accuracy")
-        ax.set_title(title, fontsize=11)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-        return _figure_svg(fig)
+        return _finish(fig, ax, "number of terms", "held-out accuracy", title)
