@@ -62,7 +62,7 @@ def main() -> None:
             if event["fraction"] - last.get("fraction", 0.0) >= 0.05 or event["fraction"] == 1.0:
                 last.update(event)
                 print(f"[tune {time.perf_counter() - t0:7.1f}s] {event['phase']} {event['learner']} "
-                      f"{event['fraction']:.0%} remaining≈{event['remaining_s'] or 0:.0f}s", flush=True)
+                      f"{event['fraction']:.0%} remaining≈{event['remaining'] or 0:.0f}s", flush=True)
 
         baselines = tune_fanout(args.suite, tiny=args.tiny, seed=args.seed, progress=progress)
         tune_s = time.perf_counter() - t0

@@ -324,7 +324,7 @@ def benchmark(
             task = bar.add_task("suite", total=1000, stage=suite, learner="", info="")
 
             def progress(event: dict[str, Any]) -> None:  # a discovery.benchmarks.progress.BenchmarkProgress
-                left = event.get("remaining_s")
+                left = event.get("remaining")
                 where = f" {event.get('episode')}/{event.get('total')}" if event.get("total") else ""
                 bar.update(
                     task,

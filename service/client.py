@@ -381,7 +381,7 @@ class Client:
             p = b.progress  # the bar runs over the whole benchmark: per mille of its work
             if p is None:
                 return None, None, b.status
-            left = f", ~{p.remaining_s:.0f} s left" if p.remaining_s is not None else ""
+            left = f", ~{p.remaining:.0f} s left" if p.remaining is not None else ""
             what = (f"{p.phase} {p.learner or ''} ({p.learner_index}/{p.learners}"
                     + (f", {p.episode}/{p.total}" if p.total else "") + f"{left})")
             return round(1000 * p.fraction), 1000, f"{b.status} {what}"

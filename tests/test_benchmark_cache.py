@@ -109,7 +109,7 @@ def test_progress_estimate_extrapolates_the_elapsed_time() -> None:
     now[0] = 110.0
     tracker.on_suite_event({"stage": "score", "learner": "rule", "done": 50, "total": 200})
     assert seen[-1]["phase"] == "score" and seen[-1]["episode"] == 50 and seen[-1]["total"] == 200
-    assert seen[-1]["elapsed_s"] == pytest.approx(10.0) and seen[-1]["remaining_s"] == pytest.approx(30.0)
+    assert seen[-1]["elapsed"] == pytest.approx(10.0) and seen[-1]["remaining"] == pytest.approx(30.0)
     assert seen[-1]["learner_index"] == 1 and seen[-1]["learners"] == 1
 
 

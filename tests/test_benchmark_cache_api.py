@@ -53,7 +53,7 @@ def test_cached_baselines_paired_progress_and_cancel(live_server_factory: Callab
         live = [b["progress"] for b in seen if b["status"] == "running" and b["progress"]]
         assert live, "no progress seen while the benchmark ran"
         assert {p["phase"] for p in live} <= {"tune", "score"} and any(p["phase"] == "tune" for p in live)
-        assert all(p["learners"] >= 1 and p["elapsed_s"] >= 0 for p in live)
+        assert all(p["learners"] >= 1 and p["elapsed"] >= 0 for p in live)
         assert run["baselines"] == "tuned" and set(run["vs"]) >= {"BP", "FA", "PC-Strict"}
         tuned = {s["learner"]: s for s in run["scores"] if s["origin"] == "baseline"}
         assert len(tuned) == 7

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 #: Share of a learner's work that its (serial) tuning takes: 9 points × 50 episodes against 200 scored.
 TUNE_SHARE = 0.7
@@ -32,8 +32,8 @@ class BenchmarkProgress(BaseModel):
     episode: int | None = None  # j of J: episodes (scoring) or grid points (tuning) done for this learner
     total: int | None = None
     fraction: float = 0.0
-    elapsed_s: float = 0.0
-    remaining_s: float | None = None
+    elapsed: float = Field(0.0, description="seconds since the run started")
+    remaining: float | None = Field(None, description="estimated seconds left: elapsed · (1 − fraction) / fraction")
 
 
 class ProgressTracker:
@@ -64,7 +64,7 @@ class ProgressTracker:
         idx = self.index(learner) if learner is not None else 0
         event = BenchmarkProgress(phase=phase, baselines=self.baselines, learner=learner, learner_index=idx + 1,
                                   learners=max(len(self.learners), 1), episode=done, total=total, fraction=f,
-                                  elapsed_s=elapsed, remaining_s=remaining)
+                                  elapsed=elapsed, remaining=remaining)
         self.last = event
         if self.emit is not None:
             self.emit(event.model_dump())
@@ -93,7 +93,7 @@ def within(emit: Callable[[dict[str, Any]], None] | None, lo: float, hi: float,
     def part(event: dict[str, Any]) -> None:
         f = lo + (hi - lo) * float(event.get("fraction") or 0.0)
         elapsed = clock() - t0
-        emit({**event, "fraction": f, "elapsed_s": elapsed,
-              "remaining_s": elapsed * (1.0 - f) / f if f > 0 else None})
+        emit({**event, "fraction": f, "elapsed": elapsed,
+              "remaining": elapsed * (1.0 - f) / f if f > 0 else None})
 
     return part
