@@ -249,3 +249,17 @@ def test_a_cold_key_tuned_by_another_run_waits(settings: Any, fa5_baselines: Bas
             assert not benchmark_cache.waits_for_tuning(s, same, [tuning.id])  # cached: submit with the cache
     finally:
         engine.dispose()
+
+
+def test_a_recurrent_rule_is_paired_with_the_recurrent_baselines() -> None:
+    from rules.recurrent import parse_rule_text
+
+    rule = parse_rule_text("0.25*dW3 + 0.001*oja")
+    first = run_benchmark("fixedpoint-mnist", rule, tiny=True, seed=0, threads=1)
+    cached = BaselineSet.model_validate(first["baseline_set"])
+    again = run_benchmark("fixedpoint-mnist", rule, tiny=True, seed=0, baselines=cached, threads=1)
+    assert again["baselines"] == "cached" and set(again["vs"]) == {"dW1", "dW3", "dW4"}
+    mine = [e for e in again["entries"] if e["kind"] == "rule"]
+    assert len(mine) == 1 and mine[0]["score"] == first["entries"][-1]["score"]  # the rule's numbers: same seed
+    n = len(mine[0]["metrics"]["per_episode_accuracy"])
+    assert all(v["n"] == n for v in again["vs"].values())
