@@ -36,6 +36,7 @@ from discovery.spec import DiscoverySpec
 from rules.terms import term
 
 STATE_FILE = "search.json"
+ADAM_BETA1 = 0.9                     # torch.optim.Adam's default β₁ (the meta-trainer's optimizer)
 
 
 class Stage(BaseModel):
@@ -49,6 +50,7 @@ class Stage(BaseModel):
     scores: dict[str, float] | None = None           # screening: |t| of the score test per pool term
     effect: dict[str, float] | None = None           # screening: |∂L/∂θ_r| in units of effect
     gradient: dict[str, float] | None = None         # screening: mean ∂L/∂φ_r (φ = θ/s, the optimizer's variable)
+    gradient_sd: dict[str, float] | None = None      # screening: per-episode standard deviation of ∂L/∂φ_r
     gradient_rms: dict[str, float] | None = None
     history: list[dict] = []
 
@@ -194,15 +196,16 @@ class Search:
         finite = torch.isfinite(loss) & torch.isfinite(grad).all(0)
         g = grad[:, finite].double()
         scale = trainer.scale.double()
-        scores, effect, gradient = {}, {}, {}
+        scores, effect, gradient, spread = {}, {}, {}, {}
         for i, t in enumerate(self.pool):
             mean = float(g[i].mean()) if g.shape[1] else 0.0
             sem = float(g[i].std() / math.sqrt(g.shape[1])) if g.shape[1] > 1 else math.inf
             scores[t] = abs(mean) / sem if sem > 0 else (math.inf if mean else 0.0)
             effect[t] = abs(mean) * ref / max(norms[t], 1e-30)
             gradient[t] = mean * float(scale[i])
+            spread[t] = (float(g[i].std()) if g.shape[1] > 1 else 0.0) * float(scale[i])
         return self._record(Stage(kind="screen", label=label, terms=list(theta), theta=theta, episodes=n,
-                                  scores=scores, effect=effect, gradient=gradient))
+                                  scores=scores, effect=effect, gradient=gradient, gradient_sd=spread))
 
     def remaining(self) -> int:
         return max(0, self.budget - self.used)
@@ -249,17 +252,22 @@ class Search:
         return fits
 
     def path(self) -> list[Stage]:
-        """The lasso path from the sparse end (glmnet's order): fit the first support (F0), screen it for
-        λ_max = max_r |∂L/∂φ_r| (the smallest λ at which no other term enters: under the proximal Adam step a φ_r
-        at 0 moves iff its averaged gradient exceeds λ), then λ_k = λ_max / 2^k over the whole pool with warm starts,
-        F0 unpenalized; each support the path visits is refit without L1 (debiasing)."""
+        """The lasso path from the sparse end (glmnet's order): fit the first support (F0), screen it for λ_max,
+        then λ_k = λ_max / 2^k over the whole pool with warm starts, F0 unpenalized; each support the path visits
+        is refit without L1 (debiasing). Under the proximal Adam step a φ_r at 0 leaves 0 when Adam's averaged
+        gradient m̂_r exceeds λ; m̂_r is an EMA of one-episode gradients, whose noise has standard deviation
+        σ_r √((1−β₁)/(1+β₁)), so λ_max = max_r |ḡ_r| + 3 σ_r √((1−β₁)/(1+β₁)) is where neither the signal nor
+        Adam's noise lets any other term enter."""
         init = self.spec.rule.initial_theta()
         n_lambda = self.spec.search.n_lambda
         support = self.start()
         first = self.fit(support, {t: init.get(t, 0.0) for t in support}, max(1, self.remaining() // 5),
                          f"fit {len(support)} terms")
-        grads = self.screen(first.theta, "screen for λ_max").gradient or {}
-        lam_max = max((abs(g) for t, g in grads.items() if t not in support and math.isfinite(g)), default=1.0)
+        probe = self.screen(first.theta, "screen for λ_max")
+        noise = math.sqrt((1 - ADAM_BETA1) / (1 + ADAM_BETA1))
+        lam_max = max((abs(g) + 3 * noise * (probe.gradient_sd or {}).get(t, 0.0)
+                       for t, g in (probe.gradient or {}).items() if t not in support and math.isfinite(g)),
+                      default=1.0)
         per_lambda = max(1, self.remaining() * 3 // 5 // n_lambda)
         cur, supports, fits = first, [], [first]
         for k in range(1, n_lambda + 1):
