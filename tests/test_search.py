@@ -131,7 +131,8 @@ def test_tiny_path_runs_from_the_sparse_end_with_exact_zeros() -> None:
     spec["search"] = {"method": "path", "n_lambda": 2, "screen_episodes": 2}
     res = discover(spec)
     labels = [s["label"] for s in res.search["stages"]]
-    assert labels[:2] == ["fit 1 terms", "screen for λ_max"] and labels[2].startswith("path λ=")
+    assert labels[:3] == ["fit 1 terms", "screen at λ_max", labels[2]] and labels[2].startswith("path λ=")
+    assert labels[3].startswith("screen at λ=")                                # the strong rule re-screens
     lam = [float(lb.split("=")[1]) for lb in labels if lb.startswith("path")]
     assert lam[1] == pytest.approx(lam[0] / 2, rel=1e-2)                       # λ halves along the path
     assert res.front and all("F0" in p.terms for p in res.front)               # F0 is never penalized

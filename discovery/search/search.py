@@ -9,8 +9,9 @@ Three searches share one budget of meta-training episodes (spec.meta.episodes) a
   tangents, cheap); repeated up to ``max_terms``.
 * ``backward`` — fit the whole pool, then repeatedly drop the term of the smallest effect |φ_r| and refit.
 * ``path`` — proximal L1 (``meta.l1_mode = "proximal"``) along λ_k = λ_max / 2^k from the sparse end (λ_max: the
-  largest screened gradient at the first support's θ, above which no term enters), warm starts over the whole pool,
-  the first support (F0) unpenalized; each support the path visits is refit without L1 (debiasing).
+  largest screened gradient at the first support's θ, above which no term enters), each λ fit over the active set of
+  the sequential strong rule (screened |ḡ_r| ≥ 2λ_k − λ_{k−1}) with warm starts, the first support (F0)
+  unpenalized; each support the path visits is refit without L1 (debiasing).
 
 Every support gets a refit θ and is scored on the same held-out episodes (paired across supports); the front is
 the list of these rules (number of terms, complexity, held-out accuracy ± 95 % CI) and the selected rule is the
@@ -36,7 +37,6 @@ from discovery.spec import DiscoverySpec
 from rules.terms import term
 
 STATE_FILE = "search.json"
-ADAM_BETA1 = 0.9                     # torch.optim.Adam's default β₁ (the meta-trainer's optimizer)
 
 
 class Stage(BaseModel):
@@ -252,35 +252,38 @@ class Search:
         return fits
 
     def path(self) -> list[Stage]:
-        """The lasso path from the sparse end (glmnet's order): fit the first support (F0), screen it for λ_max,
-        then λ_k = λ_max / 2^k over the whole pool with warm starts, F0 unpenalized; each support the path visits
-        is refit without L1 (debiasing). Under the proximal Adam step a φ_r at 0 leaves 0 when Adam's averaged
-        gradient m̂_r exceeds λ; m̂_r is an EMA of one-episode gradients, whose noise has standard deviation
-        σ_r √((1−β₁)/(1+β₁)), so λ_max = max_r |ḡ_r| + 3 σ_r √((1−β₁)/(1+β₁)) is where neither the signal nor
-        Adam's noise lets any other term enter."""
+        """The lasso path from the sparse end (glmnet's order) with the sequential strong rule: fit the first
+        support (F0), screen it, λ_max = max_r |ḡ_r| (∂L/∂φ_r; no other term enters above it), then for
+        λ_k = λ_max / 2^k fit only the active set — the support, the nonzero terms and every candidate whose screened
+        |ḡ_r| ≥ 2λ_k − λ_{k−1} (Tibshirani et al. 2012) — with proximal L1 (F0 unpenalized) and warm starts,
+        screening again at each λ's solution; each support the path visits is refit without L1 (debiasing).
+        The rule keeps a term out unless its averaged gradient, not one noisy episode, could move it out of 0."""
         init = self.spec.rule.initial_theta()
         n_lambda = self.spec.search.n_lambda
         support = self.start()
         first = self.fit(support, {t: init.get(t, 0.0) for t in support}, max(1, self.remaining() // 5),
                          f"fit {len(support)} terms")
-        probe = self.screen(first.theta, "screen for λ_max")
-        noise = math.sqrt((1 - ADAM_BETA1) / (1 + ADAM_BETA1))
-        lam_max = max((abs(g) + 3 * noise * (probe.gradient_sd or {}).get(t, 0.0)
-                       for t, g in (probe.gradient or {}).items() if t not in support and math.isfinite(g)),
-                      default=1.0)
-        per_lambda = max(1, self.remaining() * 3 // 5 // n_lambda)
+        grads = self.screen(first.theta, "screen at λ_max").gradient or {}
+        lam_prev = lam_max = max((abs(g) for t, g in grads.items() if t not in support and math.isfinite(g)),
+                                 default=1.0)
+        n_screen = self.spec.search.screen_episodes
+        per_lambda = max(1, (self.remaining() * 3 // 5 - (n_lambda - 1) * n_screen) // n_lambda)
         cur, supports, fits = first, [], [first]
         for k in range(1, n_lambda + 1):
             if self.stopped:
                 break
             lam = lam_max / 2 ** k
-            stage = self.fit(self.pool, cur.theta, per_lambda, f"path λ={lam:.3g}", l1=lam, l1_mode="proximal",
-                             l1_exempt=[t for t in support if t in self.pool])
-            cur = stage
-            nonzero = [t for t in self.pool if stage.theta.get(t, 0.0) != 0.0]
+            active = [t for t in self.pool if t in support or cur.theta.get(t, 0.0) != 0.0
+                      or abs(grads.get(t, 0.0)) >= 2 * lam - lam_prev]
+            cur = self.fit(active, cur.theta, per_lambda, f"path λ={lam:.3g}", l1=lam, l1_mode="proximal",
+                           l1_exempt=[t for t in support if t in self.pool])
+            nonzero = [t for t in self.pool if cur.theta.get(t, 0.0) != 0.0]
             if nonzero and nonzero not in [f.terms for f in supports]:
-                supports.append(stage.model_copy(update={"terms": nonzero,
-                                                         "theta": {t: stage.theta[t] for t in nonzero}}))
+                supports.append(cur.model_copy(update={"terms": nonzero,
+                                                       "theta": {t: cur.theta[t] for t in nonzero}}))
+            if k < n_lambda and not self.stopped:
+                grads = self.screen({t: cur.theta[t] for t in nonzero}, f"screen at λ={lam:.3g}").gradient or {}
+            lam_prev = lam
         per_refit = max(1, self.remaining() // max(1, len(supports)))
         for sup in supports:
             if self.stopped:
