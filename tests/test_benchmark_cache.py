@@ -1,6 +1,6 @@
-"""Cached baselines and paired comparison in the engine (discovery.benchmarks.cache, .tuning, .progress) and the
-Ray fan-out of the first tuning (workers.baseline_tasks), at tiny size; the database side (service.benchmark_cache)
-on SQLite and PostgreSQL."""
+"""Cached baselines and paired comparison in the engine (discovery.benchmarks.cache, .tuning, .progress) at tiny
+size, and the database side (service.benchmark_cache) on SQLite and PostgreSQL. The Ray fan-out of the first tuning:
+tests/test_workers_baselines.py."""
 
 from __future__ import annotations
 
@@ -159,37 +159,6 @@ def test_a_lower_is_better_suite_takes_the_same_path() -> None:
     assert cached.higher_is_better is False and [e["learner"] for e in cached.entries] == ["dW1", "dW2", "dW3"]
     again = run_benchmark("fixedpoint-linear", "0.1*dW3", tiny=True, seed=0, baselines=cached)
     assert again["baselines"] == "cached" and again["entries"] == cached.entries and again["vs"] == {}
-
-
-# --- workers: the fan-out ---------------------------------------------------------------------------------------
-def test_fanout_tuning_equals_the_serial_tuning(fa5_baselines: BaselineSet) -> None:
-    from workers.baseline_tasks import tune_fanout
-    from workers.runtime import ensure_ray
-
-    ensure_ray()
-    events: list[dict[str, Any]] = []
-    fanned = tune_fanout("fa5-online", tiny=True, seed=0, progress=events.append)
-    assert fanned.tuned_with == "fan-out" and fanned.key == fa5_baselines.key
-    assert _strip(fanned.entries) == _strip(fa5_baselines.entries)  # same chosen points, same scores
-    assert {e["phase"] for e in events} == {"tune", "score"}
-    assert events[-1]["fraction"] == pytest.approx(1.0)
-    fractions = [e["fraction"] for e in events]
-    assert fractions == sorted(fractions)
-
-
-def test_fanout_stops_when_cancelled() -> None:
-    from workers.baseline_tasks import BenchmarkCancelled, tune_fanout
-    from workers.runtime import ensure_ray
-
-    ensure_ray()
-    calls = {"n": 0}
-
-    def stop() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 2
-
-    with pytest.raises(BenchmarkCancelled):
-        tune_fanout("fa5-online", tiny=True, seed=1, should_stop=stop)
 
 
 # --- the database side ------------------------------------------------------------------------------------------
