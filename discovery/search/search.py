@@ -9,9 +9,9 @@ Three searches share one budget of meta-training episodes (spec.meta.episodes) a
   tangents, cheap); repeated up to ``max_terms``.
 * ``backward`` — fit the whole pool, then repeatedly drop the term of the smallest effect |φ_r| and refit.
 * ``path`` — proximal L1 (``meta.l1_mode = "proximal"``) along λ_k = λ_max / 2^k from the sparse end (λ_max: the
-  largest screened gradient at the first support's θ, above which no term enters), each λ fit over the active set of
-  the sequential strong rule (screened |ḡ_r| ≥ 2λ_k − λ_{k−1}) with warm starts, the first support (F0)
-  unpenalized; each support the path visits is refit without L1 (debiasing).
+  largest screened gradient at the first support's θ, above which no term enters), each λ fit over a KKT working
+  set (the nonzero terms and the zero ones whose screened |ḡ_r| exceeds λ_k) with warm starts, the first support
+  (F0) unpenalized; each support the path visits is refit without L1 (debiasing).
 
 Every support gets a refit θ and is scored on the same held-out episodes (paired across supports); the front is
 the list of these rules (number of terms, complexity, held-out accuracy ± 95 % CI) and the selected rule is the
@@ -252,19 +252,19 @@ class Search:
         return fits
 
     def path(self) -> list[Stage]:
-        """The lasso path from the sparse end (glmnet's order) with the sequential strong rule: fit the first
-        support (F0), screen it, λ_max = max_r |ḡ_r| (∂L/∂φ_r; no other term enters above it), then for
-        λ_k = λ_max / 2^k fit only the active set — the support, the nonzero terms and every candidate whose screened
-        |ḡ_r| ≥ 2λ_k − λ_{k−1} (Tibshirani et al. 2012) — with proximal L1 (F0 unpenalized) and warm starts,
-        screening again at each λ's solution; each support the path visits is refit without L1 (debiasing).
-        The rule keeps a term out unless its averaged gradient, not one noisy episode, could move it out of 0."""
+        """The lasso path from the sparse end (glmnet's order) with a KKT working set: fit the first support (F0),
+        screen it, λ_max = max_r |ḡ_r| (∂L/∂φ_r; no other term enters above it), then for λ_k = λ_max / 2^k fit only
+        the working set — the support, the nonzero terms and every zero term that violates the KKT condition
+        |ḡ_r| ≤ λ_k at the previous solution (screened over n episodes) — with proximal L1 (F0 unpenalized) and warm
+        starts, screening again at each λ's solution; each support the path visits is refit without L1 (debiasing).
+        A term thus enters when its averaged gradient, not one noisy episode at Adam's first step, exceeds λ."""
         init = self.spec.rule.initial_theta()
         n_lambda = self.spec.search.n_lambda
         support = self.start()
         first = self.fit(support, {t: init.get(t, 0.0) for t in support}, max(1, self.remaining() // 5),
                          f"fit {len(support)} terms")
         grads = self.screen(first.theta, "screen at λ_max").gradient or {}
-        lam_prev = lam_max = max((abs(g) for t, g in grads.items() if t not in support and math.isfinite(g)),
+        lam_max = max((abs(g) for t, g in grads.items() if t not in support and math.isfinite(g)),
                                  default=1.0)
         n_screen = self.spec.search.screen_episodes
         per_lambda = max(1, (self.remaining() * 3 // 5 - (n_lambda - 1) * n_screen) // n_lambda)
@@ -274,7 +274,7 @@ class Search:
                 break
             lam = lam_max / 2 ** k
             active = [t for t in self.pool if t in support or cur.theta.get(t, 0.0) != 0.0
-                      or abs(grads.get(t, 0.0)) >= 2 * lam - lam_prev]
+                      or abs(grads.get(t, 0.0)) >= lam]
             cur = self.fit(active, cur.theta, per_lambda, f"path λ={lam:.3g}", l1=lam, l1_mode="proximal",
                            l1_exempt=[t for t in support if t in self.pool])
             nonzero = [t for t in self.pool if cur.theta.get(t, 0.0) != 0.0]
@@ -283,7 +283,6 @@ class Search:
                                                        "theta": {t: cur.theta[t] for t in nonzero}}))
             if k < n_lambda and not self.stopped:
                 grads = self.screen({t: cur.theta[t] for t in nonzero}, f"screen at λ={lam:.3g}").gradient or {}
-            lam_prev = lam
         per_refit = max(1, self.remaining() // max(1, len(supports)))
         for sup in supports:
             if self.stopped:
