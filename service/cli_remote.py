@@ -40,6 +40,7 @@ TokenOpt = Annotated[
                  help="bearer token (default: PLASTICITY_API_TOKENS, else the data folder's api_token)"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the server's JSON instead of a table")]
+TimeoutOpt = Annotated[float | None, typer.Option(help="with --wait: give up after this many seconds")]
 IdArg = Annotated[int, typer.Argument(min=1, help="the id")]
 
 
@@ -192,7 +193,7 @@ def jobs_submit(
     goal: Annotated[str | None, typer.Option(help="a plain-language goal")] = None,
     spec: Annotated[Path | None, typer.Option(help="a DiscoverySpec JSON file instead of --goal")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the job with a progress bar until it ends")] = False,
-    timeout: Annotated[float | None, typer.Option(help="with --wait: give up after this many seconds")] = None,
+    timeout: TimeoutOpt = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -310,7 +311,7 @@ def benchmarks_run(
     seed: Annotated[int, typer.Option(min=0)] = 0,
     retune: Annotated[bool, typer.Option(help="tune the baselines again instead of using the suite's cache")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="follow the run until it ends and print its scores")] = False,
-    timeout: Annotated[float | None, typer.Option(help="with --wait: give up after this many seconds")] = None,
+    timeout: TimeoutOpt = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
