@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -207,7 +208,7 @@ class MetaTrainer(Checkpointed):
             self.last_good_theta = self.theta.detach().clone()
             g = grad[:, finite].mean(1)
             if meta.l1_mode == "subgradient":
-                g = g + meta.l1 * self.l1_weights() * torch.sign(self.theta.detach())  # ∂(CE + λ Σ w|θ|)/∂θ
+                g = g + meta.l1 * self.l1_weights * torch.sign(self.theta.detach())  # ∂(CE + λ Σ w|θ|)/∂θ
             self.opt.zero_grad(set_to_none=True)
             self.phi.grad = (g * self.scale).to(self.phi.dtype)                      # chain rule: ∂/∂φ = s ⊙ ∂/∂θ
             self.opt.step()
@@ -218,15 +219,16 @@ class MetaTrainer(Checkpointed):
         self.episode += 1
         event = ProgressEvent(
             episode=self.episode, total=meta.episodes,
-            meta_loss=None if skipped else float(loss[finite].mean() + meta.l1 * (self.l1_weights() * self.theta.detach().abs()).sum()),
+            meta_loss=None if skipped else float(loss[finite].mean() + meta.l1 * (self.l1_weights * self.theta.detach().abs()).sum()),
             meta_accuracy=None if skipped else float(acc[finite].mean()),
             theta=self.theta_dict(), alignment_deg=alignment, subspace_orth_error=e1, skipped=skipped, dropped_episodes=n_bad,
             backtracked=backtracked, lr=self.opt.param_groups[0]["lr"])
         self.history.append(event.model_dump())
         return event
 
+    @cached_property
     def l1_weights(self) -> Tensor:
-        """w_r of the penalty λ Σ_r w_r |θ_r|: 0 for the terms in meta.l1_exempt, else 1."""
+        """w_r of the penalty λ Σ_r w_r |θ_r|: 0 for the terms in meta.l1_exempt, else 1 (fixed by the spec)."""
         exempt = set(self.spec.meta.l1_exempt)
         return torch.tensor([0.0 if t in exempt else 1.0 for t in self.term_ids], dtype=self.dtype,
                             device=self.device)
@@ -243,17 +245,9 @@ class MetaTrainer(Checkpointed):
         step = float(state["step"])
         v_hat = state["exp_avg_sq"] / (1 - beta2 ** step)
         eta = group["lr"] / (v_hat.sqrt() + eps)
-        eta = eta * self.l1_weights().to(eta.dtype)
+        eta = eta * self.l1_weights.to(eta.dtype)
         with torch.no_grad():
             self.phi.copy_(torch.sign(self.phi) * torch.clamp(self.phi.abs() - lam * eta, min=0.0))
-
-    def gradient_rms(self) -> Tensor:
-        """√v̂: Adam's running RMS of ∂L/∂φ per term (the noise scale the λ path is measured in)."""
-        state = self.opt.state.get(self.phi)
-        if not state:
-            return torch.zeros_like(self.phi.detach())
-        beta2 = self.opt.param_groups[0]["betas"][1]
-        return (state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))).sqrt().detach()
 
     def _maybe_backtrack(self) -> bool:
         """After `backtrack_after` skipped steps in a row, θ ← the last θ with finite episodes, Adam's moments

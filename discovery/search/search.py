@@ -50,8 +50,6 @@ class Stage(BaseModel):
     scores: dict[str, float] | None = None           # screening: |t| of the score test per pool term
     effect: dict[str, float] | None = None           # screening: |∂L/∂θ_r| in units of effect
     gradient: dict[str, float] | None = None         # screening: mean ∂L/∂φ_r (φ = θ/s, the optimizer's variable)
-    gradient_sd: dict[str, float] | None = None      # screening: per-episode standard deviation of ∂L/∂φ_r
-    gradient_rms: dict[str, float] | None = None
     history: list[dict] = []
 
 
@@ -157,7 +155,7 @@ class Search:
                    for h in trainer.history]
         self.history.extend(history)
         stage = Stage(kind="fit", label=label, terms=terms, theta=trainer.theta_dict(), episodes=trainer.episode,
-                      gradient_rms=dict(zip(terms, trainer.gradient_rms().tolist(), strict=True)), history=history)
+                      history=history)
         return stage if self.stopped else self._record(stage)
 
     def norms(self) -> dict[str, float]:
@@ -195,17 +193,15 @@ class Search:
         loss, grad, _, _ = trainer.meta_gradient(ep, Ws, Bs)
         finite = torch.isfinite(loss) & torch.isfinite(grad).all(0)
         g = grad[:, finite].double()
-        scale = trainer.scale.double()
-        scores, effect, gradient, spread = {}, {}, {}, {}
-        for i, t in enumerate(self.pool):
-            mean = float(g[i].mean()) if g.shape[1] else 0.0
-            sem = float(g[i].std() / math.sqrt(g.shape[1])) if g.shape[1] > 1 else math.inf
-            scores[t] = abs(mean) / sem if sem > 0 else (math.inf if mean else 0.0)
-            effect[t] = abs(mean) * ref / max(norms[t], 1e-30)
-            gradient[t] = mean * float(scale[i])
-            spread[t] = (float(g[i].std()) if g.shape[1] > 1 else 0.0) * float(scale[i])
+        k = g.shape[1]
+        mean = g.mean(1) if k else torch.zeros(len(self.pool), dtype=torch.float64)
+        sem = g.std(1) / math.sqrt(k) if k > 1 else torch.full_like(mean, math.inf)
+        t_abs = torch.where(sem > 0, mean.abs() / sem, torch.where(mean != 0, math.inf, 0.0))
+        norm = torch.tensor([max(norms[t], 1e-30) for t in self.pool], dtype=torch.float64)
+        as_dict = (lambda v: dict(zip(self.pool, v.tolist(), strict=True)))
         return self._record(Stage(kind="screen", label=label, terms=list(theta), theta=theta, episodes=n,
-                                  scores=scores, effect=effect, gradient=gradient, gradient_sd=spread))
+                                  scores=as_dict(t_abs), effect=as_dict(mean.abs() * ref / norm),
+                                  gradient=as_dict(mean * trainer.scale.double())))
 
     def remaining(self) -> int:
         return max(0, self.budget - self.used)
