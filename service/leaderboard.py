@@ -44,11 +44,14 @@ def _rank(entries: list[dict[str, Any]], higher_is_better: bool = True) -> list[
     return entries
 
 
-def front_marks(session: Session) -> dict[int, dict[str, Any]]:
+def front_marks(session: Session, rule_ids: list[int]) -> dict[int, dict[str, Any]]:
     """rule id → its place on the Pareto front of the succeeded open-search jobs that stored it
-    (``n_terms``, ``selected``: selected by any of them; the point of the job with the highest accuracy)."""
+    (``n_terms``, ``selected``: selected by any of them; the point of the job with the highest accuracy).
+    Reads only the jobs linked to ``rule_ids``."""
     marks: dict[int, dict[str, Any]] = {}
-    for result in session.scalars(select(Job.result).where(Job.status == SUCCEEDED)):
+    linked = select(JobRule.job_id).where(JobRule.rule_id.in_(rule_ids))
+    stmt = select(Job.result).where(Job.status == SUCCEEDED, Job.id.in_(linked))
+    for result in session.scalars(stmt):
         for point in (result or {}).get("front") or []:
             rid = point.get("rule_id")
             if not isinstance(rid, int):
@@ -152,7 +155,7 @@ def _suite_entries(session: Session, suite: str) -> list[dict[str, Any]]:
 
 def _mark_front(session: Session, entries: list[dict[str, Any]], only_front: bool) -> list[dict[str, Any]]:
     """Tag each rule entry with its front place (``front``: None off any front); ``only_front`` drops the rest."""
-    marks = front_marks(session)
+    marks = front_marks(session, [e["rule_id"] for e in entries if e.get("rule_id") is not None])
     for entry in entries:
         entry["front"] = marks.get(entry["rule_id"]) if entry.get("rule_id") is not None else None
     return [e for e in entries if e["front"] is not None] if only_front else entries

@@ -98,9 +98,9 @@ def leaderboard_page(
     return _page(request, "leaderboard.html", board=board, title="Leaderboard")
 
 
-def _front_svg(job: Job | None, highlight: int | None = None) -> Markup | None:
-    """The job's Pareto front as a plot (None when the job ran no open search)."""
-    svg = front_plot_svg(((job.result or {}) if job is not None else {}).get("front") or [], highlight)
+def _front_svg(front: list[dict[str, Any]], highlight: int | None = None) -> Markup | None:
+    """A job's Pareto front (``front_entries``) as a plot; None when the job ran no open search."""
+    svg = front_plot_svg(front, highlight)
     return Markup(svg) if svg else None
 
 
@@ -129,6 +129,7 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLRes
     data = rule_out(session, rule)
     job = session.get(Job, rule.job_id) if rule.job_id is not None else None
     theta_svg, acc_svg = _job_curves(job)
+    front = front_entries(((job.result or {}) if job is not None else {}).get("front") or [])
     names = {t["id"]: t for t in terms_catalog()}
     coefficients = [
         {
@@ -147,8 +148,8 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLRes
         coefficients=coefficients,
         theta_svg=theta_svg,
         accuracy_svg=acc_svg,
-        front_svg=_front_svg(job, rule.id),
-        front=front_entries(((job.result or {}) if job is not None else {}).get("front") or []),
+        front_svg=_front_svg(front, rule.id),
+        front=front,
         job=job,
         title=rule.name,
     )
@@ -194,7 +195,7 @@ def job_page(request: Request, job_id: IdPath, session: SessionDep) -> HTMLRespo
         refresh=job.status in ACTIVE_STATUSES,
         theta_svg=theta_svg,
         accuracy_svg=acc_svg,
-        front_svg=_front_svg(job),
+        front_svg=_front_svg(data["front"]),
         front=data["front"],
         events=list(reversed(data["events"]))[:50],
         title=f"Job {job.id}",
