@@ -159,8 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--pools", nargs="*", default=["bio10", "library", "library_gated"],
                     help="open pools timed beside the three-term rule")
-    ap.add_argument("--reverse-pools", nargs="*", default=["library", "library_gated"],
-                    help="pools also timed in reverse mode (torch autograd; its cost does not grow with R)")
+    ap.add_argument("--reverse-pools", nargs="*", default=[],
+                    help="pools also timed in reverse mode (torch autograd, one backward pass per episode; its cost "
+                         "does not grow with R but it is slow: off by default)")
     args = ap.parse_args(argv)
     print(f"device={args.device}  torch={torch.__version__}  threads={torch.get_num_threads()}  "
           f"net={'-'.join(map(str, WIDTHS))}  rule=F0+F2+F9", flush=True)
