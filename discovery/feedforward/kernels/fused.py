@@ -195,6 +195,7 @@ def _run_c(kernel, p: FusedPlan, theta: np.ndarray, WT: np.ndarray, WdT: np.ndar
     """The C kernel, one episode per call, episodes spread over torch's thread count (ctypes drops the GIL)."""
     Bn, R = WT.shape[0], WdT.shape[1]
     c, Cr, dr, scale, act_s, act_u, pairs = _coefficients(p, theta, R)
+    Cr = np.ascontiguousarray(Cr.transpose(1, 2, 0))          # the C kernel reads the tangent table as [u][s][r]
     ints = [np.ascontiguousarray(a, dtype=np.int64) for a in (widths, wpad, woff, foff, voff)]
     th = np.ascontiguousarray(theta, dtype=np.float64)
     atoms, kap, gates = (np.ascontiguousarray(p.atoms, dtype=np.int32), np.ascontiguousarray(p.atom_coef),
