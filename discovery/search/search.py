@@ -8,10 +8,11 @@ Three searches share one budget of meta-training episodes (spec.meta.episodes) a
   test of θ_r = 0, invariant to the term's scale) joins the support, which is refit warm-started (only its own
   tangents, cheap); repeated up to ``max_terms``.
 * ``backward`` — fit the whole pool, then repeatedly drop the term of the smallest effect |φ_r| and refit.
-* ``path`` — proximal L1 (``meta.l1_mode = "proximal"``) along λ_k = λ_max / 2^k from the sparse end (λ_max: the
-  largest screened gradient at the first support's θ, above which no term enters), each λ fit over a KKT working
-  set (the nonzero terms and the zero ones whose screened |ḡ_r| exceeds λ_k) with warm starts, the first support
-  (F0) unpenalized; each support the path visits is refit without L1 (debiasing).
+* ``path`` — proximal L1 (``meta.l1_mode = "proximal"``) along λ_k = λ_max · 2^{−k/2} from the sparse end (λ_max:
+  the largest screened gradient at the first support's θ, above which no term enters), each λ fit over a KKT
+  working set (the nonzero terms and the zero ones whose screened |ḡ_r| exceeds λ_k by more than 2 standard
+  errors) with warm starts, the first support (F0) unpenalized; each support the path visits is refit without
+  L1 (debiasing).
 
 Every support gets a refit θ and is scored on the same held-out episodes (paired across supports); the front is
 the list of these rules (number of terms, complexity, held-out accuracy ± 95 % CI) and the selected rule is the
@@ -37,6 +38,8 @@ from discovery.spec import DiscoverySpec
 from rules.terms import term
 
 STATE_FILE = "search.json"
+KKT_Z = 2.0           # a zero term joins the path's working set when |ḡ_r| − KKT_Z·se_r > λ (a significant violation)
+LAMBDA_RATIO = 2 ** -0.5   # λ_k = λ_max · LAMBDA_RATIO^k
 
 
 class Stage(BaseModel):
@@ -50,6 +53,7 @@ class Stage(BaseModel):
     scores: dict[str, float] | None = None           # screening: |t| of the score test per pool term
     effect: dict[str, float] | None = None           # screening: |∂L/∂θ_r| in units of effect
     gradient: dict[str, float] | None = None         # screening: mean ∂L/∂φ_r (φ = θ/s, the optimizer's variable)
+    gradient_se: dict[str, float] | None = None      # screening: its standard error s_r/√n
     history: list[dict] = []
 
 
@@ -201,7 +205,8 @@ class Search:
         as_dict = (lambda v: dict(zip(self.pool, v.tolist(), strict=True)))
         return self._record(Stage(kind="screen", label=label, terms=list(theta), theta=theta, episodes=n,
                                   scores=as_dict(t_abs), effect=as_dict(mean.abs() * ref / norm),
-                                  gradient=as_dict(mean * trainer.scale.double())))
+                                  gradient=as_dict(mean * trainer.scale.double()),
+                                  gradient_se=as_dict(sem * trainer.scale.double())))
 
     def remaining(self) -> int:
         return max(0, self.budget - self.used)
@@ -249,28 +254,30 @@ class Search:
 
     def path(self) -> list[Stage]:
         """The lasso path from the sparse end (glmnet's order) with a KKT working set: fit the first support (F0),
-        screen it, λ_max = max_r |ḡ_r| (∂L/∂φ_r; no other term enters above it), then for λ_k = λ_max / 2^k fit only
-        the working set — the support, the nonzero terms and every zero term that violates the KKT condition
-        |ḡ_r| ≤ λ_k at the previous solution (screened over n episodes) — with proximal L1 (F0 unpenalized) and warm
-        starts, screening again at each λ's solution; each support the path visits is refit without L1 (debiasing).
-        A term thus enters when its averaged gradient, not one noisy episode at Adam's first step, exceeds λ."""
+        screen it, λ_max = max_r |ḡ_r| (∂L/∂φ_r; no other term enters above it), then for λ_k = λ_max·2^{−k/2} fit
+        only the working set — the support, the nonzero terms and every zero term whose KKT condition |ḡ_r| ≤ λ_k
+        is violated significantly at the previous solution, |ḡ_r| − z·se_r > λ_k (screened over n episodes,
+        z = KKT_Z) — with proximal L1 (F0 unpenalized) and warm starts, screening again at each λ's solution;
+        each support the path visits is refit without L1 (debiasing). A term thus enters when its averaged
+        gradient clearly exceeds λ, not when one noisy screening says so: the gated terms' gradients are as large
+        as F2's on average but several times noisier."""
         init = self.spec.rule.initial_theta()
         n_lambda = self.spec.search.n_lambda
         support = self.start()
         first = self.fit(support, {t: init.get(t, 0.0) for t in support}, max(1, self.remaining() // 5),
                          f"fit {len(support)} terms")
-        grads = self.screen(first.theta, "screen at λ_max").gradient or {}
-        lam_max = max((abs(g) for t, g in grads.items() if t not in support and math.isfinite(g)),
-                                 default=1.0)
+        screen = self.screen(first.theta, "screen at λ_max")
+        lam_max = max((abs(g) for t, g in (screen.gradient or {}).items() if t not in support and math.isfinite(g)),
+                      default=1.0)
         n_screen = self.spec.search.screen_episodes
         per_lambda = max(1, (self.remaining() * 3 // 5 - (n_lambda - 1) * n_screen) // n_lambda)
         cur, supports, fits = first, [], [first]
         for k in range(1, n_lambda + 1):
             if self.stopped:
                 break
-            lam = lam_max / 2 ** k
+            lam = lam_max * LAMBDA_RATIO ** k
             active = [t for t in self.pool if t in support or cur.theta.get(t, 0.0) != 0.0
-                      or abs(grads.get(t, 0.0)) >= lam]
+                      or self._violates(screen, t, lam)]
             cur = self.fit(active, cur.theta, per_lambda, f"path λ={lam:.3g}", l1=lam, l1_mode="proximal",
                            l1_exempt=[t for t in support if t in self.pool])
             nonzero = [t for t in self.pool if cur.theta.get(t, 0.0) != 0.0]
@@ -278,13 +285,20 @@ class Search:
                 supports.append(cur.model_copy(update={"terms": nonzero,
                                                        "theta": {t: cur.theta[t] for t in nonzero}}))
             if k < n_lambda and not self.stopped:
-                grads = self.screen({t: cur.theta[t] for t in nonzero}, f"screen at λ={lam:.3g}").gradient or {}
+                screen = self.screen({t: cur.theta[t] for t in nonzero}, f"screen at λ={lam:.3g}")
         per_refit = max(1, self.remaining() // max(1, len(supports)))
         for sup in supports:
             if self.stopped:
                 break
             fits.append(self.fit(sup.terms, sup.theta, per_refit, f"refit {len(sup.terms)} terms"))
         return fits
+
+    @staticmethod
+    def _violates(screen: Stage, t: str, lam: float) -> bool:
+        """Whether term t's screened gradient violates |ḡ_t| ≤ λ significantly: |ḡ_t| − KKT_Z·se_t > λ."""
+        g = abs((screen.gradient or {}).get(t, 0.0))
+        se = (screen.gradient_se or {}).get(t, 0.0)
+        return math.isfinite(g) and g - KKT_Z * (se if math.isfinite(se) else math.inf) > lam
 
     # ------------------------------------------------------------------ scoring
     def score(self, fits: list[Stage]) -> list[FrontPoint]:
