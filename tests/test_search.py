@@ -3,6 +3,8 @@ exact zeros from the proximal step, screening gradient = finite difference of th
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from discovery.feedforward.inner import run_online_forward
 from discovery.feedforward.kernels import ckernel, fused
 from discovery.feedforward.meta import MetaTrainer
 from discovery.feedforward.network import init_feedback, init_weights
-from discovery.search.search import Search, select
+from discovery.search.search import KKT_Z, LAMBDA_RATIO, Search, Stage, select
 from discovery.spec import DiscoverySpec
 from rules.compiler import compile_terms
 from rules.library import canonical_text, generate, term_id
@@ -134,10 +136,22 @@ def test_tiny_path_runs_from_the_sparse_end_with_exact_zeros() -> None:
     assert labels[:3] == ["fit 1 terms", "screen at λ_max", labels[2]] and labels[2].startswith("path λ=")
     assert labels[3].startswith("screen at λ=")                                # the strong rule re-screens
     lam = [float(lb.split("=")[1]) for lb in labels if lb.startswith("path")]
-    assert lam[1] == pytest.approx(lam[0] / 2, rel=1e-2)                       # λ halves along the path
+    assert lam[1] == pytest.approx(lam[0] * LAMBDA_RATIO, rel=1e-2)            # λ_k = λ_max 2^(−k/2)
     assert res.front and all("F0" in p.terms for p in res.front)               # F0 is never penalized
     assert all(len(p.terms) < 16 for p in res.front)                           # the prox set exact zeros
     assert sum(p.selected for p in res.front) == 1
+
+
+def test_a_zero_term_enters_the_path_only_on_a_significant_kkt_violation() -> None:
+    """|ḡ| − 2·se > λ: a large but noisy gradient stays out, a smaller clean one enters."""
+    screen = Stage(kind="screen", label="s", terms=[], theta={}, episodes=16,
+                   gradient={"noisy": 10.0, "clean": -6.0, "nan": math.nan},
+                   gradient_se={"noisy": 4.0, "clean": 0.5, "nan": 1.0})
+    assert not Search._violates(screen, "noisy", 5.0)      # 10 − 8 = 2 < 5
+    assert Search._violates(screen, "clean", 4.0)          # 6 − 1 = 5 > 4
+    assert not Search._violates(screen, "clean", 5.5)
+    assert not Search._violates(screen, "nan", 0.0)
+    assert KKT_Z == 2.0
 
 
 def test_selection_is_the_simplest_within_the_ci_of_the_best() -> None:
