@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--pool", default="library")
     ap.add_argument("--episodes", type=int, default=600)
     ap.add_argument("--max-terms", type=int, default=5)
+    ap.add_argument("--n-lambda", type=int, default=5, help="λ values on the path (method path)")
+    ap.add_argument("--tag", default="", help="suffix of the result file name (keeps earlier variants)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
@@ -90,7 +92,7 @@ def main() -> None:
         for method in args.methods:
             t0 = time.perf_counter()
             spec = base_spec(seed, args.episodes, "fa", {"pool": args.pool},
-                             {"method": method, "max_terms": args.max_terms})
+                             {"method": method, "max_terms": args.max_terms, "n_lambda": args.n_lambda})
             res = discover(spec, progress=printer(f"seed {seed} {method}"))
             wall = time.perf_counter() - t0
             chosen = next(p for p in res.front if p.selected)
@@ -98,7 +100,7 @@ def main() -> None:
             out = {"seed": seed, "method": method, "pool": args.pool, "wall_time_s": wall,
                    "selected": chosen.model_dump(), "vs_bp": vs_bp, "bp": bp,
                    "front": [p.model_dump() for p in res.front], "search": res.search}
-            (args.out / f"{args.pool}_{method}_seed{seed}.json").write_text(json.dumps(out, indent=1))
+            (args.out / f"{args.pool}_{method}{args.tag}_seed{seed}.json").write_text(json.dumps(out, indent=1))
             terms = ", ".join(f"{term(t).name} {v:+.4f}" for t, v in chosen.theta.items())
             print(f"seed {seed} {method}: selected {chosen.n_terms} terms [{terms}] "
                   f"{chosen.heldout_accuracy:.3f} ± {chosen.heldout_ci95:.3f}; BP {bp['heldout_accuracy']:.3f} ± "

@@ -145,13 +145,16 @@ def test_tiny_path_runs_from_the_sparse_end_with_exact_zeros() -> None:
 def test_a_zero_term_enters_the_path_only_on_a_significant_kkt_violation() -> None:
     """|ḡ| − 2·se > λ: a large but noisy gradient stays out, a smaller clean one enters."""
     screen = Stage(kind="screen", label="s", terms=[], theta={}, episodes=16,
-                   gradient={"noisy": 10.0, "clean": -6.0, "nan": math.nan},
-                   gradient_se={"noisy": 4.0, "clean": 0.5, "nan": 1.0})
+                   gradient={"noisy": 10.0, "clean": -6.0, "nan": math.nan, "weak": 1.0},
+                   gradient_se={"noisy": 4.0, "clean": 0.5, "nan": 1.0, "weak": 2.0})
     assert not Search._violates(screen, "noisy", 5.0)      # 10 − 8 = 2 < 5
     assert Search._violates(screen, "clean", 4.0)          # 6 − 1 = 5 > 4
     assert not Search._violates(screen, "clean", 5.5)
     assert not Search._violates(screen, "nan", 0.0)
     assert KKT_Z == 2.0
+    assert Search._lambda_max(screen, []) == pytest.approx(5.0)   # the largest significant violation
+    assert Search._lambda_max(screen, ["clean"]) == pytest.approx(2.0)
+    assert Search._lambda_max(screen, ["clean", "noisy"]) == pytest.approx(1.0)   # none significant: plain max
 
 
 def test_selection_is_the_simplest_within_the_ci_of_the_best() -> None:

@@ -9,7 +9,8 @@ Three searches share one budget of meta-training episodes (spec.meta.episodes) a
   tangents, cheap); repeated up to ``max_terms``.
 * ``backward`` — fit the whole pool, then repeatedly drop the term of the smallest effect |φ_r| and refit.
 * ``path`` — proximal L1 (``meta.l1_mode = "proximal"``) along λ_k = λ_max · 2^{−k/2} from the sparse end (λ_max:
-  the largest screened gradient at the first support's θ, above which no term enters), each λ fit over a KKT
+  the largest significant KKT violation |ḡ_r| − 2·se_r at the first support's θ, above which no term enters),
+  each λ fit over a KKT
   working set (the nonzero terms and the zero ones whose screened |ḡ_r| exceeds λ_k by more than 2 standard
   errors) with warm starts, the first support (F0) unpenalized; each support the path visits is refit without
   L1 (debiasing).
@@ -254,7 +255,7 @@ class Search:
 
     def path(self) -> list[Stage]:
         """The lasso path from the sparse end (glmnet's order) with a KKT working set: fit the first support (F0),
-        screen it, λ_max = max_r |ḡ_r| (∂L/∂φ_r; no other term enters above it), then for λ_k = λ_max·2^{−k/2} fit
+        screen it, λ_max = max_r |ḡ_r| − z·se_r (∂L/∂φ_r; no term enters above it), then for λ_k = λ_max·2^{−k/2} fit
         only the working set — the support, the nonzero terms and every zero term whose KKT condition |ḡ_r| ≤ λ_k
         is violated significantly at the previous solution, |ḡ_r| − z·se_r > λ_k (screened over n episodes,
         z = KKT_Z) — with proximal L1 (F0 unpenalized) and warm starts, screening again at each λ's solution;
@@ -267,8 +268,7 @@ class Search:
         first = self.fit(support, {t: init.get(t, 0.0) for t in support}, max(1, self.remaining() // 5),
                          f"fit {len(support)} terms")
         screen = self.screen(first.theta, "screen at λ_max")
-        lam_max = max((abs(g) for t, g in (screen.gradient or {}).items() if t not in support and math.isfinite(g)),
-                      default=1.0)
+        lam_max = self._lambda_max(screen, support)
         n_screen = self.spec.search.screen_episodes
         per_lambda = max(1, (self.remaining() * 3 // 5 - (n_lambda - 1) * n_screen) // n_lambda)
         cur, supports, fits = first, [], [first]
@@ -292,6 +292,16 @@ class Search:
                 break
             fits.append(self.fit(sup.terms, sup.theta, per_refit, f"refit {len(sup.terms)} terms"))
         return fits
+
+    @staticmethod
+    def _lambda_max(screen: Stage, support: list[str]) -> float:
+        """The smallest λ at which no zero term violates its KKT condition significantly: max_r |ḡ_r| − z·se_r over
+        the terms outside the support (the plain max |ḡ_r| when no violation is significant)."""
+        grads = {t: abs(g) for t, g in (screen.gradient or {}).items() if t not in support and math.isfinite(g)}
+        se = screen.gradient_se or {}
+        signif = [g - KKT_Z * se.get(t, 0.0) for t, g in grads.items() if math.isfinite(se.get(t, 0.0))]
+        best = max(signif, default=0.0)
+        return best if best > 0 else max(grads.values(), default=1.0)
 
     @staticmethod
     def _violates(screen: Stage, t: str, lam: float) -> bool:
