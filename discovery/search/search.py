@@ -294,21 +294,28 @@ class Search:
         return fits
 
     @staticmethod
-    def _lambda_max(screen: Stage, support: list[str]) -> float:
-        """The smallest λ at which no zero term violates its KKT condition significantly: max_r |ḡ_r| − z·se_r over
-        the terms outside the support (the plain max |ḡ_r| when no violation is significant)."""
-        grads = {t: abs(g) for t, g in (screen.gradient or {}).items() if t not in support and math.isfinite(g)}
-        se = screen.gradient_se or {}
-        signif = [g - KKT_Z * se.get(t, 0.0) for t, g in grads.items() if math.isfinite(se.get(t, 0.0))]
-        best = max(signif, default=0.0)
-        return best if best > 0 else max(grads.values(), default=1.0)
-
-    @staticmethod
-    def _violates(screen: Stage, t: str, lam: float) -> bool:
-        """Whether term t's screened gradient violates |ḡ_t| ≤ λ significantly: |ḡ_t| − KKT_Z·se_t > λ."""
+    def _violation(screen: Stage, t: str) -> float:
+        """|ḡ_t| − KKT_Z·se_t: by how much term t's screened gradient exceeds λ = 0 significantly (−inf if not
+        finite). The KKT condition |ḡ_t| ≤ λ is violated significantly when this exceeds λ."""
         g = abs((screen.gradient or {}).get(t, 0.0))
         se = (screen.gradient_se or {}).get(t, 0.0)
-        return math.isfinite(g) and g - KKT_Z * (se if math.isfinite(se) else math.inf) > lam
+        return g - KKT_Z * se if math.isfinite(g) and math.isfinite(se) else -math.inf
+
+    @classmethod
+    def _lambda_max(cls, screen: Stage, support: list[str]) -> float:
+        """The smallest λ at which no zero term violates its KKT condition significantly: the largest violation
+        over the terms outside the support (the plain max |ḡ_r| when no violation is significant)."""
+        outside = [t for t in (screen.gradient or {}) if t not in support]
+        best = max((cls._violation(screen, t) for t in outside), default=0.0)
+        if best > 0:
+            return best
+        return max((abs(g) for t, g in (screen.gradient or {}).items() if t in outside and math.isfinite(g)),
+                   default=1.0)
+
+    @classmethod
+    def _violates(cls, screen: Stage, t: str, lam: float) -> bool:
+        """Whether term t's screened gradient violates |ḡ_t| ≤ λ significantly: |ḡ_t| − KKT_Z·se_t > λ."""
+        return cls._violation(screen, t) > lam
 
     # ------------------------------------------------------------------ scoring
     def score(self, fits: list[Stage]) -> list[FrontPoint]:
