@@ -1,1 +1,1 @@
-"""Alembic migrations of the service database (``migrations/alembic.ini``; applied by ``service.migrate``)."""
+"""Alembic migrations of the service database (``migrations/alembic.ini``; applied by ``service.db.migrate``)."""

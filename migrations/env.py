@@ -1,6 +1,6 @@
 """Alembic environment: migrate the database named by the caller's connection or by the settings.
 
-``service.migrate.upgrade`` passes an open connection in ``config.attributes["connection"]``; from the command
+``service.db.migrate.upgrade`` passes an open connection in ``config.attributes["connection"]``; from the command
 line the URL comes from ``-x url=...``, else ``sqlalchemy.url``, else ``PLASTICITY_DATABASE_URL`` / the SQLite
 file in ``PLASTICITY_DATA_DIR`` (service.settings).
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from service.db import make_engine
-from service.models import Base
+from service.db.session import make_engine
+from service.db.models import Base
 from service.settings import load_settings
 
 config = context.config

@@ -20,13 +20,14 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
 from service import __version__
-from service.auth import load_tokens
-from service.db import make_engine, make_session_factory
-from service.dispatcher import Dispatcher
-from service.limits import BodySizeLimit
-from service.migrate import upgrade
-from service.routes import api_benchmarks, api_jobs, api_meta, api_rules, pages
+from service.api.auth import load_tokens
+from service.api.limits import BodySizeLimit
+from service.api.router import api_router
+from service.db.migrate import upgrade
+from service.db.session import make_engine, make_session_factory
+from service.runs.dispatcher import Dispatcher
 from service.settings import Settings, load_settings
+from service.web.pages import router as pages_router
 
 log = logging.getLogger("plasticity.service")
 
@@ -83,10 +84,10 @@ def create_app(
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _internal_error)
 
-    for module in (api_meta, api_jobs, api_rules, api_benchmarks, pages):
-        app.include_router(module.router)
+    app.include_router(api_router)
+    app.include_router(pages_router)
     app.mount(
-        "/static", StaticFiles(directory=str(Path(__file__).resolve().parent / "static")), name="static"
+        "/static", StaticFiles(directory=str(Path(__file__).resolve().parent / "web" / "static")), name="static"
     )
     return app
 

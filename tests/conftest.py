@@ -8,7 +8,7 @@
 - ``settings``, ``app``, ``client``, ``auth``: the service on that database with the dispatcher off and the bearer
   token ``test-token``.
 - ``FakeWorkers``: an in-process stand-in for ``workers.ray_jobs`` that follows a script of states.
-- ``LiveServer`` / ``live_server``: the real server (``python -m service.cli serve``) in a subprocess.
+- ``LiveServer`` / ``live_server``: the real server (``python -m service.cli.main serve``) in a subprocess.
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ def pg_schema_factory(pg_base_url: str) -> Iterator[Callable[[], str]]:
 @pytest.fixture(scope="session")
 def pg_schema_url(pg_schema_factory: Callable[[], str]) -> str:
     """One migrated schema for the whole session."""
-    from service.db import make_engine
-    from service.migrate import upgrade
+    from service.db.migrate import upgrade
+    from service.db.session import make_engine
 
     url = pg_schema_factory()
     engine = make_engine(url)
@@ -125,7 +125,7 @@ def truncate_all(url: str) -> None:
     """Empty every service table and reset ids (PostgreSQL)."""
     from sqlalchemy import text
 
-    from service.db import make_engine
+    from service.db.session import make_engine
 
     engine = make_engine(url)
     with engine.begin() as conn:
@@ -347,7 +347,7 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """``python -m service.cli serve`` in its own process group, with its log in the data folder."""
+    """``python -m service.cli.main serve`` in its own process group, with its log in the data folder."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.data_dir = data_dir
@@ -374,7 +374,7 @@ class LiveServer:
             [
                 sys.executable,
                 "-m",
-                "service.cli",
+                "service.cli.main",
                 "serve",
                 "--port",
                 str(self.port),

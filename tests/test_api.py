@@ -10,12 +10,12 @@ from sqlalchemy import func, select
 
 from discovery.spec import DiscoverySpec
 from service.app import create_app
-from service.db import session_scope
-from service.migrate import head_revision
-from service.models import BenchmarkRun, Job, JobEvent, Rule
+from service.db.migrate import head_revision
+from service.db.models import BenchmarkRun, Job, JobEvent, Rule
+from service.db.repositories.store import create_job, link_job_rule, upsert_rule
+from service.db.session import session_scope
 from service.rulebook import parse_rule
 from service.settings import Limits
-from service.store import create_job, link_job_rule, upsert_rule
 
 GOAL = (
     "find a plasticity rule for depth-2 online learning under feedback alignment with oja on synthetic data "

@@ -10,9 +10,9 @@ from sqlalchemy import func, select
 
 from discovery.benchmarks.suite import BenchmarkReport
 from service.app import create_app
-from service.db import session_scope
-from service.dispatcher import MAX_ATTEMPTS, Dispatcher
-from service.models import Job, Rule, Trial
+from service.db.models import Job, Rule, Trial
+from service.db.session import session_scope
+from service.runs.dispatcher import MAX_ATTEMPTS, Dispatcher
 from tests.conftest import FakeHandle, FakeState, FakeWorkers, fake_discovery_result
 
 SPEC = {"network": {"widths": [784, 16, 10]}, "task": {"dataset": "synthetic"}, "meta": {"episodes": 2}}

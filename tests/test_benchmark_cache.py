@@ -1,5 +1,5 @@
 """Cached baselines and paired comparison in the engine (discovery.benchmarks.cache, .tuning, .progress) at tiny
-size, and the database side (service.benchmark_cache) on SQLite and PostgreSQL. The Ray fan-out of the first tuning:
+size, and the database side (service.db.repositories.baselines) on SQLite and PostgreSQL. The Ray fan-out of the first tuning:
 tests/test_workers_baselines.py."""
 
 from __future__ import annotations
@@ -163,10 +163,10 @@ def test_a_lower_is_better_suite_takes_the_same_path() -> None:
 
 # --- the database side ------------------------------------------------------------------------------------------
 def test_cache_rows_by_key_and_version(settings: Any, fa5_baselines: BaselineSet) -> None:
-    from service import benchmark_cache
-    from service.db import make_engine, make_session_factory, session_scope
-    from service.migrate import upgrade
-    from service.models import BaselineSetRow, BenchmarkRun
+    from service.db.migrate import upgrade
+    from service.db.models import BaselineSetRow, BenchmarkRun
+    from service.db.repositories import baselines as benchmark_cache
+    from service.db.session import make_engine, make_session_factory, session_scope
 
     engine = make_engine(settings.database_url)
     upgrade(engine)
@@ -194,10 +194,10 @@ def test_cache_rows_by_key_and_version(settings: Any, fa5_baselines: BaselineSet
 
 
 def test_a_cold_key_tuned_by_another_run_waits(settings: Any, fa5_baselines: BaselineSet) -> None:
-    from service import benchmark_cache
-    from service.db import make_engine, make_session_factory, session_scope
-    from service.migrate import upgrade
-    from service.models import BenchmarkRun
+    from service.db.migrate import upgrade
+    from service.db.models import BenchmarkRun
+    from service.db.repositories import baselines as benchmark_cache
+    from service.db.session import make_engine, make_session_factory, session_scope
 
     engine = make_engine(settings.database_url)
     upgrade(engine)

@@ -26,12 +26,12 @@ pytestmark = [
 def seed(data_dir: Path) -> dict[str, int]:
     """A succeeded job with its rule and curves, and a finished benchmark with baselines."""
     from discovery.spec import DiscoverySpec
-    from service.db import make_engine, make_session_factory, session_scope
-    from service.migrate import upgrade
-    from service.models import BenchmarkRun, BenchmarkScore
+    from service.db.migrate import upgrade
+    from service.db.models import BenchmarkRun, BenchmarkScore
+    from service.db.repositories.store import add_event, create_job, link_job_rule, upsert_rule
+    from service.db.session import make_engine, make_session_factory, session_scope
     from service.rulebook import parse_rule, record_from_result
     from service.settings import default_database_url
-    from service.store import add_event, create_job, link_job_rule, upsert_rule
 
     engine = make_engine(default_database_url(data_dir))
     upgrade(engine)

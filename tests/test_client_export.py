@@ -1,4 +1,4 @@
-"""Issue 13: rule export, the Python client (service.client) and the CLI that talks to a server.
+"""Issue 13: rule export, the Python client (service.client.http) and the CLI that talks to a server.
 
 1. A stored rule exports in every format (``GET /api/rules/{id}/export``); the torch, numpy and sympy exports run in a
    fresh interpreter (``python -I``, the project's packages blocked from import) and give the engine's ΔW
@@ -227,7 +227,7 @@ def cli(args: list[str], server: LiveServer, **env: str) -> Any:
     """``plasticity ARGS`` in-process (typer's CliRunner) against ``server``."""
     from typer.testing import CliRunner
 
-    from service.cli import app
+    from service.cli.main import app
 
     environment = {"PLASTICITY_SERVER": server.url, "PLASTICITY_API_TOKENS": server.token, "COLUMNS": "200", **env}
     result = CliRunner().invoke(app, args, env=environment)
@@ -251,8 +251,8 @@ def test_client_and_cli_against_a_real_server(live_server_factory: Callable[...,
                                               tmp_path: Path) -> None:
     from rich.console import Console
 
-    from service import client as api_client
-    from service.client import Client
+    from service.client import http as api_client
+    from service.client.http import Client
 
     server = live_server_factory()
     c = Client(server.url, server.token, timeout=30)
@@ -331,7 +331,7 @@ def test_client_and_cli_against_a_real_server(live_server_factory: Callable[...,
     one_line_error(cli(["rules", "export", str(rule.id), "--format", "matlab"], server), "422", "format")
     one_line_error(cli(["jobs", "submit", "--goal", GOAL], server, PLASTICITY_API_TOKENS="wrong"), "401")
     # the installed entry point, as a user runs it: same one line, no traceback
-    done = subprocess.run([sys.executable, "-m", "service.cli", "jobs", "cancel", str(job.id), "--server", server.url,
+    done = subprocess.run([sys.executable, "-m", "service.cli.main", "jobs", "cancel", str(job.id), "--server", server.url,
                            "--token", server.token], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "409" in done.stderr, done.stderr
     c.close()

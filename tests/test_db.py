@@ -11,9 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select
 
 from discovery.spec import DiscoverySpec
-from service.db import make_engine, make_session_factory, session_scope
-from service.migrate import current_revision, downgrade, head_revision, upgrade
-from service.models import (
+from service.db.migrate import current_revision, downgrade, head_revision, upgrade
+from service.db.models import (
     Base,
     BenchmarkRun,
     BenchmarkScore,
@@ -23,8 +22,9 @@ from service.models import (
     RuleTerm,
     Trial,
 )
+from service.db.repositories.store import add_event, create_job, link_job_rule, upsert_rule
+from service.db.session import make_engine, make_session_factory, session_scope
 from service.rulebook import parse_rule
-from service.store import add_event, create_job, link_job_rule, upsert_rule
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.db import session_scope
-from service.models import SUCCEEDED, BenchmarkRun, BenchmarkScore
+from service.db.models import SUCCEEDED, BenchmarkRun, BenchmarkScore
+from service.db.session import session_scope
 from tests.conftest import LiveServer
 from tests.test_e2e import FINAL, wait_for
 

@@ -23,10 +23,10 @@ from rules.recurrent import (
     parse_rule_text,
 )
 from rules.rule import Rule
-from service.db import session_scope
-from service.dispatcher import Dispatcher
-from service.models import BenchmarkRun
-from service.models import Rule as RuleRow
+from service.db.models import BenchmarkRun
+from service.db.models import Rule as RuleRow
+from service.db.session import session_scope
+from service.runs.dispatcher import Dispatcher
 from tests.conftest import FakeWorkers
 
 # --- the grammar -------------------------------------------------------------------------------------------------

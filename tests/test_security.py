@@ -185,7 +185,7 @@ TRACEBACK = ('Traceback (most recent call last):\n  File "/srv/discovery/feedfor
 
 def test_worker_traceback_stays_in_the_server_log(settings: Any, app: Any, client: Any, auth: dict[str, str],
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    from service.dispatcher import Dispatcher
+    from service.runs.dispatcher import Dispatcher
 
     fake = FakeWorkers(
         job_script=lambda h: [FakeState("running", {"episode": 1, "total": 2}),
@@ -211,8 +211,8 @@ def test_worker_traceback_stays_in_the_server_log(settings: Any, app: Any, clien
 
 def test_old_event_rows_with_tracebacks_are_not_shown(settings: Any, app: Any, client: Any,
                                                       auth: dict[str, str]) -> None:
-    from service.db import session_scope
-    from service.store import add_event
+    from service.db.repositories.store import add_event
+    from service.db.session import session_scope
 
     spec = {"network": {"widths": [784, 16, 10]}, "task": {"dataset": "synthetic"}, "meta": {"episodes": 2}}
     job_id = client.post("/api/jobs", json=spec, headers=auth).json()["id"]

@@ -34,9 +34,9 @@ def tiny_discovery() -> Any:
     """The goal's tiny open search, run by the engine in this process, as plain JSON."""
     import torch
 
+    from discovery.engine import discover
     from discovery.goal import parse_goal
     from discovery.results import jsonable
-    from discovery.engine import discover
 
     torch.set_num_threads(1)
     spec = parse_goal(GOAL).spec
@@ -49,7 +49,7 @@ def tiny_benchmark(database_url: str) -> Any:
 
     from discovery.results import jsonable
     from rules.recurrent import parse_rule_text
-    from service.benchmark_cache import local_benchmark
+    from service.db.repositories.baselines import local_benchmark
 
     torch.set_num_threads(1)
     report = local_benchmark(database_url, SUITE, parse_rule_text(EXPRESSION), tiny=True, seed=0)
@@ -59,7 +59,7 @@ def tiny_benchmark(database_url: str) -> Any:
 def _fresh_sqlite(folder: Path) -> str:
     from sqlalchemy import create_engine
 
-    from service.migrate import upgrade
+    from service.db.migrate import upgrade
 
     url = f"sqlite:///{folder / 'golden.db'}"
     upgrade(create_engine(url))

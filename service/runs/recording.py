@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from discovery.benchmarks.suite import BenchmarkReport
 from discovery.results import jsonable
-from service.models import (
+from service.db.models import (
     ORIGIN_BASELINE,
     ORIGIN_DISCOVERED,
     QUEUED,
@@ -26,8 +26,8 @@ from service.models import (
     Rule,
     Trial,
 )
+from service.db.repositories.store import add_event, link_job_rule, store_front, upsert_rule
 from service.rulebook import record_from_result
-from service.store import add_event, link_job_rule, store_front, upsert_rule
 from workers.progress import JobResult
 
 #: the result keys of a single run kept as the metrics of its one trial row

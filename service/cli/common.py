@@ -1,5 +1,5 @@
 """What every ``plasticity`` command shares: the typer app, the consoles, and the turning of failures into one
-message and an exit code (see service.cli)."""
+message and an exit code (see service.cli.main)."""
 
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.api.views import FEEDBACK_LOCALITY
 from service.catalog import DISCOVERY_DESCRIPTION, DISCOVERY_SUITE, registered_suites, suite_info
-from service.models import ORIGIN_BASELINE, SUCCEEDED, BenchmarkRun, BenchmarkScore, Job, JobRule, Rule
-from service.views import FEEDBACK_LOCALITY
+from service.db.models import ORIGIN_BASELINE, SUCCEEDED, BenchmarkRun, BenchmarkScore, Job, JobRule, Rule
 
 
 def known_suites(session: Session) -> list[str]:

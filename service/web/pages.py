@@ -1,6 +1,6 @@
 """Server-rendered pages (Jinja2, no JavaScript): the leaderboard, a rule, a job, and lists of jobs and rules.
 
-Formulas are the rules' LaTeX typeset to SVG on the server (``service.render``); θ trajectories and
+Formulas are the rules' LaTeX typeset to SVG on the server (``service.web.render``); θ trajectories and
 meta-accuracy curves are matplotlib SVG inlined in the page. A running job's page refreshes itself every 2 s
 with ``<meta http-equiv="refresh">``.
 """
@@ -18,15 +18,15 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 
 from service import __version__
-from service.deps import IdPath, SessionDep
-from service.leaderboard import known_suites, leaderboard
-from service.models import ACTIVE_STATUSES, BenchmarkRun, Job, Rule
-from service.render import accuracy_plot_svg, front_plot_svg, latex_svg, theta_plot_svg
+from service.api.deps import IdPath, SessionDep
+from service.api.views import benchmark_out, front_entries, job_out, rule_out, vs_delta
+from service.db.models import ACTIVE_STATUSES, BenchmarkRun, Job, Rule
+from service.db.repositories.leaderboard import known_suites, leaderboard
 from service.rulebook import display_latex, terms_catalog
-from service.views import benchmark_out, front_entries, job_out, rule_out, vs_delta
+from service.web.render import accuracy_plot_svg, front_plot_svg, latex_svg, theta_plot_svg
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
+templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 
 
 def _formula(latex: str | None, fontsize: int = 15) -> Markup | None:

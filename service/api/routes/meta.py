@@ -10,9 +10,9 @@ from sqlalchemy import text
 
 from discovery.goal import VOCABULARY, GoalError, parse_goal
 from service import __version__
-from service.db import redact_url
-from service.migrate import current_revision
-from service.schemas import HealthOut
+from service.api.schemas import HealthOut
+from service.db.migrate import current_revision
+from service.db.session import redact_url
 
 router = APIRouter(tags=["service"])
 

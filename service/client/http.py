@@ -1,8 +1,8 @@
-"""A Python client of the plasticity REST API (httpx), typed with the API's own models (``service.schemas``).
+"""A Python client of the plasticity REST API (httpx), typed with the API's own models (``service.api.schemas``).
 
 From a notebook::
 
-    from service.client import Client, frame
+    from service.client.http import Client, frame
     c = Client("http://127.0.0.1:8000", token)          # token: PLASTICITY_API_TOKENS or DATA_DIR/api_token
     job = c.wait(c.submit(goal="find a plasticity rule for depth-2 online learning under feedback alignment, tiny"))
     rule = c.rule(job.rule_ids[0])                       # a RuleOut: expression, latex, coefficients, provenance
@@ -28,7 +28,7 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from service.schemas import BenchmarkOut, HealthOut, JobOut, LeaderboardOut, RuleOut
+from service.api.schemas import BenchmarkOut, HealthOut, JobOut, LeaderboardOut, RuleOut
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 FINAL = ("succeeded", "failed", "cancelled")

@@ -13,12 +13,12 @@ from sqlalchemy import func, select, update
 
 from discovery.goal import GoalError, parse_goal
 from discovery.spec import DiscoverySpec
-from service.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
-from service.limits import spec_problems
-from service.models import ACTIVE_STATUSES, CANCELLED, STATUSES, Job, utcnow
-from service.schemas import GoalRequest, JobCreate, JobOut
-from service.store import active_count, add_event, cancel_run, create_job
-from service.views import job_out
+from service.api.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
+from service.api.limits import spec_problems
+from service.api.schemas import GoalRequest, JobCreate, JobOut
+from service.api.views import job_out
+from service.db.models import ACTIVE_STATUSES, CANCELLED, STATUSES, Job, utcnow
+from service.db.repositories.store import active_count, add_event, cancel_run, create_job
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 

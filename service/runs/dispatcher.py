@@ -3,7 +3,7 @@
 Every ``poll_seconds`` (1 s) it
 1. connects to Ray once (``workers.ray_jobs.ensure_ray``; failures are reported in ``/api/health`` and retried),
 2. polls every submitted job and benchmark (``workers.ray_jobs.poll``): progress into ``jobs.progress`` plus an
-   event every ~10 %, and at the end the result — the rule (stored once per hash, ``service.store.upsert_rule``),
+   event every ~10 %, and at the end the result — the rule (stored once per hash, ``service.db.repositories.store.upsert_rule``),
    the trials, the held-out accuracy — or the failure reason,
 3. stops the Ray work of jobs the API marked ``cancelled`` (``workers.ray_jobs.cancel``),
 4. submits queued jobs and benchmarks (oldest first, at most ``max_running`` at once).
@@ -42,9 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from discovery.results import jsonable
 from discovery.spec import DiscoverySpec
-from service import benchmark_cache
-from service.db import session_scope
-from service.models import (
+from service.db.models import (
     ACTIVE_STATUSES,
     CANCELLED,
     FAILED,
@@ -56,10 +54,12 @@ from service.models import (
     Rule,
     utcnow,
 )
-from service.recording import queue_benchmarks, record_benchmark_result, record_job_result
+from service.db.repositories import baselines as benchmark_cache
+from service.db.repositories.store import add_event
+from service.db.session import session_scope
 from service.rulebook import benchmark_text
+from service.runs.recording import queue_benchmarks, record_benchmark_result, record_job_result
 from service.settings import Settings
-from service.store import add_event
 from workers.progress import JobProgress
 
 log = logging.getLogger("plasticity.dispatcher")
@@ -405,7 +405,7 @@ class Dispatcher:
             add_event(s, "failed", error, data=data, **{flow.owner: row_id})
 
     def _finish(self, flow: Flow, s: Session, row: Job | BenchmarkRun, result: dict[str, Any]) -> None:
-        """Record a succeeded row's result (service.recording), then mark it succeeded."""
+        """Record a succeeded row's result (service.runs.recording), then mark it succeeded."""
         if flow is BENCHMARK_FLOW:
             result = benchmark_cache.absorb(s, row, result)  # a first tuning: cache its baselines
             report = record_benchmark_result(s, row, result)

@@ -1,4 +1,4 @@
-"""ORM rows → the API's JSON shapes (``service.schemas``), shared by the REST routes and the HTML pages."""
+"""ORM rows → the API's JSON shapes (``service.api.schemas``), shared by the REST routes and the HTML pages."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import FINAL_STATUSES, SUCCEEDED, BenchmarkRun, Job, JobEvent, JobRule, Rule
-from service.schemas import FrontEntry
+from service.api.schemas import FrontEntry
+from service.db.models import FINAL_STATUSES, SUCCEEDED, BenchmarkRun, Job, JobEvent, JobRule, Rule
 
 #: What a feedback mode says about locality (the vocabulary of the suites' ``locality`` field).
 FEEDBACK_LOCALITY: dict[str, str] = {

@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
 #: The folder holding alembic.ini, env.py and versions/.
-MIGRATIONS_DIR: Path = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR: Path = Path(__file__).resolve().parents[2] / "migrations"
 _ADVISORY_LOCK_ID = 0x706C6173  # "plas"
 
 

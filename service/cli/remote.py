@@ -1,5 +1,5 @@
-"""The ``plasticity`` commands against a running server, built on ``service.client``: jobs, rules, benchmarks,
-leaderboard (registered on service.cli_common.app; see service.cli)."""
+"""The ``plasticity`` commands against a running server, built on ``service.client.http``: jobs, rules, benchmarks,
+leaderboard (registered on service.cli.common.app; see service.cli.main)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from service.cli_common import (
+from service.cli.common import (
     USAGE_ERROR,
     CliError,
     app,
@@ -21,7 +21,7 @@ from service.cli_common import (
     out,
 )
 
-# --- against a server: jobs, rules, benchmarks, leaderboard (service.client) -----------------------------------------
+# --- against a server: jobs, rules, benchmarks, leaderboard (service.client.http) -----------------------------------------
 jobs_app = typer.Typer(help="Discovery jobs on a server (/api/jobs).", no_args_is_help=True)
 rules_app = typer.Typer(help="Stored rules on a server (/api/rules).", no_args_is_help=True)
 benchmarks_app = typer.Typer(help="Benchmark runs on a server (/api/benchmarks).", no_args_is_help=True)
@@ -54,8 +54,8 @@ def _fail_line(message: str, code: int = USAGE_ERROR) -> NoReturn:
 
 @contextmanager
 def _remote(server: str | None, token: str | None) -> Iterator[Any]:
-    """A ``service.client.Client``; client errors end as one line: exit 2 (1 for a run that failed)."""
-    from service.client import Client, PlasticityError, RunFailed
+    """A ``service.client.http.Client``; client errors end as one line: exit 2 (1 for a run that failed)."""
+    from service.client.http import Client, PlasticityError, RunFailed
 
     try:
         with Client(server, token) as client:

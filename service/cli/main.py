@@ -1,5 +1,5 @@
 """The ``plasticity`` command line (typer app ``app``): serve, migrate, discover, benchmark, bench, suites, token;
-and, against a running server (built on ``service.client``): jobs, rules, benchmarks, leaderboard.
+and, against a running server (built on ``service.client.http``): jobs, rules, benchmarks, leaderboard.
 
 Every failure a user can cause (a missing or invalid spec file, an unknown suite, a bad expression, an unknown
 rule id) ends with a one-paragraph message on stderr and exit code 2; unexpected errors exit 1, also without a
@@ -26,7 +26,7 @@ from rich.progress import (
 )
 
 from discovery.results import jsonable
-from service.cli_common import (
+from service.cli.common import (
     CliError,
     _friendly,
     _settings,
@@ -49,7 +49,7 @@ def serve(
         import uvicorn
 
         from service.app import create_app
-        from service.db import redact_url
+        from service.db.session import redact_url
 
         settings = _settings()
         application = create_app(settings)
@@ -86,8 +86,8 @@ def _start_ray() -> None:
 def migrate() -> None:
     """Apply the database migrations (upgrade head)."""
     with _friendly():
-        from service.db import make_engine, redact_url
-        from service.migrate import upgrade
+        from service.db.migrate import upgrade
+        from service.db.session import make_engine, redact_url
 
         settings = _settings()
         engine = make_engine(settings.database_url)
@@ -100,7 +100,7 @@ def migrate() -> None:
 def token() -> None:
     """Print the API token (generating it on first use when PLASTICITY_API_TOKENS is unset)."""
     with _friendly():
-        from service.auth import load_tokens
+        from service.api.auth import load_tokens
 
         tokens = load_tokens(_settings())
         if not tokens.generated_file:
@@ -242,9 +242,9 @@ def _engine() -> Callable[..., Any]:
 
 # --- benchmark / suites / bench ---------------------------------------------------------------------------------
 def _rule_expression(rule_id: int) -> str:
-    from service.db import make_engine, make_session_factory, session_scope
-    from service.migrate import upgrade
-    from service.models import Rule
+    from service.db.migrate import upgrade
+    from service.db.models import Rule
+    from service.db.session import make_engine, make_session_factory, session_scope
 
     settings = _settings()
     engine = make_engine(settings.database_url)
@@ -341,7 +341,7 @@ def benchmark(
                 report = suite_registry.run_suite(suite, rule, tiny=tiny, seed=seed, progress=tracker.on_suite_event,
                                                   feedback=feedback, overrides={"baselines": []})
             else:  # the baselines from the suite's cache in the database (tuned and stored on a miss)
-                from service.benchmark_cache import local_benchmark
+                from service.db.repositories.baselines import local_benchmark
 
                 report = local_benchmark(_settings().database_url, suite, rule, tiny=tiny, seed=seed, retune=retune,
                                          progress=progress, feedback=feedback)
@@ -358,7 +358,7 @@ def benchmark(
                 highlight=False,
                 markup=False,
             )
-        from service.views import vs_delta
+        from service.api.views import vs_delta
 
         for name, v in (report.get("vs") or {}).items():  # the rule − each baseline, paired on the same episodes
             lo, hi = v["ci95"]
@@ -406,7 +406,7 @@ def bench(ctx: typer.Context) -> None:
 
 
 # the commands against a server register themselves on the same app
-import service.cli_remote  # noqa: E402,F401
+import service.cli.remote  # noqa: E402,F401
 
 if __name__ == "__main__":
     app()

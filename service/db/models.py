@@ -2,7 +2,7 @@
 
 Portable across SQLite and PostgreSQL: JSON columns are ``sqlalchemy.JSON`` (JSON text on SQLite, ``json`` on
 PostgreSQL; SQL NULL for Python ``None``), timestamps are timezone-aware UTC. The schema itself is created by the
-Alembic migrations in ``migrations/versions`` (``service.migrate.upgrade``), never by ``create_all`` at runtime;
+Alembic migrations in ``migrations/versions`` (``service.db.migrate.upgrade``), never by ``create_all`` at runtime;
 ``tests/test_db*.py`` check that the migrations and these models agree.
 
 Rules are stored once per content hash (``rules.hash`` is unique): the sha256 of the rule's canonical string
@@ -261,7 +261,7 @@ class BenchmarkScore(Base):
 class BaselineSetRow(Base):
     """A suite's cached baselines for one (suite, suite version, seed, size): the tuned and scored baseline entries
     with their per-episode values (``discovery.benchmarks.cache.BaselineSet`` as JSON in ``data``), reused by every
-    later rule benchmark on that key (service.benchmark_cache)."""
+    later rule benchmark on that key (service.db.repositories.baselines)."""
 
     __tablename__ = "baseline_sets"
     __table_args__ = (UniqueConstraint("suite", "suite_version", "seed", "tiny", name="uq_baseline_sets_suite"),)

@@ -8,14 +8,14 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
+from service.api.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
+from service.api.schemas import BenchmarkCreate, BenchmarkOut, LeaderboardOut
+from service.api.views import benchmark_out
 from service.catalog import registered_suites, suites_payload
-from service.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
-from service.leaderboard import known_suites, leaderboard
-from service.models import ORIGIN_USER, QUEUED, BenchmarkRun, Rule
+from service.db.models import ORIGIN_USER, QUEUED, BenchmarkRun, Rule
+from service.db.repositories.leaderboard import known_suites, leaderboard
+from service.db.repositories.store import active_count, add_event, cancel_run, upsert_rule
 from service.rulebook import InvalidRule, parse_rule, suite_rejects
-from service.schemas import BenchmarkCreate, BenchmarkOut, LeaderboardOut
-from service.store import active_count, add_event, cancel_run, upsert_rule
-from service.views import benchmark_out
 
 router = APIRouter(tags=["benchmarks"])
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from discovery.results import jsonable
 from discovery.spec import DiscoverySpec
-from service.models import (
+from service.db.models import (
     ACTIVE_STATUSES,
     CANCELLED,
     ORIGIN_DISCOVERED,

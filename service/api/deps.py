@@ -9,7 +9,7 @@ from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.auth import require_token
+from service.api.auth import require_token
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="a token from PLASTICITY_API_TOKENS or DATA_DIR/api_token")

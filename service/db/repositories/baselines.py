@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from discovery.benchmarks.cache import BaselineKey, BaselineSet
 from discovery.results import jsonable
-from service.models import BaselineSetRow, BenchmarkRun
+from service.db.models import BaselineSetRow, BenchmarkRun
 from workers.actors import accepts_keyword
 
 
@@ -105,8 +105,8 @@ def local_benchmark(database_url: str, suite: str, rule: Any, *, tiny: bool, see
     """A benchmark in this process (the CLI's ``plasticity benchmark``) with the same cache as the service: the
     baselines of the key from the database unless ``retune``; else tuned here (serially) and stored."""
     from discovery.benchmarks.cache import key_for, run_benchmark
-    from service.db import make_engine, make_session_factory, session_scope
-    from service.migrate import upgrade
+    from service.db.migrate import upgrade
+    from service.db.session import make_engine, make_session_factory, session_scope
 
     engine = make_engine(database_url)
     try:

@@ -12,12 +12,12 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import func, select
 
-from service.deps import IdPath, OwnerDep, SessionDep
-from service.models import ORIGIN_USER, Rule, RuleTerm
+from service.api.deps import IdPath, OwnerDep, SessionDep
+from service.api.schemas import ExportFormatName, RuleCreate, RuleOut
+from service.api.views import rule_out
+from service.db.models import ORIGIN_USER, Rule, RuleTerm
+from service.db.repositories.store import upsert_rule
 from service.rulebook import InvalidRule, parse_rule, terms_catalog
-from service.schemas import ExportFormatName, RuleCreate, RuleOut
-from service.store import upsert_rule
-from service.views import rule_out
 
 router = APIRouter(prefix="/api/rules", tags=["rules"])
 

@@ -1,0 +1,1 @@
+"""service.api: see docs/architecture.md."""

@@ -1,0 +1,9 @@
+"""The REST API: one router per resource (``service.api.routes``), included here in the order of the docs."""
+
+from fastapi import APIRouter
+
+from service.api.routes import benchmarks, jobs, meta, rules
+
+api_router = APIRouter()
+for _module in (meta, jobs, rules, benchmarks):
+    api_router.include_router(_module.router)

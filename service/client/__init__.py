@@ -1,0 +1,1 @@
+"""service.client.http: see docs/architecture.md."""

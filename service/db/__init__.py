@@ -1,0 +1,1 @@
+"""service.db.session: see docs/architecture.md."""

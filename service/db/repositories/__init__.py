@@ -1,0 +1,1 @@
+"""service.db.session.repositories: see docs/architecture.md."""

@@ -1,1 +1,0 @@
-"""HTTP routes: the REST API (``api_*``) and the server-rendered pages."""

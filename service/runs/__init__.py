@@ -1,0 +1,1 @@
+"""service.runs: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""service.web: see docs/architecture.md."""
