@@ -18,9 +18,10 @@ ARCHITECTURE = DOCS / "architecture.md"
 
 #: the old name of the science reference, which lived outside the repository (built so this file does not match)
 OLD_SCIENCE_NAME = "SCIENCE" + ".md"
-#: folders never scanned: raw outputs, environments, caches, generated data
-SKIP_DIRS = {"results", ".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache",
-             "node_modules", "data", "test-artifacts", "build", "dist"}
+#: folders never scanned, at any depth: environments and caches
+SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache", "node_modules"}
+#: top-level folders never scanned: raw outputs and generated data
+SKIP_TOP = {"results", "data", "test-artifacts", "build", "dist"}
 #: files scanned for citations of the science reference
 TEXT_SUFFIXES = {".py", ".md", ".txt", ".toml", ".cfg", ".ini", ".yml", ".yaml", ".json", ".html", ".c", ".mako"}
 
@@ -28,7 +29,9 @@ TEXT_SUFFIXES = {".py", ".md", ".txt", ".toml", ".cfg", ".ini", ".yml", ".yaml",
 def _repo_files(suffixes: set[str] | None = None) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(ROOT):
-        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.endswith(".egg-info")]
+        top = Path(dirpath) == ROOT
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.endswith(".egg-info")
+                       and not (top and d in SKIP_TOP)]
         for name in filenames:
             path = Path(dirpath) / name
             if suffixes is None or path.suffix in suffixes:
