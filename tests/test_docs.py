@@ -149,6 +149,7 @@ def test_readme_is_short_and_starts_with_the_two_commands() -> None:
 
 def _numbered_list_under(markdown: str, heading: str) -> list[str]:
     lines = markdown.splitlines()
+    assert heading in lines, f"docs/architecture.md has no heading {heading!r}"
     start = lines.index(heading)
     items = []
     for line in lines[start + 1:]:
@@ -174,7 +175,7 @@ LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
 def _relative_links(path: Path) -> list[str]:
-    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL)
     text = re.sub(r"`[^`\n]*`", "", text)
     targets = []
     for target in LINK.findall(text):
