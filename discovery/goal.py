@@ -9,7 +9,7 @@ Vocabulary (case-insensitive):
 
 - depth: ``depth-N`` / ``depth N`` / ``N layers`` / ``N-layer`` → L = N weight layers. Widths: input n_0 from the
   data set (784; 64 for sklearn digits), output 10 (47 for EMNIST-balanced, at least the number of ways), hidden
-  widths interpolated piecewise-linearly along the paper's 170-130-100-70 (SCIENCE.md S3), so depth-5 gives
+  widths interpolated piecewise-linearly along the paper's 170-130-100-70 (docs/science.md S3), so depth-5 gives
   784-170-130-100-70-10, depth-3 784-170-70-10, depth-2 784-130-10, depth-1 784-10. Default depth 5.
 - width: ``width N`` (every hidden layer N), ``widths 784-32-10`` (explicit), ``tiny`` (a smoke-test size: hidden
   width 16, 5 shots, 5 queries, 10 held-out episodes and 20 meta-training episodes unless given explicitly).

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Hidden widths of the paper's depth-5 net (SCIENCE.md S3), the anchors of the width interpolation.
+#: Hidden widths of the paper's depth-5 net (docs/science.md S3), the anchors of the width interpolation.
 PAPER_HIDDEN: tuple[int, ...] = (170, 130, 100, 70)
 DEFAULT_DEPTH = 5
 #: Input dimension n_0 of each data set (upsampled digits: 784).
@@ -141,7 +141,7 @@ VOCABULARY: dict[str, list[str]] = {
     "depth": ["depth-N", "N layers", "N-layer"],
     "width": ["width N", "widths 784-64-10", "tiny"],
     "learning": ["online (batch is not supported)"],
-    "family": ["recurrent / fixed points / fixed-point rnn (the recurrent fixed-point family on mnist, SCIENCE.md "
+    "family": ["recurrent / fixed points / fixed-point rnn (the recurrent fixed-point family on mnist, docs/science.md "
                "S2; 'N units' sets N; terms dW1, dW3, dW4, oja, decay; default dW3, dW4, oja, decay)"],
     "feedback": [
         "feedback alignment / fa",

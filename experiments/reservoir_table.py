@@ -1,6 +1,6 @@
 """The S5 reservoir results table: each configuration run over several seeds (batched), one JSON per configuration.
 
-One configuration per call, all its seeds in one batch (SCIENCE.md S5; `discovery.reservoir.model.run_reservoir`):
+One configuration per call, all its seeds in one batch (docs/science.md S5; `discovery.reservoir.model.run_reservoir`):
 
     OMP_NUM_THREADS=1 python -m experiments.reservoir_table --task 2 --learner supertrex --protocol shortened
 
@@ -32,7 +32,7 @@ CONFIGS: tuple[tuple[int, str, str], ...] = (
     (2, "rmhl", "published"), (2, "supertrex", "published"),
     (3, "supertrex", "published"), (3, "supertrex", "fixed"))
 
-# SCIENCE.md S5: replication (Sankar et al. 2021), 11 seeds, test-phase mean ± spread, satisfactory count.
+# docs/science.md S5: replication (Sankar et al. 2021), 11 seeds, test-phase mean ± spread, satisfactory count.
 PUBLISHED: dict[tuple[int, str, str], dict] = {
     (1, "force", "published"): {"mean": 0.003, "pm": 0.002, "satisfactory": None},
     (1, "rmhl", "published"): {"mean": 0.168, "pm": 0.038, "satisfactory": None},

@@ -1,4 +1,4 @@
-"""The rule language: primitives, the term library F0..F9 (SCIENCE.md S3), Rule = Σ θ_r F_r, safe parser."""
+"""The rule language: primitives, the term library F0..F9 (docs/science.md S3), Rule = Σ θ_r F_r, safe parser."""
 
 from rules.parser import RuleSyntaxError, parse_expression
 from rules.primitives import PRIMITIVES

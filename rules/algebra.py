@@ -1,4 +1,4 @@
-"""Monomial algebra of the rule language (SCIENCE.md S3): expanded, normalized products of primitives.
+"""Monomial algebra of the rule language (docs/science.md S3): expanded, normalized products of primitives.
 
 A rule is ΔW_ℓ = Σ_r θ_r F^r_ℓ. Every F^r expands into monomials c · (f_1 f_2 … f_k), each f a primitive of
 ``rules.primitives`` or its transpose. A monomial is kept in a normal form that makes equal products equal:

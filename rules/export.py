@@ -1,7 +1,7 @@
 """Export a rule as self-contained source: torch, numpy, jax, sympy, LaTeX or JSON (``GET /api/rules/{id}/export``).
 
 The array formats define ``delta_w(x, y, e, e_pre, W)`` (feedforward) or ``delta_w(r, delta, G, W, u=None)``
-(recurrent, SCIENCE.md S2), batched over a leading dimension, in the column-vector convention of
+(recurrent, docs/science.md S2), batched over a leading dimension, in the column-vector convention of
 ``rules.primitives`` / ``rules.recurrent``. The body is printed from the rule's **sympy expression** by subclasses
 of sympy's own code printers (rules.printers) (``NumPyPrinter``, ``TorchPrinter``, ``JaxPrinter``): a matrix product becomes a chain
 of batched ``@`` evaluated vector-first (as ``rules.compiler`` runs it: Oja's y (yᵀW) is ``y @ (yᵀ @ W)``, never
@@ -119,7 +119,7 @@ x, e_pre are (B, m); y, e are (B, n); W is (B, n, m); ΔW is (B, n, m).""",
 RECURRENT = Family(
     "recurrent",
     "r, delta, G, W, u=None",
-    """Recurrent fixed-point network r = f(W r + X), column-vector convention, one sample (SCIENCE.md S2):
+    """Recurrent fixed-point network r = f(W r + X), column-vector convention, one sample (docs/science.md S2):
     r     (N×1)  rates at the fixed point          delta = ∂L/∂r (N×1)
     G     (N×N)  diag(f'(W r + X)); give the N diagonal entries (B, N) or the full (B, N, N) matrix
     W     (N×N)  recurrent weights                  I = identity (N×N)

@@ -1,4 +1,4 @@
-"""Safe parser for rule expressions (API.md "Rule expressions"); never eval/sympify on the raw text.
+"""Safe parser for rule expressions (docs/http-api.md, "Rule expressions"); never eval/sympify on the raw text.
 
 Whitelist grammar (column-vector convention, ``e*x.T`` = e xᵀ):
 

@@ -1,4 +1,4 @@
-"""Primitive symbols of the rule language (SCIENCE.md S3, column-vector form, one layer ℓ).
+"""Primitive symbols of the rule language (docs/science.md S3, column-vector form, one layer ℓ).
 
 ``n = n_ℓ`` (post width) and ``m = n_{ℓ−1}`` (pre width) are positive integer symbols. The matrix symbols are
 

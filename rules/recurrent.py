@@ -1,4 +1,4 @@
-"""The recurrent rule language (SCIENCE.md S2): plasticity of the recurrent weights W of a fixed-point network.
+"""The recurrent rule language (docs/science.md S2): plasticity of the recurrent weights W of a fixed-point network.
 
 One recurrent layer of N units at its fixed point r = f(W r + X), column-vector form, one sample:
 
@@ -162,7 +162,7 @@ RECURRENT_POOLS: dict[str, list[str]] = {
 """Named pools; ``rec4`` (no N×N solve per sample) is the default of a fixedpoint-mnist discovery."""
 
 PUBLISHED_LR: dict[str, float] = {"rec_dW1": 0.01, "rec_dW3": 0.25, "rec_dW4": 0.1}
-"""Best learning rates of the paper's MNIST runs (SCIENCE.md S2): W ← W − lr·dW, i.e. θ = lr here."""
+"""Best learning rates of the paper's MNIST runs (docs/science.md S2): W ← W − lr·dW, i.e. θ = lr here."""
 
 DEFAULT_THETA: dict[str, float] = {**PUBLISHED_LR, "rec_oja": 0.0, "rec_decay": 0.0}
 """θ at the start of meta-learning when the spec gives none: the published learning rates, biological terms off."""

@@ -1,4 +1,4 @@
-"""A plasticity rule ΔW_ℓ = Σ_r θ_r F^r_ℓ (SCIENCE.md S3): one scalar θ_r per term, shared by all layers.
+"""A plasticity rule ΔW_ℓ = Σ_r θ_r F^r_ℓ (docs/science.md S3): one scalar θ_r per term, shared by all layers.
 
 Term ids are library ids (``rules.terms.TERMS``: F0..F9, hebb) or custom monomials ``"X:<monomial>"`` whose
 text (user syntax, e.g. ``"X:y*(y.T*W)"``) *is* the term: ``Rule({"X:y*(y.T*W)": -0.5})`` rebuilds its

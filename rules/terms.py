@@ -1,4 +1,4 @@
-"""The rule terms: the paper's named pool F0..F9 (SCIENCE.md S3) and the generated library (``rules.library``).
+"""The rule terms: the paper's named pool F0..F9 (docs/science.md S3) and the generated library (``rules.library``).
 
 ``TERMS`` holds every term by id: the named ones first (F0..F9, hebb), then the grammar's terms that are not
 already named (ids ``T<hash>``). ``POOLS`` names term lists: ``paper3``, ``bio10``, ``library`` (the 16 base
@@ -51,7 +51,7 @@ _BASE = generate(_NAMED, ("base",))
 _GENERATED = generate(_NAMED)
 
 TERMS: dict[str, Term] = {t.id: t for t in [*_NAMED, *_GENERATED]}
-"""Terms by id: F0..F9 (SCIENCE.md S3 table, F3–F8 uncertain), ``hebb``, then the generated ``T<hash>`` terms."""
+"""Terms by id: F0..F9 (docs/science.md S3 table, F3–F8 uncertain), ``hebb``, then the generated ``T<hash>`` terms."""
 
 POOLS: dict[str, list[str]] = {
     "paper3": ["F0", "F2", "F9"],

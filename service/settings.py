@@ -1,4 +1,4 @@
-"""Settings of the service, read from the environment (names in /work/shared/API.md).
+"""Settings of the service, read from the environment (names in docs/operations.md, "Configuration").
 
 | variable | meaning | default |
 |---|---|---|

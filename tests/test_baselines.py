@@ -1,4 +1,4 @@
-"""Baseline learners (SCIENCE.md S3, S1): BP is SGD on the online cross-entropy, BP + Oja with γ = 0 is BP, the Oja
+"""Baseline learners (docs/science.md S3, S1): BP is SGD on the online cross-entropy, BP + Oja with γ = 0 is BP, the Oja
 term is y x_preᵀ − y (yᵀW), FA with B = W is BP, DFA on one hidden layer with D = W_2 is BP; equal tuning budgets."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests of the fixed-point recurrent learners (SCIENCE.md S2): exactness of dW1, dW2 ≈ dW3 to first order,
+"""Tests of the fixed-point recurrent learners (docs/science.md S2): exactness of dW1, dW2 ≈ dW3 to first order,
 dW1 = backprop in a layered network, and solver failures that raise FixedPointError."""
 
 from __future__ import annotations

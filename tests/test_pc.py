@@ -1,4 +1,4 @@
-"""Predictive coding (SCIENCE.md S4): Exact and FixedPred(η=1, n=L) equal backprop; FixedPred's per-layer shrink
+"""Predictive coding (docs/science.md S4): Exact and FixedPred(η=1, n=L) equal backprop; FixedPred's per-layer shrink
 ε_{L−k} = a_k δ_{L−k} with a_k = P[Binomial(n−1, η) ≥ k]; the functional-MLP and nn.Sequential versions agree."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def test_fixedpred_shrink_matches_binomial_tail():
         assert a_k == pytest.approx(float(binom.sf(k - 1, 19, 0.1)) if k > 0 else 1.0, rel=1e-12)
         torch.testing.assert_close(eps[i], a_k * exact[i], rtol=1e-10, atol=1e-14)
         rel_err.append(1 - a_k)
-    # SCIENCE.md S4: relative errors 0.885, 0.705, 0.42, 0.135, 0 for layers 1-5
+    # docs/science.md S4: relative errors 0.885, 0.705, 0.42, 0.135, 0 for layers 1-5
     assert rel_err == pytest.approx([0.885, 0.705, 0.42, 0.135, 0.0], abs=1e-3)
 
 

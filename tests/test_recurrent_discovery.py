@@ -1,4 +1,4 @@
-"""Tests of recurrent rule discovery (SCIENCE.md S2): the sympy terms equal the torch directions, the implicit
+"""Tests of recurrent rule discovery (docs/science.md S2): the sympy terms equal the torch directions, the implicit
 meta-gradient equals central finite differences, RecurrentRule identity, a short discovery run, divergence
 bookkeeping and the suite scorer (identical to discovery.recurrent.fixedpoint.run_fixedpoint_mnist for dW3 alone)."""
 

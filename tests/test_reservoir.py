@@ -1,4 +1,4 @@
-"""Tests of the reservoir motor learners (SCIENCE.md S5): task geometry, batching over seeds, FORCE on the
+"""Tests of the reservoir motor learners (docs/science.md S5): task geometry, batching over seeds, FORCE on the
 butterfly with a shortened protocol, and the lesion probe on a tiny configuration."""
 
 from __future__ import annotations

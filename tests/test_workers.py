@@ -1,6 +1,6 @@
 """Tests of workers/: discovery, sweep and benchmark jobs on a real local Ray (2 CPUs), submit/poll/cancel.
 
-The jobs meta-learn θ of ΔW_ℓ = Σ_r θ_r F^r_ℓ (SCIENCE.md) with the real engine on tiny synthetic episodes;
+The jobs meta-learn θ of ΔW_ℓ = Σ_r θ_r F^r_ℓ (docs/science.md) with the real engine on tiny synthetic episodes;
 a few cases (death of a worker, retries, benchmark plumbing) use stand-in engines so that they stay fast.
 """
 

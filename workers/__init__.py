@@ -1,6 +1,6 @@
 """Ray workers: discovery jobs (one actor each, or a Ray Tune sweep of trials) and benchmark jobs.
 
-The jobs meta-learn θ of ΔW_ℓ = Σ_r θ_r F^r_ℓ (SCIENCE.md) through ``discovery.discover`` and score rules through
+The jobs meta-learn θ of ΔW_ℓ = Σ_r θ_r F^r_ℓ (docs/science.md) through ``discovery.discover`` and score rules through
 ``discovery.benchmarks.registry.run_suite``; this package only schedules, watches and cancels them. Public API: see
 :mod:`workers.ray_jobs` (re-exported here) and :func:`workers.runtime.ensure_ray`.
 """

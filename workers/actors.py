@@ -1,6 +1,6 @@
 """The Ray actor that hosts one job: a discovery run, a sweep (Ray Tune driver) or a benchmark suite.
 
-A discovery job meta-learns θ in ΔW_ℓ = Σ_r θ_r F^r_ℓ (SCIENCE.md) by calling ``discovery.discover``; a
+A discovery job meta-learns θ in ΔW_ℓ = Σ_r θ_r F^r_ℓ (docs/science.md) by calling ``discovery.discover``; a
 benchmark scores a rule (or only the baselines) with ``discovery.benchmarks.registry.run_suite``. The actor is threaded
 (``max_concurrency`` > 1): :meth:`JobActor.run` blocks one thread with the job while :meth:`JobActor.state`
 and :meth:`JobActor.cancel` answer from the others. ``run`` never raises for an engine error: it returns an

@@ -1,6 +1,6 @@
 """Plain-data conversion of what the engine emits, for the trip through Ray and into the service's database.
 
-The engine's progress callback receives one event per meta-training episode t (SCIENCE.md symbols):
+The engine's progress callback receives one event per meta-training episode t (docs/science.md symbols):
 ``episode`` t, ``total`` T, ``meta_loss`` L_meta(θ_t) = CE on the query set + λ‖θ_t‖₁, ``meta_accuracy``
 (query accuracy of the episode), ``theta`` {r: θ_r} (coefficients of the rule terms F^r), ``alignment_deg``
 ∠(W_ℓ^T, B_ℓ) per layer, ``subspace_orth_error`` per-layer orthonormality error on the activity subspace, ``skipped`` (divergence guard fired).

@@ -1,6 +1,6 @@
 """The workers' public API: submit discovery and benchmark jobs to Ray, poll them, cancel them.
 
-A discovery job meta-learns the coefficients θ of a plasticity rule ΔW_ℓ = Σ_r θ_r F^r_ℓ (SCIENCE.md) with
+A discovery job meta-learns the coefficients θ of a plasticity rule ΔW_ℓ = Σ_r θ_r F^r_ℓ (docs/science.md) with
 ``discovery.discover``; a spec with a non-empty ``sweep`` runs as Ray Tune trials over the grid of seeds,
 meta learning rates η_meta and L1 weights λ, and the trial with the best held-out accuracy gives the job's
 rule. A benchmark job scores a rule expression (or the baselines alone) with ``discovery.benchmarks.registry.run_suite``.

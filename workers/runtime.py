@@ -1,6 +1,6 @@
 """Connecting to Ray: a cluster named by ``RAY_ADDRESS``, or a small local Ray started on demand.
 
-No mathematics here; the jobs it hosts meta-learn the coefficients θ of ΔW_ℓ = Σ_r θ_r F^r_ℓ (SCIENCE.md).
+No mathematics here; the jobs it hosts meta-learn the coefficients θ of ΔW_ℓ = Σ_r θ_r F^r_ℓ (docs/science.md).
 :func:`ensure_ray` is idempotent and thread-safe: the service may call it from any request thread.
 
 Environment:

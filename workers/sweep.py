@@ -1,7 +1,7 @@
 """A sweep: one discovery job fanned out into Ray Tune trials over seeds, meta learning rates and L1 weights.
 
 Each trial meta-learns θ of ΔW_ℓ = Σ_r θ_r F^r_ℓ with its own (seed, η_meta, λ) — the Adam step size η_meta and
-the weight λ of the sparsity penalty λ‖θ‖₁ in the meta-loss (SCIENCE.md) — taken from the grid
+the weight λ of the sparsity penalty λ‖θ‖₁ in the meta-loss (docs/science.md) — taken from the grid
 ``spec.sweep.seeds × spec.sweep.lr × spec.sweep.l1`` (a missing list keeps the spec's value). The best trial is
 the one with the highest held-out query accuracy (ties: the earlier grid point); its full result becomes the
 job's result, and every trial is listed under ``trials``.

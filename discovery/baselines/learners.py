@@ -1,4 +1,4 @@
-"""Baseline learners behind the same ``Learner`` protocol as a compiled rule (SCIENCE.md S3, S1, S4).
+"""Baseline learners behind the same ``Learner`` protocol as a compiled rule (docs/science.md S3, S1, S4).
 
 Every learner updates all layers once per sample (batch 1 per episode, B episodes in parallel) and returns new
 weights W_ℓ of shape (B, n_ℓ, n_{ℓ−1}).

@@ -1,4 +1,4 @@
-"""Predictive coding (Torch2PC-style) as learners on the functional MLP and on any ``nn.Sequential`` (SCIENCE.md S4).
+"""Predictive coding (Torch2PC-style) as learners on the functional MLP and on any ``nn.Sequential`` (docs/science.md S4).
 
 Layers f_ℓ (ℓ = 1..L): v̂_0 = x, v̂_ℓ = f_ℓ(v̂_{ℓ−1}); loss 𝓛(v̂_L, y); J_ℓ(u) = ∂f_ℓ/∂u. Errors ε are +gradients and
 the parameter update is dθ_ℓ = (∂f_ℓ(u_{ℓ−1}; θ_ℓ)/∂θ_ℓ)ᵀ ε_ℓ (u = v̂ for Exact / FixedPred, u = beliefs v for

@@ -1,4 +1,4 @@
-"""Diagnostics of an adapted network (SCIENCE.md S3).
+"""Diagnostics of an adapted network (docs/science.md S3).
 
 α_ℓ: angle between the teaching signal e_ℓ the learner uses (through B) and backprop's δ_ℓ (through W), averaged
 over samples; 90° means no alignment. The subspace orthonormality error ‖Y_ℓ − Y_ℓ W_ℓ W_ℓᵀ‖²_F / #samples with Y_ℓ

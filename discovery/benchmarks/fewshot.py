@@ -337,7 +337,7 @@ _TINY_FEWSHOT = {
     "protocol": {"episodes": 6, "tune_episodes": 3, "chunk": 6, "diag_every": 5},
 }
 
-#: the S3 protocol and episode shape shared by fa5-online and emnist-5way (SCIENCE.md S3)
+#: the S3 protocol and episode shape shared by fa5-online and emnist-5way (docs/science.md S3)
 _S3_PROTOCOL = {"episodes": 200, "tune_episodes": 50, "grid_points": GRID_POINTS, "chunk": 20, "diag_every": 25,
                 "dtype": "float32", "tune_split": "train", "score_split": "heldout"}
 _S3_DATA = {"ways": 5, "shots": 50, "queries": 10, "heldout_fraction": 0.2, "remap_labels": True, "split": "heldout"}
@@ -345,7 +345,7 @@ _S3_DATA = {"ways": 5, "shots": 50, "queries": 10, "heldout_fraction": 0.2, "rem
 FA5_ONLINE = Suite(
     name="fa5-online", version="1.0", kind="mlp-online", runner=fewshot_runner,
     title="5-way 50-shot online learning, 784-170-130-100-70-10, mnist5k held-out images",
-    description="SCIENCE.md S3 setting on offline MNIST: baselines (BP, FA, DFA, BP+Oja, predictive coding) "
+    description="docs/science.md S3 setting on offline MNIST: baselines (BP, FA, DFA, BP+Oja, predictive coding) "
                 "and discovered rules learn a 5-way task online from 250 samples.",
     network={"widths": [784, 170, 130, 100, 70, 10], "beta": 10.0, "init_scale": 1.0, "rule_feedback": "fa"},
     data={"dataset": "mnist5k", **_S3_DATA},
@@ -356,7 +356,7 @@ FA5_ONLINE = Suite(
 EMNIST_5WAY = Suite(
     name="emnist-5way", version="1.0", kind="mlp-online", runner=fewshot_runner,
     title="The paper's setting: 5-way 50-shot online, 784-170-130-100-70-47, EMNIST-balanced",
-    description="SCIENCE.md S3 exactly (47-unit softmax, EMNIST-balanced test files); needs "
+    description="docs/science.md S3 exactly (47-unit softmax, EMNIST-balanced test files); needs "
                 "PLASTICITY_EMNIST_DIR. Held-out episodes mix unseen images of meta-train classes with the "
                 "held-out classes of the data split.",
     network={"widths": [784, 170, 130, 100, 70, 47], "beta": 10.0, "init_scale": 1.0, "rule_feedback": "fa"},

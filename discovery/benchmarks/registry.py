@@ -1,5 +1,5 @@
 """The registry of named, versioned benchmark suites; ``run_suite`` scores tuned baselines and an optional
-discovered rule (SCIENCE.md S3, S1) and returns a JSON-able report.
+discovered rule (docs/science.md S3, S1) and returns a JSON-able report.
 
 Every family's suites are listed here explicitly (:data:`BUILTIN_SUITES`): the feedforward ones
 (discovery.benchmarks.fewshot), the recurrent fixed-point ones (discovery.recurrent.suites) and the reservoir one

@@ -1,4 +1,4 @@
-"""Data for meta-learning plasticity rules (SCIENCE.md S3, "Meta-learning protocol" and "Data").
+"""Data for meta-learning plasticity rules (docs/science.md S3, "Meta-learning protocol" and "Data").
 
 Public entry point of the data layer; the code lives in :mod:`discovery.data.datasets` (offline data sets: mnist5k,
 digits / digits28, EMNIST-balanced from local IDX files, synthetic) and :mod:`discovery.data.sampler` (M-way K-shot

@@ -1,4 +1,4 @@
-"""Offline image data sets for meta-learning plasticity rules (SCIENCE.md S3, "Data").
+"""Offline image data sets for meta-learning plasticity rules (docs/science.md S3, "Data").
 
 Every loader returns a :class:`Dataset`: ``images`` is a float32 CPU tensor of shape (N, D) with values in
 [0, 1] (the flattened input y_0 of the network, no normalization), ``labels`` a long tensor (N,) of class ids

@@ -1,4 +1,4 @@
-"""Episode sampler: M-way, K-shot, Q-query tasks for meta-learning plasticity rules (SCIENCE.md S3).
+"""Episode sampler: M-way, K-shot, Q-query tasks for meta-learning plasticity rules (docs/science.md S3).
 
 An episode (task) draws M distinct classes, then K + Q distinct images of each class: the M·K training images
 form the online stream (shuffled; one update each, batch 1) and the M·Q query images measure the adapted

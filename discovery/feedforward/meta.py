@@ -1,4 +1,4 @@
-"""Meta-trainer: learn θ of ΔW_ℓ = Σ_r θ_r F^r_ℓ through the unrolled online inner loop (SCIENCE.md S3).
+"""Meta-trainer: learn θ of ΔW_ℓ = Σ_r θ_r F^r_ℓ through the unrolled online inner loop (docs/science.md S3).
 
 Meta-loss per meta-step: mean over the meta-batch of the query cross-entropy of the adapted network, plus
 λ Σ_r |θ_r|. The exact meta-gradient is computed in forward mode (R tangents carried through the loop, O(1) memory

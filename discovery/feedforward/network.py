@@ -1,4 +1,4 @@
-"""Functional MLP without biases, batched over episodes, and its teaching signals (SCIENCE.md S3).
+"""Functional MLP without biases, batched over episodes, and its teaching signals (docs/science.md S3).
 
 Shapes: activities y_ℓ are (B, n_ℓ) (row vectors, B = episodes in the meta-batch), weights W_ℓ are
 (B, n_ℓ, n_{ℓ−1}); z_ℓ = y_{ℓ−1} W_ℓᵀ; hidden y_ℓ = softplus_β(z_ℓ); the last layer gives logits.

@@ -1,4 +1,4 @@
-"""Torch engine of the recurrent rules (SCIENCE.md S2): implicit fixed-point layers and ΔW = Σ_k θ_k F_k.
+"""Torch engine of the recurrent rules (docs/science.md S2): implicit fixed-point layers and ΔW = Σ_k θ_k F_k.
 
 Network: N tanh units at the fixed point r = tanh(W r + W_x x), logits R r, per-sample loss CE(R r, y), δ = ∂CE/∂r
 = Rᵀ(softmax(R r) − onehot(y)), G = diag(1 − r²). Rows are samples: r, δ are (..., B, N), W is (..., N, N).

@@ -1,4 +1,4 @@
-"""Fixed-point recurrent learners (SCIENCE.md S2, Zhu & Rosenbaum 2024).
+"""Fixed-point recurrent learners (docs/science.md S2, Zhu & Rosenbaum 2024).
 
 Model: the fixed point r = f(W r + X), X = W_x x, G = diag(g), g = f'(·) (tanh: g = 1 − r², linear: g = 1); in the
 linear case r = A X with A = (G⁻¹ − W)⁻¹. δ = ∂𝓛/∂r per sample; every rule below is W ← W − lr·dW, batch-averaged:

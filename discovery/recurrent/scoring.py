@@ -1,4 +1,4 @@
-"""Scoring of recurrent fixed-point rules on fixedpoint-mnist (SCIENCE.md S2): the protocol, the paper's baselines as
+"""Scoring of recurrent fixed-point rules on fixedpoint-mnist (docs/science.md S2): the protocol, the paper's baselines as
 recurrent rules, and ``score_recurrent_rule`` (one suite entry, mean ± 95% t-interval over episodes)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Benchmark suites of the recurrent fixed-point systems (SCIENCE.md S2), registered by discovery.benchmarks.registry.
+"""Benchmark suites of the recurrent fixed-point systems (docs/science.md S2), registered by discovery.benchmarks.registry.
 
 - ``fixedpoint-linear``: N = 200, m = 100, full batch, loss J = (1/m)‖A X − R̂‖²_F after T iterations of each rule
   (dW1 Euclidean, dW2 reparameterized exact, dW3 linearized) over the published η grid; the score is the final

@@ -1,4 +1,4 @@
-"""Meta-learning recurrent plasticity rules on the fixed-point MNIST network (SCIENCE.md S2).
+"""Meta-learning recurrent plasticity rules on the fixed-point MNIST network (docs/science.md S2).
 
 Network: N tanh units at the fixed point r = tanh(W r + W_x x), readout logits R r, loss 𝓛 = CE(R r, y),
 δ = ∂𝓛/∂r = Rᵀ(softmax(R r) − onehot(y)), G = diag(1 − r²). W_x ~ N(0, 1/784) and R ~ N(0, 1/N) are fixed per

@@ -1,4 +1,4 @@
-"""Reservoir motor learners: FORCE, RMHL and SUPERTREX (SCIENCE.md S5, Pyle & Rosenbaum 2019; Sankar et al. 2021).
+"""Reservoir motor learners: FORCE, RMHL and SUPERTREX (docs/science.md S5, Pyle & Rosenbaum 2019; Sankar et al. 2021).
 
 Reservoir: x ← x + (dt/τ)(−x + J r + Q z), r = tanh(x) + ξ, ξ ~ U(−0.025, 0.025), J sparse (p = 0.1) with entries
 N(0, λ²/(pN)), λ = 1.5, Q ~ U(−1, 1)^{N×d}, dt = 0.2, τ = 10. Output z = z_exp + z_mst.

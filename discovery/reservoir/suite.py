@@ -1,4 +1,4 @@
-"""The ``reservoir-motor`` benchmark suite (SCIENCE.md S5): FORCE, RMHL and SUPERTREX on the three motor tasks,
+"""The ``reservoir-motor`` benchmark suite (docs/science.md S5): FORCE, RMHL and SUPERTREX on the three motor tasks,
 scored by the test-phase deviation (lower is better); registered by discovery.benchmarks.registry."""
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def export_rule(
     },
 )
 def create_rule(body: RuleCreate, session: SessionDep, who: OwnerDep) -> dict:
-    """Store a rule from an expression in the rule language (API.md, "Rule expressions"); parsed without eval."""
+    """Store a rule from an expression in the rule language (docs/http-api.md, "Rule expressions"); parsed without eval."""
     try:
         record = parse_rule(body.expression)
     except InvalidRule as exc:
