@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+from discovery.spec import DiscoverySpec
 
 _MAX_DEPTH = 12
 
@@ -67,12 +69,41 @@ class ProgressEvent(BaseModel):
     train_loss: float | None = None          # recurrent family: the last inner step's training CE
 
 
+class RuleData(BaseModel):
+    """A rule as the engine hands it on (``rules.base.CoefficientRule.to_dict``): ΔW = Σ_r θ_r F_r as text, LaTeX,
+    its coefficients {r: θ_r} and term ids, the content hash of its canonical form and sympy's ``srepr``.
+    ``coefficients_raw``: θ before pruning and rounding; ``canonical`` and ``kind`` travel with recurrent rules.
+    The optional fields are left out of the JSON when unset, so the stored form is the rule's own dict; a family's
+    further fields (e.g. the recurrent ``setting``) travel along."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    expression: str
+    latex: str = ""
+    coefficients: dict[str, float]
+    terms: list[str] = Field(default_factory=list)
+    hash: str | None = None
+    srepr: str | None = None
+    coefficients_raw: dict[str, float] | None = None
+    canonical: str | None = None
+    kind: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_optionals(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data = handler(self)
+        for key in ("coefficients_raw", "canonical", "kind"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
 class FrontPoint(BaseModel):
     """One rule of an open search's front: its support, refit θ, complexity and held-out score."""
 
     terms: list[str]
     theta: dict[str, float]
-    rule: dict
+    rule: RuleData
     n_terms: int
     complexity: int
     heldout_accuracy: float | None
@@ -86,9 +117,9 @@ class FrontPoint(BaseModel):
 class DiscoveryResult(BaseModel):
     """A finished (or stopped) discovery run: the rule, its θ trajectory, curves and held-out evaluation."""
 
-    rule: dict
+    rule: RuleData
     theta: dict[str, float]
-    history: list[dict]
+    history: list[ProgressEvent]
     theta_history: list[dict[str, float]]
     heldout_accuracy: float | None
     heldout_ci95: float | None
@@ -99,6 +130,6 @@ class DiscoveryResult(BaseModel):
     resumed_from_episode: int | None = None   # the checkpointed episode this run resumed from (None: fresh)
     wall_time_s: float
     device: str
-    spec: dict
+    spec: DiscoverySpec
     front: list[FrontPoint] = Field(default_factory=list)   # open discovery (spec.search): every support found
     search: dict | None = None                              # open discovery: method, pool, stages, screening

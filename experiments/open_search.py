@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from discovery.benchmarks.stats import paired_difference
-from discovery.engine import discover
+from discovery.router import discover
 from discovery.feedforward.meta import MetaTrainer
 from discovery.results import ProgressEvent
 from discovery.spec import DiscoverySpec

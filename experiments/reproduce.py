@@ -29,7 +29,7 @@ def _run(name: str, path: str, seed: int, meta_steps: int, meta_batch: int, lr: 
     import torch
 
     torch.set_num_threads(1)
-    from discovery.engine import discover
+    from discovery.router import discover
     from discovery.spec import DiscoverySpec
 
     spec = json.loads(Path(path).read_text())

@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from discovery.results import RuleData
 from service import __version__
 
 
@@ -115,13 +116,13 @@ def record_of(rule: Any) -> RuleRecord:
     )
 
 
-def record_from_result(rule: dict[str, Any]) -> RuleRecord:
-    """The :class:`RuleRecord` of an engine result's ``rule`` dict (``DiscoveryResult.rule``).
+def record_from_result(rule: RuleData) -> RuleRecord:
+    """The :class:`RuleRecord` of an engine result's rule (``DiscoveryResult.rule``).
 
-    The dict's own fields are trusted when present; missing ones are recomputed with ``rules.Rule`` from the
+    The rule's own fields are trusted when present; missing ones are recomputed with ``rules.Rule`` from the
     coefficients. The hash always matches the canonical string's.
     """
-    coefficients = {str(k): float(v) for k, v in (rule.get("coefficients") or {}).items()}
+    coefficients = {str(k): float(v) for k, v in rule.coefficients.items()}
     rebuilt: Any = None
 
     def rebuild() -> Any:
@@ -129,24 +130,20 @@ def record_from_result(rule: dict[str, Any]) -> RuleRecord:
         if rebuilt is None:
             from rules.rule import Rule
 
-            rebuilt = (
-                Rule.parse(rule["expression"])
-                if not coefficients and rule.get("expression")
-                else Rule(coefficients)
-            )
+            rebuilt = Rule.parse(rule.expression) if not coefficients and rule.expression else Rule(coefficients)
         return rebuilt
 
-    canonical = rule.get("canonical") or rebuild().canonical()
-    digest = rule.get("hash") or hashlib.sha256(canonical.encode()).hexdigest()
+    canonical = rule.canonical or rebuild().canonical()
+    digest = rule.hash or hashlib.sha256(canonical.encode()).hexdigest()
     return RuleRecord(
-        expression=str(rule.get("expression") or rebuild().expression),
+        expression=str(rule.expression or rebuild().expression),
         canonical=canonical,
-        srepr=rule.get("srepr") or rebuild().srepr(),
-        latex=rule.get("latex") or rebuild().latex(),
+        srepr=rule.srepr or rebuild().srepr(),
+        latex=rule.latex or rebuild().latex(),
         coefficients=coefficients or {str(k): float(v) for k, v in rebuild().coefficients.items()},
-        terms=list(rule.get("terms") or coefficients or rebuild().terms),
+        terms=list(rule.terms or coefficients or rebuild().terms),
         hash=digest,
-        family="recurrent" if rule.get("kind") == "recurrent" or is_recurrent_canonical(canonical) else "feedforward",
+        family="recurrent" if rule.kind == "recurrent" or is_recurrent_canonical(canonical) else "feedforward",
     )
 
 

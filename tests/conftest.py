@@ -181,15 +181,30 @@ def auth() -> dict[str, str]:
 
 
 # --- a fake workers.ray_jobs --------------------------------------------------------------------------------------
-@dataclass
-class FakeState:
-    """Same fields as ``workers.ray_jobs.JobState``."""
+def FakeState(  # noqa: N802 - reads like the state it builds
+    status: str,
+    progress: dict[str, Any] | None = None,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+    detail: str | None = None,
+) -> Any:
+    """A ``workers.contract.JobState`` from plain data, as the Ray workers would report it: a progress with a
+    benchmark ``phase`` is a BenchmarkProgress (else a job's JobProgress), a result with ``entries`` a
+    BenchmarkReport (else a JobResult)."""
+    from discovery.benchmarks.progress import BenchmarkProgress
+    from discovery.benchmarks.suite import BenchmarkReport
+    from workers.contract import JobState
+    from workers.progress import JobProgress, JobResult
 
-    status: str
-    progress: dict[str, Any] | None = None
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    detail: str | None = None
+    typed_progress = None
+    if progress is not None:
+        typed_progress = (BenchmarkProgress.model_validate(progress) if progress.get("phase") in ("tune", "score")
+                          else JobProgress.model_validate(progress))
+    typed_result = None
+    if result is not None:
+        typed_result = (BenchmarkReport.model_validate(result) if "entries" in result
+                        else JobResult.model_validate(result))
+    return JobState(status=status, progress=typed_progress, result=typed_result, error=error, detail=detail)
 
 
 @dataclass
@@ -197,7 +212,7 @@ class FakeHandle:
     kind: str
     id: int
     args: dict[str, Any]
-    states: list[FakeState] = field(default_factory=list)
+    states: list[Any] = field(default_factory=list)
     cancelled: bool = False
 
 
@@ -236,7 +251,7 @@ def fake_discovery_result(
     }
 
 
-def default_job_script(handle: FakeHandle) -> list[FakeState]:
+def default_job_script(handle: FakeHandle) -> list[Any]:
     """running (episode 1, 2) then succeeded with :func:`fake_discovery_result`."""
     return [
         FakeState("running", {"episode": 1, "total": 2, "meta_accuracy": 0.4, "theta": {"F0": 0.005}}),
@@ -247,7 +262,7 @@ def default_job_script(handle: FakeHandle) -> list[FakeState]:
     ]
 
 
-def default_benchmark_script(handle: FakeHandle) -> list[FakeState]:
+def default_benchmark_script(handle: FakeHandle) -> list[Any]:
     """running then succeeded with a baseline and (when an expression is given) the rule."""
     entries = [
         {
@@ -285,18 +300,19 @@ def default_benchmark_script(handle: FakeHandle) -> list[FakeState]:
             }
         )
     return [
-        FakeState("running", {"stage": "score"}),
+        FakeState("running", {"phase": "score", "learner": "rule", "fraction": 0.5}),
         FakeState("succeeded", None, {"suite": handle.args["suite"], "version": "1.0", "entries": entries}),
     ]
 
 
 class FakeWorkers:
-    """In-process stand-in for ``workers.ray_jobs``: every handle walks through a scripted list of states."""
+    """In-process stand-in for ``workers.ray_jobs`` (it implements ``workers.contract.Workers``): every handle walks
+    through a scripted list of states."""
 
     def __init__(
         self,
-        job_script: Callable[[FakeHandle], list[FakeState]] = default_job_script,
-        benchmark_script: Callable[[FakeHandle], list[FakeState]] = default_benchmark_script,
+        job_script: Callable[[FakeHandle], list[Any]] = default_job_script,
+        benchmark_script: Callable[[FakeHandle], list[Any]] = default_benchmark_script,
     ) -> None:
         self.job_script = job_script
         self.benchmark_script = benchmark_script
@@ -307,23 +323,27 @@ class FakeWorkers:
         self.ray_calls += 1
         return "fake://ray"
 
-    def submit_discovery(self, job_id: Any, spec: Any, checkpoint_dir: Any = None) -> FakeHandle:
-        handle = FakeHandle("discovery", int(job_id), {"spec": spec, "checkpoint_dir": checkpoint_dir})
+    def submit_discovery(self, job_id: Any, spec: Any, checkpoint_dir: Any = None, *,
+                         max_retries: int = 0) -> FakeHandle:
+        handle = FakeHandle("discovery", int(job_id), {"spec": spec, "checkpoint_dir": checkpoint_dir,
+                                                       "max_retries": max_retries})
         handle.states = self.job_script(handle)
         self.handles.append(handle)
         return handle
 
     def submit_benchmark(
-        self, bench_id: Any, suite: str, expression: str | None, tiny: bool = False, seed: int = 0
+        self, bench_id: Any, suite: str, expression: str | None, *, tiny: bool = False, seed: int = 0,
+        max_retries: int = 0, baselines: Any = None,
     ) -> FakeHandle:
         handle = FakeHandle(
-            "benchmark", int(bench_id), {"suite": suite, "expression": expression, "tiny": tiny, "seed": seed}
+            "benchmark", int(bench_id), {"suite": suite, "expression": expression, "tiny": tiny, "seed": seed,
+                                         "max_retries": max_retries, "baselines": baselines}
         )
         handle.states = self.benchmark_script(handle)
         self.handles.append(handle)
         return handle
 
-    def poll(self, handle: FakeHandle) -> FakeState:
+    def poll(self, handle: FakeHandle) -> Any:
         if handle.cancelled:
             return FakeState("cancelled")
         if len(handle.states) > 1:

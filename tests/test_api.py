@@ -12,7 +12,8 @@ from discovery.spec import DiscoverySpec
 from service.app import create_app
 from service.db.migrate import head_revision
 from service.db.models import BenchmarkRun, Job, JobEvent, Rule
-from service.db.repositories.store import create_job, link_job_rule, upsert_rule
+from service.db.repositories.jobs import create_job, link_job_rule
+from service.db.repositories.rules import upsert_rule
 from service.db.session import session_scope
 from service.rulebook import parse_rule
 from service.settings import Limits

@@ -107,7 +107,8 @@ def test_submission_error_fails_the_job(
     client: TestClient, auth: dict[str, str], app: Any, settings: Any
 ) -> None:
     class Broken(FakeWorkers):
-        def submit_discovery(self, job_id: Any, spec: Any, checkpoint_dir: Any = None) -> FakeHandle:
+        def submit_discovery(self, job_id: Any, spec: Any, checkpoint_dir: Any = None, *,
+                             max_retries: int = 0) -> FakeHandle:
             raise RuntimeError("the cluster has no GPU")
 
     d = Dispatcher(settings, app.state.sessions, Broken())

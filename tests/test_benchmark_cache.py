@@ -105,7 +105,7 @@ def test_compare_pairs_episode_by_episode() -> None:
 def test_progress_estimate_extrapolates_the_elapsed_time() -> None:
     now = [100.0]
     seen: list[dict[str, Any]] = []
-    tracker = ProgressTracker(seen.append, ["rule"], baselines="cached", clock=lambda: now[0])
+    tracker = ProgressTracker(lambda e: seen.append(e.model_dump()), ["rule"], baselines="cached", clock=lambda: now[0])
     now[0] = 110.0
     tracker.on_suite_event({"stage": "score", "learner": "rule", "done": 50, "total": 200})
     assert seen[-1]["phase"] == "score" and seen[-1]["episode"] == 50 and seen[-1]["total"] == 200
@@ -118,7 +118,7 @@ def test_cached_baselines_give_the_numbers_of_a_fresh_run(fa5_baselines: Baselin
     fresh = run_suite("fa5-online", RULE_A, tiny=True, seed=0, threads=1)
     events: list[dict[str, Any]] = []
     cached = run_benchmark("fa5-online", RULE_A, tiny=True, seed=0, baselines=fa5_baselines, threads=1,
-                           progress=events.append)
+                           progress=lambda e: events.append(e.model_dump())).to_json()
     assert cached["baselines"] == "cached" and "baseline_set" not in cached
     plain = [{k: v for k, v in e.items() if k != "vs"} for e in cached["entries"]]
     for e in plain:
@@ -138,7 +138,7 @@ def test_a_second_rule_reuses_the_baselines(fa5_baselines: BaselineSet) -> None:
         raise AssertionError("a cached benchmark must not tune")
 
     report = run_benchmark("fa5-online", RULE_B, tiny=True, seed=0, baselines=fa5_baselines, tune=no_tuning,
-                           threads=1)
+                           threads=1).to_json()
     baselines = [e for e in report["entries"] if e["kind"] == "baseline"]
     assert baselines == fa5_baselines.entries  # the very entries, costs included: nothing re-ran
     assert report["vs"] and all(v["n"] == 6 for v in report["vs"].values())
@@ -151,13 +151,13 @@ def test_suite_version_is_part_of_the_key() -> None:
 
 def test_a_lower_is_better_suite_takes_the_same_path() -> None:
     events: list[dict[str, Any]] = []
-    report = run_benchmark("fixedpoint-linear", None, tiny=True, seed=0, progress=events.append)
+    report = run_benchmark("fixedpoint-linear", None, tiny=True, seed=0, progress=lambda e: events.append(e.model_dump())).to_json()
     assert report["baselines"] == "tuned" and report["higher_is_better"] is False
     fractions = [e["fraction"] for e in events]
     assert events and fractions == sorted(fractions) and {e["phase"] for e in events} == {"score"}
     cached = BaselineSet.model_validate(report["baseline_set"])
     assert cached.higher_is_better is False and [e["learner"] for e in cached.entries] == ["dW1", "dW2", "dW3"]
-    again = run_benchmark("fixedpoint-linear", "0.1*dW3", tiny=True, seed=0, baselines=cached)
+    again = run_benchmark("fixedpoint-linear", "0.1*dW3", tiny=True, seed=0, baselines=cached).to_json()
     assert again["baselines"] == "cached" and again["entries"] == cached.entries and again["vs"] == {}
 
 
@@ -165,6 +165,8 @@ def test_a_lower_is_better_suite_takes_the_same_path() -> None:
 def test_cache_rows_by_key_and_version(settings: Any, fa5_baselines: BaselineSet) -> None:
     from service.db.migrate import upgrade
     from service.db.models import BaselineSetRow, BenchmarkRun
+    from discovery.benchmarks.cache import split_baseline_set
+    from discovery.benchmarks.suite import BenchmarkReport
     from service.db.repositories import baselines as benchmark_cache
     from service.db.session import make_engine, make_session_factory, session_scope
 
@@ -176,19 +178,18 @@ def test_cache_rows_by_key_and_version(settings: Any, fa5_baselines: BaselineSet
             run = BenchmarkRun(suite="fa5-online", tiny=True, seed=0, owner="t", status="succeeded", attempts=1)
             s.add(run)
             s.flush()
-            assert benchmark_cache.submit_kwargs(s, run, lambda *a, baselines=None: None) == {}  # nothing cached
-            report = {"entries": [], "baseline_set": fa5_baselines.model_dump()}
-            assert benchmark_cache.absorb(s, run, report) == {"entries": []}
+            assert benchmark_cache.cached_for(s, run) is None  # nothing cached
+            report = BenchmarkReport(suite="fa5-online", entries=[], baseline_set=fa5_baselines.model_dump())
+            rest, tuned = split_baseline_set(report)
+            assert rest.to_json() == {"suite": "fa5-online", "entries": []} and tuned == fa5_baselines
             old = fa5_baselines.model_copy(update={"key": fa5_baselines.key.model_copy(update={"version": "0.9"})})
             benchmark_cache.store(s, old, None)
             benchmark_cache.store(s, fa5_baselines, run.id)  # the same key again: replaced, not duplicated
             assert s.query(BaselineSetRow).count() == 2
-            got = benchmark_cache.submit_kwargs(s, run, lambda *a, baselines=None: None)
-            assert BaselineSet.model_validate(got["baselines"]) == fa5_baselines  # the current version's set
+            assert benchmark_cache.cached_for(s, run) == fa5_baselines  # the current version's set
             run.retune = True
-            assert benchmark_cache.submit_kwargs(s, run, lambda *a, baselines=None: None) == {}
-            assert benchmark_cache.submit_kwargs(s, BenchmarkRun(suite="fa5-online", tiny=True, seed=1),
-                                                 lambda *a, baselines=None: None) == {}  # another seed
+            assert benchmark_cache.cached_for(s, run) is None
+            assert benchmark_cache.cached_for(s, BenchmarkRun(suite="fa5-online", tiny=True, seed=1)) is None
     finally:
         engine.dispose()
 
@@ -224,9 +225,9 @@ def test_a_recurrent_rule_is_paired_with_the_recurrent_baselines() -> None:
     from rules.recurrent import parse_rule_text
 
     rule = parse_rule_text("0.25*dW3 + 0.001*oja")
-    first = run_benchmark("fixedpoint-mnist", rule, tiny=True, seed=0, threads=1)
+    first = run_benchmark("fixedpoint-mnist", rule, tiny=True, seed=0, threads=1).to_json()
     cached = BaselineSet.model_validate(first["baseline_set"])
-    again = run_benchmark("fixedpoint-mnist", rule, tiny=True, seed=0, baselines=cached, threads=1)
+    again = run_benchmark("fixedpoint-mnist", rule, tiny=True, seed=0, baselines=cached, threads=1).to_json()
     assert again["baselines"] == "cached" and set(again["vs"]) == {"dW1", "dW3", "dW4"}
     mine = [e for e in again["entries"] if e["kind"] == "rule"]
     assert len(mine) == 1 and mine[0]["score"] == first["entries"][-1]["score"]  # the rule's numbers: same seed

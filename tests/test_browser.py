@@ -25,10 +25,13 @@ pytestmark = [
 
 def seed(data_dir: Path) -> dict[str, int]:
     """A succeeded job with its rule and curves, and a finished benchmark with baselines."""
+    from discovery.results import RuleData
     from discovery.spec import DiscoverySpec
     from service.db.migrate import upgrade
     from service.db.models import BenchmarkRun, BenchmarkScore
-    from service.db.repositories.store import add_event, create_job, link_job_rule, upsert_rule
+    from service.db.repositories.events import add_event
+    from service.db.repositories.jobs import create_job, link_job_rule
+    from service.db.repositories.rules import upsert_rule
     from service.db.session import make_engine, make_session_factory, session_scope
     from service.rulebook import parse_rule, record_from_result
     from service.settings import default_database_url
@@ -47,7 +50,7 @@ def seed(data_dir: Path) -> dict[str, int]:
         job.progress = {"episode": 40, "total": 40, "meta_accuracy": 0.7, "theta": result["theta"]}
         rule, _ = upsert_rule(
             s,
-            record_from_result(result["rule"]),
+            record_from_result(RuleData.model_validate(result["rule"])),
             name="FA + eHebb + Oja",
             origin="discovered",
             spec=job.spec,

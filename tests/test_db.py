@@ -22,7 +22,9 @@ from service.db.models import (
     RuleTerm,
     Trial,
 )
-from service.db.repositories.store import add_event, create_job, link_job_rule, upsert_rule
+from service.db.repositories.events import add_event
+from service.db.repositories.jobs import create_job, link_job_rule
+from service.db.repositories.rules import upsert_rule
 from service.db.session import make_engine, make_session_factory, session_scope
 from service.rulebook import parse_rule
 

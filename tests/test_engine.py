@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from discovery.engine import discover
 from discovery.feedforward.inner import rule_step, run_online_forward
 from discovery.feedforward.meta import MetaTrainer
 from discovery.feedforward.network import init_feedback, init_weights
+from discovery.router import discover
 from discovery.spec import DiscoverySpec
 from rules.compiler import compile_expression, compile_terms, reference_function
 from rules.terms import TERMS, term
@@ -191,12 +191,12 @@ def test_backtracking_leaves_a_region_where_every_episode_diverges():
     })
     res = discover(spec)
     events = res.history
-    back = [i for i, h in enumerate(events) if h["backtracked"]]
+    back = [i for i, h in enumerate(events) if h.backtracked]
     assert back, "no backtrack happened"
     i = back[0]
-    assert events[i - 1]["skipped"] and events[i]["skipped"]
-    good = max(j for j in range(i) if not events[j]["skipped"])       # the last step with finite episodes
-    used = events[good - 1]["theta"] if good > 0 else spec.rule.initial_theta()   # the θ that step ran with
-    assert events[i]["theta"] == pytest.approx({k: float(v) for k, v in used.items()}, abs=1e-7)
-    assert events[i]["lr"] == pytest.approx(events[i - 1]["lr"] / 2)
+    assert events[i - 1].skipped and events[i].skipped
+    good = max(j for j in range(i) if not events[j].skipped)       # the last step with finite episodes
+    used = events[good - 1].theta if good > 0 else spec.rule.initial_theta()   # the θ that step ran with
+    assert events[i].theta == pytest.approx({k: float(v) for k, v in used.items()}, abs=1e-7)
+    assert events[i].lr == pytest.approx(events[i - 1].lr / 2)
     assert all(abs(v) < float("inf") for v in res.theta.values())

@@ -124,10 +124,10 @@ def test_the_walker_sees_a_cycle() -> None:
 
 
 def test_the_walker_reads_function_level_and_relative_imports() -> None:
-    tree = ast.parse("def f():\n    from discovery.engine import discover\nfrom . import spec\n")
-    known = {"discovery.engine", "discovery.spec", "discovery"}
+    tree = ast.parse("def f():\n    from discovery.router import discover\nfrom . import spec\n")
+    known = {"discovery.router", "discovery.spec", "discovery"}
     found = {t for n in _import_nodes(tree) for t in _targets(n, "discovery.goal", False, known)}
-    assert found == {"discovery.engine", "discovery.spec"}
+    assert found == {"discovery.router", "discovery.spec"}
 
 
 def test_no_import_cycles() -> None:

@@ -31,15 +31,17 @@ FINAL = ("succeeded", "failed", "cancelled")
 pytestmark = pytest.mark.timeout(420)
 
 
-def tiny_spec(**meta: Any) -> dict[str, Any]:
+def tiny_spec(**meta: Any) -> Any:
     """A one-CPU synthetic discovery spec (784-16-10, 5-way 5-shot)."""
-    return {
+    from discovery.spec import DiscoverySpec
+
+    return DiscoverySpec.model_validate({
         "name": "recovery",
         "network": {"widths": [784, 16, 10], "feedback": "fa"},
         "task": {"dataset": "synthetic", "shots": 5, "queries": 5},
         "meta": {"episodes": 4, "eval_episodes": 10, "checkpoint_every": 2, **meta},
         "resources": {"device": "cpu", "num_cpus": 1},
-    }
+    })
 
 
 def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float, what: str,
@@ -95,6 +97,7 @@ def test_engine_error_is_not_retried(ray_local: Any, tmp_path: Path) -> None:
 
 
 def test_worker_death_is_restarted_by_ray(ray_local: Any, tmp_path: Path) -> None:
+    from discovery.results import DiscoveryResult, ProgressEvent, RuleData
     from workers import submit_discovery, wait
 
     flag = tmp_path / "died"
@@ -103,14 +106,17 @@ def test_worker_death_is_restarted_by_ray(ray_local: Any, tmp_path: Path) -> Non
         if not flag.exists():
             flag.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies (kill -9)
-        return {"rule": None, "history": [{"episode": 4, "total": 4}], "heldout_accuracy": 0.5,
-                "resumed_from_episode": 2}
+        return DiscoveryResult(
+            rule=RuleData(expression="0", coefficients={}), theta={}, theta_history=[], heldout_accuracy=0.5,
+            history=[ProgressEvent(episode=4, total=4, meta_loss=None, meta_accuracy=None, theta={})],
+            heldout_ci95=None, heldout_episodes=0, diverged_episodes=0, skipped_steps=0, wall_time_s=0.0,
+            device="cpu", spec=spec, resumed_from_episode=2)
 
     handle = submit_discovery("die", tiny_spec(), tmp_path / "c", max_retries=2, engine=dying_engine)
     final = wait(handle, timeout=180)
     assert final.status == "succeeded", final
-    assert final.attempt == 2 and final.progress and final.progress.get("retry") == 1
-    assert final.worker and final.worker["pid"] != int(flag.read_text())
+    assert final.attempt == 2 and final.progress and final.progress.retry == 1
+    assert final.worker and final.worker.pid != int(flag.read_text())
 
     # with no budget left the death is final, and the reason says so on one line
     flag.unlink()
@@ -144,7 +150,7 @@ def test_kill_9_of_the_job_worker_resumes_from_its_checkpoint(
     auth = {"Authorization": f"Bearer {server.token}"}
     spec = tiny_spec(episodes=600, checkpoint_every=10)
     with httpx.Client(base_url=server.url, timeout=30) as http:
-        job_id = http.post("/api/jobs", json=spec, headers=auth).json()["id"]
+        job_id = http.post("/api/jobs", json=spec.model_dump(mode="json"), headers=auth).json()["id"]
 
         def job(events: bool = False) -> dict[str, Any]:
             return http.get(f"/api/jobs/{job_id}", params={"events": events}).json()

@@ -178,10 +178,10 @@ def test_short_discovery_moves_theta(mnist, tmp_path) -> None:
     res = discover_recurrent(spec, progress=events.append, checkpoint_dir=tmp_path, data=mnist)
     assert len(events) == 3 and len(res.history) == 3 and res.diverged_episodes == 0
     assert all(e.spectral_abscissa is not None and 0 < e.spectral_abscissa < 1 for e in events)
-    assert "spectral_abscissa" in res.history[-1]
+    assert res.history[-1].spectral_abscissa is not None
     theta0 = recurrent_setting(spec).theta0
     assert any(abs(res.theta[k] - theta0[k]) > 1e-4 for k in theta0)
-    assert res.rule["kind"] == "recurrent" and len(res.rule["hash"]) == 64 and res.rule["latex"]
+    assert res.rule.kind == "recurrent" and len(res.rule.hash) == 64 and res.rule.latex
     assert res.heldout_episodes == 2 and 0.0 <= res.heldout_accuracy <= 1.0
     # resume: same spec, finished checkpoint → no new steps, same θ
     again = discover_recurrent(spec, checkpoint_dir=tmp_path, data=mnist)
@@ -192,9 +192,9 @@ def test_divergence_is_recorded_not_raised(mnist) -> None:
     spec = _spec(rule={"theta_init": {"rec_decay": -3.0}}, meta={"episodes": 2, "eval_episodes": 1})
     res = discover_recurrent(spec, data=mnist)                              # W ← 4 W per step: no fixed point
     assert res.diverged_episodes == 2 and res.skipped_steps == 2
-    assert all(h["skipped"] and h["meta_loss"] is None for h in res.history)
+    assert all(h.skipped and h.meta_loss is None for h in res.history)
     assert res.theta["rec_decay"] == -3.0
-    assert res.rule["setting"]["eval_failures"] == 1 and res.heldout_accuracy == 0.0
+    assert res.rule.model_dump()["setting"]["eval_failures"] == 1 and res.heldout_accuracy == 0.0
 
 
 def test_should_stop_skips_evaluation(mnist) -> None:

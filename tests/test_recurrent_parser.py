@@ -147,7 +147,10 @@ def test_feedforward_tokenizer_unchanged() -> None:
 
 
 def test_worker_reads_user_and_canonical_text() -> None:
-    from workers.actors import _parse_rule
+    from workers.contract import BenchmarkTask
+
+    def _parse_rule(text: str | None) -> object:
+        return BenchmarkTask(suite="fixedpoint-linear", expression=text).rule()
 
     user = _parse_rule("0.1*dW4 - 0.01*decay")
     assert isinstance(user, RecurrentRule)

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from discovery.engine import discover
 from discovery.feedforward.inner import run_online_forward
 from discovery.feedforward.kernels import ckernel, fused
 from discovery.feedforward.meta import MetaTrainer
 from discovery.feedforward.network import init_feedback, init_weights
+from discovery.router import discover
 from discovery.search.search import KKT_Z, LAMBDA_RATIO, Search, Stage, select
+from discovery.results import RuleData
 from discovery.spec import DiscoverySpec
 from rules.compiler import compile_terms
 from rules.library import canonical_text, generate, term_id
@@ -118,11 +119,11 @@ def test_tiny_forward_search_returns_a_selected_front(tmp_path) -> None:
     spec = _spec(episodes=12, eval_episodes=5).model_dump()
     spec["rule"] = {"pool": "library"}
     spec["search"] = {"method": "forward", "max_terms": 3, "screen_episodes": 2}
-    res = discover(spec, checkpoint_dir=tmp_path)
+    res = discover(DiscoverySpec.model_validate(spec), checkpoint_dir=tmp_path)
     assert [p.n_terms for p in res.front] == [1, 2, 3]
     assert sum(p.selected for p in res.front) == 1
-    assert res.rule["coefficients"] and res.search["method"] == "forward"
-    again = discover(spec, checkpoint_dir=tmp_path)        # resumes: every stage replayed from search.json
+    assert res.rule.coefficients and res.search["method"] == "forward"
+    again = discover(DiscoverySpec.model_validate(spec), checkpoint_dir=tmp_path)        # resumes: every stage replayed from search.json
     assert again.resumed_from_episode == res.search["episodes"]
     assert [p.terms for p in again.front] == [p.terms for p in res.front]
 
@@ -131,7 +132,7 @@ def test_tiny_path_runs_from_the_sparse_end_with_exact_zeros() -> None:
     spec = _spec(episodes=20, eval_episodes=4).model_dump()
     spec["rule"] = {"pool": "library"}
     spec["search"] = {"method": "path", "n_lambda": 2, "screen_episodes": 2}
-    res = discover(spec)
+    res = discover(DiscoverySpec.model_validate(spec))
     labels = [s["label"] for s in res.search["stages"]]
     assert labels[:3] == ["fit 1 terms", "screen at λ_max", labels[2]] and labels[2].startswith("path λ=")
     assert labels[3].startswith("screen at λ=")                                # the strong rule re-screens
@@ -161,6 +162,6 @@ def test_selection_is_the_simplest_within_the_ci_of_the_best() -> None:
     from discovery.results import FrontPoint
 
     def pt(k, acc, ci):
-        return FrontPoint(terms=[f"t{i}" for i in range(k)], theta={}, rule={}, n_terms=k, complexity=2 * k,
+        return FrontPoint(terms=[f"t{i}" for i in range(k)], theta={}, rule=RuleData(expression="0", coefficients={}), n_terms=k, complexity=2 * k,
                           heldout_accuracy=acc, heldout_ci95=ci, heldout_episodes=10, stage="")
     assert select([pt(1, 0.5, 0.01), pt(2, 0.74, 0.01), pt(3, 0.75, 0.02)]) == 1

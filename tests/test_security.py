@@ -211,7 +211,7 @@ def test_worker_traceback_stays_in_the_server_log(settings: Any, app: Any, clien
 
 def test_old_event_rows_with_tracebacks_are_not_shown(settings: Any, app: Any, client: Any,
                                                       auth: dict[str, str]) -> None:
-    from service.db.repositories.store import add_event
+    from service.db.repositories.events import add_event
     from service.db.session import session_scope
 
     spec = {"network": {"widths": [784, 16, 10]}, "task": {"dataset": "synthetic"}, "meta": {"episodes": 2}}

@@ -18,7 +18,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from discovery.results import jsonable
+from discovery.benchmarks.suite import BenchmarkReport
+from discovery.results import DiscoveryResult, ProgressEvent, RuleData, jsonable
+from discovery.spec import DiscoverySpec, SweepSpec
 from workers import (
     JobState,
     cancel,
@@ -30,13 +32,13 @@ from workers import (
     submit_discovery,
     wait,
 )
-from workers.progress import event_to_dict, short_error
+from workers.progress import JobResult, job_progress, short_error
 from workers.sweep import apply_overrides, sweep_grid, trial_key
 
 JOB_TIMEOUT_S = 90
 
 
-def tiny_spec(**overrides: Any) -> dict[str, Any]:
+def tiny_spec(**overrides: Any) -> DiscoverySpec:
     """A spec that meta-trains in about a second: synthetic 784-D data, widths 784-16-8-5, 5-way 2-shot."""
     spec: dict[str, Any] = {
         "name": "tiny",
@@ -48,7 +50,7 @@ def tiny_spec(**overrides: Any) -> dict[str, Any]:
     }
     for key, value in overrides.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
-    return spec
+    return DiscoverySpec.model_validate(spec)
 
 
 # --- stand-in engines (closures, so that cloudpickle ships them by value into the workers) -------------------
@@ -74,14 +76,18 @@ def make_fake_engine(episodes_delay: float = 0.0, crash_after: int | None = None
             time.sleep(episodes_delay)
             theta = {t: 0.01 * episode * (spec.meta.seed + 1) for t in spec.rule.terms}
             if progress is not None:
-                progress(SimpleNamespace(episode=episode, total=spec.meta.episodes, meta_loss=1.0 / episode,
-                                         meta_accuracy=0.2 + 0.01 * episode, theta=theta, alignment_deg=[45.0],
-                                         subspace_orth_error=[0.1], skipped=False))
+                progress(ProgressEvent(episode=episode, total=spec.meta.episodes, meta_loss=1.0 / episode,
+                                       meta_accuracy=0.2 + 0.01 * episode, theta=theta, alignment_deg=[45.0],
+                                       subspace_orth_error=[0.1], skipped=False))
             done = episode
         if checkpoint_dir is not None:
             (checkpoint_dir / "fake.txt").write_text(str(done))
-        return {"rule": {"expression": "fake", "coefficients": theta}, "history": [{"meta_accuracy": 0.5}],
-                "heldout_accuracy": 0.1 * (spec.meta.seed + 1), "heldout_ci95": 0.01, "episodes_done": done}
+        return DiscoveryResult(
+            rule=RuleData(expression="fake", coefficients=theta), theta=theta, theta_history=[theta],
+            history=[ProgressEvent(episode=done, total=spec.meta.episodes, meta_loss=None, meta_accuracy=0.5,
+                                   theta=theta)],
+            heldout_accuracy=0.1 * (spec.meta.seed + 1), heldout_ci95=0.01, heldout_episodes=1,
+            diverged_episodes=0, skipped_steps=0, wall_time_s=0.0, device="cpu", spec=spec)
 
     return fake_discover
 
@@ -92,30 +98,22 @@ def make_fake_suite() -> Any:
     def fake_run_suite(name, rule, *, tiny=False, seed=0, progress=None):
         if progress is not None:
             progress({"learner": "rule", "done": 1, "total": 1})
-        return {"suite": name, "rule": None if rule is None else str(rule), "tiny": tiny, "seed": seed,
-                "entries": [{"learner": "bp", "score": 0.9, "ci95": 0.01}]}
+        return BenchmarkReport(suite=name, tiny=tiny, seed=seed, notes=[str(rule)],
+                               entries=[{"learner": "bp", "score": 0.9, "ci95": [0.89, 0.91]}])
 
     return fake_run_suite
 
 
 # --- pure helpers (no Ray) --------------------------------------------------------------------------------------
-def test_event_to_dict_shapes_and_nonfinite() -> None:
+def test_job_progress_reads_any_event_shape() -> None:
     ev = SimpleNamespace(episode=3, total=9, meta_loss=float("nan"), meta_accuracy=0.5, theta={"F0": 1e-3},
                          alignment_deg=(10.0, float("inf")), subspace_orth_error=[0.1], skipped=False, _private=1)
-    d = event_to_dict(ev)
+    d = jsonable(job_progress(ev).model_dump(exclude_unset=True))
     assert d["episode"] == 3 and d["meta_loss"] is None and d["alignment_deg"] == [10.0, None]
     assert "_private" not in d
-    assert event_to_dict({"episode": 1}) == {"episode": 1}
-
-    class Slotted:
-        __slots__ = ()
-        episode = 2
-
-        @property
-        def theta(self) -> dict[str, float]:
-            return {"F2": 0.5}
-
-    assert event_to_dict(Slotted())["theta"] == {"F2": 0.5}
+    assert job_progress(ProgressEvent(episode=1, total=2, meta_loss=None, meta_accuracy=None, theta={})).episode == 1
+    assert job_progress(SimpleNamespace(episode=2), kind="sweep").model_dump(exclude_unset=True) == {
+        "episode": 2, "kind": "sweep"}
     assert jsonable({"p": Path("/a"), "s": {1}}) == {"p": "/a", "s": [1]}
 
 
@@ -125,19 +123,18 @@ def test_short_error_is_one_short_line() -> None:
 
 
 def test_sweep_grid_and_overrides() -> None:
-    grid = sweep_grid({"seeds": [0, 1, 1], "lr": [0.1, 0.01], "l1": None})
+    grid = sweep_grid(SweepSpec(seeds=[0, 1, 1], lr=[0.1, 0.01]))
     assert grid == [{"seed": 0, "lr": 0.1}, {"seed": 0, "lr": 0.01}, {"seed": 1, "lr": 0.1}, {"seed": 1, "lr": 0.01}]
-    assert sweep_grid({}) == []
+    assert sweep_grid(SweepSpec()) == []
     spec = apply_overrides(tiny_spec(sweep={"seeds": [0, 1]}), {"seed": 7, "l1": 0.5})
     assert spec.meta.seed == 7 and spec.meta.l1 == 0.5 and spec.sweep.is_empty()
     assert trial_key({"seed": 1, "lr": 0.01}) == "seed=1_lr=0.01"
 
 
 def test_spec_resources_gpu_awareness() -> None:
-    from discovery.spec import DiscoverySpec
 
     def res(**r: Any) -> dict[str, float]:
-        return spec_resources(DiscoverySpec.model_validate(tiny_spec(resources=r)))
+        return spec_resources(tiny_spec(resources=r))
 
     assert res(device="cpu", num_cpus=2) == {"num_cpus": 2.0, "num_gpus": 0.0}
     assert res(device="cuda")["num_gpus"] == 1.0
@@ -181,12 +178,13 @@ def test_discovery_job_succeeds_with_progress(ray_local, tmp_path: Path) -> None
     assert poll(handle).status in ("queued", "running")
     final, seen = _wait_all(handle)
     assert final.status == "succeeded", final
-    rule = final.result["rule"]
-    assert rule["expression"] and rule["hash"] and set(rule["coefficients"]) <= {"F0", "F2", "F9"}
-    assert final.result["heldout_accuracy"] is not None and 0.0 <= final.result["heldout_accuracy"] <= 1.0
-    assert len(final.result["history"]) == 4
-    assert final.progress is not None and final.progress["episode"] == 4 and final.progress["total"] == 4
-    assert "theta" in final.progress and "meta_accuracy" in final.progress
+    assert isinstance(final.result, JobResult)
+    rule = final.result.rule
+    assert rule.expression and rule.hash and set(rule.coefficients) <= {"F0", "F2", "F9"}
+    assert final.result.heldout_accuracy is not None and 0.0 <= final.result.heldout_accuracy <= 1.0
+    assert len(final.result.history) == 4
+    assert final.progress is not None and final.progress.episode == 4 and final.progress.total == 4
+    assert final.progress.theta is not None and "meta_accuracy" in final.progress.model_fields_set
     assert any(s.status == "running" for s in seen)
     assert (tmp_path / "ckpt").is_dir() and any((tmp_path / "ckpt").iterdir())
     assert poll(handle) is final  # final answers are stable
@@ -202,7 +200,7 @@ def test_cancel_long_job_is_quick(ray_local) -> None:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while time.monotonic() < deadline:  # wait until it really meta-trains
         state = poll(handle)
-        if state.progress and state.progress.get("episode", 0) >= 2:
+        if state.progress and (state.progress.episode or 0) >= 2:
             break
         assert not state.done, state
         time.sleep(0.1)
@@ -213,7 +211,7 @@ def test_cancel_long_job_is_quick(ray_local) -> None:
     elapsed = time.monotonic() - t0
     assert final.status == "cancelled", final
     assert elapsed < 8, f"cancel took {elapsed:.1f}s"
-    assert final.progress["episode"] < 100_000
+    assert final.progress.episode < 100_000
 
 
 def test_cancel_queued_job_kills_at_once(ray_local) -> None:
@@ -250,7 +248,7 @@ def test_dead_worker_fails_with_reason(ray_local) -> None:
 
     handle = submit_discovery("d7", tiny_spec(meta={"episodes": 1000}), engine=make_fake_engine(0.05))
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not (poll(handle).progress or {}).get("episode"):
+    while not getattr(poll(handle).progress, "episode", None):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     ray.kill(handle.actor)  # as if its node were lost
@@ -272,7 +270,7 @@ def test_retry_after_worker_death(ray_local, tmp_path: Path) -> None:
     final, seen = _wait_all(handle)
     assert final.status == "succeeded", final
     assert handle.attempt == 2
-    assert any((s.progress or {}).get("retry") == 1 for s in seen)
+    assert any(getattr(s.progress, "retry", None) == 1 for s in seen)
 
 
 def test_sweep_over_two_seeds(ray_local, tmp_path: Path) -> None:
@@ -281,19 +279,19 @@ def test_sweep_over_two_seeds(ray_local, tmp_path: Path) -> None:
     assert handle.kind == "sweep"
     final, seen = _wait_all(handle, timeout=120)
     assert final.status == "succeeded", final
-    trials = final.result["trials"]
-    assert [t["config"] for t in trials] == [{"seed": 0}, {"seed": 1}]
-    assert all(t["status"] == "succeeded" and t["rule"]["expression"] for t in trials)
-    accs = [t["heldout_accuracy"] for t in trials]
+    trials = final.result.trials
+    assert [t.config for t in trials] == [{"seed": 0}, {"seed": 1}]
+    assert all(t.status == "succeeded" and t.rule["expression"] for t in trials)
+    accs = [t.heldout_accuracy for t in trials]
     best = max(range(2), key=lambda i: (accs[i], -i))
-    assert final.result["best_trial"] == best
-    assert final.result["heldout_accuracy"] == accs[best]
-    assert final.result["rule"] == trials[best]["rule"]
-    assert final.result["spec"]["meta"]["seed"] == best
-    assert final.progress["kind"] == "sweep" and final.progress["trials_done"] == 2
-    assert any((s.progress or {}).get("trials_total") == 2 for s in seen)
+    assert final.result.best_trial == best
+    assert final.result.heldout_accuracy == accs[best]
+    assert final.result.rule.model_dump() == trials[best].rule
+    assert final.result.spec.meta.seed == best
+    assert final.progress.kind == "sweep" and final.progress.trials_done == 2
+    assert any(getattr(s.progress, "trials_total", None) == 2 for s in seen)
     assert (tmp_path / "sweep" / "trials" / "seed=0").is_dir()
-    assert math.isfinite(final.result["sweep"]["trials_succeeded"])
+    assert math.isfinite(final.result.sweep["trials_succeeded"])
 
 
 def test_sweep_best_trial_and_failed_trial(ray_local) -> None:
@@ -301,12 +299,12 @@ def test_sweep_best_trial_and_failed_trial(ray_local) -> None:
     spec = tiny_spec(sweep={"seeds": [0, 1, 2]}, meta={"episodes": 3})
     final, _ = _wait_all(submit_discovery("s0", spec, engine=make_fake_engine(crash_after=1, crash_seed=2)))
     assert final.status == "succeeded", final
-    trials = final.result["trials"]
-    assert [t["status"] for t in trials] == ["succeeded", "succeeded", "failed"]
-    assert "died" in trials[2]["error"] and "\n" not in trials[2]["error"]
-    assert [t["heldout_accuracy"] for t in trials[:2]] == pytest.approx([0.1, 0.2])
-    assert final.result["best_trial"] == 1 and final.result["heldout_accuracy"] == pytest.approx(0.2)
-    assert final.progress["best_config"] == {"seed": 1} and final.progress["trials_failed"] == 1
+    trials = final.result.trials
+    assert [t.status for t in trials] == ["succeeded", "succeeded", "failed"]
+    assert "died" in trials[2].metrics()["error"] and "\n" not in trials[2].metrics()["error"]
+    assert [t.heldout_accuracy for t in trials[:2]] == pytest.approx([0.1, 0.2])
+    assert final.result.best_trial == 1 and final.result.heldout_accuracy == pytest.approx(0.2)
+    assert final.progress.best_config == {"seed": 1} and final.progress.trials_failed == 1
 
 
 def test_sweep_cancel(ray_local) -> None:
@@ -314,7 +312,7 @@ def test_sweep_cancel(ray_local) -> None:
     spec = tiny_spec(sweep={"seeds": [0, 1]}, meta={"episodes": 10_000})
     handle = submit_discovery("s2", spec, engine=make_fake_engine(0.02))
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (poll(handle).progress or {}).get("episode", 0) < 3:
+    while (getattr(poll(handle).progress, "episode", None) or 0) < 3:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     t0 = time.monotonic()
@@ -328,8 +326,8 @@ def test_sweep_all_trials_fail(ray_local, monkeypatch) -> None:
     spec = tiny_spec(sweep={"lr": [0.01]}, task={"dataset": "emnist-balanced"})
     final, _ = _wait_all(submit_discovery("s3", spec), timeout=120)
     assert final.status == "failed" and "EMNIST" in final.error and "\n" not in final.error
-    assert [t["status"] for t in final.result["trials"]] == ["failed"]
-    assert final.result["trials"][0]["config"] == {"lr": 0.01}
+    assert [t.status for t in final.trials] == ["failed"]
+    assert final.trials[0].config == {"lr": 0.01}
 
 
 def test_benchmark_job_real_suite(ray_local) -> None:
@@ -339,9 +337,9 @@ def test_benchmark_job_real_suite(ray_local) -> None:
     # a real (tiny) suite: tuning 9 baselines takes ~30 s on an idle 2-core machine, minutes on a loaded one
     final, seen = _wait_all(submit_benchmark("b0", "fa5-online", "-0.01*e*x.T", tiny=True), timeout=300)
     assert final.status == "succeeded", final
-    learners = {e["learner"] for e in final.result["entries"]}
+    learners = {e.learner for e in final.result.entries}
     assert "rule" in learners and "BP" in learners
-    assert final.result["suite"] == "fa5-online" and final.result["tiny"] is True
+    assert final.result.suite == "fa5-online" and final.result.tiny is True
     assert any(s.progress for s in seen)
 
 
@@ -349,9 +347,9 @@ def test_benchmark_job_plumbing(ray_local) -> None:
     handle = submit_benchmark("b1", "tiny-suite", None, tiny=True, seed=3, engine=make_fake_suite())
     final, _ = _wait_all(handle)
     assert final.status == "succeeded", final
-    assert final.result == {"suite": "tiny-suite", "rule": None, "tiny": True, "seed": 3,
-                            "entries": [{"learner": "bp", "score": 0.9, "ci95": 0.01}]}
-    assert final.progress["done"] == 1
+    assert final.result.suite == "tiny-suite" and final.result.tiny is True and final.result.seed == 3
+    assert final.result.notes == ["None"] and final.result.entries[0].score == 0.9
+    assert final.progress.learner == "rule" and final.progress.episode == 1 and final.progress.total == 1
 
     bad = wait(submit_benchmark("b00", "fa5-online", "e*x.T +* )", engine=make_fake_suite()), timeout=JOB_TIMEOUT_S)
     assert bad.status == "failed" and bad.error.startswith("RuleSyntaxError") and "\n" not in bad.error
@@ -364,14 +362,19 @@ def test_handle_pickles_while_ray_is_up(ray_local) -> None:
     clone = cloudpickle.loads(cloudpickle.dumps(handle))
     assert clone.job_id == "b2" and clone._lock is not None
     assert wait(handle, timeout=JOB_TIMEOUT_S).status == "succeeded"
-    assert pickle.dumps(JobState("queued"))
+    assert pickle.dumps(JobState(status="queued"))
 
 
 def test_final_progress_falls_back_to_the_result_history() -> None:
     """A job that ends before any look at its progress still reports its last event (from the result)."""
     from workers.ray_jobs import _last_history_event
 
-    assert _last_history_event({"history": [{"episode": 1}, {"episode": 2, "total": 2}]}) == {"episode": 2, "total": 2}
-    assert _last_history_event({"history": []}) is None
+    spec = tiny_spec()
+    events = [ProgressEvent(episode=i, total=2, meta_loss=None, meta_accuracy=0.5, theta={}) for i in (1, 2)]
+    result = JobResult(rule=RuleData(expression="0", coefficients={}), theta={}, history=events, theta_history=[],
+                       heldout_accuracy=None, heldout_ci95=None, heldout_episodes=0, diverged_episodes=0,
+                       skipped_steps=0, wall_time_s=0.0, device="cpu", spec=spec)
+    last = _last_history_event(result)
+    assert last is not None and last.episode == 2 and last.total == 2
+    assert _last_history_event(result.model_copy(update={"history": []})) is None
     assert _last_history_event(None) is None
-    assert _last_history_event({"rule": {}}) is None

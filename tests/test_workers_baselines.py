@@ -22,7 +22,7 @@ def test_fanout_tuning_equals_the_serial_tuning(fa5_baselines: BaselineSet) -> N
     from workers.baseline_tasks import tune_fanout
 
     events: list[dict[str, Any]] = []
-    fanned = tune_fanout("fa5-online", tiny=True, seed=0, progress=events.append)
+    fanned = tune_fanout("fa5-online", tiny=True, seed=0, progress=lambda e: events.append(e.model_dump()))
     assert fanned.tuned_with == "fan-out" and fanned.key == fa5_baselines.key
     assert _strip(fanned.entries) == _strip(fa5_baselines.entries)  # same chosen points, same scores
     assert {e["phase"] for e in events} == {"tune", "score"}

@@ -16,47 +16,35 @@ error is not a worker death: ``run`` returns it as a failed outcome, so Ray neve
 
 from __future__ import annotations
 
-import inspect
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 import ray
 
-from discovery.results import jsonable
-from workers.progress import event_to_dict, result_to_dict, short_error, traceback_tail
+from discovery.benchmarks.progress import BenchmarkProgress, ProgressTracker
+from discovery.benchmarks.suite import BenchmarkReport
+from workers.contract import (
+    ActorState,
+    BenchmarkTask,
+    DiscoverFn,
+    DiscoveryTask,
+    JobKind,
+    Outcome,
+    WorkerInfo,
+)
+from workers.progress import JobProgress, JobResult, job_progress, short_error, traceback_tail
 
 #: threads of a job actor: the job, state() and cancel() calls, and slack
 ACTOR_CONCURRENCY = 4
 
 
-def default_engine() -> Callable[..., Any]:
-    """``discovery.engine.discover``, the engine's one entry point."""
-    from discovery.engine import discover
+def default_engine() -> DiscoverFn:
+    """``discovery.router.discover``, the engine's one entry point."""
+    from discovery.router import discover
 
     return discover
-
-
-def accepts_keyword(func: Callable[..., Any], name: str) -> bool:
-    """Whether ``func`` takes a keyword argument ``name`` (or ``**kwargs``)."""
-    try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _parse_rule(expression: str | None) -> Any:
-    """The rule of an expression string (``None`` for baselines only): a ``rules.recurrent.RecurrentRule`` for a
-    recurrent text (its canonical 'recurrent/v1: …' or user syntax naming recurrent terms, see
-    ``rules.recurrent.is_recurrent_text``), else a feedforward ``rules.Rule``; both parsers are whitelists."""
-    if expression is None or not str(expression).strip():
-        return None
-    from rules.recurrent import parse_rule_text
-
-    return parse_rule_text(str(expression))
 
 
 def _node_id() -> str | None:
@@ -70,69 +58,50 @@ def _node_id() -> str | None:
 class JobActor:
     """Runs one job in the actor's process and keeps its latest progress.
 
-    ``kind`` is ``"discovery"``, ``"sweep"`` or ``"benchmark"``; ``payload`` holds what the job needs:
-    discovery/sweep: ``spec`` (dict), ``checkpoint_dir`` (str or None), ``engine`` (a replacement for
-    ``discovery.discover`` or None), ``trial_resources`` (sweep); benchmark: ``suite``, ``expression``,
-    ``tiny``, ``seed``, ``device`` (passed on when the runner takes it), ``engine`` (a replacement for
-    ``run_suite`` or None).
+    ``kind`` is ``"discovery"``, ``"sweep"`` (both with a :class:`~workers.contract.DiscoveryTask`) or
+    ``"benchmark"`` (a :class:`~workers.contract.BenchmarkTask`).
     """
 
-    def __init__(self, job_id: str, kind: str, payload: dict[str, Any]):
+    def __init__(self, job_id: str, kind: JobKind, task: DiscoveryTask | BenchmarkTask):
         self.job_id = job_id
         self.kind = kind
-        self.payload = payload
+        self.task = task
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._progress: dict[str, Any] | None = None
+        self._progress: JobProgress | BenchmarkProgress | None = None
         self._events = 0
         self._phase = "ready"
         self._created = time.time()
         self._started: float | None = None
 
     # --- called by the owner -------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        """Run the job to its end; return ``{"status", "result", "error", "detail"}`` (never raises)."""
+    def run(self) -> Outcome:
+        """Run the job to its end; its :class:`~workers.contract.Outcome` (never raises)."""
         with self._lock:
             self._phase = "running"
             self._started = time.time()
-        outcome: dict[str, Any]
         try:
-            if self.kind == "discovery":
-                result = self._run_discovery()
-            elif self.kind == "sweep":
-                result = self._run_sweep()
-            elif self.kind == "benchmark":
-                result = self._run_benchmark()
-            else:
-                raise ValueError(f"unknown job kind {self.kind!r}")
-            status = "cancelled" if self._stop.is_set() else "succeeded"
-            outcome = {"status": status, "result": result, "error": None, "detail": None}
+            result = self._run()
+            outcome = Outcome(status="cancelled" if self._stop.is_set() else "succeeded", result=result)
         except Exception as exc:  # noqa: BLE001 - every engine error becomes a failed outcome
-            partial = getattr(exc, "result", None)  # SweepFailed carries the trials table
             extra = getattr(exc, "detail", None)
-            outcome = {
-                "status": "cancelled" if self._stop.is_set() else "failed",
-                "result": jsonable(partial) if isinstance(partial, dict) else None,
-                "error": None if self._stop.is_set() else short_error(exc),
-                "detail": extra if isinstance(extra, str) and extra else traceback_tail(exc),
-            }
+            partial = getattr(exc, "result", None)  # SweepFailed carries the trials table
+            outcome = Outcome(
+                status="cancelled" if self._stop.is_set() else "failed",
+                error=None if self._stop.is_set() else short_error(exc),
+                detail=extra if isinstance(extra, str) and extra else traceback_tail(exc),
+                trials=partial.get("trials") or [] if isinstance(partial, dict) else [],
+            )
         with self._lock:
-            self._phase = outcome["status"]
+            self._phase = outcome.status
         return outcome
 
-    def state(self) -> dict[str, Any]:
-        """The latest progress (a copy) and where the job is: phase, cancel flag, times, pid."""
+    def state(self) -> ActorState:
+        """The latest progress and where the job is: phase, cancel flag, times, process."""
         with self._lock:
-            return {
-                "phase": self._phase,
-                "progress": None if self._progress is None else dict(self._progress),
-                "events": self._events,
-                "cancel_requested": self._stop.is_set(),
-                "created_at": self._created,
-                "started_at": self._started,
-                "pid": os.getpid(),
-                "node_id": _node_id(),
-            }
+            return ActorState(phase=self._phase, progress=self._progress, events=self._events,
+                              cancel_requested=self._stop.is_set(), created_at=self._created,
+                              started_at=self._started, worker=WorkerInfo(pid=os.getpid(), node_id=_node_id()))
 
     def cancel(self) -> bool:
         """Ask the job to stop at its next episode; return True."""
@@ -147,66 +116,43 @@ class JobActor:
     def _should_stop(self) -> bool:
         return self._stop.is_set()
 
-    def _set_progress(self, data: dict[str, Any]) -> None:
-        data = {**data, "kind": data.get("kind", self.kind), "updated_at": time.time()}
+    def _set_progress(self, progress: JobProgress | BenchmarkProgress) -> None:
         with self._lock:
-            self._progress = data
+            self._progress = progress
             self._events += 1
 
-    def _on_event(self, *args: Any, **kwargs: Any) -> None:
-        event: Any = args[0] if len(args) == 1 and not kwargs else {"args": list(args), **kwargs}
-        self._set_progress(event_to_dict(event))
+    def _on_engine_event(self, event: object) -> None:
+        """The engine's ProgressEvent of one meta-step, kept as the job's progress."""
+        self._set_progress(job_progress(event, kind=self.kind))
 
-    def _run_discovery(self) -> dict[str, Any]:
-        from discovery.spec import DiscoverySpec
+    def _run(self) -> JobResult | BenchmarkReport:
+        if isinstance(self.task, BenchmarkTask):
+            return self._run_benchmark(self.task)
+        if self.kind == "sweep":
+            from workers.sweep import run_sweep
 
-        spec = DiscoverySpec.model_validate(self.payload["spec"])
-        engine: Callable[..., Any] | None = self.payload.get("engine")
-        if engine is None:
-            engine = default_engine()
-        checkpoint_dir = self.payload.get("checkpoint_dir")
-        if checkpoint_dir is not None:
-            from pathlib import Path
+            return run_sweep(self.task, job_id=self.job_id, should_stop=self._should_stop,
+                             on_progress=self._set_progress)
+        return self._run_discovery(self.task)
 
-            checkpoint_dir = Path(checkpoint_dir)
+    def _run_discovery(self, task: DiscoveryTask) -> JobResult:
+        engine = task.engine or default_engine()
+        checkpoint_dir = None
+        if task.checkpoint_dir is not None:
+            checkpoint_dir = Path(task.checkpoint_dir)
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        result = engine(spec, progress=self._on_event, checkpoint_dir=checkpoint_dir, should_stop=self._should_stop)
-        return result_to_dict(result)
+        result = engine(task.spec, progress=self._on_engine_event, checkpoint_dir=checkpoint_dir,
+                        should_stop=self._should_stop)
+        return JobResult.model_validate(result, from_attributes=True)
 
-    def _run_sweep(self) -> dict[str, Any]:
-        from workers.sweep import run_sweep
-
-        return run_sweep(
-            self.payload["spec"],
-            job_id=self.job_id,
-            checkpoint_dir=self.payload.get("checkpoint_dir"),
-            should_stop=self._should_stop,
-            on_progress=self._set_progress,
-            engine=self.payload.get("engine"),
-            trial_resources=self.payload.get("trial_resources"),
-            max_trial_failures=int(self.payload.get("max_trial_failures", 0)),
-        )
-
-    def _run_benchmark(self) -> dict[str, Any]:
-        runner: Callable[..., Any] | None = self.payload.get("engine")
-        rule = _parse_rule(self.payload.get("expression"))
-        if runner is None:  # cached baselines, or a first tuning fanned out as Ray tasks
+    def _run_benchmark(self, task: BenchmarkTask) -> BenchmarkReport:
+        rule = task.rule()
+        if task.engine is None:  # cached baselines, or a first tuning fanned out as Ray tasks
             from workers.baseline_tasks import run_benchmark_job
 
-            return result_to_dict(run_benchmark_job(self.payload, rule, self._set_progress, self._should_stop))
-        extra: dict[str, Any] = {}
-        device = self.payload.get("device")
-        if device and accepts_keyword(runner, "device"):
-            extra["device"] = device
-        result = runner(
-            self.payload["suite"],
-            rule,
-            tiny=bool(self.payload.get("tiny", False)),
-            seed=int(self.payload.get("seed", 0)),
-            progress=self._on_event,
-            **extra,
-        )
-        return result_to_dict(result)
+            return run_benchmark_job(task, rule, self._set_progress, self._should_stop)
+        tracker = ProgressTracker(self._set_progress, [])
+        return task.engine(task.suite, rule, tiny=task.tiny, seed=task.seed, progress=tracker.on_suite_event)
 
 
 #: the Ray actor class; give resources and the restart budget with ``.options(num_cpus=…, num_gpus=…,

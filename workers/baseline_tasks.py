@@ -23,7 +23,10 @@ from typing import Any
 import ray
 
 from discovery.benchmarks.cache import BaselineSet, key_for, run_benchmark, tune_serial
-from discovery.benchmarks.progress import ProgressTracker
+from discovery.benchmarks.progress import BenchmarkProgress, ProgressTracker
+from discovery.benchmarks.suite import BenchmarkReport
+from rules.base import CoefficientRule
+from workers.contract import BenchmarkTask
 
 #: Seconds between looks at the tasks in flight (and at the cancel flag).
 POLL_S = 0.5
@@ -96,7 +99,7 @@ def _wait(refs: list[Any], should_stop: Callable[[], bool] | None) -> list[Any]:
             return list(more)
 
 
-def tune_fanout(suite: str, *, tiny: bool, seed: int, progress: Callable[[dict[str, Any]], None] | None = None,
+def tune_fanout(suite: str, *, tiny: bool, seed: int, progress: Callable[[BenchmarkProgress], None] | None = None,
                 device: str = "cpu", should_stop: Callable[[], bool] | None = None) -> BaselineSet:
     """Tune and score every baseline of ``suite`` as Ray tasks (see the module docstring)."""
     from discovery.baselines.learners import BASELINES
@@ -162,19 +165,14 @@ def tune_fanout(suite: str, *, tiny: bool, seed: int, progress: Callable[[dict[s
                        wall_time_s=time.perf_counter() - t0)
 
 
-def run_benchmark_job(payload: dict[str, Any], rule: Any, progress: Callable[[dict[str, Any]], None],
-                      should_stop: Callable[[], bool]) -> dict[str, Any]:
-    """A benchmark job in its actor: the rule against the payload's cached ``baselines`` (a dumped
-    BaselineSet), or against baselines tuned now by :func:`tune_fanout` (then in the report as
-    ``baseline_set`` for the service to cache)."""
-    cached = payload.get("baselines")
-    device = payload.get("device") or "cpu"
+def run_benchmark_job(task: BenchmarkTask, rule: CoefficientRule | None,
+                      progress: Callable[[BenchmarkProgress], None],
+                      should_stop: Callable[[], bool]) -> BenchmarkReport:
+    """A benchmark job in its actor: the rule against the task's cached ``baselines``, or against baselines tuned
+    now by :func:`tune_fanout` (then in the report as ``baseline_set`` for the service to cache)."""
 
-    def tune(suite: str, **kw: Any) -> BaselineSet:
-        return tune_fanout(suite, should_stop=should_stop, **kw)
+    def tune(suite: str, **kw: object) -> BaselineSet:
+        return tune_fanout(suite, should_stop=should_stop, **kw)  # type: ignore[arg-type]
 
-    return run_benchmark(
-        payload["suite"], rule, tiny=bool(payload.get("tiny", False)), seed=int(payload.get("seed", 0)),
-        baselines=BaselineSet.model_validate(cached) if cached else None, tune=tune, progress=progress,
-        device=device, threads=1,
-    )
+    return run_benchmark(task.suite, rule, tiny=task.tiny, seed=task.seed, baselines=task.baselines, tune=tune,
+                         progress=progress, device=task.device or "cpu", threads=1)

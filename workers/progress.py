@@ -10,20 +10,14 @@ dicts (finite floats; NaN/±∞ become ``None``), because the service stores the
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import re
 import traceback
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from discovery.results import DiscoveryResult, ProgressEvent, jsonable
-
-#: The attributes of an engine progress event (read with ``getattr`` so that any object shape works).
-EVENT_FIELDS: tuple[str, ...] = tuple(ProgressEvent.model_fields)
+from discovery.results import DiscoveryResult, ProgressEvent
 
 
 class SweepProgress(BaseModel):
@@ -74,7 +68,7 @@ class TrialRecord(BaseModel):
     heldout_ci95: float | None = None
     rule: dict[str, Any] | None = None
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, object]:
         """Everything else the trial reported (error, wall time, node, retries, ...)."""
         return dict(self.model_extra or {})
 
@@ -100,46 +94,12 @@ DETAIL_MAX_LINES = 25
 DETAIL_MAX_CHARS = 4000
 
 
-def event_to_dict(event: Any) -> dict[str, Any]:
-    """Turn one progress event of any shape (mapping, pydantic model, dataclass, plain object) into a dict.
-
-    Private attributes (leading underscore) are dropped; the known :data:`EVENT_FIELDS` are read with
-    ``getattr`` as well, so properties count too.
-    """
-    if event is None:
-        return {}
-    raw: dict[str, Any]
-    if isinstance(event, Mapping):
-        raw = dict(event)
-    elif hasattr(event, "model_dump") and callable(event.model_dump):
-        raw = dict(event.model_dump())
-    elif dataclasses.is_dataclass(event) and not isinstance(event, type):
-        raw = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
-    elif hasattr(event, "__dict__"):
-        raw = {k: v for k, v in vars(event).items() if not k.startswith("_")}
-    else:
-        raw = {}
-    for name in EVENT_FIELDS:
-        if name not in raw and not isinstance(event, Mapping):
-            with contextlib.suppress(Exception):  # a property that raises is simply absent
-                if hasattr(event, name):
-                    raw[name] = getattr(event, name)
-    if not raw:
-        raw = {"value": event}
-    return jsonable(raw)
-
-
-def result_to_dict(result: Any) -> dict[str, Any]:
-    """Turn the engine's (or a suite's) result into a JSON-able dict (``model_dump`` when it is pydantic)."""
-    if result is None:
-        return {}
-    if hasattr(result, "model_dump") and callable(result.model_dump):
-        try:
-            return jsonable(result.model_dump(mode="json"))
-        except Exception:  # noqa: BLE001 - some models only dump in python mode
-            return jsonable(result.model_dump())
-    out = jsonable(result)
-    return out if isinstance(out, dict) else {"value": out}
+def job_progress(event: object, **extra: object) -> JobProgress:
+    """The engine's :class:`~discovery.results.ProgressEvent` (or a sweep's snapshot, a stand-in engine's event:
+    anything with those attributes) as the job's :class:`JobProgress`; ``extra`` sets further fields (kind, a
+    retry note). Only the fields the event has count as set, so ``model_dump(exclude_unset=True)`` keeps them."""
+    progress = JobProgress.model_validate(event, from_attributes=True)
+    return progress.model_copy(update=extra) if extra else progress
 
 
 def short_error(exc: BaseException) -> str:

@@ -33,56 +33,52 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayError
 
+from discovery.benchmarks.cache import BaselineSet
+from discovery.benchmarks.progress import BenchmarkProgress
+from discovery.benchmarks.suite import BenchmarkReport
+from discovery.spec import DiscoverySpec
 from workers.actors import ACTOR_CONCURRENCY, RemoteJobActor
-from workers.progress import describe_ray_error
+from workers.contract import (
+    TERMINAL,
+    ActorState,
+    BenchmarkTask,
+    DiscoverFn,
+    DiscoveryTask,
+    JobKind,
+    JobState,
+    JobStatus,
+    Outcome,
+    SuiteFn,
+    TrialResources,
+    WorkerInfo,
+)
+from workers.progress import JobProgress, JobResult, WorkerNote, describe_ray_error, job_progress
 from workers.runtime import ensure_ray
+
+__all__ = [
+    "TERMINAL",
+    "JobHandle",
+    "JobState",
+    "cancel",
+    "ensure_ray",
+    "poll",
+    "spec_resources",
+    "submit_benchmark",
+    "submit_discovery",
+    "wait",
+]
 
 log = logging.getLogger(__name__)
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["discovery", "sweep", "benchmark"]
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 DEFAULT_CANCEL_GRACE_S = 10.0
-
-
-@dataclass
-class JobState:
-    """What :func:`poll` knows about a job.
-
-    ``progress``: the latest progress event as a dict (episode, total, meta_loss, meta_accuracy, theta,
-    alignment_deg, subspace_orth_error, skipped, kind, updated_at; a sweep adds trials_total, trials_done, best_trial,
-    best_heldout_accuracy, best_config and a row per trial), ``None`` before the first one.
-    ``result``: the engine's result as a JSON-able dict once the job ended (a sweep's adds ``trials``,
-    ``best_trial``, ``sweep``; a cancelled job may carry the partial result). ``error``: a one-line message of
-    a failed job; ``detail``: the last lines of its traceback or Ray's reason (for the server log, not for
-    public responses). ``attempt``: which run of the job this is (1 + Ray's restarts of its actor);
-    ``worker``: ``{"pid", "node_id"}`` of the process that runs it, once known.
-    """
-
-    status: JobStatus
-    progress: dict[str, Any] | None = None
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    detail: str | None = None
-    attempt: int = 1
-    worker: dict[str, Any] | None = None
-
-    @property
-    def done(self) -> bool:
-        """True once the status is terminal (succeeded, failed or cancelled)."""
-        return self.status in TERMINAL
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the fields."""
-        return asdict(self)
 
 
 @dataclass
@@ -96,8 +92,8 @@ class JobHandle:
 
     job_id: str
     kind: JobKind
-    payload: dict[str, Any]
-    actor_options: dict[str, Any]
+    task: DiscoveryTask | BenchmarkTask
+    actor_options: dict[str, float | int]
     max_retries: int = 0
     attempt: int = 1
     submitted_at: float = field(default_factory=time.time)
@@ -107,11 +103,11 @@ class JobHandle:
     cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S
     infeasible: str | None = None
     _state_ref: Any = field(default=None, repr=False)
-    _last_state: dict[str, Any] | None = field(default=None, repr=False)
+    _last_state: ActorState | None = field(default=None, repr=False)
     _seen_running: bool = field(default=False, repr=False)
     _pids: list[int] = field(default_factory=list, repr=False)
     _final: JobState | None = field(default=None, repr=False)
-    _note: dict[str, Any] | None = field(default=None, repr=False)
+    _note: WorkerNote | None = field(default=None, repr=False)
     _lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
     _timer: Any = field(default=None, repr=False, compare=False)
 
@@ -132,7 +128,7 @@ class JobHandle:
 
 
 # --- resources --------------------------------------------------------------------------------------------
-def spec_resources(spec: Any) -> dict[str, float]:
+def spec_resources(spec: DiscoverySpec) -> dict[str, float]:
     """``{"num_cpus", "num_gpus"}`` for a job of this spec.
 
     GPUs: ``resources.num_gpus`` when positive, else 1 when ``device == "cuda"``, else 0; ``device == "cpu"``
@@ -174,64 +170,46 @@ def _restart_options(max_retries: int) -> dict[str, int]:
 def _launch(handle: JobHandle) -> None:
     """Create the handle's actor and start its ``run()``."""
     options = {**handle.actor_options, **_restart_options(handle.max_retries)}
-    actor = RemoteJobActor.options(**options).remote(handle.job_id, handle.kind, handle.payload)
+    actor = RemoteJobActor.options(**options).remote(handle.job_id, handle.kind, handle.task)
     handle.actor = actor
     handle.run_ref = actor.run.remote()
     handle._state_ref = None
     handle._seen_running = False
 
 
-def _spec_model(spec: Any) -> Any:
-    from discovery.spec import DiscoverySpec
-
-    if isinstance(spec, DiscoverySpec):
-        return spec
-    if isinstance(spec, Mapping):
-        return DiscoverySpec.model_validate(dict(spec))
-    if hasattr(spec, "model_dump"):
-        return DiscoverySpec.model_validate(spec.model_dump())
-    raise TypeError(f"a DiscoverySpec or a dict is needed, not {type(spec).__name__}")
-
-
 def submit_discovery(
     job_id: str | int,
-    spec: Any,
+    spec: DiscoverySpec,
     checkpoint_dir: str | Path | None = None,
     *,
     max_retries: int = 0,
-    engine: Callable[..., Any] | None = None,
+    engine: DiscoverFn | None = None,
 ) -> JobHandle:
     """Start a discovery job (a sweep when ``spec.sweep`` is not empty) and return its handle at once.
 
-    ``spec``: a ``DiscoverySpec`` or its dict (validated here; a ``pydantic.ValidationError`` is raised now,
-    not later). ``checkpoint_dir``: where the engine checkpoints (and resumes from); a sweep puts Tune's files
-    under ``tune/`` and each trial's checkpoints under ``trials/<grid point>/`` there. ``max_retries``: how
-    often Ray restarts a job whose actor died (process killed, node lost, out of memory), resuming from its
-    checkpoints; for a sweep, also how often each trial is retried (a lost trial costs only that trial).
-    ``engine``: a stand-in for ``discovery.discover`` with its signature (tests, experiments); it must
-    pickle (cloudpickle) into the worker.
+    ``checkpoint_dir``: where the engine checkpoints (and resumes from); a sweep puts Tune's files under ``tune/``
+    and each trial's checkpoints under ``trials/<grid point>/`` there. ``max_retries``: how often Ray restarts a
+    job whose actor died (process killed, node lost, out of memory), resuming from its checkpoints; for a sweep,
+    also how often each trial is retried (a lost trial costs only that trial). ``engine``: a stand-in for
+    ``discovery.router.discover`` with its signature (tests, experiments); it must pickle into the worker.
     """
     ensure_ray()
-    model = _spec_model(spec)
-    need = spec_resources(model)
-    spec_dict = model.model_dump(mode="json")
-    payload: dict[str, Any] = {
-        "spec": spec_dict,
-        "checkpoint_dir": None if checkpoint_dir is None else str(Path(checkpoint_dir).resolve()),
-        "engine": engine,
-    }
-    if model.sweep.is_empty():
+    need = spec_resources(spec)
+    task = DiscoveryTask(spec=spec, engine=engine,
+                         checkpoint_dir=None if checkpoint_dir is None else str(Path(checkpoint_dir).resolve()))
+    options: dict[str, float | int]
+    if spec.sweep.is_empty():
         kind: JobKind = "discovery"
         options = {**need, "max_concurrency": ACTOR_CONCURRENCY}
     else:
         kind = "sweep"
-        payload["trial_resources"] = {"cpu": need["num_cpus"], "gpu": need["num_gpus"]}
-        payload["max_trial_failures"] = max(0, int(max_retries))
+        task.trial_resources = TrialResources(cpu=need["num_cpus"], gpu=need["num_gpus"])
+        task.max_trial_failures = max(0, int(max_retries))
         options = {"num_cpus": 0, "num_gpus": 0, "max_concurrency": ACTOR_CONCURRENCY}
     handle = JobHandle(
         job_id=str(job_id),
         kind=kind,
-        payload=payload,
+        task=task,
         actor_options=options,
         max_retries=max(0, int(max_retries)),
         cancel_grace_s=float(os.environ.get("PLASTICITY_CANCEL_GRACE_S", DEFAULT_CANCEL_GRACE_S)),
@@ -252,32 +230,30 @@ def submit_benchmark(
     num_gpus: float = 0.0,
     device: str | None = None,
     max_retries: int = 0,
-    engine: Callable[..., Any] | None = None,
-    baselines: Mapping[str, Any] | None = None,
+    engine: SuiteFn | None = None,
+    baselines: BaselineSet | None = None,
 ) -> JobHandle:
     """Start a benchmark: the rule of ``expression`` (None: the baselines only) on ``suite`` in an actor.
 
-    ``baselines``: the suite's cached baselines for (suite, version, seed, tiny) (a dumped
-    ``discovery.benchmarks.cache.BaselineSet``); the actor then scores the rule alone, on the same held-out
-    episodes. Without them the baselines are tuned first as parallel Ray tasks (``workers.baseline_tasks``; the
-    actor itself then holds no CPU) and come back in the result as ``baseline_set``.
-
-    ``expression`` ``None`` (or blank) scores the baselines only; a bad expression fails the job with the
-    parser's message. ``device`` goes to ``run_suite`` when it takes one (default: ``"cuda"`` when
-    ``num_gpus`` > 0, else the suite's own default). ``engine``: a stand-in for ``discovery.benchmarks.registry.run_suite``
-    with its signature. The suite cannot stop half-way, so a cancel kills the actor at once. ``max_retries``:
-    how often Ray restarts the benchmark after its worker died (a suite has no checkpoints: it starts over).
+    ``baselines``: the suite's cached baselines for (suite, version, seed, tiny); the actor then scores the rule
+    alone, on the same held-out episodes. Without them the baselines are tuned first as parallel Ray tasks
+    (``workers.baseline_tasks``; the actor itself then holds no CPU) and come back in the result as
+    ``baseline_set``. A bad expression fails the job with the parser's message. ``device``: default ``"cuda"``
+    when ``num_gpus`` > 0. ``engine``: a stand-in for ``run_suite`` (tests). The suite cannot stop half-way, so a
+    cancel kills the actor at once. ``max_retries``: how often Ray restarts the benchmark after its worker died (a
+    suite has no checkpoints: it starts over).
     """
     ensure_ray()
     need = {"num_cpus": float(num_cpus), "num_gpus": float(num_gpus)}
     if device is None and num_gpus > 0:
         device = "cuda"
     fan_out = engine is None and baselines is None  # the tasks take the CPUs, the coordinating actor none
+    task = BenchmarkTask(suite=suite, expression=expression, tiny=bool(tiny), seed=int(seed), device=device,
+                         baselines=baselines, engine=engine)
     handle = JobHandle(
         job_id=str(bench_id),
         kind="benchmark",
-        payload={"suite": suite, "expression": expression, "tiny": bool(tiny), "seed": int(seed),
-                 "device": device, "engine": engine, "baselines": None if baselines is None else dict(baselines)},
+        task=task,
         actor_options={**need, **({"num_cpus": 0.0} if fan_out else {}), "max_concurrency": ACTOR_CONCURRENCY},
         max_retries=max(0, int(max_retries)),
         cancel_grace_s=0.0,
@@ -336,19 +312,16 @@ def _sync_attempt(handle: JobHandle) -> None:
         attempt = len(handle._pids)
     if attempt is not None and attempt > handle.attempt:
         handle.attempt = attempt
-        handle._note = {
-            "retry": attempt - 1,
-            "previous_error": "the job's worker died; Ray restarted it on a live node "
+        handle._note = WorkerNote(
+            retry=attempt - 1,
+            previous_error="the job's worker died; Ray restarted it on a live node "
             f"(attempt {attempt} of {handle.max_retries + 1})",
-        }
+        )
 
 
-def _worker(handle: JobHandle) -> dict[str, Any] | None:
-    """``{"pid", "node_id"}`` of the worker process last seen running the job."""
-    state = handle._last_state or {}
-    if state.get("pid") is None:
-        return None
-    return {"pid": state.get("pid"), "node_id": state.get("node_id")}
+def _worker(handle: JobHandle) -> WorkerInfo | None:
+    """The worker process last seen running the job."""
+    return handle._last_state.worker if handle._last_state is not None else None
 
 
 def _refresh_state(handle: JobHandle) -> None:
@@ -358,10 +331,11 @@ def _refresh_state(handle: JobHandle) -> None:
         if not ready:
             return
         try:
-            handle._last_state = ray.get(handle._state_ref, timeout=1)
-            handle._seen_running = handle._seen_running or handle._last_state.get("phase") != "ready"
-            if handle._last_state.get("pid") is not None and handle._last_state["pid"] not in handle._pids:
-                handle._pids.append(handle._last_state["pid"])
+            state: ActorState = ray.get(handle._state_ref, timeout=1)
+            handle._last_state = state
+            handle._seen_running = handle._seen_running or state.phase != "ready"
+            if state.worker.pid not in handle._pids:
+                handle._pids.append(state.worker.pid)
         except (ActorUnavailableError, GetTimeoutError):
             pass
         except RayError:
@@ -373,20 +347,25 @@ def _refresh_state(handle: JobHandle) -> None:
         handle._state_ref = None
 
 
-def _current_progress(handle: JobHandle) -> dict[str, Any] | None:
-    progress = (handle._last_state or {}).get("progress")
-    if handle._note:
-        progress = {**(progress or {}), **handle._note}
+def _current_progress(handle: JobHandle) -> JobProgress | BenchmarkProgress | None:
+    """The actor's latest progress; a discovery job's carries the workers' notes (a retry, a pending cancel)."""
+    progress = handle._last_state.progress if handle._last_state is not None else None
+    if handle.kind == "benchmark":
+        return progress
+    note = handle._note.model_dump(exclude_none=True) if handle._note is not None else {}
     if handle.cancel_requested_at is not None and progress is not None:
-        progress = {**progress, "cancel_requested": True}
-    return progress
+        note["cancel_requested"] = True
+    if not note:
+        return progress
+    return progress.model_copy(update=note) if isinstance(progress, JobProgress) else JobProgress(**note)
 
 
-def _last_history_event(result: dict[str, Any] | None) -> dict[str, Any] | None:
+def _last_history_event(result: JobResult | BenchmarkReport | None) -> JobProgress | None:
     """The run's last progress event from its result, for a job that ended before any look at its progress
     (a short job, or a resumed one that finished between two polls)."""
-    history = (result or {}).get("history") if isinstance(result, dict) else None
-    return dict(history[-1]) if history else None
+    if not isinstance(result, JobResult) or not result.history:
+        return None
+    return job_progress(result.history[-1])
 
 
 def poll(handle: JobHandle, timeout: float = 0.0) -> JobState:
@@ -399,13 +378,13 @@ def poll(handle: JobHandle, timeout: float = 0.0) -> JobState:
         if handle._final is not None:
             return handle._final
         if handle.infeasible is not None:
-            return _finish(handle, JobState("failed", None, None, f"cannot be scheduled: {handle.infeasible}"))
+            return _finish(handle, JobState(status="failed", error=f"cannot be scheduled: {handle.infeasible}"))
 
         ready, _ = ray.wait([handle.run_ref], timeout=max(0.0, float(timeout)))
         _sync_attempt(handle)
         if ready:
             try:
-                outcome = ray.get(handle.run_ref, timeout=30)
+                outcome: Outcome = ray.get(handle.run_ref, timeout=30)
             except RayError as exc:
                 if handle.cancel_requested_at is not None:
                     return _finish(handle, _state(handle, "cancelled"))
@@ -419,17 +398,17 @@ def poll(handle: JobHandle, timeout: float = 0.0) -> JobState:
                 handle._last_state = ray.get(handle.actor.state.remote(), timeout=2)
             except Exception:  # the outcome is what matters
                 log.debug("job %s: no last state", handle.job_id, exc_info=True)
-            status = outcome.get("status", "failed")
             return _finish(
                 handle,
                 JobState(
-                    status=status,
-                    progress=_current_progress(handle) or _last_history_event(outcome.get("result")),
-                    result=outcome.get("result") or None,
-                    error=outcome.get("error"),
-                    detail=outcome.get("detail"),
+                    status=outcome.status,
+                    progress=_current_progress(handle) or _last_history_event(outcome.result),
+                    result=outcome.result,
+                    error=outcome.error,
+                    detail=outcome.detail,
                     attempt=handle.attempt,
                     worker=_worker(handle),
+                    trials=outcome.trials,
                 ),
             )
 
@@ -445,7 +424,8 @@ def poll(handle: JobHandle, timeout: float = 0.0) -> JobState:
 
 def _state(handle: JobHandle, status: JobStatus, error: str | None = None, detail: str | None = None) -> JobState:
     """A JobState of the handle's current progress, attempt and worker."""
-    return JobState(status, _current_progress(handle), None, error, detail, handle.attempt, _worker(handle))
+    return JobState(status=status, progress=_current_progress(handle), error=error, detail=detail,
+                    attempt=handle.attempt, worker=_worker(handle))
 
 
 def wait(handle: JobHandle, timeout: float | None = None, interval: float = 0.2) -> JobState:

@@ -34,12 +34,10 @@ from typing import Any
 import ray
 from ray import tune
 
-from workers.progress import (
-    event_to_dict,
-    result_to_dict,
-    short_error,
-    traceback_tail,
-)
+from discovery.results import jsonable
+from discovery.spec import DiscoverySpec, SweepSpec
+from workers.contract import DiscoverFn, DiscoveryTask
+from workers.progress import JobProgress, JobResult, job_progress, short_error, traceback_tail
 from workers.tune_monitor import METRIC, CancelStopper, Monitor, MonitorCallback
 
 #: the sweepable fields: SweepSpec attribute → (MetaSpec attribute, key in a trial's config)
@@ -47,7 +45,6 @@ SWEEP_FIELDS: dict[str, str] = {"seeds": "seed", "lr": "lr", "l1": "l1"}
 #: at most one Tune report per this many seconds per trial (each report is a round trip to the Tune driver)
 REPORT_INTERVAL_S = 0.5
 
-Engine = Callable[..., Any]
 log = logging.getLogger(__name__)
 
 
@@ -68,7 +65,7 @@ class SweepFailed(RuntimeError):
         self.result = result
 
 
-def sweep_grid(sweep: Any) -> list[dict[str, Any]]:
+def sweep_grid(sweep: SweepSpec) -> list[dict[str, float | int]]:
     """The grid points of a ``SweepSpec`` (or a dict of it) in order: seeds outermost, then lr, then l1.
 
     Each point is a dict with the keys ``seed``/``lr``/``l1`` of the lists that are given and non-empty;
@@ -83,11 +80,9 @@ def sweep_grid(sweep: Any) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(values for _, values in axes))]
 
 
-def apply_overrides(spec: Any, config: dict[str, Any]) -> Any:
-    """A copy of the ``DiscoverySpec`` with ``meta.seed/lr/l1`` from ``config`` and an empty sweep (validated)."""
-    from discovery.spec import DiscoverySpec
-
-    data = spec.model_dump() if hasattr(spec, "model_dump") else dict(spec)
+def apply_overrides(spec: DiscoverySpec, config: dict[str, float | int]) -> DiscoverySpec:
+    """A copy of the spec with ``meta.seed/lr/l1`` from ``config`` and an empty sweep (validated)."""
+    data = spec.model_dump()
     data = {**data, "meta": dict(data.get("meta") or {}), "sweep": {}}
     for key in ("seed", "lr", "l1"):
         if key in config:
@@ -95,7 +90,7 @@ def apply_overrides(spec: Any, config: dict[str, Any]) -> Any:
     return DiscoverySpec.model_validate(data)
 
 
-def trial_key(config: dict[str, Any]) -> str:
+def trial_key(config: dict[str, float | int]) -> str:
     """A stable, file-name-safe name of a grid point, e.g. ``seed=1_lr=0.01``."""
     parts = [f"{k}={config[k]}" for k in ("seed", "lr", "l1") if k in config]
     return "_".join(parts).replace("/", "-") or "default"
@@ -104,9 +99,9 @@ def trial_key(config: dict[str, Any]) -> str:
 def _trainable(
     config: dict[str, Any],
     *,
-    base_spec: dict[str, Any],
+    base_spec: DiscoverySpec,
     checkpoint_root: str | None,
-    engine: Engine | None,
+    engine: DiscoverFn | None,
     report_interval_s: float,
 ) -> None:
     """One Tune trial: run the engine on the spec with this grid point; report progress, then the outcome.
@@ -117,15 +112,15 @@ def _trainable(
     """
     spec = apply_overrides(base_spec, config)
     if engine is None:
-        from discovery.engine import discover as engine
+        from discovery.router import discover as engine
     checkpoint_dir = Path(checkpoint_root) / trial_key(config) if checkpoint_root else None
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     last_sent = [0.0]
 
-    def progress(event: Any) -> None:
+    def progress(event: object) -> None:
         now = time.monotonic()
-        data = event_to_dict(event)
+        data = jsonable(job_progress(event).model_dump(exclude_unset=True))
         is_last = data.get("episode") is not None and data.get("episode") == data.get("total")
         if now - last_sent[0] >= report_interval_s or is_last:
             last_sent[0] = now
@@ -133,7 +128,7 @@ def _trainable(
 
     started = time.monotonic()
     try:
-        result = result_to_dict(engine(spec, progress=progress, checkpoint_dir=checkpoint_dir, should_stop=None))
+        result = jsonable(engine(spec, progress=progress, checkpoint_dir=checkpoint_dir, should_stop=None))
     except Exception as exc:  # noqa: BLE001 - reported as a failed trial
         tune.report(
             {
@@ -159,17 +154,13 @@ def _trainable(
 
 
 def run_sweep(
-    spec: Any,
+    task: DiscoveryTask,
     *,
     job_id: str,
-    checkpoint_dir: str | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
-    engine: Engine | None = None,
-    trial_resources: dict[str, float] | None = None,
+    on_progress: Callable[[JobProgress], None] | None = None,
     report_interval_s: float = REPORT_INTERVAL_S,
-    max_trial_failures: int = 0,
-) -> dict[str, Any]:
+) -> JobResult:
     """Run the sweep of ``spec`` as Ray Tune trials and return the job's result.
 
     The result is the best trial's engine result plus ``trials`` (one row per grid point: index, config,
@@ -177,18 +168,22 @@ def run_sweep(
     index) and
     ``sweep`` (metric, mode, grid). Tune keeps its files under ``checkpoint_dir/tune`` (or a temporary folder,
     removed afterwards); each trial's engine checkpoints go to ``checkpoint_dir/trials/<seed=…_lr=…>``.
-    Raises :class:`SweepFailed` when no trial succeeded and the sweep was not cancelled.
+    Raises :class:`SweepFailed` when no trial succeeded (also when it was cancelled before one did).
     """
-    from discovery.spec import DiscoverySpec
+    spec, checkpoint_dir, engine = task.spec, task.checkpoint_dir, task.engine
+    trial_resources = task.trial_resources.model_dump() if task.trial_resources is not None else None
+    max_trial_failures = task.max_trial_failures
 
-    spec = spec if isinstance(spec, DiscoverySpec) else DiscoverySpec.model_validate(spec)
+    def report(snapshot: dict[str, Any]) -> None:
+        if on_progress is not None:
+            on_progress(JobProgress.model_validate(snapshot))
+
     grid = sweep_grid(spec.sweep)
     if not grid:
         raise ValueError("the spec has an empty sweep")
     stop = should_stop or (lambda: False)
     monitor = Monitor(grid, spec.meta.episodes, stop)
-    if on_progress is not None:
-        on_progress(monitor.snapshot())
+    report(monitor.snapshot())
 
     # Tune reads these at start: no CSV/JSON/TensorBoard loggers, no fancy console output.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -210,7 +205,7 @@ def run_sweep(
     trainable = tune.with_resources(
         tune.with_parameters(
             _trainable,
-            base_spec=spec.model_dump(mode="json"),
+            base_spec=spec,
             checkpoint_root=trials_root,
             engine=engine,
             report_interval_s=report_interval_s,
@@ -237,7 +232,7 @@ def run_sweep(
             failure_config=tune.FailureConfig(max_failures=max(0, int(max_trial_failures))),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             stop=CancelStopper(monitor),
-            callbacks=[MonitorCallback(monitor, on_progress)],
+            callbacks=[MonitorCallback(monitor, report)],
             log_to_file=False,
         ),
     )
@@ -262,8 +257,7 @@ def run_sweep(
             {k: v for k, v in r.items() if k not in ("meta_loss", "detail")}
             for r in monitor.records
         ]
-    if on_progress is not None:
-        on_progress(monitor.snapshot())
+    report(monitor.snapshot())
     best = monitor.best_index()
     sweep_info = {
         "metric": METRIC,
@@ -275,9 +269,10 @@ def run_sweep(
     if best is None:
         summary = {"trials": trials, "best_trial": None, "sweep": sweep_info}
         if cancelled:
-            return summary
+            raise SweepFailed("the sweep was cancelled before any trial finished", None, summary)
         first = next((t for t in trials if t.get("error")), None)
         message = first["error"] if first else "no trial succeeded"
         detail = monitor.records[first["index"]].get("detail") if first else None
         raise SweepFailed(f"all {len(trials)} trial(s) failed; first: {message}", detail, summary)
-    return {**monitor.results[best], "trials": trials, "best_trial": best, "sweep": sweep_info}
+    return JobResult.model_validate({**monitor.results[best], "trials": trials, "best_trial": best,
+                                     "sweep": sweep_info})

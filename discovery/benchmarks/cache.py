@@ -20,10 +20,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from discovery.benchmarks.progress import ProgressTracker, within
+from discovery.benchmarks.progress import BenchmarkProgress, ProgressTracker, within
 from discovery.benchmarks.stats import paired_difference
+from discovery.benchmarks.suite import BenchmarkReport
+from rules.base import CoefficientRule
 
 Verdict = Literal["better", "worse", "not distinguishable"]
 #: Where an entry keeps its per-episode (per-seed) values, in the order looked up.
@@ -132,7 +134,7 @@ def compare(rule_entry: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]
     return out
 
 
-def tune_serial(suite: str, *, tiny: bool, seed: int, progress: Callable[[dict[str, Any]], None] | None = None,
+def tune_serial(suite: str, *, tiny: bool, seed: int, progress: Callable[[BenchmarkProgress], None] | None = None,
                 device: str = "cpu", threads: int | None = None) -> BaselineSet:
     """Tune and score the baselines in this process, one after the other (``run_suite`` without a rule)."""
     from discovery.benchmarks.registry import get_suite, run_suite
@@ -144,7 +146,7 @@ def tune_serial(suite: str, *, tiny: bool, seed: int, progress: Callable[[dict[s
 
 
 def score_with_baselines(suite: str, rule: Any, baselines: BaselineSet, *, cached: bool,
-                         progress: Callable[[dict[str, Any]], None] | None = None, device: str = "cpu",
+                         progress: Callable[[BenchmarkProgress], None] | None = None, device: str = "cpu",
                          feedback: str | None = None, threads: int | None = None) -> dict[str, Any]:
     """The suite report of ``rule`` against ``baselines``: the rule alone is run (none of the baselines), its
     entry gets ``vs`` (paired differences), the report gets the baselines' entries, ``baselines``
@@ -190,10 +192,10 @@ def score_with_baselines(suite: str, rule: Any, baselines: BaselineSet, *, cache
     return report
 
 
-def run_benchmark(suite: str, rule: Any, *, tiny: bool, seed: int, baselines: BaselineSet | None = None,
-                  tune: Callable[..., BaselineSet] | None = None,
-                  progress: Callable[[dict[str, Any]], None] | None = None, device: str = "cpu",
-                  feedback: str | None = None, threads: int | None = None) -> dict[str, Any]:
+def run_benchmark(suite: str, rule: CoefficientRule | None, *, tiny: bool, seed: int,
+                  baselines: BaselineSet | None = None, tune: Callable[..., BaselineSet] | None = None,
+                  progress: Callable[[BenchmarkProgress], None] | None = None, device: str = "cpu",
+                  feedback: str | None = None, threads: int | None = None) -> BenchmarkReport:
     """A benchmark of ``rule`` (None: baselines only) on ``suite``: with ``baselines`` (a cached set for this
     key) only the rule runs; without, ``tune(suite, tiny=, seed=, progress=, device=)`` (default
     :func:`tune_serial`; the workers pass their Ray fan-out) computes them first, and the report carries them
@@ -211,4 +213,20 @@ def run_benchmark(suite: str, rule: Any, *, tiny: bool, seed: int, baselines: Ba
     if not cached:
         report["baseline_set"] = baselines.model_dump()
     report["wall_time_s"] = time.perf_counter() - t0
-    return report
+    return BenchmarkReport.model_validate(report)
+
+
+def split_baseline_set(report: BenchmarkReport) -> tuple[BenchmarkReport, BaselineSet | None]:
+    """A report of a run that tuned its baselines, without its ``baseline_set``, and that set (to cache); a
+    report without one (or with an unreadable one) and None."""
+    extra = dict(report.model_extra or {})
+    raw = extra.pop("baseline_set", None)
+    if not raw:
+        return report, None
+    data = report.model_dump(exclude_unset=True)
+    data.pop("baseline_set", None)
+    try:
+        baselines = BaselineSet.model_validate(raw)
+    except ValidationError:
+        baselines = None
+    return BenchmarkReport.model_validate(data), baselines

@@ -38,9 +38,9 @@ class BenchmarkProgress(BaseModel):
 
 class ProgressTracker:
     """Turns a suite's raw events (``{"stage", "learner", "done", "total"}``) and the fan-out's reports into
-    :class:`BenchmarkProgress` and passes them (as JSON dicts) to ``emit``."""
+    :class:`BenchmarkProgress` and passes them to ``emit``."""
 
-    def __init__(self, emit: Callable[[dict[str, Any]], None] | None, learners: Sequence[str], *,
+    def __init__(self, emit: Callable[[BenchmarkProgress], None] | None, learners: Sequence[str], *,
                  baselines: Literal["cached", "tuning"] = "tuning", clock: Callable[[], float] = time.monotonic):
         self.emit = emit
         self.learners = list(learners)
@@ -67,7 +67,7 @@ class ProgressTracker:
                                   elapsed=elapsed, remaining=remaining)
         self.last = event
         if self.emit is not None:
-            self.emit(event.model_dump())
+            self.emit(event)
         return event
 
     def on_suite_event(self, event: dict[str, Any]) -> None:
@@ -82,18 +82,18 @@ class ProgressTracker:
         self.report(stage, learner, done, total, (i + u) / max(len(self.learners), 1))
 
 
-def within(emit: Callable[[dict[str, Any]], None] | None, lo: float, hi: float,
-           clock: Callable[[], float] = time.monotonic) -> Callable[[dict[str, Any]], None] | None:
+def within(emit: Callable[[BenchmarkProgress], None] | None, lo: float, hi: float,
+           clock: Callable[[], float] = time.monotonic) -> Callable[[BenchmarkProgress], None] | None:
     """A progress callback for one part of a longer run: it maps the part's fraction f to lo + (hi − lo) f of the
     whole and measures elapsed / remaining from its own creation (the start of the whole run)."""
     if emit is None:
         return None
     t0 = clock()
 
-    def part(event: dict[str, Any]) -> None:
-        f = lo + (hi - lo) * float(event.get("fraction") or 0.0)
+    def part(event: BenchmarkProgress) -> None:
+        f = lo + (hi - lo) * float(event.fraction or 0.0)
         elapsed = clock() - t0
-        emit({**event, "fraction": f, "elapsed": elapsed,
-              "remaining": elapsed * (1.0 - f) / f if f > 0 else None})
+        emit(event.model_copy(update={"fraction": f, "elapsed": elapsed,
+                                      "remaining": elapsed * (1.0 - f) / f if f > 0 else None}))
 
     return part

@@ -66,6 +66,12 @@ class BenchmarkReport(BaseModel):
     notes: list[str] | str = Field(default_factory=list)
     wall_time_s: float | None = None
 
+    def to_json(self) -> dict[str, object]:
+        """The report as strict JSON, as its runner wrote it: fields left at their default are not added."""
+        from discovery.results import jsonable
+
+        return jsonable(self.model_dump(mode="json", exclude_unset=True))
+
     def rule_entry(self) -> int | None:
         """The index of the entry of the rule under test (``kind == "rule"``), None when only baselines ran."""
         return next((i for i, e in enumerate(self.entries) if e.kind == "rule"), None)

@@ -87,6 +87,7 @@ class Search:
         self.should_stop = should_stop
         self.budget = spec.meta.episodes
         self.used = 0                      # episodes consumed by finished stages
+        self.planned = self.budget         # the job's total episodes as planned (screens included)
         self.stages: list[Stage] = self._load_state()
         self.cursor = 0                    # index of the next stage (replayed from search.json when done)
         self.history: list[dict] = []
@@ -148,15 +149,16 @@ class Search:
         trainer = MetaTrainer(spec, stream=self.cursor + 1)
         offset, index = self.used, self.cursor
 
+        total = self.planned = max(self.planned, offset + episodes)  # the job's episode of the job's total
+
         def report(event: ProgressEvent) -> None:
-            event = event.model_copy(update={"episode": offset + event.episode, "total": self.budget,
-                                             "phase": label})
+            event = event.model_copy(update={"episode": offset + event.episode, "total": total, "phase": label})
             if self.progress is not None:
                 self.progress(event)
 
         folder = self.folder / f"stage_{index}" if self.folder is not None else None
         self.stopped = trainer.run(report, folder, self.should_stop)
-        history = [{**h, "episode": offset + h["episode"], "total": self.budget, "phase": label}
+        history = [{**h, "episode": offset + h["episode"], "total": total, "phase": label}
                    for h in trainer.history]
         self.history.extend(history)
         stage = Stage(kind="fit", label=label, terms=terms, theta=trainer.theta_dict(), episodes=trainer.episode,
@@ -226,6 +228,7 @@ class Search:
         support = self.start()
         n_screen = self.spec.search.screen_episodes
         per_fit = max(1, (self.remaining() - (k_max - 1) * n_screen) // k_max)
+        self.planned = max(self.budget, self.used + k_max * per_fit + (k_max - 1) * n_screen)
         init = self.spec.rule.initial_theta()
         fits = [self.fit(support, {t: init.get(t, 0.0) for t in support}, per_fit, f"fit {len(support)} terms")]
         while len(support) < k_max and not self.stopped:

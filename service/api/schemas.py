@@ -8,7 +8,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from discovery.benchmarks.cache import PairedVerdict
 from discovery.benchmarks.progress import BenchmarkProgress
@@ -83,15 +94,21 @@ class BenchmarkCreate(_Request):
         return self
 
 
-class EventOut(BaseModel):
+class _FromRow(BaseModel):
+    """A response read from an ORM row by attribute (``model_validate(row)``); the database layer owns the rows."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class EventOut(_FromRow):
     id: int
     created_at: dt.datetime
     kind: str
-    message: str
-    data: dict[str, Any] | None = None
+    message: str = Field(validation_alias=AliasChoices("public_message", "message"))
+    data: dict[str, Any] | None = Field(None, validation_alias=AliasChoices("public_data", "data"))
 
 
-class FrontEntry(BaseModel):
+class FrontEntry(_FromRow):
     """One stored rule of an open search's front (number of terms / complexity × held-out accuracy)."""
 
     rule_id: int | None = None
@@ -104,7 +121,7 @@ class FrontEntry(BaseModel):
     expression: str | None = None
 
 
-class JobOut(BaseModel):
+class JobOut(_FromRow):
     """A discovery job."""
 
     id: int
@@ -124,12 +141,30 @@ class JobOut(BaseModel):
     heldout_ci95: float | None = None
     resumed_from_episode: int | None = Field(None, description="the checkpointed episode the finished run resumed from")
     trials: int = 0
-    events: list[EventOut] | None = None
-    understood: list[str] | None = Field(None, description="how a goal was read (POST with a goal only)")
+    events: list[EventOut] | None = Field(None, description="the job's history (GET with events=true)")
+    understood: list[str] | None = Field(None, description="how a goal was read (a job from a goal)")
     front: list[FrontEntry] = Field(default_factory=list, description="open discovery: the rules of the front")
 
+    @field_validator("trials", mode="before")
+    @classmethod
+    def _count_trials(cls, value: object) -> object:
+        return len(value) if isinstance(value, list) else value
 
-class ScoreOut(BaseModel):
+    @field_validator("progress", mode="after")
+    @classmethod
+    def _theta_present(cls, value: BaseModel | None) -> BaseModel | None:
+        if value is not None and getattr(value, "theta", None) is None:
+            return value.model_copy(update={"theta": {}})
+        return value
+
+    @classmethod
+    def of(cls, job: Any, *, events: bool = False) -> JobOut:
+        """The job as the API shows it; ``events`` keeps its history in the answer."""
+        out = cls.model_validate(job)
+        return out if events else out.model_copy(update={"events": None})
+
+
+class ScoreOut(_FromRow):
     """A rule's score on one suite (``discovery``: held-out accuracy on its own discovery task)."""
 
     suite: str
@@ -142,7 +177,7 @@ class ScoreOut(BaseModel):
     created_at: dt.datetime | None = None
 
 
-class RuleOut(BaseModel):
+class RuleOut(_FromRow):
     """A stored rule ΔW = Σ θ_r F_r."""
 
     id: int
@@ -154,17 +189,25 @@ class RuleOut(BaseModel):
     origin: str
     hash: str
     spec: dict[str, Any] | None = None
-    provenance: dict[str, Any]
+    provenance: dict[str, Any] = Field(validation_alias=AliasChoices("public_provenance", "provenance"))
     scores: list[ScoreOut] = Field(default_factory=list)
     feedback: str | None = None
     depth: int | None = None
     dataset: str | None = None
     family: Literal["feedforward", "recurrent"] = Field("feedforward", description="the rule family")
     created_at: dt.datetime
-    created: bool | None = Field(None, description="POST only: false when the rule was already stored")
+    created: bool | None = Field(None, validation_alias=AliasChoices("created_now", "created"),
+                                 description="POST only: false when the rule was already stored")
+
+    @classmethod
+    def of(cls, rule: Any, scores: list[Any], *, created: bool | None = None) -> RuleOut:
+        """The rule with its scores (discovery scores first, then its succeeded benchmark scores)."""
+        return cls.model_validate(rule).model_copy(update={
+            "scores": [ScoreOut.model_validate(s) for s in [*scores, *rule.succeeded_scores]],
+            "created": created})
 
 
-class LearnerScoreOut(BaseModel):
+class LearnerScoreOut(_FromRow):
     learner: str
     origin: str
     rule_id: int | None = None
@@ -175,7 +218,7 @@ class LearnerScoreOut(BaseModel):
     metrics: dict[str, Any] | None = None
 
 
-class BenchmarkOut(BaseModel):
+class BenchmarkOut(_FromRow):
     """A benchmark run."""
 
     id: int
@@ -199,6 +242,15 @@ class BenchmarkOut(BaseModel):
                                                          "suite's cache or were tuned by this run")
     vs: dict[str, PairedVerdict] | None = Field(None, description="the rule minus each baseline on the same "
                                                 "episodes: delta, 95 % t-interval, verdict")
+
+    @field_validator("progress", mode="wrap")
+    @classmethod
+    def _progress_or_none(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        """A progress of another shape (written by an older worker) reads as none."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
 
 
 class FrontMark(BaseModel):

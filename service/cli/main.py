@@ -234,8 +234,8 @@ def discover(
 
 
 def _engine() -> Callable[..., Any]:
-    """``discovery.engine.discover``, the engine's one entry point."""
-    from discovery.engine import discover
+    """``discovery.router.discover``, the engine's one entry point."""
+    from discovery.router import discover
 
     return discover
 
@@ -358,7 +358,7 @@ def benchmark(
                 highlight=False,
                 markup=False,
             )
-        from service.api.views import vs_delta
+        from service.web.render import vs_delta
 
         for name, v in (report.get("vs") or {}).items():  # the rule − each baseline, paired on the same episodes
             lo, hi = v["ci95"]
@@ -406,7 +406,7 @@ def bench(ctx: typer.Context) -> None:
 
 
 # the commands against a server register themselves on the same app
-import service.cli.remote  # noqa: E402,F401
+import service.cli.remote  # noqa: F401
 
 if __name__ == "__main__":
     app()

@@ -112,11 +112,39 @@ class Job(Base):
         back_populates="job", cascade="all, delete-orphan", order_by="Trial.index"
     )
     rule_links: Mapped[list[JobRule]] = relationship(cascade="all, delete-orphan", order_by="JobRule.rule_id")
+    front: Mapped[list[FrontPointRow]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="FrontPointRow.position"
+    )
 
     @property
     def rule_ids(self) -> list[int]:
         """Ids of the rules this job produced (the best trial's rule first)."""
         return [link.rule_id for link in self.rule_links]
+
+    def _summary(self, key: str) -> Any:
+        return (self.result or {}).get(key)
+
+    @property
+    def heldout_accuracy(self) -> float | None:
+        """The job's rule's held-out accuracy on its task (from its result summary)."""
+        return self._summary("heldout_accuracy")
+
+    @property
+    def heldout_ci95(self) -> float | None:
+        """Half-width of the 95 % t-interval of :attr:`heldout_accuracy`."""
+        return self._summary("heldout_ci95")
+
+    @property
+    def resumed_from_episode(self) -> int | None:
+        """The episode the finished run resumed from (None: it ran from the start)."""
+        return self._summary("resumed_from_episode")
+
+    @property
+    def understood(self) -> list[str] | None:
+        """How the job's goal was read (the data of its first event), None for a job from a spec."""
+        if not self.goal or not self.events:
+            return None
+        return (self.events[0].data or {}).get("understood")
 
 
 class JobEvent(Base):
@@ -135,6 +163,22 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
 
     job: Mapped[Job | None] = relationship(back_populates="events")
+
+    #: event data keys that only the server log may show (rows written by earlier versions carried them)
+    PRIVATE_KEYS = frozenset({"traceback", "detail"})
+
+    @property
+    def public_message(self) -> str:
+        """The message without a traceback (rows written by earlier versions may carry one)."""
+        return self.message.split("\nTraceback (most recent call last)", 1)[0]
+
+    @property
+    def public_data(self) -> dict[str, Any] | None:
+        """The data without the keys only the server log may show."""
+        data = self.data
+        if isinstance(data, dict) and self.PRIVATE_KEYS & set(data):
+            data = {k: v for k, v in data.items() if k not in self.PRIVATE_KEYS} or None
+        return data
 
 
 class Trial(Base):
@@ -187,6 +231,18 @@ class Rule(Base):
     term_links: Mapped[list[RuleTerm]] = relationship(cascade="all, delete-orphan")
     scores: Mapped[list[BenchmarkScore]] = relationship(back_populates="rule", order_by="BenchmarkScore.id")
 
+    @property
+    def public_provenance(self) -> dict[str, Any]:
+        """Where the rule came from: its stored provenance with the job, seed, code version, time and forms."""
+        return {**(self.provenance or {}), "job_id": self.job_id, "seed": self.seed,
+                "code_version": self.code_version, "created_at": self.created_at.isoformat(),
+                "canonical": self.canonical, "srepr": self.srepr}
+
+    @property
+    def succeeded_scores(self) -> list[BenchmarkScore]:
+        """The rule's scores in benchmark runs that succeeded."""
+        return [s for s in self.scores if s.run is not None and s.run.status == SUCCEEDED]
+
 
 class RuleTerm(Base):
     """Which library (or custom) term ids a rule uses: the index behind ``GET /api/rules?term=``."""
@@ -204,6 +260,36 @@ class JobRule(Base):
 
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     rule_id: Mapped[int] = mapped_column(ForeignKey("rules.id", ondelete="CASCADE"), primary_key=True)
+
+
+class FrontPointRow(Base):
+    """One rule of an open search's Pareto front (``discovery.results.FrontPoint``): its support size, complexity
+    and its own held-out score on the job's task (migration 0004 moved fronts here out of the JSON columns)."""
+
+    __tablename__ = "front_points"
+    __table_args__ = (UniqueConstraint("job_id", "position", name="uq_front_points_job_position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    rule_id: Mapped[int | None] = mapped_column(ForeignKey("rules.id", ondelete="SET NULL"), index=True)
+    n_terms: Mapped[int] = mapped_column(Integer)
+    complexity: Mapped[int] = mapped_column(Integer)
+    heldout_accuracy: Mapped[float | None] = mapped_column(Float)
+    heldout_ci95: Mapped[float | None] = mapped_column(Float)
+    heldout_episodes: Mapped[int] = mapped_column(Integer, default=0)
+    selected: Mapped[bool] = mapped_column(Boolean, default=False)
+    stage: Mapped[str] = mapped_column(String(64), default="")
+    terms: Mapped[list[str]] = mapped_column(JSONColumn())
+    theta: Mapped[dict[str, float]] = mapped_column(JSONColumn())
+
+    job: Mapped[Job] = relationship(back_populates="front")
+    rule: Mapped[Rule | None] = relationship()
+
+    @property
+    def expression(self) -> str | None:
+        """The stored rule's expression (None when the rule was deleted)."""
+        return self.rule.expression if self.rule is not None else None
 
 
 class BenchmarkRun(Base):
@@ -235,6 +321,26 @@ class BenchmarkRun(Base):
         back_populates="run", cascade="all, delete-orphan", order_by="BenchmarkScore.id"
     )
 
+    @property
+    def diagnostics(self) -> dict[str, Any] | None:
+        """The suite's report without its entries (protocol, notes, baselines, timings); while it runs, its
+        progress."""
+        if self.result:
+            return {k: v for k, v in self.result.items() if k != "entries"}
+        if self.progress and self.status not in FINAL_STATUSES:
+            return {"progress": self.progress}
+        return None
+
+    @property
+    def baselines(self) -> str | None:
+        """"cached" or "tuned": where the run's baselines came from."""
+        return (self.result or {}).get("baselines")
+
+    @property
+    def vs(self) -> dict[str, Any] | None:
+        """The rule minus each baseline on the same episodes (from the result)."""
+        return (self.result or {}).get("vs") or None
+
 
 class BenchmarkScore(Base):
     """One learner's score in one benchmark run: the rule under test, or a baseline (BP, FA, PC, ...)."""
@@ -256,6 +362,11 @@ class BenchmarkScore(Base):
 
     run: Mapped[BenchmarkRun] = relationship(back_populates="scores")
     rule: Mapped[Rule | None] = relationship(back_populates="scores")
+
+    @property
+    def benchmark_id(self) -> int:
+        """The run this score belongs to (the API's name for ``run_id``)."""
+        return self.run_id
 
 
 class BaselineSetRow(Base):

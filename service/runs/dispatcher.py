@@ -26,20 +26,17 @@ send along is written to the server log only.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from discovery.benchmarks.cache import split_baseline_set
+from discovery.benchmarks.progress import BenchmarkProgress
+from discovery.benchmarks.suite import BenchmarkReport
 from discovery.results import jsonable
 from discovery.spec import DiscoverySpec
 from service.db.models import (
@@ -54,13 +51,15 @@ from service.db.models import (
     Rule,
     utcnow,
 )
-from service.db.repositories import baselines as benchmark_cache
-from service.db.repositories.store import add_event
+from service.db.repositories import baselines as baseline_cache
+from service.db.repositories.events import add_event
 from service.db.session import session_scope
 from service.rulebook import benchmark_text
-from service.runs.recording import queue_benchmarks, record_benchmark_result, record_job_result
+from service.runs.recording import job_summary, queue_benchmarks, record_benchmark_result, record_job_result
+from service.runs.states import Tracked, owner_key, set_status
 from service.settings import Settings
-from workers.progress import JobProgress
+from workers.contract import JobState, WorkerInfo, Workers
+from workers.progress import JobProgress, JobResult
 
 log = logging.getLogger("plasticity.dispatcher")
 
@@ -70,18 +69,15 @@ MAX_ATTEMPTS = 5
 MAX_POLL_ERRORS = 5
 #: Seconds between attempts to connect to Ray after a failure.
 RAY_RETRY_SECONDS = 10.0
-#: The final statuses a worker reports.
-FINAL_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
 
 
 @dataclass(frozen=True)
 class Flow:
-    """What differs between the two kinds of tracked work; the state machine that moves them is one
-    (:meth:`Dispatcher._submit`, :meth:`Dispatcher._apply_state`): the table, the event owner and the words."""
+    """What differs between the two kinds of tracked work (the words of their events); the loop that moves them
+    through the states of :mod:`service.runs.states` is one."""
 
     what: str                             # "job" | "benchmark"
-    model: type[Job] | type[BenchmarkRun]
-    owner: str                            # the add_event keyword naming the row
+    model: Tracked
     started: str
     cancelled: str
     failed: str
@@ -89,26 +85,26 @@ class Flow:
     unrecorded: str
 
 
-JOB_FLOW = Flow("job", Job, "job_id", started="meta-training started", cancelled="the Ray work was cancelled",
+JOB_FLOW = Flow("job", Job, started="meta-training started", cancelled="the Ray work was cancelled",
                 failed="the job failed without a message", lost="lost contact with the job's Ray worker",
                 unrecorded="could not record the job's result")
-BENCHMARK_FLOW = Flow("benchmark", BenchmarkRun, "benchmark_id", started="benchmark started",
+BENCHMARK_FLOW = Flow("benchmark", BenchmarkRun, started="benchmark started",
                       cancelled="the benchmark was cancelled", failed="the benchmark failed",
                       lost="lost contact with the benchmark's worker", unrecorded="could not record the result")
+FLOWS = (JOB_FLOW, BENCHMARK_FLOW)
 
 
 @dataclass
 class _Tracked:
-    """A submitted job or benchmark: its Ray handle and what the dispatcher remembers about it."""
+    """A submitted job or benchmark: its workers' handle and what the dispatcher remembers about it."""
 
-    handle: Any
+    handle: object
     poll_errors: int = 0
-    last_episode: int | None = None
     last_event_episode: int | None = None
     last_event_time: float = field(default_factory=time.monotonic)
     cancelling: bool = False
     attempt: int = 1
-    worker: tuple[Any, Any] | None = None
+    worker: WorkerInfo | None = None
 
 
 def _short(exc: BaseException, limit: int = 500) -> str:
@@ -126,33 +122,24 @@ def public_reason(text: str, limit: int = 4000) -> str:
     return first[:limit]
 
 
-def _retry_kwargs(submit: Callable[..., Any], retries: int) -> dict[str, Any]:
-    """``{"max_retries": retries}`` when the workers' submit function takes it (stand-ins may not)."""
-    try:
-        params = inspect.signature(submit).parameters
-    except (TypeError, ValueError):
-        return {}
-    takes = "max_retries" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return {"max_retries": retries} if takes else {}
-
-
 class Dispatcher:
-    """Moves jobs and benchmarks between the database and Ray (one thread; see the module docstring).
+    """Moves jobs and benchmarks between the database and the workers (one thread; see the module docstring).
 
-    Run exactly one dispatcher per database: further API replicas set ``PLASTICITY_DISPATCHER=0``.
+    ``workers``: anything that implements :class:`workers.contract.Workers` (default: the Ray implementation,
+    ``workers.ray_jobs``, imported on first use). Run exactly one dispatcher per database: further API replicas
+    set ``PLASTICITY_DISPATCHER=0``.
     """
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], workers: ModuleType | Any = None):
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], workers: Workers | None = None):
         self.settings = settings
         self.sessions = sessions
         self._workers = workers
-        self._jobs: dict[int, _Tracked] = {}
-        self._benchmarks: dict[int, _Tracked] = {}
+        self._tracked: dict[Flow, dict[int, _Tracked]] = {flow: {} for flow in FLOWS}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._ray_next_try = 0.0
-        self.ray_state: dict[str, Any] = {"state": "not started"}
+        self.ray_state: dict[str, str | None] = {"state": "not started"}
         self.last_error: str | None = None
         self.ticks = 0
 
@@ -178,16 +165,10 @@ class Dispatcher:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         """For ``/api/health``."""
-        return {
-            "enabled": True,
-            "alive": self.alive,
-            "ticks": self.ticks,
-            "jobs": sorted(self._jobs),
-            "benchmarks": sorted(self._benchmarks),
-            "last_error": self.last_error,
-        }
+        return {"enabled": True, "alive": self.alive, "ticks": self.ticks, "jobs": sorted(self._tracked[JOB_FLOW]),
+                "benchmarks": sorted(self._tracked[BENCHMARK_FLOW]), "last_error": self.last_error}
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -200,10 +181,12 @@ class Dispatcher:
             self._wake.clear()
 
     # --- workers --------------------------------------------------------------------------------------------
-    def workers(self) -> Any:
-        """``workers.ray_jobs`` (imported on first use), or the module given to the constructor."""
+    def workers(self) -> Workers:
+        """The workers (``workers.ray_jobs`` unless a stand-in was given), imported on first use."""
         if self._workers is None:
-            self._workers = importlib.import_module("workers.ray_jobs")
+            from workers import ray_jobs
+
+            self._workers = ray_jobs  # the module implements the Workers protocol
         return self._workers
 
     def _ray_ready(self) -> bool:
@@ -213,9 +196,7 @@ class Dispatcher:
         if now < self._ray_next_try:
             return False
         try:
-            workers = self.workers()
-            ensure = getattr(workers, "ensure_ray", None)
-            address = ensure() if ensure is not None else None
+            address = self.workers().ensure_ray()
         except Exception as exc:  # noqa: BLE001 - reported in /api/health, retried
             self._ray_next_try = now + RAY_RETRY_SECONDS
             self.ray_state = {"state": "error", "error": _short(exc)}
@@ -229,103 +210,83 @@ class Dispatcher:
         """Put work left ``running`` by a previous process back to ``queued`` (it resumes from checkpoints)."""
         with session_scope(self.sessions) as s:
             requeued: set[int] = set()
-            for job in s.scalars(select(Job).where(Job.status == RUNNING)).all():
-                job.status = QUEUED
-                requeued.add(job.id)
-                add_event(
-                    s,
-                    "requeued",
-                    "the service restarted while the job ran; resubmitting (the engine "
-                    "resumes from its last checkpoint)",
-                    job_id=job.id,
-                )
-            for job in s.scalars(select(Job).where(Job.status == QUEUED, Job.attempts > 0)).all():
-                if job.id not in requeued:
-                    add_event(
-                        s,
-                        "requeued",
-                        "the service restarted before the job started; resubmitting",
-                        job_id=job.id,
-                    )
-            for run in s.scalars(select(BenchmarkRun).where(BenchmarkRun.status == RUNNING)).all():
-                run.status = QUEUED
-                add_event(
-                    s,
-                    "requeued",
-                    "the service restarted while the benchmark ran; resubmitting",
-                    benchmark_id=run.id,
-                )
+            for flow in FLOWS:
+                model = flow.model
+                for row_id in s.scalars(select(model.id).where(model.status == RUNNING)).all():
+                    set_status(s, model, row_id, QUEUED, event="requeued", finished_at=None,
+                               message=f"the service restarted while the {flow.what} ran; resubmitting"
+                               + (" (the engine resumes from its last checkpoint)" if model is Job else ""))
+                    requeued.update([row_id] if model is Job else [])
+            for job_id in s.scalars(select(Job.id).where(Job.status == QUEUED, Job.attempts > 0)).all():
+                if job_id not in requeued:
+                    add_event(s, "requeued", "the service restarted before the job started; resubmitting",
+                              job_id=job_id)
 
-    # --- one tick -----------------------------------------------------------------------------------------
+    # --- one tick: the loop -------------------------------------------------------------------------------
     def tick(self) -> None:
-        """Poll, cancel and submit once."""
+        """Poll every submitted row, then submit queued rows, for jobs and benchmarks alike."""
         self.ticks += 1
         if not self._ray_ready():
             return
-        self._poll(JOB_FLOW)
-        self._poll(BENCHMARK_FLOW)
-        self._submit(JOB_FLOW)
-        self._submit(BENCHMARK_FLOW)
+        for flow in FLOWS:
+            self._poll(flow)
+        for flow in FLOWS:
+            self._submit(flow)
 
     def _running(self) -> int:
-        return sum(1 for t in self._jobs.values() if not t.cancelling) + len(self._benchmarks)
+        jobs = sum(1 for t in self._tracked[JOB_FLOW].values() if not t.cancelling)
+        return jobs + len(self._tracked[BENCHMARK_FLOW])
 
-    def _tracked(self, flow: Flow) -> dict[int, _Tracked]:
-        return self._jobs if flow is JOB_FLOW else self._benchmarks
-
-    # --- the state machine ----------------------------------------------------------------------------------
     def _submit(self, flow: Flow) -> None:
         """Submit the queued rows of ``flow`` (oldest first) while fewer than ``max_running`` run; a row
         submitted MAX_ATTEMPTS times fails instead."""
         free = self.settings.max_running - self._running()
         if free <= 0:
             return
-        tracked = self._tracked(flow)
+        tracked = self._tracked[flow]
         with session_scope(self.sessions) as s:
             for row in s.scalars(select(flow.model).where(flow.model.status == QUEUED).order_by(flow.model.id)).all():
                 if free <= 0:
                     break
                 if row.id in tracked:
                     continue
-                if flow is BENCHMARK_FLOW and benchmark_cache.waits_for_tuning(s, row, tracked):
+                if flow is BENCHMARK_FLOW and baseline_cache.waits_for_tuning(s, row, tracked):
                     continue  # another run tunes this key's baselines now: use them once cached
                 if row.attempts >= MAX_ATTEMPTS:
                     self._fail(flow, s, row.id, _gave_up(flow, row.attempts))
                     continue
                 try:
-                    handle, data = self._hand_over(flow, s, row)
+                    handle, folder = self._hand_over(s, row)
                 except Exception as exc:
                     log.exception("%s %s: submission failed", flow.what, row.id)
                     self._fail(flow, s, row.id, f"could not submit the {flow.what}: {_short(exc)}")
                     continue
                 row.attempts += 1
                 tracked[row.id] = _Tracked(handle)
-                add_event(s, "submitted", f"submitted to Ray (attempt {row.attempts})", data=data,
-                          **{flow.owner: row.id})
+                add_event(s, "submitted", f"submitted to Ray (attempt {row.attempts})",
+                          data={"checkpoint_dir": folder} if folder else None, **{owner_key(flow.model): row.id})
                 free -= 1
 
-    def _hand_over(self, flow: Flow, s: Session, row: Job | BenchmarkRun) -> tuple[Any, dict[str, Any] | None]:
-        """Submit one row to the workers: (its handle, the data of its ``submitted`` event)."""
+    def _hand_over(self, s: Session, row: Job | BenchmarkRun) -> tuple[object, str | None]:
+        """Submit one row to the workers: (its handle, the job's checkpoint folder)."""
         retries = self.settings.max_attempts - 1
-        if flow is JOB_FLOW:
+        if isinstance(row, Job):
             spec = DiscoverySpec.model_validate(row.spec)
             folder = self.settings.checkpoint_dir(row.id)
             folder.mkdir(parents=True, exist_ok=True)
-            submit = self.workers().submit_discovery
-            return submit(row.id, spec, folder, **_retry_kwargs(submit, retries)), {"checkpoint_dir": str(folder)}
+            return self.workers().submit_discovery(row.id, spec, folder, max_retries=retries), str(folder)
         expression = row.expression
-        if row.rule_id is not None:
-            rule = s.get(Rule, row.rule_id)
-            if rule is not None:  # a recurrent rule travels as its canonical text
-                expression = benchmark_text(rule.canonical, rule.expression)
-        submit = self.workers().submit_benchmark
-        return submit(row.id, row.suite, expression, tiny=row.tiny, seed=row.seed,
-                      **_retry_kwargs(submit, retries), **benchmark_cache.submit_kwargs(s, row, submit)), None
+        rule = s.get(Rule, row.rule_id) if row.rule_id is not None else None
+        if rule is not None:  # a recurrent rule travels as its canonical text
+            expression = benchmark_text(rule.canonical, rule.expression)
+        cached = baseline_cache.cached_for(s, row)
+        return self.workers().submit_benchmark(row.id, row.suite, expression, tiny=row.tiny, seed=row.seed,
+                                               max_retries=retries, baselines=cached), None
 
     def _poll(self, flow: Flow) -> None:
         """Poll every tracked row of ``flow`` and apply its state; fail it (and stop tracking it) after
         MAX_POLL_ERRORS consecutive poll errors, or when its state cannot be recorded."""
-        tracked_by_id = self._tracked(flow)
+        tracked_by_id = self._tracked[flow]
         for item_id, tracked in list(tracked_by_id.items()):
             try:
                 state = self.workers().poll(tracked.handle)
@@ -345,37 +306,34 @@ class Dispatcher:
                 with session_scope(self.sessions) as s:
                     self._fail(flow, s, item_id, f"{flow.unrecorded}: {_short(exc)}")
 
-    def _apply_state(self, flow: Flow, row_id: int, tracked: _Tracked, state: Any) -> None:
+    def _apply_state(self, flow: Flow, row_id: int, tracked: _Tracked, state: JobState) -> None:
         """One poll's state of a row: started, attempts and workers, progress, and at the end its outcome."""
-        status = getattr(state, "status", None)
-        owner = {flow.owner: row_id}
         with session_scope(self.sessions) as s:
             row = s.get(flow.model, row_id)
             if row is None or row.status not in ACTIVE_STATUSES:
-                self._stop_inactive(flow, s, row, row_id, tracked, status)
+                self._stop_inactive(flow, s, row, row_id, tracked, state)
                 return
-            if (status == RUNNING and row.status == QUEUED
-                    and self._transition(flow, s, row_id, RUNNING, started_at=row.started_at or utcnow())):
-                add_event(s, "started", flow.started, **owner)
-            self._record_attempts(s, flow.model, row_id, tracked, state, **owner)
-            progress = getattr(state, "progress", None)
-            if progress:
-                self._record_progress(flow, s, row, tracked, progress)
-            if status in FINAL_STATUSES:
-                del self._tracked(flow)[row_id]
-            if status == SUCCEEDED:
-                self._finish(flow, s, row, getattr(state, "result", None) or {})
-            elif status == FAILED:
-                error = getattr(state, "error", None) or flow.failed
-                _log_failure(flow.what, row_id, error, getattr(state, "detail", None))
+            if state.status in (RUNNING, SUCCEEDED) and row.status == QUEUED:  # it ran between two polls
+                set_status(s, flow.model, row_id, RUNNING, event="started", message=flow.started,
+                           started_at=row.started_at or utcnow())
+            self._record_attempts(s, flow, row_id, tracked, state)
+            if state.progress is not None:
+                self._record_progress(s, row, tracked, state.progress)
+            if state.done:
+                del self._tracked[flow][row_id]
+            if state.status == SUCCEEDED:
+                self._finish(flow, s, row, state.result)
+            elif state.status == FAILED:
+                error = state.error or flow.failed
+                _log_failure(flow.what, row_id, error, state.detail)
                 self._fail(flow, s, row_id, error)
-            elif status == CANCELLED and self._transition(flow, s, row_id, CANCELLED, finished_at=utcnow()):
-                add_event(s, "cancelled", flow.cancelled, **owner)
+            elif state.status == CANCELLED:
+                set_status(s, flow.model, row_id, CANCELLED, event="cancelled", message=flow.cancelled)
 
     def _stop_inactive(self, flow: Flow, s: Session, row: Job | BenchmarkRun | None, row_id: int,
-                       tracked: _Tracked, status: str | None) -> None:
+                       tracked: _Tracked, state: JobState) -> None:
         """A row deleted or cancelled through the API: stop its Ray work once, keep the database as it is."""
-        owner = {flow.owner: row_id}
+        owner = {owner_key(flow.model): row_id}
         if not tracked.cancelling:
             tracked.cancelling = True
             try:
@@ -384,89 +342,75 @@ class Dispatcher:
                 log.warning("%s %s: cancel failed: %s", flow.what, row_id, exc)
             if row is not None:
                 add_event(s, "stopping", f"stopping the Ray work of the cancelled {flow.what}", **owner)
-        if status in FINAL_STATUSES:
-            del self._tracked(flow)[row_id]
+        if state.done:
+            del self._tracked[flow][row_id]
             if row is not None:
-                add_event(s, "stopped", f"the Ray work ended ({status})", **owner)
+                add_event(s, "stopped", f"the Ray work ended ({state.status})", **owner)
 
-    def _transition(self, flow: Flow, s: Session, row_id: int, status: str, **values: Any) -> bool:
-        """Set the status of an active row; False when it is no longer active (e.g. cancelled meanwhile)."""
-        model = flow.model
-        result = s.execute(
-            update(model).where(model.id == row_id, model.status.in_(ACTIVE_STATUSES))
-            .values(status=status, updated_at=utcnow(), **values)
-        )
-        s.expire_all()
-        return bool(result.rowcount)
-
-    def _fail(self, flow: Flow, s: Session, row_id: int, error: str, data: dict[str, Any] | None = None) -> None:
+    def _fail(self, flow: Flow, s: Session, row_id: int, error: str) -> None:
         error = public_reason(error)
-        if self._transition(flow, s, row_id, FAILED, error=error, finished_at=utcnow()):
-            add_event(s, "failed", error, data=data, **{flow.owner: row_id})
+        set_status(s, flow.model, row_id, FAILED, event="failed", message=error, error=error)
 
-    def _finish(self, flow: Flow, s: Session, row: Job | BenchmarkRun, result: dict[str, Any]) -> None:
+    def _finish(self, flow: Flow, s: Session, row: Job | BenchmarkRun,
+                result: JobResult | BenchmarkReport | None) -> None:
         """Record a succeeded row's result (service.runs.recording), then mark it succeeded."""
-        if flow is BENCHMARK_FLOW:
-            result = benchmark_cache.absorb(s, row, result)  # a first tuning: cache its baselines
-            report = record_benchmark_result(s, row, result)
+        if isinstance(row, BenchmarkRun) and isinstance(result, BenchmarkReport):
+            report, tuned = split_baseline_set(result)
+            if tuned is not None:  # a first tuning: cache its baselines
+                baseline_cache.store(s, tuned, row.id)
+            record_benchmark_result(s, row, report)
             version = str(report.version)[:32] if report.version is not None else None
-            if self._transition(flow, s, row.id, SUCCEEDED, result=jsonable(result), finished_at=utcnow(),
-                                suite_version=version, error=None):
-                add_event(s, "succeeded", f"{len(report.entries)} learners scored", benchmark_id=row.id)
-            return
-        summary, rule = record_job_result(s, row, result)
-        if self._transition(flow, s, row.id, SUCCEEDED, result=summary, finished_at=utcnow(), error=None):
-            acc = summary.get("heldout_accuracy")
-            add_event(s, "succeeded", "finished" + (f": held-out accuracy {acc:.3f}" if isinstance(acc, float) else ""),
-                      job_id=row.id)
-            if rule is not None:
+            set_status(s, BenchmarkRun, row.id, SUCCEEDED, event="succeeded",
+                       message=f"{len(report.entries)} learners scored", result=report.to_json(),
+                       suite_version=version, error=None)
+        elif isinstance(row, Job) and isinstance(result, JobResult):
+            rule = record_job_result(s, row, result)
+            acc = result.heldout_accuracy
+            if set_status(s, Job, row.id, SUCCEEDED, event="succeeded", result=job_summary(result), error=None,
+                          message="finished" + (f": held-out accuracy {acc:.3f}" if acc is not None else "")):
                 queue_benchmarks(s, row, rule, list(self.settings.auto_benchmark_suites),
                                  tiny=self.settings.benchmark_tiny)
+        else:
+            self._fail(flow, s, row.id, f"the workers reported success without a {flow.what} result")
 
     # --- attempts and progress ------------------------------------------------------------------------------
-    def _record_attempts(
-        self, s: Session, model: type, row_id: int, tracked: _Tracked, state: Any, **owner: int
-    ) -> None:
+    def _record_attempts(self, s: Session, flow: Flow, row_id: int, tracked: _Tracked, state: JobState) -> None:
         """Count the attempts Ray made since the last poll (``attempts`` += new ones, a ``retrying`` event each)
         and write a ``worker`` event when a new worker process (pid, node) runs the job or benchmark."""
-        attempt = getattr(state, "attempt", None)
-        if isinstance(attempt, int) and attempt > tracked.attempt:
-            new = attempt - tracked.attempt
-            s.execute(update(model).where(model.id == row_id).values(attempts=model.attempts + new))
+        owner = {owner_key(flow.model): row_id}
+        if state.attempt > tracked.attempt:
+            model = flow.model
+            s.execute(update(model).where(model.id == row_id)
+                      .values(attempts=model.attempts + state.attempt - tracked.attempt))
             previous = tracked.worker
-            for n in range(tracked.attempt + 1, attempt + 1):
+            for n in range(tracked.attempt + 1, state.attempt + 1):
                 add_event(
                     s, "retrying",
                     f"the worker was lost; Ray restarted it on a live node (attempt {n} of "
                     f"{self.settings.max_attempts} in this submission); it resumes from its last checkpoint",
                     data={"attempt": n, "max_attempts": self.settings.max_attempts,
-                          "previous_node_id": previous[1] if previous else None,
-                          "previous_pid": previous[0] if previous else None},
+                          "previous_node_id": previous.node_id if previous else None,
+                          "previous_pid": previous.pid if previous else None},
                     **owner,
                 )
-            tracked.attempt = attempt
-        worker = getattr(state, "worker", None)
-        if isinstance(worker, dict) and worker.get("pid") is not None:
-            key = (worker.get("pid"), worker.get("node_id"))
-            if key != tracked.worker:
-                tracked.worker = key
-                node = str(key[1] or "?")
-                add_event(s, "worker", f"running on Ray node {node[:12]} (pid {key[0]}, attempt {tracked.attempt})",
-                          data={"pid": key[0], "node_id": key[1], "attempt": tracked.attempt}, **owner)
+            tracked.attempt = state.attempt
+        worker = state.worker
+        if worker is not None and worker != tracked.worker:
+            tracked.worker = worker
+            node = str(worker.node_id or "?")
+            add_event(s, "worker", f"running on Ray node {node[:12]} (pid {worker.pid}, attempt {tracked.attempt})",
+                      data={"pid": worker.pid, "node_id": worker.node_id, "attempt": tracked.attempt}, **owner)
 
-    def _record_progress(self, flow: Flow, s: Session, row: Job | BenchmarkRun, tracked: _Tracked,
-                         progress: dict[str, Any]) -> None:
-        """Keep the latest progress on the row; a job's is a :class:`workers.progress.JobProgress` (other keys
-        dropped) with a ``progress`` event about every 10 % of its episodes."""
-        if flow is BENCHMARK_FLOW:
-            if jsonable(progress) != row.progress:
-                row.progress = jsonable(progress)
+    def _record_progress(self, s: Session, row: Job | BenchmarkRun, tracked: _Tracked,
+                         progress: JobProgress | BenchmarkProgress) -> None:
+        """Keep the latest progress on the row; a job's adds a ``progress`` event about every 10 % of its
+        episodes (or every 30 s)."""
+        if isinstance(row, BenchmarkRun):
+            clean = jsonable(progress.model_dump())
+            if clean != row.progress:
+                row.progress = clean
             return
-        try:
-            clean = jsonable(JobProgress.model_validate(progress).model_dump(exclude_unset=True))
-        except ValidationError as exc:
-            log.warning("job %s: progress not understood, not recorded: %s", row.id, _short(exc))
-            return
+        clean = jsonable(progress.model_dump(exclude_unset=True))
         if clean == row.progress:
             return
         s.execute(update(Job).where(Job.id == row.id, Job.status.in_(ACTIVE_STATUSES)).values(progress=clean))
@@ -478,8 +422,15 @@ class Dispatcher:
         if last is None or episode - last >= step or time.monotonic() - tracked.last_event_time > 30:
             tracked.last_event_episode = episode
             tracked.last_event_time = time.monotonic()
-            add_event(s, "progress", f"episode {episode}/{total}", job_id=row.id,
-                      data={k: clean.get(k) for k in ("episode", "total", "meta_accuracy", "meta_loss", "theta")})
+            add_event(s, "progress", _progress_text(clean), job_id=row.id,
+                      data={k: clean.get(k) for k in ("episode", "total", "meta_accuracy", "meta_loss", "theta",
+                                                      "phase")})
+
+
+def _progress_text(progress: dict[str, object]) -> str:
+    """"episode 69/600 (fit 2 terms)": the job's episode of its total, the search stage apart."""
+    text = f"episode {progress.get('episode')}/{progress.get('total')}"
+    return text + (f" ({progress['phase']})" if progress.get("phase") else "")
 
 
 def _gave_up(flow: Flow, attempts: int) -> str:

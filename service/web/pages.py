@@ -19,11 +19,12 @@ from sqlalchemy import func, select
 
 from service import __version__
 from service.api.deps import IdPath, SessionDep
-from service.api.views import benchmark_out, front_entries, job_out, rule_out, vs_delta
+from service.api.schemas import BenchmarkOut, FrontEntry, JobOut, RuleOut
 from service.db.models import ACTIVE_STATUSES, BenchmarkRun, Job, Rule
 from service.db.repositories.leaderboard import known_suites, leaderboard
+from service.db.repositories.rules import discovery_scores
 from service.rulebook import display_latex, terms_catalog
-from service.web.render import accuracy_plot_svg, front_plot_svg, latex_svg, theta_plot_svg
+from service.web.render import accuracy_plot_svg, front_plot_svg, latex_svg, theta_plot_svg, vs_delta
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
@@ -68,6 +69,7 @@ def _not_found(request: Request, what: str) -> HTMLResponse:
 
 
 @router.get("/", response_class=HTMLResponse)
+@router.get("/leaderboard", response_class=HTMLResponse)
 def leaderboard_page(
     request: Request,
     session: SessionDep,
@@ -98,8 +100,8 @@ def leaderboard_page(
     return _page(request, "leaderboard.html", board=board, title="Leaderboard")
 
 
-def _front_svg(front: list[dict[str, Any]], highlight: int | None = None) -> Markup | None:
-    """A job's Pareto front (``front_entries``) as a plot; None when the job ran no open search."""
+def _front_svg(front: list[FrontEntry], highlight: int | None = None) -> Markup | None:
+    """A job's Pareto front as a plot; None when the job ran no open search."""
     svg = front_plot_svg(front, highlight)
     return Markup(svg) if svg else None
 
@@ -126,10 +128,10 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLRes
     rule = session.get(Rule, rule_id)
     if rule is None:
         return _not_found(request, f"Rule {rule_id}")
-    data = rule_out(session, rule)
+    data = RuleOut.of(rule, discovery_scores(session, rule))
     job = session.get(Job, rule.job_id) if rule.job_id is not None else None
     theta_svg, acc_svg = _job_curves(job)
-    front = front_entries(((job.result or {}) if job is not None else {}).get("front") or [])
+    front = JobOut.of(job).front if job is not None else []
     names = {t["id"]: t for t in terms_catalog()}
     coefficients = [
         {
@@ -165,7 +167,7 @@ def jobs_page(
     return _page(
         request,
         "jobs.html",
-        jobs=[job_out(j) for j in jobs],
+        jobs=[JobOut.of(j) for j in jobs],
         total=total,
         offset=offset,
         refresh=active,
@@ -178,9 +180,9 @@ def job_page(request: Request, job_id: IdPath, session: SessionDep) -> HTMLRespo
     job = session.get(Job, job_id)
     if job is None:
         return _not_found(request, f"Job {job_id}")
-    data = job_out(job, events=True)
-    progress = data.get("progress") or {}
-    episode, total = progress.get("episode"), progress.get("total")
+    data = JobOut.of(job, events=True)
+    episode = data.progress.episode if data.progress is not None else None
+    total = data.progress.total if data.progress is not None else None
     percent = (
         100.0
         if job.status == "succeeded"
@@ -195,9 +197,9 @@ def job_page(request: Request, job_id: IdPath, session: SessionDep) -> HTMLRespo
         refresh=job.status in ACTIVE_STATUSES,
         theta_svg=theta_svg,
         accuracy_svg=acc_svg,
-        front_svg=_front_svg(data["front"]),
-        front=data["front"],
-        events=list(reversed(data["events"]))[:50],
+        front_svg=_front_svg(data.front),
+        front=data.front,
+        events=list(reversed(data.events or []))[:50],
         title=f"Job {job.id}",
     )
 
@@ -210,7 +212,7 @@ def benchmark_page(request: Request, bench_id: IdPath, session: SessionDep) -> H
     return _page(
         request,
         "benchmark.html",
-        run=benchmark_out(run),
+        run=BenchmarkOut.model_validate(run),
         refresh=run.status in ACTIVE_STATUSES,
         title=f"Benchmark {run.id}",
     )

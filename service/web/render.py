@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.mathtext import math_to_image
 
+from service.api.schemas import FrontEntry
+
 log = logging.getLogger("plasticity.render")
 _LOCK = threading.Lock()
 _XML_HEADER = re.compile(r"^.*?(?=<svg)", re.DOTALL)
@@ -133,28 +135,38 @@ def accuracy_plot_svg(
         return _finish(fig, ax, "meta-training episode", "query accuracy", title)
 
 
-def front_plot_svg(front: Sequence[dict[str, Any]], highlight: int | None = None,
+def front_plot_svg(front: Sequence[FrontEntry], highlight: int | None = None,
                    title: str = "Pareto front: terms × held-out accuracy") -> str | None:
     """Held-out accuracy ± 95 % CI against the number of terms of every front rule; the selected rule
     (the simplest within the CI of the best) filled, ``highlight`` (a rule id) ringed; None without points."""
-    points = [p for p in front if isinstance(p, dict) and p.get("heldout_accuracy") is not None]
+    points = [p for p in front if p.heldout_accuracy is not None]
     if not points:
         return None
     with _LOCK:
         fig = Figure(figsize=(6.4, 3.2), dpi=96, layout="constrained")
         ax = fig.add_subplot()
-        xs = [int(p.get("n_terms") or 0) for p in points]
-        ys = [float(p["heldout_accuracy"]) for p in points]
-        es = [float(p.get("heldout_ci95") or 0.0) for p in points]
+        xs = [p.n_terms for p in points]
+        ys = [float(p.heldout_accuracy or 0.0) for p in points]
+        es = [float(p.heldout_ci95 or 0.0) for p in points]
         ax.errorbar(xs, ys, yerr=es, fmt="o-", color="#1f4e79", ecolor="#9bb7d4", capsize=3, linewidth=1.2,
                     markerfacecolor="white", label="front rule ± 95 % CI")
         for x, y, p in zip(xs, ys, points, strict=True):
-            if p.get("selected"):
+            if p.selected:
                 ax.plot([x], [y], "o", color="#c55a11", markersize=8, label="selected")
-            if highlight is not None and p.get("rule_id") == highlight:
+            if highlight is not None and p.rule_id == highlight:
                 ax.plot([x], [y], "o", markersize=14, markerfacecolor="none", markeredgecolor="#2e7d32",
                         markeredgewidth=2, label="this rule")
         best = max(range(len(ys)), key=ys.__getitem__)
         ax.axhspan(ys[best] - es[best], ys[best] + es[best], color="#c55a11", alpha=0.08, label="CI of the best")
         ax.set_xticks(sorted(set(xs)))
         return _finish(fig, ax, "number of terms", "held-out accuracy", title)
+
+
+def vs_delta(delta: float | None, metric: str | None = None) -> str:
+    """A paired difference in words: accuracy in percentage points ("+1.2 points"), other metrics signed in
+    their own unit ("−0.031")."""
+    if delta is None:
+        return "—"
+    if metric is None or "accuracy" in metric:
+        return f"{delta * 100:+.1f} points"
+    return f"{delta:+.3g}"

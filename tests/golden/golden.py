@@ -34,9 +34,9 @@ def tiny_discovery() -> Any:
     """The goal's tiny open search, run by the engine in this process, as plain JSON."""
     import torch
 
-    from discovery.engine import discover
     from discovery.goal import parse_goal
     from discovery.results import jsonable
+    from discovery.router import discover
 
     torch.set_num_threads(1)
     spec = parse_goal(GOAL).spec
@@ -47,13 +47,12 @@ def tiny_benchmark(database_url: str) -> Any:
     """The tiny suite for one expression, baselines tuned into a fresh database, as plain JSON."""
     import torch
 
-    from discovery.results import jsonable
     from rules.recurrent import parse_rule_text
     from service.db.repositories.baselines import local_benchmark
 
     torch.set_num_threads(1)
     report = local_benchmark(database_url, SUITE, parse_rule_text(EXPRESSION), tiny=True, seed=0)
-    return strip(jsonable(report))
+    return strip(report.to_json())
 
 
 def _fresh_sqlite(folder: Path) -> str:

@@ -6,16 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select
 
 from service.api.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
 from service.api.schemas import BenchmarkCreate, BenchmarkOut, LeaderboardOut
-from service.api.views import benchmark_out
 from service.catalog import registered_suites, suites_payload
-from service.db.models import ORIGIN_USER, QUEUED, BenchmarkRun, Rule
+from service.db.models import ORIGIN_USER, BenchmarkRun, Rule
+from service.db.repositories import benchmarks as benchmark_repo
+from service.db.repositories.jobs import active_count
 from service.db.repositories.leaderboard import known_suites, leaderboard
-from service.db.repositories.store import active_count, add_event, cancel_run, upsert_rule
+from service.db.repositories.rules import upsert_rule
 from service.rulebook import InvalidRule, parse_rule, suite_rejects
+from service.runs.states import cancel
 
 router = APIRouter(tags=["benchmarks"])
 
@@ -37,7 +38,7 @@ def submit_benchmark(
     settings: SettingsDep,
     dispatcher: DispatcherDep,
     who: OwnerDep,
-) -> dict:
+) -> BenchmarkOut:
     """Queue a run of ``suite`` for a stored rule (``rule_id``) or an expression (stored as a rule first)."""
     suites = registered_suites()
     if not suites:
@@ -85,28 +86,12 @@ def submit_benchmark(
             provenance={"source": "benchmark request", "submitted_by": who},
         )
         rule_id = rule.id
-    run = BenchmarkRun(
-        suite=body.suite,
-        rule_id=rule_id,
-        expression=body.expression,
-        owner=who,
-        tiny=body.tiny or settings.benchmark_tiny,
-        seed=body.seed,
-        retune=body.retune,
-        status=QUEUED,
-        attempts=0,
-    )
-    session.add(run)
-    session.flush()
-    add_event(
-        session,
-        "queued",
-        f"benchmark of {'rule ' + str(rule_id) if rule_id else 'the baselines'} on {body.suite}",
-        benchmark_id=run.id,
-    )
+    run = benchmark_repo.create_run(session, suite=body.suite, rule_id=rule_id, expression=body.expression,
+                                    owner=who, tiny=body.tiny or settings.benchmark_tiny, seed=body.seed,
+                                    retune=body.retune)
     session.commit()
     wake(dispatcher)
-    return benchmark_out(run)
+    return BenchmarkOut.model_validate(run)
 
 
 @router.get("/api/benchmarks", response_model=list[BenchmarkOut])
@@ -115,13 +100,11 @@ def list_benchmarks(
     response: Response,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-) -> list[dict]:
+) -> list[BenchmarkOut]:
     """Benchmark runs, newest first."""
-    response.headers["X-Total-Count"] = str(
-        session.scalar(select(func.count()).select_from(BenchmarkRun)) or 0
-    )
-    runs = session.scalars(select(BenchmarkRun).order_by(BenchmarkRun.id.desc()).limit(limit).offset(offset))
-    return [benchmark_out(r) for r in runs]
+    runs, total = benchmark_repo.list_runs(session, limit=limit, offset=offset)
+    response.headers["X-Total-Count"] = str(total)
+    return [BenchmarkOut.model_validate(r) for r in runs]
 
 
 @router.get(
@@ -129,12 +112,12 @@ def list_benchmarks(
     response_model=BenchmarkOut,
     responses={404: {"description": "no such benchmark run"}},
 )
-def get_benchmark(bench_id: IdPath, session: SessionDep) -> dict:
+def get_benchmark(bench_id: IdPath, session: SessionDep) -> BenchmarkOut:
     """Status, per-learner scores with 95 % CIs, and the suite's diagnostics."""
     run = session.get(BenchmarkRun, bench_id)
     if run is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"benchmark {bench_id} does not exist")
-    return benchmark_out(run)
+    return BenchmarkOut.model_validate(run)
 
 
 @router.post(
@@ -146,12 +129,13 @@ def get_benchmark(bench_id: IdPath, session: SessionDep) -> dict:
         409: {"description": "the run already finished"},
     },
 )
-def cancel_benchmark(bench_id: IdPath, session: SessionDep, dispatcher: DispatcherDep, who: OwnerDep) -> dict:
+def cancel_benchmark(bench_id: IdPath, session: SessionDep, dispatcher: DispatcherDep,
+                     who: OwnerDep) -> BenchmarkOut:
     """Cancel a queued or running benchmark (the dispatcher stops its Ray work). Cancelling twice is harmless."""
     run = session.get(BenchmarkRun, bench_id)
     if run is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"benchmark {bench_id} does not exist")
-    outcome = cancel_run(session, run)
+    outcome = cancel(session, run)
     if outcome == "finished":
         return JSONResponse(
             status_code=status.HTTP_409_CONFLICT,  # type: ignore[return-value]
@@ -159,7 +143,7 @@ def cancel_benchmark(bench_id: IdPath, session: SessionDep, dispatcher: Dispatch
         )
     if outcome == "cancelled":
         wake(dispatcher)
-    return benchmark_out(run)
+    return BenchmarkOut.model_validate(run)
 
 
 @router.get("/api/suites")

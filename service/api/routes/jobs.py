@@ -9,16 +9,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select, update
 
 from discovery.goal import GoalError, parse_goal
-from discovery.spec import DiscoverySpec
 from service.api.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
 from service.api.limits import spec_problems
 from service.api.schemas import GoalRequest, JobCreate, JobOut
-from service.api.views import job_out
-from service.db.models import ACTIVE_STATUSES, CANCELLED, STATUSES, Job, utcnow
-from service.db.repositories.store import active_count, add_event, cancel_run, create_job
+from service.db.models import STATUSES, Job
+from service.db.repositories import jobs as job_repo
+from service.db.repositories.jobs import active_count, create_job
+from service.runs.states import cancel
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -38,7 +37,7 @@ def submit_job(
     dispatcher: DispatcherDep,
     who: OwnerDep,
     response: Response,
-) -> dict:
+) -> JobOut:
     """Queue a discovery job from a full spec, or from ``{"goal": "..."}`` (read by ``discovery.goal``).
 
     A goal that is not fully understood is a 422 whose detail lists what was understood, the unknown words
@@ -55,7 +54,6 @@ def submit_job(
         spec, understood = parsed.spec, parsed.understood
     else:
         spec = body
-    assert isinstance(spec, DiscoverySpec)
     problems = spec_problems(spec, settings.limits)
     if problems:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problems)
@@ -70,9 +68,7 @@ def submit_job(
     session.commit()
     wake(dispatcher)
     response.headers["Location"] = f"/api/jobs/{job.id}"
-    out = job_out(job)
-    out["understood"] = understood
-    return out
+    return JobOut.of(job)
 
 
 @router.get("", response_model=list[JobOut])
@@ -82,20 +78,16 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     status_: Annotated[str | None, Query(alias="status", description="filter by status")] = None,
-) -> list[dict]:
+) -> list[JobOut]:
     """Jobs, newest first; ``X-Total-Count`` gives the number of matches."""
-    stmt = select(Job)
-    count = select(func.count()).select_from(Job)
-    if status_ is not None:
-        if status_ not in STATUSES:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                detail=f"unknown status {status_!r}; one of {', '.join(STATUSES)}",
-            )
-        stmt, count = stmt.where(Job.status == status_), count.where(Job.status == status_)
-    response.headers["X-Total-Count"] = str(session.scalar(count) or 0)
-    jobs = session.scalars(stmt.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
-    return [job_out(j) for j in jobs]
+    if status_ is not None and status_ not in STATUSES:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"unknown status {status_!r}; one of {', '.join(STATUSES)}",
+        )
+    jobs, total = job_repo.list_jobs(session, status=status_, limit=limit, offset=offset)
+    response.headers["X-Total-Count"] = str(total)
+    return [JobOut.of(j) for j in jobs]
 
 
 def _get_job(session: SessionDep, job_id: int) -> Job:
@@ -110,13 +102,9 @@ def get_job(
     job_id: IdPath,
     session: SessionDep,
     events: Annotated[bool, Query(description="include the job's event history")] = False,
-) -> dict:
+) -> JobOut:
     """Status, progress {episode, total, meta_accuracy, theta}, error, rule ids and the resolved spec."""
-    job = _get_job(session, job_id)
-    out = job_out(job, events=events)
-    if job.goal and job.events:
-        out["understood"] = (job.events[0].data or {}).get("understood")
-    return out
+    return JobOut.of(_get_job(session, job_id), events=events)
 
 
 @router.post(
@@ -128,34 +116,15 @@ def get_job(
         409: {"description": "the job already finished"},
     },
 )
-def cancel_job(job_id: IdPath, session: SessionDep, dispatcher: DispatcherDep, who: OwnerDep) -> dict:
+def cancel_job(job_id: IdPath, session: SessionDep, dispatcher: DispatcherDep, who: OwnerDep) -> JobOut:
     """Cancel a queued or running job (the dispatcher stops its Ray work). Cancelling twice is harmless."""
     job = _get_job(session, job_id)
-    outcome = cancel_run(session, job)
+    outcome = cancel(session, job)
     if outcome == "finished":
-        return JSONResponse(
-            status_code=status.HTTP_409_CONFLICT,  # type: ignore[return-value]
+        return JSONResponse(  # type: ignore[return-value]
+            status_code=status.HTTP_409_CONFLICT,
             content={"detail": f"job {job_id} already {job.status}; nothing to cancel"},
         )
     if outcome == "cancelled":
         wake(dispatcher)
-    return job_out(job)
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
-        .values(status=CANCELLED, error=None, finished_at=utcnow())
-    )
-    if not result.rowcount:
-        session.rollback()
-        session.refresh(job)
-        if job.status == CANCELLED:
-            return job_out(job)
-        return JSONResponse(
-            status_code=status.HTTP_409_CONFLICT,  # type: ignore[return-value]
-            content={"detail": f"job {job_id} already {job.status}; nothing to cancel"},
-        )
-    add_event(session, "cancelled", "cancelled through the API", job_id=job_id)
-    session.commit()
-    session.refresh(job)
-    wake(dispatcher)
-    return job_out(job)
+    return JobOut.of(job)

@@ -10,13 +10,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy import func, select
 
 from service.api.deps import IdPath, OwnerDep, SessionDep
 from service.api.schemas import ExportFormatName, RuleCreate, RuleOut
-from service.api.views import rule_out
-from service.db.models import ORIGIN_USER, Rule, RuleTerm
-from service.db.repositories.store import upsert_rule
+from service.db.models import ORIGIN_USER, Rule
+from service.db.repositories import rules as rule_repo
+from service.db.repositories.rules import discovery_scores, upsert_rule
 from service.rulebook import InvalidRule, parse_rule, terms_catalog
 
 router = APIRouter(prefix="/api/rules", tags=["rules"])
@@ -35,24 +34,12 @@ def list_rules(
     origin: Annotated[str | None, Query(max_length=16, description="discovered or user")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-) -> list[dict]:
+) -> list[RuleOut]:
     """Stored rules, newest first; ``X-Total-Count`` gives the number of matches."""
-    stmt = select(Rule)
-    if feedback is not None:
-        stmt = stmt.where(Rule.feedback == feedback)
-    if depth is not None:
-        stmt = stmt.where(Rule.depth == depth)
-    if dataset is not None:
-        stmt = stmt.where(Rule.dataset == dataset)
-    if origin is not None:
-        stmt = stmt.where(Rule.origin == origin)
-    if term is not None:
-        stmt = stmt.where(Rule.id.in_(select(RuleTerm.rule_id).where(RuleTerm.term == term)))
-    response.headers["X-Total-Count"] = str(
-        session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    )
-    rules = session.scalars(stmt.order_by(Rule.id.desc()).limit(limit).offset(offset)).all()
-    return [rule_out(session, r) for r in rules]
+    rules, total = rule_repo.list_rules(session, feedback=feedback, depth=depth, dataset=dataset, term=term, origin=origin,
+                              limit=limit, offset=offset)
+    response.headers["X-Total-Count"] = str(total)
+    return [RuleOut.of(r, discovery_scores(session, r)) for r in rules]
 
 
 @router.get("/terms", tags=["rules"])
@@ -62,12 +49,12 @@ def list_terms() -> list[dict]:
 
 
 @router.get("/{rule_id}", response_model=RuleOut, responses={404: {"description": "no such rule"}})
-def get_rule(rule_id: IdPath, session: SessionDep) -> dict:
+def get_rule(rule_id: IdPath, session: SessionDep) -> RuleOut:
     """Expression, LaTeX, coefficients, terms, origin, hash, spec, provenance and scores of one rule."""
     rule = session.get(Rule, rule_id)
     if rule is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"rule {rule_id} does not exist")
-    return rule_out(session, rule)
+    return RuleOut.of(rule, discovery_scores(session, rule))
 
 
 def _rule_language_object(rule: Rule) -> object:
@@ -135,7 +122,7 @@ def export_rule(
         422: {"description": "invalid expression: the parser's message, position and token"},
     },
 )
-def create_rule(body: RuleCreate, session: SessionDep, who: OwnerDep) -> dict:
+def create_rule(body: RuleCreate, session: SessionDep, who: OwnerDep) -> RuleOut:
     """Store a rule from an expression in the rule language (docs/http-api.md, "Rule expressions"); parsed without eval."""
     try:
         record = parse_rule(body.expression)
@@ -155,10 +142,7 @@ def create_rule(body: RuleCreate, session: SessionDep, who: OwnerDep) -> dict:
         provenance={"source": "api", "submitted_expression": body.expression, "submitted_by": who},
     )
     session.commit()
-    out = rule_out(session, rule, created=created)
+    out = RuleOut.of(rule, discovery_scores(session, rule), created=created)
     if created:
         return out
-    return JSONResponse(
-        status_code=status.HTTP_200_OK,  # type: ignore[return-value]
-        content=RuleOut.model_validate(out).model_dump(mode="json"),
-    )
+    return JSONResponse(status_code=status.HTTP_200_OK, content=out.model_dump(mode="json"))  # type: ignore[return-value]

@@ -1,11 +1,10 @@
 """The database side of cached baselines (``baseline_sets``, discovery.benchmarks.cache.BaselineSet).
 
-* :func:`submit_kwargs` — at submission, the cached set of the run's key (suite, current suite version, seed,
+* :func:`cached_for` — at submission, the cached set of the run's key (suite, current suite version, seed,
   tiny) goes to the workers as ``baselines=``, unless the run asks to ``retune`` or none is stored; the workers
   then score the rule alone.
-* :func:`absorb` — when a run that tuned its baselines succeeds, its ``baseline_set`` is stored (replacing the
-  row of the same key: a retune refreshes the cache) and taken out of the result (its entries are in the result
-  already).
+* :func:`store` — when a run that tuned its baselines succeeds, its ``baseline_set`` is stored (replacing the
+  row of the same key: a retune refreshes the cache).
 * :func:`waits_for_tuning` — a run whose key another submitted run is tuning right now stays queued until that
   one has cached the baselines (two cold-cache requests tune once).
 """
@@ -13,7 +12,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -21,9 +19,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from discovery.benchmarks.cache import BaselineKey, BaselineSet
+from discovery.benchmarks.progress import BenchmarkProgress
+from discovery.benchmarks.suite import BenchmarkReport
 from discovery.results import jsonable
+from rules.base import CoefficientRule
 from service.db.models import BaselineSetRow, BenchmarkRun
-from workers.actors import accepts_keyword
 
 
 def current_key(run: BenchmarkRun) -> BaselineKey | None:
@@ -77,34 +77,22 @@ def store(s: Session, baselines: BaselineSet, run_id: int | None) -> BaselineSet
     return row
 
 
-def submit_kwargs(s: Session, run: BenchmarkRun, submit: Callable[..., Any]) -> dict[str, Any]:
-    """``{"baselines": <dumped set>}`` for the workers' ``submit_benchmark`` when the run's key is cached and it
-    does not ask to retune; ``{}`` otherwise (or when the workers' function takes no ``baselines``)."""
-    if run.retune or not accepts_keyword(submit, "baselines"):
-        return {}
+def cached_for(s: Session, run: BenchmarkRun) -> BaselineSet | None:
+    """The cached baselines of the run's key (suite, current suite version, seed, size), None when none are
+    stored or the run asks to ``retune``; the dispatcher hands them to the workers, which then score the rule
+    alone."""
+    if run.retune:
+        return None
     key = current_key(run)
-    cached = lookup(s, key) if key is not None else None
-    return {} if cached is None else {"baselines": cached.model_dump()}
+    return lookup(s, key) if key is not None else None
 
 
-def absorb(s: Session, run: BenchmarkRun, result: dict[str, Any]) -> dict[str, Any]:
-    """Store the result's ``baseline_set`` (a run that tuned) and return the result without it."""
-    raw = result.get("baseline_set") if isinstance(result, dict) else None
-    if not raw:
-        return result
-    try:
-        store(s, BaselineSet.model_validate(raw), run.id)
-    except ValidationError:
-        pass  # an unreadable set is not cached; the run's own scores are still recorded
-    return {k: v for k, v in result.items() if k != "baseline_set"}
-
-
-def local_benchmark(database_url: str, suite: str, rule: Any, *, tiny: bool, seed: int, retune: bool = False,
-                    progress: Callable[[dict[str, Any]], None] | None = None,
-                    feedback: str | None = None) -> dict[str, Any]:
+def local_benchmark(database_url: str, suite: str, rule: CoefficientRule | None, *, tiny: bool, seed: int,
+                    retune: bool = False, progress: Callable[[BenchmarkProgress], None] | None = None,
+                    feedback: str | None = None) -> BenchmarkReport:
     """A benchmark in this process (the CLI's ``plasticity benchmark``) with the same cache as the service: the
     baselines of the key from the database unless ``retune``; else tuned here (serially) and stored."""
-    from discovery.benchmarks.cache import key_for, run_benchmark
+    from discovery.benchmarks.cache import key_for, run_benchmark, split_baseline_set
     from service.db.migrate import upgrade
     from service.db.session import make_engine, make_session_factory, session_scope
 
@@ -114,12 +102,11 @@ def local_benchmark(database_url: str, suite: str, rule: Any, *, tiny: bool, see
         sessions = make_session_factory(engine)
         with session_scope(sessions) as s:
             cached = None if retune else lookup(s, key_for(suite, tiny=tiny, seed=seed))
-        report = run_benchmark(suite, rule, tiny=tiny, seed=seed, baselines=cached, progress=progress,
-                               feedback=feedback, threads=1)
-        raw = report.pop("baseline_set", None)
-        if raw:
+        report, tuned = split_baseline_set(run_benchmark(suite, rule, tiny=tiny, seed=seed, baselines=cached,
+                                                         progress=progress, feedback=feedback, threads=1))
+        if tuned is not None:
             with session_scope(sessions) as s:
-                store(s, BaselineSet.model_validate(raw), None)
+                store(s, tuned, None)
         return report
     finally:
         engine.dispose()

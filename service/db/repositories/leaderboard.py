@@ -12,9 +12,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.api.views import FEEDBACK_LOCALITY
 from service.catalog import DISCOVERY_DESCRIPTION, DISCOVERY_SUITE, registered_suites, suite_info
-from service.db.models import ORIGIN_BASELINE, SUCCEEDED, BenchmarkRun, BenchmarkScore, Job, JobRule, Rule
+from service.db.models import (
+    ORIGIN_BASELINE,
+    SUCCEEDED,
+    BenchmarkRun,
+    BenchmarkScore,
+    FrontPointRow,
+    Job,
+    JobRule,
+    Rule,
+)
+from service.db.repositories.rules import FEEDBACK_LOCALITY
 
 
 def known_suites(session: Session) -> list[str]:
@@ -46,50 +55,39 @@ def _rank(entries: list[dict[str, Any]], higher_is_better: bool = True) -> list[
 
 def front_marks(session: Session, rule_ids: list[int]) -> dict[int, dict[str, Any]]:
     """rule id → its place on the Pareto front of the succeeded open-search jobs that stored it
-    (``n_terms``, ``selected``: selected by any of them; the point of the job with the highest accuracy).
-    Reads only the jobs linked to ``rule_ids``."""
+    (``n_terms``, ``selected``: selected by any of them; the point of the job with the highest accuracy)."""
     marks: dict[int, dict[str, Any]] = {}
-    linked = select(JobRule.job_id).where(JobRule.rule_id.in_(rule_ids))
-    stmt = select(Job.result).where(Job.status == SUCCEEDED, Job.id.in_(linked))
-    for result in session.scalars(stmt):
-        for point in (result or {}).get("front") or []:
-            rid = point.get("rule_id")
-            if not isinstance(rid, int):
-                continue
-            old = marks.get(rid)
-            acc = point.get("heldout_accuracy")
-            if old is None or (acc is not None and (old["heldout_accuracy"] is None or acc > old["heldout_accuracy"])):
-                marks[rid] = {"n_terms": point.get("n_terms"), "heldout_accuracy": acc,
-                              "heldout_ci95": point.get("heldout_ci95"),
-                              "selected": bool(point.get("selected")) or bool(old and old["selected"])}
-            elif point.get("selected"):
-                old["selected"] = True
+    stmt = (select(FrontPointRow).join(Job, Job.id == FrontPointRow.job_id)
+            .where(Job.status == SUCCEEDED, FrontPointRow.rule_id.in_(rule_ids)))
+    for point in session.scalars(stmt):
+        rid, acc = point.rule_id, point.heldout_accuracy
+        old = marks.get(rid)
+        if old is None or (acc is not None and (old["heldout_accuracy"] is None or acc > old["heldout_accuracy"])):
+            marks[rid] = {"n_terms": point.n_terms, "heldout_accuracy": acc, "heldout_ci95": point.heldout_ci95,
+                          "selected": point.selected or bool(old and old["selected"])}
+        elif point.selected:
+            old["selected"] = True
     return marks
-
-
-def _front_point(result: dict[str, Any], rule_id: int) -> dict[str, Any] | None:
-    return next((p for p in result.get("front") or [] if p.get("rule_id") == rule_id), None)
 
 
 def _discovery_entries(session: Session) -> list[dict[str, Any]]:
     """Each discovered rule at its best job: a front rule scores its own front point, others the job's rule."""
     best: dict[int, dict[str, Any]] = {}
     stmt = (
-        select(Rule, Job)
+        select(Rule, Job, FrontPointRow)
         .join(JobRule, JobRule.rule_id == Rule.id)
         .join(Job, Job.id == JobRule.job_id)
+        .outerjoin(FrontPointRow, (FrontPointRow.job_id == Job.id) & (FrontPointRow.rule_id == Rule.id))
         .where(Job.status == SUCCEEDED)
     )
-    for rule, job in session.execute(stmt):
-        result = job.result or {}
-        point = _front_point(result, rule.id) or result
-        score = point.get("heldout_accuracy")
+    for rule, job, point in session.execute(stmt):
+        score = point.heldout_accuracy if point is not None else job.heldout_accuracy
         entry = {
             "name": rule.name,
             "origin": rule.origin,
             "rule_id": rule.id,
             "score": score,
-            "ci": point.get("heldout_ci95"),
+            "ci": point.heldout_ci95 if point is not None else job.heldout_ci95,
             "locality": FEEDBACK_LOCALITY.get(rule.feedback or ""),
             "cost": None,
             "feedback": rule.feedback,

@@ -1,5 +1,5 @@
-"""``discover(spec)``: route a job spec to its family's trainer (feedforward meta-training, open search, or the
-recurrent fixed-point trainer). The one entry point the workers and the CLI call."""
+"""The router: ``discover(spec)`` hands a job spec to its family's trainer (feed-forward meta-training, open
+search, or the recurrent fixed-point trainer). The one entry point the workers and the CLI call."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from discovery.search.search import discover_search
 from discovery.spec import DiscoverySpec
 
 
-def discover(spec: DiscoverySpec | dict, progress: Callable[[ProgressEvent], None] | None = None,
+def discover(spec: DiscoverySpec, progress: Callable[[ProgressEvent], None] | None = None,
              checkpoint_dir: Path | str | None = None,
              should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
-    """Meta-train θ for `spec` (a DiscoverySpec or its dict), evaluate on held-out data, return the rule and its
-    history; ``progress`` receives a ProgressEvent per meta-step, ``should_stop`` is polled between steps."""
-    spec = spec if isinstance(spec, DiscoverySpec) else DiscoverySpec.model_validate(spec)
+    """Meta-train θ for ``spec``, evaluate on held-out data, return the rule and its history; ``progress``
+    receives a ProgressEvent per meta-step, ``should_stop`` is polled between steps."""
     if spec.search.active and spec.task.kind == "fewshot":
         return discover_search(spec, progress, checkpoint_dir, should_stop)
     if spec.task.kind == "fixedpoint-mnist":

@@ -1,0 +1,125 @@
+"""The rules aggregate: a rule is stored once per content hash (``rules.hash`` is unique), with its term index
+(``rule_terms``); its discovery scores come from the front point (or the job) that stored it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from discovery.results import jsonable
+from service.db.models import SUCCEEDED, FrontPointRow, Job, JobRule, Rule, RuleTerm
+from service.rulebook import RuleRecord, code_version
+
+#: What a feedback mode says about locality (the vocabulary of the suites' ``locality`` field).
+FEEDBACK_LOCALITY: dict[str, str] = {
+    "bp": "weight transport",
+    "dfa": "global error",
+    "fa": "global error",
+    "sign": "weight transport",
+}
+
+
+@dataclass(frozen=True)
+class DiscoveryScore:
+    """A rule's held-out accuracy on the task of one succeeded job that stored it (suite ``discovery``): a front
+    rule's own front point, else the job's result."""
+
+    score: float | None
+    ci95: float | None
+    job_id: int
+    locality: str | None
+    created_at: dt.datetime | None
+    suite: str = "discovery"
+    benchmark_id: int | None = None
+    cost_per_sample_ms: float | None = None
+
+
+def find_rule_by_hash(session: Session, digest: str) -> Rule | None:
+    """The stored rule with this content hash, if any."""
+    return session.scalar(select(Rule).where(Rule.hash == digest))
+
+
+def upsert_rule(
+    session: Session,
+    record: RuleRecord,
+    *,
+    name: str,
+    origin: str,
+    spec: dict[str, Any] | None = None,
+    seed: int | None = None,
+    job_id: int | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> tuple[Rule, bool]:
+    """Store the rule unless its hash is already stored; returns (row, created). Two writers racing on one hash
+    keep one row (the unique index and a savepoint)."""
+    existing = find_rule_by_hash(session, record.hash)
+    if existing is not None:
+        return existing, False
+    network = (spec or {}).get("network") or {}
+    task = (spec or {}).get("task") or {}
+    widths = network.get("widths")
+    rule = Rule(
+        name=name[:200], hash=record.hash, canonical=record.canonical, srepr=record.srepr,
+        expression=record.expression, latex=record.latex, coefficients=jsonable(record.coefficients),
+        terms=list(record.terms), family=record.family, origin=origin, spec=spec, seed=seed,
+        code_version=code_version()[:64], job_id=job_id, feedback=network.get("feedback"),
+        depth=len(widths) - 1 if widths else None, dataset=task.get("dataset"),
+        provenance=jsonable(provenance) if provenance else None,
+    )
+    rule.term_links = [RuleTerm(term=t) for t in dict.fromkeys(record.terms)]
+    try:
+        with session.begin_nested():
+            session.add(rule)
+            session.flush()
+    except IntegrityError:
+        existing = find_rule_by_hash(session, record.hash)
+        if existing is None:
+            raise
+        return existing, False
+    return rule, True
+
+
+def list_rules(session: Session, *, feedback: str | None = None, depth: int | None = None,
+               dataset: str | None = None, origin: str | None = None, term: str | None = None, limit: int = 50,
+               offset: int = 0) -> tuple[list[Rule], int]:
+    """Stored rules matching the filters, newest first, and how many match in all."""
+    stmt = select(Rule)
+    for column, value in ((Rule.feedback, feedback), (Rule.depth, depth), (Rule.dataset, dataset),
+                          (Rule.origin, origin)):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if term is not None:
+        stmt = stmt.where(Rule.id.in_(select(RuleTerm.rule_id).where(RuleTerm.term == term)))
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(stmt.order_by(Rule.id.desc()).limit(limit).offset(offset)).all()
+    return list(rows), int(total)
+
+
+def discovery_scores(session: Session, rule: Rule) -> list[DiscoveryScore]:
+    """Held-out accuracy of ``rule`` on the task of each succeeded job that produced it: its own front point
+    when the job stored it on a front, else the job's result."""
+    stmt = (
+        select(Job, FrontPointRow)
+        .join(JobRule, JobRule.job_id == Job.id)
+        .outerjoin(FrontPointRow, (FrontPointRow.job_id == Job.id) & (FrontPointRow.rule_id == rule.id))
+        .where(JobRule.rule_id == rule.id, Job.status == SUCCEEDED)
+        .order_by(Job.id, FrontPointRow.position)
+    )
+    out: list[DiscoveryScore] = []
+    seen: set[int] = set()
+    for job, point in session.execute(stmt):
+        if job.id in seen:
+            continue
+        seen.add(job.id)
+        result = job.result or {}
+        score = point.heldout_accuracy if point is not None else result.get("heldout_accuracy")
+        ci95 = point.heldout_ci95 if point is not None else result.get("heldout_ci95")
+        feedback = ((job.spec or {}).get("network") or {}).get("feedback")
+        out.append(DiscoveryScore(score=score, ci95=ci95, job_id=job.id, created_at=job.finished_at,
+                                  locality=FEEDBACK_LOCALITY.get(feedback or "")))
+    return out
