@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from discovery.benchmarks.stats import paired_difference
-from discovery.router import discover
 from discovery.feedforward.meta import MetaTrainer
 from discovery.results import ProgressEvent
+from discovery.router import discover
 from discovery.spec import DiscoverySpec
 from rules.terms import term
 

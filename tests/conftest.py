@@ -181,7 +181,7 @@ def auth() -> dict[str, str]:
 
 
 # --- a fake workers.ray_jobs --------------------------------------------------------------------------------------
-def FakeState(  # noqa: N802 - reads like the state it builds
+def FakeState(
     status: str,
     progress: dict[str, Any] | None = None,
     result: dict[str, Any] | None = None,

@@ -163,10 +163,10 @@ def test_a_lower_is_better_suite_takes_the_same_path() -> None:
 
 # --- the database side ------------------------------------------------------------------------------------------
 def test_cache_rows_by_key_and_version(settings: Any, fa5_baselines: BaselineSet) -> None:
-    from service.db.migrate import upgrade
-    from service.db.models import BaselineSetRow, BenchmarkRun
     from discovery.benchmarks.cache import split_baseline_set
     from discovery.benchmarks.suite import BenchmarkReport
+    from service.db.migrate import upgrade
+    from service.db.models import BaselineSetRow, BenchmarkRun
     from service.db.repositories import baselines as benchmark_cache
     from service.db.session import make_engine, make_session_factory, session_scope
 

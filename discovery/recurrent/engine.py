@@ -163,7 +163,7 @@ def fixed_point(W: Tensor, X: Tensor, cfg: SolverConfig) -> Tensor:
 
 # ================================================================================ the rule in torch
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled_term(tid: str) -> CompiledRecurrentTerm:
     """The torch code of recurrent term ``tid``, compiled from its sympy expression (rules.recurrent)."""
     return compile_recurrent(recurrent_term(tid).expr)
