@@ -8,6 +8,12 @@ Both on 784-170-130-100-70-47 with F0 + F2 + F9 and synthetic images; each confi
 subprocess so its peak memory (ru_maxrss, or CUDA max allocated) is its own. The engine also runs the open pools
 (bio10, the 16-term library, the 43-term gated library): every row carries its ``pool``, ``s_per_episode`` and
 ``speedup_vs_reference`` (against the original's three-term episode).
+
+Each engine row is the median of ``--runs`` (3) runs, and every run of a row comes right after a run of the original
+three-term reference episode, so a slow spell of the machine hits both alike: ``runs`` holds the row's raw
+s/episode, ``reference_runs`` the paired reference runs, ``speedup_vs_reference`` the median of the paired ratios.
+``--device cuda`` runs the engine's torch kernel on CUDA (the fused kernel is CPU-only); where no CUDA device exists
+it says so in one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -150,12 +156,26 @@ def measure(kind: str, shots: int, meta_batch: int, steps: int, device: str, thr
     return out
 
 
+def cuda_problem(device: str) -> str | None:
+    """Why `device` cannot run here (a one-line message), or None when it can."""
+    if not device.startswith("cuda"):
+        return None
+    if torch.cuda.is_available():
+        return None
+    build = f"torch {torch.__version__}, " + ("built with CUDA " + torch.version.cuda if torch.version.cuda
+                                             else "a CPU-only build")
+    return f"plasticity bench: --device {device} asked for, but no CUDA device is available here ({build})"
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--meta-batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=5, help="meta-steps timed per configuration (median reported)")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all configurations")
+    ap.add_argument("--steps", type=int, default=5, help="meta-steps timed per run of a configuration (median)")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="runs per configuration, each in its own process right after a run of the original "
+                         "three-term reference episode (paired; the row reports the median of the runs)")
+    ap.add_argument("--rounds", type=int, default=None, help=argparse.SUPPRESS)   # the former name of --runs
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--pools", nargs="*", default=["bio10", "library", "library_gated"],
                     help="open pools timed beside the three-term rule")
@@ -163,50 +183,85 @@ def main(argv: list[str] | None = None) -> dict:
                     help="pools also timed in reverse mode (torch autograd, one backward pass per episode; its cost "
                          "does not grow with R but it is slow: off by default)")
     args = ap.parse_args(argv)
+    problem = cuda_problem(args.device)
+    if problem:
+        print(problem, file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    runs = max(1, args.rounds if args.rounds is not None else args.runs)
     print(f"device={args.device}  torch={torch.__version__}  threads={torch.get_num_threads()}  "
-          f"net={'-'.join(map(str, WIDTHS))}  rule=F0+F2+F9", flush=True)
-    configs = [("reference", 50, 1, max(2, args.steps), None, "paper3")]
-    if args.device == "cpu" and torch.get_num_threads() > 1:  # batch-1 ops may run faster on one thread
-        configs.append(("reference", 50, 1, max(2, args.steps), 1, "paper3"))
-    n_refs = len(configs)
-    configs += [("engine", 50, args.meta_batch, args.steps, None, "paper3"),
-                ("engine", 200, args.meta_batch, max(1, args.steps // 2), None, "paper3"),
-                ("engine-torch", 50, args.meta_batch, args.steps, None, "paper3")]
+          f"net={'-'.join(map(str, WIDTHS))}  rule=F0+F2+F9  runs={runs} (each paired with a reference run)",
+          flush=True)
+    ref_steps = max(2, min(args.steps, 3))
+    # the original on the default thread count and, on a multi-core CPU, on one thread (batch-1 ops may run faster
+    # there): one calibration run each, the faster setting is the reference every row is paired with
+    ref_threads: int | None = None
+    calib = [measure("reference", 50, 1, ref_steps, args.device, None, "paper3")]
+    if args.device == "cpu" and torch.get_num_threads() > 1:
+        calib.append(measure("reference", 50, 1, ref_steps, args.device, 1, "paper3"))
+        if statistics.median(calib[1]["step_times"]) < statistics.median(calib[0]["step_times"]):
+            ref_threads = 1
+    configs = [("engine", 50, args.meta_batch, args.steps, None, "paper3"),
+               ("engine", 200, args.meta_batch, max(1, args.steps // 2), None, "paper3"),
+               ("engine-torch", 50, args.meta_batch, args.steps, None, "paper3")]
     configs += [("engine", 50, args.meta_batch, max(2, args.steps // 2), None, pool) for pool in args.pools]
     configs += [("engine-reverse", 50, args.meta_batch, 2, None, pool) for pool in args.reverse_pools]
-    rows: list[dict] = []
-    for rnd in range(args.rounds):                   # rounds interleave the configurations: a slow spell of the
-        for i, (kind, shots, mb, steps, threads, pool) in enumerate(configs):   # machine hits all of them alike
+    for c in calib:
+        c["runs"] = [statistics.median(c["step_times"])]
+    rows: list[dict] = list(calib)
+    refs: list[list[float]] = [[] for _ in configs]
+    for k in range(runs):                            # each row's run right after a reference run: a slow spell
+        for i, (kind, shots, mb, steps, threads, pool) in enumerate(configs):    # of the machine hits both alike
+            ref = measure("reference", 50, 1, ref_steps, args.device, ref_threads, "paper3")
             r = measure(kind, shots, mb, steps, args.device, threads, pool)
-            if rnd == 0:
+            refs[i].append(statistics.median(ref["step_times"]))
+            r["runs"] = [statistics.median(r["step_times"]) / r["episodes_per_step"]]
+            print(f"  run {k + 1}/{runs}: {kind} {pool} ({shots * WAYS} inner steps) {r['runs'][0]:.3f} s/episode, "
+                  f"reference {refs[i][-1]:.3f}", flush=True)
+            if len(rows) < len(calib) + len(configs):
                 rows.append(r)
             else:
-                rows[i]["step_times"] += r["step_times"]
-                rows[i]["peak_mb"] = max(rows[i]["peak_mb"], r["peak_mb"])
-    for r in rows:
-        r["s_per_episode"] = statistics.median(r["step_times"]) / r["episodes_per_step"]
+                row = rows[len(calib) + i]
+                row["step_times"] += r["step_times"]
+                row["runs"] += r["runs"]
+                row["peak_mb"] = max(row["peak_mb"], r["peak_mb"])
+    n_refs = len(calib)
+    all_refs = [t for rr in refs for t in rr]
+    ref_s = statistics.median(all_refs)
+    for i, r in enumerate(rows):
+        r["s_per_episode"] = statistics.median(r["runs"])
         r["episodes_per_s"] = 1 / r["s_per_episode"]
-    refs = rows[:n_refs]
-    ref = max(refs, key=lambda r: r["episodes_per_s"])         # compare against the faster original
+        if i < n_refs:
+            r["speedup_vs_reference"] = ref_s / r["s_per_episode"]
+        else:                                        # the median of the paired ratios
+            pair = refs[i - n_refs]
+            r["reference_runs"] = pair
+            r["speedup_vs_reference"] = statistics.median(a / b for a, b in zip(pair, r["runs"], strict=True))
     eng, eng1000, eng_torch = rows[n_refs:n_refs + 3]
-    print(f"{'configuration':<60}{'pool':>14}{'inner steps':>12}{'episodes/s':>12}{'s/episode':>11}{'peak MB':>10}"
-          f"{'vs (b)':>8}")
+    print(f"{'configuration':<60}{'pool':>14}{'inner steps':>12}{'s/episode':>11}{'peak MB':>10}{'vs (b)':>8}"
+          f"   runs (s/episode) | paired reference runs")
     for r in rows:
         name = (f"(b) original: reverse mode, batch 1, (yyᵀ)W, {r['threads']} thread(s)" if r["kind"] == "reference"
                 else f"(a) engine, {r['kernel']} kernel: forward mode, meta-batch {r['meta_batch']}")
-        r["speedup_vs_reference"] = r["episodes_per_s"] / ref["episodes_per_s"]
-        print(f"{name:<60}{r['pool']:>14}{r['inner_steps']:>12}{r['episodes_per_s']:>12.2f}{r['s_per_episode']:>11.3f}"
-              f"{r['peak_mb']:>10.0f}{r['speedup_vs_reference']:>7.1f}x")
+        runs_txt = " ".join(f"{t:.3f}" for t in r["runs"])
+        pair_txt = " ".join(f"{t:.3f}" for t in r.get("reference_runs", []))
+        print(f"{name:<60}{r['pool']:>14}{r['inner_steps']:>12}{r['s_per_episode']:>11.3f}"
+              f"{r['peak_mb']:>10.0f}"
+              + (f"{r['speedup_vs_reference']:>7.1f}x" if r["inner_steps"] == 250 else f"{'–':>8}")   # same length only
+              + f"   {runs_txt}"
+              + (f" | {pair_txt}" if pair_txt else ""))
     ratio = eng["speedup_vs_reference"]
     mem_ratio = eng1000["peak_mb"] / eng["peak_mb"]
-    print(f"speed-up a/b at 250 inner steps: {ratio:.1f}x against the faster original (target >= 20x; "
+    print(f"reference (the original, {ref_threads or torch.get_num_threads()} thread(s)): median {ref_s:.3f} s/episode "
+          f"over {len(all_refs)} runs")
+    print(f"speed-up a/b at 250 inner steps: {ratio:.1f}x (median of {runs} paired runs; target >= 20x; "
           f"{eng['kernel']} kernel); torch kernel {eng_torch['speedup_vs_reference']:.1f}x")
     print(f"engine peak memory 1,000 vs 250 inner steps: {eng1000['peak_mb']:.0f} MB vs {eng['peak_mb']:.0f} MB "
           f"(ratio {mem_ratio:.2f}; flat = 1)")
     for r in rows[n_refs + 3:]:
         print(f"pool {r['pool']} (R={r['n_terms']}): {r['s_per_episode']:.3f} s/episode, "
               f"{r['speedup_vs_reference']:.1f}x the original's three-term episode ({r['kernel']} kernel)")
-    out = {"rows": rows, "speedup": ratio, "memory_ratio_1000_vs_250": mem_ratio, "device": args.device}
+    out = {"rows": rows, "speedup": ratio, "memory_ratio_1000_vs_250": mem_ratio, "device": args.device,
+           "runs": runs, "reference_s_per_episode": ref_s, "reference_threads": ref_threads or torch.get_num_threads()}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -153,13 +153,20 @@ class Checkpointed:
         self.load_state_dict(state)  # type: ignore[attr-defined]
         return True
 
-    def run(self, progress: Callable[[Any], None] | None, folder: Path | None,
-            should_stop: Callable[[], bool] | None) -> bool:
-        """Resume from `folder` if possible, then `step()` until spec.meta.episodes, reporting each event and
-        checkpointing every spec.meta.checkpoint_every steps and at the end; True when `should_stop` cut it short."""
-        meta = self.spec.meta
+    def resume(self, folder: Path | None) -> int | None:
+        """Load `folder`'s checkpoint when it was saved for this spec; the episode it restored (None: none)."""
         if folder is not None and self.try_resume(folder):
             self.resumed_from = self.episode  # type: ignore[attr-defined]
+        return self.resumed_from
+
+    def run(self, progress: Callable[[Any], None] | None, folder: Path | None,
+            should_stop: Callable[[], bool] | None, resume: bool = True) -> bool:
+        """Resume from `folder` if possible (unless `resume` is False: the caller already did, see `resume()`),
+        then `step()` until spec.meta.episodes, reporting each event and checkpointing every
+        spec.meta.checkpoint_every steps and at the end; True when `should_stop` cut it short."""
+        meta = self.spec.meta
+        if resume:
+            self.resume(folder)
         stopped = False
         while self.episode < meta.episodes:  # type: ignore[attr-defined]
             if should_stop is not None and should_stop():

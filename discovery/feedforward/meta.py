@@ -312,6 +312,7 @@ class MetaTrainer(Checkpointed):
     def state_dict(self) -> dict:
         return {
             "episode": self.episode, "theta": self.theta.detach().cpu(), "scale": self.scale.cpu(),
+            "phi": self.phi.detach().cpu().clone(),   # φ itself: (s ⊙ φ) / s may differ from φ in the last bit
             "opt": self.opt.state_dict(),
             "history": self.history, "diverged": self.diverged, "skipped": self.skipped,
             "run_of_skips": self.run_of_skips, "last_good_theta": self.last_good_theta,
@@ -323,7 +324,10 @@ class MetaTrainer(Checkpointed):
         self.episode = state["episode"]
         with torch.no_grad():
             self.scale = state.get("scale", torch.ones_like(state["theta"])).to(self.phi)
-            self.phi.copy_(state["theta"].to(self.phi) / self.scale)
+            if "phi" in state:
+                self.phi.copy_(state["phi"].to(self.phi))
+            else:
+                self.phi.copy_(state["theta"].to(self.phi) / self.scale)
         self.opt.load_state_dict(state["opt"])
         self.history = list(state["history"])
         self.diverged, self.skipped = state["diverged"], state["skipped"]

@@ -17,8 +17,17 @@ Three searches share one budget of meta-training episodes (spec.meta.episodes) a
 
 Every support gets a refit θ and is scored on the same held-out episodes (paired across supports); the front is
 the list of these rules (number of terms, complexity, held-out accuracy ± 95 % CI) and the selected rule is the
-simplest whose accuracy lies within the CI of the best (PySR's convention). Each stage checkpoints under
-``checkpoint_dir/stage_<i>`` and the finished stages are listed in ``search.json``: a restarted search resumes.
+simplest whose accuracy lies within the CI of the best (PySR's convention).
+
+Resume. The finished stages are listed in ``checkpoint_dir/search.json`` (their θ, screening statistics and
+history) and replayed from it; a fit stage checkpoints its trainer (θ, φ, Adam, its sampler and generator, its
+history) every ``meta.checkpoint_every`` episodes in ``stage_<i>/checkpoint.pt``, so an interrupted fit goes on
+from its last checkpoint; a screen stage writes the screener's episode-sampler and weight-generator state after it
+in ``stage_<i>/screener.pt`` (before ``search.json`` lists the stage), so the screens after a restart draw the same
+episodes and networks as an uninterrupted run. A resumed search (same seed, same thread count) therefore ends with
+the same front, bit for bit. ``resumed_from`` is the job's episode where the resumed attempt started (the finished
+stages' episodes plus those already done inside the interrupted stage), and one ProgressEvent says where
+(``phase`` = "resumed stage 3 (fit 2 terms) at episode 340").
 """
 
 from __future__ import annotations
@@ -33,12 +42,14 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
+from discovery.feedforward.checkpoint import load_checkpoint, save_checkpoint
 from discovery.feedforward.meta import MetaTrainer, learned_rule, resolve_device, term_norms
 from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
 from discovery.spec import DiscoverySpec
 from rules.terms import term
 
 STATE_FILE = "search.json"
+SCREENER_FILE = "screener.pt"   # the screener's sampler and generator state after a screen stage (in stage_<i>/)
 KKT_Z = 2.0           # a zero term joins the path's working set when |ḡ_r| − KKT_Z·se_r > λ (a significant violation)
 LAMBDA_RATIO = 2 ** -0.5   # λ_k = λ_max · LAMBDA_RATIO^k
 
@@ -92,9 +103,12 @@ class Search:
         self.cursor = 0                    # index of the next stage (replayed from search.json when done)
         self.history: list[dict] = []
         self.stopped = False
-        self.resumed_from: int | None = sum(s.episodes for s in self.stages) if self.stages else None
+        self.resumed_from: int | None = None   # the job's episode where this attempt resumed (None: a fresh run)
+        self.resumed: dict[str, Any] | None = None   # {stage, label, episode, within_stage} when it resumed
+        self._started = False              # whether a stage has run (not replayed) in this attempt
         self._norms: dict[str, float] | None = None
         self._screener: MetaTrainer | None = None
+        self._screener_synced = False      # whether the screener's streams continue the replayed screens'
 
     # ------------------------------------------------------------------ state
     def _load_state(self) -> list[Stage]:
@@ -124,6 +138,29 @@ class Search:
             return stage
         return None
 
+    def _begin(self, label: str, within: int = 0) -> None:
+        """Called when stage `self.cursor` runs (not replayed). The first such stage of an attempt that replayed
+        stages or restored a stage checkpoint is where it resumed: the job's episode self.used + `within` (the
+        episodes the interrupted stage had already done). Announced by a ProgressEvent."""
+        if self._started:
+            return
+        self._started = True
+        if self.cursor == 0 and within == 0:
+            return
+        self._announce(self.used + within, self.cursor, label, within)
+
+    def _announce(self, episode: int, index: int, label: str | None, within: int) -> None:
+        self.resumed_from = episode
+        self.resumed = {"stage": index + 1, "label": label, "episode": episode, "within_stage": within}
+        phase = (f"resumed stage {index + 1} ({label}) at episode {episode}" if label is not None
+                 else f"resumed after stage {index} (all stages done) at episode {episode}")
+        if self.progress is not None:
+            self.progress(ProgressEvent(episode=episode, total=max(self.planned, episode), meta_loss=None,
+                                        meta_accuracy=None, theta={}, phase=phase))
+
+    def _stage_folder(self, index: int) -> Path | None:
+        return self.folder / f"stage_{index}" if self.folder is not None else None
+
     def _record(self, stage: Stage) -> Stage:
         self.stages.append(stage)
         self.cursor += 1
@@ -148,6 +185,9 @@ class Search:
         spec = self._subspec(terms, theta, episodes, **meta)
         trainer = MetaTrainer(spec, stream=self.cursor + 1)
         offset, index = self.used, self.cursor
+        folder = self._stage_folder(index)
+        within = trainer.resume(folder)            # the episodes an interrupted attempt did in this stage
+        self._begin(label, within or 0)
 
         total = self.planned = max(self.planned, offset + episodes)  # the job's episode of the job's total
 
@@ -156,8 +196,7 @@ class Search:
             if self.progress is not None:
                 self.progress(event)
 
-        folder = self.folder / f"stage_{index}" if self.folder is not None else None
-        self.stopped = trainer.run(report, folder, self.should_stop)
+        self.stopped = trainer.run(report, folder, self.should_stop, resume=False)
         history = [{**h, "episode": offset + h["episode"], "total": total, "phase": label}
                    for h in trainer.history]
         self.history.extend(history)
@@ -188,7 +227,9 @@ class Search:
         done = self._replay()
         if done is not None:
             return done
+        self._begin(label)
         trainer = self.screener()
+        self._sync_screener()
         norms = self.norms()
         ref = norms.get("F0") or float(torch.tensor(list(norms.values())).median())
         with torch.no_grad():
@@ -205,11 +246,44 @@ class Search:
         sem = g.std(1) / math.sqrt(k) if k > 1 else torch.full_like(mean, math.inf)
         t_abs = torch.where(sem > 0, mean.abs() / sem, torch.where(mean != 0, math.inf, 0.0))
         norm = torch.tensor([max(norms[t], 1e-30) for t in self.pool], dtype=torch.float64)
+        self._save_screener(self.cursor)           # before search.json lists this stage
         as_dict = (lambda v: dict(zip(self.pool, v.tolist(), strict=True)))
         return self._record(Stage(kind="screen", label=label, terms=list(theta), theta=theta, episodes=n,
                                   scores=as_dict(t_abs), effect=as_dict(mean.abs() * ref / norm),
                                   gradient=as_dict(mean * trainer.scale.double()),
                                   gradient_se=as_dict(sem * trainer.scale.double())))
+
+    def _screener_state(self) -> dict[str, Any]:
+        trainer = self.screener()
+        return {"spec": trainer.spec.model_dump(), "train_sampler": trainer.train_sampler.get_state(),
+                "gen": trainer.gen.get_state()}
+
+    def _save_screener(self, index: int) -> None:
+        folder = self._stage_folder(index)
+        if folder is not None:
+            save_checkpoint(folder, self._screener_state(), SCREENER_FILE)
+
+    def _sync_screener(self) -> None:
+        """Before the first screen this attempt runs: continue the screener's episode sampler and weight generator
+        from where the last replayed screen left them (its ``screener.pt``; a folder written before that file
+        existed is caught up by redrawing the replayed screens' episodes and networks)."""
+        if self._screener_synced:
+            return
+        self._screener_synced = True
+        trainer = self.screener()
+        replayed = [i for i in range(min(self.cursor, len(self.stages))) if self.stages[i].kind == "screen"]
+        if not replayed:
+            return
+        folder = self._stage_folder(replayed[-1])
+        state = load_checkpoint(folder, trainer.spec.model_dump(), SCREENER_FILE) if folder is not None else None
+        if state is not None:
+            trainer.train_sampler.set_state(state["train_sampler"])
+            trainer.gen.set_state(state["gen"])
+            return
+        for i in replayed:                          # no state file: redraw what the replayed screens drew
+            n = self.stages[i].episodes
+            trainer.train_sampler.sample(n, device=trainer.device, dtype=trainer.dtype)
+            trainer._weights(n)
 
     def remaining(self) -> int:
         return max(0, self.budget - self.used)
@@ -341,6 +415,9 @@ class Search:
 
     def run(self) -> tuple[list[FrontPoint], list[Stage]]:
         fits = getattr(self, self.spec.search.method)()
+        if not self._started and self.cursor > 0:      # every stage was replayed: only the scoring is left
+            self._started = True
+            self._announce(self.used, self.cursor, None, 0)
         return ([] if self.stopped else self.score(fits)), fits
 
 
@@ -369,6 +446,7 @@ def discover_search(spec: DiscoverySpec, progress: Callable[[ProgressEvent], Non
         device=str(resolve_device(spec.resources.device)),
         spec=spec.model_dump(), front=front,
         search={"method": spec.search.method, "pool": search.pool, "episodes": search.used,
+                **({"resumed": search.resumed} if search.resumed is not None else {}),
                 "stages": [{"label": s.label, "kind": s.kind, "terms": s.terms, "episodes": s.episodes}
                            for s in search.stages],
                 "screening": [{"label": s.label, "scores": s.scores, "effect": s.effect} for s in screens]})
