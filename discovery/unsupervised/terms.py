@@ -4,7 +4,7 @@ The sympy library (grammar, canonical ids, dedupe, names) lives in ``rules.unsup
 discovery/); this module lists it and evaluates ΔW = Σ_r θ_r F_r for a batch of episodes in one pass, using that
 every term is g · u vᵀ (g ∈ {1, 1ᵀy, yᵀy}, u ∈ {y, 1}, v ∈ {x, 1_pre, Wᵀy}) or g · W:
 
-    c_{b,(u,v)} = Σ_r θ_{b,r} g_r(y_b) [term r has (u, v)],   ΔW_b = Σ_{(u,v)} c_{b,(u,v)} u_b v_bᵀ + c_{b,W} W_b.
+    ΔW_b = Σ_u u_b (Σ_{r: u_r = u} θ_{b,r} g_r(y_b) v_{r,b})ᵀ + (Σ_{r: decay} θ_{b,r} g_r(y_b)) W_b.
 """
 
 from __future__ import annotations
@@ -15,11 +15,6 @@ import torch
 from torch import Tensor
 
 from rules.unsupervised import UNSUPERVISED_TERMS, UnsupervisedTerm, unsupervised_term
-
-GATE_ORDER: tuple[str, ...] = ("", "1ᵀy", "yᵀy")
-POST_ORDER: tuple[str, ...] = ("y", "1")
-PRE_ORDER: tuple[str, ...] = ("x", "1_pre", "Wᵀy")
-N_SLOTS = len(POST_ORDER) * len(PRE_ORDER) + 1        # the (u, v) pairs and the decay W
 
 #: the whole generated library, in grammar order (the pool an open search starts from)
 POOL: list[str] = list(UNSUPERVISED_TERMS)
@@ -45,32 +40,44 @@ def resolve_ids(ids_or_names: Sequence[str]) -> list[str]:
     return [unsupervised_term(t).id for t in ids_or_names]
 
 
-def _slot(t: UnsupervisedTerm) -> int:
-    if t.pre == "W":
-        return N_SLOTS - 1
-    return POST_ORDER.index(t.post) * len(PRE_ORDER) + PRE_ORDER.index(t.pre)
-
-
 class TermEvaluator:
-    """Batched ΔW of the terms ``ids`` (a sub-list of the library): ``delta(theta, W, x)``."""
+    """Batched ΔW of the terms ``ids`` (a sub-list of the library): ``delta(theta, W, x)``.
+
+    Only what the terms need is computed (Wᵀy, the gates), and the terms are summed per post vector first
+    (ΔW = y (Σ_r c_r v_r)ᵀ + 1 (Σ_r c_r v_r)ᵀ + (Σ_r c_r) W), so a two-term rule costs a handful of tensor ops."""
 
     def __init__(self, ids: Sequence[str], dtype: torch.dtype = torch.float64) -> None:
         self.ids = list(ids)
-        terms = [UNSUPERVISED_TERMS[i] for i in self.ids]
-        self.gate_index = torch.tensor([GATE_ORDER.index(t.gate) for t in terms], dtype=torch.long)
-        self.slots = torch.zeros(len(terms), N_SLOTS, dtype=dtype)
-        for r, t in enumerate(terms):
-            self.slots[r, _slot(t)] = 1.0
+        self.terms = [UNSUPERVISED_TERMS[i] for i in self.ids]
+        self.dtype = dtype
+        self.gates = sorted({t.gate for t in self.terms if t.gate})
+        self.need_wty = any(t.pre == "Wᵀy" for t in self.terms)
 
     def delta(self, theta: Tensor, W: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(ΔW, y) for θ (B, R), W (B, k, d), x (B, d): y = W x and ΔW = Σ_r θ_r F_r(x, y, W)."""
+        """(ΔW, y) for θ (B, R), W (B, k, d), x (B, d): y = W x and ΔW = Σ_r θ_r F_r(x, y, W) (ΔW may broadcast
+        against W when every term is constant along a dimension, e.g. y 1ᵀ)."""
         y = torch.bmm(W, x.unsqueeze(-1)).squeeze(-1)                         # (B, k)
-        wty = torch.bmm(y.unsqueeze(1), W).squeeze(1)                          # (B, d): (Wᵀy)ᵀ = yᵀW
-        gates = torch.stack([torch.ones_like(y[:, 0]), y.sum(1), (y * y).sum(1)], 1)   # (B, 3)
-        c = (theta * gates.index_select(1, self.gate_index)) @ self.slots     # (B, N_SLOTS)
-        pre = torch.stack([x, torch.ones_like(x), wty], 1)                    # (B, 3, d)
-        mixed = torch.bmm(c[:, :-1].reshape(-1, len(POST_ORDER), len(PRE_ORDER)), pre)   # (B, 2, d): Σ_v c v
-        dW = y.unsqueeze(2) * mixed[:, :1] + mixed[:, 1:] + c[:, -1, None, None] * W
+        pre = {"x": x}
+        if self.need_wty:
+            pre["Wᵀy"] = torch.bmm(y.unsqueeze(1), W).squeeze(1)              # (B, d): (Wᵀy)ᵀ = yᵀW
+        gate = {"1ᵀy": y.sum(1) if "1ᵀy" in self.gates else None,
+                "yᵀy": (y * y).sum(1) if "yᵀy" in self.gates else None}
+        v: dict[str, Tensor | None] = {"y": None, "1": None}
+        decay: Tensor | None = None
+        for r, t in enumerate(self.terms):
+            c = theta[:, r] if not t.gate else theta[:, r] * gate[t.gate]     # (B,)
+            if t.pre == "W":
+                decay = c if decay is None else decay + c
+                continue
+            part = c.unsqueeze(1) if t.pre == "1_pre" else c.unsqueeze(1) * pre[t.pre]
+            v[t.post] = part if v[t.post] is None else v[t.post] + part
+        dW: Tensor = torch.zeros((), dtype=W.dtype)
+        if v["y"] is not None:
+            dW = y.unsqueeze(2) * v["y"].unsqueeze(1)
+        if v["1"] is not None:
+            dW = dW + v["1"].unsqueeze(1)
+        if decay is not None:
+            dW = dW + decay[:, None, None] * W
         return dW, y
 
     def term_norms(self, W: Tensor, X: Tensor) -> Tensor:
@@ -82,5 +89,5 @@ class TermEvaluator:
             theta = torch.zeros(n, R, dtype=X.dtype)
             theta[:, r] = 1.0
             dW, _ = self.delta(theta, Wb, X)
-            out.append(dW.flatten(1).norm(dim=1).mean())
+            out.append(dW.expand(n, *W.shape).flatten(1).norm(dim=1).mean())
         return torch.stack(out)
