@@ -220,10 +220,14 @@ def configs_from_spec(spec: Any) -> tuple[InnerConfig, SearchConfig]:
                         objective=rule.objective, checkpoints=rule.checkpoints)
     method = "forward" if search.active else "none"
     max_terms = search.max_terms if search.active else len(rule.terms or [])
+    # per support: a screening, `trials` trial refits of fit_steps/4 meta-steps each, the refit of fit_steps
     per_stage = max(1, meta.episodes // max(1, max_terms))
-    fit_steps = max(1, (per_stage - (search.screen_episodes if search.active else 0)) // meta.meta_batch)
+    screen = search.screen_episodes if search.active else 0
+    share = 1.0 + (0.75 if search.active else 0.0)
+    fit_steps = max(1, int((per_stage - screen) / (share * meta.meta_batch)))
     cfg = SearchConfig(method=method, max_terms=max_terms, screen_episodes=search.screen_episodes,
-                       fit_steps=fit_steps, batch=meta.meta_batch, lr=meta.lr, l1=meta.l1,
+                       fit_steps=fit_steps, trial_steps=max(1, fit_steps // 4), batch=meta.meta_batch, lr=meta.lr,
+                       l1=meta.l1,
                        eval_episodes=search.front_eval_episodes or meta.eval_episodes or 1, passes=rule.passes)
     return inner, cfg
 
