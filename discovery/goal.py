@@ -132,6 +132,12 @@ def parse_goal(text: str) -> GoalParse:
         raise GoalError(f"the goal gives an invalid spec: {reasons}", understood) from exc
     except ValueError as exc:
         raise GoalError(f"the goal gives an invalid spec: {exc}", understood) from exc
+    if spec.family == "unsupervised":
+        understood = [re.sub(r"→ term (hebb|F9|F3) \(.*\)$", "→ describes the goal (no hint: the whole Hebbian library "
+                             "is searched)", u) for u in understood]
+        understood.append(f"unsupervised Hebbian rule on {spec.task.dataset}: y = W x with k = "
+                          f"{spec.network.widths[-1]} outputs, objective {spec.rule.objective}, "
+                          f"{spec.rule.unroll} online steps per episode")
     if spec.family == "recurrent":
         understood.append(f"recurrent fixed-point rule on mnist5k: N = {spec.network.widths[1]} tanh units, terms "
                           f"{', '.join(spec.rule.terms or [])}, {spec.meta.episodes} episodes")
@@ -183,7 +189,48 @@ def _build_recurrent_spec(d: Draft, text: str) -> DiscoverySpec:
                                          "task": task, "rule": rule, "meta": meta, "resources": d.resources})
 
 
+#: an unsupervised goal's defaults (the acceptance run of docs/unsupervised.md) and its tiny size
+UNSUPERVISED_DEFAULTS: dict[str, Any] = {"k": 4, "unroll": 2000, "passes": 5, "max_terms": 3, "screen": 16,
+                                         "meta_batch": 8, "episodes": 1728, "lr": 3e-3, "eval_episodes": 16}
+UNSUPERVISED_TINY: dict[str, Any] = {"k": 2, "unroll": 40, "passes": 1, "max_terms": 2, "screen": 2,
+                                     "meta_batch": 2, "episodes": 40, "lr": 3e-3, "eval_episodes": 2}
+#: terms whose words describe an unsupervised goal ("hebbian", "oja") rather than hint at its answer
+UNSUPERVISED_DESCRIPTIVE = frozenset({"hebb", "F9", "F3"})
+
+
+def _build_unsupervised_spec(d: Draft, text: str) -> DiscoverySpec:
+    """The spec of an unsupervised goal: task pca, widths [64, k], an open forward search over the whole Hebbian
+    library (the words 'hebbian', 'oja', 'decay' describe the goal; they do not restrict the search)."""
+    if d.feedback or d.depth not in (None, 1) or d.widths is not None or d.pool or d.init_scale is not None:
+        raise ValueError("feedback modes, depths, widths, pools and init scales belong to feedforward goals; an "
+                         "unsupervised goal sets 'N components', 'reconstruction' / 'subspace objective', 'N passes'")
+    if d.dataset not in (None, "digits", "mnist5k"):
+        raise ValueError(f"the unsupervised family runs on digits or mnist (8×8 patches), not {d.dataset!r}")
+    if any(t not in UNSUPERVISED_DESCRIPTIVE for t in d.terms) or d.only:
+        raise ValueError("the unsupervised family has no error terms: it searches its own Hebbian library; leave "
+                         "the terms out")
+    if d.search not in (None, "forward"):
+        raise ValueError("the unsupervised family searches by forward selection")
+    base = {**UNSUPERVISED_DEFAULTS, **(UNSUPERVISED_TINY if d.tiny else {})}
+    k = d.width if d.width is not None else base["k"]
+    max_terms = d.max_terms or base["max_terms"]
+    rule = {"family": "unsupervised", "pool": "hebbian", "unroll": base["unroll"], "passes": base["passes"],
+            **d.unsupervised}
+    meta = {"episodes": base["episodes"], "meta_batch": base["meta_batch"], "lr": base["lr"],
+            "eval_episodes": base["eval_episodes"], **d.meta}
+    return DiscoverySpec.model_validate({
+        "name": text.strip()[:200], "network": {"widths": [64, k]},
+        "task": {"kind": "pca", "dataset": d.dataset or "digits"}, "rule": rule, "meta": meta,
+        "search": {"method": "forward", "max_terms": max_terms, "screen_episodes": base["screen"]},
+        "resources": d.resources})
+
+
 def _build_spec(d: Draft, text: str) -> DiscoverySpec:
+    if d.family == "unsupervised":
+        return _build_unsupervised_spec(d, text)
+    if d.unsupervised:
+        raise ValueError("passes, unroll and the reconstruction / subspace objective belong to unsupervised goals: "
+                         "say 'unsupervised' or 'principal components'")
     if d.family == "recurrent":
         return _build_recurrent_spec(d, text)
     if any(t.startswith("rec_") for t in d.terms):

@@ -141,7 +141,10 @@ VOCABULARY: dict[str, list[str]] = {
     "depth": ["depth-N", "N layers", "N-layer"],
     "width": ["width N", "widths 784-64-10", "tiny"],
     "learning": ["online (batch is not supported)"],
-    "family": ["recurrent / fixed points / fixed-point rnn (the recurrent fixed-point family on mnist, docs/science.md "
+    "family": ["unsupervised / principal components / PCA (the unsupervised Hebbian family: y = W x on centred "
+               "digits, open search over the 17-term Hebbian library; 'N components' sets k, 'reconstruction' or "
+               "'subspace objective', 'N passes'; 'hebbian' and 'oja' only describe the goal, they are no hint)",
+               "recurrent / fixed points / fixed-point rnn (the recurrent fixed-point family on mnist, docs/science.md "
                "S2; 'N units' sets N; terms dW1, dW3, dW4, oja, decay; default dW3, dW4, oja, decay)"],
     "feedback": [
         "feedback alignment / fa",
@@ -202,6 +205,7 @@ class Draft:
     task: dict[str, Any] = field(default_factory=dict)
     network: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
+    unsupervised: dict[str, Any] = field(default_factory=dict)   # objective, passes, unroll (unsupervised family)
     batch_mode: str | None = None
     conflicts: list[str] = field(default_factory=list)
 
@@ -364,9 +368,41 @@ def _device(kind: str) -> _Handler:
     return handle
 
 
-def _recurrent(m: re.Match[str], d: Draft) -> str:
-    d.set_once("family", "recurrent", m.group(0))
-    return f"{m.group(0)!r} → the recurrent fixed-point rule family (task fixedpoint-mnist)"
+def _family(name: str, reading: str) -> _Handler:
+    def handle(m: re.Match[str], d: Draft) -> str:
+        d.set_once("family", name, m.group(0))
+        return f"{m.group(0)!r} → the {reading}"
+
+    return handle
+
+
+_recurrent = _family("recurrent", "recurrent fixed-point rule family (task fixedpoint-mnist)")
+_unsupervised = _family("unsupervised", "unsupervised Hebbian rule family (task pca: y = W x on centred digits)")
+
+
+def _unsup_objective(objective: str) -> _Handler:
+    def handle(m: re.Match[str], d: Draft) -> str:
+        d.set_once("family", "unsupervised", m.group(0))
+        if d.unsupervised.get("objective", objective) != objective:
+            d.conflicts.append(f"objective: {d.unsupervised['objective']!r} and {objective!r} (from {m.group(0)!r})")
+        d.unsupervised["objective"] = objective
+        return f"{m.group(0)!r} → unsupervised objective {objective}"
+
+    return handle
+
+
+def _unsup_outputs(m: re.Match[str], d: Draft) -> str:
+    d.set_once("family", "unsupervised", m.group(0))
+    d.set_once("width", _int(m), m.group(0))
+    return f"{m.group(0)!r} → k = {_int(m)} outputs (principal components)"
+
+
+def _unsup_setting(key: str, label: str) -> _Handler:
+    def handle(m: re.Match[str], d: Draft) -> str:
+        d.unsupervised[key] = _int(m)
+        return f"{m.group(0)!r} → {label} {_int(m)}"
+
+    return handle
 
 
 def _rec_term(m: re.Match[str], d: Draft) -> str:
@@ -377,21 +413,23 @@ _INIT_WORD = r"init(?:ial(?:i[sz]ation)?|i[sz]ation)?"
 
 #: (pattern, handler) in matching order: longer and more specific phrases first; each match consumes its text.
 PHRASES: list[tuple[str, _Handler]] = [
+    (r"\b(\d+)\s+(?:principal[\s-]+)?(?:components?|outputs?)\b", _unsup_outputs),
+    (r"\b(\d+)[\s-]*(?:online[\s-]+)?passes\b", _unsup_setting("passes", "online passes for the evaluation:")),
+    (r"\b(?:unroll|horizon)[\s:=]*(\d+)(?:[\s-]+steps?)?\b", _unsup_setting("unroll", "inner steps per episode:")),
+    (r"\bsubspace[\s-]+(?:objective|alignment|error|loss)\b|\bsubspace[\s-]+alignment[\s-]+objective\b",
+     _unsup_objective("subspace")),
+    (r"\breconstruct(?:ion|s|ing)?(?:[\s-]+(?:error|objective|loss))*\b", _unsup_objective("reconstruction")),
+    (r"\b(?:extract(?:s|ing)?|find(?:s|ing)?|learn(?:s|ing)?)?\s*(?:the\s+)?(?:top[\s-]+)?principal[\s-]+"
+     r"(?:components?|subspaces?)\b|\bpca\b|\bun[\s-]*supervised\b", _unsupervised),
     (r"\brecurrent\b|\bfixed[\s-]*points?(?:[\s-]+(?:rnn|networks?|systems?))?\b|\brnn\b", _recurrent),
     (r"\bdw([134])\b", _rec_term),
     (r"\bwidths?[\s:=]*(\d+(?:\s*[-x,]\s*\d+)+)\b", _widths),
-    (
-        r"\bmeta[\s-]*batch(?:[\s-]*size)?(?:\s+of)?[\s:=]*(\d+)\b",
-        _setter("meta", "meta_batch", int, "meta-batch"),
-    ),
+    (r"\bmeta[\s-]*batch(?:[\s-]*size)?(?:\s+of)?[\s:=]*(\d+)\b", _setter("meta", "meta_batch", int, "meta-batch")),
     (
         r"\b(\d[\d,_]*)\s*(?:eval(?:uation)?|held[\s-]*out|test)\s+episodes?\b",
         _setter("meta", "eval_episodes", int, "held-out evaluation episodes"),
     ),
-    (
-        r"\b(\d[\d,_]*)\s*(?:meta[\s-]*(?:training\s+)?)?episodes?\b",
-        _setter("meta", "episodes", int, "episodes"),
-    ),
+    (r"\b(\d[\d,_]*)\s*(?:meta[\s-]*(?:training\s+)?)?episodes?\b", _setter("meta", "episodes", int, "episodes")),
     (r"\bdepth[\s:=-]*(\d+)\b", _depth),
     (r"\b(\d+)[\s-]*(?:weight[\s-]*)?layers?\b", _depth),
     (r"\b(?:hidden[\s-]*)?width[\s:=-]*(\d+)\b", _width),

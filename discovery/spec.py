@@ -52,9 +52,13 @@ class TaskSpec(_Strict):
     """Episodes of M classes, K online training samples and Q query samples per class.
 
     ``kind = "fixedpoint-mnist"`` targets the recurrent fixed-point setting of docs/science.md S2 instead: widths
-    [784, N, 10] give N recurrent units, and the rule's terms are recurrent directions (dW1, dW3, dW4, ...)."""
+    [784, N, 10] give N recurrent units, and the rule's terms are recurrent directions (dW1, dW3, dW4, ...).
 
-    kind: Literal["fewshot", "fixedpoint-mnist"] = "fewshot"
+    ``kind = "pca"`` is the unsupervised family (discovery.unsupervised): a linear layer y = W x, widths [64, k]
+    (k outputs), trained online on centred ``digits`` (or 8×8 ``mnist5k`` patches) by an error-free Hebbian rule;
+    its settings (objective, unroll, passes) sit in the rule spec (UnsupervisedRuleSpec)."""
+
+    kind: Literal["fewshot", "fixedpoint-mnist", "pca"] = "fewshot"
     dataset: DatasetName = "mnist5k"
     ways: int = Field(5, ge=2, le=47)
     shots: int = Field(50, ge=1, le=1000)
@@ -65,9 +69,11 @@ class TaskSpec(_Strict):
     heldout_fraction: float = Field(0.2, gt=0, lt=1)
 
 
-RuleFamily = Literal["feedforward", "recurrent"]
-#: the rule family each task kind learns (docs/science.md S3: feedforward ΔW_ℓ; S2: recurrent fixed-point ΔW)
-TASK_FAMILY: dict[str, RuleFamily] = {"fewshot": "feedforward", "fixedpoint-mnist": "recurrent"}
+RuleFamily = Literal["feedforward", "recurrent", "unsupervised"]
+#: the rule family each task kind learns (docs/science.md S3: feedforward ΔW_ℓ; S2: recurrent fixed-point ΔW; pca: the
+#: unsupervised Hebbian family)
+TASK_FAMILY: dict[str, RuleFamily] = {"fewshot": "feedforward", "fixedpoint-mnist": "recurrent",
+                                      "pca": "unsupervised"}
 
 
 class _RuleTerms(_Strict):
@@ -148,9 +154,51 @@ class RecurrentRuleSpec(_RuleTerms):
         return init
 
 
+class UnsupervisedRuleSpec(_RuleTerms):
+    """The unsupervised family ΔW = Σ_r θ_r F_r over the generated Hebbian library (rules.unsupervised; ids or
+    names, or the pool "hebbian" = all 17 terms, the default). θ starts at 0 (or ``theta_init``). The inner loop
+    runs ``unroll`` online steps per meta-training episode from W₀ with rows of norm ``init_norm``; the meta-objective
+    is the reconstruction error ‖x − WᵀW x‖² (pins W Wᵀ = I) or the principal-subspace error at the end (averaged
+    over ``checkpoints`` points of the unroll's second half); the front is scored after the unroll and after
+    ``passes`` online passes over the training split."""
+
+    family: Literal["unsupervised"] = "unsupervised"
+    pool: Literal["hebbian"] | None = None
+    objective: Literal["reconstruction", "subspace"] = "reconstruction"
+    unroll: int = Field(2000, ge=2, le=20_000)
+    passes: int = Field(5, ge=1, le=50)
+    init_norm: float = Field(1.0, gt=0, le=100)
+    checkpoints: int = Field(1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _resolve_terms(self) -> UnsupervisedRuleSpec:
+        from rules.unsupervised import UNSUPERVISED_TERMS, unsupervised_term
+
+        if self.terms is None or (self.terms == POOLS["paper3"] and not self.theta_init):
+            self.terms = list(UNSUPERVISED_TERMS)
+        try:
+            self.terms = [unsupervised_term(t).id for t in self.terms]
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        self._check_distinct()
+        return self
+
+    def initial_theta(self) -> dict[str, float]:
+        """θ at episode 0: 0 for every term, overridden by ``theta_init`` (ids or names)."""
+        from rules.unsupervised import unsupervised_term
+
+        init = {t: 0.0 for t in self.terms or []}
+        for k, v in (self.theta_init or {}).items():
+            tid = unsupervised_term(k).id
+            if tid not in init:
+                raise ValueError(f"theta_init names {k!r}, which is not one of the terms {self.terms}")
+            init[tid] = float(v)
+        return init
+
+
 #: The rule part of a spec: one model per family, told apart by ``family`` (filled from ``task.kind`` when the
 #: spec does not say it).
-AnyRuleSpec = Annotated[RuleSpec | RecurrentRuleSpec, Field(discriminator="family")]
+AnyRuleSpec = Annotated[RuleSpec | RecurrentRuleSpec | UnsupervisedRuleSpec, Field(discriminator="family")]
 
 
 class MetaSpec(_Strict):
@@ -249,6 +297,8 @@ class DiscoverySpec(_Strict):
         rule = data.get("rule")
         if rule is None and TASK_FAMILY.get(kind) == "recurrent":
             return {**data, "rule": {"family": "recurrent"}}
+        if rule is None and TASK_FAMILY.get(kind) == "unsupervised":
+            return {**data, "rule": {"family": "unsupervised"}}
         if isinstance(rule, dict) and "family" not in rule and kind in TASK_FAMILY:
             return {**data, "rule": {**rule, "family": TASK_FAMILY[kind]}}
         return data
@@ -293,8 +343,26 @@ class DiscoverySpec(_Strict):
 
     @model_validator(mode="after")
     def _output_matches_ways(self) -> DiscoverySpec:
+        if self.task.kind == "pca":     # no labels: the unsupervised family
+            return self
         if self.task.remap_labels and self.network.widths[-1] < self.task.ways:
             raise ValueError(
                 f"network output width {self.network.widths[-1]} is smaller than the number of ways {self.task.ways}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _pca_shape(self) -> DiscoverySpec:
+        """task.kind 'pca': widths [64, k] with 1 ≤ k ≤ 64, data digits or mnist5k (8×8 patches), search none or
+        forward."""
+        if self.task.kind != "pca":
+            return self
+        widths = self.network.widths
+        if len(widths) != 2 or widths[0] != 64 or widths[1] > 64:
+            raise ValueError(f"the unsupervised (pca) task is one linear layer [64, k] with k <= 64, not {widths}")
+        if self.task.dataset not in ("digits", "mnist5k"):
+            raise ValueError(f"the unsupervised (pca) task runs on digits or mnist5k patches, not "
+                             f"{self.task.dataset!r}")
+        if self.search.method not in ("none", "forward"):
+            raise ValueError(f"the unsupervised family searches by forward selection, not {self.search.method!r}")
         return self

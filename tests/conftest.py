@@ -192,7 +192,7 @@ def FakeState(
     benchmark ``phase`` is a BenchmarkProgress (else a job's JobProgress), a result with ``entries`` a
     BenchmarkReport (else a JobResult)."""
     from discovery.benchmarks.progress import BenchmarkProgress
-    from discovery.benchmarks.suite import BenchmarkReport
+    from discovery.benchmarks.report import BenchmarkReport
     from workers.contract import JobState
     from workers.progress import JobProgress, JobResult
 

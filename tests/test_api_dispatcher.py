@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from discovery.benchmarks.suite import BenchmarkReport
+from discovery.benchmarks.report import BenchmarkReport
 from service.app import create_app
 from service.db.models import Job, Rule, Trial
 from service.db.session import session_scope

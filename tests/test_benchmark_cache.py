@@ -164,7 +164,7 @@ def test_a_lower_is_better_suite_takes_the_same_path() -> None:
 # --- the database side ------------------------------------------------------------------------------------------
 def test_cache_rows_by_key_and_version(settings: Any, fa5_baselines: BaselineSet) -> None:
     from discovery.benchmarks.cache import split_baseline_set
-    from discovery.benchmarks.suite import BenchmarkReport
+    from discovery.benchmarks.report import BenchmarkReport
     from service.db.migrate import upgrade
     from service.db.models import BaselineSetRow, BenchmarkRun
     from service.db.repositories import baselines as benchmark_cache

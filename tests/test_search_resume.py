@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from discovery.router import discover
 from discovery.results import ProgressEvent
+from discovery.router import discover
 from discovery.search.search import SCREENER_FILE
 from discovery.spec import DiscoverySpec
 

@@ -18,7 +18,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from discovery.benchmarks.suite import BenchmarkReport
+from discovery.benchmarks.report import BenchmarkReport
 from discovery.results import DiscoveryResult, ProgressEvent, RuleData, jsonable
 from discovery.spec import DiscoverySpec, SweepSpec
 from workers import (

@@ -24,7 +24,7 @@ from pathlib import Path
 import ray
 
 from discovery.benchmarks.progress import BenchmarkProgress, ProgressTracker
-from discovery.benchmarks.suite import BenchmarkReport
+from discovery.benchmarks.report import BenchmarkReport
 from workers.contract import (
     ActorState,
     BenchmarkTask,

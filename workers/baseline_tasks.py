@@ -24,7 +24,7 @@ import ray
 
 from discovery.benchmarks.cache import BaselineSet, key_for, run_benchmark, tune_serial
 from discovery.benchmarks.progress import BenchmarkProgress, ProgressTracker
-from discovery.benchmarks.suite import BenchmarkReport
+from discovery.benchmarks.report import BenchmarkReport
 from rules.base import CoefficientRule
 from workers.contract import BenchmarkTask
 

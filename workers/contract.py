@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from discovery.benchmarks.cache import BaselineSet
 from discovery.benchmarks.progress import BenchmarkProgress
-from discovery.benchmarks.suite import BenchmarkReport
+from discovery.benchmarks.report import BenchmarkReport
 from discovery.results import DiscoveryResult, ProgressEvent
 from discovery.spec import DiscoverySpec
 from rules.base import CoefficientRule

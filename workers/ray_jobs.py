@@ -43,7 +43,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from discovery.benchmarks.cache import BaselineSet
 from discovery.benchmarks.progress import BenchmarkProgress
-from discovery.benchmarks.suite import BenchmarkReport
+from discovery.benchmarks.report import BenchmarkReport
 from discovery.spec import DiscoverySpec
 from workers.actors import ACTOR_CONCURRENCY, RemoteJobActor
 from workers.contract import (

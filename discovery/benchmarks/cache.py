@@ -23,8 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from discovery.benchmarks.progress import BenchmarkProgress, ProgressTracker, within
+from discovery.benchmarks.report import BenchmarkReport
 from discovery.benchmarks.stats import paired_difference
-from discovery.benchmarks.suite import BenchmarkReport
 from rules.base import CoefficientRule
 
 Verdict = Literal["better", "worse", "not distinguishable"]

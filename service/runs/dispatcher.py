@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from discovery.benchmarks.cache import split_baseline_set
 from discovery.benchmarks.progress import BenchmarkProgress
-from discovery.benchmarks.suite import BenchmarkReport
+from discovery.benchmarks.report import BenchmarkReport
 from discovery.results import jsonable
 from discovery.spec import DiscoverySpec
 from service.db.models import (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from discovery.benchmarks.suite import BenchmarkReport
+from discovery.benchmarks.report import BenchmarkReport
 from discovery.results import jsonable
 from discovery.spec import DiscoverySpec
 from service.db.models import ORIGIN_DISCOVERED, SUCCEEDED, BenchmarkRun, Job, Rule, Trial

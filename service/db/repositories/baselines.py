@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from discovery.benchmarks.cache import BaselineKey, BaselineSet
 from discovery.benchmarks.progress import BenchmarkProgress
-from discovery.benchmarks.suite import BenchmarkReport
+from discovery.benchmarks.report import BenchmarkReport
 from discovery.results import jsonable
 from rules.base import CoefficientRule
 from service.db.models import BaselineSetRow, BenchmarkRun

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from discovery.benchmarks.suite import BenchmarkReport
+from discovery.benchmarks.report import BenchmarkReport
 from discovery.results import jsonable
 from service.db.models import ORIGIN_BASELINE, QUEUED, BenchmarkRun, BenchmarkScore, Rule
 from service.db.repositories.events import add_event

@@ -1,0 +1,277 @@
+"""Open search over the unsupervised library: forward selection, refit, a (n_terms, held-out score) front, selection.
+
+Forward selection from the empty rule, over the whole generated library (no hint): at the current support's θ
+(candidates at θ_r = 0), Rao's score test t_r = ḡ_r / (s_r/√n) from the per-episode meta-gradients ∂L_b/∂φ_r over n
+fresh episodes (invariant to the term's scale); the ``trials`` candidates of largest |t_r| are each refit briefly
+and the one with the lowest meta-objective on common seeded episodes joins the support, which is refit (warm
+start) by Adam on the meta-objective; repeated up to ``max_terms`` terms. Every support is
+then scored on the same held-out episodes (paired): score = 1 − held-out normalized reconstruction error at the
+meta-training horizon T (objective ``reconstruction``: the explained-variance fraction) or 1 − subspace error at T
+(objective ``subspace``), with its 95 % t half-width. Selection: the support with the fewest terms (then the lowest
+complexity) whose score is ≥ best score − the best's 95 % half-width (PySR's convention, as discovery.search).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
+from discovery.unsupervised.data import load_pca_data
+from discovery.unsupervised.terms import OJA_DECAY, OJA_HEBB
+from discovery.unsupervised.trainer import Evaluation, FitResult, InnerConfig, UnsupervisedTrainer
+from rules.unsupervised import UNSUPERVISED_TERMS, UnsupervisedRule
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Budget and settings of the forward search."""
+
+    method: str = "forward"          # "forward" or "none" (fit the given terms only)
+    max_terms: int = 3
+    screen_episodes: int = 16
+    fit_steps: int = 60              # meta-steps per support
+    batch: int = 8                   # episodes per meta-step
+    lr: float = 3e-3
+    l1: float = 0.0
+    eval_episodes: int = 16
+    passes: int = 5
+    trials: int = 3                  # screened candidates refit on trial before one joins
+    trial_steps: int = 15
+
+
+@dataclass
+class SearchOutcome:
+    """Everything a search produced: the front (selected point marked), the fits, screenings and evaluations."""
+
+    front: list[FrontPoint]
+    fits: list[FitResult]
+    screens: list[dict[str, Any]]
+    evaluations: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    episodes: int
+    stopped: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def complexity(terms: Sequence[str]) -> int:
+    """Σ over the terms' monomials of their primitive factors (y xᵀ = 2, y (yᵀW) = 3, (yᵀy) y xᵀ = 4)."""
+    return sum(sum(len(seg) for seg in mono.spine) + sum(len(s) for s in mono.scalars)
+               for t in terms for mono in UNSUPERVISED_TERMS[t].poly.terms)
+
+
+def select(front: Sequence[FrontPoint]) -> int:
+    """Index of the point with the fewest terms (then lowest complexity, then higher score) whose score is within
+    the best score's 95 % half-width."""
+    scored = [(i, p) for i, p in enumerate(front) if p.heldout_accuracy is not None]
+    if not scored:
+        return len(front) - 1
+    best = max(scored, key=lambda ip: ip[1].heldout_accuracy)[1]
+    floor = best.heldout_accuracy - (best.heldout_ci95 or 0.0)
+    ok = [(p.n_terms, p.complexity, -p.heldout_accuracy, i) for i, p in scored if p.heldout_accuracy >= floor]
+    return min(ok)[3]
+
+
+def oja_ratio(theta: dict[str, float]) -> float | None:
+    """θ_{y yᵀW} / θ_{y xᵀ} (Oja's rule: −1), None when the rule lacks y xᵀ."""
+    hebb = theta.get(OJA_HEBB, 0.0)
+    return theta.get(OJA_DECAY, 0.0) / hebb if hebb else None
+
+
+class UnsupervisedSearch:
+    """Forward selection over ``pool`` with a trainer (see the module docstring)."""
+
+    def __init__(self, trainer: UnsupervisedTrainer, cfg: SearchConfig,
+                 progress: Callable[[ProgressEvent], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None, total_episodes: int | None = None) -> None:
+        self.trainer, self.cfg = trainer, cfg
+        self.pool = trainer.pool
+        self.progress, self.should_stop = progress, should_stop
+        self.used = 0
+        self.total = total_episodes or self.planned_episodes(cfg)
+        self.history: list[dict[str, Any]] = []
+        self.screens: list[dict[str, Any]] = []
+        self.stopped = False
+
+    @staticmethod
+    def planned_episodes(cfg: SearchConfig) -> int:
+        """Episodes the forward search uses: max_terms fits and screenings."""
+        return cfg.max_terms * ((cfg.fit_steps + cfg.trials * cfg.trial_steps) * cfg.batch + cfg.screen_episodes)
+
+    def _stop(self) -> bool:
+        self.stopped = self.stopped or bool(self.should_stop and self.should_stop())
+        return self.stopped
+
+    def screen(self, theta: dict[str, float], label: str) -> dict[str, Any]:
+        """Score test of every pool term at θ: t_r = ḡ_r / (s_r/√n) over n fresh episodes (∂L/∂φ_r)."""
+        n = self.cfg.screen_episodes
+        losses, grad = self.trainer.per_episode_gradient(theta, n)
+        finite = torch.isfinite(losses) & torch.isfinite(grad).all(1)
+        g = grad[finite]
+        k = g.shape[0]
+        mean = g.mean(0) if k else torch.zeros(len(self.pool), dtype=grad.dtype)
+        sem = g.std(0) / math.sqrt(k) if k > 1 else torch.full_like(mean, math.inf)
+        t = torch.where(sem > 0, mean / sem, torch.zeros_like(mean))
+        self.used += n
+        out = {"label": label, "theta": dict(theta), "episodes": n, "meta_loss": float(losses[finite].mean()),
+               "scores": {p: float(v) for p, v in zip(self.pool, t.tolist(), strict=True)},
+               "gradient": {p: float(v) for p, v in zip(self.pool, mean.tolist(), strict=True)}}
+        self.screens.append(out)
+        return out
+
+    def fit(self, terms: list[str], theta: dict[str, float], label: str) -> FitResult:
+        offset = self.used
+
+        def report(event: dict[str, Any]) -> None:
+            episode = offset + event["step"] * self.cfg.batch
+            record = {"episode": episode, "total": self.total, "meta_loss": event["meta_loss"],
+                      "meta_accuracy": None, "theta": event["theta"], "lr": event["lr"], "phase": label,
+                      "dropped_episodes": event["dropped_episodes"], "skipped": event["skipped"]}
+            self.history.append(record)
+            if self.progress is not None:
+                self.progress(ProgressEvent(**record))
+
+        result = self.trainer.fit(terms, theta, self.cfg.fit_steps, batch=self.cfg.batch, lr=self.cfg.lr,
+                                  l1=self.cfg.l1, label=label, on_step=report, should_stop=self._stop)
+        self.used += result.steps * self.cfg.batch
+        return result
+
+    def forward(self, start: Sequence[str] = ()) -> list[FitResult]:
+        """Greedy forward selection from ``start`` (default: the empty rule) up to max_terms terms: the ``trials``
+        candidates of largest |t_r| are each refit for ``trial_steps`` meta-steps and the one with the lowest
+        meta-objective on common seeded episodes joins (a score test alone cannot tell apart terms that all
+        shrink W at first: decay, (yᵀy) W and y yᵀW); the support is then refit for fit_steps."""
+        support, theta, fits = list(start), {}, []
+        if support:
+            fits.append(self.fit(support, {}, f"fit {len(support)} terms"))
+            theta = fits[-1].theta
+        k_max = min(self.cfg.max_terms, len(self.pool))
+        while len(support) < k_max and not self._stop():
+            scores = self.screen(theta, f"screen for term {len(support) + 1}")["scores"]
+            candidates = {t: abs(s) for t, s in scores.items() if t not in support and math.isfinite(s)}
+            if not candidates:
+                break
+            ranked = sorted(candidates, key=candidates.get, reverse=True)[:max(1, self.cfg.trials)]
+            if len(ranked) > 1 and self.cfg.trial_steps > 0:
+                trial = {}
+                for cand in ranked:
+                    res = self.trainer.fit([*support, cand], theta, self.cfg.trial_steps, batch=self.cfg.batch,
+                                           lr=self.cfg.lr, l1=self.cfg.l1, should_stop=self._stop)
+                    self.used += res.steps * self.cfg.batch
+                    trial[cand] = (self.trainer.trial_loss(res.theta, self.cfg.screen_episodes), res.theta)
+                self.screens[-1]["trials"] = {c: v[0] for c, v in trial.items()}
+                best = min(trial, key=lambda c: trial[c][0])
+                support, start_theta = [*support, best], trial[best][1]
+            else:
+                support, start_theta = [*support, ranked[0]], theta
+            fits.append(self.fit(support, start_theta, f"fit {len(support)} terms"))
+            theta = fits[-1].theta
+        return fits
+
+    def score(self, fits: Sequence[FitResult]) -> tuple[list[FrontPoint], list[dict[str, Any]]]:
+        """Every distinct support's latest fit scored on the same held-out episodes; the selected one marked."""
+        by_support: dict[tuple[str, ...], FitResult] = {}
+        for f in fits:
+            by_support[tuple(sorted(f.terms))] = f
+        front, evaluations = [], []
+        objective = self.trainer.cfg.objective
+        for f in sorted(by_support.values(), key=lambda f: len(f.terms)):
+            ev: Evaluation = self.trainer.evaluate(f.theta, self.cfg.eval_episodes, self.cfg.passes)
+            if objective == "subspace":
+                score, ci = 1.0 - ev.subspace, ev.subspace_ci95
+            else:
+                score, ci = 1.0 - ev.recon, ev.recon_ci95
+            score = score if math.isfinite(score) else None
+            rule = UnsupervisedRule(f.theta)
+            metrics = {"objective": objective, "heldout_reconstruction": ev.recon,
+                       "heldout_reconstruction_ci95": ev.recon_ci95, "subspace_error": ev.subspace,
+                       "subspace_error_ci95": ev.subspace_ci95, "subspace_error_passes": ev.subspace_passes,
+                       "heldout_reconstruction_passes": ev.recon_passes, "oja_ratio": oja_ratio(f.theta),
+                       "ww_eigenvalues": ev.ww_eigenvalues, "diverged": ev.diverged}
+            front.append(FrontPoint(terms=f.terms, theta=f.theta,
+                                    rule={**rule.to_dict(), "coefficients_raw": f.theta, "metrics": metrics},
+                                    n_terms=len(f.terms), complexity=complexity(f.terms), heldout_accuracy=score,
+                                    heldout_ci95=ci if ci is not None and math.isfinite(ci) else None,
+                                    heldout_episodes=ev.episodes, stage=f.history[-1]["phase"] if f.history
+                                    else "fit"))
+            evaluations.append({"terms": f.terms, "names": [UNSUPERVISED_TERMS[t].name for t in f.terms],
+                                **metrics, "subspace_error_passes_ci95": ev.subspace_passes_ci95})
+        if front:
+            front[select(front)].selected = True
+        return front, evaluations
+
+    def run(self, start: Sequence[str] = ()) -> SearchOutcome:
+        fits = self.forward(start) if self.cfg.method == "forward" else [self.fit(list(start), {}, "fit")]
+        front, evaluations = ([], []) if self.stopped else self.score(fits)
+        return SearchOutcome(front=front, fits=fits, screens=self.screens, evaluations=evaluations,
+                             history=self.history, episodes=self.used, stopped=self.stopped)
+
+
+def configs_from_spec(spec: Any) -> tuple[InnerConfig, SearchConfig]:
+    """The inner-loop and search settings of a DiscoverySpec of task kind "pca"."""
+    rule, meta, search = spec.rule, spec.meta, spec.search
+    inner = InnerConfig(k=spec.network.widths[-1], unroll=rule.unroll, init_norm=rule.init_norm,
+                        objective=rule.objective, checkpoints=rule.checkpoints)
+    method = "forward" if search.active else "none"
+    max_terms = search.max_terms if search.active else len(rule.terms or [])
+    # per support: a screening, `trials` trial refits of fit_steps/4 meta-steps each, the refit of fit_steps
+    per_stage = max(1, meta.episodes // max(1, max_terms))
+    screen = search.screen_episodes if search.active else 0
+    share = 1.0 + (0.75 if search.active else 0.0)
+    fit_steps = max(1, int((per_stage - screen) / (share * meta.meta_batch)))
+    cfg = SearchConfig(method=method, max_terms=max_terms, screen_episodes=search.screen_episodes,
+                       fit_steps=fit_steps, trial_steps=max(1, fit_steps // 4), batch=meta.meta_batch, lr=meta.lr,
+                       l1=meta.l1,
+                       eval_episodes=search.front_eval_episodes or meta.eval_episodes or 1, passes=rule.passes)
+    return inner, cfg
+
+
+def discover_unsupervised(spec: Any, progress: Callable[[ProgressEvent], None] | None = None,
+                          checkpoint_dir: Path | str | None = None,
+                          should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
+    """Run the unsupervised family for a DiscoverySpec (task kind "pca"): the open forward search over the rule's
+    pool (search.method forward), or a fit of the named terms (method none). No checkpoints: a restarted job
+    starts again (``checkpoint_dir`` is accepted for the engine's signature)."""
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.meta.seed)
+    inner, cfg = configs_from_spec(spec)
+    data = load_pca_data(spec.task.dataset, spec.task.heldout_fraction)
+    pool = list(spec.rule.terms or [])
+    trainer = UnsupervisedTrainer(data, pool, inner, seed=spec.meta.seed)
+    search = UnsupervisedSearch(trainer, cfg, progress, should_stop, total_episodes=spec.meta.episodes)
+    start = () if cfg.method == "forward" else pool
+    outcome = search.run(start)
+    return to_result(spec.model_dump(), outcome, cfg, pool, data.best_reconstruction(inner.k),
+                     time.perf_counter() - t0)
+
+
+def to_result(spec_dict: dict[str, Any], outcome: SearchOutcome, cfg: SearchConfig, pool: list[str],
+              best_reconstruction: float, wall_time_s: float) -> DiscoveryResult:
+    """The DiscoveryResult of a search outcome (the selected front point is the rule)."""
+    chosen = next((p for p in outcome.front if p.selected), None)
+    last = outcome.fits[-1] if outcome.fits else None
+    theta = chosen.theta if chosen else (last.theta if last else {})
+    rule = chosen.rule if chosen else ({**UnsupervisedRule(theta).to_dict(), "coefficients_raw": theta}
+                                       if theta else {})
+    return DiscoveryResult(
+        rule=rule, theta=theta, history=outcome.history, theta_history=[h["theta"] for h in outcome.history],
+        heldout_accuracy=chosen.heldout_accuracy if chosen else None,
+        heldout_ci95=chosen.heldout_ci95 if chosen else None,
+        heldout_episodes=chosen.heldout_episodes if chosen else 0,
+        diverged_episodes=sum(f.dropped_episodes for f in outcome.fits),
+        skipped_steps=sum(f.skipped_steps for f in outcome.fits), stopped=outcome.stopped,
+        wall_time_s=wall_time_s, device="cpu", spec=spec_dict, front=outcome.front,
+        search={"family": "unsupervised", "method": cfg.method, "pool": pool, "episodes": outcome.episodes,
+                "objective": (outcome.evaluations[0]["objective"] if outcome.evaluations else None),
+                "score": "1 - held-out normalized reconstruction error (reconstruction) or 1 - subspace error "
+                         "(subspace), at the meta-training horizon",
+                "best_reconstruction": best_reconstruction,
+                "stages": [{"label": f.history[-1]["phase"] if f.history else "fit", "kind": "fit",
+                            "terms": f.terms, "steps": f.steps} for f in outcome.fits],
+                "screening": outcome.screens, "evaluations": outcome.evaluations})
