@@ -249,3 +249,67 @@ def test_migration_0002_gives_existing_rules_their_family(db_url: str, request: 
         assert "family" not in {c["name"] for c in inspect(eng).get_columns("rules")}
     finally:
         eng.dispose()
+
+
+def test_migration_0004_moves_fronts_out_of_the_json_and_back(db_url: str, request: pytest.FixtureRequest) -> None:
+    """A front stored as JSON (jobs.result["front"], each rule's provenance["front"]) becomes front_points rows
+    with each rule's own held-out score; the downgrade writes the JSON back as it was."""
+    import json
+
+    from sqlalchemy import text
+
+    if db_url.startswith("postgresql"):
+        db_url = request.getfixturevalue("pg_schema_factory")()
+    eng = make_engine(db_url)
+    now = "2026-01-01 00:00:00+00:00"
+    points = [
+        {"terms": ["F0"], "theta": {"F0": 0.01}, "n_terms": 1, "complexity": 1, "heldout_accuracy": 0.068,
+         "heldout_ci95": 0.01, "heldout_episodes": 10, "stage": "fit 1 terms", "selected": False, "rule_id": 1},
+        {"terms": ["F0", "F2"], "theta": {"F0": 0.01, "F2": -0.02}, "n_terms": 2, "complexity": 3,
+         "heldout_accuracy": 0.076, "heldout_ci95": 0.012, "heldout_episodes": 10, "stage": "fit 2 terms",
+         "selected": True, "rule_id": 2},
+    ]
+    try:
+        assert upgrade(eng, "0003_baseline_cache") == "0003_baseline_cache"
+        with eng.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO jobs (id, created_at, updated_at, status, spec, owner, result, attempts) VALUES "
+                "(7, :now, :now, 'succeeded', '{}', 'o', :result, 1)"),
+                {"now": now, "result": json.dumps({"heldout_accuracy": 0.068, "front": points})})
+            for p in points:
+                prov = {"job_id": 7, "front": {k: p[k] for k in ("n_terms", "heldout_accuracy", "selected")}}
+                conn.execute(text(
+                    "INSERT INTO rules (id, created_at, name, hash, canonical, srepr, expression, latex, coefficients,"
+                    " terms, origin, code_version, provenance, job_id) VALUES (:id, :now, 'r', :h, :c, '', '', '',"
+                    " '{}', '[]', 'discovered', 'x', :prov, 7)"),
+                    {"id": p["rule_id"], "now": now, "h": str(p["rule_id"]) * 64, "c": f"v1:{p['rule_id']}",
+                     "prov": json.dumps(prov)})
+                conn.execute(text("INSERT INTO job_rules (job_id, rule_id) VALUES (7, :id)"), {"id": p["rule_id"]})
+        assert upgrade(eng) == head_revision()
+        with eng.connect() as conn:
+            rows = conn.execute(text("SELECT rule_id, position, heldout_accuracy, selected, n_terms FROM front_points "
+                                     "ORDER BY position")).all()
+            result = conn.execute(text("SELECT result FROM jobs WHERE id = 7")).scalar()
+            provenance = conn.execute(text("SELECT provenance FROM rules WHERE id = 2")).scalar()
+        assert [tuple(r) for r in rows] == [(1, 0, 0.068, False, 1), (2, 1, 0.076, True, 2)]
+        result = json.loads(result) if isinstance(result, str) else result
+        provenance = json.loads(provenance) if isinstance(provenance, str) else provenance
+        assert "front" not in result and result["heldout_accuracy"] == 0.068
+        assert provenance == {"job_id": 7}
+        sessions = make_session_factory(eng)
+        with session_scope(sessions) as s:
+            from service.db.repositories.rules import discovery_scores
+
+            assert [d.score for d in discovery_scores(s, s.get(Rule, 2))] == [0.076]   # its own, not the job's
+        downgrade(eng, "0003_baseline_cache")
+        assert "front_points" not in inspect(eng).get_table_names()
+        with eng.connect() as conn:
+            result = conn.execute(text("SELECT result FROM jobs WHERE id = 7")).scalar()
+            provenance = conn.execute(text("SELECT provenance FROM rules WHERE id = 2")).scalar()
+        result = json.loads(result) if isinstance(result, str) else result
+        provenance = json.loads(provenance) if isinstance(provenance, str) else provenance
+        assert [p["rule_id"] for p in result["front"]] == [1, 2]
+        assert [p["heldout_accuracy"] for p in result["front"]] == [0.068, 0.076]
+        assert provenance["front"]["heldout_accuracy"] == 0.076 and provenance["front"]["selected"] is True
+    finally:
+        eng.dispose()
