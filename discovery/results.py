@@ -51,7 +51,7 @@ def jsonable(value: Any, _depth: int = 0) -> Any:
 class ProgressEvent(BaseModel):
     """What the progress callback receives after every meta-step (a value that was not finite reads ``None``
     once the event went through :func:`jsonable`). ``subspace_orth_error`` is the per-layer orthonormality error of
-    W_ℓ on its activity subspace (discovery.benchmarks.diagnostics.subspace_orthonormality_error)."""
+    W_ℓ on its activity subspace (discovery.analysis.diagnostics.subspace_orthonormality_error)."""
 
     episode: int
     total: int

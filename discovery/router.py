@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from discovery.feedforward.meta import discover_feedforward
+from discovery.feedforward.trainer import discover_feedforward
 from discovery.recurrent.trainer import discover_recurrent
 from discovery.results import DiscoveryResult, ProgressEvent
-from discovery.search.search import discover_search
+from discovery.search.open_search import discover_search
 from discovery.spec import DiscoverySpec
 
 

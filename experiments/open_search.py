@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from discovery.benchmarks.stats import paired_difference
-from discovery.feedforward.meta import MetaTrainer
+from discovery.analysis.stats import paired_difference
+from discovery.feedforward.trainer import MetaTrainer
 from discovery.results import ProgressEvent
 from discovery.router import discover
 from discovery.spec import DiscoverySpec
@@ -44,7 +44,7 @@ def heldout(spec: dict, theta: dict[str, float], episodes: int = 200) -> torch.T
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """Mean of a − b with its 95 % t-interval (discovery.benchmarks.stats)."""
+    """Mean of a − b with its 95 % t-interval (discovery.analysis.stats)."""
     d = paired_difference(a.double(), b.double())
     return {"delta": d.delta, "ci95": d.ci95}
 

@@ -14,7 +14,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-from discovery.benchmarks.stats import mean_halfwidth
+from discovery.analysis.stats import mean_halfwidth
 
 CONFIGS = {
     "FA (θ0 only)": "examples/fa_only.json",

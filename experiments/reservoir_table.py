@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from discovery.benchmarks.stats import t_interval
+from discovery.analysis.stats import t_interval
 from discovery.reservoir.model import PROTOCOLS, SATISFACTORY, run_reservoir
 
 # (task, learner, setting) of the table, in order.

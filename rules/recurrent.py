@@ -16,7 +16,7 @@ A rule is ΔW = Σ_k θ_k F_k (batch-averaged over the samples of a minibatch) w
 Sign convention (same as S3's library, where F0 = −e xᵀ): every F_k is an *update direction*, ΔW = +Σ θ_k F_k, so
 θ_k > 0 means "apply this term as named": descend the loss for the dW terms (θ_dW is the paper's learning rate,
 W ← W − θ·dW), Oja's rule for rec_oja, shrinkage for rec_decay. This is the one convention: the engine runs these
-expressions compiled (rules.recurrent_compiler, discovery.recurrent.engine.term_directions); the paper's dW1, dW3,
+expressions compiled (rules.recurrent_compiler, discovery.recurrent.network.term_directions); the paper's dW1, dW3,
 dW4 of discovery.recurrent.fixedpoint are the loss-gradient directions, F = −dW.
 
 rec_dW1 needs the inverse (G⁻¹ − Wᵀ)⁻¹; the language keeps it as the auxiliary symbol u (defined by its fixed-point

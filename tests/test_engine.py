@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from discovery.feedforward.inner import rule_step, run_online_forward
-from discovery.feedforward.meta import MetaTrainer
 from discovery.feedforward.network import init_feedback, init_weights
+from discovery.feedforward.trainer import MetaTrainer
 from discovery.router import discover
 from discovery.spec import DiscoverySpec
 from rules.compiler import compile_expression, compile_terms, reference_function

@@ -178,7 +178,7 @@ def test_stable_solvers_agree_with_published_euler_relaxation() -> None:
 
 
 def test_term_directions_are_batched_over_seeds() -> None:
-    from discovery.recurrent.engine import SolverConfig, rule_update, term_directions
+    from discovery.recurrent.network import SolverConfig, rule_update, term_directions
     from rules.recurrent import RECURRENT_TERMS
 
     gen = torch.Generator().manual_seed(7)

@@ -10,8 +10,8 @@ import torch
 
 from discovery.feedforward.inner import RuleLearner, query_loss_forward, run_online, run_online_forward
 from discovery.feedforward.kernels import ckernel, fused
-from discovery.feedforward.meta import MetaTrainer
 from discovery.feedforward.network import init_feedback, init_weights
+from discovery.feedforward.trainer import MetaTrainer
 from discovery.router import discover
 from discovery.spec import DiscoverySpec
 from rules.compiler import compile_expression, compile_terms

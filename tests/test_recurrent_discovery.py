@@ -11,7 +11,8 @@ import pytest
 import sympy as sp
 import torch
 
-from discovery.recurrent.engine import (
+from discovery.recurrent.fixedpoint import dW1, random_matrix, run_fixedpoint_mnist, solve_fixed_point
+from discovery.recurrent.network import (
     FixedPointNet,
     SolverConfig,
     load_mnist5k_split,
@@ -19,7 +20,6 @@ from discovery.recurrent.engine import (
     run_episode,
     term_directions,
 )
-from discovery.recurrent.fixedpoint import dW1, random_matrix, run_fixedpoint_mnist, solve_fixed_point
 from discovery.recurrent.scoring import SCORE_PROTOCOL, score_recurrent_rule
 from discovery.recurrent.suites import fixedpoint_mnist_suite
 from discovery.recurrent.trainer import discover_recurrent, recurrent_setting
@@ -116,7 +116,7 @@ def test_meta_gradient_matches_finite_differences(method: str) -> None:
 def test_finite_difference_check_detects_a_one_step_backward(monkeypatch) -> None:
     """Sensitivity of the check: differentiating only one step r = tanh(W r*.detach() + X) (no implicit solve)
     gives a visibly different meta-gradient."""
-    import discovery.recurrent.engine as rd
+    import discovery.recurrent.network as rd
 
     net, W0, batches, query = _toy(seed=1)
     theta = torch.tensor([0.5, 0.5], dtype=F64)

@@ -11,11 +11,11 @@ import torch
 
 from discovery.feedforward.inner import run_online_forward
 from discovery.feedforward.kernels import ckernel, fused
-from discovery.feedforward.meta import MetaTrainer
 from discovery.feedforward.network import init_feedback, init_weights
+from discovery.feedforward.trainer import MetaTrainer
 from discovery.results import RuleData
 from discovery.router import discover
-from discovery.search.search import KKT_Z, LAMBDA_RATIO, Search, Stage, select
+from discovery.search.open_search import KKT_Z, LAMBDA_RATIO, Search, Stage, select
 from discovery.spec import DiscoverySpec
 from rules.compiler import compile_terms
 from rules.library import canonical_text, generate, term_id

@@ -11,7 +11,7 @@ import pytest
 
 from discovery.results import ProgressEvent
 from discovery.router import discover
-from discovery.search.search import SCREENER_FILE
+from discovery.search.open_search import SCREENER_FILE
 from discovery.spec import DiscoverySpec
 
 EVERY = 2

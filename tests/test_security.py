@@ -179,7 +179,7 @@ def test_kernel_cache_of_another_user_is_refused_before_loading(kernel_cache: Pa
 
 
 # --- no tracebacks in public responses ----------------------------------------------------------------------
-TRACEBACK = ('Traceback (most recent call last):\n  File "/srv/discovery/feedforward/meta.py", line 12, in step\n'
+TRACEBACK = ('Traceback (most recent call last):\n  File "/srv/discovery/feedforward/trainer.py", line 12, in step\n'
              "    raise ValueError('bad')\nValueError: bad")
 
 

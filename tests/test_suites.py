@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from discovery.analysis.stats import t_interval
 from discovery.baselines.learners import backprop
 from discovery.benchmarks.registry import SUITES, get_suite, list_suites, register_suite, run_suite
-from discovery.benchmarks.stats import t_interval
 from discovery.benchmarks.suite import RunContext, Suite, SuiteSkipped
 
 FEWSHOT_BASELINES = ["BP", "FA", "DFA", "BP+Oja", "PC-Exact", "PC-FixedPred", "PC-Strict"]

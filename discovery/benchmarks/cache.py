@@ -7,7 +7,7 @@ the same key; the rule is then scored alone, on the same held-out episodes and i
 re-seeded per learner), so its numbers equal those of a full run with the same seed.
 
 Paired comparison of the rule r with a baseline b on the same E episodes: d_i = s_i(r) − s_i(b),
-Δ = mean d, 95 % CI = Δ ± t_{0.975, E−1} · sd(d)/√E (``discovery.benchmarks.stats.paired_difference``). The
+Δ = mean d, 95 % CI = Δ ± t_{0.975, E−1} · sd(d)/√E (``discovery.analysis.stats.paired_difference``). The
 verdict reads the interval in the suite's direction: "better" when it lies entirely on the good side of 0
 (above for higher-is-better, below for lower-is-better), "worse" when entirely on the other, else
 "not distinguishable".
@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from discovery.analysis.stats import paired_difference
 from discovery.benchmarks.progress import BenchmarkProgress, ProgressTracker, within
 from discovery.benchmarks.report import BenchmarkReport
-from discovery.benchmarks.stats import paired_difference
 from rules.base import CoefficientRule
 
 Verdict = Literal["better", "worse", "not distinguishable"]

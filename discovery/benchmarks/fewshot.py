@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from discovery.analysis.stats import t_interval
 from discovery.baselines.learners import BASELINES, GRID_POINTS, locality_of
 from discovery.benchmarks.evaluate import (
     LearnerRun,
@@ -27,7 +28,6 @@ from discovery.benchmarks.evaluate import (
     run_learner,
     tune,
 )
-from discovery.benchmarks.stats import t_interval
 from discovery.benchmarks.suite import RunContext, Suite, SuiteSkipped
 from discovery.benchmarks.tuning import TuningPlan
 

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from discovery.recurrent.engine import (
+from discovery.recurrent.fixedpoint import random_matrix, spectral_abscissa
+from discovery.recurrent.network import (
     DIVERGENCE_ERRORS,
     RHO_INIT,
     SOLVE_MAX_N,
@@ -23,7 +24,6 @@ from discovery.recurrent.engine import (
     inner_step,
     load_mnist5k_split,
 )
-from discovery.recurrent.fixedpoint import random_matrix, spectral_abscissa
 from discovery.recurrent.trainer import record_accuracy
 from rules.recurrent import RecurrentRule
 
@@ -69,7 +69,7 @@ def score_recurrent_rule(coefficients: Mapping[str, float] | RecurrentRule | str
     max_spectral_abscissa, final_train_loss, failures, per_episode_accuracy}, locality, cost_per_sample_ms,
     hyperparameters, tuning: None, rule}.
     """
-    from discovery.benchmarks.stats import t_interval
+    from discovery.analysis.stats import t_interval
 
     rule = as_recurrent_rule(coefficients)
     proto = {**SCORE_PROTOCOL["tiny" if tiny else "full"], **(protocol or {})}

@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from discovery.benchmarks.suite import Suite
-from discovery.recurrent.engine import RHO_INIT, load_mnist5k_split
+from discovery.recurrent.network import RHO_INIT, load_mnist5k_split
 from discovery.recurrent.scoring import (
     SCORE_PROTOCOL,
     SUITE_BASELINES,

@@ -16,10 +16,10 @@ task.shots inner steps; B = task.ways × task.queries images per inner step (all
 Q = QUERY_FACTOR·B query images per episode (capped by the split); the 4,000 training images of load_mnist_5k are
 split into inner-training and meta-query images by task.heldout_fraction; evaluation trains on all 4,000 and
 reports test accuracy on the 1,000 test images over min(meta.eval_episodes, MAX_EVAL_EPISODES) fresh W₀
-(mean ± 95 % t-interval, discovery.benchmarks.stats). meta.grad_mode is ignored: the meta-gradient is always reverse mode.
+(mean ± 95 % t-interval, discovery.analysis.stats). meta.grad_mode is ignored: the meta-gradient is always reverse mode.
 
 Exact meta-gradient: reverse-mode autograd through the T unrolled updates, each fixed point differentiated
-implicitly (discovery.recurrent.engine); checked against central finite differences in the tests.
+implicitly (discovery.recurrent.network); checked against central finite differences in the tests.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from discovery.benchmarks.stats import mean_halfwidth
+from discovery.analysis.stats import mean_halfwidth
 from discovery.feedforward.checkpoint import Checkpointed
-from discovery.feedforward.meta import resolve_device
-from discovery.recurrent.engine import (
+from discovery.feedforward.trainer import resolve_device
+from discovery.recurrent.fixedpoint import random_matrix, spectral_abscissa
+from discovery.recurrent.network import (
     DIVERGENCE_ERRORS,
     INPUT_DIM,
     N_CLASSES,
@@ -50,7 +51,6 @@ from discovery.recurrent.engine import (
     load_mnist5k_split,
     run_episode,
 )
-from discovery.recurrent.fixedpoint import random_matrix, spectral_abscissa
 from discovery.results import DiscoveryResult, ProgressEvent
 from discovery.spec import DiscoverySpec
 from rules.recurrent import RecurrentRule

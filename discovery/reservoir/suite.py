@@ -3,7 +3,7 @@ scored by the test-phase deviation (lower is better); registered by discovery.be
 
 from __future__ import annotations
 
-from discovery.benchmarks.stats import t_interval
+from discovery.analysis.stats import t_interval
 from discovery.benchmarks.suite import Suite
 from discovery.reservoir.model import DT, LAMBDA, P_CONNECT, PROTOCOLS, TAU, run_reservoir
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from discovery.benchmarks.stats import mean_halfwidth
+from discovery.analysis.stats import mean_halfwidth
 from discovery.unsupervised.data import PCAData
 from discovery.unsupervised.metrics import reconstruction_error, subspace_error, subspace_error_smooth
 from discovery.unsupervised.terms import TermEvaluator

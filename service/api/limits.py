@@ -118,7 +118,7 @@ def _term_problems(spec: DiscoverySpec) -> list[dict[str, Any]]:
 
 def _recurrent_problems(spec: DiscoverySpec) -> list[dict[str, Any]]:
     """A recurrent fixed-point job learns N recurrent tanh units between 784 inputs and 10 classes of mnist5k."""
-    from discovery.recurrent.engine import INPUT_DIM, N_CLASSES
+    from discovery.recurrent.network import INPUT_DIM, N_CLASSES
 
     problems = []
     w = spec.network.widths

@@ -393,9 +393,9 @@ def suites() -> None:
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 )
 def bench(ctx: typer.Context) -> None:
-    """Engine throughput and memory benchmark (``discovery.benchmarks.bench``); extra options are passed through."""
+    """Engine throughput and memory benchmark (``discovery.benchmarks.speed``); extra options are passed through."""
     with _friendly():
-        from discovery.benchmarks import bench as bench_module
+        from discovery.benchmarks import speed as bench_module
 
         main: Callable[..., Any] = bench_module.main
         try:

@@ -43,7 +43,7 @@ import torch
 from pydantic import BaseModel
 
 from discovery.feedforward.checkpoint import load_checkpoint, save_checkpoint
-from discovery.feedforward.meta import MetaTrainer, learned_rule, resolve_device, term_norms
+from discovery.feedforward.trainer import MetaTrainer, learned_rule, resolve_device, term_norms
 from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
 from discovery.spec import DiscoverySpec
 from rules.terms import term

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from discovery.benchmarks.diagnostics import alignment_angles, subspace_orthonormality_error
-from discovery.benchmarks.stats import mean_halfwidth
+from discovery.analysis.diagnostics import alignment_angles, subspace_orthonormality_error
+from discovery.analysis.stats import mean_halfwidth
 from discovery.feedforward.checkpoint import Checkpointed
 from discovery.feedforward.inner import (
     RuleLearner,
@@ -282,7 +282,7 @@ class MetaTrainer(Checkpointed):
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, episodes: int, batch: int = 25) -> tuple[float | None, float | None, int]:
         """Held-out accuracy of the rule with the current θ: mean ± 95% t-interval half-width over `episodes` held-out
-        episodes (discovery.benchmarks.stats)."""
+        episodes (discovery.analysis.stats)."""
         if episodes <= 0:
             return None, None, 0
         values = self.heldout_values(episodes, batch)

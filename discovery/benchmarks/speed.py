@@ -86,7 +86,7 @@ def engine_trainer(shots: int, meta_batch: int, device: torch.device, kernel: st
                    grad_mode: str = "forward"):
     """A MetaTrainer on synthetic data (the engine's own data path) over the pool's terms (paper3: F0 + F2 + F9);
     forward mode carries R tangents (cost ∝ 1 + R), reverse mode one backward pass (cost ∝ const, memory ∝ T)."""
-    from discovery.feedforward.meta import MetaTrainer
+    from discovery.feedforward.trainer import MetaTrainer
     from discovery.spec import DiscoverySpec
 
     spec = DiscoverySpec.model_validate({

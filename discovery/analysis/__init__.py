@@ -1,0 +1,2 @@
+"""Statistics (t intervals, paired differences) and diagnostics (alignment angles, orthonormality error,
+activation norms) shared by the trainers and the benchmark suites."""
