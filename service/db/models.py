@@ -85,10 +85,9 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Job(Base):
-    """A discovery job: the resolved spec, its status and live progress, its result summary."""
-
-    __tablename__ = "jobs"
+class TrackedRun:
+    """The columns every tracked run shares (a job, a benchmark run): its times and its status, which only
+    ``service.runs.states.set_status`` changes."""
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -96,6 +95,13 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
+
+
+class Job(TrackedRun, Base):
+    """A discovery job: the resolved spec, its status and live progress, its result summary."""
+
+    __tablename__ = "jobs"
+
     name: Mapped[str | None] = mapped_column(String(200))
     goal: Mapped[str | None] = mapped_column(Text)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONColumn())
@@ -292,17 +298,11 @@ class FrontPointRow(Base):
         return self.rule.expression if self.rule is not None else None
 
 
-class BenchmarkRun(Base):
+class BenchmarkRun(TrackedRun, Base):
     """A request to run one named suite, for a stored rule (or baselines only)."""
 
     __tablename__ = "benchmark_runs"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
-    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
-    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
-    status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
     suite: Mapped[str] = mapped_column(String(100), index=True)
     suite_version: Mapped[str | None] = mapped_column(String(32))
     rule_id: Mapped[int | None] = mapped_column(ForeignKey("rules.id", ondelete="SET NULL"), index=True)
