@@ -50,7 +50,9 @@ def test_plain_goal_searches_the_library_and_stores_its_front(
         selected = next(p for p in front if p["selected"])
         for p in front:
             rule = http.get(f"/api/rules/{p['rule_id']}").json()
-            assert rule["provenance"]["front"]["n_terms"] == p["n_terms"] == len(p["terms"])
+            assert rule["provenance"]["job_id"] == job["id"] and p["n_terms"] == len(p["terms"])
+            [score] = [s for s in rule["scores"] if s["suite"] == "discovery" and s["job_id"] == job["id"]]
+            assert score["score"] == p["heldout_accuracy"]   # each front rule scores its own front point
         # the job page shows the front as a plot and a table; the rule page rings the rule on it
         page = http.get(f"/jobs/{job['id']}").text
         assert 'id="front-plot"' in page and 'id="front-table"' in page and "selected" in page
