@@ -486,3 +486,41 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- waiting on live work ---------------------------------------------------------------------------------------
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float, what: str,
+             server: Any = None, interval: float = 0.2) -> Any:
+    """Poll ``fetch`` until ``done`` holds (a failed HTTP call counts as not yet); fail with the last value and
+    ``server``'s log (a LiveServer, or any callable giving text) after ``timeout`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        try:
+            value = fetch()
+        except httpx.HTTPError:
+            value = None
+        if value is not None and done(value):
+            return value
+        time.sleep(interval)
+    log = server() if callable(server) else (server.log() if server is not None else "")
+    pytest.fail(f"timed out ({timeout:.0f} s) waiting for {what}: {value}\n{log}")
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """One local Ray with 2 CPUs for the module (a cluster from RAY_ADDRESS is not used by the tests)."""
+    from workers import ensure_ray, shutdown_ray
+
+    saved = os.environ.pop("RAY_ADDRESS", None)
+    ensure_ray(num_cpus=2)
+    yield
+    shutdown_ray()
+    if saved is not None:
+        os.environ["RAY_ADDRESS"] = saved
+

@@ -32,12 +32,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ARTIFACTS, REPO_ROOT, LiveServer, free_port
+from tests.conftest import ARTIFACTS, FINAL, REPO_ROOT, LiveServer, free_port, wait_for
 
 ray = pytest.importorskip("ray")
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(360)]
-FINAL = ("succeeded", "failed", "cancelled")
 RAY_BIN = Path(sys.executable).with_name("ray")
 #: fast node-death detection (Ray system config through the environment of every node)
 FAST_HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
@@ -129,19 +128,6 @@ def start_node(name: str, args: list[str], log: Path, env: dict[str, str]) -> No
     return Node(name, proc, log)
 
 
-def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float, what: str,
-             extra: Callable[[], str] = lambda: "", interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = fetch()
-        if done(value):
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out ({timeout:.0f} s) waiting for {what}: {value}\n{extra()}")
-
-
-@pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A two-node Ray cluster of its own (private temp folder, free ports); both nodes killed at the end."""
     temp_dir = Path(tempfile.mkdtemp(prefix=f"rc{os.getpid()}-", dir="/tmp"))  # short: Ray's socket paths

@@ -8,15 +8,13 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import FINAL, LiveServer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -24,29 +22,6 @@ GOAL = (
     "find a plasticity rule for depth-2 online learning under feedback alignment with oja on synthetic data "
     "for 3 episodes, tiny"
 )
-FINAL = ("succeeded", "failed", "cancelled")
-
-
-def wait_for(
-    fetch: Callable[[], dict[str, Any]],
-    done: Callable[[dict[str, Any]], bool],
-    timeout: float,
-    what: str,
-    server: LiveServer,
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    last: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        try:
-            last = fetch()
-        except httpx.HTTPError:
-            last = {}
-        if last and done(last):
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last answer: {last}\nserver log:\n{server.log()}")
-
-
 def test_goal_to_rule_on_the_leaderboard(live_server_factory: Callable[..., LiveServer]) -> None:
     server = live_server_factory()
     auth = {"Authorization": f"Bearer {server.token}"}

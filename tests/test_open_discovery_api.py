@@ -13,8 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
-from tests.test_e2e import FINAL, wait_for
+from tests.conftest import FINAL, LiveServer, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -23,11 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ARTIFACTS, LiveServer
+from tests.conftest import ARTIFACTS, FINAL, LiveServer, wait_for
 
 ray = pytest.importorskip("ray")
 
-FINAL = ("succeeded", "failed", "cancelled")
 pytestmark = pytest.mark.timeout(420)
 
 
@@ -44,19 +43,6 @@ def tiny_spec(**meta: Any) -> Any:
     })
 
 
-def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float, what: str,
-             server: LiveServer | None = None, interval: float = 0.2) -> Any:
-    """Poll ``fetch`` until ``done`` holds; fail with the last value (and the server log) after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = fetch()
-        if done(value):
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out waiting for {what}: {value}\n{server.log() if server else ''}")
-
-
 def is_job_actor(pid: int) -> bool:
     """Whether ``pid`` is a Ray worker process hosting a JobActor (so that the test never kills anything else)."""
     try:
@@ -67,18 +53,6 @@ def is_job_actor(pid: int) -> bool:
 
 
 # --- workers level ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_local() -> Any:
-    from workers import ensure_ray, shutdown_ray
-
-    old = os.environ.pop("RAY_ADDRESS", None)
-    ensure_ray(num_cpus=2)
-    yield
-    shutdown_ray()
-    if old is not None:
-        os.environ["RAY_ADDRESS"] = old
-
-
 def test_engine_error_is_not_retried(ray_local: Any, tmp_path: Path) -> None:
     from workers import submit_discovery, wait
 

@@ -15,8 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.db.models import SUCCEEDED, BenchmarkRun, BenchmarkScore
 from service.db.session import session_scope
-from tests.conftest import LiveServer
-from tests.test_e2e import FINAL, wait_for
+from tests.conftest import FINAL, LiveServer, wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fixedpoint_mnist.json"
 RECURRENT_GOAL = "find a recurrent plasticity rule for fixed points on mnist, tiny"

@@ -26,7 +26,6 @@ from workers import (
     cancel,
     ensure_ray,
     poll,
-    shutdown_ray,
     spec_resources,
     submit_benchmark,
     submit_discovery,
@@ -143,17 +142,6 @@ def test_spec_resources_gpu_awareness() -> None:
 
 
 # --- real Ray ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray with 2 CPUs for this module (a cluster from RAY_ADDRESS is not used by the tests)."""
-    saved = os.environ.pop("RAY_ADDRESS", None)
-    ensure_ray(num_cpus=2)
-    yield
-    shutdown_ray()
-    if saved is not None:
-        os.environ["RAY_ADDRESS"] = saved
-
-
 def _wait_all(handle, timeout: float = JOB_TIMEOUT_S) -> tuple[JobState, list[JobState]]:
     """Poll every 0.1 s until the job ends; return the final state and every state seen."""
     seen: list[JobState] = []

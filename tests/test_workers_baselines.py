@@ -9,7 +9,6 @@ import pytest
 
 from discovery.benchmarks.cache import BaselineSet, tune_serial
 from tests.test_benchmark_cache import _strip
-from tests.test_recovery import ray_local  # noqa: F401 - the module's local Ray (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "ray_local")
 
