@@ -426,6 +426,8 @@ def test_pages(client: TestClient, auth: dict[str, str], app: Any) -> None:
     home = client.get("/")
     assert home.status_code == 200 and "text/html" in home.headers["content-type"]
     assert "<svg" in home.text and "found" in home.text and 'name="suite"' in home.text
+    board = client.get("/leaderboard")   # the nav calls it so: the same page, not a JSON 404
+    assert board.status_code == 200 and "text/html" in board.headers["content-type"] and 'name="suite"' in board.text
     page = client.get(f"/rules/{ids['discovered']}")
     assert page.status_code == 200 and "<svg" in page.text and "Coefficients" in page.text
     job_id = client.post("/api/jobs", json=SMALL_SPEC, headers=auth).json()["id"]
