@@ -91,14 +91,15 @@ def benchmark_text(canonical: str | None, expression: str) -> str:
 def suite_rejects(suite: Any, family: str) -> str | None:
     """Why ``suite`` cannot benchmark a rule of ``family`` (None when it can). A suite of feedforward rules
     (``Suite.rule_family``) compiles the rule as a feedforward expression, so a recurrent rule cannot run there;
-    the other suites score what they can and note the rest (fixedpoint-mnist scores a recurrent rule;
-    fixedpoint-linear and reservoir-motor score their own learners only)."""
+    the other suites score what they can and note the rest (fixedpoint-mnist and fixedpoint-linear score a
+    recurrent rule beside the published ones and note a feedforward one; reservoir-motor scores its own learners
+    only)."""
     wanted = getattr(suite, "rule_family", "feedforward")
     if wanted != "feedforward" or family == wanted:
         return None
     name = getattr(suite, "name", "?")
     return (f"suite {name!r} scores feedforward rules, and this rule is {family}; a recurrent rule can be "
-            "benchmarked on fixedpoint-mnist (scored), fixedpoint-linear or reservoir-motor (baselines only)")
+            "benchmarked on fixedpoint-mnist or fixedpoint-linear (scored) or reservoir-motor (baselines only)")
 
 
 def record_of(rule: Any) -> RuleRecord:
