@@ -196,6 +196,40 @@ def _terms_catalog() -> tuple[dict[str, Any], ...]:
     )
 
 
+@lru_cache(maxsize=4096)
+def term_formula(term_id: str) -> dict[str, str] | None:
+    """A term of any family by id: ``{id, name, text (the formula in rule syntax), latex, family}`` — what pages,
+    the CLI and the client show instead of a bare id (generated ids like ``T4d4340c6`` included); None when no
+    library knows the id."""
+    try:
+        from rules.recurrent import RECURRENT_TERMS
+        from rules.terms import TERMS
+    except ImportError:
+        return None
+    found: Any = TERMS.get(term_id)
+    family = "feedforward"
+    if found is None:
+        found, family = RECURRENT_TERMS.get(term_id), "recurrent"
+    if found is None:
+        try:
+            from rules.unsupervised import UNSUPERVISED_TERMS
+        except ImportError:  # pragma: no cover - the unsupervised library ships with rules
+            return None
+        found, family = UNSUPERVISED_TERMS.get(term_id), "unsupervised"
+    if found is None:
+        return None
+    text = found.text
+    if family == "recurrent" and getattr(found, "sign", 1) < 0:
+        text = f"-{text}" if text.isidentifier() else f"-({text})"
+    return {"id": term_id, "name": found.name, "text": text, "latex": found.latex(), "family": family}
+
+
+def term_label(term_id: str) -> str:
+    """'F = <formula> [id]' for text output (CLI, client): the formula first, the id as a secondary label."""
+    info = term_formula(term_id)
+    return f"{info['text']}  [{term_id}]" if info else term_id
+
+
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """``<package version>+<git commit>`` (``+<commit>-dirty`` with local changes), or the version alone."""

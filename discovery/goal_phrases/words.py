@@ -14,23 +14,28 @@ A word left over after the phrase table has been read is
 
 from __future__ import annotations
 
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 #: Function words: dropped without a note.
-GRAMMAR: frozenset[str] = frozenset(
+GRAMMAR: frozenset[str] = _words(
     "a an the and or of in on for to from by via with using use at per each into as is are be it its that which "
     "this these those then than so such under over about within through there my our your will should could "
-    "does do".split())
+    "does do")
 
 #: Words that carry no meaning for the spec (the generic words of a request).
-FILLER: frozenset[str] = GRAMMAR | frozenset(
+FILLER: frozenset[str] = GRAMMAR | _words(
     "find discover search learn learns learning learned learner rule rules plasticity synaptic local "
     "biologically plausible bio-plausible network networks net nets mlp neural deep model data dataset datasets "
     "set sets image images task tasks classes class run job train training meta meta-training please me i we "
     "want would like can you new good best better some rule's term terms plus also feedback layer layers weight "
-    "weights hidden units unit dense fully connected how what under where pool rule-family family".split())
+    "weights hidden units unit dense fully connected how what under where pool rule-family family")
 
 #: Descriptive words that change nothing the service does: every rule it finds is local, sparse (a few terms),
 #: online and symbolic; "fit", "converges", "classification" restate the job.
-NEUTRAL: frozenset[str] = frozenset(
+NEUTRAL: frozenset[str] = _words(
     "sparse sparsest parsimonious simple simplest small compact interpretable symbolic ordinary standard usual "
     "plain classic classical vanilla typical default normal regular basic general generic common "
     "fit fits fitting meta-learn meta-learned estimate identify infer optimize optimise tune get give make build "
@@ -43,8 +48,7 @@ NEUTRAL: frozenset[str] = frozenset(
     "experiment experiments study benchmark benchmarks problem setting scenario regime case "
     "just exactly precisely "
     "one-shot few-shot multi-way way ways shot shots episode episodic "
-    "rnn-style recurrently"
-    .split())
+    "rnn-style recurrently")
 
 #: Words that would change the job into one the service cannot run: word → why (the goal is refused).
 REFUSED: dict[str, str] = {

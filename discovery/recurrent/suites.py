@@ -106,8 +106,8 @@ def linear_suite_runner(suite: Suite, ctx: Any) -> dict:
     size = {"iterations": int(p["iterations"]), "N": int(p["N"]), "m": int(p["m"])}
     etas = [float(e) for e in p["etas"]]
     published = [r for r in LINEAR_RULES if r in suite.baselines]
-    notes = ["score = log10 of the final loss J at the best η (lower is better); a given recurrent rule runs with "
-             "its θ normalized to max |θ| = 1 and η over the same grid as the published rules"]
+    notes = [("score = log10 of the final loss J at the best η (lower is better); a given recurrent rule runs with "
+              "its θ normalized to max |θ| = 1 and η over the same grid as the published rules")]
     rule = None
     if ctx.rule is not None:
         try:
