@@ -1,9 +1,12 @@
 """Plain-language goal → :class:`discovery.spec.DiscoverySpec` (no web imports; used by the service and the CLI).
 
 A goal such as "find a plasticity rule for depth-5 online learning under feedback alignment with Oja on MNIST
-for 600 episodes" is read phrase by phrase; every phrase sets part of the spec, filler words are ignored, and any
-other word is an error (:class:`GoalError` lists what was understood, the words that were not, and the
-vocabulary). Nothing is guessed silently.
+for 600 episodes" is read phrase by phrase; every phrase fills a slot of the spec (family, depth or widths,
+feedback, data, ways, term restriction, search size, budget, seed). Words that change nothing ("sparse", "local",
+"plasticity", "ordinary", punctuation) are read and listed in ``GoalParse.ignored``; a word that would change the
+job into one the service cannot run ("convolutional", "cifar"), and any word not in the vocabulary, is an error
+(:class:`GoalError` lists what was understood, those words, and the vocabulary). Nothing is guessed silently
+(discovery.goal_phrases.words has the lists).
 
 Vocabulary (case-insensitive):
 
@@ -37,7 +40,7 @@ Vocabulary (case-insensitive):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -47,7 +50,10 @@ from discovery.goal_phrases import (  # noqa: F401 - the vocabulary is part of t
     COMPILED_PHRASES,
     DEFAULT_DEPTH,
     FILLER,
+    GRAMMAR,
+    NEUTRAL,
     OUTPUT_DIMS,
+    REFUSED,
     SMALL_INIT_SCALE,
     TINY,
     VOCABULARY,
@@ -86,6 +92,37 @@ class GoalParse:
 
     spec: DiscoverySpec
     understood: list[str]
+    ignored: list[str] = field(default_factory=list)
+
+
+_SUFFIXES = ("ies", "es", "s", "ing", "ed", "ly")
+
+
+def _is_neutral(word: str) -> bool:
+    """A word that changes nothing (FILLER, NEUTRAL), also in a plural / -ing / -ed / -ly form."""
+    if word in FILLER or word in NEUTRAL:
+        return True
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            stem = word[: -len(suffix)]
+            if any(w in FILLER or w in NEUTRAL for w in (stem, stem + "e", stem + "y")):
+                return True
+    return False
+
+
+def sort_leftovers(words: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """The words no phrase read, split into (ignored: they change nothing, refused: they name a job the service
+    cannot run, unknown); grammar words are dropped, each list keeps the reading order without repeats."""
+    ignored: list[str] = []
+    refused: list[str] = []
+    unknown: list[str] = []
+    for w in words:
+        if not w or w in GRAMMAR:
+            continue
+        bucket = refused if w in REFUSED else ignored if _is_neutral(w) else unknown
+        if w not in bucket:
+            bucket.append(w)
+    return ignored, refused, unknown
 
 
 def parse_goal(text: str) -> GoalParse:
@@ -109,7 +146,10 @@ def parse_goal(text: str) -> GoalParse:
     hits.sort()
     understood = [note for _, note in hits]
     leftovers = [w.strip("'.-_") for w in re.findall(r"[a-z0-9][a-z0-9'._-]*", work)]
-    unknown = [w for w in leftovers if w and w not in FILLER]
+    ignored, refused, unknown = sort_leftovers(leftovers)
+    if refused:
+        reasons = "; ".join(dict.fromkeys(f"{w!r}: {REFUSED[w]}" for w in refused))
+        raise GoalError(f"the goal asks for what the service cannot do — {reasons}", understood, refused + unknown)
     if draft.batch_mode is not None:
         raise GoalError(
             f"{draft.batch_mode!r}: batch learning is not supported; the engine learns online "
@@ -144,7 +184,9 @@ def parse_goal(text: str) -> GoalParse:
     if spec.search.active:
         understood.append(f"open discovery: {spec.search.method} search over the {spec.rule.pool} pool "
                           f"({len(spec.rule.terms or [])} terms), at most {spec.search.max_terms} terms on the front")
-    return GoalParse(spec=spec, understood=understood)
+    if ignored:
+        understood.append(f"ignored (they change nothing): {', '.join(ignored)}")
+    return GoalParse(spec=spec, understood=understood, ignored=ignored)
 
 
 def goal_to_spec(text: str) -> DiscoverySpec:
@@ -155,8 +197,12 @@ def goal_to_spec(text: str) -> DiscoverySpec:
 #: the words of feedforward terms that name a recurrent term in a recurrent goal ("oja", "decay")
 RECURRENT_READING: dict[str, str] = {"F9": "rec_oja", "F3": "rec_decay"}
 #: a recurrent goal's defaults (those of examples/fixedpoint_mnist.json; tiny: N = 16 and a short run)
-RECURRENT_DEFAULTS: dict[str, Any] = {"N": 100, "shots": 20, "episodes": 40, "lr": 0.1, "eval_episodes": 20}
-RECURRENT_TINY: dict[str, Any] = {"N": 16, "shots": 3, "ways": 2, "queries": 4, "episodes": 2, "eval_episodes": 2}
+RECURRENT_DEFAULTS: dict[str, Any] = {"N": 100, "shots": 20, "episodes": 40, "lr": 0.1, "eval_episodes": 20,
+                                      "max_terms": 3, "screen": 4}
+RECURRENT_TINY: dict[str, Any] = {"N": 16, "shots": 3, "ways": 2, "queries": 4, "episodes": 2, "eval_episodes": 2,
+                                  "max_terms": 2, "screen": 2}
+#: the pool a recurrent goal without named terms searches (rules.recurrent)
+RECURRENT_SEARCH_POOL = "rec5"
 
 
 def _recurrent_terms(d: Draft) -> list[str]:
@@ -175,18 +221,29 @@ def _build_recurrent_spec(d: Draft, text: str) -> DiscoverySpec:
     """The spec of a recurrent fixed-point goal: task fixedpoint-mnist, widths [784, N, 10], a recurrent rule."""
     if d.dataset not in (None, "mnist5k"):
         raise ValueError(f"the recurrent fixed-point task runs on mnist only, not {d.dataset!r}")
-    if d.feedback or d.search or d.pool or d.depth not in (None, 1, 2):
-        raise ValueError("feedback modes, depths, pools and searches belong to feedforward goals; a recurrent goal "
-                         "names its terms (dW1, dW3, dW4, oja, decay) or takes the default ones")
+    if d.feedback or d.search not in (None, "forward") or d.pool or d.depth not in (None, 1, 2):
+        raise ValueError("feedback modes, depths, pools and backward / path searches belong to feedforward goals; "
+                         "a recurrent goal names its terms (dW1, dW3, dW4, oja, decay) or searches the recurrent "
+                         "library forward ('at most N terms')")
     base = {**RECURRENT_DEFAULTS, **(RECURRENT_TINY if d.tiny else {})}
     n = d.width if d.width is not None else base["N"]
     task = {"kind": "fixedpoint-mnist", "dataset": "mnist5k", "shots": base["shots"],
             **({"ways": base["ways"], "queries": base["queries"]} if d.tiny else {}), **d.task}
     meta = {"episodes": base["episodes"], "lr": base["lr"], "eval_episodes": base["eval_episodes"], **d.meta}
     terms = _recurrent_terms(d)
-    rule: dict[str, Any] = {"family": "recurrent", **({"terms": terms} if terms else {})}
+    search: dict[str, Any] = {}
+    if terms:       # named terms are fitted as they are
+        if d.search or d.max_terms:
+            raise ValueError("a recurrent search ('at most N terms', 'forward selection') runs over the recurrent "
+                             "library, not named terms: drop the named terms")
+        rule: dict[str, Any] = {"family": "recurrent", "terms": terms}
+    else:           # no term named: open forward search over the recurrent library
+        rule = {"family": "recurrent", "pool": RECURRENT_SEARCH_POOL}
+        search = {"method": "forward", "max_terms": d.max_terms or base["max_terms"],
+                  "screen_episodes": base["screen"]}
     return DiscoverySpec.model_validate({"name": text.strip()[:200], "network": {"widths": [784, n, 10]},
-                                         "task": task, "rule": rule, "meta": meta, "resources": d.resources})
+                                         "task": task, "rule": rule, "meta": meta, "search": search,
+                                         "resources": d.resources})
 
 
 #: an unsupervised goal's defaults (the acceptance run of docs/unsupervised.md) and its tiny size

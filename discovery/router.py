@@ -26,6 +26,10 @@ def discover(spec: DiscoverySpec, progress: Callable[[ProgressEvent], None] | No
                                                      should_stop=should_stop)
     if spec.search.active and spec.task.kind == "fewshot":
         return discover_search(spec, progress, checkpoint_dir, should_stop)
+    if spec.task.kind == "fixedpoint-mnist" and spec.search.active:
+        from discovery.recurrent.search import discover_recurrent_search
+
+        return discover_recurrent_search(spec, progress, checkpoint_dir, should_stop)
     if spec.task.kind == "fixedpoint-mnist":
         return discover_recurrent(spec, progress, checkpoint_dir, should_stop)
     return discover_feedforward(spec, progress, checkpoint_dir, should_stop)

@@ -91,14 +91,15 @@ def benchmark_text(canonical: str | None, expression: str) -> str:
 def suite_rejects(suite: Any, family: str) -> str | None:
     """Why ``suite`` cannot benchmark a rule of ``family`` (None when it can). A suite of feedforward rules
     (``Suite.rule_family``) compiles the rule as a feedforward expression, so a recurrent rule cannot run there;
-    the other suites score what they can and note the rest (fixedpoint-mnist scores a recurrent rule;
-    fixedpoint-linear and reservoir-motor score their own learners only)."""
+    the other suites score what they can and note the rest (fixedpoint-mnist and fixedpoint-linear score a
+    recurrent rule beside the published ones and note a feedforward one; reservoir-motor scores its own learners
+    only)."""
     wanted = getattr(suite, "rule_family", "feedforward")
     if wanted != "feedforward" or family == wanted:
         return None
     name = getattr(suite, "name", "?")
     return (f"suite {name!r} scores feedforward rules, and this rule is {family}; a recurrent rule can be "
-            "benchmarked on fixedpoint-mnist (scored), fixedpoint-linear or reservoir-motor (baselines only)")
+            "benchmarked on fixedpoint-mnist or fixedpoint-linear (scored) or reservoir-motor (baselines only)")
 
 
 def record_of(rule: Any) -> RuleRecord:
@@ -193,6 +194,40 @@ def _terms_catalog() -> tuple[dict[str, Any], ...]:
         }
         for term in TERMS.values()
     )
+
+
+@lru_cache(maxsize=4096)
+def term_formula(term_id: str) -> dict[str, str] | None:
+    """A term of any family by id: ``{id, name, text (the formula in rule syntax), latex, family}`` — what pages,
+    the CLI and the client show instead of a bare id (generated ids like ``T4d4340c6`` included); None when no
+    library knows the id."""
+    try:
+        from rules.recurrent import RECURRENT_TERMS
+        from rules.terms import TERMS
+    except ImportError:
+        return None
+    found: Any = TERMS.get(term_id)
+    family = "feedforward"
+    if found is None:
+        found, family = RECURRENT_TERMS.get(term_id), "recurrent"
+    if found is None:
+        try:
+            from rules.unsupervised import UNSUPERVISED_TERMS
+        except ImportError:  # pragma: no cover - the unsupervised library ships with rules
+            return None
+        found, family = UNSUPERVISED_TERMS.get(term_id), "unsupervised"
+    if found is None:
+        return None
+    text = found.text
+    if family == "recurrent" and getattr(found, "sign", 1) < 0:
+        text = f"-{text}" if text.isidentifier() else f"-({text})"
+    return {"id": term_id, "name": found.name, "text": text, "latex": found.latex(), "family": family}
+
+
+def term_label(term_id: str) -> str:
+    """'F = <formula> [id]' for text output (CLI, client): the formula first, the id as a secondary label."""
+    info = term_formula(term_id)
+    return f"{info['text']}  [{term_id}]" if info else term_id
 
 
 @lru_cache(maxsize=1)

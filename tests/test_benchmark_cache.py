@@ -158,7 +158,12 @@ def test_a_lower_is_better_suite_takes_the_same_path() -> None:
     cached = BaselineSet.model_validate(report["baseline_set"])
     assert cached.higher_is_better is False and [e["learner"] for e in cached.entries] == ["dW1", "dW2", "dW3"]
     again = run_benchmark("fixedpoint-linear", "0.1*dW3", tiny=True, seed=0, baselines=cached).to_json()
-    assert again["baselines"] == "cached" and again["entries"] == cached.entries and again["vs"] == {}
+    assert again["baselines"] == "cached" and again["entries"][:-1] == cached.entries and again["vs"] == {}
+    # the given recurrent rule runs (issue #23): dW3 alone, normalized to θ = 1, is the published dW3 exactly
+    rule = again["entries"][-1]
+    dw3 = next(e for e in cached.entries if e["learner"] == "dW3")
+    assert rule["kind"] == "rule" and rule["score"] == pytest.approx(dw3["score"], rel=1e-9)
+    assert rule["metrics"]["best_eta"] == dw3["metrics"]["best_eta"]
 
 
 # --- the database side ------------------------------------------------------------------------------------------

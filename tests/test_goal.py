@@ -264,7 +264,9 @@ def test_a_recurrent_goal_resolves_to_the_fixed_point_family() -> None:
     spec = parsed.spec
     assert spec.task.kind == "fixedpoint-mnist" and spec.family == "recurrent"
     assert spec.network.widths == [784, 100, 10] and spec.task.dataset == "mnist5k"
-    assert spec.rule.terms == ["rec_dW3", "rec_dW4", "rec_oja", "rec_decay"]
+    # no term named: an open forward search over the recurrent library (issue #23), not a fit of fixed terms
+    assert spec.search.method == "forward" and set(spec.rule.terms) >= {"rec_dW1", "rec_dW3", "rec_dW4", "rec_oja",
+                                                                          "rec_decay"}
     assert any(u.startswith("recurrent fixed-point rule on mnist5k: N = 100") for u in parsed.understood)
 
 
@@ -280,3 +282,59 @@ def test_recurrent_goals_that_cannot_run_say_why(goal: str) -> None:
     with pytest.raises(GoalError) as err:
         parse_goal(goal)
     assert "recurrent" in err.value.message
+
+
+# --- goals read tolerantly (issue #23): slots are filled, words that change nothing are listed as ignored ----------
+def test_a_local_recurrent_rule_that_converges_is_an_open_recurrent_search() -> None:
+    parsed = parse_goal("find a local learning rule for a recurrent network that converges to fixed points")
+    assert parsed.spec.family == "recurrent" and parsed.spec.task.kind == "fixedpoint-mnist"
+    assert parsed.spec.search.active and parsed.spec.search.method == "forward"
+    assert "local" in parsed.ignored and "converges" in parsed.ignored
+    assert any(u.startswith("ignored (they change nothing)") for u in parsed.understood)
+
+
+def test_fit_only_named_terms_under_feedback_alignment() -> None:
+    parsed = parse_goal("fit only F0 and F2 under feedback alignment")
+    assert parsed.spec.rule.terms == ["F0", "F2"] and parsed.spec.network.feedback == "fa"
+    assert not parsed.spec.search.active and parsed.ignored == ["fit"]
+
+
+def test_a_sparse_rule_with_at_most_three_terms() -> None:
+    parsed = parse_goal("find a sparse rule with at most 3 terms")
+    assert parsed.spec.search.active and parsed.spec.search.max_terms == 3
+    assert parsed.spec.rule.pool == "library" and "sparse" in parsed.ignored
+
+
+def test_ten_way_classification_of_digits() -> None:
+    spec = goal_to_spec("find a rule for 10-way classification of digits")
+    assert spec.task.dataset == "digits" and spec.task.ways == 10
+    assert spec.network.widths[0] == 64 and spec.network.widths[-1] == 10
+    assert goal_to_spec("find a rule for 10-way classification of digits28").network.widths[0] == 784
+
+
+def test_hidden_layers_and_random_feedback_weights() -> None:
+    parsed = parse_goal("plasticity rule, 4 hidden layers, random feedback weights")
+    assert parsed.spec.network.depth == 5 and parsed.spec.network.widths == [784, 170, 130, 100, 70, 10]
+    assert parsed.spec.network.feedback == "fa"
+
+
+def test_the_paper_three_terms_without_an_apostrophe() -> None:
+    spec = goal_to_spec("find a plasticity rule for depth-5 online learning under feedback alignment using the paper "
+                        "three terms")
+    assert spec.rule.terms == ["F0", "F2", "F9"] and not spec.search.active and spec.network.feedback == "fa"
+
+
+@pytest.mark.parametrize("word", ["sparse", "plasticity", "local", "ordinary", "simple", "converging"])
+def test_words_that_change_nothing_do_not_refuse_a_goal(word: str) -> None:
+    plain, worded = goal_to_spec("depth-2 with oja on mnist"), parse_goal(f"depth-2 {word}, with oja on mnist!")
+    assert worded.spec.model_dump(exclude={"name"}) == plain.model_dump(exclude={"name"})
+
+
+@pytest.mark.parametrize(("goal", "word"), [("a convolutional rule on mnist", "convolutional"),
+                                            ("depth-3 on cifar", "cifar"), ("a spiking network rule", "spiking")])
+def test_a_word_that_would_change_the_job_is_refused_with_the_vocabulary(goal: str, word: str) -> None:
+    with pytest.raises(GoalError) as err:
+        parse_goal(goal)
+    detail = err.value.to_dict()
+    assert word in detail["unknown_words"] and "cannot do" in detail["message"]
+    assert detail["vocabulary"] == VOCABULARY

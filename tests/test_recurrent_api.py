@@ -109,3 +109,34 @@ def test_a_suite_without_intervals_reports_none_not_zero() -> None:
     report = run_suite("fixedpoint-linear", tiny=True)
     assert report["higher_is_better"] is False and report["metric"].startswith("log10")
     assert report["entries"] and all(e["ci95"] is None and e["ci95_halfwidth"] is None for e in report["entries"])
+
+
+def test_a_stored_recurrent_rule_runs_on_fixedpoint_linear(client: TestClient, auth: dict[str, str], app: Any,
+                                                           settings: Any) -> None:
+    """POST /api/benchmarks with a stored recurrent rule on fixedpoint-linear runs that rule (issue #23): the
+    worker stand-in runs the real suite in-process, and the rule's row is in the stored result."""
+    from discovery.benchmarks.cache import run_benchmark
+    from service.runs.dispatcher import Dispatcher
+    from tests.conftest import FakeState, FakeWorkers
+    from workers.contract import BenchmarkTask
+
+    def real_benchmark(handle: Any) -> list[Any]:
+        a = handle.args
+        rule = BenchmarkTask(suite=a["suite"], expression=a["expression"]).rule()
+        report = run_benchmark(a["suite"], rule, tiny=a["tiny"], seed=a["seed"]).to_json()
+        return [FakeState("succeeded", None, report)]
+
+    workers = FakeWorkers(benchmark_script=real_benchmark)
+    app.state.dispatcher = dispatcher = Dispatcher(settings, app.state.sessions, workers)
+    stored = client.post("/api/rules", json={"name": "dW4 + oja", "expression": "0.1*dW4 + 0.001*oja"},
+                         headers=auth).json()
+    r = client.post("/api/benchmarks", json={"suite": "fixedpoint-linear", "rule_id": stored["id"], "tiny": True},
+                    headers=auth)
+    assert r.status_code == 201, r.text
+    for _ in range(3):
+        dispatcher.tick()
+    run = client.get(f"/api/benchmarks/{r.json()['id']}").json()
+    assert run["status"] == "succeeded", run
+    [rule_row] = [s for s in run["scores"] if s["origin"] != "baseline"]   # origin: the rule's (here "user")
+    assert rule_row["score"] is not None and rule_row["score"] < 0          # log10 J of a converging run
+    assert {s["learner"] for s in run["scores"] if s["origin"] == "baseline"} == {"dW1", "dW2", "dW3"}

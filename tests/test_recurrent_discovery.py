@@ -230,3 +230,18 @@ def test_suite_runner_scores_baselines_and_rule(mnist) -> None:
     assert names == [("dW3", "baseline"), ("recurrent rule", "rule")]
     assert out["entries"][1]["rule"]["hash"] == rule.hash() and len(events) == 2
     assert "tanh" in suite.describe()
+
+
+def test_a_plain_recurrent_goal_runs_an_open_search_with_a_front() -> None:
+    """Issue #23: no term named → forward search over the published recurrent terms; a front of ≥ 2 supports,
+    the simplest within the CI of the best selected, the result's rule that point's."""
+    from discovery.goal import parse_goal
+    from discovery.router import discover
+
+    spec = parse_goal("find a local learning rule for a recurrent network that converges to fixed points, tiny").spec
+    result = discover(spec)
+    assert len(result.front) >= 2 and [p.n_terms for p in result.front] == list(range(1, len(result.front) + 1))
+    assert all(t.startswith("rec_") for p in result.front for t in p.terms)
+    [chosen] = [p for p in result.front if p.selected]
+    assert result.theta == chosen.theta and result.search["method"] == "forward"
+    assert result.search["screens"][0]["added"] == result.front[0].terms[0]

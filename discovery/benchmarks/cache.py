@@ -33,8 +33,9 @@ PAIRED_KEYS: tuple[tuple[str, ...], ...] = (("per_episode",), ("metrics", "per_e
                                             ("metrics", "deviation_per_seed"))
 #: Share of a first benchmark's progress bar that the baselines' tuning takes (the rule is scored in the rest).
 TUNED_SHARE = 0.95
-#: Suite kinds whose runners score only their built-in learners (a rule is never run there).
-RULELESS_KINDS = frozenset({"fixed-point", "reservoir"})
+#: Suite kinds whose runners score only their built-in learners (a rule is never run there; the fixed-point suites
+#: score any recurrent rule beside the published ones).
+RULELESS_KINDS = frozenset({"reservoir"})
 
 
 class BaselineKey(BaseModel):

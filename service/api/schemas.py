@@ -272,6 +272,8 @@ class LeaderboardEntry(BaseModel):
     locality: str | None = None
     cost: float | None = Field(None, description="cost per sample in ms")
     feedback: str | None = None
+    family: str | None = Field(None, description="the rule's family (feedforward, recurrent, unsupervised); null "
+                               "for a baseline")
     latex: str | None = None
     expression: str | None = None
     benchmark_id: int | None = None
@@ -287,6 +289,7 @@ class LeaderboardOut(BaseModel):
     suites: list[str]
     description: str
     only_front: bool = False
+    family: str | None = Field(None, description="the family filter applied (rules of that family only)")
     entries: list[LeaderboardEntry]
 
 

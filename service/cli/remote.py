@@ -20,6 +20,7 @@ from service.cli.common import (
     err,
     out,
 )
+from service.rulebook import term_label
 
 # --- against a server: jobs, rules, benchmarks, leaderboard (service.client.http) -----------------------------------------
 jobs_app = typer.Typer(help="Discovery jobs on a server (/api/jobs).", no_args_is_help=True)
@@ -144,7 +145,7 @@ def _show_job(job: Any) -> None:
         ("status", job.status), ("goal", job.goal or "—"), ("name", job.name or "—"),
         ("progress", _job_progress(job)),
         ("meta-accuracy", job.progress.meta_accuracy if job.progress else None),
-        ("θ", ", ".join(f"{k} {v:+.3e}" for k, v in theta.items() if v is not None) or "—"),
+        ("θ", ", ".join(f"{v:+.3e} · {term_label(k)}" for k, v in theta.items() if v is not None) or "—"),
         ("held-out", held or "—"), ("rules", ", ".join(map(str, job.rule_ids)) or "—"),
         ("error", job.error or "—"), ("attempts", job.attempts), ("created", str(job.created_at)),
         ("finished", str(job.finished_at) if job.finished_at else "—"),
@@ -154,7 +155,8 @@ def _show_job(job: Any) -> None:
 def _show_rule(rule: Any) -> None:
     _pairs(f"rule {rule.id}: {rule.name}", [
         ("ΔW", rule.expression), ("origin", rule.origin), ("hash", rule.hash),
-        ("coefficients", ", ".join(f"{k} {v:+.4g}" for k, v in rule.coefficients.items() if v is not None)),
+        ("coefficients", "; ".join(f"{v:+.4g} · {term_label(k)}" for k, v in rule.coefficients.items()
+                                   if v is not None)),
         ("job", rule.provenance.get("job_id") or "—"),
         ("network", f"{rule.feedback} feedback, depth {rule.depth}, {rule.dataset}" if rule.feedback else "—"),
         ("scores", "; ".join(f"{s.suite} {_fmt(s.score)}" + (f" ± {_fmt(s.ci95)}" if s.ci95 is not None else "")

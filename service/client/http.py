@@ -315,6 +315,14 @@ class Client:
         """``GET /api/rules/{id}``: expression, LaTeX, coefficients, provenance, scores."""
         return self._get(RuleOut, f"/api/rules/{_id(rule)}")
 
+    @staticmethod
+    def term_formulas(rule: RuleOut) -> dict[str, str]:
+        """term id → its formula in rule syntax (``F9`` → ``y*x.T - y*(y.T*W)``, generated ids like ``T4d4340c6``
+        and recurrent / unsupervised terms too); an id no local library knows maps to itself."""
+        from service.rulebook import term_formula
+
+        return {k: (term_formula(k) or {}).get("text", k) for k in rule.coefficients}
+
     def add_rule(self, name: str, expression: str) -> RuleOut:
         """``POST /api/rules``: store a hand-written rule (the stored one when the same rule exists)."""
         return self._post(RuleOut, "/api/rules", {"name": name, "expression": expression})

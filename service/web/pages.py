@@ -17,13 +17,14 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlalchemy import func, select
 
+from discovery.spec import RuleFamily
 from service import __version__
 from service.api.deps import IdPath, SessionDep
 from service.api.schemas import BenchmarkOut, FrontEntry, JobOut, RuleOut
 from service.db.models import ACTIVE_STATUSES, BenchmarkRun, Job, Rule
 from service.db.repositories.leaderboard import known_suites, leaderboard
 from service.db.repositories.rules import discovery_scores
-from service.rulebook import display_latex, terms_catalog
+from service.rulebook import display_latex, term_formula
 from service.web.render import accuracy_plot_svg, front_plot_svg, latex_svg, theta_plot_svg, vs_delta
 
 router = APIRouter(include_in_schema=False)
@@ -60,6 +61,21 @@ templates.env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, sort_ke
 templates.env.globals["version"] = __version__
 
 
+def term_cell(term_id: str, fontsize: int = 12) -> Markup:
+    """A term as pages show it: its formula (LaTeX typeset to SVG, else the rule-syntax text) with the id as a
+    secondary label, so generated ids like ``T4d4340c6`` read as what they are."""
+    info = term_formula(str(term_id))
+    label = Markup('<span class="term-id muted mono small">{}</span>').format(term_id)
+    if info is None:
+        return Markup('<span class="mono">{}</span>').format(term_id)
+    svg = latex_svg(info["latex"], fontsize) if info["latex"] else None
+    formula = Markup(svg) if svg else Markup('<code>{}</code>').format(info["text"])
+    return Markup('<span class="term" title="{}: {}">{} {}</span>').format(term_id, info["text"], formula, label)
+
+
+templates.env.globals["term_cell"] = term_cell
+
+
 def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
@@ -75,6 +91,7 @@ def leaderboard_page(
     session: SessionDep,
     suite: Annotated[str | None, Query(max_length=100)] = None,
     front: Annotated[bool, Query()] = False,
+    family: Annotated[RuleFamily | None, Query()] = None,
 ) -> HTMLResponse:
     suites = known_suites(session)
     if suite is not None and suite not in suites:
@@ -85,7 +102,7 @@ def leaderboard_page(
             title="Unknown suite",
             message=f"There is no suite named {suite!r}. Known: {', '.join(suites)}.",
         )
-    board = leaderboard(session, suite, only_front=front)
+    board = leaderboard(session, suite, only_front=front, family=family)
     coefficients = {
         r.id: r.coefficients
         for r in session.scalars(
@@ -132,16 +149,10 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLRes
     job = session.get(Job, rule.job_id) if rule.job_id is not None else None
     theta_svg, acc_svg = _job_curves(job)
     front = JobOut.of(job).front if job is not None else []
-    names = {t["id"]: t for t in terms_catalog()}
-    coefficients = [
-        {
-            "term": k,
-            "name": (names.get(k) or {}).get("name", ""),
-            "expression": (names.get(k) or {}).get("expression", ""),
-            "value": v,
-        }
-        for k, v in (rule.coefficients or {}).items()
-    ]
+    coefficients = []
+    for k, v in (rule.coefficients or {}).items():
+        info = term_formula(k) or {}
+        coefficients.append({"term": k, "name": info.get("name", ""), "expression": info.get("text", ""), "value": v})
     return _page(
         request,
         "rule.html",

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
 
+from discovery.spec import RuleFamily
 from service.api.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
 from service.api.schemas import BenchmarkCreate, BenchmarkOut, LeaderboardOut
 from service.catalog import registered_suites, suites_payload
@@ -162,6 +163,7 @@ def get_leaderboard(
         Query(max_length=100, description="default: the suite of the latest benchmark run, else 'discovery'"),
     ] = None,
     front: Annotated[bool, Query(description="only rules on a stored Pareto front of an open search")] = False,
+    family: Annotated[RuleFamily | None, Query(description="only rules of this family (baselines stay)")] = None,
 ) -> dict:
     """Ranked entries (rules and baselines): name, origin, score, ci, locality, cost."""
     if suite is not None and suite not in known_suites(session):
@@ -169,4 +171,4 @@ def get_leaderboard(
             status.HTTP_404_NOT_FOUND,
             detail=f"unknown suite {suite!r}; known: {', '.join(known_suites(session))}",
         )
-    return leaderboard(session, suite, only_front=front)
+    return leaderboard(session, suite, only_front=front, family=family)

@@ -66,12 +66,13 @@ def health(request: Request) -> Any:
 
 @router.get("/api/goal", responses={422: {"description": "the goal is not understood; see the detail"}})
 def read_goal(text_: Annotated[str, Query(alias="text", min_length=1, max_length=2000)]) -> dict[str, Any]:
-    """How a goal would be read: the resolved spec and the phrases understood (nothing is submitted)."""
+    """How a goal would be read: the resolved spec, the phrases understood and the words ignored because they
+    change nothing (nothing is submitted)."""
     try:
         parsed = parse_goal(text_)
     except GoalError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict()) from exc
-    return {"spec": parsed.spec.model_dump(mode="json"), "understood": parsed.understood}
+    return {"spec": parsed.spec.model_dump(mode="json"), "understood": parsed.understood, "ignored": parsed.ignored}
 
 
 @router.get("/api/goal/vocabulary")

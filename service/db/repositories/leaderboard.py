@@ -91,6 +91,7 @@ def _discovery_entries(session: Session) -> list[dict[str, Any]]:
             "locality": FEEDBACK_LOCALITY.get(rule.feedback or ""),
             "cost": None,
             "feedback": rule.feedback,
+            "family": rule.family,
             "latex": rule.latex,
             "expression": rule.expression,
             "benchmark_id": None,
@@ -119,6 +120,7 @@ def _suite_entries(session: Session, suite: str) -> list[dict[str, Any]]:
                 "origin": ORIGIN_BASELINE,
                 "rule_id": None,
                 "feedback": None,
+                "family": None,
                 "latex": None,
                 "expression": None,
             }
@@ -133,6 +135,7 @@ def _suite_entries(session: Session, suite: str) -> list[dict[str, Any]]:
                 "origin": rule.origin,
                 "rule_id": rule.id,
                 "feedback": rule.feedback,
+                "family": rule.family,
                 "latex": rule.latex,
                 "expression": rule.expression,
             }
@@ -159,9 +162,11 @@ def _mark_front(session: Session, entries: list[dict[str, Any]], only_front: boo
     return [e for e in entries if e["front"] is not None] if only_front else entries
 
 
-def leaderboard(session: Session, suite: str | None = None, *, only_front: bool = False) -> dict[str, Any]:
+def leaderboard(session: Session, suite: str | None = None, *, only_front: bool = False,
+                family: str | None = None) -> dict[str, Any]:
     """The ranked entries of ``suite`` (default: :func:`default_suite`); ``only_front``: rules on a stored
-    Pareto front only."""
+    Pareto front only; ``family``: rules of that family only (``feedforward``, ``recurrent``, ``unsupervised``;
+    the suite's baselines stay as the reference)."""
     name = suite or default_suite(session)
     higher_is_better = True
     if name == DISCOVERY_SUITE:
@@ -174,11 +179,14 @@ def leaderboard(session: Session, suite: str | None = None, *, only_front: bool 
             info.get("protocol_description") or info.get("description") or f"benchmark suite {name}"
         )
         higher_is_better = bool(info.get("higher_is_better", True))
+    if family is not None:
+        entries = [e for e in entries if e.get("rule_id") is None or e.get("family") == family]
     return {
         "suite": name,
         "higher_is_better": higher_is_better,
         "suites": known_suites(session),
         "description": description,
         "only_front": only_front,
+        "family": family,
         "entries": _rank(_mark_front(session, entries, only_front), higher_is_better),
     }

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from discovery.goal_phrases.words import FILLER, GRAMMAR, NEUTRAL, REFUSED, VOCABULARY  # noqa: F401
+
 #: Hidden widths of the paper's depth-5 net (docs/science.md S3), the anchors of the width interpolation.
 PAPER_HIDDEN: tuple[int, ...] = (170, 130, 100, 70)
 DEFAULT_DEPTH = 5
@@ -23,165 +25,6 @@ INPUT_DIMS: dict[str, int] = {
 OUTPUT_DIMS: dict[str, int] = {"emnist-balanced": 47}
 TINY = {"width": 16, "shots": 5, "queries": 5, "eval_episodes": 10, "episodes": 20}
 BAD_INIT_SCALE, SMALL_INIT_SCALE = 3.0, 0.3
-
-#: Words that carry no meaning for the spec.
-FILLER: frozenset[str] = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "and",
-        "or",
-        "of",
-        "in",
-        "on",
-        "for",
-        "to",
-        "from",
-        "by",
-        "via",
-        "with",
-        "using",
-        "use",
-        "at",
-        "per",
-        "each",
-        "into",
-        "as",
-        "is",
-        "are",
-        "be",
-        "it",
-        "its",
-        "that",
-        "which",
-        "this",
-        "find",
-        "discover",
-        "search",
-        "learn",
-        "learns",
-        "learning",
-        "learned",
-        "learner",
-        "rule",
-        "rules",
-        "plasticity",
-        "synaptic",
-        "local",
-        "biologically",
-        "plausible",
-        "bio-plausible",
-        "network",
-        "networks",
-        "net",
-        "nets",
-        "mlp",
-        "neural",
-        "deep",
-        "model",
-        "data",
-        "dataset",
-        "datasets",
-        "set",
-        "sets",
-        "image",
-        "images",
-        "task",
-        "tasks",
-        "classes",
-        "class",
-        "run",
-        "job",
-        "train",
-        "training",
-        "meta",
-        "meta-training",
-        "please",
-        "me",
-        "i",
-        "we",
-        "want",
-        "would",
-        "like",
-        "can",
-        "you",
-        "new",
-        "good",
-        "best",
-        "better",
-        "some",
-        "rule's",
-        "term",
-        "terms",
-        "plus",
-        "also",
-        "feedback",
-        "layer",
-        "layers",
-        "weight",
-        "weights",
-        "hidden",
-        "units",
-        "unit",
-        "dense",
-        "fully",
-        "connected",
-        "how",
-        "what",
-        "under",
-        "where",
-        "pool",
-        "rule-family",
-        "family",
-    ]
-)
-
-VOCABULARY: dict[str, list[str]] = {
-    "depth": ["depth-N", "N layers", "N-layer"],
-    "width": ["width N", "widths 784-64-10", "tiny"],
-    "learning": ["online (batch is not supported)"],
-    "family": ["unsupervised / principal components / PCA (the unsupervised Hebbian family: y = W x on centred "
-               "digits, open search over the 17-term Hebbian library; 'N components' sets k, 'reconstruction' or "
-               "'subspace objective', 'N passes'; 'hebbian' and 'oja' only describe the goal, they are no hint)",
-               "recurrent / fixed points / fixed-point rnn (the recurrent fixed-point family on mnist, docs/science.md "
-               "S2; 'N units' sets N; terms dW1, dW3, dW4, oja, decay; default dW3, dW4, oja, decay)"],
-    "feedback": [
-        "feedback alignment / fa",
-        "backprop / bp / weight transport",
-        "direct feedback alignment / dfa",
-        "sign-symmetric",
-    ],
-    "dataset": ["mnist", "digits", "digits28", "emnist", "synthetic"],
-    "terms": [
-        "pseudo-gradient",
-        "error-Hebbian / eHebb",
-        "decay",
-        "Oja",
-        "Hebbian",
-        "F0..F9",
-        "all ten / bio10",
-        "paper3 / three-term / the paper's three terms",
-        "library / gated library (the pool an open search runs over; the default when no term is named)",
-        "forward selection / backward elimination / l1 path",
-        "at most N terms",
-        "only",
-    ],
-    "init": ["bad init (scale 3)", "large init (scale 3)", "small init (scale 0.3)", "init scale X"],
-    "training": [
-        "N episodes",
-        "N eval episodes",
-        "N-way",
-        "K-shot",
-        "Q queries",
-        "seed S",
-        "lr X",
-        "l1 X",
-        "meta-batch N",
-        "beta X",
-    ],
-    "resources": ["gpu", "cpu"],
-}
 
 
 @dataclass
@@ -290,6 +133,11 @@ def _setter(section: str, key: str, cast: Callable[[str], Any], label: str) -> _
 def _depth(m: re.Match[str], d: Draft) -> str:
     d.set_once("depth", _int(m), m.group(0))
     return f"{m.group(0)!r} → {_int(m)} weight layers"
+
+
+def _hidden_layers(m: re.Match[str], d: Draft) -> str:
+    d.set_once("depth", _int(m) + 1, m.group(0))
+    return f"{m.group(0)!r} → {_int(m)} hidden layers = {_int(m) + 1} weight layers"
 
 
 def _width(m: re.Match[str], d: Draft) -> str:
@@ -431,6 +279,7 @@ PHRASES: list[tuple[str, _Handler]] = [
     ),
     (r"\b(\d[\d,_]*)\s*(?:meta[\s-]*(?:training\s+)?)?episodes?\b", _setter("meta", "episodes", int, "episodes")),
     (r"\bdepth[\s:=-]*(\d+)\b", _depth),
+    (r"\b(\d+)[\s-]*hidden[\s-]*layers?\b", _hidden_layers),
     (r"\b(\d+)[\s-]*(?:weight[\s-]*)?layers?\b", _depth),
     (r"\b(?:hidden[\s-]*)?width[\s:=-]*(\d+)\b", _width),
     (r"\b(\d+)[\s-]*(?:hidden[\s-]*)?units?\b", _width),
@@ -459,7 +308,7 @@ PHRASES: list[tuple[str, _Handler]] = [
     (r"\b(?:gated[\s-]+(?:term[\s-]+)?library|library[\s-]+with[\s-]+gates)\b", _pool("library_gated")),
     (r"\b(?:open[\s-]+|generated[\s-]+|term[\s-]+|whole[\s-]+|full[\s-]+)?library\b", _pool("library")),
     (r"\ball[\s-]+(?:ten|10)(?:[\s-]+terms)?\b|\bbio[\s-]*10\b|\bf[\s_-]*bio\b", _pool("bio10")),
-    (r"\b(?:the\s+)?paper'?s\s+(?:three|3)[\s-]*terms?\b|\bpaper[\s-]*3\b|\bthree[\s-]*terms?\b",
+    (r"\b(?:the\s+)?(?:paper'?s?|published)\s+(?:three|3)[\s-]*terms?\b|\bpaper[\s-]*3\b|\bthree[\s-]*terms?\b",
      _pool("paper3")),
     (
         r"\berror[\s-]*(?:based[\s-]*)?hebb(?:ian)?\b|\be[\s-]?hebb(?:ian)?\b",
