@@ -27,6 +27,7 @@ send along is written to the server log only.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from service.db.repositories import baselines as baseline_cache
 from service.db.repositories.events import add_event
 from service.db.session import session_scope
 from service.rulebook import benchmark_text
+from service.runs.lease import DispatcherLease
 from service.runs.recording import job_summary, queue_benchmarks, record_benchmark_result, record_job_result
 from service.runs.states import Tracked, owner_key, set_status
 from service.settings import Settings
@@ -130,10 +132,12 @@ class Dispatcher:
     set ``PLASTICITY_DISPATCHER=0``.
     """
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], workers: Workers | None = None):
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], workers: Workers | None = None,
+                 lease: DispatcherLease | None = None):
         self.settings = settings
         self.sessions = sessions
         self._workers = workers
+        self.lease = lease or DispatcherLease(sessions.kw["bind"], settings.data_dir)
         self._tracked: dict[Flow, dict[int, _Tracked]] = {flow: {} for flow in FLOWS}
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -145,8 +149,8 @@ class Dispatcher:
 
     # --- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Requeue interrupted work, then start the thread."""
-        self.recover()
+        """Start the thread: it takes the lease when free (then requeues interrupted work) and dispatches while
+        it holds it; a standby process waits for the holder to end."""
         self._thread = threading.Thread(target=self._run, name="plasticity-dispatcher", daemon=True)
         self._thread.start()
 
@@ -156,6 +160,7 @@ class Dispatcher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.lease.release()
 
     def wake(self) -> None:
         """Run the next tick now (after a submission or a cancel)."""
@@ -167,18 +172,30 @@ class Dispatcher:
 
     def status(self) -> dict[str, object]:
         """For ``/api/health``."""
-        return {"enabled": True, "alive": self.alive, "ticks": self.ticks, "jobs": sorted(self._tracked[JOB_FLOW]),
+        return {"enabled": True, "alive": self.alive, "active": self.lease.held, "pid": os.getpid(),
+                "ticks": self.ticks, "jobs": sorted(self._tracked[JOB_FLOW]),
                 "benchmarks": sorted(self._tracked[BENCHMARK_FLOW]), "last_error": self.last_error}
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.tick()
+                if self._holds_lease():
+                    self.tick()
             except Exception as exc:
                 self.last_error = _short(exc)
                 log.exception("dispatcher tick failed")
             self._wake.wait(self.settings.poll_seconds)
             self._wake.clear()
+
+    def _holds_lease(self) -> bool:
+        """Whether this process is the active dispatcher; on taking the lease, requeue interrupted work first."""
+        if self.lease.held:
+            return True
+        if not self.lease.acquire():
+            return False
+        log.info("dispatcher %s took the lease", os.getpid())
+        self.recover()
+        return True
 
     # --- workers --------------------------------------------------------------------------------------------
     def workers(self) -> Workers:
