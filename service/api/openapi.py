@@ -86,6 +86,15 @@ def _suites(doc: dict[str, Any]) -> None:
                                              "description": "a suite of GET /api/suites"}
 
 
+def _errors_as_json(doc: dict[str, Any]) -> None:
+    """Error answers are JSON even where the operation's success is not (the export's source files)."""
+    for operation in (op for path in doc.get("paths", {}).values() for op in path.values()):
+        for code, response in operation.get("responses", {}).items():
+            content = response.get("content", {})
+            if code.isdigit() and int(code) >= 400 and content and "application/json" not in content:
+                response["content"] = {"application/json": next(iter(content.values()))}
+
+
 def build_openapi(app: FastAPI, limits: Limits) -> dict[str, Any]:
     """The document ``/openapi.json`` serves (cached on the app)."""
     if app.openapi_schema is None:
@@ -94,6 +103,7 @@ def build_openapi(app: FastAPI, limits: Limits) -> dict[str, Any]:
         apply_limits(doc, limits)
         _api_only(doc)
         _suites(doc)
+        _errors_as_json(doc)
         doc.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
         doc.get("components", {}).get("schemas", {}).pop("ValidationError", None)
         app.openapi_schema = doc

@@ -37,7 +37,9 @@ EXPRESSION_PATTERN = r"^[A-Za-z0-9_.+\-*@()/: \t\n]+$"
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields are refused, and JSON types are taken as they are (no 0 for false, no "1" for 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class GoalRequest(_Request):

@@ -5,9 +5,12 @@ Nothing numerical happens here: a job is a row in ``queued`` state; the dispatch
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from pydantic import TypeAdapter, ValidationError
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from discovery.goal import GoalError, parse_goal
@@ -21,6 +24,22 @@ from service.db.repositories.jobs import active_count, create_job
 from service.runs.states import cancel
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+_JOB_BODY: TypeAdapter[Any] = TypeAdapter(JobCreate)
+
+
+async def _raw_body(request: Request) -> Any:
+    """The request's JSON as sent (already read and parsed once by FastAPI for ``body``)."""
+    return await request.json()
+
+
+def _strict(raw: Any) -> Any:
+    """The body validated again with JSON's own types (the engine's spec models coerce, e.g. 0 to false, when
+    built in Python; over HTTP the schema's types are the contract)."""
+    try:
+        return _JOB_BODY.validate_python(raw, strict=True)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from exc
 
 _TOTAL = {"X-Total-Count": {"description": "the number of matches", "schema": {"type": "integer"}}}
 _SUBMIT = {
@@ -42,6 +61,7 @@ def submit_job(
     dispatcher: DispatcherDep,
     who: OwnerDep,
     response: Response,
+    raw: Annotated[Any, Depends(_raw_body)],
 ) -> JobOut:
     """Queue a discovery job from a full spec, or from ``{"goal": "..."}`` (read by ``discovery.goal``).
 
@@ -50,6 +70,7 @@ def submit_job(
     """
     understood: list[str] | None = None
     goal: str | None = None
+    body = _strict(raw)
     if isinstance(body, GoalRequest):
         goal = body.goal
         try:
