@@ -357,7 +357,11 @@ class DiscoverySpec(_Strict):
         from rules.terms import term
 
         for t in self.rule.terms or []:
-            if plan(compile_terms([term(t).expr])) is None:
+            try:
+                expr = term(t).expr
+            except KeyError as exc:   # a validator must raise ValueError (a 422), not KeyError (a 500)
+                raise ValueError(exc.args[0]) from None
+            if plan(compile_terms([expr])) is None:
                 raise ValueError(f"meta.kernel 'fused' cannot run term {t}; use 'auto'")
         return self
 

@@ -28,8 +28,11 @@ _JOB_BODY: TypeAdapter[Any] = TypeAdapter(JobCreate)
 
 
 async def _raw_body(request: Request) -> Any:
-    """The request's JSON as sent (already read and parsed once by FastAPI for ``body``)."""
-    return await request.json()
+    """The request's JSON as sent (None when it is not JSON: the body's own validation then answers)."""
+    try:
+        return await request.json()
+    except ValueError:
+        return None
 
 
 def _strict(raw: Any) -> Any:
