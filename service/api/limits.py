@@ -38,6 +38,16 @@ def _problem(loc: list[str | int], msg: str) -> dict[str, Any]:
     return {"loc": ["body", *loc], "msg": msg, "type": "limit"}
 
 
+def fit_defaults(spec: DiscoverySpec, limits: Limits) -> DiscoverySpec:
+    """Episode counts the request left at their defaults, lowered to the cap (the document shows these
+    defaults); a value the request gave is never changed, only checked by :func:`spec_problems`."""
+    meta = spec.meta
+    for name in ("episodes", "eval_episodes"):
+        if name not in meta.model_fields_set and getattr(meta, name) > limits.max_episodes:
+            setattr(meta, name, limits.max_episodes)
+    return spec
+
+
 def spec_problems(spec: DiscoverySpec, limits: Limits) -> list[dict[str, Any]]:
     """Everything about ``spec`` that exceeds a cap or cannot run here; empty when it is acceptable."""
     problems: list[dict[str, Any]] = []

@@ -53,6 +53,9 @@ def apply_limits(doc: dict[str, Any], limits: Limits) -> None:
         for target in _targets(schema["properties"][prop_name], keyword):
             value = cap(limits)
             target[key] = min(target.get(key, value), value)
+        prop = schema["properties"][prop_name]
+        if key == "maximum" and isinstance(prop.get("default"), int) and prop["default"] > cap(limits):
+            prop["default"] = cap(limits)   # an unset field is lowered to the cap (limits.fit_defaults)
 
 
 def _api_only(doc: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from discovery.goal import GoalError, parse_goal
 from service.api.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
 from service.api.errors import errors
-from service.api.limits import spec_problems
+from service.api.limits import fit_defaults, spec_problems
 from service.api.schemas import GoalRequest, JobCreate, JobOut, JobStatus
 from service.db.models import Job
 from service.db.repositories import jobs as job_repo
@@ -82,7 +82,7 @@ def submit_job(
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict()) from exc
         spec, understood = parsed.spec, parsed.understood
     else:
-        spec = body
+        spec = fit_defaults(body, settings.limits)
     problems = spec_problems(spec, settings.limits)
     if problems:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problems)
