@@ -267,10 +267,28 @@ class SearchSpec(_Strict):
         return self.method != "none"
 
 
+#: The smallest nonzero resource quantity Ray schedules (its fractional precision).
+RAY_RESOURCE_UNIT = 0.0001
+
+
 class ResourceSpec(_Strict):
+    """What the job's Ray actor reserves; fractions finer than Ray's precision (0.0001) are refused here, not at
+    submission."""
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_gpus: float = Field(0.0, ge=0, le=8)
-    num_cpus: float = Field(1.0, gt=0, le=64)
+    num_gpus: float = Field(0.0, ge=0, le=8, description="0, or a (fractional) number of GPUs of at least 0.0001",
+                            json_schema_extra=lambda s: s.update(anyOf=[
+                                {"type": "number", "const": 0},
+                                {"type": "number", "minimum": RAY_RESOURCE_UNIT, "maximum": 8}]) or [
+                                s.pop(k, None) for k in ("type", "minimum", "maximum")])
+    num_cpus: float = Field(1.0, ge=RAY_RESOURCE_UNIT, le=64)
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _gpu_precision(cls, v: float) -> float:
+        if 0 < v < RAY_RESOURCE_UNIT:
+            raise ValueError(f"num_gpus is 0 or at least {RAY_RESOURCE_UNIT} (Ray's precision)")
+        return v
 
 
 class DiscoverySpec(_Strict):
@@ -294,6 +312,8 @@ class DiscoverySpec(_Strict):
             return data
         task = data.get("task")
         kind = task.get("kind", "fewshot") if isinstance(task, dict) else getattr(task, "kind", "fewshot")
+        if not isinstance(kind, str):   # not a task kind: the task's own validation reports it
+            return data
         rule = data.get("rule")
         if rule is None and TASK_FAMILY.get(kind) == "recurrent":
             return {**data, "rule": {"family": "recurrent"}}
@@ -337,7 +357,11 @@ class DiscoverySpec(_Strict):
         from rules.terms import term
 
         for t in self.rule.terms or []:
-            if plan(compile_terms([term(t).expr])) is None:
+            try:
+                expr = term(t).expr
+            except KeyError as exc:   # a validator must raise ValueError (a 422), not KeyError (a 500)
+                raise ValueError(exc.args[0]) from None
+            if plan(compile_terms([expr])) is None:
                 raise ValueError(f"meta.kernel 'fused' cannot run term {t}; use 'auto'")
         return self
 

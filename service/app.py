@@ -15,18 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
 from service.api.auth import load_tokens
+from service.api.errors import http_error, validation_error
 from service.api.limits import BodySizeLimit
+from service.api.openapi import build_openapi
 from service.api.router import api_router
 from service.db.migrate import upgrade
 from service.db.session import make_engine, make_session_factory
 from service.runs.dispatcher import Dispatcher
 from service.settings import Settings, load_settings
+from service.web.apidocs import DOCS_ASSETS, router as apidocs_router
 from service.web.pages import router as pages_router
 
 log = logging.getLogger("plasticity.service")
@@ -72,8 +77,10 @@ def create_app(
                 app.state.dispatcher = None
 
     app = FastAPI(
-        title="Plasticity rule discovery", version=__version__, description=DESCRIPTION, lifespan=lifespan
+        title="Plasticity rule discovery", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+        docs_url=None, redoc_url=None,
     )
+    app.openapi = lambda: build_openapi(app, settings.limits)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = sessions
@@ -81,11 +88,15 @@ def create_app(
     app.state.dispatcher = None
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _internal_error)
 
     app.include_router(api_router)
     app.include_router(pages_router)
+    app.include_router(apidocs_router)
+    app.mount("/static/apidocs", StaticFiles(directory=str(DOCS_ASSETS)), name="apidocs")
     app.mount(
         "/static", StaticFiles(directory=str(Path(__file__).resolve().parent / "web" / "static")), name="static"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,9 +17,35 @@ from discovery.goal import input_dim
 from discovery.spec import DiscoverySpec
 from service.settings import Limits
 
+#: Where each administrator's cap (``service.settings.Limits``, ``PLASTICITY_MAX_*``) bounds a field of a job
+#: spec: (schema component, property, JSON-schema keyword, the cap). ``service.api.openapi`` writes these into
+#: the document from the running settings; :func:`spec_problems` enforces the same numbers.
+SCHEMA_LIMITS: tuple[tuple[str, str, str, Callable[[Limits], int]], ...] = (
+    ("MetaSpec", "episodes", "maximum", lambda lim: lim.max_episodes),
+    ("MetaSpec", "eval_episodes", "maximum", lambda lim: lim.max_episodes),
+    ("SearchSpec", "front_eval_episodes", "maximum", lambda lim: lim.max_episodes),
+    ("MetaSpec", "meta_batch", "maximum", lambda lim: lim.max_meta_batch),
+    ("NetworkSpec", "widths", "maxItems", lambda lim: lim.max_depth + 1),
+    ("NetworkSpec", "widths", "items.maximum", lambda lim: lim.max_width),
+    # the product of the sweep's list lengths is capped too (a meaning check: see docs/http-api.md)
+    ("SweepSpec", "seeds", "maxItems", lambda lim: lim.max_trials),
+    ("SweepSpec", "lr", "maxItems", lambda lim: lim.max_trials),
+    ("SweepSpec", "l1", "maxItems", lambda lim: lim.max_trials),
+)
+
 
 def _problem(loc: list[str | int], msg: str) -> dict[str, Any]:
     return {"loc": ["body", *loc], "msg": msg, "type": "limit"}
+
+
+def fit_defaults(spec: DiscoverySpec, limits: Limits) -> DiscoverySpec:
+    """Episode counts the request left at their defaults, lowered to the cap (the document shows these
+    defaults); a value the request gave is never changed, only checked by :func:`spec_problems`."""
+    meta = spec.meta
+    for name in ("episodes", "eval_episodes"):
+        if name not in meta.model_fields_set and getattr(meta, name) > limits.max_episodes:
+            setattr(meta, name, limits.max_episodes)
+    return spec
 
 
 def spec_problems(spec: DiscoverySpec, limits: Limits) -> list[dict[str, Any]]:
@@ -64,6 +91,15 @@ def spec_problems(spec: DiscoverySpec, limits: Limits) -> list[dict[str, Any]]:
                 ["meta", "eval_episodes"],
                 f"{spec.meta.eval_episodes} evaluation episodes exceed the limit of "
                 f"{limits.max_episodes} (PLASTICITY_MAX_EPISODES)",
+            )
+        )
+    front_eval = spec.search.front_eval_episodes
+    if front_eval is not None and front_eval > limits.max_episodes:
+        problems.append(
+            _problem(
+                ["search", "front_eval_episodes"],
+                f"{front_eval} front evaluation episodes exceed the limit of {limits.max_episodes} "
+                "(PLASTICITY_MAX_EPISODES)",
             )
         )
     if spec.meta.meta_batch > limits.max_meta_batch:

@@ -18,19 +18,28 @@ from pydantic import (
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
-    model_validator,
 )
 
 from discovery.benchmarks.cache import PairedVerdict
 from discovery.benchmarks.progress import BenchmarkProgress
-from discovery.spec import DiscoverySpec
+from discovery.spec import DiscoverySpec, RuleFamily
 from workers.progress import JobProgress
 
+#: The five statuses of a job or a benchmark run (``service.runs.states``).
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+#: ``origin`` of a stored rule.
+RuleOrigin = Literal["discovered", "user"]
+#: The rule families (``discovery.spec.RuleFamily``, the one constant: a new family is added there).
+RuleFamilyName = RuleFamily
+#: What the rule languages are written in (``rules.parser``, ``rules.recurrent``): names, numbers, operators,
+#: parentheses, whitespace, and the ``recurrent/v1:`` prefix of canonical recurrent text.
+EXPRESSION_PATTERN = r"^[A-Za-z0-9_.+\-*@()/: \t\n]+$"
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields are refused, and JSON types are taken as they are (no 0 for false, no "1" for 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class GoalRequest(_Request):
@@ -70,28 +79,55 @@ ExportFormatName = Literal["torch", "numpy", "jax", "latex", "sympy", "json"]
 class RuleCreate(_Request):
     """A rule written by hand, e.g. ``-0.012*e*x.T + 0.065*e*e_pre.T + 0.008*(y*x.T - y*(y.T*W))``."""
 
-    name: str = Field(..., min_length=1, max_length=200)
-    expression: str = Field(..., min_length=1, max_length=2000)
+    name: str = Field(..., min_length=1, max_length=200, pattern=r"^[^\x00-\x08\x0b-\x1f]*$")
+    expression: str = Field(..., min_length=1, max_length=2000, pattern=EXPRESSION_PATTERN,
+                            description="docs/http-api.md, 'Rule expressions'; its grammar and shapes are checked "
+                                        "by the parser (422 naming the position and the token)")
 
 
-class BenchmarkCreate(_Request):
-    """Benchmark a stored rule (``rule_id``) or an expression (stored as a rule first) on a named suite.
-
-    Neither ``rule_id`` nor ``expression``: the suite's baselines only.
-    """
-
-    suite: str = Field(..., min_length=1, max_length=100)
-    rule_id: int | None = Field(None, ge=1, le=2**31 - 1)
-    expression: str | None = Field(None, min_length=1, max_length=2000)
+class _BenchmarkBase(_Request):
+    suite: str = Field(..., min_length=1, max_length=100, description="a suite of GET /api/suites")
     tiny: bool = Field(False, description="run the suite's smoke-test size")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     retune: bool = Field(False, description="tune the baselines again instead of using the suite's cached ones")
 
-    @model_validator(mode="after")
-    def _one_rule(self) -> BenchmarkCreate:
-        if self.rule_id is not None and self.expression is not None:
-            raise ValueError("give either rule_id or expression, not both")
-        return self
+
+class BenchmarkOfRule(_BenchmarkBase):
+    """Benchmark a stored rule."""
+
+    rule_id: int = Field(..., ge=1, le=2**31 - 1)
+
+
+class BenchmarkOfExpression(_BenchmarkBase):
+    """Benchmark an expression (stored as a user rule first)."""
+
+    expression: str = Field(..., min_length=1, max_length=2000, pattern=EXPRESSION_PATTERN)
+
+
+class BenchmarkOfBaselines(_BenchmarkBase):
+    """Run the suite's baselines only."""
+
+
+def _benchmark_kind(value: Any) -> str | None:
+    if isinstance(value, BaseModel):
+        return {BenchmarkOfRule: "rule", BenchmarkOfExpression: "expression"}.get(type(value), "baselines")
+    if not isinstance(value, dict):
+        return "baselines"
+    has_rule, has_expression = "rule_id" in value, "expression" in value
+    if has_rule and has_expression:
+        return None
+    return "rule" if has_rule else "expression" if has_expression else "baselines"
+
+
+#: Body of ``POST /api/benchmarks``: exactly one of a stored rule (``rule_id``), an expression, or neither (the
+#: suite's baselines only).
+BenchmarkCreate = Annotated[
+    Annotated[BenchmarkOfRule, Tag("rule")]
+    | Annotated[BenchmarkOfExpression, Tag("expression")]
+    | Annotated[BenchmarkOfBaselines, Tag("baselines")],
+    Discriminator(_benchmark_kind, custom_error_type="rule_choice",
+                  custom_error_message="give either rule_id or expression, not both"),
+]
 
 
 class _FromRow(BaseModel):
@@ -194,7 +230,7 @@ class RuleOut(_FromRow):
     feedback: str | None = None
     depth: int | None = None
     dataset: str | None = None
-    family: Literal["feedforward", "recurrent"] = Field("feedforward", description="the rule family")
+    family: RuleFamilyName = Field("feedforward", description="the rule family")
     created_at: dt.datetime
     created: bool | None = Field(None, validation_alias=AliasChoices("created_now", "created"),
                                  description="POST only: false when the rule was already stored")

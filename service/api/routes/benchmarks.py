@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from discovery.spec import RuleFamily
 from service.api.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
+from service.api.errors import errors
 from service.api.schemas import BenchmarkCreate, BenchmarkOut, LeaderboardOut
 from service.catalog import registered_suites, suites_payload
 from service.db.models import ORIGIN_USER, BenchmarkRun, Rule
@@ -26,12 +27,12 @@ router = APIRouter(tags=["benchmarks"])
     "/api/benchmarks",
     status_code=status.HTTP_201_CREATED,
     response_model=BenchmarkOut,
-    responses={
-        401: {"description": "missing or invalid bearer token"},
-        422: {"description": "unknown suite or rule, or an invalid expression"},
-        429: {"description": "too many active benchmarks for this token"},
-        503: {"description": "no benchmark suites in this deployment"},
-    },
+    responses=errors(400, 401, 413, 422, 429, 503,
+                     e422="unknown suite or rule, an invalid expression, or a suite of another rule family (the "
+                          "expression's grammar and shapes, whether rule_id exists and the suite's family are "
+                          "meaning, not shape: see docs/http-api.md)",
+                     e429="too many active benchmarks for this token (PLASTICITY_MAX_CONCURRENT_JOBS)",
+                     e503="no benchmark suites in this deployment, or the database is unavailable"),
 )
 def submit_benchmark(
     body: BenchmarkCreate,
@@ -52,17 +53,18 @@ def submit_benchmark(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=f"unknown suite {body.suite!r}; known suites: {', '.join(sorted(suites))}",
         )
-    rule_id = body.rule_id
+    rule_id: int | None = getattr(body, "rule_id", None)
+    expression: str | None = getattr(body, "expression", None)
     stored = session.get(Rule, rule_id) if rule_id is not None else None
     if rule_id is not None and stored is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"rule {rule_id} does not exist")
     family = stored.family if stored is not None else "feedforward"
-    if body.expression is not None:
+    if expression is not None:
         try:
-            record = parse_rule(body.expression)
+            record = parse_rule(expression)
         except InvalidRule as exc:
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict(body.expression)
+                status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict(expression)
             ) from exc
         family = record.family
     reason = suite_rejects(suites[body.suite], family)
@@ -78,16 +80,16 @@ def submit_benchmark(
             detail=f"this token already has {cap} queued or running benchmarks (the limit, "
             "PLASTICITY_MAX_CONCURRENT_JOBS); wait for one to finish",
         )
-    if body.expression is not None:
+    if expression is not None:
         rule, _ = upsert_rule(
             session,
             record,
-            name=body.expression[:200],
+            name=expression[:200],
             origin=ORIGIN_USER,
             provenance={"source": "benchmark request", "submitted_by": who},
         )
         rule_id = rule.id
-    run = benchmark_repo.create_run(session, suite=body.suite, rule_id=rule_id, expression=body.expression,
+    run = benchmark_repo.create_run(session, suite=body.suite, rule_id=rule_id, expression=expression,
                                     owner=who, tiny=body.tiny or settings.benchmark_tiny, seed=body.seed,
                                     retune=body.retune)
     session.commit()
@@ -95,7 +97,10 @@ def submit_benchmark(
     return BenchmarkOut.model_validate(run)
 
 
-@router.get("/api/benchmarks", response_model=list[BenchmarkOut])
+@router.get("/api/benchmarks", response_model=list[BenchmarkOut], responses={
+    200: {"description": "the runs", "headers": {
+        "X-Total-Count": {"description": "the number of runs", "schema": {"type": "integer"}}}},
+    **errors(422, 503)})
 def list_benchmarks(
     session: SessionDep,
     response: Response,
@@ -111,7 +116,7 @@ def list_benchmarks(
 @router.get(
     "/api/benchmarks/{bench_id}",
     response_model=BenchmarkOut,
-    responses={404: {"description": "no such benchmark run"}},
+    responses=errors(404, 422, 503, e404="no such benchmark run"),
 )
 def get_benchmark(bench_id: IdPath, session: SessionDep) -> BenchmarkOut:
     """Status, per-learner scores with 95 % CIs, and the suite's diagnostics."""
@@ -124,11 +129,7 @@ def get_benchmark(bench_id: IdPath, session: SessionDep) -> BenchmarkOut:
 @router.post(
     "/api/benchmarks/{bench_id}/cancel",
     response_model=BenchmarkOut,
-    responses={
-        401: {"description": "missing or invalid bearer token"},
-        404: {"description": "no such benchmark run"},
-        409: {"description": "the run already finished"},
-    },
+    responses=errors(401, 404, 409, 413, 422, 503, e404="no such benchmark run", e409="the run already finished"),
 )
 def cancel_benchmark(bench_id: IdPath, session: SessionDep, dispatcher: DispatcherDep,
                      who: OwnerDep) -> BenchmarkOut:
@@ -147,20 +148,21 @@ def cancel_benchmark(bench_id: IdPath, session: SessionDep, dispatcher: Dispatch
     return BenchmarkOut.model_validate(run)
 
 
-@router.get("/api/suites")
+@router.get("/api/suites", responses=errors(503))
 def list_suites() -> list[dict]:
     """The named, versioned benchmark suites with their definitions."""
     return suites_payload()
 
 
 @router.get(
-    "/api/leaderboard", response_model=LeaderboardOut, responses={404: {"description": "unknown suite"}}
+    "/api/leaderboard", response_model=LeaderboardOut, responses=errors(404, 422, 503, e404="unknown suite")
 )
 def get_leaderboard(
     session: SessionDep,
     suite: Annotated[
         str | None,
-        Query(max_length=100, description="default: the suite of the latest benchmark run, else 'discovery'"),
+        Query(min_length=1, max_length=100,
+              description="default: the suite of the latest benchmark run, else 'discovery'"),
     ] = None,
     front: Annotated[bool, Query(description="only rules on a stored Pareto front of an open search")] = False,
     family: Annotated[RuleFamily | None, Query(description="only rules of this family (baselines stay)")] = None,

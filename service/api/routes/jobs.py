@@ -5,31 +5,58 @@ Nothing numerical happens here: a job is a row in ``queued`` state; the dispatch
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from pydantic import TypeAdapter, ValidationError
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from discovery.goal import GoalError, parse_goal
 from service.api.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
-from service.api.limits import spec_problems
-from service.api.schemas import GoalRequest, JobCreate, JobOut
-from service.db.models import STATUSES, Job
+from service.api.errors import errors
+from service.api.limits import fit_defaults, spec_problems
+from service.api.schemas import GoalRequest, JobCreate, JobOut, JobStatus
+from service.db.models import Job
 from service.db.repositories import jobs as job_repo
 from service.db.repositories.jobs import active_count, create_job
 from service.runs.states import cancel
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+_JOB_BODY: TypeAdapter[Any] = TypeAdapter(JobCreate)
 
-_ERRORS = {
-    401: {"description": "missing or invalid bearer token"},
-    413: {"description": "request body too large"},
-    422: {"description": "invalid spec or goal; the detail names the field and the reason"},
-    429: {"description": "too many active jobs for this token"},
+
+async def _raw_body(request: Request) -> Any:
+    """The request's JSON as sent (None when it is not JSON: the body's own validation then answers)."""
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
+def _strict(raw: Any) -> Any:
+    """The body validated again with JSON's own types (the engine's spec models coerce, e.g. 0 to false, when
+    built in Python; over HTTP the schema's types are the contract)."""
+    try:
+        return _JOB_BODY.validate_python(raw, strict=True)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from exc
+
+_TOTAL = {"X-Total-Count": {"description": "the number of matches", "schema": {"type": "integer"}}}
+_SUBMIT = {
+    201: {"description": "the job, queued", "headers": {
+        "Location": {"description": "/api/jobs/{id}", "schema": {"type": "string"}}}},
+    **errors(400, 401, 413, 422, 429, 503, e422=(
+        "invalid spec or goal: the fields and reasons, or the goal's unknown words; also what depends on meaning "
+        "rather than shape (the goal's words, widths[0] against the data set's input size, ways against the "
+        "classes available, the sweep's number of trials, term ids of the family)"), e429=(
+        "too many active jobs for this token (PLASTICITY_MAX_CONCURRENT_JOBS)")),
 }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut, responses=_ERRORS)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut, responses=_SUBMIT)
 def submit_job(
     body: JobCreate,
     session: SessionDep,
@@ -37,6 +64,7 @@ def submit_job(
     dispatcher: DispatcherDep,
     who: OwnerDep,
     response: Response,
+    raw: Annotated[Any, Depends(_raw_body)],
 ) -> JobOut:
     """Queue a discovery job from a full spec, or from ``{"goal": "..."}`` (read by ``discovery.goal``).
 
@@ -45,6 +73,7 @@ def submit_job(
     """
     understood: list[str] | None = None
     goal: str | None = None
+    body = _strict(raw)
     if isinstance(body, GoalRequest):
         goal = body.goal
         try:
@@ -53,7 +82,7 @@ def submit_job(
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict()) from exc
         spec, understood = parsed.spec, parsed.understood
     else:
-        spec = body
+        spec = fit_defaults(body, settings.limits)
     problems = spec_problems(spec, settings.limits)
     if problems:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problems)
@@ -71,20 +100,16 @@ def submit_job(
     return JobOut.of(job)
 
 
-@router.get("", response_model=list[JobOut])
+@router.get("", response_model=list[JobOut],
+            responses={200: {"description": "the jobs", "headers": _TOTAL}, **errors(422, 503)})
 def list_jobs(
     session: SessionDep,
     response: Response,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-    status_: Annotated[str | None, Query(alias="status", description="filter by status")] = None,
+    status_: Annotated[JobStatus | None, Query(alias="status", description="filter by status")] = None,
 ) -> list[JobOut]:
     """Jobs, newest first; ``X-Total-Count`` gives the number of matches."""
-    if status_ is not None and status_ not in STATUSES:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=f"unknown status {status_!r}; one of {', '.join(STATUSES)}",
-        )
     jobs, total = job_repo.list_jobs(session, status=status_, limit=limit, offset=offset)
     response.headers["X-Total-Count"] = str(total)
     return [JobOut.of(j) for j in jobs]
@@ -97,7 +122,7 @@ def _get_job(session: SessionDep, job_id: int) -> Job:
     return job
 
 
-@router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "no such job"}})
+@router.get("/{job_id}", response_model=JobOut, responses=errors(404, 422, 503, e404="no such job"))
 def get_job(
     job_id: IdPath,
     session: SessionDep,
@@ -110,11 +135,7 @@ def get_job(
 @router.post(
     "/{job_id}/cancel",
     response_model=JobOut,
-    responses={
-        401: _ERRORS[401],
-        404: {"description": "no such job"},
-        409: {"description": "the job already finished"},
-    },
+    responses=errors(401, 404, 409, 413, 422, 503, e404="no such job", e409="the job already finished"),
 )
 def cancel_job(job_id: IdPath, session: SessionDep, dispatcher: DispatcherDep, who: OwnerDep) -> JobOut:
     """Cancel a queued or running job (the dispatcher stops its Ray work). Cancelling twice is harmless."""

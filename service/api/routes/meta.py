@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from discovery.goal import VOCABULARY, GoalError, parse_goal
 from service import __version__
+from service.api.errors import errors
 from service.api.schemas import HealthOut
 from service.db.migrate import current_revision
 from service.db.session import redact_url
@@ -32,7 +33,8 @@ def ray_health(dispatcher: Any) -> dict[str, Any]:
     return info
 
 
-@router.get("/api/health", response_model=HealthOut, responses={503: {"description": "database unreachable"}})
+@router.get("/api/health", response_model=HealthOut,
+            responses={503: {"model": HealthOut, "description": "database unreachable (status: degraded)"}})
 def health(request: Request) -> Any:
     """Service, database and Ray status."""
     state = request.app.state
@@ -64,8 +66,11 @@ def health(request: Request) -> Any:
     return body
 
 
-@router.get("/api/goal", responses={422: {"description": "the goal is not understood; see the detail"}})
-def read_goal(text_: Annotated[str, Query(alias="text", min_length=1, max_length=2000)]) -> dict[str, Any]:
+@router.get("/api/goal", responses=errors(422, e422=(
+    "the goal is not understood (its words are meaning, not shape: see docs/http-api.md); the detail lists what "
+    "was understood, the unknown words and the vocabulary")))
+def read_goal(text_: Annotated[str, Query(alias="text", min_length=1, max_length=2000,
+                                          pattern=r"^[^\x00-\x08\x0b-\x1f]*$")]) -> dict[str, Any]:
     """How a goal would be read: the resolved spec, the phrases understood and the words ignored because they
     change nothing (nothing is submitted)."""
     try:
@@ -75,7 +80,7 @@ def read_goal(text_: Annotated[str, Query(alias="text", min_length=1, max_length
     return {"spec": parsed.spec.model_dump(mode="json"), "understood": parsed.understood, "ignored": parsed.ignored}
 
 
-@router.get("/api/goal/vocabulary")
+@router.get("/api/goal/vocabulary", response_model=dict[str, list[str]])
 def goal_vocabulary() -> dict[str, list[str]]:
     """The phrases a goal may use, by category."""
     return VOCABULARY

@@ -11,8 +11,10 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from discovery.spec import DatasetName, FeedbackMode
 from service.api.deps import IdPath, OwnerDep, SessionDep
-from service.api.schemas import ExportFormatName, RuleCreate, RuleOut
+from service.api.errors import errors
+from service.api.schemas import ExportFormatName, RuleCreate, RuleOrigin, RuleOut
 from service.db.models import ORIGIN_USER, Rule
 from service.db.repositories import rules as rule_repo
 from service.db.repositories.rules import discovery_scores, upsert_rule
@@ -20,18 +22,21 @@ from service.rulebook import InvalidRule, parse_rule, terms_catalog
 
 router = APIRouter(prefix="/api/rules", tags=["rules"])
 
-Feedback = Annotated[str | None, Query(max_length=16, description="bp, fa, dfa or sign")]
+Feedback = Annotated[FeedbackMode | None, Query(description="bp, fa, dfa or sign")]
+_TOTAL = {"X-Total-Count": {"description": "the number of matches", "schema": {"type": "integer"}}}
 
 
-@router.get("", response_model=list[RuleOut])
+@router.get("", response_model=list[RuleOut],
+            responses={200: {"description": "the rules", "headers": _TOTAL}, **errors(422, 503)})
 def list_rules(
     session: SessionDep,
     response: Response,
     feedback: Feedback = None,
     depth: Annotated[int | None, Query(ge=1, le=1000, description="weight layers L")] = None,
-    dataset: Annotated[str | None, Query(max_length=32)] = None,
-    term: Annotated[str | None, Query(max_length=64, description="a term id, e.g. F9")] = None,
-    origin: Annotated[str | None, Query(max_length=16, description="discovered or user")] = None,
+    dataset: Annotated[DatasetName | None, Query()] = None,
+    term: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_]+$",
+                                      description="a term id, e.g. F9")] = None,
+    origin: Annotated[RuleOrigin | None, Query(description="discovered or user")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> list[RuleOut]:
@@ -42,13 +47,13 @@ def list_rules(
     return [RuleOut.of(r, discovery_scores(session, r)) for r in rules]
 
 
-@router.get("/terms", tags=["rules"])
+@router.get("/terms", tags=["rules"], responses=errors(503))
 def list_terms() -> list[dict]:
     """The library of rule terms (F0..F9, hebb, ...) with their expressions."""
     return terms_catalog()
 
 
-@router.get("/{rule_id}", response_model=RuleOut, responses={404: {"description": "no such rule"}})
+@router.get("/{rule_id}", response_model=RuleOut, responses=errors(404, 422, 503, e404="no such rule"))
 def get_rule(rule_id: IdPath, session: SessionDep) -> RuleOut:
     """Expression, LaTeX, coefficients, terms, origin, hash, spec, provenance and scores of one rule."""
     rule = session.get(Rule, rule_id)
@@ -82,8 +87,8 @@ def _provenance(rule: Rule) -> object:
     responses={
         200: {"description": "the source file (Content-Disposition names it)", "content": {
             "text/x-python": {}, "application/x-latex": {}, "application/json": {}}},
-        404: {"description": "no such rule"},
-        409: {"description": "the stored rule cannot be exported (e.g. a non-finite coefficient)"},
+        **errors(404, 409, 422, 503, e404="no such rule",
+                 e409="the stored rule cannot be exported (e.g. a non-finite coefficient)"),
     },
 )
 def export_rule(
@@ -118,8 +123,9 @@ def export_rule(
     response_model=RuleOut,
     responses={
         200: {"model": RuleOut, "description": "the same rule was already stored"},
-        401: {"description": "missing or invalid bearer token"},
-        422: {"description": "invalid expression: the parser's message, position and token"},
+        **errors(400, 401, 413, 422, 503,
+                 e422="invalid expression: the parser's message, position and token (grammar and shapes are "
+                      "meaning, not shape: see docs/http-api.md)"),
     },
 )
 def create_rule(body: RuleCreate, session: SessionDep, who: OwnerDep) -> RuleOut:
