@@ -119,7 +119,7 @@ def _schemathesis(server: LiveServer, seed: int, report: Path) -> subprocess.Com
     exe = Path(sys.executable).with_name("schemathesis")
     cmd = [str(exe), "run", f"{server.url}/openapi.json", "--checks", "all", "--max-examples", str(FUZZ_EXAMPLES),
            "--seed", str(seed), "-H", f"Authorization: Bearer {server.token}", "--no-color",
-           "--report", "junit", "--report-junit-path", str(report), "--max-time", "150"]
+           "--report", "junit", "--report-junit-path", str(report), "--max-time", "90"]
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "SCHEMATHESIS_CONFIG_FILE": str(REPO_ROOT / "schemathesis.toml")})
 
