@@ -78,7 +78,8 @@ class MetaTrainer(Checkpointed):
             need = task.shots + task.queries
             extra = {"dim": net.widths[0], "per_class": max(100, math.ceil(need / min(task.heldout_fraction,
                                                                                         1 - task.heldout_fraction)) + 2)}
-        self.dataset = load_dataset(task.dataset, emnist_dir=task.emnist_dir, upsample=task.upsample, **extra)
+        self.dataset = load_dataset(task.dataset, emnist_dir=task.emnist_dir, upsample=task.upsample,
+                                    upload=task.upload, **extra)
         d = self.dataset.images.shape[1]
         if net.widths[0] != d:
             raise ValueError(f"network input width {net.widths[0]} does not match the data set's {d} features "
