@@ -27,6 +27,7 @@ from service.db.migrate import upgrade
 from service.db.session import make_engine, make_session_factory
 from service.runs.dispatcher import Dispatcher
 from service.settings import Settings, load_settings
+from service.web.datasets_page import router as datasets_pages_router
 from service.web.pages import router as pages_router
 
 log = logging.getLogger("plasticity.service")
@@ -80,12 +81,14 @@ def create_app(
     app.state.tokens = load_tokens(settings)
     app.state.dispatcher = None
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes,
+                       paths={"/api/datasets": (settings.limits.max_upload_bytes, "PLASTICITY_MAX_UPLOAD_BYTES")})
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _internal_error)
 
     app.include_router(api_router)
     app.include_router(pages_router)
+    app.include_router(datasets_pages_router)
     app.mount(
         "/static", StaticFiles(directory=str(Path(__file__).resolve().parent / "web" / "static")), name="static"
     )

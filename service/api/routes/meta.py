@@ -10,9 +10,11 @@ from sqlalchemy import text
 
 from discovery.goal import VOCABULARY, GoalError, parse_goal
 from service import __version__
+from service.api.deps import SessionDep
 from service.api.schemas import HealthOut
 from service.db.migrate import current_revision
 from service.db.session import redact_url
+from service.uploads import goal_uploads
 
 router = APIRouter(tags=["service"])
 
@@ -65,10 +67,11 @@ def health(request: Request) -> Any:
 
 
 @router.get("/api/goal", responses={422: {"description": "the goal is not understood; see the detail"}})
-def read_goal(text_: Annotated[str, Query(alias="text", min_length=1, max_length=2000)]) -> dict[str, Any]:
+def read_goal(text_: Annotated[str, Query(alias="text", min_length=1, max_length=2000)],
+              session: SessionDep) -> dict[str, Any]:
     """How a goal would be read: the resolved spec and the phrases understood (nothing is submitted)."""
     try:
-        parsed = parse_goal(text_)
+        parsed = parse_goal(text_, goal_uploads(session))
     except GoalError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict()) from exc
     return {"spec": parsed.spec.model_dump(mode="json"), "understood": parsed.understood}
