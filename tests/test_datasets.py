@@ -248,7 +248,7 @@ def test_nwb_uploads_hold_the_same_content_as_npz(client: TestClient, auth: dict
 
 
 # --- the acceptance: digits uploaded = built-in digits ----------------------------------------------------------------
-GOAL = "find a plasticity rule for depth-2 online learning under feedback alignment on my dataset mydigits, tiny"
+GOAL = "find a plasticity rule for depth-2 online learning under feedback alignment on my dataset mydigits, at most 2 terms, tiny"
 
 
 def _front(client: TestClient, job_id: int) -> list[tuple[Any, ...]]:
