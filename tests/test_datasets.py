@@ -322,21 +322,26 @@ def test_only_the_owner_deletes(settings: Any) -> None:
 
 
 # --- the engine reads the file the spec names ----------------------------------------------------------------------
-def test_the_workers_get_the_folder_and_a_changed_file_is_refused(tmp_path: Path) -> None:
-    from discovery.data import DatasetError, load_dataset
-    from discovery.data.uploads import canonical, save_canonical
-    from discovery.spec import UploadSource
+def test_the_engine_reads_the_file_the_spec_names_and_refuses_a_changed_one(tmp_path: Path) -> None:
+    from discovery.data import DatasetError
+    from discovery.data.uploads import canonical, load_task_data, save_canonical
+    from discovery.spec import TaskSpec
+    from service.uploads import engine_spec
 
     data = canonical(X, Y)
     path = save_canonical(tmp_path, data)
-    loaded = load_dataset("upload:1", upload=UploadSource(sha256=data.sha256, dir=str(tmp_path)), cache=False)
+    task = TaskSpec(dataset="upload:1", ways=3, upload={"name": "three", "sha256": data.sha256})
+    spec = DiscoverySpec(task=task, network={"widths": [16, 3]})
+    sent = engine_spec(spec, type("S", (), {"datasets_dir": tmp_path})())   # what the workers receive
+    assert sent.task.upload.dir == str(tmp_path) and spec.task.upload.dir is None
+    loaded = load_task_data(sent.task, cache=False)
     assert loaded.n == 60 and loaded.dim == 16 and loaded.n_classes == 3
     assert float(loaded.images.min()) == 0.0 and float(loaded.images.max()) == 1.0
     np.savez(path, X=data.x * 2, y=data.y)
     with pytest.raises(DatasetError, match="has checksum"):
-        load_dataset("upload:1", upload=UploadSource(sha256=data.sha256, dir=str(tmp_path)), cache=False)
+        load_task_data(sent.task, cache=False)
     with pytest.raises(DatasetError, match="needs task.upload"):
-        load_dataset("upload:1")
+        load_task_data(TaskSpec(dataset="upload:1"))
 
 
 # --- the migration -----------------------------------------------------------------------------------------------------

@@ -328,7 +328,6 @@ def load_dataset(
     per_class: int = 100,
     noise: float = 0.25,
     seed: int = 0,
-    upload: object | None = None,
 ) -> Dataset:
     """Load a data set by name (see the module docstring), cached in-process unless ``cache=False``.
 
@@ -340,20 +339,13 @@ def load_dataset(
         cache: reuse the in-process copy (shared tensors: do not modify them in place).
         emnist_split: which official EMNIST files: ``"test"`` (paper), ``"train"``, or ``"all"`` (test + train).
         dim, n_classes, per_class, noise, seed: ``synthetic`` only.
-        upload: for ``"upload:<id>"``: the spec's ``task.upload`` (its ``sha256`` and ``dir``), read by
-            :func:`discovery.data.uploads.load_upload`.
 
     Raises:
         DatasetError: unknown name, EMNIST folder unset or missing, files missing or malformed.
     """
-    if name.startswith("upload:"):
-        from discovery.data.uploads import load_upload
-
-        if upload is None:
-            raise DatasetError(f"{name} is an uploaded data set: the spec needs task.upload (its checksum)")
-        return load_upload(name, upload.sha256, upload.dir, cache=cache)  # type: ignore[attr-defined]
     if name not in DATASET_NAMES:
-        raise DatasetError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+        hint = " (an uploaded data set: discovery.data.uploads.load_task_data)" if name.startswith("upload:") else ""
+        raise DatasetError(f"unknown data set {name!r}{hint}; choose one of {', '.join(DATASET_NAMES)}")
     key: tuple
     if name == "mnist5k":
         key = ("mnist5k",)
