@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -85,6 +85,27 @@ class GoalError(ValueError):
         }
 
 
+#: an uploaded data set, by name or id (read before every other phrase, so "my dataset digits" is not ``digits``)
+UPLOAD_PHRASE = re.compile(r"\b(?:on\s+)?my\s+(?:own\s+)?(?:uploaded\s+)?data[\s-]*set\s+(?!of\b)"
+                           r"([a-z0-9][a-z0-9_-]*)|\bupload:(\d+)\b")
+
+
+@dataclass
+class _GoalDraft(Draft):
+    """The draft with the uploaded data set a goal names (``upload``: its name, or ``#<id>``) and the ones it
+    may name (``uploads``)."""
+
+    upload: str | None = None
+    uploads: list[UploadInfo] = field(default_factory=list)
+
+
+def _upload(m: re.Match[str], d: _GoalDraft) -> str:
+    key = m.group(1) if m.group(1) else f"#{m.group(2)}"
+    d.set_once("dataset", "upload", m.group(0))
+    d.set_once("upload", key, m.group(0))
+    return f"{m.group(0).strip()!r} → uploaded data set {key.lstrip('#')}"
+
+
 @dataclass
 class GoalParse:
     """The resolved spec and the phrases that produced it, in reading order."""
@@ -103,8 +124,8 @@ def parse_goal(text: str, uploads: Sequence[UploadInfo] | None = None) -> GoalPa
         )
     work = normalize(text)
     hits: list[tuple[int, str]] = []
-    draft = Draft(uploads=list(uploads or []))
-    for pattern, handler in COMPILED_PHRASES:
+    draft = _GoalDraft(uploads=list(uploads or []))
+    for pattern, handler in [(UPLOAD_PHRASE, _upload), *COMPILED_PHRASES]:
         for m in list(pattern.finditer(work)):
             if work[m.start() : m.end()].strip() == "":  # consumed by an earlier, longer phrase
                 continue
@@ -153,7 +174,7 @@ def parse_goal(text: str, uploads: Sequence[UploadInfo] | None = None) -> GoalPa
     return GoalParse(spec=spec, understood=understood)
 
 
-def _resolve_upload(d: Draft) -> UploadInfo:
+def _resolve_upload(d: _GoalDraft) -> UploadInfo:
     """The uploaded data set a goal names (by name, or by id for "upload:<id>")."""
     key = d.upload or ""
     for info in d.uploads:
@@ -255,7 +276,7 @@ def _build_spec(d: Draft, text: str) -> DiscoverySpec:
         raise ValueError("dW1, dW3 and dW4 are recurrent terms: say 'recurrent' or 'fixed points' to learn a "
                          "recurrent rule")
     dataset = d.dataset or "mnist5k"
-    upload = _resolve_upload(d) if dataset == "upload" else None
+    upload = _resolve_upload(d) if isinstance(d, _GoalDraft) and dataset == "upload" else None
     if upload is not None:
         dataset = upload.ref
     task: dict[str, Any] = {"dataset": dataset, **d.task}

@@ -195,8 +195,6 @@ class Draft:
     tiny: bool = False
     feedback: str | None = None
     dataset: str | None = None
-    upload: str | None = None      # "my dataset <name>" (the name) or "upload:<id>" ("#<id>")
-    uploads: list[Any] = field(default_factory=list)   # the uploaded data sets a goal may name (UploadInfo)
     terms: list[str] = field(default_factory=list)
     pool: str | None = None
     search: str | None = None
@@ -278,16 +276,6 @@ def _dataset(name: str) -> _Handler:
         return f"{m.group(0)!r} → data set {name}"
 
     return handle
-
-
-def _upload(m: re.Match[str], d: Draft) -> str:
-    """An uploaded data set, by name or id (resolved against ``d.uploads`` when the spec is built)."""
-    key = m.group(1) if m.group(1) else f"#{m.group(2)}"
-    d.set_once("dataset", "upload", m.group(0))
-    if d.upload is not None and d.upload != key:
-        d.conflicts.append(f"uploaded data set: {d.upload!r} and {key!r} (from {m.group(0)!r})")
-    d.upload = key
-    return f"{m.group(0).strip()!r} → uploaded data set {key.lstrip('#')}"
 
 
 def _setter(section: str, key: str, cast: Callable[[str], Any], label: str) -> _Handler:
@@ -425,8 +413,6 @@ _INIT_WORD = r"init(?:ial(?:i[sz]ation)?|i[sz]ation)?"
 
 #: (pattern, handler) in matching order: longer and more specific phrases first; each match consumes its text.
 PHRASES: list[tuple[str, _Handler]] = [
-    (r"\b(?:on\s+)?my\s+(?:own\s+)?(?:uploaded\s+)?data[\s-]*set\s+(?!of\b)([a-z0-9][a-z0-9_-]*)|\bupload:(\d+)\b",
-     _upload),
     (r"\b(\d+)\s+(?:principal[\s-]+)?(?:components?|outputs?)\b", _unsup_outputs),
     (r"\b(\d+)[\s-]*(?:online[\s-]+)?passes\b", _unsup_setting("passes", "online passes for the evaluation:")),
     (r"\b(?:unroll|horizon)[\s:=]*(\d+)(?:[\s-]+steps?)?\b", _unsup_setting("unroll", "inner steps per episode:")),
