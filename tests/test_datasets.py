@@ -370,8 +370,8 @@ def test_migration_0005_up_and_down(db_url: str, request: pytest.FixtureRequest)
 def test_client_and_cli_verbs(client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    import service.client.http as http
     from service.cli.main import app as cli
+    from service.client import http
 
     transport = client._transport  # the app in-process
     base = http.Client
