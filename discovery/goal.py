@@ -22,7 +22,8 @@ Vocabulary (case-insensitive):
   ``weight transport``/``symmetric feedback`` → bp; ``direct feedback (alignment)``/``DFA`` → dfa;
   ``sign-symmetric``/``sign feedback`` → sign.
 - data: ``mnist`` → mnist5k; ``digits`` (8×8 sklearn) ; ``digits28``/``upsampled digits``; ``emnist`` →
-  emnist-balanced; ``synthetic``.
+  emnist-balanced; ``synthetic``; ``my dataset <name>``/``upload:<id>`` → an uploaded data set (``uploads``
+  given to :func:`parse_goal`): input width D, output width its number of classes (at least the ways).
 - terms (rules.terms ids): ``pseudo-gradient`` F0, ``error-Hebbian``/``eHebb`` F2, ``decay`` F3, ``Oja`` F9,
   ``Hebbian``/``Hebb`` hebb, ``F0``..``F9``; ``all ten``/``bio10`` → the ten-term pool; ``paper3``/``three-term`` →
   F0, F2, F9. Named terms are added to the pseudo-gradient F0 (the error-driven base the rule starts from, θ0 = 1e-3)
@@ -40,8 +41,9 @@ Vocabulary (case-insensitive):
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -65,6 +67,9 @@ from discovery.goal_phrases import (  # noqa: F401 - the vocabulary is part of t
 )
 from discovery.spec import DiscoverySpec
 
+if TYPE_CHECKING:
+    from discovery.data.uploads import UploadInfo
+
 
 class GoalError(ValueError):
     """A goal that cannot become a spec: what was understood, the words that were not, and the vocabulary."""
@@ -84,6 +89,27 @@ class GoalError(ValueError):
             "unknown_words": self.unknown,
             "vocabulary": self.vocabulary,
         }
+
+
+#: an uploaded data set, by name or id (read before every other phrase, so "my dataset digits" is not ``digits``)
+UPLOAD_PHRASE = re.compile(r"\b(?:on\s+)?my\s+(?:own\s+)?(?:uploaded\s+)?data[\s-]*set\s+(?!of\b)"
+                           r"([a-z0-9][a-z0-9_-]*)|\bupload:(\d+)\b")
+
+
+@dataclass
+class _GoalDraft(Draft):
+    """The draft with the uploaded data set a goal names (``upload``: its name, or ``#<id>``) and the ones it
+    may name (``uploads``)."""
+
+    upload: str | None = None
+    uploads: list[UploadInfo] = field(default_factory=list)
+
+
+def _upload(m: re.Match[str], d: _GoalDraft) -> str:
+    key = m.group(1) if m.group(1) else f"#{m.group(2)}"
+    d.set_once("dataset", "upload", m.group(0))
+    d.set_once("upload", key, m.group(0))
+    return f"{m.group(0).strip()!r} → uploaded data set {key.lstrip('#')}"
 
 
 @dataclass
@@ -125,8 +151,9 @@ def sort_leftovers(words: list[str]) -> tuple[list[str], list[str], list[str]]:
     return ignored, refused, unknown
 
 
-def parse_goal(text: str) -> GoalParse:
-    """Read ``text`` into a spec; raises :class:`GoalError` when a word is not understood or phrases conflict."""
+def parse_goal(text: str, uploads: Sequence[UploadInfo] | None = None) -> GoalParse:
+    """Read ``text`` into a spec; raises :class:`GoalError` when a word is not understood or phrases conflict.
+    ``uploads``: the uploaded data sets a goal may name ("on my dataset <name>", "upload:<id>")."""
     if not text or not text.strip():
         raise GoalError(
             "the goal is empty: describe the rule to find, e.g. 'depth-5 online feedback alignment "
@@ -134,8 +161,8 @@ def parse_goal(text: str) -> GoalParse:
         )
     work = normalize(text)
     hits: list[tuple[int, str]] = []
-    draft = Draft()
-    for pattern, handler in COMPILED_PHRASES:
+    draft = _GoalDraft(uploads=list(uploads or []))
+    for pattern, handler in [(UPLOAD_PHRASE, _upload), *COMPILED_PHRASES]:
         for m in list(pattern.finditer(work)):
             if work[m.start() : m.end()].strip() == "":  # consumed by an earlier, longer phrase
                 continue
@@ -187,6 +214,18 @@ def parse_goal(text: str) -> GoalParse:
     if ignored:
         understood.append(f"ignored (they change nothing): {', '.join(ignored)}")
     return GoalParse(spec=spec, understood=understood, ignored=ignored)
+
+
+def _resolve_upload(d: _GoalDraft) -> UploadInfo:
+    """The uploaded data set a goal names (by name, or by id for "upload:<id>")."""
+    key = d.upload or ""
+    for info in d.uploads:
+        if (key.startswith("#") and str(info.id) == key[1:]) or info.name == key:
+            return info
+    what = f"upload:{key[1:]}" if key.startswith("#") else f"named {key!r}"
+    names = ", ".join(sorted(i.name for i in d.uploads))
+    raise ValueError(f"there is no uploaded data set {what}" + (f"; the uploaded data sets are {names}" if names
+                     else "; upload one first (plasticity datasets upload, POST /api/datasets)"))
 
 
 def goal_to_spec(text: str) -> DiscoverySpec:
@@ -294,6 +333,9 @@ def _build_spec(d: Draft, text: str) -> DiscoverySpec:
         raise ValueError("dW1, dW3 and dW4 are recurrent terms: say 'recurrent' or 'fixed points' to learn a "
                          "recurrent rule")
     dataset = d.dataset or "mnist5k"
+    upload = _resolve_upload(d) if isinstance(d, _GoalDraft) and dataset == "upload" else None
+    if upload is not None:
+        dataset = upload.ref
     task: dict[str, Any] = {"dataset": dataset, **d.task}
     meta: dict[str, Any] = dict(d.meta)
     if d.tiny:
@@ -302,8 +344,8 @@ def _build_spec(d: Draft, text: str) -> DiscoverySpec:
         meta.setdefault("eval_episodes", TINY["eval_episodes"])
         meta.setdefault("episodes", TINY["episodes"])
     ways = int(task.get("ways", 5))
-    n_in = input_dim(dataset) or 784
-    n_out = max(OUTPUT_DIMS.get(dataset, 10), ways)
+    n_in = upload.dim if upload is not None else input_dim(dataset) or 784
+    n_out = max(upload.n_classes if upload is not None else OUTPUT_DIMS.get(dataset, 10), ways)
     if d.widths is not None:
         if d.depth is not None and d.depth != len(d.widths) - 1:
             raise ValueError(f"depth {d.depth} does not match widths {d.widths}")

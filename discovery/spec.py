@@ -15,6 +15,10 @@ from rules.terms import POOLS as RULE_POOLS
 
 FeedbackMode = Literal["bp", "fa", "dfa", "sign"]
 DatasetName = Literal["mnist5k", "digits", "digits28", "emnist-balanced", "synthetic"]
+#: An uploaded data set (``POST /api/datasets``), named by its id: ``"upload:<id>"``.
+UPLOAD_PATTERN = r"^upload:[1-9][0-9]{0,9}$"
+UploadRef = Annotated[str, Field(pattern=UPLOAD_PATTERN, examples=["upload:1"],
+                                 description="an uploaded data set: 'upload:<id>' (GET /api/datasets)")]
 GradMode = Literal["forward", "reverse"]
 
 #: Term pools (ids of rules.terms): paper3, bio10, the generated 16-term library and the 43-term gated library.
@@ -48,6 +52,17 @@ class NetworkSpec(_Strict):
         return len(self.widths) - 1
 
 
+class UploadSource(_Strict):
+    """Where the engine reads an uploaded data set (``task.dataset = "upload:<id>"``): the content-addressed file
+    ``<dir>/<sha256>.npz`` (discovery.data.uploads). The service fills ``name`` and ``sha256`` when the job is
+    submitted (they stay in the job's spec as its provenance) and ``dir`` when it hands the job to the workers;
+    without ``dir`` the engine reads the folder ``PLASTICITY_DATASET_DIR``."""
+
+    name: str | None = Field(None, max_length=64)
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="checksum of the data set's content")
+    dir: str | None = Field(None, max_length=4096, description="server folder of the file (set by the server)")
+
+
 class TaskSpec(_Strict):
     """Episodes of M classes, K online training samples and Q query samples per class.
 
@@ -59,7 +74,7 @@ class TaskSpec(_Strict):
     its settings (objective, unroll, passes) sit in the rule spec (UnsupervisedRuleSpec)."""
 
     kind: Literal["fewshot", "fixedpoint-mnist", "pca"] = "fewshot"
-    dataset: DatasetName = "mnist5k"
+    dataset: DatasetName | UploadRef = "mnist5k"
     ways: int = Field(5, ge=2, le=47)
     shots: int = Field(50, ge=1, le=1000)
     queries: int = Field(10, ge=1, le=1000)
@@ -67,6 +82,13 @@ class TaskSpec(_Strict):
     upsample: bool = False
     emnist_dir: str | None = None
     heldout_fraction: float = Field(0.2, gt=0, lt=1)
+    upload: UploadSource | None = Field(None, description="an uploaded data set's checksum (set by the server)")
+
+    @model_validator(mode="after")
+    def _upload_fits_dataset(self) -> TaskSpec:
+        if self.upload is not None and not self.dataset.startswith("upload:"):
+            raise ValueError(f"task.upload belongs to an uploaded data set ('upload:<id>'), not {self.dataset!r}")
+        return self
 
 
 RuleFamily = Literal["feedforward", "recurrent", "unsupervised"]

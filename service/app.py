@@ -32,6 +32,7 @@ from service.db.session import make_engine, make_session_factory
 from service.runs.dispatcher import Dispatcher
 from service.settings import Settings, load_settings
 from service.web.apidocs import DOCS_ASSETS, router as apidocs_router
+from service.web.datasets_page import router as datasets_pages_router
 from service.web.pages import router as pages_router
 
 log = logging.getLogger("plasticity.service")
@@ -87,7 +88,8 @@ def create_app(
     app.state.tokens = load_tokens(settings)
     app.state.dispatcher = None
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes,
+                       paths={"/api/datasets": (settings.limits.max_upload_bytes, "PLASTICITY_MAX_UPLOAD_BYTES")})
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(OperationalError, _database_down)
@@ -97,6 +99,7 @@ def create_app(
     app.include_router(pages_router)
     app.include_router(apidocs_router)
     app.mount("/static/apidocs", StaticFiles(directory=str(DOCS_ASSETS)), name="apidocs")
+    app.include_router(datasets_pages_router)
     app.mount(
         "/static", StaticFiles(directory=str(Path(__file__).resolve().parent / "web" / "static")), name="static"
     )

@@ -21,6 +21,11 @@
   it on a live node; it resumes from its checkpoint); 1 turns retries off | 3 |
 | ``PLASTICITY_CHECKPOINT_DIR`` | root of the per-job checkpoint folders; on a cluster, a folder every Ray node
   mounts at the same path (NFS, a ReadWriteMany volume) | ``<data dir>/checkpoints`` |
+| ``PLASTICITY_MAX_UPLOAD_BYTES`` | largest data set upload (``POST /api/datasets``; 413 above it) | 67108864 |
+| ``PLASTICITY_DATASET_DIR`` | folder of the uploaded data sets (``<sha256>.npz``); on a cluster, mounted at the
+  same path on every Ray node | ``<data dir>/datasets`` |
+| ``PLASTICITY_DATASET_IMPORT_DIR`` | folder whose files administrators may register as data sets by server path
+  (``POST /api/datasets`` with ``path``); unset: no server paths | unset |
 | ``RAY_ADDRESS`` | Ray cluster to join (read by ``workers.ray_jobs``) | local Ray |
 """
 
@@ -84,6 +89,7 @@ class Limits:
     max_trials: int = 64
     max_concurrent_jobs: int = 4
     max_body_bytes: int = 1_048_576
+    max_upload_bytes: int = 64 * 1_048_576
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,14 @@ class Settings:
     benchmark_tiny: bool = False
     max_attempts: int = 3
     checkpoint_root: Path | None = None
+    dataset_root: Path | None = None
+    dataset_import_dir: Path | None = None
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Folder of the uploaded data sets (``PLASTICITY_DATASET_DIR``, else in the data folder); every Ray node
+        must read it at this same path."""
+        return self.dataset_root if self.dataset_root is not None else self.data_dir / "datasets"
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -144,6 +158,7 @@ def load_settings() -> Settings:
         max_trials=_env_int("PLASTICITY_MAX_TRIALS", Limits.max_trials),
         max_concurrent_jobs=_env_int("PLASTICITY_MAX_CONCURRENT_JOBS", Limits.max_concurrent_jobs),
         max_body_bytes=_env_int("PLASTICITY_MAX_BODY_BYTES", Limits.max_body_bytes),
+        max_upload_bytes=_env_int("PLASTICITY_MAX_UPLOAD_BYTES", Limits.max_upload_bytes),
     )
     return Settings(
         data_dir=data_dir,
@@ -157,4 +172,6 @@ def load_settings() -> Settings:
         benchmark_tiny=_env_bool("PLASTICITY_BENCHMARK_TINY", False),
         max_attempts=_env_int("PLASTICITY_MAX_ATTEMPTS", 3),
         checkpoint_root=_env_path("PLASTICITY_CHECKPOINT_DIR"),
+        dataset_root=_env_path("PLASTICITY_DATASET_DIR"),
+        dataset_import_dir=_env_path("PLASTICITY_DATASET_IMPORT_DIR"),
     )

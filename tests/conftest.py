@@ -44,6 +44,7 @@ TABLES = (
     "rule_terms",
     "rules",
     "jobs",
+    "datasets",
 )
 
 

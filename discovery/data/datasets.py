@@ -344,7 +344,8 @@ def load_dataset(
         DatasetError: unknown name, EMNIST folder unset or missing, files missing or malformed.
     """
     if name not in DATASET_NAMES:
-        raise DatasetError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+        hint = " (an uploaded data set: discovery.data.uploads.load_task_data)" if name.startswith("upload:") else ""
+        raise DatasetError(f"unknown data set {name!r}{hint}; choose one of {', '.join(DATASET_NAMES)}")
     key: tuple
     if name == "mnist5k":
         key = ("mnist5k",)

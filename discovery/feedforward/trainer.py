@@ -67,7 +67,8 @@ class MetaTrainer(Checkpointed):
     def __init__(self, spec: DiscoverySpec, device: torch.device | None = None, stream: int = 0):
         """``stream`` > 0 draws another meta-train episode stream from the same seed (the stages of a search see
         fresh episodes); held-out episodes depend on the seed alone, so every stage is scored on the same ones."""
-        from discovery.data import EpisodeSampler, load_dataset
+        from discovery.data import EpisodeSampler
+        from discovery.data.uploads import load_task_data
 
         self.spec = spec
         self.device = device or resolve_device(spec.resources.device)
@@ -78,7 +79,7 @@ class MetaTrainer(Checkpointed):
             need = task.shots + task.queries
             extra = {"dim": net.widths[0], "per_class": max(100, math.ceil(need / min(task.heldout_fraction,
                                                                                         1 - task.heldout_fraction)) + 2)}
-        self.dataset = load_dataset(task.dataset, emnist_dir=task.emnist_dir, upsample=task.upsample, **extra)
+        self.dataset = load_task_data(task, **extra)   # built-in by name, or an upload by checksum
         d = self.dataset.images.shape[1]
         if net.widths[0] != d:
             raise ValueError(f"network input width {net.widths[0]} does not match the data set's {d} features "

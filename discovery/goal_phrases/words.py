@@ -81,7 +81,7 @@ VOCABULARY: dict[str, list[str]] = {
         "direct feedback alignment / dfa",
         "sign-symmetric",
     ],
-    "dataset": ["mnist", "digits", "digits28", "emnist", "synthetic"],
+    "dataset": ["mnist", "digits", "digits28", "emnist", "synthetic", "my dataset <name> / upload:<id>"],
     "terms": [
         "pseudo-gradient",
         "error-Hebbian / eHebb",

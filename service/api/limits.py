@@ -168,19 +168,28 @@ def _recurrent_problems(spec: DiscoverySpec) -> list[dict[str, Any]]:
 
 
 class BodySizeLimit:
-    """ASGI middleware: answer 413 to a request whose body exceeds ``max_bytes`` (declared or streamed)."""
+    """ASGI middleware: answer 413 to a request whose body exceeds ``max_bytes`` (declared or streamed);
+    ``paths`` gives other limits to requests whose path starts with a key (data set uploads)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, paths: dict[str, tuple[int, str]] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.paths = paths or {}
+
+    def _limit(self, path: str) -> tuple[int, str]:
+        for prefix, limit in self.paths.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return limit
+        return self.max_bytes, "PLASTICITY_MAX_BODY_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        max_bytes, variable = self._limit(scope.get("path", ""))
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self._reject(send, max_bytes, variable)
             return
         chunks: list[bytes] = []
         size = 0
@@ -191,8 +200,8 @@ class BodySizeLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._reject(send)
+            if size > max_bytes:
+                await self._reject(send, max_bytes, variable)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -208,10 +217,10 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, max_bytes: int, variable: str) -> None:
         detail = (
-            f'{{"detail": "request body too large: the limit is {self.max_bytes} bytes '
-            f'(PLASTICITY_MAX_BODY_BYTES)"}}'
+            f'{{"detail": "request body too large: the limit is {max_bytes} bytes '
+            f'({variable})"}}'
         ).encode()
         await send(
             {

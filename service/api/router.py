@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import benchmarks, jobs, meta, rules
+from service.api.routes import benchmarks, datasets, jobs, meta, rules
 
 api_router = APIRouter()
-for _module in (meta, jobs, rules, benchmarks):
+for _module in (meta, jobs, rules, benchmarks, datasets):
     api_router.include_router(_module.router)

@@ -335,3 +335,23 @@ class HealthOut(BaseModel):
     database: dict[str, Any]
     ray: dict[str, Any]
     dispatcher: dict[str, Any]
+
+
+class DatasetOut(_FromRow):
+    """An uploaded labelled data set (``POST /api/datasets``); a job names it ``task.dataset = "upload:<id>"``."""
+
+    id: int
+    ref: str = Field(description="how a spec names it: 'upload:<id>'", examples=["upload:1"])
+    name: str = Field(description="how a goal names it: '... on my dataset <name>'")
+    owner: str = Field(description="fingerprint of the token that uploaded it (only it may delete it)")
+    sha256: str = Field(description="checksum of the content (X float32, y int64), the name of the stored file")
+    format: Literal["npz", "nwb"]
+    filename: str | None = None
+    upload_bytes: int
+    n: int = Field(description="samples N")
+    dim: int = Field(description="features D (the network's input width)")
+    side: int | None = Field(None, description="image side when D is a square (or the upload was N × H × W)")
+    n_classes: int
+    classes: list[int] = Field(description="the label values, ascending (label i of the engine is classes[i])")
+    class_counts: list[int] = Field(description="samples per class, in the order of classes")
+    created_at: dt.datetime

@@ -29,6 +29,8 @@ benchmarks_app = typer.Typer(help="Benchmark runs on a server (/api/benchmarks).
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(rules_app, name="rules")
 app.add_typer(benchmarks_app, name="benchmarks")
+datasets_app = typer.Typer(help="Uploaded data sets on a server (/api/datasets).", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
 
 ServerOpt = Annotated[
     str | None,
@@ -346,6 +348,47 @@ def benchmarks_cancel(
 ) -> None:
     """Cancel a queued or running benchmark (POST /api/benchmarks/{id}/cancel)."""
     _answer(server, token, as_json, lambda client: client.cancel_benchmark(run_id), _status_line("benchmark"))
+
+
+def _show_dataset(d: Any) -> None:
+    _pairs(f"data set {d.id}", [("name", d.name), ("ref", d.ref), ("N", d.n), ("D", d.dim),
+                                 ("classes", f"{d.n_classes}: {', '.join(map(str, d.classes[:20]))}"),
+                                 ("per class", ", ".join(map(str, d.class_counts[:20]))), ("sha256", d.sha256),
+                                 ("owner", d.owner), ("format", d.format)])
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".npz (arrays X, y) or .nwb")],
+    name: Annotated[str | None, typer.Option(help="the name goals use ('on my dataset NAME'); default: the file's")]
+    = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a labelled data set (POST /api/datasets); jobs name it upload:<id>."""
+    _answer(server, token, as_json, lambda client: client.upload_dataset(file, name), _show_dataset)
+
+
+@datasets_app.command("list")
+def datasets_list(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Uploaded data sets, newest first (GET /api/datasets)."""
+    with _remote(server, token) as client:
+        rows = client.datasets()
+        if as_json:
+            _print_json(rows)
+            return
+        _table("data sets", ["id", "name", "N", "D", "classes", "per class", "sha256", "owner"], [
+            [d.id, d.name, d.n, d.dim, d.n_classes, f"{min(d.class_counts)}–{max(d.class_counts)}",
+             d.sha256[:12], d.owner] for d in rows])
+
+
+@datasets_app.command("delete")
+def datasets_delete(dataset_id: IdArg, server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Delete a data set you uploaded (DELETE /api/datasets/{id}); refused while a queued or running job uses it."""
+    with _remote(server, token) as client:
+        client.delete_dataset(dataset_id)
+        out.print(f"data set {dataset_id} deleted")
 
 
 @app.command("leaderboard")

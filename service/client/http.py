@@ -28,7 +28,7 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from service.api.schemas import BenchmarkOut, HealthOut, JobOut, LeaderboardOut, RuleOut
+from service.api.schemas import BenchmarkOut, DatasetOut, HealthOut, JobOut, LeaderboardOut, RuleOut
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 FINAL = ("succeeded", "failed", "cancelled")
@@ -330,6 +330,28 @@ class Client:
     def export(self, rule: int | RuleOut, format: str = "torch") -> str:
         """``GET /api/rules/{id}/export``: self-contained torch / numpy / jax / sympy source, LaTeX or JSON."""
         return self.request("GET", f"/api/rules/{_id(rule)}/export", params={"format": format}).text
+
+    # --- data sets -------------------------------------------------------------------------------------------------
+    def upload_dataset(self, path: str | Path, name: str | None = None) -> DatasetOut:
+        """``POST /api/datasets``: upload a ``.npz`` (arrays X, y) or ``.nwb`` file; a job then names it
+        ``"upload:<id>"`` (or a goal "... on my dataset <name>")."""
+        p = Path(path)
+        with p.open("rb") as fh:
+            response = self.request("POST", "/api/datasets", files={"file": (p.name, fh)},
+                                    data={"name": name} if name else None)
+        return DatasetOut.model_validate(response.json())
+
+    def datasets(self, limit: int = 100, offset: int = 0) -> list[DatasetOut]:
+        """``GET /api/datasets``: N, D, classes, per-class counts, owner and checksum of each."""
+        return self._list(DatasetOut, "/api/datasets", limit=limit, offset=offset)
+
+    def dataset(self, dataset: int | DatasetOut) -> DatasetOut:
+        """``GET /api/datasets/{id}``."""
+        return self._get(DatasetOut, f"/api/datasets/{_id(dataset)}")
+
+    def delete_dataset(self, dataset: int | DatasetOut) -> None:
+        """``DELETE /api/datasets/{id}`` (its owner only; :class:`Conflict` while a queued or running job uses it)."""
+        self.request("DELETE", f"/api/datasets/{_id(dataset)}")
 
     # --- benchmarks --------------------------------------------------------------------------------------------------
     def benchmark(

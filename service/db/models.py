@@ -389,3 +389,31 @@ class BaselineSetRow(Base):
     wall_time_s: Mapped[float | None] = mapped_column(Float)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("benchmark_runs.id", ondelete="SET NULL"), index=True)
     data: Mapped[dict[str, Any]] = mapped_column(JSONColumn())
+
+
+class DatasetRow(Base):
+    """A labelled data set uploaded by a user (``POST /api/datasets``; migration 0005): its metadata, owner and the
+    checksum that names its content-addressed file ``<dataset dir>/<sha256>.npz`` (discovery.data.uploads). A job
+    names it ``task.dataset = "upload:<id>"``."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    format: Mapped[str] = mapped_column(String(8))
+    filename: Mapped[str | None] = mapped_column(String(255))
+    upload_bytes: Mapped[int] = mapped_column(Integer)
+    n: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+    side: Mapped[int | None] = mapped_column(Integer)
+    n_classes: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[list[int]] = mapped_column(JSONColumn())
+    class_counts: Mapped[list[int]] = mapped_column(JSONColumn())
+
+    @property
+    def ref(self) -> str:
+        """How a job spec names it."""
+        return f"upload:{self.id}"

@@ -60,6 +60,7 @@ from service.runs.lease import DispatcherLease
 from service.runs.recording import job_summary, queue_benchmarks, record_benchmark_result, record_job_result
 from service.runs.states import Tracked, owner_key, set_status
 from service.settings import Settings
+from service.uploads import engine_spec
 from workers.contract import JobState, WorkerInfo, Workers
 from workers.progress import JobProgress, JobResult
 
@@ -288,7 +289,7 @@ class Dispatcher:
         """Submit one row to the workers: (its handle, the job's checkpoint folder)."""
         retries = self.settings.max_attempts - 1
         if isinstance(row, Job):
-            spec = DiscoverySpec.model_validate(row.spec)
+            spec = engine_spec(DiscoverySpec.model_validate(row.spec), self.settings)   # an upload's folder
             folder = self.settings.checkpoint_dir(row.id)
             folder.mkdir(parents=True, exist_ok=True)
             return self.workers().submit_discovery(row.id, spec, folder, max_retries=retries), str(folder)

@@ -20,6 +20,7 @@ from service.db.repositories.events import add_event
 from service.db.repositories.jobs import add_front_point, link_job_rule
 from service.db.repositories.rules import upsert_rule
 from service.rulebook import record_from_result
+from service.uploads import dataset_provenance
 from workers.progress import JobResult
 
 #: the result fields of a single run kept as the metrics of its one trial row
@@ -55,7 +56,8 @@ def _store_front(s: Session, job: Job, result: JobResult) -> list[int]:
     for position, point in enumerate(result.front):
         row, _ = upsert_rule(s, record_from_result(point.rule), name=f"{name} ({point.n_terms} terms)",
                              origin=ORIGIN_DISCOVERED, spec=job.spec, seed=seed, job_id=job.id,
-                             provenance={"job_id": job.id, "goal": job.goal, "coefficients_raw": point.theta})
+                             provenance={"job_id": job.id, "goal": job.goal, "coefficients_raw": point.theta,
+                                         **dataset_provenance(job.spec)})
         link_job_rule(s, job, row)
         add_front_point(s, job, point, position=position, rule=row)
         ids.append(row.id)
@@ -71,7 +73,8 @@ def _store_rule(s: Session, job: Job, result: JobResult) -> Rule:
         provenance={"job_id": job.id, "goal": job.goal, "best_trial": result.best_trial,
                     "heldout_accuracy": result.heldout_accuracy, "heldout_ci95": result.heldout_ci95,
                     "heldout_episodes": result.heldout_episodes, "wall_time_s": result.wall_time_s,
-                    "device": result.device, "coefficients_raw": result.rule.coefficients_raw},
+                    "device": result.device, "coefficients_raw": result.rule.coefficients_raw,
+                    **dataset_provenance(job.spec)},
     )
     link_job_rule(s, job, row)
     add_event(s, "rule", ("stored rule" if created else "the rule was already stored as rule") + f" {row.id}",

@@ -22,6 +22,7 @@ from service.db.models import Job
 from service.db.repositories import jobs as job_repo
 from service.db.repositories.jobs import active_count, create_job
 from service.runs.states import cancel
+from service.uploads import attach_upload, goal_uploads
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 _JOB_BODY: TypeAdapter[Any] = TypeAdapter(JobCreate)
@@ -77,13 +78,14 @@ def submit_job(
     if isinstance(body, GoalRequest):
         goal = body.goal
         try:
-            parsed = parse_goal(goal)
+            parsed = parse_goal(goal, goal_uploads(session))
         except GoalError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict()) from exc
         spec, understood = parsed.spec, parsed.understood
     else:
         spec = fit_defaults(body, settings.limits)
-    problems = spec_problems(spec, settings.limits)
+    spec, upload_problems = attach_upload(session, spec)   # "upload:<id>": its checksum, D and classes
+    problems = spec_problems(spec, settings.limits) + upload_problems
     if problems:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problems)
     cap = settings.limits.max_concurrent_jobs

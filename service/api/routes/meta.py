@@ -11,9 +11,11 @@ from sqlalchemy import text
 from discovery.goal import VOCABULARY, GoalError, parse_goal
 from service import __version__
 from service.api.errors import errors
+from service.api.deps import SessionDep
 from service.api.schemas import HealthOut
 from service.db.migrate import current_revision
 from service.db.session import redact_url
+from service.uploads import goal_uploads
 
 router = APIRouter(tags=["service"])
 
@@ -70,11 +72,12 @@ def health(request: Request) -> Any:
     "the goal is not understood (its words are meaning, not shape: see docs/http-api.md); the detail lists what "
     "was understood, the unknown words and the vocabulary")))
 def read_goal(text_: Annotated[str, Query(alias="text", min_length=1, max_length=2000,
-                                          pattern=r"^[^\x00-\x08\x0b-\x1f]*$")]) -> dict[str, Any]:
+                                          pattern=r"^[^\x00-\x08\x0b-\x1f]*$")],
+              session: SessionDep) -> dict[str, Any]:
     """How a goal would be read: the resolved spec, the phrases understood and the words ignored because they
     change nothing (nothing is submitted)."""
     try:
-        parsed = parse_goal(text_)
+        parsed = parse_goal(text_, goal_uploads(session))
     except GoalError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.to_dict()) from exc
     return {"spec": parsed.spec.model_dump(mode="json"), "understood": parsed.understood, "ignored": parsed.ignored}
