@@ -160,7 +160,8 @@ class UnsupervisedRuleSpec(_RuleTerms):
     runs ``unroll`` online steps per meta-training episode from W₀ with rows of norm ``init_norm``; the meta-objective
     is the reconstruction error ‖x − WᵀW x‖² (pins W Wᵀ = I) or the principal-subspace error at the end (averaged
     over ``checkpoints`` points of the unroll's second half); the front is scored after the unroll and after
-    ``passes`` online passes over the training split."""
+    ``passes`` online passes over the training split. The search fits at ``unroll``; the selected support is refit
+    alone at ``final_unroll`` (default: ``unroll``), where a longer unroll learns a smaller step η."""
 
     family: Literal["unsupervised"] = "unsupervised"
     pool: Literal["hebbian"] | None = None
@@ -169,6 +170,7 @@ class UnsupervisedRuleSpec(_RuleTerms):
     passes: int = Field(5, ge=1, le=50)
     init_norm: float = Field(1.0, gt=0, le=100)
     checkpoints: int = Field(1, ge=1, le=16)
+    final_unroll: int | None = Field(None, ge=2, le=20_000)
 
     @model_validator(mode="after")
     def _resolve_terms(self) -> UnsupervisedRuleSpec:

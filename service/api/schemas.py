@@ -194,7 +194,7 @@ class RuleOut(_FromRow):
     feedback: str | None = None
     depth: int | None = None
     dataset: str | None = None
-    family: Literal["feedforward", "recurrent"] = Field("feedforward", description="the rule family")
+    family: Literal["feedforward", "recurrent", "unsupervised"] = Field("feedforward", description="the rule family")
     created_at: dt.datetime
     created: bool | None = Field(None, validation_alias=AliasChoices("created_now", "created"),
                                  description="POST only: false when the rule was already stored")
