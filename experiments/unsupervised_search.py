@@ -16,7 +16,7 @@ import torch
 
 from discovery.results import jsonable
 from discovery.unsupervised.data import load_pca_data
-from discovery.unsupervised.search import SearchConfig, UnsupervisedSearch, oja_ratio, to_result
+from discovery.unsupervised.search import SearchConfig, UnsupervisedSearch, oja_ratio
 from discovery.unsupervised.terms import POOL
 from discovery.unsupervised.trainer import InnerConfig, UnsupervisedTrainer
 from rules.unsupervised import UNSUPERVISED_TERMS
@@ -35,8 +35,12 @@ def run(objective: str, seed: int, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     trainer = UnsupervisedTrainer(data, POOL, inner, seed=seed)
     outcome = UnsupervisedSearch(trainer, cfg).run()
-    result = to_result({"objective": objective, "seed": seed, **vars(args)}, outcome, cfg, POOL,
-                       data.best_reconstruction(args.k), time.perf_counter() - t0)
+    result = {"args": {"objective": objective, "seed": seed, **vars(args)}, "wall_time_s": time.perf_counter() - t0,
+              "best_reconstruction": data.best_reconstruction(args.k), "episodes": outcome.episodes,
+              "front": [p.model_dump() for p in outcome.front], "evaluations": outcome.evaluations,
+              "screening": outcome.screens, "search_point": outcome.extra.get("search_point"),
+              "fits": [{"terms": f.terms, "theta": f.theta, "evals": f.steps, **f.extra,
+                        "phase": f.history[-1]["phase"] if f.history else None} for f in outcome.fits]}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.dataset}_{objective}_seed{seed}.json").write_text(json.dumps(jsonable(result), indent=1))
     return jsonable(result)
@@ -76,7 +80,7 @@ def main() -> None:
     for seed in args.seeds:
         res = run(args.objective, seed, args)
         print(f"{args.objective} seed {seed}: {res['wall_time_s']:.0f} s, best reconstruction "
-              f"{res['search']['best_reconstruction']:.4f}\n{summary(res)}", flush=True)
+              f"{res['best_reconstruction']:.4f}\n{summary(res)}", flush=True)
 
 
 if __name__ == "__main__":
