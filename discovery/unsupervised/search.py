@@ -1,14 +1,19 @@
-"""Open search over the unsupervised library: forward selection, refit, a (n_terms, held-out score) front, selection.
+"""Open search over the unsupervised library: stepwise selection, a (n_terms, held-out score) front, selection,
+final refit.
 
-Forward selection from the empty rule, over the whole generated library (no hint): at the current support's θ
-(candidates at θ_r = 0), Rao's score test t_r = ḡ_r / (s_r/√n) from the per-episode meta-gradients ∂L_b/∂φ_r over n
-fresh episodes (invariant to the term's scale); the ``trials`` candidates of largest |t_r| are each refit briefly
-and the one with the lowest meta-objective on common seeded episodes joins the support, which is refit (warm
-start) by Adam on the meta-objective; repeated up to ``max_terms`` terms. Every support is
-then scored on the same held-out episodes (paired): score = 1 − held-out normalized reconstruction error at the
-meta-training horizon T (objective ``reconstruction``: the explained-variance fraction) or 1 − subspace error at T
-(objective ``subspace``), with its 95 % t half-width. Selection: the support with the fewest terms (then the lowest
-complexity) whose score is ≥ best score − the best's 95 % half-width (PySR's convention, as discovery.search).
+Every fit is L-BFGS (strong-Wolfe line search) on a sample-average meta-objective: the mean over ``fit_episodes``
+common episodes (the same W₀ and sample orders for every support), so fits are deterministic and their training
+losses comparable. Forward selection from the empty rule over the whole generated library (no hint): at the current
+support's θ (candidates at θ_r = 0), Rao's score test t_r = ḡ_r / (s_r/√n) over n fresh episodes; the ``trials``
+candidates of largest |t_r| are each fitted briefly and the one with the lowest meta-objective joins; the support is
+refit; up to ``max_terms`` terms. Then backward elimination from the largest support: each term removed in turn,
+the rest refit, the lowest-loss removal kept, down to one term. Every distinct support (its lowest-loss fit) is
+scored on the same held-out episodes (paired): score = 1 − held-out normalized reconstruction error at the horizon
+T (objective ``reconstruction``) or 1 − subspace error at T (``subspace``), with its 95 % t half-width. Selection:
+the support with the fewest terms (then the lowest complexity) whose score is ≥ best score − the best's 95 %
+half-width (PySR's convention). The selected support is then refit alone with the full budget at the final horizon
+``final_unroll`` (a longer unroll learns a smaller step η, hence a lower stationary subspace error) and replaces its
+front point.
 """
 
 from __future__ import annotations
