@@ -286,10 +286,11 @@ def _build_recurrent_spec(d: Draft, text: str) -> DiscoverySpec:
 
 
 #: an unsupervised goal's defaults (the acceptance run of docs/unsupervised.md) and its tiny size
-UNSUPERVISED_DEFAULTS: dict[str, Any] = {"k": 4, "unroll": 2000, "passes": 5, "max_terms": 3, "screen": 16,
-                                         "meta_batch": 8, "episodes": 1728, "lr": 3e-3, "eval_episodes": 16}
-UNSUPERVISED_TINY: dict[str, Any] = {"k": 2, "unroll": 40, "passes": 1, "max_terms": 2, "screen": 2,
-                                     "meta_batch": 2, "episodes": 40, "lr": 3e-3, "eval_episodes": 2}
+UNSUPERVISED_DEFAULTS: dict[str, Any] = {"k": 4, "unroll": 1000, "final_unroll": 2000, "passes": 5, "max_terms": 3,
+                                         "screen": 16, "meta_batch": 8, "episodes": 1610, "lr": 3e-3,
+                                         "eval_episodes": 16}
+UNSUPERVISED_TINY: dict[str, Any] = {"k": 2, "unroll": 40, "final_unroll": 40, "passes": 1, "max_terms": 2,
+                                     "screen": 2, "meta_batch": 2, "episodes": 60, "lr": 3e-3, "eval_episodes": 2}
 #: terms whose words describe an unsupervised goal ("hebbian", "oja") rather than hint at its answer
 UNSUPERVISED_DESCRIPTIVE = frozenset({"hebb", "F9", "F3"})
 
@@ -310,8 +311,8 @@ def _build_unsupervised_spec(d: Draft, text: str) -> DiscoverySpec:
     base = {**UNSUPERVISED_DEFAULTS, **(UNSUPERVISED_TINY if d.tiny else {})}
     k = d.width if d.width is not None else base["k"]
     max_terms = d.max_terms or base["max_terms"]
-    rule = {"family": "unsupervised", "pool": "hebbian", "unroll": base["unroll"], "passes": base["passes"],
-            **d.unsupervised}
+    rule = {"family": "unsupervised", "pool": "hebbian", "unroll": base["unroll"], "final_unroll": base["final_unroll"],
+            "passes": base["passes"], **d.unsupervised}
     meta = {"episodes": base["episodes"], "meta_batch": base["meta_batch"], "lr": base["lr"],
             "eval_episodes": base["eval_episodes"], **d.meta}
     return DiscoverySpec.model_validate({

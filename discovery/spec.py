@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from rules.terms import POOLS as RULE_POOLS
 
@@ -83,6 +91,14 @@ class TaskSpec(_Strict):
     emnist_dir: str | None = None
     heldout_fraction: float = Field(0.2, gt=0, lt=1)
     upload: UploadSource | None = Field(None, description="an uploaded data set's checksum (set by the server)")
+
+    @model_serializer(mode="wrap")
+    def _no_upload_when_built_in(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """A built-in data set's task dumps without ``upload`` (the stored specs of earlier jobs stay as they were)."""
+        data = handler(self)
+        if data.get("upload") is None:
+            data.pop("upload", None)
+        return data
 
     @model_validator(mode="after")
     def _upload_fits_dataset(self) -> TaskSpec:
@@ -182,7 +198,8 @@ class UnsupervisedRuleSpec(_RuleTerms):
     runs ``unroll`` online steps per meta-training episode from W₀ with rows of norm ``init_norm``; the meta-objective
     is the reconstruction error ‖x − WᵀW x‖² (pins W Wᵀ = I) or the principal-subspace error at the end (averaged
     over ``checkpoints`` points of the unroll's second half); the front is scored after the unroll and after
-    ``passes`` online passes over the training split."""
+    ``passes`` online passes over the training split. The search fits at ``unroll``; the selected support is refit
+    alone at ``final_unroll`` (default: ``unroll``), where a longer unroll learns a smaller step η."""
 
     family: Literal["unsupervised"] = "unsupervised"
     pool: Literal["hebbian"] | None = None
@@ -191,6 +208,7 @@ class UnsupervisedRuleSpec(_RuleTerms):
     passes: int = Field(5, ge=1, le=50)
     init_norm: float = Field(1.0, gt=0, le=100)
     checkpoints: int = Field(1, ge=1, le=16)
+    final_unroll: int | None = Field(None, ge=2, le=20_000)
 
     @model_validator(mode="after")
     def _resolve_terms(self) -> UnsupervisedRuleSpec:

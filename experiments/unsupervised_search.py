@@ -16,7 +16,7 @@ import torch
 
 from discovery.results import jsonable
 from discovery.unsupervised.data import load_pca_data
-from discovery.unsupervised.search import SearchConfig, UnsupervisedSearch, oja_ratio, to_result
+from discovery.unsupervised.search import SearchConfig, UnsupervisedSearch, oja_ratio
 from discovery.unsupervised.terms import POOL
 from discovery.unsupervised.trainer import InnerConfig, UnsupervisedTrainer
 from rules.unsupervised import UNSUPERVISED_TERMS
@@ -28,13 +28,19 @@ def run(objective: str, seed: int, args: argparse.Namespace) -> dict:
     torch.manual_seed(seed)
     data = load_pca_data(args.dataset)
     inner = InnerConfig(k=args.k, unroll=args.unroll, init_norm=1.0, objective=objective)
-    cfg = SearchConfig(max_terms=args.max_terms, fit_steps=args.fit_steps, batch=args.batch, lr=args.lr,
-                       trial_steps=args.trial_steps, eval_episodes=args.eval_episodes, passes=args.passes)
+    cfg = SearchConfig(max_terms=args.max_terms, fit_evals=args.fit_evals, trial_evals=args.trial_evals,
+                       fit_episodes=args.fit_episodes, final_evals=args.final_evals,
+                       final_episodes=args.final_episodes, final_unroll=args.final_unroll,
+                       eval_episodes=args.eval_episodes, passes=args.passes, seed=seed)
     t0 = time.perf_counter()
     trainer = UnsupervisedTrainer(data, POOL, inner, seed=seed)
     outcome = UnsupervisedSearch(trainer, cfg).run()
-    result = to_result({"objective": objective, "seed": seed, **vars(args)}, outcome, cfg, POOL,
-                       data.best_reconstruction(args.k), time.perf_counter() - t0)
+    result = {"args": {"objective": objective, "seed": seed, **vars(args)}, "wall_time_s": time.perf_counter() - t0,
+              "best_reconstruction": data.best_reconstruction(args.k), "episodes": outcome.episodes,
+              "front": [p.model_dump() for p in outcome.front], "evaluations": outcome.evaluations,
+              "screening": outcome.screens, "search_point": outcome.extra.get("search_point"),
+              "fits": [{"terms": f.terms, "theta": f.theta, "evals": f.steps, **f.extra,
+                        "phase": f.history[-1]["phase"] if f.history else None} for f in outcome.fits]}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.dataset}_{objective}_seed{seed}.json").write_text(json.dumps(jsonable(result), indent=1))
     return jsonable(result)
@@ -59,12 +65,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--dataset", default="digits")
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--unroll", type=int, default=2000)
+    ap.add_argument("--unroll", type=int, default=1000, help="the search's horizon T")
+    ap.add_argument("--final-unroll", type=int, default=2000, help="the selected support's refit horizon")
     ap.add_argument("--max-terms", type=int, default=3)
-    ap.add_argument("--fit-steps", type=int, default=40)
-    ap.add_argument("--trial-steps", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--fit-evals", type=int, default=15)
+    ap.add_argument("--trial-evals", type=int, default=5)
+    ap.add_argument("--fit-episodes", type=int, default=8)
+    ap.add_argument("--final-evals", type=int, default=30)
+    ap.add_argument("--final-episodes", type=int, default=16)
     ap.add_argument("--eval-episodes", type=int, default=16)
     ap.add_argument("--passes", type=int, default=5)
     args = ap.parse_args()
@@ -72,7 +80,7 @@ def main() -> None:
     for seed in args.seeds:
         res = run(args.objective, seed, args)
         print(f"{args.objective} seed {seed}: {res['wall_time_s']:.0f} s, best reconstruction "
-              f"{res['search']['best_reconstruction']:.4f}\n{summary(res)}", flush=True)
+              f"{res['best_reconstruction']:.4f}\n{summary(res)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,17 @@ def record_of(rule: Any) -> RuleRecord:
     )
 
 
+def is_unsupervised_canonical(canonical: str | None) -> bool:
+    """True for the canonical string of an unsupervised Hebbian rule (``unsupervised/v1: …``)."""
+    return str(canonical or "").startswith("unsupervised/")
+
+
+def _family(rule: RuleData, canonical: str) -> str:
+    if rule.kind == "unsupervised" or is_unsupervised_canonical(canonical):
+        return "unsupervised"
+    return "recurrent" if rule.kind == "recurrent" or is_recurrent_canonical(canonical) else "feedforward"
+
+
 def record_from_result(rule: RuleData) -> RuleRecord:
     """The :class:`RuleRecord` of an engine result's rule (``DiscoveryResult.rule``).
 
@@ -144,7 +155,7 @@ def record_from_result(rule: RuleData) -> RuleRecord:
         coefficients=coefficients or {str(k): float(v) for k, v in rebuild().coefficients.items()},
         terms=list(rule.terms or coefficients or rebuild().terms),
         hash=digest,
-        family="recurrent" if rule.kind == "recurrent" or is_recurrent_canonical(canonical) else "feedforward",
+        family=_family(rule, canonical),
     )
 
 

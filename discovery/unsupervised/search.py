@@ -1,14 +1,19 @@
-"""Open search over the unsupervised library: forward selection, refit, a (n_terms, held-out score) front, selection.
+"""Open search over the unsupervised library: stepwise selection, a (n_terms, held-out score) front, selection,
+final refit.
 
-Forward selection from the empty rule, over the whole generated library (no hint): at the current support's θ
-(candidates at θ_r = 0), Rao's score test t_r = ḡ_r / (s_r/√n) from the per-episode meta-gradients ∂L_b/∂φ_r over n
-fresh episodes (invariant to the term's scale); the ``trials`` candidates of largest |t_r| are each refit briefly
-and the one with the lowest meta-objective on common seeded episodes joins the support, which is refit (warm
-start) by Adam on the meta-objective; repeated up to ``max_terms`` terms. Every support is
-then scored on the same held-out episodes (paired): score = 1 − held-out normalized reconstruction error at the
-meta-training horizon T (objective ``reconstruction``: the explained-variance fraction) or 1 − subspace error at T
-(objective ``subspace``), with its 95 % t half-width. Selection: the support with the fewest terms (then the lowest
-complexity) whose score is ≥ best score − the best's 95 % half-width (PySR's convention, as discovery.search).
+Every fit is L-BFGS (strong-Wolfe line search) on a sample-average meta-objective: the mean over ``fit_episodes``
+common episodes (the same W₀ and sample orders for every support), so fits are deterministic and their training
+losses comparable. Forward selection from the empty rule over the whole generated library (no hint): at the current
+support's θ (candidates at θ_r = 0), Rao's score test t_r = ḡ_r / (s_r/√n) over n fresh episodes; the ``trials``
+candidates of largest |t_r| are each fitted briefly and the one with the lowest meta-objective joins; the support is
+refit; up to ``max_terms`` terms. Then backward elimination from the largest support: each term removed in turn,
+the rest refit, the lowest-loss removal kept, down to one term. Every distinct support (its lowest-loss fit) is
+scored on the same held-out episodes (paired): score = 1 − held-out normalized reconstruction error at the horizon
+T (objective ``reconstruction``) or 1 − subspace error at T (``subspace``), with its 95 % t half-width. Selection:
+the support with the fewest terms (then the lowest complexity) whose score is ≥ best score − the best's 95 %
+half-width (PySR's convention). The selected support is then refit alone with the full budget at the final horizon
+``final_unroll`` (a longer unroll learns a smaller step η, hence a lower stationary subspace error) and replaces its
+front point.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +36,22 @@ from rules.unsupervised import UNSUPERVISED_TERMS, UnsupervisedRule
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Budget and settings of the forward search."""
+    """Budget and settings of the stepwise search (every fit: L-BFGS on ``fit_episodes`` common episodes)."""
 
-    method: str = "forward"          # "forward" or "none" (fit the given terms only)
+    method: str = "forward"          # "forward" (forward then backward elimination) or "none" (fit the given terms)
     max_terms: int = 3
     screen_episodes: int = 16
-    fit_steps: int = 60              # meta-steps per support
-    batch: int = 8                   # episodes per meta-step
-    lr: float = 3e-3
-    l1: float = 0.0
+    fit_evals: int = 15              # function evaluations (each fit_episodes episodes) per support fit
+    trials: int = 3                  # screened candidates refit on trial before one joins
+    trial_evals: int = 6
+    fit_episodes: int = 8            # common episodes of the sample-average meta-objective
+    backward: bool = True
+    final_evals: int = 25            # the selected support refit alone at the final horizon
+    final_episodes: int = 16
+    final_unroll: int | None = None  # the final horizon (None: the search's)
     eval_episodes: int = 16
     passes: int = 5
-    trials: int = 3                  # screened candidates refit on trial before one joins
-    trial_steps: int = 15
+    seed: int = 0
 
 
 @dataclass
@@ -85,7 +93,7 @@ def oja_ratio(theta: dict[str, float]) -> float | None:
 
 
 class UnsupervisedSearch:
-    """Forward selection over ``pool`` with a trainer (see the module docstring)."""
+    """Stepwise selection over ``pool`` with a trainer (see the module docstring)."""
 
     def __init__(self, trainer: UnsupervisedTrainer, cfg: SearchConfig,
                  progress: Callable[[ProgressEvent], None] | None = None,
@@ -98,11 +106,17 @@ class UnsupervisedSearch:
         self.history: list[dict[str, Any]] = []
         self.screens: list[dict[str, Any]] = []
         self.stopped = False
+        self.fit_seed = 50_000 + 97 * cfg.seed        # the common episodes of every search fit
 
     @staticmethod
     def planned_episodes(cfg: SearchConfig) -> int:
-        """Episodes the forward search uses: max_terms fits and screenings."""
-        return cfg.max_terms * ((cfg.fit_steps + cfg.trials * cfg.trial_steps) * cfg.batch + cfg.screen_episodes)
+        """Episodes the search plans to use (an upper bound: L-BFGS may stop early)."""
+        if cfg.method != "forward":
+            return (cfg.fit_evals + cfg.final_evals) * cfg.fit_episodes
+        per_stage = cfg.screen_episodes + (cfg.trials * cfg.trial_evals + cfg.fit_evals) * cfg.fit_episodes
+        backward = (cfg.max_terms * (cfg.max_terms - 1) // 2) * cfg.fit_evals * cfg.fit_episodes if cfg.backward \
+            else 0
+        return cfg.max_terms * per_stage + backward + cfg.final_evals * cfg.final_episodes
 
     def _stop(self) -> bool:
         self.stopped = self.stopped or bool(self.should_stop and self.should_stop())
@@ -125,28 +139,36 @@ class UnsupervisedSearch:
         self.screens.append(out)
         return out
 
-    def fit(self, terms: list[str], theta: dict[str, float], label: str) -> FitResult:
+    def fit(self, terms: Sequence[str], theta: dict[str, float], label: str, evals: int | None = None,
+            report: bool = True, trainer: UnsupervisedTrainer | None = None, episodes: int | None = None
+            ) -> FitResult:
+        """L-BFGS fit of ``terms`` warm started at θ (terms not in θ start at 0) on the common episodes."""
+        trainer = trainer or self.trainer
+        episodes = episodes or self.cfg.fit_episodes
         offset = self.used
 
-        def report(event: dict[str, Any]) -> None:
-            episode = offset + event["step"] * self.cfg.batch
-            record = {"episode": episode, "total": self.total, "meta_loss": event["meta_loss"],
-                      "meta_accuracy": None, "theta": event["theta"], "lr": event["lr"], "phase": label,
-                      "dropped_episodes": event["dropped_episodes"], "skipped": event["skipped"]}
+        def on_step(event: dict[str, Any]) -> None:
+            if not report:
+                return
+            record = {"episode": offset + event["step"] * episodes, "total": self.total,
+                      "meta_loss": event["meta_loss"], "meta_accuracy": None, "theta": event["theta"],
+                      "lr": event["lr"], "phase": label, "dropped_episodes": event["dropped_episodes"],
+                      "skipped": event["skipped"]}
             self.history.append(record)
             if self.progress is not None:
                 self.progress(ProgressEvent(**record))
 
-        result = self.trainer.fit(terms, theta, self.cfg.fit_steps, batch=self.cfg.batch, lr=self.cfg.lr,
-                                  l1=self.cfg.l1, label=label, on_step=report, should_stop=self._stop)
-        self.used += result.steps * self.cfg.batch
+        result = trainer.fit_lbfgs(list(terms), {t: theta.get(t, 0.0) for t in terms}, evals or self.cfg.fit_evals,
+                                   episodes=episodes, seed=self.fit_seed, label=label, on_step=on_step,
+                                   should_stop=self._stop)
+        self.used += result.steps * episodes
         return result
 
     def forward(self, start: Sequence[str] = ()) -> list[FitResult]:
         """Greedy forward selection from ``start`` (default: the empty rule) up to max_terms terms: the ``trials``
-        candidates of largest |t_r| are each refit for ``trial_steps`` meta-steps and the one with the lowest
-        meta-objective on common seeded episodes joins (a score test alone cannot tell apart terms that all
-        shrink W at first: decay, (yᵀy) W and y yᵀW); the support is then refit for fit_steps."""
+        candidates of largest |t_r| are each refit briefly (``trial_evals``) and the one with the lowest
+        meta-objective on the common episodes joins (a score test alone cannot tell apart terms that all shrink W
+        at first: decay, (yᵀy) W and y yᵀW); the support is then refit (``fit_evals``)."""
         support, theta, fits = list(start), {}, []
         if support:
             fits.append(self.fit(support, {}, f"fit {len(support)} terms"))
@@ -158,78 +180,146 @@ class UnsupervisedSearch:
             if not candidates:
                 break
             ranked = sorted(candidates, key=candidates.get, reverse=True)[:max(1, self.cfg.trials)]
-            if len(ranked) > 1 and self.cfg.trial_steps > 0:
+            start_theta = theta
+            if len(ranked) > 1 and self.cfg.trial_evals > 0:
                 trial = {}
                 for cand in ranked:
-                    res = self.trainer.fit([*support, cand], theta, self.cfg.trial_steps, batch=self.cfg.batch,
-                                           lr=self.cfg.lr, l1=self.cfg.l1, should_stop=self._stop)
-                    self.used += res.steps * self.cfg.batch
-                    trial[cand] = (self.trainer.trial_loss(res.theta, self.cfg.screen_episodes), res.theta)
+                    res = self.fit([*support, cand], theta, f"trial {len(support) + 1}", self.cfg.trial_evals,
+                                   report=False)
+                    trial[cand] = (res.extra.get("train_loss", math.inf), res.theta)
+                    if self._stop():
+                        return fits
                 self.screens[-1]["trials"] = {c: v[0] for c, v in trial.items()}
                 best = min(trial, key=lambda c: trial[c][0])
                 support, start_theta = [*support, best], trial[best][1]
             else:
-                support, start_theta = [*support, ranked[0]], theta
-            fits.append(self.fit(support, start_theta, f"fit {len(support)} terms"))
+                support = [*support, ranked[0]]
+            fits.append(self.fit(support, start_theta, f"forward {len(support)} terms"))
             theta = fits[-1].theta
         return fits
 
+    def backward_elimination(self, fit: FitResult) -> list[FitResult]:
+        """From the largest support down to one term: refit with each term removed in turn (warm start) and keep
+        the removal whose refit has the lowest meta-objective; every support on the way is returned."""
+        fits, current = [], fit
+        while len(current.terms) > 1 and not self._stop():
+            tried = []
+            for drop in current.terms:
+                rest = [t for t in current.terms if t != drop]
+                theta = {t: current.theta[t] for t in rest}
+                tried.append(self.fit(rest, theta, f"backward {len(rest)} terms"))
+                if self._stop():
+                    return fits
+            current = min(tried, key=lambda f: f.extra.get("train_loss", math.inf))
+            fits.extend(tried)
+        return fits
+
     def score(self, fits: Sequence[FitResult]) -> tuple[list[FrontPoint], list[dict[str, Any]]]:
-        """Every distinct support's latest fit scored on the same held-out episodes; the selected one marked."""
+        """Every distinct support's best fit (lowest meta-objective on the common episodes) scored on the same
+        held-out episodes; the selected one marked."""
         by_support: dict[tuple[str, ...], FitResult] = {}
         for f in fits:
-            by_support[tuple(sorted(f.terms))] = f
+            key = tuple(sorted(f.terms))
+            if key not in by_support or f.extra.get("train_loss", math.inf) < \
+                    by_support[key].extra.get("train_loss", math.inf):
+                by_support[key] = f
         front, evaluations = [], []
-        objective = self.trainer.cfg.objective
-        for f in sorted(by_support.values(), key=lambda f: len(f.terms)):
-            ev: Evaluation = self.trainer.evaluate(f.theta, self.cfg.eval_episodes, self.cfg.passes)
-            if objective == "subspace":
-                score, ci = 1.0 - ev.subspace, ev.subspace_ci95
-            else:
-                score, ci = 1.0 - ev.recon, ev.recon_ci95
-            score = score if math.isfinite(score) else None
-            rule = UnsupervisedRule(f.theta)
-            metrics = {"objective": objective, "heldout_reconstruction": ev.recon,
-                       "heldout_reconstruction_ci95": ev.recon_ci95, "subspace_error": ev.subspace,
-                       "subspace_error_ci95": ev.subspace_ci95, "subspace_error_passes": ev.subspace_passes,
-                       "heldout_reconstruction_passes": ev.recon_passes, "oja_ratio": oja_ratio(f.theta),
-                       "ww_eigenvalues": ev.ww_eigenvalues, "diverged": ev.diverged}
-            front.append(FrontPoint(terms=f.terms, theta=f.theta,
-                                    rule={**rule.to_dict(), "coefficients_raw": f.theta, "metrics": metrics},
-                                    n_terms=len(f.terms), complexity=complexity(f.terms), heldout_accuracy=score,
-                                    heldout_ci95=ci if ci is not None and math.isfinite(ci) else None,
-                                    heldout_episodes=ev.episodes, stage=f.history[-1]["phase"] if f.history
-                                    else "fit"))
-            evaluations.append({"terms": f.terms, "names": [UNSUPERVISED_TERMS[t].name for t in f.terms],
-                                **metrics, "subspace_error_passes_ci95": ev.subspace_passes_ci95})
+        for f in sorted(by_support.values(), key=lambda f: (len(f.terms), complexity(f.terms))):
+            point, evaluation = self.front_point(f, self.trainer)
+            front.append(point)
+            evaluations.append(evaluation)
         if front:
             front[select(front)].selected = True
         return front, evaluations
 
+    def front_point(self, f: FitResult, trainer: UnsupervisedTrainer, stage: str | None = None
+                    ) -> tuple[FrontPoint, dict[str, Any]]:
+        """The front point of a fit, with its held-out evaluation at the trainer's horizon and after each pass."""
+        ev: Evaluation = trainer.evaluate(f.theta, self.cfg.eval_episodes, self.cfg.passes)
+        objective = trainer.cfg.objective
+        if objective == "subspace":
+            score, ci = 1.0 - ev.subspace, ev.subspace_ci95
+        else:
+            score, ci = 1.0 - ev.recon, ev.recon_ci95
+        score = score if math.isfinite(score) else None
+        rule = UnsupervisedRule(f.theta)
+        metrics = {"objective": objective, "horizon": trainer.cfg.unroll, "heldout_reconstruction": ev.recon,
+                   "heldout_reconstruction_ci95": ev.recon_ci95, "subspace_error": ev.subspace,
+                   "subspace_error_ci95": ev.subspace_ci95, "subspace_error_passes": ev.subspace_passes,
+                   "heldout_reconstruction_passes": ev.recon_passes, "oja_ratio": oja_ratio(f.theta),
+                   "ww_eigenvalues": ev.ww_eigenvalues, "diverged": ev.diverged,
+                   "train_meta_loss": f.extra.get("train_loss")}
+        point = FrontPoint(terms=f.terms, theta=f.theta,
+                           rule={**rule.to_dict(), "coefficients_raw": f.theta, "metrics": metrics},
+                           n_terms=len(f.terms), complexity=complexity(f.terms), heldout_accuracy=score,
+                           heldout_ci95=ci if ci is not None and math.isfinite(ci) else None,
+                           heldout_episodes=ev.episodes,
+                           stage=stage or (f.history[-1]["phase"] if f.history else "fit"))
+        evaluation = {"terms": f.terms, "names": [UNSUPERVISED_TERMS[t].name for t in f.terms], **metrics,
+                      "subspace_error_passes_ci95": ev.subspace_passes_ci95}
+        return point, evaluation
+
+    def final_refit(self, point: FrontPoint) -> tuple[FitResult, FrontPoint, dict[str, Any]]:
+        """The selected support refit alone at the final horizon T_f with the full budget (warm start at θ·T/T_f:
+        the same total movement over the longer unroll) on ``final_episodes`` common episodes."""
+        T, Tf = self.trainer.cfg.unroll, self.cfg.final_unroll or self.trainer.cfg.unroll
+        trainer = self.trainer
+        if Tf != T:
+            trainer = UnsupervisedTrainer(self.trainer.data, self.pool, replace(self.trainer.cfg, unroll=Tf),
+                                          seed=self.cfg.seed, dtype=self.trainer.dtype)
+        theta = {t: v * T / Tf for t, v in point.theta.items()}
+        fit = self.fit(point.terms, theta, f"final refit {len(point.terms)} terms (T={Tf})", self.cfg.final_evals,
+                       trainer=trainer, episodes=self.cfg.final_episodes)
+        new_point, evaluation = self.front_point(fit, trainer, stage=fit.history[-1]["phase"] if fit.history
+                                                 else "final refit")
+        return fit, new_point, evaluation
+
     def run(self, start: Sequence[str] = ()) -> SearchOutcome:
-        fits = self.forward(start) if self.cfg.method == "forward" else [self.fit(list(start), {}, "fit")]
-        front, evaluations = ([], []) if self.stopped else self.score(fits)
+        if self.cfg.method == "forward":
+            fits = self.forward(start)
+            if self.cfg.backward and fits and not self.stopped:
+                fits += self.backward_elimination(max(fits, key=lambda f: len(f.terms)))
+        else:
+            fits = [self.fit(list(start), {}, "fit")]
+        if self.stopped:
+            return SearchOutcome(front=[], fits=fits, screens=self.screens, evaluations=[], history=self.history,
+                                 episodes=self.used, stopped=True)
+        front, evaluations = self.score(fits)
+        extra: dict[str, Any] = {}
+        chosen = next((i for i, p in enumerate(front) if p.selected), None)
+        if chosen is not None and self.cfg.final_evals > 0:
+            fit, point, evaluation = self.final_refit(front[chosen])
+            if not self.stopped:
+                extra["search_point"] = evaluations[chosen]
+                point.selected = True
+                front[chosen], evaluations[chosen] = point, {**evaluation, "final_refit": True}
+                fits.append(fit)
         return SearchOutcome(front=front, fits=fits, screens=self.screens, evaluations=evaluations,
-                             history=self.history, episodes=self.used, stopped=self.stopped)
+                             history=self.history, episodes=self.used, stopped=self.stopped, extra=extra)
 
 
 def configs_from_spec(spec: Any) -> tuple[InnerConfig, SearchConfig]:
-    """The inner-loop and search settings of a DiscoverySpec of task kind "pca"."""
+    """The inner-loop and search settings of a DiscoverySpec of task kind "pca": the largest per-support budget
+    ``fit_evals`` (trial fits a third of it, the final refit twice it on twice the episodes) whose planned episodes
+    fit in meta.episodes."""
     rule, meta, search = spec.rule, spec.meta, spec.search
     inner = InnerConfig(k=spec.network.widths[-1], unroll=rule.unroll, init_norm=rule.init_norm,
                         objective=rule.objective, checkpoints=rule.checkpoints)
     method = "forward" if search.active else "none"
     max_terms = search.max_terms if search.active else len(rule.terms or [])
-    # per support: a screening, `trials` trial refits of fit_steps/4 meta-steps each, the refit of fit_steps
-    per_stage = max(1, meta.episodes // max(1, max_terms))
-    screen = search.screen_episodes if search.active else 0
-    share = 1.0 + (0.75 if search.active else 0.0)
-    fit_steps = max(1, int((per_stage - screen) / (share * meta.meta_batch)))
-    cfg = SearchConfig(method=method, max_terms=max_terms, screen_episodes=search.screen_episodes,
-                       fit_steps=fit_steps, trial_steps=max(1, fit_steps // 4), batch=meta.meta_batch, lr=meta.lr,
-                       l1=meta.l1,
-                       eval_episodes=search.front_eval_episodes or meta.eval_episodes or 1, passes=rule.passes)
-    return inner, cfg
+
+    def make(f: int) -> SearchConfig:
+        return SearchConfig(method=method, max_terms=max_terms, screen_episodes=search.screen_episodes,
+                            fit_evals=f, trial_evals=max(1, f // 3), fit_episodes=meta.meta_batch,
+                            final_evals=2 * f, final_episodes=2 * meta.meta_batch,
+                            final_unroll=getattr(rule, "final_unroll", None),
+                            eval_episodes=search.front_eval_episodes or meta.eval_episodes or 1,
+                            passes=rule.passes, seed=meta.seed)
+
+    f = 1
+    while f < 200 and UnsupervisedSearch.planned_episodes(make(f + 1)) <= meta.episodes:
+        f += 1
+    return inner, make(f)
 
 
 def discover_unsupervised(spec: Any, progress: Callable[[ProgressEvent], None] | None = None,

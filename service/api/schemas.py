@@ -155,6 +155,8 @@ class FrontEntry(_FromRow):
     selected: bool = False
     terms: list[str] = Field(default_factory=list)
     expression: str | None = None
+    metrics: dict[str, Any] | None = Field(None, description="the family's own metrics of the rule (unsupervised: "
+                                           "subspace_error, heldout_reconstruction, per pass)")
 
 
 class JobOut(_FromRow):

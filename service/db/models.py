@@ -297,6 +297,11 @@ class FrontPointRow(Base):
         """The stored rule's expression (None when the rule was deleted)."""
         return self.rule.expression if self.rule is not None else None
 
+    @property
+    def metrics(self) -> dict[str, Any] | None:
+        """The family's own metrics of the rule, kept in its provenance (the unsupervised family's subspace error)."""
+        return (self.rule.provenance or {}).get("metrics") if self.rule is not None else None
+
 
 class BenchmarkRun(TrackedRun, Base):
     """A request to run one named suite, for a stored rule (or baselines only)."""

@@ -49,6 +49,12 @@ def _store_trials(s: Session, job: Job, result: JobResult) -> None:
                 rule=jsonable(result.rule), metrics=jsonable(result.model_dump(include=set(SINGLE_RUN_METRICS)))))
 
 
+def _metrics(rule: object) -> dict[str, object]:
+    """A family's own metrics of a rule (the unsupervised family: subspace error, reconstruction), when it has any."""
+    metrics = getattr(rule, "metrics", None)
+    return {"metrics": jsonable(metrics)} if isinstance(metrics, dict) else {}
+
+
 def _store_front(s: Session, job: Job, result: JobResult) -> list[int]:
     """Every rule of the front (deduplicated by hash), linked to the job, with its own front row."""
     name, seed = rule_name(job), DiscoverySpec.model_validate(job.spec).meta.seed
@@ -57,7 +63,7 @@ def _store_front(s: Session, job: Job, result: JobResult) -> list[int]:
         row, _ = upsert_rule(s, record_from_result(point.rule), name=f"{name} ({point.n_terms} terms)",
                              origin=ORIGIN_DISCOVERED, spec=job.spec, seed=seed, job_id=job.id,
                              provenance={"job_id": job.id, "goal": job.goal, "coefficients_raw": point.theta,
-                                         **dataset_provenance(job.spec)})
+                                         **dataset_provenance(job.spec), **_metrics(point.rule)})
         link_job_rule(s, job, row)
         add_front_point(s, job, point, position=position, rule=row)
         ids.append(row.id)
@@ -74,7 +80,7 @@ def _store_rule(s: Session, job: Job, result: JobResult) -> Rule:
                     "heldout_accuracy": result.heldout_accuracy, "heldout_ci95": result.heldout_ci95,
                     "heldout_episodes": result.heldout_episodes, "wall_time_s": result.wall_time_s,
                     "device": result.device, "coefficients_raw": result.rule.coefficients_raw,
-                    **dataset_provenance(job.spec)},
+                    **dataset_provenance(job.spec), **_metrics(result.rule)},
     )
     link_job_rule(s, job, row)
     add_event(s, "rule", ("stored rule" if created else "the rule was already stored as rule") + f" {row.id}",
