@@ -10,8 +10,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from service.db.session import make_engine
 from service.db.models import Base
+from service.db.session import make_engine
 from service.settings import load_settings
 
 config = context.config

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 import sympy as sp
@@ -35,6 +35,21 @@ class CoefficientRule:
 
     _coefficients: dict[str, float]
     name: str | None
+
+    @staticmethod
+    def collect(coefficients: Mapping[str, float], lookup: Callable[[str], Any],
+                order: Mapping[str, Any]) -> dict[str, float]:
+        """{term id: θ} from ids or names (``lookup`` resolves either to a term with an ``id``; an unknown one is a
+        ValueError), equal terms summed, in the library's ``order``; a non-finite θ is a ValueError."""
+        coefs: dict[str, float] = {}
+        for key, value in coefficients.items():
+            theta = finite_coefficient(key, value)
+            try:
+                tid = lookup(key).id
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
+            coefs[tid] = coefs.get(tid, 0.0) + theta
+        return {k: coefs[k] for k in order if k in coefs}
 
     # --- views -------------------------------------------------------------------------------------------
     @property

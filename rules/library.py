@@ -25,17 +25,11 @@ from rules.algebra import Poly, expand, round_sig
 from rules.primitives import W, e, e_pre, one, one_pre, x, y
 
 
-@dataclass(frozen=True)
-class Term:
-    """One library term F^r (an n×m sympy expression) with its description; certain=False if uncertain."""
+class PolyTerm:
+    """What every library term derives from its sympy expression ``expr``: the expanded polynomial, its text in
+    user syntax, its LaTeX and its canonical identity."""
 
-    id: str
-    name: str
     expr: MatrixExpr
-    description: str
-    certain: bool = True
-    family: str = "named"
-    """'named' (the paper's F0..F9, hebb), 'base' (u vᵀ and W) or 'gated' (g · u vᵀ)."""
 
     @cached_property
     def poly(self) -> Poly:
@@ -53,6 +47,20 @@ class Term:
     def canonical(self) -> str:
         """The term's identity up to a nonzero scale factor (see :func:`canonical_text`)."""
         return canonical_text(self.poly)
+
+
+@dataclass(frozen=True)
+class Term(PolyTerm):
+    """One library term F^r (an n×m sympy expression) with its description; certain=False if uncertain."""
+
+    id: str
+    name: str
+    expr: MatrixExpr
+    description: str
+    certain: bool = True
+    family: str = "named"
+    """'named' (the paper's F0..F9, hebb), 'base' (u vᵀ and W) or 'gated' (g · u vᵀ)."""
+
 
 
 def canonical_text(poly: Poly) -> str:

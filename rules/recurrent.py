@@ -56,7 +56,7 @@ from typing import Any
 import sympy as sp
 from sympy import Identity, MatAdd, MatMul, MatrixExpr, MatrixSymbol, Transpose, ZeroMatrix
 
-from rules.base import CoefficientRule, finite_coefficient
+from rules.base import CoefficientRule
 from rules.parser import RuleSyntaxError, Token, TokenCursor, tokenize
 from rules.primitives import PRIMITIVES
 from rules.rule import Rule
@@ -207,15 +207,7 @@ class RecurrentRule(CoefficientRule):
     FAMILY = "recurrent"
 
     def __init__(self, coefficients: Mapping[str, float], name: str | None = None) -> None:
-        coefs: dict[str, float] = {}
-        for key, value in coefficients.items():
-            theta = finite_coefficient(key, value)
-            try:
-                tid = recurrent_term(key).id
-            except KeyError as exc:
-                raise ValueError(exc.args[0]) from None
-            coefs[tid] = coefs.get(tid, 0.0) + theta
-        self._coefficients = {k: coefs[k] for k in RECURRENT_TERMS if k in coefs}
+        self._coefficients = self.collect(coefficients, recurrent_term, RECURRENT_TERMS)
         self.name = name
 
     # --- views -------------------------------------------------------------------------------------------

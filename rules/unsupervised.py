@@ -27,8 +27,8 @@ from typing import Any
 from sympy import MatrixExpr
 
 from rules.algebra import UPDATE, Poly, expand, join_signed, round_sig, signed_latex
-from rules.base import CoefficientRule, finite_coefficient
-from rules.library import canonical_text
+from rules.base import CoefficientRule
+from rules.library import PolyTerm, canonical_text
 from rules.primitives import W, one, one_pre, x, y
 
 FAMILY = "unsupervised"
@@ -48,7 +48,7 @@ _SPECIAL_NAMES = {("", "y", "x"): "hebb", ("", "y", "Wᵀy"): "oja_decay", ("", 
 
 
 @dataclass(frozen=True)
-class UnsupervisedTerm:
+class UnsupervisedTerm(PolyTerm):
     """One library term F = g · u vᵀ (or g · W): sympy expression, grammar parts and a readable name.
 
     ``gate`` is "" (no gate), "1ᵀy" or "yᵀy"; ``post`` "y", "1" (or "" for the decay); ``pre`` "x", "1_pre",
@@ -62,22 +62,6 @@ class UnsupervisedTerm:
     pre: str
     description: str
     family: str = "base"      # "base" or "gated"
-
-    @cached_property
-    def poly(self) -> Poly:
-        return expand(self.expr)
-
-    @property
-    def text(self) -> str:
-        """The term in user syntax, e.g. 'y*(y.T*W)'."""
-        return self.poly.text()
-
-    def latex(self) -> str:
-        return self.poly.latex()
-
-    @cached_property
-    def canonical(self) -> str:
-        return canonical_text(self.poly)
 
     @property
     def formula(self) -> str:
@@ -156,15 +140,7 @@ class UnsupervisedRule(CoefficientRule):
     FAMILY = FAMILY
 
     def __init__(self, coefficients: Mapping[str, float], name: str | None = None) -> None:
-        coefs: dict[str, float] = {}
-        for key, value in coefficients.items():
-            theta = finite_coefficient(key, value)
-            try:
-                tid = unsupervised_term(key).id
-            except KeyError as exc:
-                raise ValueError(exc.args[0]) from None
-            coefs[tid] = coefs.get(tid, 0.0) + theta
-        self._coefficients = {k: coefs[k] for k in UNSUPERVISED_TERMS if k in coefs}
+        self._coefficients = self.collect(coefficients, unsupervised_term, UNSUPERVISED_TERMS)
         self.name = name
 
     @cached_property

@@ -31,7 +31,8 @@ from service.db.migrate import upgrade
 from service.db.session import make_engine, make_session_factory
 from service.runs.dispatcher import Dispatcher
 from service.settings import Settings, load_settings
-from service.web.apidocs import DOCS_ASSETS, router as apidocs_router
+from service.web.apidocs import DOCS_ASSETS
+from service.web.apidocs import router as apidocs_router
 from service.web.datasets_page import router as datasets_pages_router
 from service.web.pages import router as pages_router
 

@@ -525,3 +525,8 @@ def ray_local() -> Iterator[None]:
     if saved is not None:
         os.environ["RAY_ADDRESS"] = saved
 
+
+
+def wait_final(http: Any, path: str, timeout: float, server: Any = None) -> Any:
+    """GET ``path`` until its ``status`` is final (succeeded, failed or cancelled); the last answer."""
+    return wait_for(lambda: http.get(path).json(), lambda d: d["status"] in FINAL, timeout, path, server)

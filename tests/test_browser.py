@@ -48,15 +48,8 @@ def seed(data_dir: Path) -> dict[str, int]:
         )
         job.status, job.result = "succeeded", {k: v for k, v in result.items() if k != "rule"}
         job.progress = {"episode": 40, "total": 40, "meta_accuracy": 0.7, "theta": result["theta"]}
-        rule, _ = upsert_rule(
-            s,
-            record_from_result(RuleData.model_validate(result["rule"])),
-            name="FA + eHebb + Oja",
-            origin="discovered",
-            spec=job.spec,
-            seed=0,
-            job_id=job.id,
-        )
+        rule, _ = upsert_rule(s, record_from_result(RuleData.model_validate(result["rule"])), name="FA + eHebb + Oja",
+                              origin="discovered", spec=job.spec, seed=0, job_id=job.id)
         link_job_rule(s, job, rule)
         add_event(s, "succeeded", "seeded", job_id=job.id)
         running = create_job(s, spec, owner="seed", goal="a running job")
@@ -68,41 +61,12 @@ def seed(data_dir: Path) -> dict[str, int]:
         run = BenchmarkRun(suite="fa5-online", rule_id=rule.id, owner="seed", status="succeeded")
         s.add(run)
         s.flush()
-        s.add_all(
-            [
-                BenchmarkScore(
-                    run_id=run.id,
-                    suite="fa5-online",
-                    learner="rule",
-                    origin="discovered",
-                    rule_id=rule.id,
-                    score=0.71,
-                    ci95=0.02,
-                    locality="local",
-                    cost_per_sample_ms=0.21,
-                ),
-                BenchmarkScore(
-                    run_id=run.id,
-                    suite="fa5-online",
-                    learner="backprop",
-                    origin="baseline",
-                    score=0.83,
-                    ci95=0.02,
-                    locality="weight transport",
-                    cost_per_sample_ms=0.12,
-                ),
-                BenchmarkScore(
-                    run_id=run.id,
-                    suite="fa5-online",
-                    learner="fa",
-                    origin="baseline",
-                    score=0.31,
-                    ci95=0.03,
-                    locality="local",
-                    cost_per_sample_ms=0.11,
-                ),
-            ]
-        )
+        scores = [("rule", "discovered", rule.id, 0.71, 0.02, "local", 0.21),
+                  ("backprop", "baseline", None, 0.83, 0.02, "weight transport", 0.12),
+                  ("fa", "baseline", None, 0.31, 0.03, "local", 0.11)]
+        s.add_all([BenchmarkScore(run_id=run.id, suite="fa5-online", learner=learner, origin=origin, rule_id=rid,
+                                  score=score, ci95=ci, locality=locality, cost_per_sample_ms=cost)
+                   for learner, origin, rid, score, ci, locality, cost in scores])
         ids = {"rule": rule.id, "job": job.id, "running": running.id, "user": user.id}
     engine.dispose()
     return ids

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import FINAL, LiveServer, wait_for
+from tests.conftest import LiveServer, wait_final, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +30,7 @@ def test_goal_to_rule_on_the_leaderboard(live_server_factory: Callable[..., Live
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
         assert r.json()["spec"]["network"]["widths"] == [784, 16, 10]
-        job = wait_for(
-            lambda: http.get(f"/api/jobs/{job_id}").json(),
-            lambda j: j["status"] in FINAL,
-            240,
-            f"job {job_id}",
-            server,
-        )
+        job = wait_final(http, f"/api/jobs/{job_id}", 240, server)
         assert job["status"] == "succeeded", job
         assert job["progress"]["episode"] == job["progress"]["total"] == 3
         assert set(job["progress"]["theta"]) == {"F0", "F9"}
@@ -61,13 +55,7 @@ def test_goal_to_rule_on_the_leaderboard(live_server_factory: Callable[..., Live
         )
         assert r.status_code == 201, r.text
         bench_id = r.json()["id"]
-        run = wait_for(
-            lambda: http.get(f"/api/benchmarks/{bench_id}").json(),
-            lambda b: b["status"] in FINAL,
-            300,
-            f"benchmark {bench_id}",
-            server,
-        )
+        run = wait_final(http, f"/api/benchmarks/{bench_id}", 300, server)
         assert run["status"] == "succeeded", run
         kinds = {s["origin"] for s in run["scores"]}
         assert kinds == {"discovered", "baseline"}
@@ -80,13 +68,7 @@ def test_goal_to_rule_on_the_leaderboard(live_server_factory: Callable[..., Live
             r = http.post("/api/benchmarks", json={"rule_id": rule_id, "suite": suite, "tiny": True}, headers=auth)
             assert r.status_code == 201, r.text
             bid = r.json()["id"]
-            run = wait_for(
-                lambda bid=bid: http.get(f"/api/benchmarks/{bid}").json(),
-                lambda b: b["status"] in FINAL,
-                300,
-                f"benchmark {bid} on {suite}",
-                server,
-            )
+            run = wait_final(http, f"/api/benchmarks/{bid}", 300, server)
             assert run["status"] == "succeeded", run
             assert any(s["origin"] == "baseline" and s["score"] is not None for s in run["scores"]), run
             board = http.get("/api/leaderboard", params={"suite": suite}).json()
@@ -123,13 +105,7 @@ def test_restart_while_a_job_runs(live_server_factory: Callable[..., LiveServer]
 
     again = live_server_factory(data_dir, port=server.port)
     with httpx.Client(base_url=again.url, timeout=30) as http:
-        job = wait_for(
-            lambda: http.get(f"/api/jobs/{job_id}").json(),
-            lambda j: j["status"] in FINAL,
-            240,
-            f"job {job_id} after the restart",
-            again,
-        )
+        job = wait_final(http, f"/api/jobs/{job_id}", 240, again)
         assert job["status"] == "succeeded" or (job["status"] == "failed" and job["error"]), job
         assert job["attempts"] == 2
         events = http.get(f"/api/jobs/{job_id}", params={"events": True}).json()["events"]

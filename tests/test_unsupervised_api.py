@@ -13,9 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.runs.dispatcher import Dispatcher
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, wait_final
 from tests.test_contract import InProcessWorkers
-from tests.test_e2e import FINAL, wait_for
 
 GOAL = "find an unsupervised hebbian rule that extracts principal components"
 TINY_GOAL = GOAL + ", tiny"
@@ -58,6 +57,5 @@ def test_goal_job_stores_the_unsupervised_front_live(live_server_factory: Callab
         r = http.post("/api/jobs", json={"goal": TINY_GOAL}, headers=auth)
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
-        job = wait_for(lambda: http.get(f"/api/jobs/{job_id}").json(), lambda j: j["status"] in FINAL, 300,
-                       f"job {job_id}", server)
+        job = wait_final(http, f"/api/jobs/{job_id}", 300, server)
         check_job(job, http.get)

@@ -12,18 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from discovery.recurrent.fixedpoint import random_matrix, spectral_abscissa
-from discovery.recurrent.network import (
-    DIVERGENCE_ERRORS,
-    RHO_INIT,
-    SOLVE_MAX_N,
-    FixedPointError,
-    FixedPointNet,
-    MnistData,
-    SolverConfig,
-    accuracy_on,
-    inner_step,
-    load_mnist5k_split,
-)
+from discovery.recurrent import network as fp
+from discovery.recurrent.network import FixedPointError, FixedPointNet, MnistData, SolverConfig
 from discovery.recurrent.trainer import record_accuracy
 from rules.recurrent import RecurrentRule
 
@@ -74,7 +64,7 @@ def score_recurrent_rule(coefficients: Mapping[str, float] | RecurrentRule | str
     rule = as_recurrent_rule(coefficients)
     proto = {**SCORE_PROTOCOL["tiny" if tiny else "full"], **(protocol or {})}
     dev = torch.device(device)
-    xtr, ytr, xte, yte = data if data is not None else load_mnist5k_split()
+    xtr, ytr, xte, yte = data if data is not None else fp.load_mnist5k_split()
     if proto.get("n_train"):
         xtr, ytr = xtr[:proto["n_train"]], ytr[:proto["n_train"]]
     if proto.get("n_test"):
@@ -84,12 +74,12 @@ def score_recurrent_rule(coefficients: Mapping[str, float] | RecurrentRule | str
     theta = torch.tensor([rule.coefficients[t] for t in ids], dtype=dtype, device=dev)
     N, batch = int(proto["N"]), int(proto["batch"])
     cfg = SolverConfig(tol=1e-5 if dtype != torch.float64 else 1e-10, adjoint_tol=1e-6, max_iter=300,
-                       adjoint_method="solve" if N <= SOLVE_MAX_N else "anderson")
+                       adjoint_method="solve" if N <= fp.SOLVE_MAX_N else "anderson")
     accs, absc, max_absc, final_loss = [], [], [], []
     failures, samples, step_time = 0, 0, 0.0
     for i in range(int(proto["episodes"])):
         gen = torch.Generator().manual_seed(seed * 1000 + i)
-        W = random_matrix(N, RHO_INIT, gen).to(dev, dtype)
+        W = random_matrix(N, fp.RHO_INIT, gen).to(dev, dtype)
         net = FixedPointNet.random(N, gen, dtype, dev, D=xtr.shape[1])
         peak, last, acc = float(spectral_abscissa(W.cpu())), math.nan, math.nan
         try:
@@ -100,7 +90,7 @@ def score_recurrent_rule(coefficients: Mapping[str, float] | RecurrentRule | str
                         idx = perm[j:j + batch]
                         t1 = time.perf_counter()
                         if ids:
-                            W, loss = inner_step(net, W, xtr[idx], ytr[idx], theta, ids, cfg)
+                            W, loss = fp.inner_step(net, W, xtr[idx], ytr[idx], theta, ids, cfg)
                         else:
                             loss = F.cross_entropy(net.readout(W, xtr[idx], cfg)[1], ytr[idx], reduction="none")
                         step_time += time.perf_counter() - t1
@@ -109,8 +99,8 @@ def score_recurrent_rule(coefficients: Mapping[str, float] | RecurrentRule | str
                         if not torch.isfinite(W).all():
                             raise FixedPointError("weights became non-finite", math.inf)
                         peak = max(peak, float(spectral_abscissa(W.cpu())))
-                acc = accuracy_on(net, W, xte, yte, cfg)
-        except DIVERGENCE_ERRORS:
+                acc = fp.accuracy_on(net, W, xte, yte, cfg)
+        except fp.DIVERGENCE_ERRORS:
             acc = math.nan
         failures += record_accuracy(acc, W, accs, absc)
         max_absc.append(peak)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
+from discovery.search.open_search import select  # one selection rule for every family's front
 from discovery.unsupervised.data import load_pca_data
 from discovery.unsupervised.terms import OJA_DECAY, OJA_HEBB
 from discovery.unsupervised.trainer import Evaluation, FitResult, InnerConfig, UnsupervisedTrainer
@@ -72,18 +73,6 @@ def complexity(terms: Sequence[str]) -> int:
     """Σ over the terms' monomials of their primitive factors (y xᵀ = 2, y (yᵀW) = 3, (yᵀy) y xᵀ = 4)."""
     return sum(sum(len(seg) for seg in mono.spine) + sum(len(s) for s in mono.scalars)
                for t in terms for mono in UNSUPERVISED_TERMS[t].poly.terms)
-
-
-def select(front: Sequence[FrontPoint]) -> int:
-    """Index of the point with the fewest terms (then lowest complexity, then higher score) whose score is within
-    the best score's 95 % half-width."""
-    scored = [(i, p) for i, p in enumerate(front) if p.heldout_accuracy is not None]
-    if not scored:
-        return len(front) - 1
-    best = max(scored, key=lambda ip: ip[1].heldout_accuracy)[1]
-    floor = best.heldout_accuracy - (best.heldout_ci95 or 0.0)
-    ok = [(p.n_terms, p.complexity, -p.heldout_accuracy, i) for i, p in scored if p.heldout_accuracy >= floor]
-    return min(ok)[3]
 
 
 def oja_ratio(theta: dict[str, float]) -> float | None:

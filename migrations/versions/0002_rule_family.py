@@ -3,22 +3,15 @@
 Existing rows are upgraded from what marks a recurrent rule in them: its canonical text starts with
 ``recurrent/`` (rules.recurrent.CANONICAL_PREFIX); every other stored rule is feedforward.
 
-Revision ID: 0002_rule_family
-Revises: 0001_initial
-Create Date: 2026-12-02
+Revision 0002_rule_family (after 0001_initial), 2026-12-02.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_rule_family"
-down_revision: str | None = "0001_initial"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision, down_revision = "0002_rule_family", "0001_initial"
 
 
 def upgrade() -> None:

@@ -5,22 +5,15 @@ per-episode values the paired comparison needs); every later rule benchmark on t
 version is a new key, so an old row is simply not found. ``retune`` on a run asks to tune again (the row is
 replaced when that run succeeds).
 
-Revision ID: 0003_baseline_cache
-Revises: 0002_rule_family
-Create Date: 2026-12-02
+Revision 0003_baseline_cache (after 0002_rule_family), 2026-12-02.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_baseline_cache"
-down_revision: str | None = "0002_rule_family"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision, down_revision = "0003_baseline_cache", "0002_rule_family"
 
 
 def upgrade() -> None:

@@ -4,24 +4,18 @@ Before, a job's front lived as a JSON list in ``jobs.result["front"]`` and a cop
 ``provenance["front"]``, and the rule's discovery score was the job's. The upgrade moves every stored front into
 rows (each front rule keeps its own held-out accuracy) and drops the JSON copies; the downgrade writes them back.
 
-Revision ID: 0004_front_points
-Revises: 0003_baseline_cache
-Create Date: 2026-12-06
+Revision 0004_front_points (after 0003_baseline_cache), 2026-12-06.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_front_points"
-down_revision: str | None = "0003_baseline_cache"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision, down_revision = "0004_front_points", "0003_baseline_cache"
 
 #: the fields of a front point kept in a rule's provenance before this revision
 PROVENANCE_KEYS = ("n_terms", "complexity", "heldout_accuracy", "heldout_ci95", "heldout_episodes", "selected", "stage")

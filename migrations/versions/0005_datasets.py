@@ -4,22 +4,15 @@ The file itself lives in the data folder (``<dataset dir>/<sha256>.npz``); the r
 classes and per-class counts), its owner and the checksum. Jobs name a data set ``upload:<id>`` in their spec and
 keep its name and checksum there, so deleting the row leaves a finished job's provenance intact.
 
-Revision ID: 0005_datasets
-Revises: 0004_front_points
-Create Date: 2026-12-10
+Revision 0005_datasets (after 0004_front_points), 2026-12-10.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_datasets"
-down_revision: str | None = "0004_front_points"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision, down_revision = "0005_datasets", "0004_front_points"
 
 _json = sa.JSON(none_as_null=True)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Path, Request, Security
+from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.api.auth import require_token
+from service.db.models import BenchmarkRun, Job
+from service.db.repositories.jobs import active_count
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="a token from PLASTICITY_API_TOKENS or DATA_DIR/api_token")
@@ -52,3 +54,26 @@ def wake(dispatcher: Any) -> None:
     """Tell the dispatcher there is new work (no-op when disabled)."""
     if dispatcher is not None:
         dispatcher.wake()
+
+
+RowT = TypeVar("RowT")
+
+
+def get_or_404(session: Session, model: type[RowT], row_id: int, what: str) -> RowT:
+    """The row ``row_id`` of ``model``; a 404 naming ``what`` ("job", "rule", …) when there is none."""
+    row = session.get(model, row_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{what} {row_id} does not exist")
+    return row
+
+
+def check_active_cap(session: Session, model: type[Job] | type[BenchmarkRun], who: str, settings: Settings,
+                     what: str, advice: str) -> None:
+    """A 429 when the token already has ``PLASTICITY_MAX_CONCURRENT_JOBS`` queued or running ``what``."""
+    cap = settings.limits.max_concurrent_jobs
+    if active_count(session, model, who) >= cap:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"this token already has {cap} queued or running {what} (the limit, "
+            f"PLASTICITY_MAX_CONCURRENT_JOBS); {advice}",
+        )

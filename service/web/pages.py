@@ -36,22 +36,22 @@ def _formula(latex: str | None, fontsize: int = 15) -> Markup | None:
     return Markup(svg) if svg else None
 
 
-def _num(value: Any, digits: int = 3) -> str:
+def _formatted(value: Any, spec: str) -> str:
+    """A number in the format ``spec``; "—" for none, the text itself for what is not a number."""
     if value is None:
         return "—"
     try:
-        return f"{float(value):.{digits}f}"
+        return format(float(value), spec)
     except (TypeError, ValueError):
         return str(value)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return _formatted(value, f".{digits}f")
 
 
 def _sci(value: Any) -> str:
-    if value is None:
-        return "—"
-    try:
-        return f"{float(value):.4g}"
-    except (TypeError, ValueError):
-        return str(value)
+    return _formatted(value, ".4g")
 
 
 templates.env.filters["num"] = _num

@@ -8,13 +8,21 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
 
 from discovery.spec import RuleFamily
-from service.api.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
+from service.api.deps import (
+    DispatcherDep,
+    IdPath,
+    OwnerDep,
+    SessionDep,
+    SettingsDep,
+    check_active_cap,
+    get_or_404,
+    wake,
+)
 from service.api.errors import errors
 from service.api.schemas import BenchmarkCreate, BenchmarkOut, LeaderboardOut
 from service.catalog import registered_suites, suites_payload
 from service.db.models import ORIGIN_USER, BenchmarkRun, Rule
 from service.db.repositories import benchmarks as benchmark_repo
-from service.db.repositories.jobs import active_count
 from service.db.repositories.leaderboard import known_suites, leaderboard
 from service.db.repositories.rules import upsert_rule
 from service.rulebook import InvalidRule, parse_rule, suite_rejects
@@ -73,13 +81,7 @@ def submit_benchmark(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail={"field": "suite", "message": reason, "position": None, "token": body.suite},
         )
-    cap = settings.limits.max_concurrent_jobs
-    if active_count(session, BenchmarkRun, who) >= cap:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"this token already has {cap} queued or running benchmarks (the limit, "
-            "PLASTICITY_MAX_CONCURRENT_JOBS); wait for one to finish",
-        )
+    check_active_cap(session, BenchmarkRun, who, settings, "benchmarks", "wait for one to finish")
     if expression is not None:
         rule, _ = upsert_rule(
             session,
@@ -120,9 +122,7 @@ def list_benchmarks(
 )
 def get_benchmark(bench_id: IdPath, session: SessionDep) -> BenchmarkOut:
     """Status, per-learner scores with 95 % CIs, and the suite's diagnostics."""
-    run = session.get(BenchmarkRun, bench_id)
-    if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"benchmark {bench_id} does not exist")
+    run = get_or_404(session, BenchmarkRun, bench_id, "benchmark")
     return BenchmarkOut.model_validate(run)
 
 
@@ -134,9 +134,7 @@ def get_benchmark(bench_id: IdPath, session: SessionDep) -> BenchmarkOut:
 def cancel_benchmark(bench_id: IdPath, session: SessionDep, dispatcher: DispatcherDep,
                      who: OwnerDep) -> BenchmarkOut:
     """Cancel a queued or running benchmark (the dispatcher stops its Ray work). Cancelling twice is harmless."""
-    run = session.get(BenchmarkRun, bench_id)
-    if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"benchmark {bench_id} does not exist")
+    run = get_or_404(session, BenchmarkRun, bench_id, "benchmark")
     outcome = cancel(session, run)
     if outcome == "finished":
         return JSONResponse(

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
 
-from service.api.deps import IdPath, OwnerDep, SessionDep, SettingsDep
+from service.api.deps import IdPath, OwnerDep, SessionDep, SettingsDep, get_or_404
 from service.api.errors import errors
 from service.api.schemas import DatasetOut
 from service.db.models import DatasetRow
@@ -81,10 +81,7 @@ def list_datasets(
 
 
 def _get(session: SessionDep, dataset_id: int) -> DatasetRow:
-    row = session.get(DatasetRow, dataset_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"data set {dataset_id} does not exist")
-    return row
+    return get_or_404(session, DatasetRow, dataset_id, "data set")
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=errors(404, 422, 503, e404="no such data set"))

@@ -7,20 +7,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import TypeAdapter, ValidationError
-
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
 
 from discovery.goal import GoalError, parse_goal
-from service.api.deps import DispatcherDep, IdPath, OwnerDep, SessionDep, SettingsDep, wake
+from service.api.deps import (
+    DispatcherDep,
+    IdPath,
+    OwnerDep,
+    SessionDep,
+    SettingsDep,
+    check_active_cap,
+    get_or_404,
+    wake,
+)
 from service.api.errors import errors
 from service.api.limits import fit_defaults, spec_problems
 from service.api.schemas import GoalRequest, JobCreate, JobOut, JobStatus
 from service.db.models import Job
 from service.db.repositories import jobs as job_repo
-from service.db.repositories.jobs import active_count, create_job
+from service.db.repositories.jobs import create_job
 from service.runs.states import cancel
 from service.uploads import attach_upload, goal_uploads
 
@@ -88,13 +96,7 @@ def submit_job(
     problems = spec_problems(spec, settings.limits) + upload_problems
     if problems:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problems)
-    cap = settings.limits.max_concurrent_jobs
-    if active_count(session, Job, who) >= cap:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"this token already has {cap} queued or running jobs (the limit, "
-            "PLASTICITY_MAX_CONCURRENT_JOBS); wait for one to finish or cancel one",
-        )
+    check_active_cap(session, Job, who, settings, "jobs", "wait for one to finish or cancel one")
     job = create_job(session, spec, who, goal=goal, understood=understood)
     session.commit()
     wake(dispatcher)
@@ -118,10 +120,7 @@ def list_jobs(
 
 
 def _get_job(session: SessionDep, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} does not exist")
-    return job
+    return get_or_404(session, Job, job_id, "job")
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(404, 422, 503, e404="no such job"))

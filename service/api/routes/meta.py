@@ -10,8 +10,8 @@ from sqlalchemy import text
 
 from discovery.goal import VOCABULARY, GoalError, parse_goal
 from service import __version__
-from service.api.errors import errors
 from service.api.deps import SessionDep
+from service.api.errors import errors
 from service.api.schemas import HealthOut
 from service.db.migrate import current_revision
 from service.db.session import redact_url

@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from discovery.spec import DatasetName, FeedbackMode
-from service.api.deps import IdPath, OwnerDep, SessionDep
+from service.api.deps import IdPath, OwnerDep, SessionDep, get_or_404
 from service.api.errors import errors
 from service.api.schemas import ExportFormatName, RuleCreate, RuleOrigin, RuleOut
 from service.db.models import ORIGIN_USER, Rule
@@ -56,9 +56,7 @@ def list_terms() -> list[dict]:
 @router.get("/{rule_id}", response_model=RuleOut, responses=errors(404, 422, 503, e404="no such rule"))
 def get_rule(rule_id: IdPath, session: SessionDep) -> RuleOut:
     """Expression, LaTeX, coefficients, terms, origin, hash, spec, provenance and scores of one rule."""
-    rule = session.get(Rule, rule_id)
-    if rule is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"rule {rule_id} does not exist")
+    rule = get_or_404(session, Rule, rule_id, "rule")
     return RuleOut.of(rule, discovery_scores(session, rule))
 
 
@@ -101,9 +99,7 @@ def export_rule(
     from rules.export import ExportError
     from rules.export import export_rule as render
 
-    rule = session.get(Rule, rule_id)
-    if rule is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"rule {rule_id} does not exist")
+    rule = get_or_404(session, Rule, rule_id, "rule")
     try:
         exported = render(_rule_language_object(rule), format, _provenance(rule))  # type: ignore[arg-type]
     except (ExportError, ValueError, TypeError) as exc:
