@@ -37,6 +37,8 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    workers: Annotated[int, typer.Option(min=1, max=64, help="server processes behind the port (one dispatcher "
+                                         "is active among them; docs/operations.md)")] = 1,
 ) -> None:
     """Migrate the database, start Ray (local unless RAY_ADDRESS) and serve the API and pages."""
     with _friendly():
@@ -57,7 +59,11 @@ def serve(
             _start_ray()
         out.print(f"serving   http://{host}:{port}/  (API docs: http://{host}:{port}/docs)", highlight=False)
         sys.stdout.flush()
-        uvicorn.run(application, host=host, port=port, log_level=log_level)
+        if workers > 1:  # each process builds its app from the environment; one of them holds the dispatch lease
+            uvicorn.run("service.app:create_app", factory=True, host=host, port=port, log_level=log_level,
+                        workers=workers)
+        else:
+            uvicorn.run(application, host=host, port=port, log_level=log_level)
 
 
 def _start_ray() -> None:
