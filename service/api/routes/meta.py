@@ -25,6 +25,8 @@ def ray_health(dispatcher: Any) -> dict[str, Any]:
     if dispatcher is None:
         return {"state": "disabled", "detail": "the dispatcher is off (PLASTICITY_DISPATCHER=0)"}
     info = dict(dispatcher.ray_state)
+    if info.get("state") == "not started" and not dispatcher.lease.held:
+        return {"state": "standby", "detail": "another server process holds the dispatch lease and drives Ray"}
     if info.get("state") == "connected":
         try:
             from workers.runtime import ray_info
