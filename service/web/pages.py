@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
@@ -91,18 +91,17 @@ def leaderboard_page(
     session: SessionDep,
     suite: Annotated[str | None, Query(max_length=100)] = None,
     front: Annotated[bool, Query()] = False,
-    family: Annotated[RuleFamily | None, Query()] = None,
+    family: Annotated[str | None, Query(max_length=32, description="a rule family; empty: all")] = None,
 ) -> HTMLResponse:
     suites = known_suites(session)
     if suite is not None and suite not in suites:
-        return _page(
-            request,
-            "error.html",
-            404,
-            title="Unknown suite",
-            message=f"There is no suite named {suite!r}. Known: {', '.join(suites)}.",
-        )
-    board = leaderboard(session, suite, only_front=front, family=family)
+        return _page(request, "error.html", 404, title="Unknown suite",
+                     message=f"There is no suite named {suite!r}. Known: {', '.join(suites)}.")
+    families = get_args(RuleFamily)
+    if family and family not in families:
+        return _page(request, "error.html", 404, title="Unknown family",
+                     message=f"There is no rule family {family!r}. Known: {', '.join(families)}.")
+    board = leaderboard(session, suite, only_front=front, family=family or None)
     coefficients = {
         r.id: r.coefficients
         for r in session.scalars(
