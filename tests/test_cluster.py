@@ -128,6 +128,7 @@ def start_node(name: str, args: list[str], log: Path, env: dict[str, str]) -> No
     return Node(name, proc, log)
 
 
+@pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A two-node Ray cluster of its own (private temp folder, free ports); both nodes killed at the end."""
     temp_dir = Path(tempfile.mkdtemp(prefix=f"rc{os.getpid()}-", dir="/tmp"))  # short: Ray's socket paths
