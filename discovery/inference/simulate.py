@@ -48,8 +48,8 @@ def input_covariance(m: int, k: int, *, top: float = 4.0, rest: float = 0.25,
     return (q * lam) @ q.T
 
 
-def simulate(rule: Mapping[str, float] | None = None, *, n_pre: int = 100, n_post: int = 10, n_steps: int = 800,
-             n_trials: int = 4, noise: float = 0.1, subsample: tuple[int, int] | None = None, w0_scale: float = 0.02,
+def simulate(rule: Mapping[str, float] | None = None, *, n_pre: int = 100, n_post: int = 10, n_steps: int = 400,
+             n_trials: int = 8, noise: float = 0.1, subsample: tuple[int, int] | None = None, w0_scale: float = 0.02,
              top: float = 4.0, rest: float = 0.25, dt: float = 1.0, seed: int = 0) -> Simulation:
     """Simulate ``n_trials`` trials of ``n_steps`` steps under ``rule`` ({term name or id: θ per step}) and record
     them with observation noise σ = ``noise`` × std of each series; ``subsample`` = (pre kept, post kept)."""
