@@ -12,6 +12,7 @@ Every problem with a file is a :class:`RecordingError` whose message names the s
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import zipfile
 from pathlib import Path
@@ -114,7 +115,7 @@ def validate(pre: Any, post: Any, weights: Any = None, *, dt: float = 1.0, trial
     if not (math.isfinite(dt) and dt > 0):
         raise RecordingError(f"the time step must be finite and > 0, got {dt}")
     starts = (0,) if trial_starts is None else tuple(int(s) for s in np.asarray(trial_starts).ravel())
-    if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
+    if not starts or starts[0] != 0 or any(b <= a for a, b in itertools.pairwise(starts)):
         raise RecordingError(f"trial starts must begin at 0 and increase strictly, got {list(starts)}")
     bounds = [*starts, x.shape[0]]
     short = [i for i in range(len(starts)) if bounds[i + 1] - bounds[i] < MIN_STEPS]
@@ -192,7 +193,7 @@ def read_nwb(path: str | Path, *, nonlinearity: str | None = None) -> Recording:
             return _from_nwb(nwb, str(path), nonlinearity)
     except RecordingError:
         raise
-    except Exception as exc:  # noqa: BLE001 - h5py/hdmf raise many kinds; one clear error
+    except Exception as exc:
         raise RecordingError(f"the NWB file cannot be read: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
