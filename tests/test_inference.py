@@ -169,3 +169,14 @@ def test_a_converged_recording_is_flagged():
     res = infer_rule(validate(rec.pre[late], rec.post[late], rec.weights[late], trial_starts=np.arange(4) * 400),
                      n_bootstrap=20)
     assert any("transient" in w for w in res.warnings)
+
+
+def test_cli_simulate_writes_a_readable_recording(tmp_path):
+    from typer.testing import CliRunner
+
+    from service.cli.main import app
+
+    result = CliRunner().invoke(app, ["simulate", str(tmp_path / "rec.npz"), "--trials", "2", "--steps", "10"])
+    assert result.exit_code == 0, result.output
+    rec = read_recording(tmp_path / "rec.npz")
+    assert rec.weights.shape == (20, 10, 100) and rec.trial_starts == (0, 10)
