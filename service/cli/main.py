@@ -1,5 +1,5 @@
-"""The ``plasticity`` command line (typer app ``app``): serve, migrate, discover, benchmark, bench, suites, token;
-and, against a running server (built on ``service.client.http``): jobs, rules, benchmarks, leaderboard.
+"""The ``plasticity`` command line (typer app ``app``): serve, migrate, discover, benchmark, bench, suites, token,
+simulate; and, against a running server (built on ``service.client.http``): jobs, rules, benchmarks, leaderboard.
 
 Every failure a user can cause (a missing or invalid spec file, an unknown suite, a bad expression, an unknown
 rule id) ends with a one-paragraph message on stderr and exit code 2; unexpected errors exit 1, also without a
@@ -403,6 +403,25 @@ def bench(ctx: typer.Context) -> None:
         except SystemExit as exc:
             if exc.code not in (0, None):
                 raise typer.Exit(int(exc.code) if isinstance(exc.code, int) else 2) from None
+
+
+@app.command()
+def simulate(
+    output: Annotated[Path, typer.Argument(help="file to write: .nwb or .npz")],
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    noise: Annotated[float, typer.Option(help="observation noise, × the std of each series")] = 0.1,
+    trials: Annotated[int, typer.Option(help="trials (each from a fresh small W_0)")] = 8,
+    steps: Annotated[int, typer.Option(help="time steps per trial")] = 400,
+) -> None:
+    """Simulate a 100 → 10 linear layer learning under Oja's subspace rule and write the recording (NWB or npz;
+    layout in docs/inference.md)."""
+    with _friendly():
+        from discovery.inference.simulate import OJA, write_npz, write_nwb
+        from discovery.inference.simulate import simulate as run_simulation
+
+        sim = run_simulation(OJA, noise=noise, n_trials=trials, n_steps=steps, seed=seed)
+        path = (write_npz if output.suffix.lower() == ".npz" else write_nwb)(sim.recording, output)
+        out.print(f"wrote {path} ({sim.recording.n_steps} steps, {trials} trials)", highlight=False)
 
 
 # the commands against a server register themselves on the same app
