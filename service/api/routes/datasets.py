@@ -20,7 +20,7 @@ from service.uploads import NAME_PATTERN, UploadRejected, delete_dataset, read_s
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
 
-_ERRORS = errors(401, 403, 404, 409, 413, 422, 503,
+_ERRORS = errors(400, 401, 403, 404, 409, 413, 422, 503, e400="malformed multipart body",
                  e403="a server path outside the import folder, or none configured",
                  e404="the server path names no file",
                  e409="the same content or name was uploaded before",
