@@ -61,7 +61,7 @@ def read_server_path(settings: Settings, path: str) -> tuple[bytes, str]:
     """The bytes and file name of a file an administrator placed in ``PLASTICITY_DATASET_IMPORT_DIR``."""
     root = settings.dataset_import_dir
     if root is None:
-        raise UploadRejected(403, "server paths are not accepted: this server has no import folder "
+        raise UploadRejected(422, "path: server paths are not accepted: this server has no import folder "
                                   "(PLASTICITY_DATASET_IMPORT_DIR is unset); upload the file instead")
     candidate = (root / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
     if root.resolve() not in candidate.parents:

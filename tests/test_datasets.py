@@ -197,7 +197,7 @@ def test_bad_files_get_a_4xx_with_the_reason_and_store_nothing(small_limit_clien
         assert stored_files(settings) == files, label
     for extra, code, reason in [
         ({"headers": {}}, 401, ""),
-        ({"data": {"path": "x.npz"}}, 403, "PLASTICITY_DATASET_IMPORT_DIR is unset"),
+        ({"data": {"path": "x.npz"}}, 422, "PLASTICITY_DATASET_IMPORT_DIR is unset"),
         ({"data": {"name": "Bad Name!"}, "files": {"file": ("a.npz", npz(X=X * 2, y=Y))}}, 422, "name"),
         ({}, 422, "send either a file"),
     ]:
