@@ -222,7 +222,7 @@ def test_docs_render_offline(live_server_factory: Callable[..., LiveServer]) -> 
             assert any("/api/jobs" in s for s in summaries) and len(summaries) >= 15, summaries
             page.screenshot(path=str(ARTIFACTS / "docs.png"))
             page.goto(f"{server.url}/redoc")
-            page.wait_for_selector("text=Submit Job", timeout=30_000)
+            page.wait_for_function("document.body.innerText.includes('Submit Job')", timeout=30_000)
         finally:
             browser.close()
     assert not refused, refused

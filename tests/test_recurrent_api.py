@@ -98,9 +98,12 @@ def test_recurrent_job_and_goal_run_over_ray(live_server_factory: Callable[..., 
             job = wait_for(lambda: http.get(f"/api/jobs/{job_id}").json(), lambda j: j["status"] in FINAL, 300,
                            f"job {job_id}", server)
             assert job["status"] == "succeeded", job
-            [rule_id] = job["rule_ids"]
-            rule = http.get(f"/api/rules/{rule_id}").json()
-            assert rule["family"] == "recurrent" and all(t.startswith("rec_") for t in rule["terms"]), rule
+            assert job["rule_ids"], job
+            for rule_id in job["rule_ids"]:   # the spec's one rule; the goal's open search stores its front
+                rule = http.get(f"/api/rules/{rule_id}").json()
+                assert rule["family"] == "recurrent" and all(t.startswith("rec_") for t in rule["terms"]), rule
+        goal_job = http.get(f"/api/jobs/{ids[1]}").json()
+        assert len(goal_job["front"]) >= 2 and sum(p["selected"] for p in goal_job["front"]) == 1
 
 
 def test_a_suite_without_intervals_reports_none_not_zero() -> None:
