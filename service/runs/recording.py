@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from discovery.benchmarks.report import BenchmarkReport
-from discovery.results import jsonable
+from discovery.results import RuleData, jsonable
 from discovery.spec import DiscoverySpec
 from service.db.models import ORIGIN_DISCOVERED, SUCCEEDED, BenchmarkRun, Job, Rule, Trial
 from service.db.repositories.benchmarks import add_scores, create_run
@@ -27,13 +27,12 @@ from workers.progress import JobResult
 SINGLE_RUN_METRICS = frozenset({"diverged_episodes", "skipped_steps", "wall_time_s", "device", "heldout_episodes"})
 
 
-def rule_name(job: Job) -> str:
+def rule_name(job: Job, spec: DiscoverySpec) -> str:
     """The display name of a job's rule: job id, feedback, data set and depth."""
-    spec = DiscoverySpec.model_validate(job.spec)
     return f"job {job.id} · {spec.network.feedback} · {spec.task.dataset} · depth {max(len(spec.network.widths) - 1, 0)}"
 
 
-def _store_trials(s: Session, job: Job, result: JobResult) -> None:
+def _store_trials(s: Session, job: Job, spec: DiscoverySpec, result: JobResult) -> None:
     """One ``trials`` row per sweep trial, or one for a single run (its seed, lr and l1)."""
     if result.trials:
         for i, trial in enumerate(result.trials):
@@ -43,7 +42,7 @@ def _store_trials(s: Session, job: Job, result: JobResult) -> None:
                         heldout_ci95=jsonable(trial.heldout_ci95), rule=jsonable(trial.rule),
                         metrics=jsonable(trial.metrics())))
         return
-    meta = DiscoverySpec.model_validate(job.spec).meta
+    meta = spec.meta
     s.add(Trial(job_id=job.id, index=0, status=SUCCEEDED, config={"seed": meta.seed, "lr": meta.lr, "l1": meta.l1},
                 heldout_accuracy=jsonable(result.heldout_accuracy), heldout_ci95=jsonable(result.heldout_ci95),
                 rule=jsonable(result.rule), metrics=jsonable(result.model_dump(include=set(SINGLE_RUN_METRICS)))))
@@ -55,32 +54,35 @@ def _metrics(rule: object) -> dict[str, object]:
     return {"metrics": jsonable(metrics)} if isinstance(metrics, dict) else {}
 
 
-def _store_front(s: Session, job: Job, result: JobResult) -> list[int]:
+def _provenance(job: Job, rule: RuleData, **fields: object) -> dict[str, object]:
+    """Where a stored rule came from: its job, the goal, ``fields``, the data set and the family's metrics."""
+    return {"job_id": job.id, "goal": job.goal, **fields, **dataset_provenance(job.spec), **_metrics(rule)}
+
+
+def _store_front(s: Session, job: Job, spec: DiscoverySpec, result: JobResult) -> list[int]:
     """Every rule of the front (deduplicated by hash), linked to the job, with its own front row."""
-    name, seed = rule_name(job), DiscoverySpec.model_validate(job.spec).meta.seed
+    name = rule_name(job, spec)
     ids = []
     for position, point in enumerate(result.front):
         row, _ = upsert_rule(s, record_from_result(point.rule), name=f"{name} ({point.n_terms} terms)",
-                             origin=ORIGIN_DISCOVERED, spec=job.spec, seed=seed, job_id=job.id,
-                             provenance={"job_id": job.id, "goal": job.goal, "coefficients_raw": point.theta,
-                                         **dataset_provenance(job.spec), **_metrics(point.rule)})
+                             origin=ORIGIN_DISCOVERED, spec=job.spec, seed=spec.meta.seed, job_id=job.id,
+                             provenance=_provenance(job, point.rule, coefficients_raw=point.theta))
         link_job_rule(s, job, row)
         add_front_point(s, job, point, position=position, rule=row)
         ids.append(row.id)
     return ids
 
 
-def _store_rule(s: Session, job: Job, result: JobResult) -> Rule:
+def _store_rule(s: Session, job: Job, spec: DiscoverySpec, result: JobResult) -> Rule:
     """Store (or find) the job's rule with its provenance and link it to the job."""
     seed = result.best_seed()
     row, created = upsert_rule(
-        s, record_from_result(result.rule), name=rule_name(job), origin=ORIGIN_DISCOVERED, spec=job.spec,
-        seed=seed if seed is not None else DiscoverySpec.model_validate(job.spec).meta.seed, job_id=job.id,
-        provenance={"job_id": job.id, "goal": job.goal, "best_trial": result.best_trial,
-                    "heldout_accuracy": result.heldout_accuracy, "heldout_ci95": result.heldout_ci95,
-                    "heldout_episodes": result.heldout_episodes, "wall_time_s": result.wall_time_s,
-                    "device": result.device, "coefficients_raw": result.rule.coefficients_raw,
-                    **dataset_provenance(job.spec), **_metrics(result.rule)},
+        s, record_from_result(result.rule), name=rule_name(job, spec), origin=ORIGIN_DISCOVERED, spec=job.spec,
+        seed=seed if seed is not None else spec.meta.seed, job_id=job.id,
+        provenance=_provenance(job, result.rule, best_trial=result.best_trial,
+                               heldout_accuracy=result.heldout_accuracy, heldout_ci95=result.heldout_ci95,
+                               heldout_episodes=result.heldout_episodes, wall_time_s=result.wall_time_s,
+                               device=result.device, coefficients_raw=result.rule.coefficients_raw),
     )
     link_job_rule(s, job, row)
     add_event(s, "rule", ("stored rule" if created else "the rule was already stored as rule") + f" {row.id}",
@@ -90,12 +92,13 @@ def _store_rule(s: Session, job: Job, result: JobResult) -> Rule:
 
 def record_job_result(s: Session, job: Job, result: JobResult) -> Rule:
     """Store the trials, the front (rules and rows) and the rule of a succeeded job; the stored rule."""
-    _store_trials(s, job, result)
+    spec = DiscoverySpec.model_validate(job.spec)   # the job's stored spec, read once
+    _store_trials(s, job, spec, result)
     if result.front:
-        ids = _store_front(s, job, result)
+        ids = _store_front(s, job, spec, result)
         add_event(s, "front", f"stored the front: rules {', '.join(map(str, ids))}", job_id=job.id,
                   data={"rule_ids": ids})
-    return _store_rule(s, job, result)
+    return _store_rule(s, job, spec, result)
 
 
 def job_summary(result: JobResult) -> dict[str, object]:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from discovery.results import FrontPoint, jsonable
 from discovery.spec import DiscoverySpec
@@ -36,7 +36,10 @@ def list_jobs(session: Session, *, status: str | None = None, limit: int = 50,
     count = select(func.count()).select_from(Job)
     if status is not None:
         stmt, count = stmt.where(Job.status == status), count.where(Job.status == status)
-    rows = session.scalars(stmt.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
+    # the answer reads each job's events (how its goal was read), rules, front and trial count: one query each
+    eager = (selectinload(Job.events), selectinload(Job.rule_links), selectinload(Job.trials),
+             selectinload(Job.front).selectinload(FrontPointRow.rule))
+    rows = session.scalars(stmt.order_by(Job.id.desc()).limit(limit).offset(offset).options(*eager)).all()
     return list(rows), int(session.scalar(count) or 0)
 
 
