@@ -7,6 +7,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
 from service.api.auth import require_token
@@ -47,7 +48,14 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 DispatcherDep = Annotated[Any, Depends(get_dispatcher)]
 OwnerDep = Annotated[str, Depends(owner)]
 #: A row id in a path (bounded: PostgreSQL integers are 32-bit).
-IdPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
+def _decimal_id(value: object) -> object:
+    """A path id is written in ASCII digits: Python's ``int`` would also read "\x855" or "٥" as 5."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("an id is a positive decimal number written in the digits 0-9")
+    return value
+
+
+IdPath = Annotated[int, Path(ge=1, le=2**31 - 1), BeforeValidator(_decimal_id)]
 
 
 def wake(dispatcher: Any) -> None:
