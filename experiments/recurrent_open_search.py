@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--score-epochs", type=int, default=None)
     ap.add_argument("--score-n", type=int, default=None, help="N of the fixedpoint-mnist scoring")
     ap.add_argument("--linear-iterations", type=int, default=None)
+    ap.add_argument("--score-eta-scales", type=float, nargs="+", default=None,
+                    help="the η grid c of fixedpoint-mnist (the same for every learner)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [args.seed] if args.seed is not None else args.seeds
@@ -79,7 +81,7 @@ def main() -> None:
         from experiments.recurrent_open_score import score_all
 
         score_all(seeds, args.out, episodes=args.score_episodes, epochs=args.score_epochs, N=args.score_n,
-                  linear_iterations=args.linear_iterations)
+                  linear_iterations=args.linear_iterations, eta_scales=args.score_eta_scales)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The generated recurrent term library (docs/science.md S2, docs/architecture.md "the family contract").
+"""The generated recurrent term library (docs/science.md S2, "The generated recurrent library").
 
 A grammar over the recurrent primitives (rules.recurrent: r, δ, G = diag(f'), W, I, the adjoint u = δ + Wᵀ G u)
 gives every outer product a bᵀ of a post-side vector a and a pre-side vector b:

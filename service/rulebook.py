@@ -213,14 +213,14 @@ def term_formula(term_id: str) -> dict[str, str] | None:
     the CLI and the client show instead of a bare id (generated ids like ``T4d4340c6`` included); None when no
     library knows the id."""
     try:
-        from rules.recurrent import RECURRENT_TERMS
+        from rules.recurrent import RECURRENT_LIBRARY
         from rules.terms import TERMS
     except ImportError:
         return None
     found: Any = TERMS.get(term_id)
     family = "feedforward"
     if found is None:
-        found, family = RECURRENT_TERMS.get(term_id), "recurrent"
+        found, family = RECURRENT_LIBRARY.get(term_id), "recurrent"
     if found is None:
         try:
             from rules.unsupervised import UNSUPERVISED_TERMS
