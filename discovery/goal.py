@@ -206,8 +206,10 @@ def parse_goal(text: str, uploads: Sequence[UploadInfo] | None = None) -> GoalPa
                           f"{spec.network.widths[-1]} outputs, objective {spec.rule.objective}, "
                           f"{spec.rule.unroll} online steps per episode")
     if spec.family == "recurrent":
-        understood.append(f"recurrent fixed-point rule on mnist5k: N = {spec.network.widths[1]} tanh units, terms "
-                          f"{', '.join(spec.rule.terms or [])}, {spec.meta.episodes} episodes")
+        terms = (f"the generated library ({len(spec.rule.terms or [])} terms)" if spec.search.active
+                 else f"terms {', '.join(spec.rule.terms or [])}")
+        understood.append(f"recurrent fixed-point rule on mnist5k: N = {spec.network.widths[1]} tanh units, {terms}, "
+                          f"{spec.meta.episodes} episodes")
     if spec.search.active:
         understood.append(f"open discovery: {spec.search.method} search over the {spec.rule.pool} pool "
                           f"({len(spec.rule.terms or [])} terms), at most {spec.search.max_terms} terms on the front")
