@@ -57,7 +57,7 @@ def score_all(seeds: list[int], out: Path, *, episodes: int | None = None, epoch
         (out / f"score_{s}.json").write_text(json.dumps(jsonable(rows[-1]), indent=1))
         print(f"seed {s}: rule {rows[-1]['mnist']} vs dW4; paired {rows[-1]['paired_rule_minus_dW4']}; "
               f"linear {rows[-1]['linear']}", flush=True)
-    rule_name = lambda row: next(k for k in row["mnist"] if k not in mnist_baselines)   # noqa: E731
+    rule_name = lambda row: next(k for k in row["mnist"] if k not in mnist_baselines)
     rule_accs = [a for row in rows for a in row["mnist"][rule_name(row)]["per_episode"]]
     dw4_accs = [a for row in rows for a in row["mnist"]["dW4"]["per_episode"]]
     result = {"seeds": rows, "pooled_paired_rule_minus_dW4": paired_difference(rule_accs, dw4_accs).model_dump(),

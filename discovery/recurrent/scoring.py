@@ -151,7 +151,7 @@ def tune_and_score(coefficients: Mapping[str, float] | RecurrentRule | str, *, s
     xtr, ytr, xte, yte = data if data is not None else fp.load_mnist5k_split()
     proto = dict(protocol or {})
     n_train = proto.get("n_train") or len(ytr)
-    n_fit = int(round(n_train * (1 - VALIDATION_FRACTION)))
+    n_fit = round(n_train * (1 - VALIDATION_FRACTION))
     split = (xtr[:n_fit], ytr[:n_fit], xtr[n_fit:n_train], ytr[n_fit:n_train])
     tune_proto = {**proto, "n_train": None, "n_test": None, "episodes": tune_episodes}
     tuning: dict[str, float] = {}

@@ -20,11 +20,11 @@ import torch
 from discovery.benchmarks.suite import Suite
 from discovery.recurrent.network import RHO_INIT, load_mnist5k_split
 from discovery.recurrent.scoring import (
+    ETA_SCALES,
     SCORE_PROTOCOL,
     SUITE_BASELINES,
     as_recurrent_rule,
     recurrent_locality,
-    ETA_SCALES,
     tune_and_score,
 )
 from discovery.recurrent.trainer import KIND

@@ -69,15 +69,22 @@ class SearchTrainer(Protocol):
     dtype: torch.dtype
 
     def resume(self, folder: Path | None) -> int | None: ...
-
     def run(self, progress: Callable[[Any], None] | None, folder: Path | None,
             should_stop: Callable[[], bool] | None, resume: bool = True) -> bool: ...
-
     def theta_dict(self) -> dict[str, float]: ...
 
 
 class SearchBackend(Protocol):
-    """A family's side of the search (see the module docstring)."""
+    """A family's side of the search (see the module docstring):
+
+    ``subspec(spec, terms, theta, episodes, **meta)`` the spec of one fit (``terms`` warm-started at ``theta``,
+    ``episodes`` meta-steps, no search); ``trainer(spec, stream)`` a meta-trainer drawing from random stream
+    ``stream``; ``screen_gradients(trainer, n)`` (per-episode meta-loss (n,), per-episode ∂L/∂θ_r (R, n)) at the
+    trainer's θ over n fresh episodes; ``norms(trainer)`` ‖F_r‖ on fresh networks (the unit of effect);
+    ``streams`` / ``set_streams`` the trainer's random streams as checkpointable state; ``redraw(trainer, n)``
+    advance them as a screen of n episodes would (folders without screener.pt); ``evaluate(trainer, episodes)``
+    (held-out accuracy, 95 % half-width, episodes); ``rule(terms, theta, name)`` the stored rule dict with
+    ``coefficients_raw``; ``complexity(terms)``; ``device(spec)``."""
 
     #: the first support when the pool holds it (feed-forward: F0); empty: screen from θ = 0
     base_terms: tuple[str, ...]
@@ -85,42 +92,16 @@ class SearchBackend(Protocol):
     methods: tuple[str, ...]
 
     def subspec(self, spec: DiscoverySpec, terms: list[str], theta: dict[str, float], episodes: int,
-                **meta: Any) -> DiscoverySpec:
-        """The spec of one fit: ``terms`` warm-started at ``theta``, ``episodes`` meta-steps, no search."""
-        ...
-
-    def trainer(self, spec: DiscoverySpec, stream: int = 0) -> SearchTrainer:
-        """A meta-trainer for a subspec, drawing from random stream ``stream``."""
-        ...
-
-    def screen_gradients(self, trainer: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-episode meta-loss (n,), per-episode ∂L/∂θ_r (R, n)) at the trainer's θ over n fresh episodes."""
-        ...
-
-    def norms(self, trainer: Any) -> torch.Tensor:
-        """‖F_r‖ of every term of the trainer on fresh networks (the unit of effect)."""
-        ...
-
-    def streams(self, trainer: Any) -> dict[str, Any]:
-        """The trainer's random streams (episode sampler, weight generator) as checkpointable state."""
-        ...
-
+                **meta: Any) -> DiscoverySpec: ...
+    def trainer(self, spec: DiscoverySpec, stream: int = 0) -> SearchTrainer: ...
+    def screen_gradients(self, trainer: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def norms(self, trainer: Any) -> torch.Tensor: ...
+    def streams(self, trainer: Any) -> dict[str, Any]: ...
     def set_streams(self, trainer: Any, state: dict[str, Any]) -> None: ...
-
-    def redraw(self, trainer: Any, n: int) -> None:
-        """Advance the streams as a screen of n episodes would (old folders without screener.pt)."""
-        ...
-
-    def evaluate(self, trainer: Any, episodes: int) -> tuple[float | None, float | None, int]:
-        """(held-out accuracy, 95 % half-width, episodes) of the trainer's θ on held-out episodes."""
-        ...
-
-    def rule(self, terms: list[str], theta: dict[str, float], name: str | None = None) -> dict[str, Any]:
-        """The stored rule dict (RuleData) of θ over ``terms``, with ``coefficients_raw``."""
-        ...
-
+    def redraw(self, trainer: Any, n: int) -> None: ...
+    def evaluate(self, trainer: Any, episodes: int) -> tuple[float | None, float | None, int]: ...
+    def rule(self, terms: list[str], theta: dict[str, float], name: str | None = None) -> dict[str, Any]: ...
     def complexity(self, terms: list[str]) -> int: ...
-
     def device(self, spec: DiscoverySpec) -> str: ...
 
 
