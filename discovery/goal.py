@@ -237,11 +237,11 @@ def goal_to_spec(text: str) -> DiscoverySpec:
 RECURRENT_READING: dict[str, str] = {"F9": "rec_oja", "F3": "rec_decay"}
 #: a recurrent goal's defaults (those of examples/fixedpoint_mnist.json; tiny: N = 16 and a short run)
 RECURRENT_DEFAULTS: dict[str, Any] = {"N": 100, "shots": 20, "episodes": 40, "lr": 0.1, "eval_episodes": 20,
-                                      "max_terms": 3, "screen": 4}
+                                      "max_terms": 3, "screen": 4, "search_episodes": 120}
 RECURRENT_TINY: dict[str, Any] = {"N": 16, "shots": 3, "ways": 2, "queries": 4, "episodes": 2, "eval_episodes": 2,
-                                  "max_terms": 2, "screen": 2}
-#: the pool a recurrent goal without named terms searches (rules.recurrent)
-RECURRENT_SEARCH_POOL = "rec5"
+                                  "max_terms": 2, "screen": 2, "search_episodes": 4}
+#: the pool a recurrent goal without named terms searches (rules.recurrent: the generated library)
+RECURRENT_SEARCH_POOL = "rec_library"
 
 
 def _recurrent_terms(d: Draft) -> list[str]:
@@ -280,6 +280,7 @@ def _build_recurrent_spec(d: Draft, text: str) -> DiscoverySpec:
         rule = {"family": "recurrent", "pool": RECURRENT_SEARCH_POOL}
         search = {"method": "forward", "max_terms": d.max_terms or base["max_terms"],
                   "screen_episodes": base["screen"]}
+        meta = {**meta, "episodes": d.meta.get("episodes", base["search_episodes"])}   # the whole search's budget
     return DiscoverySpec.model_validate({"name": text.strip()[:200], "network": {"widths": [784, n, 10]},
                                          "task": task, "rule": rule, "meta": meta, "search": search,
                                          "resources": d.resources})

@@ -32,7 +32,7 @@ GradMode = Literal["forward", "reverse"]
 #: Term pools (ids of rules.terms): paper3, bio10, the generated 16-term library and the 43-term gated library.
 POOLS: dict[str, list[str]] = RULE_POOLS
 PoolName = Literal["paper3", "bio10", "library", "library_gated"]
-RecurrentPoolName = Literal["rec4", "rec5"]
+RecurrentPoolName = Literal["rec4", "rec5", "rec_library"]
 
 
 class _Strict(BaseModel):
