@@ -44,7 +44,7 @@ def test_layered_gradient_matches_finite_differences() -> None:
     t = LayeredTrainer(spec(), coefficients="profile", theta_init={"F2~slope": 0.01})
     ep = t.train_sampler.sample(2, dtype=torch.float64)
     Ws, Bs = t._weights(2, torch.Generator().manual_seed(2))
-    loss, grad, _, _ = t.meta_gradient(ep, Ws, Bs)
+    _loss, grad, _, _ = t.meta_gradient(ep, Ws, Bs)
     h = 1e-6
     for j in range(len(t.param_ids)):
         with torch.no_grad():

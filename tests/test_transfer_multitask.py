@@ -79,3 +79,13 @@ def test_spec_refuses_per_layer_across_depths_and_a_distribution_without_trainin
     with pytest.raises(ValueError, match="training cell"):
         DiscoverySpec.model_validate({"transfer": {"cells": [{"depth": 3, "role": "select"}]}})
     assert "transfer" not in DiscoverySpec().model_dump()
+
+
+def test_a_goal_names_a_task_distribution_over_depths() -> None:
+    from discovery.goal import parse_goal
+
+    parsed = parse_goal("find a rule that works across depths 3 to 7")
+    cells = parsed.spec.transfer.cells
+    assert [(c.depth, c.role) for c in cells] == [(3, "train"), (4, "select"), (5, "train"), (6, "select"),
+                                                 (7, "train")]
+    assert parsed.spec.search.method == "forward" and any("depths 3–7" in u for u in parsed.understood)

@@ -116,6 +116,19 @@ class MultiTaskTrainer(Checkpointed):
     def theta_dict(self) -> dict[str, float]:
         return self.lead.theta_dict()
 
+    def episode_gradients(self, n: int) -> tuple[Tensor, Tensor]:
+        """Per-episode query loss (n,) and meta-gradient (P, n) of n fresh episodes drawn across the training cells
+        by the task sampler (the screening of candidate terms: Rao's score test over these n episodes)."""
+        losses, grads = [], []
+        for child, k in zip(self.children, self.tasks.draw(n)):
+            if k:
+                ep = child.train_sampler.sample(k, device=child.device, dtype=child.dtype)
+                Ws, Bs = child._weights(k)
+                loss, grad, _, _ = child.meta_gradient(ep, Ws, Bs)
+                losses.append(loss)
+                grads.append(grad)
+        return torch.cat(losses), torch.cat(grads, dim=1)
+
     def cell_gradients(self, batch: int) -> tuple[list[tuple[int, Tensor, Tensor, Tensor]], int]:
         """Per cell of the meta-batch: (cell index, mean loss, mean gradient, mean accuracy) over its finite
         episodes, and the number of diverged episodes."""

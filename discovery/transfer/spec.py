@@ -84,3 +84,13 @@ class TransferSpec(BaseModel):
     def role(self, role: CellRole) -> list[Cell]:
         """The cells of one role, in order."""
         return [c for c in self.cells if c.role == role]
+
+
+def depth_distribution(lo: int, hi: int, dataset: str = "mnist5k") -> dict:
+    """The task distribution of "a rule that works across depths lo to hi": training cells at lo, lo+2, …, hi
+    (hi always included), selection cells at the depths between them (never trained on), e.g. 3–7 → train 3, 5, 7;
+    select 4, 6."""
+    train = sorted({*range(lo, hi + 1, 2), hi})
+    cells = [{"dataset": dataset, "depth": k, "role": "train" if k in train else "select"}
+             for k in range(lo, hi + 1)]
+    return {"cells": cells}
