@@ -84,3 +84,22 @@ def test_post_benchmarks_transfer_and_the_rule_page(app: Any, settings: Any, cli
     rule_id = next(s for s in second["scores"] if s["origin"] != "baseline")["rule_id"]
     page = client.get(f"/rules/{rule_id}").text
     assert "Transfer" in page and "Δ vs BP" in page and "digits, 64-16-12-10" in page and "rgba(" in page
+
+
+def test_the_cli_runs_the_transfer_suite(tmp_path: Any) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from service.cli.main import app as cli
+
+    out = tmp_path / "transfer.json"
+    run = CliRunner().invoke(cli, ["benchmark", "--suite", "transfer", "--tiny", "--rule-only", "--expression", RULE,
+                                   "--out", str(out)], env={"COLUMNS": "200"})
+    assert run.exit_code == 0, run.output
+    report = json.loads(out.read_text())
+    [entry] = report["entries"]
+    assert entry["kind"] == "rule" and len(entry["metrics"]["cells"]) == 2
+    bad = CliRunner().invoke(cli, ["benchmark", "--suite", "transfer", "--tiny", "--rule-only", "--expression",
+                                   "-0.01*e*x.T*W.T*W", "--out", str(out)], env={"COLUMNS": "200"})
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
