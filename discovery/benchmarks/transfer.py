@@ -79,11 +79,12 @@ def transfer_runner(suite: Suite, ctx: RunContext) -> dict[str, Any]:
             scores.append(score_cell(cell, terms, theta, protocol, feedback=fb))
         entries.append(cell_entry(str(getattr(ctx.rule, "name", None) or "rule"), "rule", scores,
                                   {"feedback": fb, "theta": theta}))
-    return {"entries": entries}
+    labels = "; ".join(f"{c.label} ({c.role})" for c in cells)
+    return {"entries": entries, "protocol": f"{suite.describe()} Cells: {labels}."}
 
 
 _TEXT = ("Transfer: the rule's θ fixed, scored on {protocol[eval_episodes]} held-out episodes (evaluation seed "
-         "{protocol[eval_seed]}) of every cell {network[cell_labels]}, {data[ways]}-way {data[shots]}-shot, "
+         "{protocol[eval_seed]}) of every cell of the grid (network.cells), {data[ways]}-way {data[shots]}-shot, "
          "{data[queries]} queries, held-out fraction {data[heldout_fraction]}, under '{network[rule_feedback]}' "
          "feedback; BP and FA with their own θ0 meta-tuned per cell ({protocol[tune_episodes]} one-episode Adam "
          "steps, lr {protocol[tune_lr]}, the run's seed); Δ = rule − baseline paired per cell, 95 % t-interval.")
@@ -92,21 +93,19 @@ _TEXT = ("Transfer: the rule's θ fixed, scored on {protocol[eval_episodes]} hel
 def transfer_suite(cells: list[dict[str, Any]] | None = None) -> Suite:
     """The registered ``transfer`` suite (the issue-26 grid by default)."""
     grid = list(cells or TRANSFER_CELLS)
-    labels = "; ".join(Cell.model_validate(c).label for c in grid)
     return Suite(
         name="transfer", version="1.0", kind="transfer-grid", runner=transfer_runner,
         title="Transfer: a rule's fixed θ across depths and data sets, beside BP and FA tuned per cell",
         description="A learning rule should work where it was not tuned: its θ is fixed and scored on every cell "
                     "of a grid; BP and FA get their own meta-tuned θ0 on each cell (docs/transfer.md).",
-        network={"cells": grid, "cell_labels": labels, "rule_feedback": "fa"},
+        network={"cells": grid, "rule_feedback": "fa"},
         data={"ways": 5, "shots": 50, "queries": 10, "heldout_fraction": 0.4},
         protocol={"eval_episodes": 100, "eval_seed": 7, "tune_episodes": 600, "tune_lr": 1e-3, "theta0": 1e-3,
                   "term_scale": "norm", "dtype": "float32"},
         metrics=["accuracy", "ci95", "cells", "diverged_episodes", "failed_cells"],
         baselines=["BP", "FA"],
         tiny={"network": {"cells": [{"dataset": "digits", "widths": [64, 16, 10]},
-                                    {"dataset": "digits", "widths": [64, 16, 12, 10]}],
-                          "cell_labels": "digits 64-16-10; digits 64-16-12-10"},
+                                    {"dataset": "digits", "widths": [64, 16, 12, 10]}]},
               "data": {"shots": 5, "queries": 3},
               "protocol": {"eval_episodes": 4, "tune_episodes": 3}},
         protocol_text=_TEXT,
