@@ -66,6 +66,7 @@ from discovery.goal_phrases import (  # noqa: F401 - the vocabulary is part of t
     normalize,
 )
 from discovery.spec import DiscoverySpec
+from discovery.transfer.spec import depth_distribution
 
 if TYPE_CHECKING:
     from discovery.data.uploads import UploadInfo
@@ -383,6 +384,7 @@ def _build_spec(d: Draft, text: str) -> DiscoverySpec:
         rule["terms"] = terms
     elif d.only:
         raise ValueError("'only' needs at least one named term")
+    transfer = {"transfer": depth_distribution(*d.depths, dataset)} if d.depths else {}
     return DiscoverySpec.model_validate(
         {
             "name": text.strip()[:200],
@@ -392,5 +394,6 @@ def _build_spec(d: Draft, text: str) -> DiscoverySpec:
             "meta": meta,
             "search": search,
             "resources": d.resources,
+            **transfer,
         }
     )

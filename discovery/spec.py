@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from discovery.transfer.spec import TransferSpec
 from rules.terms import POOLS as RULE_POOLS
 
 FeedbackMode = Literal["bp", "fa", "dfa", "sign"]
@@ -342,6 +343,31 @@ class DiscoverySpec(_Strict):
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    transfer: TransferSpec | None = Field(None, description=(
+        "a task distribution (docs/transfer.md): cells with roles train / select / test, the objective over the "
+        "training cells (mean or a quantile), shared / profile / per-layer coefficients, the full-budget refit"))
+
+    @model_serializer(mode="wrap")
+    def _no_transfer_when_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """A spec without a task distribution dumps without ``transfer`` (stored specs stay as they were)."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("transfer") is None:
+            data.pop("transfer", None)
+        return data
+
+    @model_validator(mode="after")
+    def _transfer_fits(self) -> DiscoverySpec:
+        """A task distribution is a few-shot (feedforward) one; per-layer coefficients need one depth."""
+        if self.transfer is None:
+            return self
+        if self.task.kind != "fewshot":
+            raise ValueError(f"transfer (a task distribution) is for few-shot tasks, not {self.task.kind!r}")
+        if self.transfer.coefficients == "per-layer":
+            depths = {len(c.widths) - 1 if c.widths else (c.depth or self.network.depth) for c in self.transfer.cells}
+            if len(depths) > 1:
+                raise ValueError(f"per-layer coefficients need cells of one depth, not {sorted(depths)}; use "
+                                 "'profile' (a linear depth profile) across depths")
+        return self
 
     @model_validator(mode="before")
     @classmethod

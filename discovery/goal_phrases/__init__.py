@@ -50,6 +50,7 @@ class Draft:
     resources: dict[str, Any] = field(default_factory=dict)
     unsupervised: dict[str, Any] = field(default_factory=dict)   # objective, passes, unroll (unsupervised family)
     batch_mode: str | None = None
+    depths: tuple[int, int] | None = None      # "works across depths 3 to 7": a task distribution (docs/transfer.md)
     conflicts: list[str] = field(default_factory=list)
 
     def set_once(self, attr: str, value: Any, phrase: str) -> None:
@@ -133,6 +134,14 @@ def _setter(section: str, key: str, cast: Callable[[str], Any], label: str) -> _
 def _depth(m: re.Match[str], d: Draft) -> str:
     d.set_once("depth", _int(m), m.group(0))
     return f"{m.group(0)!r} → {_int(m)} weight layers"
+
+
+def _depth_range(m: re.Match[str], d: Draft) -> str:
+    lo, hi = sorted((int(m.group(1)), int(m.group(2))))
+    d.set_once("depths", (lo, hi), m.group(0))
+    train = sorted({*range(lo, hi + 1, 2), hi})
+    return (f"{m.group(0)!r} → a task distribution over depths {lo}–{hi} (docs/transfer.md): training cells at "
+            f"depths {', '.join(map(str, train))}, selection cells at the depths between")
 
 
 def _hidden_layers(m: re.Match[str], d: Draft) -> str:
@@ -278,6 +287,8 @@ PHRASES: list[tuple[str, _Handler]] = [
         _setter("meta", "eval_episodes", int, "held-out evaluation episodes"),
     ),
     (r"\b(\d[\d,_]*)\s*(?:meta[\s-]*(?:training\s+)?)?episodes?\b", _setter("meta", "episodes", int, "episodes")),
+    ((r"\b(?:that\s+)?(?:works?\s+|transfers?\s+|generali[sz]es?\s+)?(?:across|over)\s+(?:all\s+)?depths?\s+"
+     r"(\d+)\s*(?:to|-|–|through)\s*(\d+)\b"), _depth_range),
     (r"\bdepth[\s:=-]*(\d+)\b", _depth),
     (r"\b(\d+)[\s-]*hidden[\s-]*layers?\b", _hidden_layers),
     (r"\b(\d+)[\s-]*(?:weight[\s-]*)?layers?\b", _depth),

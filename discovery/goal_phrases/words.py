@@ -66,7 +66,7 @@ REFUSED: dict[str, str] = {
 }
 
 VOCABULARY: dict[str, list[str]] = {
-    "depth": ["depth-N", "N layers", "N-layer"],
+    "depth": ["depth-N", "N layers", "N-layer", "works across depths A to B (a task distribution)"],
     "width": ["width N", "widths 784-64-10", "tiny"],
     "learning": ["online (batch is not supported)"],
     "family": ["unsupervised / principal components / PCA (the unsupervised Hebbian family: y = W x on centred "

@@ -30,6 +30,7 @@ from service.db.repositories.leaderboard import known_suites, leaderboard
 from service.db.repositories.rules import list_rules
 from service.rulebook import display_latex, term_formula
 from service.web.render import accuracy_plot_svg, front_plot_svg, latex_svg, scaled_svg, theta_plot_svg, vs_delta
+from service.web.transfer import transfer_table
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
@@ -218,6 +219,7 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLRes
         front_svg=_front_svg(front, rule.id),
         front=front,
         job=job,
+        transfer=transfer_table(session, rule.id),
         title=rule.name,
     )
 
