@@ -207,6 +207,7 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLRes
         info = term_formula(k) or {}
         coefficients.append({"term": k, "name": info.get("name", ""), "expression": info.get("text", ""), "value": v})
     formula_svg = _rule_formula(rule, 18)
+    transfer = transfer_table(session, rule.id)
     session.close()
     return _cached_page(
         request,
@@ -219,7 +220,7 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLRes
         front_svg=_front_svg(front, rule.id),
         front=front,
         job=job,
-        transfer=transfer_table(session, rule.id),
+        transfer=transfer,
         title=rule.name,
     )
 
