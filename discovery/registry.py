@@ -11,6 +11,7 @@ from discovery.family import Family
 #: family name → module whose ``FAMILY`` attribute implements discovery.family.Family
 FAMILY_MODULES: dict[str, str] = {
     "unsupervised": "discovery.unsupervised",
+    "reward": "discovery.reward.family",
 }
 
 

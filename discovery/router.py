@@ -1,5 +1,5 @@
 """The router: ``discover(spec)`` hands a job spec to its family's trainer (feed-forward meta-training, open
-search, the recurrent fixed-point trainer, or the unsupervised family through ``discovery.registry``). The one
+search, the recurrent fixed-point trainer, or the unsupervised and reward families through ``discovery.registry``). The one
 entry point the workers and the CLI call."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ def discover(spec: DiscoverySpec, progress: Callable[[ProgressEvent], None] | No
              should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
     """Meta-train θ for ``spec``, evaluate on held-out data, return the rule and its history; ``progress``
     receives a ProgressEvent per meta-step, ``should_stop`` is polled between steps."""
-    if spec.family == "unsupervised":
+    if spec.family in ("unsupervised", "reward"):
         from discovery.registry import get_family
 
-        return get_family("unsupervised").meta_train(spec, progress, checkpoint_dir=checkpoint_dir,
+        return get_family(spec.family).meta_train(spec, progress, checkpoint_dir=checkpoint_dir,
                                                      should_stop=should_stop)
     if spec.search.active and spec.task.kind == "fewshot":
         return discover_search(spec, progress, checkpoint_dir, should_stop)
