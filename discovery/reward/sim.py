@@ -127,6 +127,10 @@ def simulate(env: RewardEnv, terms: Sequence[str], theta: Tensor, seeds: Sequenc
     errors = torch.empty(B, total, dtype=torch.float32)
     ones_d = torch.ones(B, d, dtype=dtype)
     mask_r, mask_1 = pre_r.to(dtype), (~pre_r).to(dtype)
+    has_1 = bool((~pre_r).any())
+    plan = [(REWARD_TERMS[t].third, REWARD_TERMS[t].post, REWARD_TERMS[t].pre == "r") for t in terms]
+    used_third = {p[0] for p in plan}
+    small = len(plan) <= 4
     first, t_global, t0 = True, 0, time.perf_counter()
     for period in range(pt + pe):
         train = period < pt
@@ -148,37 +152,55 @@ def simulate(env: RewardEnv, terms: Sequence[str], theta: Tensor, seeds: Sequenc
                     fb = f_t.expand(B, d)
                 else:
                     fb = replay[(period - pt) % n_replay, t]
-                inp = torch.mv(Jcsr, r.reshape(-1)).view(B, N)
-                x = x + a * (inp + torch.bmm(fb.unsqueeze(1), Qt).squeeze(1) - x)
+                drive = torch.baddbmm(torch.mv(Jcsr, r.reshape(-1)).view(B, 1, N), fb.unsqueeze(1), Qt)
+                x = torch.lerp(x, drive.squeeze(1), a)                            # x + (dt/τ)(J r + Q z − x)
                 r = torch.tanh(x)
                 if not train:
                     z = torch.bmm(W, r.unsqueeze(2)).squeeze(2)
-                    pos = z if lengths is None else arm_position(z, lengths)
-                    ebuf[k] = ((pos - f_t) ** 2).sum(-1)
+                    diff = (z if lengths is None else arm_position(z, lengths)) - f_t
+                    ebuf[k] = (diff * diff).sum(-1)
                     continue
-                r = r + xi[k]
-                z = torch.bmm(W, r.unsqueeze(2)).squeeze(2) + beta.unsqueeze(1) * zeta[k]
-                zbar = z.clone() if first else zbar + (1 - keep) * (z - zbar)
-                pos = z if lengths is None else arm_position(z, lengths)
-                err = ((pos - f_t) ** 2).sum(-1)
-                ebar = err.clone() if first else ebar + alpha_r * (err - ebar)
+                r.add_(xi[k])
+                z = torch.baddbmm((beta.unsqueeze(1) * zeta[k]).unsqueeze(2), W, r.unsqueeze(2)).squeeze(2)
+                zbar = z.clone() if first else zbar.lerp_(z, 1 - keep)
+                diff = (z if lengths is None else arm_position(z, lengths)) - f_t
+                err = (diff * diff).sum(-1)
+                ebar = err.clone() if first else ebar.lerp_(err, alpha_r)
                 first = False
                 u = ebar - err                                                    # R − R̄
                 if env.shaping == "quartic":
-                    u = u.sign() * u.abs().pow(0.25)
-                M = torch.stack([u, -err, torch.ones_like(err)], 1)               # (B, 3): R − R̄, R, 1
-                post = torch.stack([z - zbar, z, z - f_t, ones_d], 1)            # (B, 4, d)
-                coef = th * M[:, mi] * alive.unsqueeze(1)                         # (B, K)
+                    u = u.sign().mul_(u.abs().pow_(0.25))
+                third = {"rpe": u, "rew": -err if "rew" in used_third else None, "one": None}
+                post = {"fluct": z - zbar if "fluct" in posts_used else None, "z": z,
+                        "err": z - f_t if "err" in posts_used else None, "one": ones_d}
                 if trace:
-                    Er.add_(post.unsqueeze(3) * r[:, None, None, :] - Er, alpha=lam)
-                    E1.add_(post - E1, alpha=lam)
+                    P = torch.stack([post[p] if post[p] is not None else ones_d for p in _POST], 1)
+                    Mst = torch.stack([u, -err, torch.ones_like(err)], 1)
+                    coef = th * Mst[:, mi]
+                    Er.add_(P.unsqueeze(3) * r[:, None, None, :] - Er, alpha=lam)
+                    E1.add_(P - E1, alpha=lam)
                     W = W + torch.einsum("bk,bkdn->bdn", coef * mask_r, Er[:, pi]) \
                         + torch.einsum("bk,bkd->bd", coef * mask_1, E1[:, pi]).unsqueeze(2)
-                else:
-                    ur = torch.einsum("bk,bkd->bd", coef * mask_r, post[:, pi])
-                    u1 = torch.einsum("bk,bkd->bd", coef * mask_1, post[:, pi])
-                    W = W + ur.unsqueeze(2) * r.unsqueeze(1) + u1.unsqueeze(2)
-                beta = cfg.beta_amp * (10 * ebar).clamp(min=0).pow(cfg.beta_pow)
+                elif small:                                                       # a few terms: one op each
+                    ur = u1 = None
+                    for kk, (tn, pn, on_r) in enumerate(plan):
+                        c = th[:, kk] if tn == "one" else th[:, kk] * third[tn]
+                        v = c.unsqueeze(1) * post[pn]
+                        if on_r:
+                            ur = v if ur is None else ur + v
+                        else:
+                            u1 = v if u1 is None else u1 + v
+                    if ur is not None:
+                        W.baddbmm_(ur.unsqueeze(2), r.unsqueeze(1))
+                    if u1 is not None:
+                        W.add_(u1.unsqueeze(2))
+                else:                                                             # many terms: stacked
+                    P = torch.stack([post[p] if post[p] is not None else ones_d for p in _POST], 1)[:, pi]
+                    coef = th * torch.stack([u, -err, torch.ones_like(err)], 1)[:, mi]
+                    W.baddbmm_(torch.bmm((coef * mask_r).unsqueeze(1), P).squeeze(1).unsqueeze(2), r.unsqueeze(1))
+                    if has_1:
+                        W.add_(torch.bmm((coef * mask_1).unsqueeze(1), P).squeeze(1).unsqueeze(2))
+                beta = ebar.mul(10).pow_(cfg.beta_pow).mul_(cfg.beta_amp)
                 ebuf[k] = err
                 if rep_slot >= 0:
                     replay[rep_slot, t] = z
@@ -186,6 +208,7 @@ def simulate(env: RewardEnv, terms: Sequence[str], theta: Tensor, seeds: Sequenc
                 bad = ~torch.isfinite(W).all(2).all(1) | (W.abs().amax((1, 2)) > W_LIMIT) | ~torch.isfinite(x).all(1)
                 if bad.any():
                     alive = alive * (~bad).to(dtype)
+                    th = th * alive.unsqueeze(1)
                     W = torch.where(bad[:, None, None], torch.zeros((), dtype=dtype), W)
                     x = torch.where(bad[:, None], torch.zeros((), dtype=dtype), x)
                     z = torch.where(bad[:, None], torch.zeros((), dtype=dtype), z)
