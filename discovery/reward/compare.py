@@ -56,49 +56,63 @@ def _entry(name: str, kind: str, g: float, devs: list[float], tuning: dict[str, 
             "n_satisfactory": int(sum(v < SATISFACTORY for v in devs)), "tuning": tuning, **extra}
 
 
-def _builtin_run(cfg: CompareConfig, learner: str, protocol: str, seeds: list[int], scales: list[float]
-                 ) -> list[float]:
-    env = cfg.env(protocol)
-    pt, pe, ps = env.sizes
-    res = run_reservoir(cfg.task, learner, seeds, pt, pe, ps, "published", cfg.N, lr_scale=scales)  # type: ignore[arg-type]
+def _builtin_run(cfg: CompareConfig, learner: str, setting: str, protocol: str, seeds: list[int],
+                 scales: list[float]) -> list[float]:
+    pt, pe, ps = cfg.env(protocol).sizes
+    res = run_reservoir(cfg.task, learner, seeds, pt, pe, ps, setting, cfg.N, lr_scale=scales)  # type: ignore[arg-type]
     return [float(v) for v in res["deviation"]]
 
 
-def compare(rules: Mapping[str, Mapping[str, float]], cfg: CompareConfig,
-            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Entries for every rule (name → θ by term id) and the library RMHL term and the seed's learners."""
-    say = progress or (lambda _m: None)
-    learners = {**{k: dict(v) for k, v in rules.items()}, "RMHL term (R − R̄)(z − z̄) rᵀ, tuned η": {RMHL: ETA0}}
+def builtin_entry(cfg: CompareConfig, learner: str, setting: str = "published", name: str | None = None
+                  ) -> dict[str, Any]:
+    """One of the seed's learners: its learning rate tuned over the grid on the tuning seeds (one batch), then
+    scored at the best multiplier on the test seeds."""
+    G = list(cfg.grid)
+    seeds = [s for _ in G for s in cfg.tune_seeds]
+    scales = [g for g in G for _ in cfg.tune_seeds]
+    devs = torch.tensor(_builtin_run(cfg, learner, setting, cfg.tune_protocol, seeds, scales)).view(len(G), -1)
+    g = G[int(devs.mean(1).argmin())]
+    test = _builtin_run(cfg, learner, setting, cfg.score_protocol, list(cfg.test_seeds), [g] * len(cfg.test_seeds))
+    return _entry(name or LABEL[learner], "baseline", g, test,
+                  {"grid": G, "deviation": devs.mean(1).tolist(), "protocol": cfg.tune_protocol},
+                  {"locality": "global error" if learner == "force" else "reward-modulated"})
+
+
+def rule_entries(learners: Mapping[str, Mapping[str, float]], cfg: CompareConfig, rule_names: set[str]
+                 ) -> list[dict[str, Any]]:
+    """Reward learners (name → θ by term id): every learner × multiplier tuned in one simulation, all scored at
+    their best multiplier in another; kind "rule" for the names in ``rule_names``, else "baseline"."""
     terms = list(dict.fromkeys(t for th in learners.values() for t in th))
     if cfg.task != 1 and any(REWARD_TERMS[t].supervised for t in terms):
         raise ValueError("a rule with the output error z − f runs on task 1 only")
     names, G = list(learners), list(cfg.grid)
     base = torch.tensor([[learners[n].get(t, 0.0) for t in terms] for n in names], dtype=torch.float64)
-    say(f"tuning {len(names)} reward learners × {len(G)} multipliers on {cfg.tune_protocol}")
     tune = simulate(cfg.env(cfg.tune_protocol), terms,
                     torch.cat([base * g for g in G]), list(cfg.tune_seeds)).deviation.mean(1).view(len(G), -1)
     best = {n: int(tune[:, i].argmin()) for i, n in enumerate(names)}
-    say(f"scoring reward learners on {cfg.score_protocol}")
     theta = torch.stack([base[i] * G[best[n]] for i, n in enumerate(names)])
     res = simulate(cfg.env(cfg.score_protocol), terms, theta, list(cfg.test_seeds))
     entries = []
     for i, n in enumerate(names):
         tuning = {"grid": G, "deviation": tune[:, i].tolist(), "protocol": cfg.tune_protocol}
         coefs = {t: float(theta[i, k]) for k, t in enumerate(terms) if theta[i, k] != 0}
-        entries.append(_entry(n, "rule" if n in rules else "baseline", G[best[n]], res.deviation[i].tolist(), tuning,
-                              {"locality": "reward-modulated", "coefficients": coefs,
-                               "names": {t: REWARD_TERMS[t].name for t in coefs},
-                               "diverged": int(res.diverged[i].sum())}))
+        entries.append(_entry(n, "rule" if n in rule_names else "baseline", G[best[n]], res.deviation[i].tolist(),
+                              tuning, {"locality": "reward-modulated", "coefficients": coefs,
+                                       "names": {t: REWARD_TERMS[t].name for t in coefs},
+                                       "diverged": int(res.diverged[i].sum())}))
+    return entries
+
+
+def compare(rules: Mapping[str, Mapping[str, float]], cfg: CompareConfig,
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Entries for every rule (name → θ by term id), the library RMHL term and the seed's learners."""
+    say = progress or (lambda _m: None)
+    learners = {**{k: dict(v) for k, v in rules.items()}, "RMHL term (R − R̄)(z − z̄) rᵀ, tuned η": {RMHL: ETA0}}
+    say(f"tuning and scoring {len(learners)} reward learners")
+    entries = rule_entries(learners, cfg, set(rules))
     for learner in cfg.builtins if cfg.builtins is not None else BUILTIN[cfg.task]:
-        say(f"tuning {learner}")
-        seeds = [s for _ in G for s in cfg.tune_seeds]
-        scales = [g for g in G for _ in cfg.tune_seeds]
-        devs = torch.tensor(_builtin_run(cfg, learner, cfg.tune_protocol, seeds, scales)).view(len(G), -1).mean(1)
-        g = G[int(devs.argmin())]
-        say(f"scoring {learner} at ×{g}")
-        test = _builtin_run(cfg, learner, cfg.score_protocol, list(cfg.test_seeds), [g] * len(cfg.test_seeds))
-        entries.append(_entry(LABEL[learner], "baseline", g, test,
-                              {"grid": G, "deviation": devs.tolist(), "protocol": cfg.tune_protocol},
-                              {"locality": "global error" if learner == "force" else "reward-modulated"}))
+        say(f"tuning and scoring {learner}")
+        entries.append(builtin_entry(cfg, learner))
     return {"task": cfg.task, "N": cfg.N, "tune_protocol": cfg.tune_protocol, "score_protocol": cfg.score_protocol,
-            "tune_seeds": list(cfg.tune_seeds), "test_seeds": list(cfg.test_seeds), "grid": G, "entries": entries}
+            "tune_seeds": list(cfg.tune_seeds), "test_seeds": list(cfg.test_seeds), "grid": list(cfg.grid),
+            "entries": entries}
