@@ -59,19 +59,32 @@ def discover(args: argparse.Namespace) -> dict:
 
 
 def table(args: argparse.Namespace) -> dict:
-    from discovery.reward.compare import CompareConfig, compare
+    """--part baselines: the library RMHL term and the seed's learners (no discovered rule needed); --part rules:
+    the selected rules of the discover runs; both tuned and scored with the same config (seeds, grid)."""
+    from discovery.reward.compare import BUILTIN, CompareConfig, builtin_entry, rule_entries
+    from discovery.reward.search import ETA0
 
-    rules = {}
-    for s in args.seeds:
-        data = json.loads((OUT / f"discover_seed{s}.json").read_text())
-        rules[f"selected rule (seed {s})"] = data["selected"]["theta"]
     cfg = CompareConfig(task=args.task, N=args.N, test_seeds=tuple(900 + i for i in range(args.test_seeds)),
                         tune_seeds=tuple(800 + i for i in range(args.tune_seeds)), grid=tuple(args.tune_grid))
     t0 = time.perf_counter()
-    out = compare(rules, cfg, progress=lambda m: print(m, flush=True))
-    out["wall_time_s"] = time.perf_counter() - t0
+    if args.part == "rules":
+        rules = {}
+        for s in args.seeds:
+            data = json.loads((OUT / f"discover_seed{s}.json").read_text())
+            rules[f"selected rule (seed {s})"] = data["selected"]["theta"]
+        entries = rule_entries(rules, cfg, set(rules))
+    else:
+        entries = rule_entries({"RMHL term (R − R̄)(z − z̄) rᵀ, tuned η": {RMHL: ETA0}}, cfg, set())
+        for learner in BUILTIN[args.task]:
+            print(f"tuning and scoring {learner}", flush=True)
+            entries.append(builtin_entry(cfg, learner))
+    out = {"task": cfg.task, "N": cfg.N, "part": args.part, "tune_protocol": cfg.tune_protocol,
+           "score_protocol": cfg.score_protocol, "tune_seeds": list(cfg.tune_seeds), "test_seeds": list(cfg.test_seeds),
+           "grid": list(cfg.grid), "entries": entries, "wall_time_s": time.perf_counter() - t0}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"table_task{args.task}.json").write_text(json.dumps(jsonable(out), indent=1))
+    (OUT / f"table_task{args.task}_{args.part}.json").write_text(json.dumps(jsonable(out), indent=1))
+    for e in entries:
+        print(f"{e['learner']}: ×{e['lr_scale']} {e['score']:.3f} {e['ci95']}", flush=True)
     return out
 
 
@@ -85,10 +98,13 @@ def report(_: argparse.Namespace) -> None:
             m = p["rule"]["metrics"]
             print(f"  {'*' if p['selected'] else ' '} {names}: deviation {m['deviation']:.3f} "
                   f"[{m['deviation_ci95'][0]:.3f}, {m['deviation_ci95'][1]:.3f}] (train {m['train_deviation']:.3f})")
-    for path in sorted(OUT.glob("table_task*.json")):
-        d = json.loads(path.read_text())
-        print(f"\n{path.name} (wall {d['wall_time_s']:.0f}s)\n| learner | tuned lr ×| deviation (95% CI) | < 0.5 |")
-        for e in d["entries"]:
+    for task in (1, 2):
+        parts = [json.loads(p.read_text()) for p in sorted(OUT.glob(f"table_task{task}_*.json"))]
+        if not parts:
+            continue
+        walls = ", ".join(f"{d['part']} {d['wall_time_s']:.0f}s" for d in parts)
+        print(f"\ntask {task} (N = {parts[0]['N']}; wall {walls})\n| learner | tuned lr × | deviation (95% CI) | < 0.5 |")
+        for e in [e for d in parts for e in d["entries"]]:
             print(f"| {e['learner']} | {e['lr_scale']} | {e['score']:.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}] | "
                   f"{e['n_satisfactory']}/{len(e['deviation_per_seed'])} |")
 
@@ -115,6 +131,7 @@ def main() -> None:
     t.add_argument("--test-seeds", type=int, default=3)
     t.add_argument("--tune-seeds", type=int, default=2)
     t.add_argument("--tune-grid", type=float, nargs="+", default=[0.25, 1.0, 4.0])
+    t.add_argument("--part", choices=["baselines", "rules"], default="rules")
     sub.add_parser("report")
     args = p.parse_args()
     {"discover": discover, "table": table, "report": report}[args.cmd](args)
