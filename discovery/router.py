@@ -1,6 +1,6 @@
 """The router: ``discover(spec)`` hands a job spec to its family (discovery.registry: feedforward, recurrent,
-unsupervised), whose ``meta_train`` runs the open search (discovery.search.generic) or one fit. The one entry point
-the workers and the CLI call."""
+unsupervised, reward), whose ``meta_train`` runs the open search (discovery.search.generic) or one fit; a spec with a
+task distribution goes to the transfer search. The one entry point the workers and the CLI call."""
 
 from __future__ import annotations
 

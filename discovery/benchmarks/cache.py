@@ -35,7 +35,7 @@ PAIRED_KEYS: tuple[tuple[str, ...], ...] = (("per_episode",), ("metrics", "per_e
 TUNED_SHARE = 0.95
 #: Suite kinds whose runners score only their built-in learners (a rule is never run there; the fixed-point suites
 #: score any recurrent rule beside the published ones).
-RULELESS_KINDS = frozenset({"reservoir"})
+RULELESS_KINDS: frozenset[str] = frozenset()
 
 
 class BaselineKey(BaseModel):

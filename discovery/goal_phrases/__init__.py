@@ -49,6 +49,7 @@ class Draft:
     network: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     unsupervised: dict[str, Any] = field(default_factory=dict)   # objective, passes, unroll (unsupervised family)
+    reward: dict[str, Any] = field(default_factory=dict)         # motor_task (reward family)
     batch_mode: str | None = None
     depths: tuple[int, int] | None = None      # "works across depths 3 to 7": a task distribution (docs/transfer.md)
     conflicts: list[str] = field(default_factory=list)
@@ -235,6 +236,25 @@ def _family(name: str, reading: str) -> _Handler:
 
 _recurrent = _family("recurrent", "recurrent fixed-point rule family (task fixedpoint-mnist)")
 _unsupervised = _family("unsupervised", "unsupervised Hebbian rule family (task pca: y = W x on centred digits)")
+_reward = _family("reward", "reward-modulated (three-factor) rule family (task reservoir-motor: a reservoir readout "
+                            "on a motor task of S5)")
+
+
+def _motor_task(task: int | None) -> _Handler:
+    def handle(m: re.Match[str], d: Draft) -> str:
+        d.set_once("family", "reward", m.group(0))
+        value = task if task is not None else _int(m)
+        if d.reward.get("motor_task", value) != value:
+            d.conflicts.append(f"motor task: {d.reward['motor_task']} and {value} (from {m.group(0)!r})")
+        d.reward["motor_task"] = value
+        return f"{m.group(0)!r} → motor task {value} ({'the butterfly' if value == 1 else 'the two-joint arm'})"
+
+    return handle
+
+
+def _motor(m: re.Match[str], d: Draft) -> str:
+    d.set_once("family", "reward", m.group(0))
+    return f"{m.group(0)!r} → a motor task of S5 (reward family; task 1, the butterfly, unless an arm is named)"
 
 
 def _unsup_objective(objective: str) -> _Handler:
@@ -278,6 +298,12 @@ PHRASES: list[tuple[str, _Handler]] = [
     (r"\breconstruct(?:ion|s|ing)?(?:[\s-]+(?:error|objective|loss))*\b", _unsup_objective("reconstruction")),
     (r"\b(?:extract(?:s|ing)?|find(?:s|ing)?|learn(?:s|ing)?)?\s*(?:the\s+)?(?:top[\s-]+)?principal[\s-]+"
      r"(?:components?|subspaces?)\b|\bpca\b|\bun[\s-]*supervised\b", _unsupervised),
+    (r"\breward(?:[\s-]*(?:modulated|based|driven))?\b|\bthree[\s-]*factors?\b|\bneuromodulat\w*\b|"
+     r"\breservoirs?(?:[\s-]+comput(?:er|ers|ing))?\b", _reward),
+    (r"\bmotor[\s-]+task[\s-]*([12])\b", _motor_task(None)),
+    (r"\b(?:two|2)[\s-]*joint(?:ed)?[\s-]+arm\b", _motor_task(2)),
+    (r"\bbutterfly\b", _motor_task(1)),
+    (r"\bmotor(?:[\s-]+(?:tasks?|learning|control))?\b", _motor),
     (r"\brecurrent\b|\bfixed[\s-]*points?(?:[\s-]+(?:rnn|networks?|systems?))?\b|\brnn\b", _recurrent),
     (r"\bdw([134])\b", _rec_term),
     (r"\bwidths?[\s:=]*(\d+(?:\s*[-x,]\s*\d+)+)\b", _widths),
