@@ -35,7 +35,7 @@ from discovery.inference.recording import Recording, RecordingError
 from discovery.results import FrontPoint, RuleData
 from rules.unsupervised import UNSUPERVISED_TERMS, UnsupervisedRule
 
-__all__ = ["CoefficientInterval", "InferenceResult", "InferredFrontPoint", "UnitStats", "explained_variance",
+__all__ = ["CoefficientInterval", "InferenceResult", "InferredFrontPoint", "UnitStats", "explained_variance", "rule_data",
            "infer_rule", "predict_changes", "unit_stats"]
 
 #: fewest units (trials or segments) for the leave-one-out score and the bootstrap
@@ -186,7 +186,7 @@ def _noise_estimate(rec: Recording) -> float:
     return math.sqrt(acc / cnt / 6) if cnt else float("nan")
 
 
-def _rule_data(theta: dict[str, float], name: str) -> RuleData:
+def rule_data(theta: dict[str, float], name: str) -> RuleData:
     rule = UnsupervisedRule({k: v for k, v in theta.items() if v != 0}, name=name)
     return RuleData(**rule.to_dict())
 
@@ -259,7 +259,7 @@ def infer_rule(rec: Recording, *, library: Sequence[str] | None = None, max_term
     for support, stage, ev, ci, th, train in scored:
         theta_s = {ids[r]: float(th[r]) for r in support}
         front.append(InferredFrontPoint(
-            terms=[ids[r] for r in support], theta=theta_s, rule=_rule_data(theta_s, f"inferred ({len(support)})"),
+            terms=[ids[r] for r in support], theta=theta_s, rule=rule_data(theta_s, f"inferred ({len(support)})"),
             n_terms=len(support), complexity=len(support), heldout_accuracy=ev, heldout_ci95=ci,
             heldout_episodes=len(units), stage=stage, selected=support == chosen[0],
             heldout_explained_variance=ev, train_explained_variance=train))
@@ -304,7 +304,7 @@ def infer_rule(rec: Recording, *, library: Sequence[str] | None = None, max_term
                             f"interval [{c.ci_low:.3g}, {c.ci_high:.3g}])")
 
     return InferenceResult(
-        rule=_rule_data(theta_sel, "inferred"), theta=theta_sel,
+        rule=rule_data(theta_sel, "inferred"), theta=theta_sel,
         names={i: UNSUPERVISED_TERMS[i].name for i in theta_sel},
         heldout_explained_variance=chosen[2], heldout_ci95=chosen[3], heldout_units=len(units),
         coefficients=coefs, front=front, warnings=warnings,
