@@ -66,9 +66,14 @@ def run_activity(seed: int, noise: float = 0.1) -> dict:
 def run_error(seed: int, noise: float = 0.1) -> dict:
     from discovery.inference.errors import S3_RULE, infer_layered, simulate_layered
 
+    from discovery.inference.errors import write_layered_nwb
+    from discovery.inference.job import read_upload
+
     sim = simulate_layered(S3_RULE, noise=noise, seed=seed)
-    res = infer_layered(sim, seed=seed)
-    true = sim.theta
+    with tempfile.TemporaryDirectory() as tmp:
+        rec, _ = read_upload(write_layered_nwb(sim, Path(tmp) / "s3.nwb").read_bytes(), "s3.nwb")
+    res = infer_layered(rec, seed=seed)
+    true = S3_RULE
     support_ok = set(res.theta) == set(true) and all((res.theta[k] > 0) == (v > 0) for k, v in true.items())
     err = max(abs(res.theta.get(k, 0.0) - v) / abs(v) for k, v in true.items())
     return {"seed": seed, "selected": sorted(res.theta), "support_ok": support_ok, "theta": res.theta,

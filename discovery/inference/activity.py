@@ -245,6 +245,14 @@ def infer_from_activity(rec: Recording, *, library: Sequence[str] | None = None,
                                         ci_low=float(np.percentile(B[:, j], 2.5)),
                                         ci_high=float(np.percentile(B[:, j], 97.5)))
                  for j, i in enumerate(sel_ids)}
+    with torch.no_grad():   # the last trial, recorded against simulated, for the rule page
+        last = prob.B - 1
+        yhat = prob.simulate(TermEvaluator(sel_ids), chosen[1], chosen[2])[last].numpy()
+    t = np.unique(np.linspace(0, prob.steps - 1, min(prob.steps, 160)).round().astype(int))
+    pick = np.argsort(-prob.y[last].numpy().std(0))[:4]
+    trajectories = {"quantity": "post activity y(t)", "trial": last, "t": (t * rec.dt).tolist(),
+                    "series": [{"label": f"neuron {int(k)}", "recorded": prob.y[last, t, k].tolist(),
+                                "simulated": yhat[t, k].tolist()} for k in pick]}
     warnings = [w for w in est.warnings if "transient" in w]
     if not (chosen[4] >= 0.5):
         warnings.append(f"the selected rule explains only {chosen[4]:.3g} of the held-out activity beyond the "
@@ -259,7 +267,7 @@ def infer_from_activity(rec: Recording, *, library: Sequence[str] | None = None,
         heldout_explained_variance=chosen[4], heldout_ci95=chosen[5], heldout_units=prob.B, coefficients=coefs,
         front=front, warnings=warnings,
         diagnostics={"observed": "activity", "train_fraction": train_fraction, "train_loss": chosen[3],
-                     "kalman": kalman, "smoothed_weights_theta": est.theta,
+                     "kalman": kalman, "smoothed_weights_theta": est.theta, "trajectories": trajectories,
                      "library": [UNSUPERVISED_TERMS[i].name for i in lib]},
         provenance={"origin": "inferred", "method": "weights estimated by a Kalman smoother, sparse search on them, "
                     "each front support refit by simulate-and-match through the circuit (torch, L-BFGS), held-out "

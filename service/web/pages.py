@@ -25,6 +25,7 @@ from service.db.models import ACTIVE_STATUSES, BenchmarkRun, Job, Rule
 from service.db.repositories.leaderboard import known_suites, leaderboard
 from service.db.repositories.rules import discovery_scores
 from service.rulebook import display_latex, term_formula
+from service.web.inference_page import inference_context
 from service.web.render import accuracy_plot_svg, front_plot_svg, latex_svg, theta_plot_svg, vs_delta
 
 router = APIRouter(include_in_schema=False)
@@ -164,6 +165,7 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLRes
         front=front,
         job=job,
         title=rule.name,
+        **inference_context(rule),
     )
 
 
