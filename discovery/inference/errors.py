@@ -256,13 +256,14 @@ def write_layered_npz(rec: LayeredRecording, path: str | Path) -> Path:
 
 def write_layered_nwb(rec: LayeredRecording, path: str | Path) -> Path:
     """TimeSeries y_i, e_i, W_i in acquisition at rate 1/dt and the trials table."""
-    from datetime import UTC, datetime
+    import hashlib
 
-    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+    from pynwb import NWBHDF5IO, TimeSeries
 
-    nwb = NWBFile(session_description="simulated deep network learning under feedback alignment",
-                  identifier=f"plasticity-layered-{abs(hash(rec.weights[0].tobytes())):x}",
-                  session_start_time=datetime(2024, 1, 1, tzinfo=UTC))
+    from discovery.inference.simulate import nwb_file
+
+    nwb = nwb_file("simulated deep network learning under feedback alignment",
+                   f"plasticity-layered-{hashlib.sha256(rec.weights[0].tobytes()).hexdigest()[:16]}")
     rate = 1.0 / rec.dt
     for kind, arrays, first, what in (("y", rec.activity, 0, "activity"), ("e", rec.errors, 0, "error signal"),
                                       ("W", rec.weights, 1, "weights (time × post × pre)")):

@@ -30,13 +30,6 @@ def record_inference_result(s: Session, job: Job, result: InferenceResult) -> Ru
     base = {"job_id": job.id, "goal": job.goal, "recording": recording, "method": result.provenance.get("method"),
             "time_unit": result.provenance.get("time_unit")}
     name = f"inferred from recording {recording.get('id')} ({recording.get('name')})"
-    for position, point in enumerate(result.front):
-        row, _ = upsert_rule(s, record_from_result(point.rule), name=f"{name} ({point.n_terms} terms)",
-                             origin=ORIGIN_INFERRED, job_id=job.id,
-                             provenance={**base, "heldout_explained_variance": point.heldout_explained_variance,
-                                         "heldout_ci95": point.heldout_ci95, "coefficients_raw": point.theta})
-        link_job_rule(s, job, row)
-        add_front_point(s, job, point, position=position, rule=row)
     row, created = upsert_rule(
         s, record_from_result(result.rule), name=name, origin=ORIGIN_INFERRED, job_id=job.id, seed=None,
         provenance={**base, "heldout_explained_variance": result.heldout_explained_variance,
@@ -45,7 +38,14 @@ def record_inference_result(s: Session, job: Job, result: InferenceResult) -> Ru
                     "warnings": result.warnings, "recording_summary": result.provenance.get("recording"),
                     "trajectories": jsonable(result.diagnostics.get("trajectories")),
                     "wall_time_s": result.wall_time_s})
-    link_job_rule(s, job, row)
+    link_job_rule(s, job, row)   # the selected rule first: its provenance carries the evidence
+    for position, point in enumerate(result.front):
+        point_row, _ = upsert_rule(
+            s, record_from_result(point.rule), name=f"{name} ({point.n_terms} terms)", origin=ORIGIN_INFERRED,
+            job_id=job.id, provenance={**base, "heldout_explained_variance": point.heldout_explained_variance,
+                                       "heldout_ci95": point.heldout_ci95, "coefficients_raw": point.theta})
+        link_job_rule(s, job, point_row)
+        add_front_point(s, job, point, position=position, rule=point_row)
     add_event(s, "rule", ("stored inferred rule" if created else "the rule was already stored as rule") + f" {row.id}",
               job_id=job.id, data={"rule_id": row.id, "hash": row.hash})
     return row
