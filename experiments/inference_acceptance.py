@@ -50,7 +50,7 @@ def run_activity(seed: int, noise: float = 0.1) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         full = read_nwb(write_nwb(sim.recording, Path(tmp) / "oja.nwb"))
     rec = validate(full.pre, full.post, None, dt=full.dt, trial_starts=full.trial_starts, source="activity only")
-    res = infer_from_activity(rec, seed=seed)
+    res = infer_from_activity(rec, seed=seed, n_bootstrap=3)
     true = set(sim.theta)
     on_front = any(set(p.terms) == true for p in res.front)
     signs = all((res.theta.get(k, 0.0) > 0) == (v > 0) for k, v in sim.theta.items())
@@ -103,7 +103,8 @@ def main() -> None:
     print(f"{sum(r['passed'] for r in rows)} of {len(rows)} seeds pass")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"acceptance{'_' + name if name else ''}.json").write_text(json.dumps(jsonable(rows), indent=1))
+        tag = "" if args.seeds == [0, 1, 2] else "_seeds" + "-".join(map(str, args.seeds))
+        (args.out / f"acceptance{'_' + name if name else ''}{tag}.json").write_text(json.dumps(jsonable(rows), indent=1))
 
 
 if __name__ == "__main__":

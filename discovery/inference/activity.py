@@ -137,8 +137,10 @@ def _heldout(prob: _Problem, ids: Sequence[str], theta: torch.Tensor, w0: torch.
             for a, b in zip(num, den, strict=True)]
 
 
-def _smooth(x: np.ndarray, y: np.ndarray, q: float, r: float, p0: float) -> tuple[np.ndarray, float]:
-    """RTS-smoothed W_t (T, n, m) of one trial and the log-likelihood of its innovations."""
+def _smooth(x: np.ndarray, y: np.ndarray, q: float, r: float, p0: float,
+            smooth: bool = True) -> tuple[np.ndarray, float]:
+    """RTS-smoothed W_t (T, n, m) of one trial (filtered only when ``smooth`` is False) and the log-likelihood of
+    its innovations."""
     T, m = x.shape
     n = y.shape[1]
     W = np.zeros((n, m))
@@ -157,6 +159,8 @@ def _smooth(x: np.ndarray, y: np.ndarray, q: float, r: float, p0: float) -> tupl
         P = P - np.outer(K, Px)
         Wf[t], Pf[t] = W, P
         P = P + q * np.eye(m)
+    if not smooth:
+        return Wf, loglik
     Ws = np.empty_like(Wf)
     Ws[-1] = Wf[-1]
     for t in range(T - 2, -1, -1):
@@ -175,7 +179,7 @@ def smoothed_weights(rec: Recording, *, grid: int = 3) -> tuple[np.ndarray, dict
     for q_rel in np.logspace(-6, -3, grid + 1):
         for r_rel in np.logspace(-3, -1, grid):
             q, r = q_rel * var_y / var_x, r_rel * var_y
-            ll = sum(_smooth(rec.pre[a:b], rec.post[a:b], q, r, p0)[1] for a, b in trials[:2])
+            ll = sum(_smooth(rec.pre[a:b], rec.post[a:b], q, r, p0, smooth=False)[1] for a, b in trials[:2])
             if best is None or ll > best[0]:
                 best = (ll, q, r)
     assert best is not None
