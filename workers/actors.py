@@ -25,11 +25,13 @@ import ray
 
 from discovery.benchmarks.progress import BenchmarkProgress, ProgressTracker
 from discovery.benchmarks.report import BenchmarkReport
+from discovery.inference.fit import InferenceResult
 from workers.contract import (
     ActorState,
     BenchmarkTask,
     DiscoverFn,
     DiscoveryTask,
+    InferenceTask,
     JobKind,
     Outcome,
     WorkerInfo,
@@ -62,7 +64,7 @@ class JobActor:
     ``"benchmark"`` (a :class:`~workers.contract.BenchmarkTask`).
     """
 
-    def __init__(self, job_id: str, kind: JobKind, task: DiscoveryTask | BenchmarkTask):
+    def __init__(self, job_id: str, kind: JobKind, task: DiscoveryTask | BenchmarkTask | InferenceTask):
         self.job_id = job_id
         self.kind = kind
         self.task = task
@@ -125,7 +127,11 @@ class JobActor:
         """The engine's ProgressEvent of one meta-step, kept as the job's progress."""
         self._set_progress(job_progress(event, kind=self.kind))
 
-    def _run(self) -> JobResult | BenchmarkReport:
+    def _run(self) -> JobResult | BenchmarkReport | InferenceResult:
+        if isinstance(self.task, InferenceTask):   # docs/inference.md
+            from discovery.inference.job import run_inference
+
+            return run_inference(self.task.spec)
         if isinstance(self.task, BenchmarkTask):
             return self._run_benchmark(self.task)
         if self.kind == "sweep":

@@ -31,6 +31,7 @@ from service.db.repositories.rules import list_rules
 from service.rulebook import display_latex, term_formula
 from service.web.render import accuracy_plot_svg, front_plot_svg, latex_svg, scaled_svg, theta_plot_svg, vs_delta
 from service.web.transfer import transfer_table
+from service.web.inference_page import inference_context
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
@@ -208,6 +209,7 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLRes
         coefficients.append({"term": k, "name": info.get("name", ""), "expression": info.get("text", ""), "value": v})
     formula_svg = _rule_formula(rule, 18)
     transfer = transfer_table(session, rule.id)
+    inference = inference_context(rule)
     session.close()
     return _cached_page(
         request,
@@ -222,6 +224,7 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLRes
         job=job,
         transfer=transfer,
         title=rule.name,
+        **inference,
     )
 
 
