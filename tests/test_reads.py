@@ -258,7 +258,7 @@ def test_overload_answers_200_or_503_never_500(live: tuple[str, Any]) -> None:
 
 # --- the migration ----------------------------------------------------------------------------------------------
 def test_migration_0006_backfills_and_goes_back(db_url: str, request: pytest.FixtureRequest) -> None:
-    from service.db.migrate import downgrade, head_revision, upgrade
+    from service.db.migrate import downgrade, upgrade
 
     url = db_url if db_url.startswith("sqlite") else request.getfixturevalue("pg_schema_factory")()
     eng = make_engine(url)
