@@ -13,6 +13,7 @@ FAMILY_MODULES: dict[str, str] = {
     "feedforward": "discovery.feedforward.family",
     "recurrent": "discovery.recurrent.family",
     "unsupervised": "discovery.unsupervised",
+    "reward": "discovery.reward.family",
 }
 
 

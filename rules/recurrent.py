@@ -465,9 +465,14 @@ def parse_recurrent(text: str, name: str | None = None) -> RecurrentRule:
     return RecurrentRule(coefs, name)
 
 
-def parse_rule_text(text: str, name: str | None = None) -> Rule | RecurrentRule:
-    """A user's rule text of either family: ``parse_recurrent`` when ``is_recurrent_text``, else the feedforward
-    ``rules.rule.Rule.parse`` (name set when given). Raises RuleSyntaxError (or ValueError) on bad input."""
+def parse_rule_text(text: str, name: str | None = None) -> Any:
+    """A user's rule text of any family: ``rules.reward.parse_reward`` when it starts with 'reward/',
+    ``parse_recurrent`` when ``is_recurrent_text``, else the feedforward ``rules.rule.Rule.parse`` (name set when
+    given). Raises RuleSyntaxError (or ValueError) on bad input."""
+    from rules.reward import is_reward_text, parse_reward
+
+    if is_reward_text(text):
+        return parse_reward(text, name)
     if is_recurrent_text(text):
         return parse_recurrent(text, name)
     return Rule.parse(text, name)
