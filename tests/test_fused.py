@@ -211,3 +211,20 @@ def test_cuda_trainer_step_equals_the_fused_cpu_step():
     b = gpu.meta_gradient(ep_gpu, [w.cuda() for w in Ws], None if Bs is None else [w.cuda() for w in Bs])
     for x, y in zip(a[:3], b[:3]):
         torch.testing.assert_close(y.cpu(), x, rtol=1e-10, atol=1e-10)
+
+
+def test_huge_page_tangent_buffer_changes_no_bit(monkeypatch, backend):
+    """Ẇ from anonymous memory advised for huge pages (every size here) gives the same W and Ẇ, bit for bit, as
+    from np.zeros; the buffer starts at zero."""
+    import numpy as np
+
+    zeros = fused._zeros((3, 1 << 20), np.float32)
+    assert zeros.shape == (3, 1 << 20) and not zeros.any() and zeros.flags.writeable
+    Ws, Bs, x, y, _, _ = _episode("fa", dtype=torch.float32)
+    rule = _rule(POOLS["fusable7"])
+    theta = torch.tensor([0.01, -0.02, 0.003, 0.001, -0.002, 0.004, 0.002])
+    base = fused.run_online_forward_fused(rule, theta, Ws, Bs, x, y, "fa", 10.0)
+    monkeypatch.setattr(fused, "HUGE_MIN_BYTES", 0)
+    huge = fused.run_online_forward_fused(rule, theta, Ws, Bs, x, y, "fa", 10.0)
+    for a, b in zip(base[0] + base[1], huge[0] + huge[1], strict=True):
+        assert torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))

@@ -20,6 +20,8 @@ CUDA, other shapes) the caller uses the batched torch loop.
 
 from __future__ import annotations
 
+import mmap
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -160,6 +162,20 @@ def _padded(n: int) -> int:
     return -(-n // PAD) * PAD
 
 
+HUGE_MIN_BYTES = 4 << 20   # work arrays from this size are asked for transparent huge pages
+
+
+def _zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """np.zeros(shape, dtype); a large one in anonymous memory advised for transparent huge pages (2 MiB): the
+    R tangent rows the kernel sweeps side by side then cost a fraction of the TLB misses and page faults."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes < HUGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE") or os.environ.get("PLASTICITY_HUGE") == "0":
+        return np.zeros(shape, dtype=dtype)
+    buf = mmap.mmap(-1, nbytes)                    # anonymous memory is zero-filled
+    buf.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
 def _pack_transposed(mats: Sequence[Tensor]) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate (…, n, m) matrices as transposed (m × n̄) blocks, n̄ = n padded with zeros, in one flat trailing
     dim; block offsets."""
@@ -234,7 +250,7 @@ def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Seq
     voff = np.cumsum(np.concatenate([[0], wpad[:-1]])).astype(np.int64)
     WT, woff = _pack_transposed([W.detach().cpu() for W in Ws])
     Bn, R = WT.shape[0], (len(rule) if tangents else 0)
-    WdT = np.zeros((Bn, R, WT.shape[1]), dtype=np_dtype)
+    WdT = _zeros((Bn, R, WT.shape[1]), np_dtype)
     if feedback == "bp":                                  # the feedback is W itself (read from the W blocks)
         FB, foff = np.zeros((Bn, 1), dtype=np_dtype), np.zeros(len(Ws), dtype=np.int64)
     elif feedback == "fa":
