@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -110,6 +111,8 @@ class Job(TrackedRun, Base):
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: a succeeded job's plots for rule pages, drawn once (migration 0006, service.db.read_fields.job_plots)
+    read_plots: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn(), deferred=True)
 
     events: Mapped[list[JobEvent]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="JobEvent.id"
@@ -237,6 +240,7 @@ class Rule(Base):
     display_latex: Mapped[str | None] = mapped_column(Text)
     formula_svg: Mapped[str | None] = mapped_column(Text, deferred=True)   # large: pages undefer it
     read_scores: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONColumn())
+    read_json: Mapped[str | None] = mapped_column(Text, deferred=True)        # RuleOut as JSON
     read_updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
 
     term_links: Mapped[list[RuleTerm]] = relationship(cascade="all, delete-orphan")
@@ -245,14 +249,24 @@ class Rule(Base):
     @property
     def public_provenance(self) -> dict[str, Any]:
         """Where the rule came from: its stored provenance with the job, seed, code version, time and forms."""
-        return {**(self.provenance or {}), "job_id": self.job_id, "seed": self.seed,
-                "code_version": self.code_version, "created_at": self.created_at.isoformat(),
-                "canonical": self.canonical, "srepr": self.srepr}
+        from service.db.read_fields import public_provenance
+
+        return public_provenance(self.provenance, job_id=self.job_id, seed=self.seed, code_version=self.code_version,
+                                 created_at=self.created_at, canonical=self.canonical, srepr=self.srepr)
 
     @property
     def succeeded_scores(self) -> list[BenchmarkScore]:
         """The rule's scores in benchmark runs that succeeded."""
         return [s for s in self.scores if s.run is not None and s.run.status == SUCCEEDED]
+
+
+class ReadVersion(Base):
+    """One row counting the changes of what reads show (migration 0006, ``service.db.read_fields.bump_version``)."""
+
+    __tablename__ = "read_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
 
 
 class RuleTerm(Base):

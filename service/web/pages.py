@@ -17,14 +17,14 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlalchemy import func, select
-from sqlalchemy.orm import undefer
+from sqlalchemy.orm import selectinload, undefer
 
 from discovery.spec import RuleFamily
 from service import __version__
-from service.api.caching import cached
+from service.api.caching import serve_read
 from service.api.deps import IdPath, SessionDep
 from service.api.schemas import BenchmarkOut, FrontEntry, JobOut, RuleOut
-from service.db.models import ACTIVE_STATUSES, FINAL_STATUSES, BenchmarkRun, Job, Rule
+from service.db.models import ACTIVE_STATUSES, FINAL_STATUSES, SUCCEEDED, BenchmarkRun, FrontPointRow, Job, Rule
 from service.db.read_fields import FORMULA_PT
 from service.db.repositories.leaderboard import known_suites, leaderboard
 from service.db.repositories.rules import list_rules
@@ -84,10 +84,10 @@ def _page(request: Request, name: str, status_code: int = 200, **context: Any) -
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
-def _cached_page(request: Request, name: str, **context: Any) -> Response:
-    """A page rendered with its ETag (304 when the browser's copy is current: ``service.api.caching``)."""
-    html = templates.get_template(name).render({"request": request, **context})
-    return cached(request, html.encode(), "text/html; charset=utf-8")
+def _html(request: Request, name: str, **context: Any) -> Response:
+    """A page for :func:`service.api.caching.serve_read` (which adds its ETag and answers 304 when the browser's copy
+    is current)."""
+    return HTMLResponse(templates.get_template(name).render({"request": request, **context}))
 
 
 def _not_found(request: Request, what: str) -> HTMLResponse:
@@ -102,22 +102,25 @@ def leaderboard_page(
     suite: Annotated[str | None, Query(max_length=100)] = None,
     front: Annotated[bool, Query()] = False,
     family: Annotated[str | None, Query(max_length=32, description="a rule family; empty: all")] = None,
-) -> HTMLResponse:
-    suites = known_suites(session)
-    if suite is not None and suite not in suites:
-        return _page(request, "error.html", 404, title="Unknown suite",
-                     message=f"There is no suite named {suite!r}. Known: {', '.join(suites)}.")
-    families = get_args(RuleFamily)
-    if family and family not in families:
-        return _page(request, "error.html", 404, title="Unknown family",
-                     message=f"There is no rule family {family!r}. Known: {', '.join(families)}.")
-    board = leaderboard(session, suite, only_front=front, family=family or None)
-    svgs = stored_svgs(session, [e["rule_id"] for e in board["entries"] if e.get("rule_id")])
-    session.close()
-    for entry in board["entries"]:
-        svg = svgs.get(entry.get("rule_id"))
-        entry["formula_svg"] = _stored_formula(svg, 13) if svg else _formula(entry.get("latex"), 13)
-    return _cached_page(request, "leaderboard.html", board=board, title="Leaderboard")
+) -> Response:
+    def build() -> Response:
+        suites = known_suites(session)
+        if suite is not None and suite not in suites:
+            return _page(request, "error.html", 404, title="Unknown suite",
+                         message=f"There is no suite named {suite!r}. Known: {', '.join(suites)}.")
+        families = get_args(RuleFamily)
+        if family and family not in families:
+            return _page(request, "error.html", 404, title="Unknown family",
+                         message=f"There is no rule family {family!r}. Known: {', '.join(families)}.")
+        board = leaderboard(session, suite, only_front=front, family=family or None)
+        svgs = stored_svgs(session, [e["rule_id"] for e in board["entries"] if e.get("rule_id")])
+        session.close()
+        for entry in board["entries"]:
+            svg = svgs.get(entry.get("rule_id"))
+            entry["formula_svg"] = _stored_formula(svg, 13) if svg else _formula(entry.get("latex"), 13)
+        return _html(request, "leaderboard.html", board=board, title="Leaderboard")
+
+    return serve_read(request, session, build)
 
 
 def stored_svgs(session: SessionDep, rule_ids: list[int]) -> dict[int, str]:
@@ -183,43 +186,56 @@ def _final_curves(job_id: int, stamp: str, job: Job) -> tuple[Markup | None, Mar
 def rules_page(
     request: Request, session: SessionDep, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     after: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-) -> HTMLResponse:
-    rules, total, cursor = list_rules(session, limit=50, offset=offset, after=after,
-                                      options=[undefer(Rule.formula_svg)])
-    rows = [{"rule": r, "formula_svg": _rule_formula(r, 12)} for r in rules]
-    session.close()
-    return _cached_page(request, "rules.html", rows=rows, total=total, offset=offset, after=after, cursor=cursor,
-                        title="Rules")
+) -> Response:
+    def build() -> Response:
+        rules, total, cursor = list_rules(session, limit=50, offset=offset, after=after,
+                                          options=[undefer(Rule.formula_svg)])
+        rows = [{"rule": r, "formula_svg": _rule_formula(r, 12)} for r in rules]
+        session.close()
+        return _html(request, "rules.html", rows=rows, total=total, offset=offset, after=after, cursor=cursor,
+                     title="Rules")
+
+    return serve_read(request, session, build)
 
 
 @router.get("/rules/{rule_id}", response_class=HTMLResponse)
-def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLResponse:
-    rule = session.get(Rule, rule_id, options=[undefer(Rule.formula_svg)])
-    if rule is None:
-        return _not_found(request, f"Rule {rule_id}")
-    data = RuleOut.of(rule)
-    job = session.get(Job, rule.job_id) if rule.job_id is not None else None
-    theta_svg, acc_svg = _job_curves(job)
-    front = [FrontEntry.model_validate(p) for p in job.front] if job is not None else []
-    coefficients = []
-    for k, v in (rule.coefficients or {}).items():
-        info = term_formula(k) or {}
-        coefficients.append({"term": k, "name": info.get("name", ""), "expression": info.get("text", ""), "value": v})
-    formula_svg = _rule_formula(rule, 18)
-    session.close()
-    return _cached_page(
-        request,
-        "rule.html",
-        rule=data,
-        formula_svg=formula_svg,
-        coefficients=coefficients,
-        theta_svg=theta_svg,
-        accuracy_svg=acc_svg,
-        front_svg=_front_svg(front, rule.id),
-        front=front,
-        job=job,
-        title=rule.name,
-    )
+def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Response:
+    def build() -> Response:
+        rule = session.get(Rule, rule_id, options=[undefer(Rule.formula_svg)])
+        if rule is None:
+            return _not_found(request, f"Rule {rule_id}")
+        data = RuleOut.of(rule)
+        job = session.get(Job, rule.job_id, options=[undefer(Job.read_plots), selectinload(Job.front).joinedload(
+            FrontPointRow.rule).load_only(Rule.id, Rule.expression)]) if rule.job_id is not None else None
+        front = [FrontEntry.model_validate(p) for p in job.front] if job is not None else []
+        plots = (job.read_plots or {}) if job is not None and job.status == SUCCEEDED else {}
+        if plots:   # drawn once when the job succeeded; this page shows its own ring on the front
+            theta_svg, acc_svg = (Markup(plots[k]) if plots.get(k) else None for k in ("theta", "accuracy"))
+            front_svg = Markup(plots["front"]) if plots.get("front") else None
+        else:
+            theta_svg, acc_svg = _job_curves(job)
+            front_svg = _front_svg(front, rule.id)
+        coefficients = []
+        for k, v in (rule.coefficients or {}).items():
+            info = term_formula(k) or {}
+            coefficients.append({"term": k, "name": info.get("name", ""), "expression": info.get("text", ""), "value": v})
+        formula_svg = _rule_formula(rule, 18)
+        session.close()
+        return _html(
+            request,
+            "rule.html",
+            rule=data,
+            formula_svg=formula_svg,
+            coefficients=coefficients,
+            theta_svg=theta_svg,
+            accuracy_svg=acc_svg,
+            front_svg=front_svg,
+            front=front,
+            job=job,
+            title=rule.name,
+        )
+
+    return serve_read(request, session, build)
 
 
 @router.get("/jobs", response_class=HTMLResponse)

@@ -136,9 +136,11 @@ def accuracy_plot_svg(
 
 
 def front_plot_svg(front: Sequence[FrontEntry], highlight: int | None = None,
-                   title: str = "Pareto front: terms × held-out accuracy") -> str | None:
+                   title: str = "Pareto front: terms × held-out accuracy", rings: bool = False) -> str | None:
     """Held-out accuracy ± 95 % CI against the number of terms of every front rule; the selected rule
-    (the simplest within the CI of the best) filled, ``highlight`` (a rule id) ringed; None without points."""
+    (the simplest within the CI of the best) filled, ``highlight`` (a rule id) ringed; None without points.
+    ``rings``: every rule gets a ring in an SVG group ``ring-<rule id>``, for a page to show one of them with CSS
+    (one drawing serves every rule page of the job: ``service.db.read_fields``)."""
     points = [p for p in front if p.heldout_accuracy is not None]
     if not points:
         return None
@@ -153,9 +155,11 @@ def front_plot_svg(front: Sequence[FrontEntry], highlight: int | None = None,
         for x, y, p in zip(xs, ys, points, strict=True):
             if p.selected:
                 ax.plot([x], [y], "o", color="#c55a11", markersize=8, label="selected")
-            if highlight is not None and p.rule_id == highlight:
-                ax.plot([x], [y], "o", markersize=14, markerfacecolor="none", markeredgecolor="#2e7d32",
-                        markeredgewidth=2, label="this rule")
+            if (highlight is not None and p.rule_id == highlight) or (rings and p.rule_id is not None):
+                ring = ax.plot([x], [y], "o", markersize=14, markerfacecolor="none", markeredgecolor="#2e7d32",
+                               markeredgewidth=2, label="_ring" if rings else "this rule")[0]
+                if rings:
+                    ring.set_gid(f"ring-{p.rule_id}")
         best = max(range(len(ys)), key=ys.__getitem__)
         ax.axhspan(ys[best] - es[best], ys[best] + es[best], color="#c55a11", alpha=0.08, label="CI of the best")
         ax.set_xticks(sorted(set(xs)))
