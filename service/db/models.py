@@ -43,6 +43,15 @@ ORIGIN_DISCOVERED, ORIGIN_USER = "discovered", "user"
 ORIGIN_BASELINE = "baseline"
 
 
+def public_provenance(provenance: dict[str, Any] | None, *, job_id: int | None, seed: int | None,
+                      code_version: str, created_at: dt.datetime, canonical: str, srepr: str) -> dict[str, Any]:
+    """Where a rule came from as the API shows it: its stored provenance with the job, seed, code version, time and
+    forms (``Rule.public_provenance``, and the stored answers of ``service.db.read_fields``)."""
+    stamp = created_at if created_at.tzinfo else created_at.replace(tzinfo=dt.timezone.utc)
+    return {**(provenance or {}), "job_id": job_id, "seed": seed, "code_version": code_version,
+            "created_at": stamp.isoformat(), "canonical": canonical, "srepr": srepr}
+
+
 def utcnow() -> dt.datetime:
     """The current time, timezone-aware UTC."""
     return dt.datetime.now(dt.timezone.utc)
@@ -249,8 +258,6 @@ class Rule(Base):
     @property
     def public_provenance(self) -> dict[str, Any]:
         """Where the rule came from: its stored provenance with the job, seed, code version, time and forms."""
-        from service.db.read_fields import public_provenance
-
         return public_provenance(self.provenance, job_id=self.job_id, seed=self.seed, code_version=self.code_version,
                                  created_at=self.created_at, canonical=self.canonical, srepr=self.srepr)
 

@@ -30,9 +30,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+
+from service.db.models import BenchmarkRun, BenchmarkScore, FrontPointRow, Job, JobRule, Rule, public_provenance
 
 log = logging.getLogger("plasticity.read_fields")
 
@@ -146,14 +148,6 @@ def display_fields(latex: str, coefficients: dict[str, Any] | None) -> tuple[str
     return shown, latex_svg(shown, FORMULA_PT)
 
 
-def public_provenance(provenance: dict[str, Any] | None, *, job_id: int | None, seed: int | None,
-                      code_version: str, created_at: dt.datetime, canonical: str, srepr: str) -> dict[str, Any]:
-    """Where a rule came from as the API shows it: its stored provenance with the job, seed, code version, time and
-    forms (``Rule.public_provenance``)."""
-    return {**(provenance or {}), "job_id": job_id, "seed": seed, "code_version": code_version,
-            "created_at": _aware(created_at).isoformat(), "canonical": canonical, "srepr": srepr}
-
-
 def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
@@ -249,8 +243,6 @@ def refresh_for_run(session: Session, kind: str, run_id: int) -> None:
 
 
 def _expire_jobs(session: Session, job_ids: Iterable[int]) -> None:
-    from service.db.models import Job
-
     for job_id in job_ids:
         row = session.identity_map.get(session.identity_key(Job, job_id))  # type: ignore[arg-type]
         if row is not None:
@@ -258,8 +250,6 @@ def _expire_jobs(session: Session, job_ids: Iterable[int]) -> None:
 
 
 def _expire(session: Session, rule_ids: Iterable[int]) -> None:
-    from service.db.models import Rule
-
     for rid in rule_ids:
         row = session.identity_map.get(session.identity_key(Rule, rid))  # type: ignore[arg-type]
         if row is not None:
@@ -272,10 +262,6 @@ _PENDING = "read_fields_pending"
 
 def _collect(session: Session, _context: Any) -> None:
     """``after_flush``: note the rules (and runs) whose read fields the flushed rows change."""
-    from sqlalchemy import inspect
-
-    from service.db.models import BenchmarkRun, BenchmarkScore, FrontPointRow, Job, JobRule, Rule
-
     pending = session.info.setdefault(_PENDING, {"new": set(), "rules": set(), "job": set(), "bench": set(),
                                                    "plots": set()})
     for obj in (*session.new, *session.dirty, *session.deleted):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
@@ -77,7 +77,18 @@ def term_cell(term_id: str, fontsize: int = 12) -> Markup:
     return Markup('<span class="term" title="{}: {}">{} {}</span>').format(term_id, info["text"], formula, label)
 
 
+def term_text(term_id: str) -> Markup:
+    """A term in a long table (a front's rows): its formula in rule syntax with the id as a label — text, so that a
+    page listing many rules stays small (the rule's own table typesets it: :func:`term_cell`)."""
+    info = term_formula(str(term_id))
+    if info is None:
+        return Markup('<span class="mono">{}</span>').format(term_id)
+    return Markup('<span class="term" title="{}: {}"><code>{}</code> <span class="term-id muted mono small">{}</span>'
+                  '</span>').format(term_id, info["text"], info["text"], term_id)
+
+
 templates.env.globals["term_cell"] = term_cell
+templates.env.globals["term_text"] = term_text
 
 
 def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -206,12 +217,13 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Respons
             return _not_found(request, f"Rule {rule_id}")
         data = RuleOut.of(rule)
         job = session.get(Job, rule.job_id, options=[undefer(Job.read_plots), selectinload(Job.front).joinedload(
-            FrontPointRow.rule).load_only(Rule.id, Rule.expression)]) if rule.job_id is not None else None
+            FrontPointRow.rule).load_only(Rule.id, Rule.expression, Rule.provenance)]) if rule.job_id is not None else None
         front = [FrontEntry.model_validate(p) for p in job.front] if job is not None else []
         plots = (job.read_plots or {}) if job is not None and job.status == SUCCEEDED else {}
-        if plots:   # drawn once when the job succeeded; this page shows its own ring on the front
-            theta_svg, acc_svg = (Markup(plots[k]) if plots.get(k) else None for k in ("theta", "accuracy"))
-            front_svg = Markup(plots["front"]) if plots.get("front") else None
+        if plots:   # drawn once when the job succeeded, served as images the browser keeps (job_plot)
+            theta_svg, acc_svg, front_svg = (
+                _plot_img(job.id, name, rule.id if name == "front" else None) if plots.get(name) else None
+                for name in ("theta", "accuracy", "front"))
         else:
             theta_svg, acc_svg = _job_curves(job)
             front_svg = _front_svg(front, rule.id)
@@ -234,6 +246,35 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Respons
             job=job,
             title=rule.name,
         )
+
+    return serve_read(request, session, build)
+
+
+PLOT_CAPTIONS = {"theta": "θ per meta-training episode", "accuracy": "query accuracy per episode",
+                 "front": "Pareto front: terms × held-out accuracy"}
+
+
+def _plot_img(job_id: int, name: str, rule_id: int | None) -> Markup:
+    query = f"?rule={rule_id}" if rule_id is not None else ""
+    return Markup('<img src="/jobs/{}/plots/{}.svg{}" alt="{}">').format(job_id, name, query, PLOT_CAPTIONS[name])
+
+
+@router.get("/jobs/{job_id}/plots/{name}.svg")
+def job_plot(request: Request, job_id: IdPath, name: Literal["theta", "accuracy", "front"], session: SessionDep,
+             rule: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="ring this rule (front)")] = None,
+             ) -> Response:
+    """A succeeded job's plot as drawn once when it succeeded (``jobs.read_plots``); the front with ``rule``'s ring
+    shown (every rule of the front has one, hidden by a style rule)."""
+    def build() -> Response:
+        job = session.get(Job, job_id, options=[undefer(Job.read_plots)])
+        svg = ((job.read_plots or {}).get(name) if job is not None and job.status == SUCCEEDED else None)
+        if not svg:
+            return Response(status_code=404, content=f"job {job_id} has no stored {name} plot", media_type="text/plain")
+        if name == "front":
+            show = f'#ring-{rule} {{ display: inline }}' if rule is not None else ""
+            head, sep, rest = svg.partition(">")
+            svg = f'{head}{sep}<style>[id^="ring-"] {{ display: none }} {show}</style>{rest}'
+        return Response(svg.encode(), media_type="image/svg+xml")
 
     return serve_read(request, session, build)
 

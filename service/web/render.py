@@ -15,8 +15,8 @@ import logging
 import math
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 from matplotlib.backends.backend_svg import FigureCanvasSVG
@@ -46,16 +46,37 @@ def simplify_latex(latex: str) -> str:
     return out
 
 
-@lru_cache(maxsize=512)
+_SVGS: OrderedDict[tuple[str, int], str | None] = OrderedDict()
+_SVGS_MAX = 1024
+_MISSING = object()
+
+
 def latex_svg(latex: str, fontsize: int = 15) -> str | None:
-    """``latex`` typeset as an SVG string, or None when mathtext cannot read it."""
+    """``latex`` typeset as an SVG string, or None when mathtext cannot read it. Kept (1,024 most recent): requests
+    that need the same formula at once wait for one drawing instead of each drawing it under the lock."""
     if not latex or len(latex) > 5000:
         return None
+    key = (latex, fontsize)
+    found = _SVGS.get(key, _MISSING)
+    if found is not _MISSING:
+        return found  # type: ignore[return-value]
+    with _LOCK:
+        found = _SVGS.get(key, _MISSING)
+        if found is not _MISSING:
+            return found  # type: ignore[return-value]
+        svg = _typeset(latex, fontsize)
+        _SVGS[key] = svg
+        while len(_SVGS) > _SVGS_MAX:
+            _SVGS.popitem(last=False)
+        return svg
+
+
+def _typeset(latex: str, fontsize: int) -> str | None:
+    """mathtext's SVG of ``latex`` (then of its simplified form); the caller holds ``_LOCK``."""
     for candidate in (latex, simplify_latex(latex)):
         buf = io.BytesIO()
         try:
-            with _LOCK:
-                math_to_image(f"${candidate}$", buf, prop=FontProperties(size=fontsize), dpi=72, format="svg")
+            math_to_image(f"${candidate}$", buf, prop=FontProperties(size=fontsize), dpi=72, format="svg")
         except Exception as exc:  # noqa: BLE001 - mathtext raises ValueError and others on unsupported input
             log.debug("mathtext cannot typeset %r: %s", candidate, exc)
             continue
