@@ -292,3 +292,13 @@ def test_migration_0006_backfills_and_goes_back(db_url: str, request: pytest.Fix
         assert upgrade(eng) == "0006_read_fields"
     finally:
         eng.dispose()
+
+
+def test_client_pages_through_every_rule(app: Any, client: Any) -> None:
+    from service.client.http import Client
+
+    ids = _store_rules(app, 5)
+    api = Client("http://testserver", token="", transport=client._transport)   # through the app in-process
+    listed = [r.id for r in api.all_rules(limit=2)]
+    assert set(ids) <= set(listed) and len(listed) == len(set(listed)) == int(
+        client.get("/api/rules").headers["X-Total-Count"])
