@@ -28,8 +28,8 @@ from service.api.caching import ReadCache
 from service.api.errors import http_error, validation_error
 from service.api.limits import BodySizeLimit
 from service.api.openapi import build_openapi
-from service.api.shedding import LoadShedder
 from service.api.router import api_router
+from service.api.shedding import LoadShedder
 from service.db.migrate import upgrade
 from service.db.session import make_engine, make_session_factory
 from service.runs.dispatcher import Dispatcher

@@ -479,7 +479,7 @@ def _bar(label: str, enabled: bool, console: Any) -> Iterator[Callable[[int | No
         yield lambda done, total, info: None
         return
     from rich.console import Console
-    from rich.progress import (  # noqa: I001
+    from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,

@@ -34,7 +34,15 @@ from sqlalchemy import event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from service.db.models import BenchmarkRun, BenchmarkScore, FrontPointRow, Job, JobRule, Rule, public_provenance
+from service.db.models import (
+    BenchmarkRun,
+    BenchmarkScore,
+    FrontPointRow,
+    Job,
+    JobRule,
+    Rule,
+    public_provenance,
+)
 
 log = logging.getLogger("plasticity.read_fields")
 

@@ -24,12 +24,27 @@ from service import __version__
 from service.api.caching import serve_read
 from service.api.deps import IdPath, SessionDep
 from service.api.schemas import BenchmarkOut, FrontEntry, JobOut, RuleOut
-from service.db.models import ACTIVE_STATUSES, FINAL_STATUSES, SUCCEEDED, BenchmarkRun, FrontPointRow, Job, Rule
+from service.db.models import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    SUCCEEDED,
+    BenchmarkRun,
+    FrontPointRow,
+    Job,
+    Rule,
+)
 from service.db.read_fields import FORMULA_PT
 from service.db.repositories.leaderboard import known_suites, leaderboard
 from service.db.repositories.rules import list_rules
 from service.rulebook import display_latex, term_formula
-from service.web.render import accuracy_plot_svg, front_plot_svg, latex_svg, scaled_svg, theta_plot_svg, vs_delta
+from service.web.render import (
+    accuracy_plot_svg,
+    front_plot_svg,
+    latex_svg,
+    scaled_svg,
+    theta_plot_svg,
+    vs_delta,
+)
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))

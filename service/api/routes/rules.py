@@ -11,10 +11,9 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
-
-from discovery.spec import DatasetName, FeedbackMode
 from sqlalchemy.orm import undefer
 
+from discovery.spec import DatasetName, FeedbackMode
 from service.api.caching import serve_read
 from service.api.deps import IdPath, OwnerDep, SessionDep, get_or_404
 from service.api.errors import errors
