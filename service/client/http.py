@@ -313,19 +313,14 @@ class Client:
         return self._list(RuleOut, "/api/rules", **filters)
 
     def all_rules(self, **filters: Any) -> Iterator[RuleOut]:
-        """Every rule matching the filters, newest first, page after page by the server's cursor (``X-Next-After``):
-        no rule is repeated or skipped while new ones are stored."""
-        unknown = sorted(set(filters) - set(RULE_FILTERS) | ({"offset", "after"} & set(filters)))
-        if unknown:
+        """Every rule matching the filters, newest first, page by page by the server's cursor (``X-Next-After``)."""
+        if unknown := sorted(set(filters) - set(RULE_FILTERS) | ({"offset", "after"} & set(filters))):
             raise TypeError(f"not a filter of all_rules: {', '.join(unknown)}")
         params = {"limit": 200, **filters}
-        while True:
+        while params.get("after", 0) is not None:
             answer = self.request("GET", "/api/rules", params=_params(params))
             yield from (RuleOut.model_validate(x) for x in answer.json())
-            cursor = answer.headers.get("X-Next-After")
-            if cursor is None:
-                return
-            params["after"] = int(cursor)
+            params["after"] = answer.headers.get("X-Next-After")
 
     def rule(self, rule: int | RuleOut) -> RuleOut:
         """``GET /api/rules/{id}``: expression, LaTeX, coefficients, provenance, scores."""
