@@ -20,13 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from discovery.benchmarks.cache import BaselineSet
 from discovery.benchmarks.progress import BenchmarkProgress
 from discovery.benchmarks.report import BenchmarkReport
+from discovery.inference.fit import InferenceResult
+from discovery.inference.job import InferenceSpec
 from discovery.results import DiscoveryResult, ProgressEvent
 from discovery.spec import DiscoverySpec
 from rules.base import CoefficientRule
 from workers.progress import JobProgress, JobResult, TrialRecord
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["discovery", "sweep", "benchmark"]
+JobKind = Literal["discovery", "sweep", "benchmark", "inference"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 #: ``discovery.router.discover``'s signature: (spec, progress, checkpoint_dir, should_stop) → DiscoveryResult
@@ -86,12 +88,19 @@ class BenchmarkTask(BaseModel):
         return parse_rule_text(self.expression)
 
 
+class InferenceTask(BaseModel):
+    """An inference job as its actor receives it: the spec, whose recording names its folder and checksum
+    (docs/inference.md)."""
+
+    spec: InferenceSpec
+
+
 class Outcome(BaseModel):
     """How an actor's ``run()`` ended (it never raises): the status, the result (also a cancelled sweep's partial
     table), a one-line error and the traceback tail for the server log."""
 
     status: JobStatus
-    result: JobResult | BenchmarkReport | None = None
+    result: JobResult | BenchmarkReport | InferenceResult | None = None
     error: str | None = None
     detail: str | None = None
     trials: list[TrialRecord] = Field(default_factory=list)   # a failed or cancelled sweep's table
@@ -115,7 +124,7 @@ class JobState(BaseModel):
 
     status: JobStatus
     progress: JobProgress | BenchmarkProgress | None = None
-    result: JobResult | BenchmarkReport | None = None
+    result: JobResult | BenchmarkReport | InferenceResult | None = None
     error: str | None = None
     detail: str | None = None
     attempt: int = 1
@@ -153,4 +162,13 @@ class Workers(Protocol):
 
     def cancel(self, handle: object) -> None:
         """Ask the job to stop (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class InferenceWorkers(Protocol):
+    """Workers that also run inference jobs (``workers.ray_jobs`` does; a stand-in without it fails them)."""
+
+    def submit_inference(self, job_id: int | str, spec: InferenceSpec, *, max_retries: int = 0) -> object:
+        """Start the inference of the rule behind ``spec.recording``; its handle at once."""
         ...

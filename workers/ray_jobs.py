@@ -52,6 +52,7 @@ from workers.contract import (
     BenchmarkTask,
     DiscoverFn,
     DiscoveryTask,
+    InferenceTask,
     JobKind,
     JobState,
     JobStatus,
@@ -73,6 +74,7 @@ __all__ = [
     "spec_resources",
     "submit_benchmark",
     "submit_discovery",
+    "submit_inference",
     "wait",
 ]
 
@@ -92,7 +94,7 @@ class JobHandle:
 
     job_id: str
     kind: JobKind
-    task: DiscoveryTask | BenchmarkTask
+    task: DiscoveryTask | BenchmarkTask | InferenceTask
     actor_options: dict[str, float | int]
     max_retries: int = 0
     attempt: int = 1
@@ -259,6 +261,18 @@ def submit_benchmark(
         cancel_grace_s=0.0,
         infeasible=_infeasible_reason(need),
     )
+    _launch(handle)
+    return handle
+
+
+def submit_inference(job_id: str | int, spec: Any, *, max_retries: int = 0, num_cpus: float = 1.0) -> JobHandle:
+    """Start an inference job (``discovery.inference.job.run_inference`` on the stored recording) in an actor
+    with one CPU; it has no checkpoints, so a restarted actor starts over."""
+    ensure_ray()
+    need = {"num_cpus": float(num_cpus), "num_gpus": 0.0}
+    handle = JobHandle(job_id=str(job_id), kind="inference", task=InferenceTask(spec=spec),
+                       actor_options={**need, "max_concurrency": ACTOR_CONCURRENCY},
+                       max_retries=max(0, int(max_retries)), cancel_grace_s=0.0, infeasible=_infeasible_reason(need))
     _launch(handle)
     return handle
 

@@ -23,19 +23,19 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from discovery.inference.features import LIBRARY, features, resolve, term_names
+from discovery.inference.features import LIBRARY, features, resolve
 from discovery.inference.recording import Recording, RecordingError
 from discovery.results import FrontPoint, RuleData
 from rules.unsupervised import UNSUPERVISED_TERMS, UnsupervisedRule
 
-__all__ = ["CoefficientInterval", "InferenceResult", "InferredFrontPoint", "UnitStats", "explained_variance",
+__all__ = ["CoefficientInterval", "Design", "design_of", "InferenceResult", "InferredFrontPoint", "UnitStats", "explained_variance", "rule_data",
            "infer_rule", "predict_changes", "unit_stats"]
 
 #: fewest units (trials or segments) for the leave-one-out score and the bootstrap
@@ -99,9 +99,38 @@ class UnitStats:
                 float(self.bb0 - self.Sb @ self.Sb / self.n))
 
 
-def units_of(rec: Recording, min_units: int = MIN_UNITS) -> list[tuple[int, int]]:
+@dataclass
+class Design:
+    """What the weights-observed fit reads, whatever the circuit: the trials, the weights of every layer
+    flattened to E synapses per step (T, E), the terms F_r over a block of steps (b − a, R, E), how to name the
+    terms and to build a rule from θ, and a summary of the recording for the provenance."""
+
+    ids: list[str]
+    names: dict[str, str]
+    trials: list[tuple[int, int]]
+    weights: np.ndarray
+    features: Callable[[int, int], np.ndarray]
+    make_rule: Callable[[dict[str, float], str], RuleData]
+    summary: dict[str, Any]
+
+
+def design_of(rec: Recording, ids: Sequence[str] = LIBRARY) -> Design:
+    """The design of a one-layer recording over unsupervised library terms (weights observed)."""
+    if rec.weights is None:
+        raise RecordingError("inference needs the weights: this recording has no 'weights' series")
+    W = rec.weights
+    E = W.shape[1] * W.shape[2]
+    ids = list(ids)
+
+    def feats(a: int, b: int) -> np.ndarray:
+        return features(rec.pre[a:b], rec.post[a:b], W[a:b], ids).reshape(b - a, len(ids), E)
+
+    return Design(ids=ids, names={i: UNSUPERVISED_TERMS[i].name for i in ids}, trials=rec.trials(),
+                  weights=W.reshape(W.shape[0], E), features=feats, make_rule=rule_data, summary=rec.summary())
+
+
+def units_of(trials: Sequence[tuple[int, int]], min_units: int = MIN_UNITS) -> list[tuple[int, int]]:
     """Trials, each cut into equal segments so that there are at least ``min_units`` units."""
-    trials = rec.trials()
     per = max(1, math.ceil(min_units / len(trials)))
     out = []
     for a, b in trials:
@@ -110,19 +139,16 @@ def units_of(rec: Recording, min_units: int = MIN_UNITS) -> list[tuple[int, int]
     return out
 
 
-def unit_stats(rec: Recording, start: int, stop: int, ids: Sequence[str] = LIBRARY, *, stride: int = 1,
-               chunk: int = 128) -> UnitStats:
+def unit_stats(design: Design, start: int, stop: int, *, stride: int = 1, chunk: int = 128) -> UnitStats:
     """Statistics of the unit [start, stop) on the grid t = start, start + stride, ... < stop."""
-    if rec.weights is None:
-        raise RecordingError("inference needs the weights: this recording has no 'weights' series")
-    R, E = len(ids), rec.circuit.n_post * rec.circuit.n_pre
-    W = rec.weights
+    R, E = len(design.ids), design.weights.shape[1]
+    W = design.weights
     G0, h0, S, Sb, bb0, n = np.zeros((R, R)), np.zeros(R), np.zeros((R, E)), np.zeros(E), 0.0, 0
     carry = np.zeros((R, E))
     for c0 in range(start, stop, chunk):
         c1 = min(c0 + chunk, stop)
         # C(t) for t in [c0, c1): the carry plus the sum of F over [c0, t)
-        F = features(rec.pre[c0:c1], rec.post[c0:c1], W[c0:c1], ids).reshape(c1 - c0, R, E)
+        F = design.features(c0, c1)
         C = carry[None] + np.concatenate([np.zeros((1, R, E)), np.cumsum(F[:-1], axis=0)], axis=0)
         carry = C[-1] + F[-1]
         keep = [i for i, t in enumerate(range(c0, c1)) if (t - start) % stride == 0]
@@ -176,35 +202,41 @@ def predict_changes(rec: Recording, theta: dict[str, float], start: int, stop: i
     return rec.weights[start:stop] - rec.weights[start], pred
 
 
-def _noise_estimate(rec: Recording) -> float:
+def _noise_estimate(design: Design) -> float:
     """Observation noise (std) of the weights from second differences within trials (6σ² for white noise)."""
     acc, cnt = 0.0, 0
-    for a, b in rec.trials():
-        d2 = rec.weights[a + 2:b] - 2 * rec.weights[a + 1:b - 1] + rec.weights[a:b - 2]
+    W = design.weights
+    for a, b in design.trials:
+        d2 = W[a + 2:b] - 2 * W[a + 1:b - 1] + W[a:b - 2]
         acc += float(np.sum(d2 * d2))
         cnt += d2.size
     return math.sqrt(acc / cnt / 6) if cnt else float("nan")
 
 
-def _rule_data(theta: dict[str, float], name: str) -> RuleData:
+def rule_data(theta: dict[str, float], name: str) -> RuleData:
+    """The unsupervised rule Σ θ_r F_r (zero coefficients dropped) as the engine hands rules on."""
     rule = UnsupervisedRule({k: v for k, v in theta.items() if v != 0}, name=name)
     return RuleData(**rule.to_dict())
 
 
-def infer_rule(rec: Recording, *, library: Sequence[str] | None = None, max_terms: int = 6, exhaustive: int = 3,
+def infer_rule(rec: Recording | Design, *, library: Sequence[str] | None = None, max_terms: int = 6, exhaustive: int = 3,
                n_bootstrap: int = 200, min_units: int = MIN_UNITS, max_grid: int = 400, seed: int = 0) -> InferenceResult:
-    """Infer the sparse rule behind ``rec`` (weights observed): front, selection, bootstrap, warnings."""
+    """Infer the sparse rule behind ``rec`` (weights observed; a recording or any :class:`Design`): front,
+    selection, bootstrap, warnings."""
     t_start = time.perf_counter()
-    if not rec.has_weights:
-        raise RecordingError("this recording has no 'weights' series; inference from activity only is not "
-                             "implemented yet (record the weights, see docs/inference.md)")
-    ids = resolve(list(library)) if library else list(LIBRARY)
+    if isinstance(rec, Recording):
+        if not rec.has_weights:
+            raise RecordingError("this recording has no 'weights' series: use inference from activity "
+                                 "(discovery.inference.activity.infer_from_activity; docs/inference.md)")
+        rec = design_of(rec, resolve(list(library)) if library else LIBRARY)
+    design = rec
+    ids = design.ids
     R = len(ids)
-    units = units_of(rec, min_units)
+    units = units_of(design.trials, min_units)
     if len(units) < 2:
         raise RecordingError(f"the recording gives {len(units)} unit(s); inference needs at least 2 trials or "
                              "segments of 3 or more steps")
-    stats = [unit_stats(rec, a, b, ids, stride=max(1, (b - a) // max_grid)) for a, b in units]
+    stats = [unit_stats(design, a, b, stride=max(1, (b - a) // max_grid)) for a, b in units]
     cent = [s.centred() for s in stats]
     G = sum(c[0] for c in cent)
     h = sum(c[1] for c in cent)
@@ -259,7 +291,8 @@ def infer_rule(rec: Recording, *, library: Sequence[str] | None = None, max_term
     for support, stage, ev, ci, th, train in scored:
         theta_s = {ids[r]: float(th[r]) for r in support}
         front.append(InferredFrontPoint(
-            terms=[ids[r] for r in support], theta=theta_s, rule=_rule_data(theta_s, f"inferred ({len(support)})"),
+            terms=[ids[r] for r in support], theta=theta_s,
+            rule=design.make_rule(theta_s, f"inferred ({len(support)})"),
             n_terms=len(support), complexity=len(support), heldout_accuracy=ev, heldout_ci95=ci,
             heldout_episodes=len(units), stage=stage, selected=support == chosen[0],
             heldout_explained_variance=ev, train_explained_variance=train))
@@ -285,8 +318,8 @@ def infer_rule(rec: Recording, *, library: Sequence[str] | None = None, max_term
     warnings: list[str] = []
     cond_sel = float(math.sqrt(np.linalg.cond(Gs[np.ix_(sel, sel)]))) if sel else float("nan")
     cond_lib = float(math.sqrt(np.linalg.cond(Gs[np.ix_(usable, usable)]))) if usable else float("nan")
-    sigma = _noise_estimate(rec)
-    change = math.sqrt(np.mean([np.mean((rec.weights[b - 1] - rec.weights[a]) ** 2) for a, b in units]))
+    sigma = _noise_estimate(design)
+    change = math.sqrt(np.mean([np.mean((design.weights[b - 1] - design.weights[a]) ** 2) for a, b in units]))
     snr = change / (math.sqrt(2) * sigma) if sigma > 0 else float("inf")
     if cond_sel > COND_WARN:
         warnings.append(f"the selected terms are nearly collinear in this recording (condition number "
@@ -300,18 +333,18 @@ def infer_rule(rec: Recording, *, library: Sequence[str] | None = None, max_term
     for r in sel:
         c = coefs.get(ids[r])
         if c is not None and c.ci_low < 0 < c.ci_high:
-            warnings.append(f"the sign of {UNSUPERVISED_TERMS[ids[r]].name} is not determined (bootstrap 95 % "
+            warnings.append(f"the sign of {design.names[ids[r]]} is not determined (bootstrap 95 % "
                             f"interval [{c.ci_low:.3g}, {c.ci_high:.3g}])")
 
     return InferenceResult(
-        rule=_rule_data(theta_sel, "inferred"), theta=theta_sel,
-        names={i: UNSUPERVISED_TERMS[i].name for i in theta_sel},
+        rule=design.make_rule(theta_sel, "inferred"), theta=theta_sel,
+        names={i: design.names[i] for i in theta_sel},
         heldout_explained_variance=chosen[2], heldout_ci95=chosen[3], heldout_units=len(units),
         coefficients=coefs, front=front, warnings=warnings,
         diagnostics={"condition_number_selected": cond_sel, "condition_number_library": cond_lib,
                      "weight_noise_estimate": sigma, "change_to_noise": snr, "units": units,
-                     "train_explained_variance": chosen[5], "library": term_names(ids)},
+                     "train_explained_variance": chosen[5], "library": [design.names[i] for i in ids]},
         provenance={"origin": "inferred", "method": "integrated least squares (weights observed), best subsets "
                     f"≤ {exhaustive} + forward to {max_terms}, leave-one-unit-out, bootstrap {n_bootstrap}",
-                    "recording": rec.summary(), "time_unit": "per step (divide θ by dt for a rate)", "seed": seed},
+                    "recording": design.summary, "time_unit": "per step (divide θ by dt for a rate)", "seed": seed},
         wall_time_s=time.perf_counter() - t_start)

@@ -13,10 +13,12 @@ a :class:`discovery.inference.recording.Recording` (observed), the true weights,
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,14 +102,31 @@ def write_npz(rec: Recording, path: str | Path) -> Path:
     return path
 
 
+#: NCBI taxonomy "synthetic construct": the subject of a simulated recording is no animal
+SYNTHETIC_SPECIES = "http://purl.obolibrary.org/obo/NCBITaxon_32630"
+
+
+def nwb_file(description: str, identifier: str) -> Any:
+    """An empty NWBFile with the metadata nwbinspector asks for (a simulated circuit as its subject)."""
+    from pynwb import NWBFile
+    from pynwb.file import Subject
+
+    return NWBFile(session_description=description, identifier=identifier,
+                   session_start_time=datetime(2024, 1, 1, tzinfo=UTC),
+                   experiment_description="ground-truth recording of a simulated circuit learning under a known "
+                   "plasticity rule (docs/inference.md)", institution="simulation", keywords=["plasticity",
+                   "simulation", "rule inference"],
+                   subject=Subject(subject_id="simulated-circuit", age="P0D", species=SYNTHETIC_SPECIES,
+                                   sex="U", description="a simulated neural circuit (no animal)"))
+
+
 def write_nwb(rec: Recording, path: str | Path, *, description: str = "simulated plasticity recording") -> Path:
     """The recording as NWB: TimeSeries 'pre', 'post' (and 'weights') in acquisition at rate 1/dt, one row of
     the trials table per trial, the nonlinearity in the 'post' series' comments."""
-    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+    from pynwb import NWBHDF5IO, TimeSeries
 
     path = Path(path)
-    nwb = NWBFile(session_description=description, identifier=f"plasticity-{abs(hash(rec.pre.tobytes())):x}",
-                  session_start_time=datetime(2024, 1, 1, tzinfo=UTC))
+    nwb = nwb_file(description, f"plasticity-{hashlib.sha256(rec.pre.tobytes()).hexdigest()[:16]}")
     rate = 1.0 / rec.dt
     nwb.add_acquisition(TimeSeries(name="pre", data=rec.pre, unit="a.u.", rate=rate, starting_time=0.0,
                                    description="presynaptic activity x_t (time × pre neurons)"))

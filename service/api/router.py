@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import benchmarks, datasets, jobs, meta, rules
+from service.api.routes import benchmarks, datasets, inferences, jobs, meta, recordings, rules
 
 api_router = APIRouter()
-for _module in (meta, jobs, rules, benchmarks, datasets):
+for _module in (meta, jobs, rules, benchmarks, datasets, recordings, inferences):
     api_router.include_router(_module.router)

@@ -28,7 +28,7 @@ from workers.progress import JobProgress
 #: The five statuses of a job or a benchmark run (``service.runs.states``).
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 #: ``origin`` of a stored rule.
-RuleOrigin = Literal["discovered", "user"]
+RuleOrigin = Literal["discovered", "user", "inferred"]
 #: The rule families (``discovery.spec.RuleFamily``, the one constant: a new family is added there).
 RuleFamilyName = RuleFamily
 #: What the rule languages are written in (``rules.parser``, ``rules.recurrent``): names, numbers, operators,

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn  # noqa: I001
-from rich.progress import TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from discovery.results import jsonable
 from service.cli.common import (
@@ -323,7 +329,9 @@ def benchmark(
         with Progress(*columns, console=err) as bar:
             task = bar.add_task("suite", total=1000, stage=suite, learner="", info="")
 
-            def progress(event: dict[str, Any]) -> None:  # a discovery.benchmarks.progress.BenchmarkProgress
+            def progress(event: Any) -> None:  # a discovery.benchmarks.progress.BenchmarkProgress (or its dump)
+                if hasattr(event, "model_dump"):   # --rule-only hands the model itself (ProgressTracker)
+                    event = event.model_dump()
                 left = event.get("remaining")
                 where = f" {event.get('episode')}/{event.get('total')}" if event.get("total") else ""
                 bar.update(
@@ -405,27 +413,9 @@ def bench(ctx: typer.Context) -> None:
                 raise typer.Exit(int(exc.code) if isinstance(exc.code, int) else 2) from None
 
 
-@app.command()
-def simulate(
-    output: Annotated[Path, typer.Argument(help="file to write: .nwb or .npz")],
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    noise: Annotated[float, typer.Option(help="observation noise, × the std of each series")] = 0.1,
-    trials: Annotated[int, typer.Option(help="trials (each from a fresh small W_0)")] = 8,
-    steps: Annotated[int, typer.Option(help="time steps per trial")] = 400,
-) -> None:
-    """Simulate a 100 → 10 linear layer learning under Oja's subspace rule and write the recording (NWB or npz;
-    layout in docs/inference.md)."""
-    with _friendly():
-        from discovery.inference.simulate import OJA, write_npz, write_nwb
-        from discovery.inference.simulate import simulate as run_simulation
-
-        sim = run_simulation(OJA, noise=noise, n_trials=trials, n_steps=steps, seed=seed)
-        path = (write_npz if output.suffix.lower() == ".npz" else write_nwb)(sim.recording, output)
-        out.print(f"wrote {path} ({sim.recording.n_steps} steps, {trials} trials)", highlight=False)
-
-
 # the commands against a server register themselves on the same app
 import service.cli.remote  # noqa: F401
+import service.cli.simulate  # noqa: F401,E402 - `plasticity simulate` (docs/inference.md)
 
 if __name__ == "__main__":
     app()

@@ -38,7 +38,7 @@ ACTIVE_STATUSES: tuple[str, ...] = (QUEUED, RUNNING)
 FINAL_STATUSES: tuple[str, ...] = (SUCCEEDED, FAILED, CANCELLED)
 
 #: Where a rule came from.
-ORIGIN_DISCOVERED, ORIGIN_USER = "discovered", "user"
+ORIGIN_DISCOVERED, ORIGIN_USER, ORIGIN_INFERRED = "discovered", "user", "inferred"
 #: Leaderboard entries that are not stored rules.
 ORIGIN_BASELINE = "baseline"
 
@@ -448,3 +448,27 @@ class DatasetRow(Base):
     def ref(self) -> str:
         """How a job spec names it."""
         return f"upload:{self.id}"
+
+
+class RecordingRow(Base):
+    """A recording of a circuit learning, uploaded by a user (``POST /api/recordings``; migration 0007): its
+    metadata, owner and the checksum that names its canonical file ``<dataset dir>/recordings/<sha256>.npz``
+    (discovery.inference.job). An inference job names it by id and keeps its name and checksum in its spec."""
+
+    __tablename__ = "recordings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    format: Mapped[str] = mapped_column(String(8))
+    filename: Mapped[str | None] = mapped_column(String(255))
+    upload_bytes: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    widths: Mapped[list[int]] = mapped_column(JSONColumn())
+    n_steps: Mapped[int] = mapped_column(Integer)
+    n_trials: Mapped[int] = mapped_column(Integer)
+    dt: Mapped[float] = mapped_column(Float)
+    weights_observed: Mapped[bool] = mapped_column(Boolean)
+    errors_observed: Mapped[bool] = mapped_column(Boolean)

@@ -38,6 +38,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from discovery.benchmarks.cache import split_baseline_set
 from discovery.benchmarks.progress import BenchmarkProgress
 from discovery.benchmarks.report import BenchmarkReport
+from discovery.inference.fit import InferenceResult
+from discovery.inference.job import InferenceSpec
 from discovery.results import jsonable
 from discovery.spec import DiscoverySpec
 from service.db.models import (
@@ -60,8 +62,10 @@ from service.runs.lease import DispatcherLease
 from service.runs.recording import job_summary, queue_benchmarks, record_benchmark_result, record_job_result
 from service.runs.states import Tracked, owner_key, set_status
 from service.settings import Settings
+from service.recordings import engine_spec as recording_engine_spec
+from service.runs.inference_recording import inference_summary, record_inference_result
 from service.uploads import engine_spec
-from workers.contract import JobState, WorkerInfo, Workers
+from workers.contract import InferenceWorkers, JobState, WorkerInfo, Workers
 from workers.progress import JobProgress, JobResult
 
 log = logging.getLogger("plasticity.dispatcher")
@@ -108,6 +112,7 @@ class _Tracked:
     cancelling: bool = False
     attempt: int = 1
     worker: WorkerInfo | None = None
+    resumed: str | None = None       # the last "resumed …" note written as an event
 
 
 def _short(exc: BaseException, limit: int = 500) -> str:
@@ -288,6 +293,8 @@ class Dispatcher:
     def _hand_over(self, s: Session, row: Job | BenchmarkRun) -> tuple[object, str | None]:
         """Submit one row to the workers: (its handle, the job's checkpoint folder)."""
         retries = self.settings.max_attempts - 1
+        if isinstance(row, Job) and (row.spec or {}).get("kind") == "inference":   # docs/inference.md
+            return self._hand_over_inference(row, retries), None
         if isinstance(row, Job):
             spec = engine_spec(DiscoverySpec.model_validate(row.spec), self.settings)   # an upload's folder
             folder = self.settings.checkpoint_dir(row.id)
@@ -300,6 +307,14 @@ class Dispatcher:
         cached = baseline_cache.cached_for(s, row)
         return self.workers().submit_benchmark(row.id, row.suite, expression, tiny=row.tiny, seed=row.seed,
                                                max_retries=retries, baselines=cached), None
+
+    def _hand_over_inference(self, row: Job, retries: int) -> object:
+        """Submit an inference job (its recording's folder filled in) to workers that run them."""
+        workers = self.workers()
+        if not isinstance(workers, InferenceWorkers):
+            raise RuntimeError("these workers do not run inference jobs")
+        spec = recording_engine_spec(InferenceSpec.model_validate(row.spec), self.settings)
+        return workers.submit_inference(row.id, spec, max_retries=retries)
 
     def _poll(self, flow: Flow) -> None:
         """Poll every tracked row of ``flow`` and apply its state; fail it (and stop tracking it) after
@@ -381,6 +396,12 @@ class Dispatcher:
             set_status(s, BenchmarkRun, row.id, SUCCEEDED, event="succeeded",
                        message=f"{len(report.entries)} learners scored", result=report.to_json(),
                        suite_version=version, error=None)
+        elif isinstance(row, Job) and isinstance(result, InferenceResult):
+            rule = record_inference_result(s, row, result)
+            ev = result.heldout_explained_variance
+            set_status(s, Job, row.id, SUCCEEDED, event="succeeded", result=inference_summary(result, rule),
+                       error=None, message="inferred" + (f": held-out explained variance {ev:.3f}"
+                                                         if ev is not None else ""))
         elif isinstance(row, Job) and isinstance(result, JobResult):
             rule = record_job_result(s, row, result)
             acc = result.heldout_accuracy
@@ -432,6 +453,12 @@ class Dispatcher:
         if clean == row.progress:
             return
         s.execute(update(Job).where(Job.id == row.id, Job.status.in_(ACTIVE_STATUSES)).values(progress=clean))
+        note = clean.get("resumed")
+        if isinstance(note, str) and note != tracked.resumed:   # where this attempt resumed (which stage, episode)
+            tracked.resumed = note
+            add_event(s, "resumed", f"attempt {tracked.attempt} {note}", job_id=row.id,
+                      data={"attempt": tracked.attempt, "episode": clean.get("resumed_from_episode"),
+                            "phase": note})
         episode, total = clean.get("episode"), clean.get("total")
         if not isinstance(episode, int):
             return

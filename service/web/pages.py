@@ -45,6 +45,8 @@ from service.web.render import (
     theta_plot_svg,
     vs_delta,
 )
+from service.web.inference_page import inference_context
+from service.web.transfer import transfer_table
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
@@ -247,6 +249,8 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Respons
             info = term_formula(k) or {}
             coefficients.append({"term": k, "name": info.get("name", ""), "expression": info.get("text", ""), "value": v})
         formula_svg = _rule_formula(rule, 18)
+        transfer = transfer_table(session, rule.id)
+        inference = inference_context(rule)
         session.close()
         return _html(
             request,
@@ -259,7 +263,9 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Respons
             front_svg=front_svg,
             front=front,
             job=job,
+            transfer=transfer,
             title=rule.name,
+            **inference,
         )
 
     return serve_read(request, session, build)

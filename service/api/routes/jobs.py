@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
 from discovery.goal import GoalError, parse_goal
+from discovery.inference.job import InferenceSpec, RecordingRef
+from discovery.inference.job import parse_goal as parse_inference_goal
 from service.api.deps import (
     DispatcherDep,
     IdPath,
@@ -83,6 +85,15 @@ def submit_job(
     understood: list[str] | None = None
     goal: str | None = None
     body = _strict(raw)
+    if isinstance(body, GoalRequest) and parse_inference_goal(body.goal) is not None:   # docs/inference.md
+        from service.api.routes.inferences import create_inference
+
+        spec_i = InferenceSpec(recording=RecordingRef(id=parse_inference_goal(body.goal)))
+        job = create_inference(session, settings, who, spec_i, goal=body.goal)
+        session.commit()
+        wake(dispatcher)
+        response.headers["Location"] = f"/api/jobs/{job.id}"
+        return JobOut.of(job)
     if isinstance(body, GoalRequest):
         goal = body.goal
         try:

@@ -49,7 +49,7 @@ def list_rules(
     dataset: Annotated[DatasetName | None, Query()] = None,
     term: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_]+$",
                                       description="a term id, e.g. F9")] = None,
-    origin: Annotated[RuleOrigin | None, Query(description="discovered or user")] = None,
+    origin: Annotated[RuleOrigin | None, Query(description="discovered, user or inferred")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9, description="rows to skip (prefer `after`)")] = 0,
     after: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="keyset cursor: only rules with a smaller "

@@ -1,0 +1,263 @@
+"""Recordings and inference jobs in the service (issue #28, docs/inference.md): ``/api/recordings`` (NWB and npz,
+both layouts), bad recordings refused with a 4xx naming the reason and nothing stored, ``/api/inferences`` and the
+inference goal, the job run by the real actor (in-process dispatcher) storing an inferred rule with its provenance
+and trajectories on its page, the migration, and nwbinspector on the simulator's files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from discovery.inference import simulate, validate, write_npz, write_nwb
+from discovery.inference.errors import simulate_layered, write_layered_npz
+from service.runs.dispatcher import Dispatcher
+from tests.test_contract import InProcessWorkers
+from workers.actors import JobActor
+from workers.contract import InferenceTask, JobState
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+def npz(**arrays: Any) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def upload(client: TestClient, auth: dict[str, str], data: bytes, filename: str = "rec.npz",
+           name: str | None = None) -> Any:
+    return client.post("/api/recordings", files={"file": (filename, data)}, data={"name": name} if name else None,
+                       headers=auth)
+
+
+def stored(settings: Any) -> list[str]:
+    folder = settings.datasets_dir / "recordings"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def tiny_sim() -> Any:
+    return simulate(n_pre=8, n_post=2, n_steps=150, n_trials=4, w0_scale=0.05, noise=0.05, seed=3)
+
+
+class InferenceWorkers(InProcessWorkers):
+    """The in-process stand-in of the contract tests, also running inference jobs through the real actor."""
+
+    def submit_inference(self, job_id: int | str, spec: Any, *, max_retries: int = 0) -> object:
+        actor = JobActor(str(job_id), "inference", InferenceTask(spec=spec))
+        outcome = actor.run()
+        self.states[int(job_id)] = JobState(status=outcome.status, result=outcome.result, error=outcome.error)
+        return int(job_id)
+
+
+def run_jobs(app: Any, settings: Any) -> None:
+    d = Dispatcher(settings, app.state.sessions, InferenceWorkers(None))
+    d.tick()
+    d.tick()
+
+
+def _bad_cases(tmp_path: Path) -> list[tuple[str, bytes, str, int, str]]:
+    from datetime import UTC, datetime
+
+    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+
+    rng = np.random.default_rng(0)
+    x, y, W = rng.normal(size=(10, 4)), rng.normal(size=(10, 2)), rng.normal(size=(10, 2, 4))
+    nan_y = y.copy()
+    nan_y[3, 1] = np.nan
+    nwb = NWBFile(session_description="d", identifier="i", session_start_time=datetime(2024, 1, 1, tzinfo=UTC))
+    nwb.add_acquisition(TimeSeries(name="pre", data=x, unit="a.u.", rate=1.0))
+    nopost = tmp_path / "nopost.nwb"
+    with NWBHDF5IO(str(nopost), "w") as out:
+        out.write(nwb)
+    layered = simulate_layered(n_steps=5, n_trials=1, noise=0.0, widths=(3, 3, 2))
+    with np.load(write_layered_npz(layered, tmp_path / "layered.npz")) as z:
+        arrays = {k: z[k] for k in z.files}
+    del arrays["e_1"]
+    return [
+        ("empty", b"", "r.npz", 422, "empty"),
+        ("not a recording", b"hello world", "r.npz", 422, "neither NWB"),
+        ("fake hdf5", b"\x89HDF\r\n\x1a\n" + b"0" * 64, "r.nwb", 422, "cannot be read"),
+        ("missing post", npz(pre=x, weights=W), "r.npz", 422, "missing series 'post'"),
+        ("nan", npz(pre=x, post=nan_y), "r.npz", 422, "non-finite"),
+        ("length", npz(pre=x, post=y[:9]), "r.npz", 422, "length mismatch"),
+        ("weights shape", npz(pre=x, post=y, weights=W.transpose(0, 2, 1)), "r.npz", 422, "(T, n_post, n_pre)"),
+        ("ndim", npz(pre=x[:, :, None], post=y), "r.npz", 422, "must have 2 dimensions"),
+        ("irregular timestamps", npz(pre=x, post=y, timestamps=np.r_[np.arange(9.0), 20.0]), "r.npz", 422,
+         "regular step"),
+        ("short trial", npz(pre=x, post=y, trial_starts=np.array([0, 8])), "r.npz", 422, "at least 3"),
+        ("nonlinearity", npz(pre=x, post=y, nonlinearity=np.array("tanh")), "r.npz", 422, "unsupported nonlinearity"),
+        ("strings", npz(pre=np.array([["a"] * 4] * 10), post=y), "r.npz", 422, "real numbers"),
+        ("bad dt", npz(pre=x, post=y, dt=np.array(-1.0)), "r.npz", 422, "time step"),
+        ("nwb without post", nopost.read_bytes(), "r.nwb", 422, "missing series 'post'"),
+        ("layered without an error", npz(**arrays), "r.npz", 422, "missing series 'e_1'"),
+        ("too large", b"PK" + b"0" * 200_000, "r.npz", 413, "PLASTICITY_MAX_UPLOAD_BYTES"),
+    ]
+
+
+@pytest.fixture
+def small_limit_client(settings: Any) -> Any:
+    import dataclasses
+
+    from service.app import create_app
+
+    small = dataclasses.replace(settings, limits=dataclasses.replace(settings.limits, max_upload_bytes=200_000))
+    app = create_app(small, dispatcher=False)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c, small
+    app.state.engine.dispose()
+
+
+def test_bad_recordings_get_a_4xx_with_the_reason_and_store_nothing(small_limit_client: Any, auth: dict[str, str],
+                                                                    tmp_path: Path) -> None:
+    client, settings = small_limit_client
+    rng = np.random.default_rng(1)
+    good = upload(client, auth, npz(pre=rng.normal(size=(20, 3)), post=rng.normal(size=(20, 2))), name="good")
+    assert good.status_code == 201, good.text
+    before, files = client.get("/api/recordings").json(), stored(settings)
+    cases = _bad_cases(tmp_path)
+    cases.append(("duplicate name", npz(pre=rng.normal(size=(20, 3)), post=rng.normal(size=(20, 2))), "x.npz", 409,
+                  "a recording named 'good' exists"))
+    assert len(cases) >= 10
+    for label, data, filename, code, reason in cases:
+        r = upload(client, auth, data, filename, name="good" if label == "duplicate name" else None)
+        assert r.status_code == code, (label, r.status_code, r.text)
+        assert reason in str(r.json()["detail"]), (label, r.text)
+        assert client.get("/api/recordings").json() == before, label
+        assert stored(settings) == files, label
+    r = client.post("/api/recordings", files={"file": ("a.npz", b"PK")})
+    assert r.status_code == 401
+
+
+@SQLITE_ONLY
+def test_upload_infer_and_the_rule_page(client: TestClient, auth: dict[str, str], app: Any, settings: Any,
+                                        tiny_sim: Any, tmp_path: Path) -> None:
+    path = write_nwb(tiny_sim.recording, tmp_path / "oja.nwb")
+    r = upload(client, auth, path.read_bytes(), "oja.nwb")
+    assert r.status_code == 201, r.text
+    rec = r.json()
+    assert rec["format"] == "nwb" and rec["kind"] == "layer" and rec["widths"] == [8, 2] and rec["weights_observed"]
+    assert r.headers["Location"] == f"/api/recordings/{rec['id']}"
+    again = upload(client, auth, write_npz(tiny_sim.recording, tmp_path / "same.npz").read_bytes(), "same.npz")
+    assert again.status_code == 409 and "already uploaded as recording" in again.text   # same arrays as npz
+    assert client.get(f"/api/recordings/{rec['id']}").json()["sha256"] == rec["sha256"]
+
+    for body, field in [({}, "recording_id"), ({"recording_id": 1, "goal": "x"}, "recording_id"),
+                        ({"recording_id": "1"}, "recording_id"), ({"recording_id": 999}, "recording_id"),
+                        ({"goal": "find a rule please"}, "goal"), ({"recording_id": 1, "max_terms": 0}, "max_terms"),
+                        ({"recording_id": 1, "colour": "red"}, "colour")]:
+        bad = client.post("/api/inferences", json=body, headers=auth)
+        assert bad.status_code == 422, (body, bad.text)
+        assert field in bad.text, (body, bad.text)
+    assert client.get("/api/inferences").json() == []
+
+    r = client.post("/api/inferences", json={"goal": f"infer the plasticity rule from recording {rec['id']}",
+                                             "n_bootstrap": 30}, headers=auth)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    run_jobs(app, settings)
+    done = client.get(f"/api/inferences/{job_id}").json()
+    assert done["status"] == "succeeded", done
+    assert set(done["theta"]) == set(tiny_sim.theta)
+    assert done["heldout_explained_variance"] > 0.9
+    assert all(c["ci_low"] <= done["theta"][k] <= c["ci_high"] for k, c in done["coefficients"].items())
+    rule = client.get(f"/api/rules/{done['rule_id']}").json()
+    assert rule["origin"] == "inferred"
+    assert rule["provenance"]["recording"] == {"id": rec["id"], "name": "oja", "sha256": rec["sha256"]}
+    assert client.get("/api/rules", params={"origin": "inferred"}).headers["X-Total-Count"] == str(
+        len(done["rule_ids"]))
+    page = client.get(f"/rules/{done['rule_id']}").text
+    assert 'id="trajectory-plot"' in page and "<svg" in page and rec["sha256"] in page
+    assert [j["id"] for j in client.get("/api/inferences").json()] == [job_id]
+    assert client.get(f"/api/jobs/{job_id}").json()["spec"]["kind"] == "inference"
+
+    # the same goal through POST /api/jobs queues an inference too
+    r = client.post("/api/jobs", json={"goal": f"infer the rule behind recording {rec['id']}"}, headers=auth)
+    assert r.status_code == 201 and r.json()["spec"]["recording"]["sha256"] == rec["sha256"], r.text
+    # a recording read by a queued job cannot be deleted; then it can, and its file goes
+    assert client.delete(f"/api/recordings/{rec['id']}", headers=auth).status_code == 409
+    client.post(f"/api/jobs/{r.json()['id']}/cancel", headers=auth)
+    assert client.delete(f"/api/recordings/{rec['id']}", headers=auth).status_code == 204
+    assert stored(settings) == []
+
+
+@SQLITE_ONLY
+def test_activity_only_and_layered_recordings_are_inferred(client: TestClient, auth: dict[str, str], app: Any,
+                                                           settings: Any, tmp_path: Path) -> None:
+    sim = simulate(n_pre=6, n_post=2, n_steps=120, n_trials=4, w0_scale=0.05, noise=0.02, seed=5).recording
+    act = validate(sim.pre, sim.post, None, trial_starts=sim.trial_starts)
+    layered = simulate_layered(widths=(6, 5, 4, 3), n_steps=150, n_trials=4, noise=0.02, seed=1)
+    ids = []
+    for name, data in [("act", write_npz(act, tmp_path / "a.npz").read_bytes()),
+                       ("deep", write_layered_npz(layered, tmp_path / "l.npz").read_bytes())]:
+        r = upload(client, auth, data, f"{name}.npz")
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    assert client.get(f"/api/recordings/{ids[0]}").json()["weights_observed"] is False
+    assert client.get(f"/api/recordings/{ids[1]}").json()["kind"] == "layered"
+    jobs = [client.post("/api/inferences", json={"recording_id": i, "n_bootstrap": 3, "max_terms": 3},
+                        headers=auth).json()["id"] for i in ids]
+    run_jobs(app, settings)
+    act_out, deep_out = (client.get(f"/api/inferences/{j}").json() for j in jobs)
+    assert act_out["status"] == "succeeded", act_out
+    assert act_out["heldout_explained_variance"] is not None
+    assert deep_out["status"] == "succeeded", deep_out
+    assert set(deep_out["theta"]) == {"F0", "F2", "F9"}
+    assert deep_out["theta"]["F0"] > 0 > deep_out["theta"]["F2"] and deep_out["theta"]["F9"] > 0
+    assert client.get(f"/api/rules/{deep_out['rule_id']}").json()["family"] == "feedforward"
+
+
+def test_migration_0007_up_and_down(db_url: str, request: pytest.FixtureRequest) -> None:
+    from sqlalchemy import inspect
+
+    from service.db.migrate import downgrade, upgrade
+    from service.db.session import make_engine
+
+    url = db_url if db_url.startswith("sqlite") else request.getfixturevalue("pg_schema_factory")()
+    eng = make_engine(url)
+    try:
+        assert upgrade(eng, "0006_read_fields") == "0006_read_fields"
+        assert "recordings" not in inspect(eng).get_table_names()
+        assert upgrade(eng, "0007_recordings") == "0007_recordings"
+        assert "recordings" in inspect(eng).get_table_names()
+        downgrade(eng, "0006_read_fields")
+        assert "recordings" not in inspect(eng).get_table_names()
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.parametrize("layered", [False, True])
+def test_simulated_files_pass_nwbinspector(tmp_path: Path, layered: bool) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli.main import app
+
+    out = tmp_path / "sim.nwb"
+    args = ["simulate", str(out), "--trials", "2", "--steps", "120", "--subsample-pre", "50"]
+    args = ["simulate", str(out), "--trials", "2", "--steps", "60", "--layered"] if layered else args
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    from nwbinspector import Importance, inspect_nwbfile
+
+    messages = list(inspect_nwbfile(nwbfile_path=str(out)))
+    bad = [m for m in messages if m.importance in (Importance.CRITICAL, Importance.BEST_PRACTICE_VIOLATION,
+                                                   Importance.ERROR, Importance.PYNWB_VALIDATION)]
+    assert not bad, [(m.check_function_name, m.message) for m in bad]
+    assert all(m.importance == Importance.BEST_PRACTICE_SUGGESTION for m in messages)
+
+
+def test_cli_simulate_refuses_bad_rules_with_a_message(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli.main import app
+
+    for rule, text in [("hebb", "term=number"), ("nope=1", "unknown unsupervised term"), ("hebb=nan", "term=number")]:
+        result = CliRunner().invoke(app, ["simulate", str(tmp_path / "x.npz"), "--rule", rule])
+        assert result.exit_code == 2 and text in result.output, result.output
+        assert "Traceback" not in result.output
