@@ -37,6 +37,7 @@ from service.db.read_fields import FORMULA_PT
 from service.db.repositories.leaderboard import known_suites, leaderboard
 from service.db.repositories.rules import list_rules
 from service.rulebook import display_latex, term_formula
+from service.web.inference_page import inference_context
 from service.web.render import (
     accuracy_plot_svg,
     front_plot_svg,
@@ -45,7 +46,6 @@ from service.web.render import (
     theta_plot_svg,
     vs_delta,
 )
-from service.web.inference_page import inference_context
 from service.web.transfer import transfer_table
 
 router = APIRouter(include_in_schema=False)
