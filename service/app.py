@@ -24,11 +24,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
 from service.api.auth import load_tokens
+from service.api.caching import ReadCache
 from service.api.errors import http_error, validation_error
 from service.api.limits import BodySizeLimit
 from service.api.openapi import build_openapi
-from service.api.shedding import LoadShedder
 from service.api.router import api_router
+from service.api.shedding import LoadShedder
 from service.db.migrate import upgrade
 from service.db.session import make_engine, make_session_factory
 from service.runs.dispatcher import Dispatcher
@@ -94,6 +95,7 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes,
                        paths={"/api/datasets": (settings.limits.max_upload_bytes, "PLASTICITY_MAX_UPLOAD_BYTES")})
     serving = settings.serving
+    app.state.read_cache = ReadCache(serving.read_cache_mb * 1_048_576)
     app.state.shedder = None
     app.add_middleware(_Shedder, app_state=app.state, max_inflight=serving.max_inflight,
                        max_active=serving.max_active, queue_seconds=serving.queue_seconds)

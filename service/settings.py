@@ -33,6 +33,8 @@
 | ``PLASTICITY_QUEUE_SECONDS`` | longest wait in that queue before the answer is 503 with ``Retry-After`` | 10 |
 | ``PLASTICITY_DB_POOL_SIZE`` | database connections kept open per server process | ``MAX_ACTIVE`` + 4 |
 | ``PLASTICITY_DB_POOL_OVERFLOW`` | extra connections opened on demand | 8 |
+| ``PLASTICITY_READ_CACHE_MB`` | memory per server process for the answers of the rules, leaderboard and their pages,
+  kept while the data is unchanged | 64 |
 | ``RAY_ADDRESS`` | Ray cluster to join (read by ``workers.ray_jobs``) | local Ray |
 """
 
@@ -117,6 +119,7 @@ class Serving:
     queue_seconds: float = 10.0
     pool_size: int | None = None
     pool_overflow: int = 8
+    read_cache_mb: int = 64
 
     @property
     def pool(self) -> PoolSize:
@@ -213,5 +216,6 @@ def load_settings() -> Settings:
             queue_seconds=_env_float("PLASTICITY_QUEUE_SECONDS", Serving.queue_seconds),
             pool_size=_env_int("PLASTICITY_DB_POOL_SIZE", 0) or None,
             pool_overflow=_env_int("PLASTICITY_DB_POOL_OVERFLOW", Serving.pool_overflow),
+            read_cache_mb=_env_int("PLASTICITY_READ_CACHE_MB", Serving.read_cache_mb),
         ),
     )

@@ -111,7 +111,7 @@ def test_pages_in_chromium(live_server_factory: Callable[..., LiveServer], tmp_p
             page.wait_for_url(f"**/rules/{ids['rule']}")
             w, h = svg_size(page, "#formula svg")
             assert w > 100 and h > 10
-            for plot in ("#theta-plot svg", "#accuracy-plot svg"):
+            for plot in ("#theta-plot svg, #theta-plot img", "#accuracy-plot svg, #accuracy-plot img"):
                 w, h = svg_size(page, plot)
                 assert w > 200 and h > 100, plot
             assert page.locator("#coefficients tbody tr").count() == 3

@@ -292,3 +292,41 @@ def test_migration_0006_backfills_and_goes_back(db_url: str, request: pytest.Fix
         assert upgrade(eng, "0006_read_fields") == "0006_read_fields"
     finally:
         eng.dispose()
+
+
+def test_client_pages_through_every_rule(app: Any, client: Any) -> None:
+    from service.client.http import Client
+
+    ids = _store_rules(app, 5)
+    api = Client("http://testserver", token="", transport=client._transport)   # through the app in-process
+    listed = [r.id for r in api.all_rules(limit=2)]
+    assert set(ids) <= set(listed) and len(listed) == len(set(listed)) == int(
+        client.get("/api/rules").headers["X-Total-Count"])
+
+
+def test_rule_page_shows_the_job_plots_drawn_once(app: Any, client: Any) -> None:
+    with session_scope(app.state.sessions) as s:
+        job = Job(spec={}, owner="t", status="running", result={
+            "heldout_accuracy": 0.5, "history": [{"meta_accuracy": 0.1 * i} for i in range(5)],
+            "theta_history": [{"F0": 0.001 * i} for i in range(5)]})
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    rids = _store_rules(app, 2, job_id=job_id, start=40)
+    with session_scope(app.state.sessions) as s:
+        for position, rid in enumerate(rids):
+            s.add(JobRule(job_id=job_id, rule_id=rid))
+            s.add(FrontPointRow(job_id=job_id, position=position, rule_id=rid, n_terms=position + 1,
+                                complexity=position + 1, heldout_accuracy=0.5, terms=["F0"], theta={"F0": 0.04}))
+    with session_scope(app.state.sessions) as s:
+        assert set_status(s, Job, job_id, SUCCEEDED, event="succeeded")
+        plots = s.get(Job, job_id).read_plots
+        assert all(plots[k].startswith("<svg") for k in ("theta", "accuracy", "front"))
+        assert all(f'id="ring-{rid}"' in plots["front"] for rid in rids)
+    page = client.get(f"/rules/{rids[1]}").text
+    assert f'src="/jobs/{job_id}/plots/front.svg?rule={rids[1]}"' in page and f"/jobs/{job_id}/plots/theta.svg" in page
+    front = client.get(f"/jobs/{job_id}/plots/front.svg", params={"rule": rids[1]})
+    assert front.status_code == 200 and front.headers["content-type"].startswith("image/svg+xml")
+    assert f"#ring-{rids[1]} {{ display: inline }}" in front.text and front.headers["ETag"]
+    assert client.get(f"/jobs/{job_id}/plots/theta.svg").status_code == 200
+    assert client.get("/jobs/999999/plots/theta.svg").status_code == 404

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request, Security, status
@@ -67,9 +67,10 @@ def wake(dispatcher: Any) -> None:
 RowT = TypeVar("RowT")
 
 
-def get_or_404(session: Session, model: type[RowT], row_id: int, what: str) -> RowT:
-    """The row ``row_id`` of ``model``; a 404 naming ``what`` ("job", "rule", …) when there is none."""
-    row = session.get(model, row_id)
+def get_or_404(session: Session, model: type[RowT], row_id: int, what: str, options: Sequence[Any] = ()) -> RowT:
+    """The row ``row_id`` of ``model`` (loader ``options``); a 404 naming ``what`` ("job", "rule", …) when there is
+    none."""
+    row = session.get(model, row_id, options=options)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{what} {row_id} does not exist")
     return row

@@ -32,7 +32,7 @@ from service.api.schemas import BenchmarkOut, DatasetOut, HealthOut, JobOut, Lea
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 FINAL = ("succeeded", "failed", "cancelled")
-RULE_FILTERS = ("feedback", "depth", "dataset", "term", "origin", "limit", "offset")
+RULE_FILTERS = ("feedback", "depth", "dataset", "term", "origin", "limit", "offset", "after")
 EXPORT_FORMATS = ("torch", "numpy", "jax", "latex", "sympy", "json")
 
 M = TypeVar("M", bound=BaseModel)
@@ -305,11 +305,22 @@ class Client:
 
     # --- rules -------------------------------------------------------------------------------------------------------
     def rules(self, **filters: Any) -> list[RuleOut]:
-        """``GET /api/rules`` with filters feedback, depth, dataset, term, origin (and limit, offset)."""
+        """``GET /api/rules`` with filters feedback, depth, dataset, term, origin (and limit, offset or the cursor
+        ``after``); :meth:`all_rules` pages through all of them."""
         unknown = sorted(set(filters) - set(RULE_FILTERS))
         if unknown:
             raise TypeError(f"unknown rule filter(s) {', '.join(unknown)}; use {', '.join(RULE_FILTERS)}")
         return self._list(RuleOut, "/api/rules", **filters)
+
+    def all_rules(self, **filters: Any) -> Iterator[RuleOut]:
+        """Every rule matching the filters, newest first, page by page by the server's cursor (``X-Next-After``)."""
+        if unknown := sorted(set(filters) - set(RULE_FILTERS) | ({"offset", "after"} & set(filters))):
+            raise TypeError(f"not a filter of all_rules: {', '.join(unknown)}")
+        params = {"limit": 200, **filters}
+        while params.get("after", 0) is not None:
+            answer = self.request("GET", "/api/rules", params=_params(params))
+            yield from (RuleOut.model_validate(x) for x in answer.json())
+            params["after"] = answer.headers.get("X-Next-After")
 
     def rule(self, rule: int | RuleOut) -> RuleOut:
         """``GET /api/rules/{id}``: expression, LaTeX, coefficients, provenance, scores."""
@@ -463,7 +474,7 @@ def _bar(label: str, enabled: bool, console: Any) -> Iterator[Callable[[int | No
         yield lambda done, total, info: None
         return
     from rich.console import Console
-    from rich.progress import (  # noqa: I001
+    from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,

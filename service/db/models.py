@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -40,6 +41,15 @@ FINAL_STATUSES: tuple[str, ...] = (SUCCEEDED, FAILED, CANCELLED)
 ORIGIN_DISCOVERED, ORIGIN_USER, ORIGIN_INFERRED = "discovered", "user", "inferred"
 #: Leaderboard entries that are not stored rules.
 ORIGIN_BASELINE = "baseline"
+
+
+def public_provenance(provenance: dict[str, Any] | None, *, job_id: int | None, seed: int | None,
+                      code_version: str, created_at: dt.datetime, canonical: str, srepr: str) -> dict[str, Any]:
+    """Where a rule came from as the API shows it: its stored provenance with the job, seed, code version, time and
+    forms (``Rule.public_provenance``, and the stored answers of ``service.db.read_fields``)."""
+    stamp = created_at if created_at.tzinfo else created_at.replace(tzinfo=dt.timezone.utc)
+    return {**(provenance or {}), "job_id": job_id, "seed": seed, "code_version": code_version,
+            "created_at": stamp.isoformat(), "canonical": canonical, "srepr": srepr}
 
 
 def utcnow() -> dt.datetime:
@@ -110,6 +120,8 @@ class Job(TrackedRun, Base):
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: a succeeded job's plots for rule pages, drawn once (migration 0006, service.db.read_fields.job_plots)
+    read_plots: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn(), deferred=True)
 
     events: Mapped[list[JobEvent]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="JobEvent.id"
@@ -237,6 +249,7 @@ class Rule(Base):
     display_latex: Mapped[str | None] = mapped_column(Text)
     formula_svg: Mapped[str | None] = mapped_column(Text, deferred=True)   # large: pages undefer it
     read_scores: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONColumn())
+    read_json: Mapped[str | None] = mapped_column(Text, deferred=True)        # RuleOut as JSON
     read_updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
 
     term_links: Mapped[list[RuleTerm]] = relationship(cascade="all, delete-orphan")
@@ -245,14 +258,22 @@ class Rule(Base):
     @property
     def public_provenance(self) -> dict[str, Any]:
         """Where the rule came from: its stored provenance with the job, seed, code version, time and forms."""
-        return {**(self.provenance or {}), "job_id": self.job_id, "seed": self.seed,
-                "code_version": self.code_version, "created_at": self.created_at.isoformat(),
-                "canonical": self.canonical, "srepr": self.srepr}
+        return public_provenance(self.provenance, job_id=self.job_id, seed=self.seed, code_version=self.code_version,
+                                 created_at=self.created_at, canonical=self.canonical, srepr=self.srepr)
 
     @property
     def succeeded_scores(self) -> list[BenchmarkScore]:
         """The rule's scores in benchmark runs that succeeded."""
         return [s for s in self.scores if s.run is not None and s.run.status == SUCCEEDED]
+
+
+class ReadVersion(Base):
+    """One row counting the changes of what reads show (migration 0006, ``service.db.read_fields.bump_version``)."""
+
+    __tablename__ = "read_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
 
 
 class RuleTerm(Base):

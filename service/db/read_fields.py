@@ -4,10 +4,16 @@ write time so that a read renders rows with no per-row query and no sympy or mat
 
 - ``display_latex``: the LaTeX with θ rounded to 3 significant digits (``service.rulebook.display_latex``);
 - ``formula_svg``: that LaTeX typeset to SVG at 12 pt (``service.web.render.latex_svg``; pages scale it);
+- ``read_json``: the whole answer of ``GET /api/rules/{id}`` (``RuleOut`` as JSON), so that a list is the
+  concatenation of stored texts;
 - ``read_scores``: the rule's scores as ``RuleOut.scores`` lists them — its held-out accuracy on the task of
   each succeeded job that stored it (the front point's own score when it sits on that job's front), then its
   scores in succeeded benchmark runs, oldest first;
-- ``read_updated_at``: when these fields last changed (the lists' ETag and version stamp include it).
+- ``read_updated_at``: when these fields last changed;
+- ``read_version.n`` (one row): a counter bumped by every such write, which the server's read cache compares
+  (``service.api.caching.ReadCache``);
+- on ``jobs``, ``read_plots``: a succeeded job's θ, accuracy and front plots as SVG, drawn once for all the rule
+  pages of its rules.
 
 A score can change only when a row of ``job_rules``, ``front_points`` or ``benchmark_scores`` is written or a job
 or benchmark run changes status. :func:`install` hooks every ORM flush that writes such rows, and
@@ -24,9 +30,19 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+
+from service.db.models import (
+    BenchmarkRun,
+    BenchmarkScore,
+    FrontPointRow,
+    Job,
+    JobRule,
+    Rule,
+    public_provenance,
+)
 
 log = logging.getLogger("plasticity.read_fields")
 
@@ -42,21 +58,43 @@ FEEDBACK_LOCALITY: dict[str, str] = {
 FORMULA_PT = 12
 
 _dt = sa.DateTime(timezone=True)
+_RULE_COLUMNS = (("name", sa.String), ("hash", sa.String), ("canonical", sa.Text), ("srepr", sa.Text),
+                 ("expression", sa.Text), ("terms", sa.JSON), ("family", sa.String), ("origin", sa.String),
+                 ("spec", sa.JSON), ("seed", sa.Integer), ("code_version", sa.String), ("job_id", sa.Integer),
+                 ("feedback", sa.String), ("depth", sa.Integer), ("dataset", sa.String), ("provenance", sa.JSON),
+                 ("created_at", _dt))
 _rules = sa.table("rules", sa.column("id", sa.Integer), sa.column("latex", sa.Text),
                   sa.column("coefficients", sa.JSON), sa.column("display_latex", sa.Text),
                   sa.column("formula_svg", sa.Text), sa.column("read_scores", sa.JSON),
-                  sa.column("read_updated_at", _dt))
+                  sa.column("read_json", sa.Text), sa.column("read_updated_at", _dt),
+                  *(sa.column(name, kind) for name, kind in _RULE_COLUMNS))
 _jobs = sa.table("jobs", sa.column("id", sa.Integer), sa.column("status", sa.String),
-                 sa.column("result", sa.JSON), sa.column("spec", sa.JSON), sa.column("finished_at", _dt))
+                 sa.column("result", sa.JSON), sa.column("spec", sa.JSON), sa.column("finished_at", _dt),
+                 sa.column("read_plots", sa.JSON))
 _job_rules = sa.table("job_rules", sa.column("job_id", sa.Integer), sa.column("rule_id", sa.Integer))
 _front = sa.table("front_points", sa.column("job_id", sa.Integer), sa.column("rule_id", sa.Integer),
                   sa.column("position", sa.Integer), sa.column("heldout_accuracy", sa.Float),
-                  sa.column("heldout_ci95", sa.Float))
+                  sa.column("heldout_ci95", sa.Float), sa.column("n_terms", sa.Integer),
+                  sa.column("complexity", sa.Integer), sa.column("selected", sa.Boolean))
 _runs = sa.table("benchmark_runs", sa.column("id", sa.Integer), sa.column("status", sa.String))
 _scores = sa.table("benchmark_scores", sa.column("id", sa.Integer), sa.column("run_id", sa.Integer),
                    sa.column("rule_id", sa.Integer), sa.column("suite", sa.String), sa.column("score", sa.Float),
                    sa.column("ci95", sa.Float), sa.column("locality", sa.String),
                    sa.column("cost_per_sample_ms", sa.Float), sa.column("created_at", _dt))
+
+
+_version = sa.table("read_version", sa.column("id", sa.Integer), sa.column("n", sa.BigInteger))
+
+
+def bump_version(conn: Connection) -> None:
+    """Count one change of what reads show (``read_version.n``; the server's read cache compares it). A row
+    counter, not a time: writers in several processes or transactions can never move it backwards."""
+    conn.execute(_version.update().where(_version.c.id == 1).values(n=_version.c.n + 1))
+
+
+def read_version(conn: Connection) -> int:
+    """The current count of changes (a primary-key read)."""
+    return int(conn.execute(sa.select(_version.c.n).where(_version.c.id == 1)).scalar() or 0)
 
 
 def _iso(value: Any) -> str | None:
@@ -118,31 +156,76 @@ def display_fields(latex: str, coefficients: dict[str, Any] | None) -> tuple[str
     return shown, latex_svg(shown, FORMULA_PT)
 
 
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def rule_json(row: Any, scores: list[dict[str, Any]]) -> str:
+    """The rule as ``GET /api/rules/{id}`` answers it (``RuleOut`` as JSON), from a ``rules`` row."""
+    from types import SimpleNamespace
+
+    from service.api.schemas import RuleOut
+
+    fields = dict(row)
+    fields["created_at"] = _aware(fields["created_at"])
+    fields["public_provenance"] = public_provenance(
+        fields["provenance"], job_id=fields["job_id"], seed=fields["seed"], code_version=fields["code_version"],
+        created_at=fields["created_at"], canonical=fields["canonical"], srepr=fields["srepr"])
+    fields["read_scores"] = scores
+    return RuleOut.model_validate(SimpleNamespace(**fields)).model_dump_json()
+
+
 def refresh(conn: Connection, rule_ids: Iterable[int], *, display: bool = False) -> None:
-    """Recompute the stored scores of ``rule_ids`` (and, with ``display``, their LaTeX and SVG)."""
+    """Recompute the stored scores and JSON of ``rule_ids`` (and, with ``display``, their LaTeX and SVG)."""
     ids = sorted({int(r) for r in rule_ids if r is not None})
     if not ids:
         return
+    bump_version(conn)
     now = dt.datetime.now(dt.timezone.utc)
+    columns = [_rules.c.id, _rules.c.latex, _rules.c.coefficients, *(_rules.c[name] for name, _ in _RULE_COLUMNS)]
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         scores = compute_scores(conn, chunk)
-        shown: dict[int, tuple[str, str | None]] = {}
-        if display:
-            for rid, latex, coefficients in conn.execute(
-                    sa.select(_rules.c.id, _rules.c.latex, _rules.c.coefficients).where(_rules.c.id.in_(chunk))):
-                shown[rid] = display_fields(latex or "", coefficients)
-        for rid in chunk:
-            values: dict[str, Any] = {"read_scores": scores.get(rid, []), "read_updated_at": now}
-            if rid in shown:
-                values["display_latex"], values["formula_svg"] = shown[rid]
+        for row in conn.execute(sa.select(*columns).where(_rules.c.id.in_(chunk))).mappings().all():
+            rid = row["id"]
+            values: dict[str, Any] = {"read_scores": scores.get(rid, []), "read_updated_at": now,
+                                      "read_json": rule_json(row, scores.get(rid, []))}
+            if display:
+                values["display_latex"], values["formula_svg"] = display_fields(row["latex"] or "",
+                                                                                 row["coefficients"])
             conn.execute(_rules.update().where(_rules.c.id == rid).values(**values))
 
 
+def job_plots(conn: Connection, job_ids: Iterable[int]) -> None:
+    """Draw once the plots a rule page shows of its succeeded job (``jobs.read_plots``): θ per episode, accuracy
+    per episode, and the Pareto front with a ring per rule (the page shows its own ring: ``ring-<id>``)."""
+    from service.api.schemas import FrontEntry
+    from service.web.render import accuracy_plot_svg, front_plot_svg, theta_plot_svg
+
+    ids = sorted({int(j) for j in job_ids if j is not None})
+    if not ids:
+        return
+    jobs = conn.execute(sa.select(_jobs.c.id, _jobs.c.result).where(_jobs.c.id.in_(ids),
+                                                                   _jobs.c.status == SUCCEEDED)).all()
+    for job_id, result in jobs:
+        points = conn.execute(
+            sa.select(_front.c.rule_id, _front.c.n_terms, _front.c.complexity, _front.c.heldout_accuracy,
+                      _front.c.heldout_ci95, _front.c.selected)
+            .where(_front.c.job_id == job_id).order_by(_front.c.position)).mappings().all()
+        front = [FrontEntry.model_validate(dict(p)) for p in points]
+        summary = result or {}
+        plots = {"theta": theta_plot_svg(summary.get("theta_history") or []),
+                 "accuracy": accuracy_plot_svg(summary.get("history") or []),
+                 "front": front_plot_svg(front, rings=True)}
+        conn.execute(_jobs.update().where(_jobs.c.id == job_id).values(read_plots=plots))
+
+
 def backfill(conn: Connection) -> int:
-    """Fill the read fields of every stored rule (the migration's upgrade); how many rules."""
+    """Fill the read fields of every stored rule and the plots of every succeeded job (the migration's upgrade);
+    how many rules."""
     ids = [r for (r,) in conn.execute(sa.select(_rules.c.id))]
     refresh(conn, ids, display=True)
+    job_plots(conn, [j for (j,) in conn.execute(sa.select(_jobs.c.id).where(_jobs.c.status == SUCCEEDED))])
     return len(ids)
 
 
@@ -159,17 +242,26 @@ def refresh_for_run(session: Session, kind: str, run_id: int) -> None:
     """After job or benchmark run ``run_id`` changed status: refresh its rules (and expire their loaded rows)."""
     conn = session.connection()
     ids = rules_of_run(conn, kind, run_id)
+    bump_version(conn)      # a succeeded run changes the leaderboard even without rules (a baselines-only run)
     refresh(conn, ids)
+    if kind == "job":
+        job_plots(conn, [run_id])
+        _expire_jobs(session, [run_id])
     _expire(session, ids)
 
 
-def _expire(session: Session, rule_ids: Iterable[int]) -> None:
-    from service.db.models import Rule
+def _expire_jobs(session: Session, job_ids: Iterable[int]) -> None:
+    for job_id in job_ids:
+        row = session.identity_map.get(session.identity_key(Job, job_id))  # type: ignore[arg-type]
+        if row is not None:
+            session.expire(row, ["read_plots"])
 
+
+def _expire(session: Session, rule_ids: Iterable[int]) -> None:
     for rid in rule_ids:
         row = session.identity_map.get(session.identity_key(Rule, rid))  # type: ignore[arg-type]
         if row is not None:
-            session.expire(row, ["display_latex", "formula_svg", "read_scores", "read_updated_at"])
+            session.expire(row, ["display_latex", "formula_svg", "read_scores", "read_json", "read_updated_at"])
 
 
 # --- the flush hook -------------------------------------------------------------------------------------------
@@ -178,19 +270,24 @@ _PENDING = "read_fields_pending"
 
 def _collect(session: Session, _context: Any) -> None:
     """``after_flush``: note the rules (and runs) whose read fields the flushed rows change."""
-    from sqlalchemy import inspect
-
-    from service.db.models import BenchmarkRun, BenchmarkScore, FrontPointRow, Job, JobRule, Rule
-
-    pending = session.info.setdefault(_PENDING, {"new": set(), "rules": set(), "job": set(), "bench": set()})
+    pending = session.info.setdefault(_PENDING, {"new": set(), "rules": set(), "job": set(), "bench": set(),
+                                                   "plots": set()})
     for obj in (*session.new, *session.dirty, *session.deleted):
-        if isinstance(obj, Rule) and obj in session.new:
-            pending["new"].add(obj.id)
-        elif isinstance(obj, (JobRule, BenchmarkScore, FrontPointRow)) and obj.rule_id is not None:
-            pending["rules"].add(obj.rule_id)
+        if isinstance(obj, Rule):
+            if obj in session.new:
+                pending["new"].add(obj.id)
+            elif obj in session.dirty and session.is_modified(obj):
+                pending["rules"].add(obj.id)
+        elif isinstance(obj, (JobRule, BenchmarkScore, FrontPointRow)):
+            if obj.rule_id is not None:
+                pending["rules"].add(obj.rule_id)
+            if isinstance(obj, FrontPointRow):
+                pending["plots"].add(obj.job_id)
         elif isinstance(obj, (Job, BenchmarkRun)) and (obj in session.new
                                                        or inspect(obj).attrs.status.history.has_changes()):
             pending["job" if isinstance(obj, Job) else "bench"].add(obj.id)
+            if isinstance(obj, Job):
+                pending["plots"].add(obj.id)
 
 
 def _apply(session: Session, _context: Any) -> None:
@@ -199,13 +296,16 @@ def _apply(session: Session, _context: Any) -> None:
     if not pending or not any(pending.values()):
         return
     conn = session.connection()
+    bump_version(conn)
     ids = set(pending["rules"])
     for kind in ("job", "bench"):
         for run_id in pending[kind]:
             ids.update(rules_of_run(conn, kind, run_id))
     refresh(conn, pending["new"], display=True)
     refresh(conn, ids - pending["new"])
+    job_plots(conn, pending["plots"])
     _expire(session, ids | pending["new"])
+    _expire_jobs(session, pending["plots"])
 
 
 _installed = False

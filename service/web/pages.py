@@ -10,28 +10,43 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlalchemy import func, select
-from sqlalchemy.orm import undefer
+from sqlalchemy.orm import selectinload, undefer
 
 from discovery.spec import RuleFamily
 from service import __version__
-from service.api.caching import cached
+from service.api.caching import serve_read
 from service.api.deps import IdPath, SessionDep
 from service.api.schemas import BenchmarkOut, FrontEntry, JobOut, RuleOut
-from service.db.models import ACTIVE_STATUSES, FINAL_STATUSES, BenchmarkRun, Job, Rule
+from service.db.models import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    SUCCEEDED,
+    BenchmarkRun,
+    FrontPointRow,
+    Job,
+    Rule,
+)
 from service.db.read_fields import FORMULA_PT
 from service.db.repositories.leaderboard import known_suites, leaderboard
 from service.db.repositories.rules import list_rules
 from service.rulebook import display_latex, term_formula
-from service.web.render import accuracy_plot_svg, front_plot_svg, latex_svg, scaled_svg, theta_plot_svg, vs_delta
-from service.web.transfer import transfer_table
 from service.web.inference_page import inference_context
+from service.web.render import (
+    accuracy_plot_svg,
+    front_plot_svg,
+    latex_svg,
+    scaled_svg,
+    theta_plot_svg,
+    vs_delta,
+)
+from service.web.transfer import transfer_table
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
@@ -79,17 +94,28 @@ def term_cell(term_id: str, fontsize: int = 12) -> Markup:
     return Markup('<span class="term" title="{}: {}">{} {}</span>').format(term_id, info["text"], formula, label)
 
 
+def term_text(term_id: str) -> Markup:
+    """A term in a long table (a front's rows): its formula in rule syntax with the id as a label — text, so that a
+    page listing many rules stays small (the rule's own table typesets it: :func:`term_cell`)."""
+    info = term_formula(str(term_id))
+    if info is None:
+        return Markup('<span class="mono">{}</span>').format(term_id)
+    return Markup('<span class="term" title="{}: {}"><code>{}</code> <span class="term-id muted mono small">{}</span>'
+                  '</span>').format(term_id, info["text"], info["text"], term_id)
+
+
 templates.env.globals["term_cell"] = term_cell
+templates.env.globals["term_text"] = term_text
 
 
 def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
-def _cached_page(request: Request, name: str, **context: Any) -> Response:
-    """A page rendered with its ETag (304 when the browser's copy is current: ``service.api.caching``)."""
-    html = templates.get_template(name).render({"request": request, **context})
-    return cached(request, html.encode(), "text/html; charset=utf-8")
+def _html(request: Request, name: str, **context: Any) -> Response:
+    """A page for :func:`service.api.caching.serve_read` (which adds its ETag and answers 304 when the browser's copy
+    is current)."""
+    return HTMLResponse(templates.get_template(name).render({"request": request, **context}))
 
 
 def _not_found(request: Request, what: str) -> HTMLResponse:
@@ -104,22 +130,25 @@ def leaderboard_page(
     suite: Annotated[str | None, Query(max_length=100)] = None,
     front: Annotated[bool, Query()] = False,
     family: Annotated[str | None, Query(max_length=32, description="a rule family; empty: all")] = None,
-) -> HTMLResponse:
-    suites = known_suites(session)
-    if suite is not None and suite not in suites:
-        return _page(request, "error.html", 404, title="Unknown suite",
-                     message=f"There is no suite named {suite!r}. Known: {', '.join(suites)}.")
-    families = get_args(RuleFamily)
-    if family and family not in families:
-        return _page(request, "error.html", 404, title="Unknown family",
-                     message=f"There is no rule family {family!r}. Known: {', '.join(families)}.")
-    board = leaderboard(session, suite, only_front=front, family=family or None)
-    svgs = stored_svgs(session, [e["rule_id"] for e in board["entries"] if e.get("rule_id")])
-    session.close()
-    for entry in board["entries"]:
-        svg = svgs.get(entry.get("rule_id"))
-        entry["formula_svg"] = _stored_formula(svg, 13) if svg else _formula(entry.get("latex"), 13)
-    return _cached_page(request, "leaderboard.html", board=board, title="Leaderboard")
+) -> Response:
+    def build() -> Response:
+        suites = known_suites(session)
+        if suite is not None and suite not in suites:
+            return _page(request, "error.html", 404, title="Unknown suite",
+                         message=f"There is no suite named {suite!r}. Known: {', '.join(suites)}.")
+        families = get_args(RuleFamily)
+        if family and family not in families:
+            return _page(request, "error.html", 404, title="Unknown family",
+                         message=f"There is no rule family {family!r}. Known: {', '.join(families)}.")
+        board = leaderboard(session, suite, only_front=front, family=family or None)
+        svgs = stored_svgs(session, [e["rule_id"] for e in board["entries"] if e.get("rule_id")])
+        session.close()
+        for entry in board["entries"]:
+            svg = svgs.get(entry.get("rule_id"))
+            entry["formula_svg"] = _stored_formula(svg, 13) if svg else _formula(entry.get("latex"), 13)
+        return _html(request, "leaderboard.html", board=board, title="Leaderboard")
+
+    return serve_read(request, session, build)
 
 
 def stored_svgs(session: SessionDep, rule_ids: list[int]) -> dict[int, str]:
@@ -185,47 +214,90 @@ def _final_curves(job_id: int, stamp: str, job: Job) -> tuple[Markup | None, Mar
 def rules_page(
     request: Request, session: SessionDep, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     after: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-) -> HTMLResponse:
-    rules, total, cursor = list_rules(session, limit=50, offset=offset, after=after,
-                                      options=[undefer(Rule.formula_svg)])
-    rows = [{"rule": r, "formula_svg": _rule_formula(r, 12)} for r in rules]
-    session.close()
-    return _cached_page(request, "rules.html", rows=rows, total=total, offset=offset, after=after, cursor=cursor,
-                        title="Rules")
+) -> Response:
+    def build() -> Response:
+        rules, total, cursor = list_rules(session, limit=50, offset=offset, after=after,
+                                          options=[undefer(Rule.formula_svg)])
+        rows = [{"rule": r, "formula_svg": _rule_formula(r, 12)} for r in rules]
+        session.close()
+        return _html(request, "rules.html", rows=rows, total=total, offset=offset, after=after, cursor=cursor,
+                     title="Rules")
+
+    return serve_read(request, session, build)
 
 
 @router.get("/rules/{rule_id}", response_class=HTMLResponse)
-def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> HTMLResponse:
-    rule = session.get(Rule, rule_id, options=[undefer(Rule.formula_svg)])
-    if rule is None:
-        return _not_found(request, f"Rule {rule_id}")
-    data = RuleOut.of(rule)
-    job = session.get(Job, rule.job_id) if rule.job_id is not None else None
-    theta_svg, acc_svg = _job_curves(job)
-    front = [FrontEntry.model_validate(p) for p in job.front] if job is not None else []
-    coefficients = []
-    for k, v in (rule.coefficients or {}).items():
-        info = term_formula(k) or {}
-        coefficients.append({"term": k, "name": info.get("name", ""), "expression": info.get("text", ""), "value": v})
-    formula_svg = _rule_formula(rule, 18)
-    transfer = transfer_table(session, rule.id)
-    inference = inference_context(rule)
-    session.close()
-    return _cached_page(
-        request,
-        "rule.html",
-        rule=data,
-        formula_svg=formula_svg,
-        coefficients=coefficients,
-        theta_svg=theta_svg,
-        accuracy_svg=acc_svg,
-        front_svg=_front_svg(front, rule.id),
-        front=front,
-        job=job,
-        transfer=transfer,
-        title=rule.name,
-        **inference,
-    )
+def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Response:
+    def build() -> Response:
+        rule = session.get(Rule, rule_id, options=[undefer(Rule.formula_svg)])
+        if rule is None:
+            return _not_found(request, f"Rule {rule_id}")
+        data = RuleOut.of(rule)
+        job = session.get(Job, rule.job_id, options=[undefer(Job.read_plots), selectinload(Job.front).joinedload(
+            FrontPointRow.rule).load_only(Rule.id, Rule.expression, Rule.provenance)]) if rule.job_id is not None else None
+        front = [FrontEntry.model_validate(p) for p in job.front] if job is not None else []
+        plots = (job.read_plots or {}) if job is not None and job.status == SUCCEEDED else {}
+        if plots:   # drawn once when the job succeeded, served as images the browser keeps (job_plot)
+            theta_svg, acc_svg, front_svg = (
+                _plot_img(job.id, name, rule.id if name == "front" else None) if plots.get(name) else None
+                for name in ("theta", "accuracy", "front"))
+        else:
+            theta_svg, acc_svg = _job_curves(job)
+            front_svg = _front_svg(front, rule.id)
+        coefficients = []
+        for k, v in (rule.coefficients or {}).items():
+            info = term_formula(k) or {}
+            coefficients.append({"term": k, "name": info.get("name", ""), "expression": info.get("text", ""), "value": v})
+        formula_svg = _rule_formula(rule, 18)
+        transfer = transfer_table(session, rule.id)
+        inference = inference_context(rule)
+        session.close()
+        return _html(
+            request,
+            "rule.html",
+            rule=data,
+            formula_svg=formula_svg,
+            coefficients=coefficients,
+            theta_svg=theta_svg,
+            accuracy_svg=acc_svg,
+            front_svg=front_svg,
+            front=front,
+            job=job,
+            transfer=transfer,
+            title=rule.name,
+            **inference,
+        )
+
+    return serve_read(request, session, build)
+
+
+PLOT_CAPTIONS = {"theta": "θ per meta-training episode", "accuracy": "query accuracy per episode",
+                 "front": "Pareto front: terms × held-out accuracy"}
+
+
+def _plot_img(job_id: int, name: str, rule_id: int | None) -> Markup:
+    query = f"?rule={rule_id}" if rule_id is not None else ""
+    return Markup('<img src="/jobs/{}/plots/{}.svg{}" alt="{}">').format(job_id, name, query, PLOT_CAPTIONS[name])
+
+
+@router.get("/jobs/{job_id}/plots/{name}.svg")
+def job_plot(request: Request, job_id: IdPath, name: Literal["theta", "accuracy", "front"], session: SessionDep,
+             rule: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="ring this rule (front)")] = None,
+             ) -> Response:
+    """A succeeded job's plot as drawn once when it succeeded (``jobs.read_plots``); the front with ``rule``'s ring
+    shown (every rule of the front has one, hidden by a style rule)."""
+    def build() -> Response:
+        job = session.get(Job, job_id, options=[undefer(Job.read_plots)])
+        svg = ((job.read_plots or {}).get(name) if job is not None and job.status == SUCCEEDED else None)
+        if not svg:
+            return Response(status_code=404, content=f"job {job_id} has no stored {name} plot", media_type="text/plain")
+        if name == "front":
+            show = f'#ring-{rule} {{ display: inline }}' if rule is not None else ""
+            head, sep, rest = svg.partition(">")
+            svg = f'{head}{sep}<style>[id^="ring-"] {{ display: none }} {show}</style>{rest}'
+        return Response(svg.encode(), media_type="image/svg+xml")
+
+    return serve_read(request, session, build)
 
 
 @router.get("/jobs", response_class=HTMLResponse)

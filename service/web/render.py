@@ -15,8 +15,8 @@ import logging
 import math
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 from matplotlib.backends.backend_svg import FigureCanvasSVG
@@ -46,16 +46,37 @@ def simplify_latex(latex: str) -> str:
     return out
 
 
-@lru_cache(maxsize=512)
+_SVGS: OrderedDict[tuple[str, int], str | None] = OrderedDict()
+_SVGS_MAX = 1024
+_MISSING = object()
+
+
 def latex_svg(latex: str, fontsize: int = 15) -> str | None:
-    """``latex`` typeset as an SVG string, or None when mathtext cannot read it."""
+    """``latex`` typeset as an SVG string, or None when mathtext cannot read it. Kept (1,024 most recent): requests
+    that need the same formula at once wait for one drawing instead of each drawing it under the lock."""
     if not latex or len(latex) > 5000:
         return None
+    key = (latex, fontsize)
+    found = _SVGS.get(key, _MISSING)
+    if found is not _MISSING:
+        return found  # type: ignore[return-value]
+    with _LOCK:
+        found = _SVGS.get(key, _MISSING)
+        if found is not _MISSING:
+            return found  # type: ignore[return-value]
+        svg = _typeset(latex, fontsize)
+        _SVGS[key] = svg
+        while len(_SVGS) > _SVGS_MAX:
+            _SVGS.popitem(last=False)
+        return svg
+
+
+def _typeset(latex: str, fontsize: int) -> str | None:
+    """mathtext's SVG of ``latex`` (then of its simplified form); the caller holds ``_LOCK``."""
     for candidate in (latex, simplify_latex(latex)):
         buf = io.BytesIO()
         try:
-            with _LOCK:
-                math_to_image(f"${candidate}$", buf, prop=FontProperties(size=fontsize), dpi=72, format="svg")
+            math_to_image(f"${candidate}$", buf, prop=FontProperties(size=fontsize), dpi=72, format="svg")
         except Exception as exc:  # noqa: BLE001 - mathtext raises ValueError and others on unsupported input
             log.debug("mathtext cannot typeset %r: %s", candidate, exc)
             continue
@@ -136,9 +157,11 @@ def accuracy_plot_svg(
 
 
 def front_plot_svg(front: Sequence[FrontEntry], highlight: int | None = None,
-                   title: str = "Pareto front: terms × held-out accuracy") -> str | None:
+                   title: str = "Pareto front: terms × held-out accuracy", rings: bool = False) -> str | None:
     """Held-out accuracy ± 95 % CI against the number of terms of every front rule; the selected rule
-    (the simplest within the CI of the best) filled, ``highlight`` (a rule id) ringed; None without points."""
+    (the simplest within the CI of the best) filled, ``highlight`` (a rule id) ringed; None without points.
+    ``rings``: every rule gets a ring in an SVG group ``ring-<rule id>``, for a page to show one of them with CSS
+    (one drawing serves every rule page of the job: ``service.db.read_fields``)."""
     points = [p for p in front if p.heldout_accuracy is not None]
     if not points:
         return None
@@ -153,9 +176,11 @@ def front_plot_svg(front: Sequence[FrontEntry], highlight: int | None = None,
         for x, y, p in zip(xs, ys, points, strict=True):
             if p.selected:
                 ax.plot([x], [y], "o", color="#c55a11", markersize=8, label="selected")
-            if highlight is not None and p.rule_id == highlight:
-                ax.plot([x], [y], "o", markersize=14, markerfacecolor="none", markeredgecolor="#2e7d32",
-                        markeredgewidth=2, label="this rule")
+            if (highlight is not None and p.rule_id == highlight) or (rings and p.rule_id is not None):
+                ring = ax.plot([x], [y], "o", markersize=14, markerfacecolor="none", markeredgecolor="#2e7d32",
+                               markeredgewidth=2, label="_ring" if rings else "this rule")[0]
+                if rings:
+                    ring.set_gid(f"ring-{p.rule_id}")
         best = max(range(len(ys)), key=ys.__getitem__)
         ax.axhspan(ys[best] - es[best], ys[best] + es[best], color="#c55a11", alpha=0.08, label="CI of the best")
         ax.set_xticks(sorted(set(xs)))

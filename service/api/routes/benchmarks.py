@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from discovery.spec import RuleFamily
-from service.api.caching import cached
+from service.api.caching import serve_read
 from service.api.deps import (
     DispatcherDep,
     IdPath,
@@ -170,11 +170,14 @@ def get_leaderboard(
     family: Annotated[RuleFamily | None, Query(description="only rules of this family (baselines stay)")] = None,
 ) -> Response:
     """Ranked entries (rules and baselines): name, origin, score, ci, locality, cost."""
-    if suite is not None and suite not in known_suites(session):
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            detail=f"unknown suite {suite!r}; known: {', '.join(known_suites(session))}",
-        )
-    board = LeaderboardOut.model_validate(leaderboard(session, suite, only_front=front, family=family))
-    session.close()   # the connection goes back to the pool before the answer is serialized
-    return cached(request, board.model_dump_json().encode(), "application/json")
+    def build() -> Response:
+        if suite is not None and suite not in known_suites(session):
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                detail=f"unknown suite {suite!r}; known: {', '.join(known_suites(session))}",
+            )
+        board = LeaderboardOut.model_validate(leaderboard(session, suite, only_front=front, family=family))
+        session.close()   # the connection goes back to the pool before the answer is serialized
+        return Response(board.model_dump_json().encode(), media_type="application/json")
+
+    return serve_read(request, session, build)

@@ -11,10 +11,10 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import TypeAdapter
+from sqlalchemy.orm import undefer
 
 from discovery.spec import DatasetName, FeedbackMode
-from service.api.caching import cached
+from service.api.caching import serve_read
 from service.api.deps import IdPath, OwnerDep, SessionDep, get_or_404
 from service.api.errors import errors
 from service.api.schemas import ExportFormatName, RuleCreate, RuleOrigin, RuleOut
@@ -28,7 +28,6 @@ router = APIRouter(prefix="/api/rules", tags=["rules"])
 Feedback = Annotated[FeedbackMode | None, Query(description="bp, fa, dfa or sign")]
 
 
-_RULES = TypeAdapter(list[RuleOut])
 _PAGING = {
     "X-Total-Count": {"description": "the number of matches", "schema": {"type": "integer"}},
     "X-Next-After": {"description": "the cursor of the next page (absent on the last page)",
@@ -57,18 +56,21 @@ def list_rules(
                                        "id (the X-Next-After of the previous page)")] = None,
 ) -> Response:
     """Stored rules, newest first; ``X-Total-Count`` gives the number of matches, ``X-Next-After`` and ``Link``
-    the next page (keyset: ``after=<id>``; ``offset`` still works). Rendered from the rows' precomputed fields."""
-    rules, total, cursor = rule_repo.list_rules(
-        session, feedback=feedback, depth=depth, dataset=dataset, term=term, origin=origin, limit=limit,
-        offset=offset, after=after)
-    models = [RuleOut.of(r) for r in rules]
-    session.close()   # the connection goes back to the pool before the answer is serialized
-    headers = {"X-Total-Count": str(total)}
-    if cursor is not None:
-        params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("after", "offset")]
-        headers["X-Next-After"] = str(cursor)
-        headers["Link"] = f'<{request.url.path}?{urlencode([*params, ("after", cursor)])}>; rel="next"'
-    return cached(request, _RULES.dump_json(models), "application/json", headers)
+    the next page (keyset: ``after=<id>``; ``offset`` still works). Each rule is its row's stored answer
+    (``rules.read_json``, service.db.read_fields): no per-row work."""
+    filters = rule_repo.RuleFilters(feedback=feedback, depth=depth, dataset=dataset, term=term, origin=origin)
+
+    def build() -> Response:
+        texts, total, cursor = rule_repo.list_rule_json(session, filters, limit=limit, offset=offset, after=after)
+        session.close()   # the connection goes back to the pool before the answer is assembled
+        headers = {"X-Total-Count": str(total)}
+        if cursor is not None:
+            params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("after", "offset")]
+            headers["X-Next-After"] = str(cursor)
+            headers["Link"] = f'<{request.url.path}?{urlencode([*params, ("after", cursor)])}>; rel="next"'
+        return Response(("[" + ",".join(texts) + "]").encode(), media_type="application/json", headers=headers)
+
+    return serve_read(request, session, build)
 
 
 @router.get("/terms", tags=["rules"], responses=errors(503))
@@ -82,9 +84,11 @@ def list_terms() -> list[dict]:
                        **errors(404, 422, 503, e404="no such rule")})
 def get_rule(rule_id: IdPath, request: Request, session: SessionDep) -> Response:
     """Expression, LaTeX, coefficients, terms, origin, hash, spec, provenance and scores of one rule."""
-    out = RuleOut.of(get_or_404(session, Rule, rule_id, "rule"))
-    session.close()
-    return cached(request, out.model_dump_json().encode(), "application/json")
+    def build() -> Response:
+        text = rule_repo.rule_answer(get_or_404(session, Rule, rule_id, "rule", options=[undefer(Rule.read_json)]))
+        return Response(text.encode(), media_type="application/json")
+
+    return serve_read(request, session, build)
 
 
 def _rule_language_object(rule: Rule) -> object:

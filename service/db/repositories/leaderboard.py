@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from service.catalog import DISCOVERY_DESCRIPTION, DISCOVERY_SUITE, registered_suites, suite_info
 from service.db.models import (
@@ -74,20 +74,24 @@ def _discovery_entries(session: Session) -> list[dict[str, Any]]:
     """Each discovered rule at its best job: a front rule scores its own front point, others the job's rule."""
     best: dict[int, dict[str, Any]] = {}
     stmt = (
-        select(Rule, Job, FrontPointRow)
+        select(Rule, Job.id, Job.result["heldout_accuracy"].as_float(), Job.result["heldout_ci95"].as_float(),
+               FrontPointRow.job_id, FrontPointRow.heldout_accuracy, FrontPointRow.heldout_ci95)
         .join(JobRule, JobRule.rule_id == Rule.id)
         .join(Job, Job.id == JobRule.job_id)
         .outerjoin(FrontPointRow, (FrontPointRow.job_id == Job.id) & (FrontPointRow.rule_id == Rule.id))
+        .options(load_only(Rule.id, Rule.name, Rule.origin, Rule.feedback, Rule.family, Rule.latex,
+                           Rule.expression))
         .where(Job.status == SUCCEEDED)
     )
-    for rule, job, point in session.execute(stmt):
-        score = point.heldout_accuracy if point is not None else job.heldout_accuracy
+    for rule, job_id, job_acc, job_ci, front_job, point_acc, point_ci in session.execute(stmt):
+        on_front = front_job is not None
+        score = point_acc if on_front else job_acc
         entry = {
             "name": rule.name,
             "origin": rule.origin,
             "rule_id": rule.id,
             "score": score,
-            "ci": point.heldout_ci95 if point is not None else job.heldout_ci95,
+            "ci": point_ci if on_front else job_ci,
             "locality": FEEDBACK_LOCALITY.get(rule.feedback or ""),
             "cost": None,
             "feedback": rule.feedback,
@@ -95,7 +99,7 @@ def _discovery_entries(session: Session) -> list[dict[str, Any]]:
             "latex": rule.latex,
             "expression": rule.expression,
             "benchmark_id": None,
-            "job_id": job.id,
+            "job_id": job_id,
         }
         old = best.get(rule.id)
         if old is None or (score is not None and (old["score"] is None or score > old["score"])):
@@ -105,14 +109,16 @@ def _discovery_entries(session: Session) -> list[dict[str, Any]]:
 
 def _suite_entries(session: Session, suite: str) -> list[dict[str, Any]]:
     stmt = (
-        select(BenchmarkScore, BenchmarkRun)
+        select(BenchmarkScore, BenchmarkRun.id, Rule)
         .join(BenchmarkRun, BenchmarkRun.id == BenchmarkScore.run_id)
+        .outerjoin(Rule, Rule.id == BenchmarkScore.rule_id)
+        .options(load_only(Rule.id, Rule.name, Rule.origin, Rule.feedback, Rule.family, Rule.latex,
+                           Rule.expression))
         .where(BenchmarkScore.suite == suite, BenchmarkRun.status == SUCCEEDED)
         .order_by(BenchmarkScore.id)
     )
     latest: dict[tuple[str, Any], dict[str, Any]] = {}
-    rules: dict[int, Rule] = {}
-    for score, run in session.execute(stmt):
+    for score, run_id, rule in session.execute(stmt):
         if score.origin == ORIGIN_BASELINE or score.rule_id is None:
             key: tuple[str, Any] = ("baseline", score.learner)
             entry = {
@@ -126,10 +132,8 @@ def _suite_entries(session: Session, suite: str) -> list[dict[str, Any]]:
             }
         else:
             key = ("rule", score.rule_id)
-            rule = rules.get(score.rule_id) or session.get(Rule, score.rule_id)
             if rule is None:
                 continue
-            rules[rule.id] = rule
             entry = {
                 "name": rule.name,
                 "origin": rule.origin,
@@ -145,7 +149,7 @@ def _suite_entries(session: Session, suite: str) -> list[dict[str, Any]]:
                 "ci": score.ci95,
                 "locality": score.locality,
                 "cost": score.cost_per_sample_ms,
-                "benchmark_id": run.id,
+                "benchmark_id": run_id,
                 "job_id": None,
                 "vs": (score.metrics or {}).get("vs") if key[0] == "rule" else None,  # paired differences
             }

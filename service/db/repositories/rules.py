@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import ExecutableOption
@@ -86,26 +86,66 @@ def upsert_rule(
     return rule, True
 
 
+@dataclass(frozen=True)
+class RuleFilters:
+    """The filters of ``GET /api/rules`` (None: any)."""
+
+    feedback: str | None = None
+    depth: int | None = None
+    dataset: str | None = None
+    origin: str | None = None
+    term: str | None = None
+
+
+def _matching(stmt: Select[Any], filters: RuleFilters) -> Select[Any]:
+    for column, value in ((Rule.feedback, filters.feedback), (Rule.depth, filters.depth),
+                          (Rule.dataset, filters.dataset), (Rule.origin, filters.origin)):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if filters.term is not None:
+        stmt = stmt.where(Rule.id.in_(select(RuleTerm.rule_id).where(RuleTerm.term == filters.term)))
+    return stmt
+
+
+def _page(session: Session, stmt: Select[Any], filters: RuleFilters, limit: int, offset: int,
+          after: int | None) -> tuple[list[Any], int, int | None]:
+    """Keyset then offset page of ``stmt`` (newest first), the number of matches, the next page's cursor."""
+    total = session.scalar(select(func.count()).select_from(_matching(select(Rule.id), filters).subquery())) or 0
+    stmt = _matching(stmt, filters)
+    if after is not None:
+        stmt = stmt.where(Rule.id < after)
+    rows = list(session.execute(stmt.order_by(Rule.id.desc()).limit(limit + 1).offset(offset)).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, int(total), (rows[-1][0].id if isinstance(rows[-1][0], Rule) else rows[-1][0]) if more else None
+
+
 def list_rules(session: Session, *, feedback: str | None = None, depth: int | None = None,
                dataset: str | None = None, origin: str | None = None, term: str | None = None, limit: int = 50,
                offset: int = 0, after: int | None = None,
                options: Sequence[ExecutableOption] = ()) -> tuple[list[Rule], int, int | None]:
     """Stored rules matching the filters, newest first (ids below ``after`` when given: keyset pagination, then
     ``offset`` skipped); how many match in all; the cursor of the next page (None on the last page)."""
-    stmt = select(Rule)
-    for column, value in ((Rule.feedback, feedback), (Rule.depth, depth), (Rule.dataset, dataset),
-                          (Rule.origin, origin)):
-        if value is not None:
-            stmt = stmt.where(column == value)
-    if term is not None:
-        stmt = stmt.where(Rule.id.in_(select(RuleTerm.rule_id).where(RuleTerm.term == term)))
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    if after is not None:
-        stmt = stmt.where(Rule.id < after)
-    rows = list(session.scalars(stmt.options(*options).order_by(Rule.id.desc()).limit(limit + 1).offset(offset)).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, int(total), (rows[-1].id if more and rows else None)
+    filters = RuleFilters(feedback=feedback, depth=depth, dataset=dataset, origin=origin, term=term)
+    rows, total, cursor = _page(session, select(Rule).options(*options), filters, limit, offset, after)
+    return [r[0] for r in rows], total, cursor
+
+
+def list_rule_json(session: Session, filters: RuleFilters, *, limit: int = 50, offset: int = 0,
+                   after: int | None = None) -> tuple[list[str], int, int | None]:
+    """Like :func:`list_rules`, but each rule's stored answer (``rules.read_json``, ``service.db.read_fields``):
+    a list is read as texts, with no per-row work."""
+    rows, total, cursor = _page(session, select(Rule.id, Rule.read_json), filters, limit, offset, after)
+    missing = [rid for rid, text in rows if text is None]     # written before the read fields existed: build them
+    built = {r.id: rule_answer(r) for r in session.scalars(select(Rule).where(Rule.id.in_(missing)))} if missing else {}
+    return [text if text is not None else built[rid] for rid, text in rows], total, cursor
+
+
+def rule_answer(rule: Rule) -> str:
+    """The rule's API answer as JSON: the stored one, else built from the row."""
+    from service.api.schemas import RuleOut
+
+    return rule.read_json or RuleOut.of(rule).model_dump_json()
 
 
 def discovery_scores(session: Session, rule: Rule) -> list[DiscoveryScore]:
