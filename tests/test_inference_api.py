@@ -176,6 +176,11 @@ def test_upload_infer_and_the_rule_page(client: TestClient, auth: dict[str, str]
     assert 'id="trajectory-plot"' in page and "<svg" in page and rec["sha256"] in page
     assert [j["id"] for j in client.get("/api/inferences").json()] == [job_id]
     assert client.get(f"/api/jobs/{job_id}").json()["spec"]["kind"] == "inference"
+    for url in (f"/jobs/{job_id}", "/jobs", "/rules", "/?suite=discovery"):
+        assert client.get(url).status_code == 200, url
+    board = client.get("/api/leaderboard", params={"suite": "discovery"}).json()
+    assert done["rule_id"] not in [e["rule_id"] for e in board["entries"]]   # an EV is not a task accuracy
+    assert rule["scores"] == []
 
     # the same goal through POST /api/jobs queues an inference too
     r = client.post("/api/jobs", json={"goal": f"infer the rule behind recording {rec['id']}"}, headers=auth)

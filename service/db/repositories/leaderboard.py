@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from service.catalog import DISCOVERY_DESCRIPTION, DISCOVERY_SUITE, registered_suites, suite_info
 from service.db.models import (
     ORIGIN_BASELINE,
+    ORIGIN_INFERRED,
     SUCCEEDED,
     BenchmarkRun,
     BenchmarkScore,
@@ -78,7 +79,7 @@ def _discovery_entries(session: Session) -> list[dict[str, Any]]:
         .join(JobRule, JobRule.rule_id == Rule.id)
         .join(Job, Job.id == JobRule.job_id)
         .outerjoin(FrontPointRow, (FrontPointRow.job_id == Job.id) & (FrontPointRow.rule_id == Rule.id))
-        .where(Job.status == SUCCEEDED)
+        .where(Job.status == SUCCEEDED, Rule.origin != ORIGIN_INFERRED)   # an inferred rule's score is an EV
     )
     for rule, job, point in session.execute(stmt):
         score = point.heldout_accuracy if point is not None else job.heldout_accuracy
