@@ -9,7 +9,7 @@ from typing import Any
 
 from service.api.inference_schemas import InferenceOut, RecordingOut
 
-__all__ = ["inference", "infer", "recordings", "upload_recording", "wait_inference"]
+__all__ = ["infer", "inference", "recordings", "upload_recording", "wait_inference"]
 
 
 def upload_recording(client: Any, path: str | Path, name: str | None = None) -> RecordingOut:
