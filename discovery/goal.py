@@ -66,6 +66,7 @@ from discovery.goal_phrases import (  # noqa: F401 - the vocabulary is part of t
     normalize,
 )
 from discovery.spec import DiscoverySpec
+from discovery.transfer.spec import depth_distribution
 
 if TYPE_CHECKING:
     from discovery.data.uploads import UploadInfo
@@ -205,9 +206,15 @@ def parse_goal(text: str, uploads: Sequence[UploadInfo] | None = None) -> GoalPa
         understood.append(f"unsupervised Hebbian rule on {spec.task.dataset}: y = W x with k = "
                           f"{spec.network.widths[-1]} outputs, objective {spec.rule.objective}, "
                           f"{spec.rule.unroll} online steps per episode")
+    if spec.family == "reward":
+        understood.append(f"reward-modulated rule of a reservoir readout (N = {spec.rule.N}) on motor task "
+                          f"{spec.rule.motor_task}: searched on the {spec.rule.search_protocol} protocol, front scored "
+                          f"on the {spec.rule.score_protocol} protocol")
     if spec.family == "recurrent":
-        understood.append(f"recurrent fixed-point rule on mnist5k: N = {spec.network.widths[1]} tanh units, terms "
-                          f"{', '.join(spec.rule.terms or [])}, {spec.meta.episodes} episodes")
+        terms = (f"the generated library ({len(spec.rule.terms or [])} terms)" if spec.search.active
+                 else f"terms {', '.join(spec.rule.terms or [])}")
+        understood.append(f"recurrent fixed-point rule on mnist5k: N = {spec.network.widths[1]} tanh units, {terms}, "
+                          f"{spec.meta.episodes} episodes")
     if spec.search.active:
         understood.append(f"open discovery: {spec.search.method} search over the {spec.rule.pool} pool "
                           f"({len(spec.rule.terms or [])} terms), at most {spec.search.max_terms} terms on the front")
@@ -237,11 +244,11 @@ def goal_to_spec(text: str) -> DiscoverySpec:
 RECURRENT_READING: dict[str, str] = {"F9": "rec_oja", "F3": "rec_decay"}
 #: a recurrent goal's defaults (those of examples/fixedpoint_mnist.json; tiny: N = 16 and a short run)
 RECURRENT_DEFAULTS: dict[str, Any] = {"N": 100, "shots": 20, "episodes": 40, "lr": 0.1, "eval_episodes": 20,
-                                      "max_terms": 3, "screen": 4}
+                                      "max_terms": 3, "screen": 4, "search_episodes": 120}
 RECURRENT_TINY: dict[str, Any] = {"N": 16, "shots": 3, "ways": 2, "queries": 4, "episodes": 2, "eval_episodes": 2,
-                                  "max_terms": 2, "screen": 2}
-#: the pool a recurrent goal without named terms searches (rules.recurrent)
-RECURRENT_SEARCH_POOL = "rec5"
+                                  "max_terms": 2, "screen": 2, "search_episodes": 4}
+#: the pool a recurrent goal without named terms searches (rules.recurrent: the generated library)
+RECURRENT_SEARCH_POOL = "rec_library"
 
 
 def _recurrent_terms(d: Draft) -> list[str]:
@@ -280,6 +287,7 @@ def _build_recurrent_spec(d: Draft, text: str) -> DiscoverySpec:
         rule = {"family": "recurrent", "pool": RECURRENT_SEARCH_POOL}
         search = {"method": "forward", "max_terms": d.max_terms or base["max_terms"],
                   "screen_episodes": base["screen"]}
+        meta = {**meta, "episodes": d.meta.get("episodes", base["search_episodes"])}   # the whole search's budget
     return DiscoverySpec.model_validate({"name": text.strip()[:200], "network": {"widths": [784, n, 10]},
                                          "task": task, "rule": rule, "meta": meta, "search": search,
                                          "resources": d.resources})
@@ -322,9 +330,38 @@ def _build_unsupervised_spec(d: Draft, text: str) -> DiscoverySpec:
         "resources": d.resources})
 
 
+#: a reward goal's defaults (the acceptance run of docs/reward.md) and its tiny size
+REWARD_DEFAULTS: dict[str, Any] = {"N": 100, "grid": [2.0, 8.0], "top_m": 2, "popsize": 5, "generations": 3,
+                                   "search_seeds": 2, "eval_seeds": 3, "max_terms": 2}
+REWARD_TINY: dict[str, Any] = {"N": 30, "grid": [1.0], "top_m": 1, "popsize": 2, "generations": 1, "search_seeds": 1,
+                               "eval_seeds": 2, "max_terms": 2, "periods_train": 2, "periods_test": 1,
+                               "period_steps": 150}
+
+
+def _build_reward_spec(d: Draft, text: str) -> DiscoverySpec:
+    """The spec of a reward goal: task reservoir-motor, an open forward search over the reward library (no hint)."""
+    if (d.feedback or d.depth is not None or d.widths is not None or d.pool or d.init_scale is not None
+            or d.dataset or d.terms or d.unsupervised or d.task or d.width is not None):
+        raise ValueError("feedback modes, depths, widths, data sets, pools, terms and init scales belong to other "
+                         "families; a reward goal names the motor task ('butterfly', 'two-joint arm') and 'at most N "
+                         "terms'")
+    if d.search not in (None, "forward"):
+        raise ValueError("the reward family searches by forward selection")
+    base = {**REWARD_DEFAULTS, **(REWARD_TINY if d.tiny else {})}
+    max_terms = d.max_terms or base.pop("max_terms")
+    base.pop("max_terms", None)
+    return DiscoverySpec.model_validate({
+        "name": text.strip()[:200], "task": {"kind": "reservoir-motor"},
+        "rule": {"family": "reward", "pool": "reward", **base, **d.reward},
+        "meta": {k: v for k, v in d.meta.items() if k == "seed"},
+        "search": {"method": "forward", "max_terms": max_terms}, "resources": d.resources})
+
+
 def _build_spec(d: Draft, text: str) -> DiscoverySpec:
     if d.family == "unsupervised":
         return _build_unsupervised_spec(d, text)
+    if d.family == "reward":
+        return _build_reward_spec(d, text)
     if d.unsupervised:
         raise ValueError("passes, unroll and the reconstruction / subspace objective belong to unsupervised goals: "
                          "say 'unsupervised' or 'principal components'")
@@ -382,6 +419,7 @@ def _build_spec(d: Draft, text: str) -> DiscoverySpec:
         rule["terms"] = terms
     elif d.only:
         raise ValueError("'only' needs at least one named term")
+    transfer = {"transfer": depth_distribution(*d.depths, dataset)} if d.depths else {}
     return DiscoverySpec.model_validate(
         {
             "name": text.strip()[:200],
@@ -391,5 +429,6 @@ def _build_spec(d: Draft, text: str) -> DiscoverySpec:
             "meta": meta,
             "search": search,
             "resources": d.resources,
+            **transfer,
         }
     )

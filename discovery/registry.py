@@ -10,7 +10,10 @@ from discovery.family import Family
 
 #: family name → module whose ``FAMILY`` attribute implements discovery.family.Family
 FAMILY_MODULES: dict[str, str] = {
+    "feedforward": "discovery.feedforward.family",
+    "recurrent": "discovery.recurrent.family",
     "unsupervised": "discovery.unsupervised",
+    "reward": "discovery.reward.family",
 }
 
 

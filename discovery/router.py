@@ -1,16 +1,14 @@
-"""The router: ``discover(spec)`` hands a job spec to its family's trainer (feed-forward meta-training, open
-search, the recurrent fixed-point trainer, or the unsupervised family through ``discovery.registry``). The one
-entry point the workers and the CLI call."""
+"""The router: ``discover(spec)`` hands a job spec to its family (discovery.registry: feedforward, recurrent,
+unsupervised, reward), whose ``meta_train`` runs the open search (discovery.search.generic) or one fit; a spec with a
+task distribution goes to the transfer search. The one entry point the workers and the CLI call."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from discovery.feedforward.trainer import discover_feedforward
-from discovery.recurrent.trainer import discover_recurrent
+from discovery.registry import get_family
 from discovery.results import DiscoveryResult, ProgressEvent
-from discovery.search.open_search import discover_search
 from discovery.spec import DiscoverySpec
 
 
@@ -19,17 +17,9 @@ def discover(spec: DiscoverySpec, progress: Callable[[ProgressEvent], None] | No
              should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
     """Meta-train θ for ``spec``, evaluate on held-out data, return the rule and its history; ``progress``
     receives a ProgressEvent per meta-step, ``should_stop`` is polled between steps."""
-    if spec.family == "unsupervised":
-        from discovery.registry import get_family
+    if spec.transfer is not None:      # a task distribution (docs/transfer.md)
+        from discovery.transfer.search import discover_transfer
 
-        return get_family("unsupervised").meta_train(spec, progress, checkpoint_dir=checkpoint_dir,
-                                                     should_stop=should_stop)
-    if spec.search.active and spec.task.kind == "fewshot":
-        return discover_search(spec, progress, checkpoint_dir, should_stop)
-    if spec.task.kind == "fixedpoint-mnist" and spec.search.active:
-        from discovery.recurrent.search import discover_recurrent_search
-
-        return discover_recurrent_search(spec, progress, checkpoint_dir, should_stop)
-    if spec.task.kind == "fixedpoint-mnist":
-        return discover_recurrent(spec, progress, checkpoint_dir, should_stop)
-    return discover_feedforward(spec, progress, checkpoint_dir, should_stop)
+        return discover_transfer(spec, progress, checkpoint_dir, should_stop)
+    return get_family(spec.family).meta_train(spec, progress, checkpoint_dir=checkpoint_dir,
+                                              should_stop=should_stop)

@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from discovery.reward.spec import RewardRuleSpec
+from discovery.transfer.spec import TransferSpec
 from rules.terms import POOLS as RULE_POOLS
 
 FeedbackMode = Literal["bp", "fa", "dfa", "sign"]
@@ -32,7 +34,7 @@ GradMode = Literal["forward", "reverse"]
 #: Term pools (ids of rules.terms): paper3, bio10, the generated 16-term library and the 43-term gated library.
 POOLS: dict[str, list[str]] = RULE_POOLS
 PoolName = Literal["paper3", "bio10", "library", "library_gated"]
-RecurrentPoolName = Literal["rec4", "rec5"]
+RecurrentPoolName = Literal["rec4", "rec5", "rec_library"]
 
 
 class _Strict(BaseModel):
@@ -79,9 +81,12 @@ class TaskSpec(_Strict):
 
     ``kind = "pca"`` is the unsupervised family (discovery.unsupervised): a linear layer y = W x, widths [64, k]
     (k outputs), trained online on centred ``digits`` (or 8×8 ``mnist5k`` patches) by an error-free Hebbian rule;
-    its settings (objective, unroll, passes) sit in the rule spec (UnsupervisedRuleSpec)."""
+    its settings (objective, unroll, passes) sit in the rule spec (UnsupervisedRuleSpec).
 
-    kind: Literal["fewshot", "fixedpoint-mnist", "pca"] = "fewshot"
+    ``kind = "reservoir-motor"`` is the reward family (discovery.reward): a reservoir readout learning a motor task
+    of docs/science.md S5 by a reward-modulated rule; its settings sit in the rule spec (RewardRuleSpec)."""
+
+    kind: Literal["fewshot", "fixedpoint-mnist", "pca", "reservoir-motor"] = "fewshot"
     dataset: DatasetName | UploadRef = "mnist5k"
     ways: int = Field(5, ge=2, le=47)
     shots: int = Field(50, ge=1, le=1000)
@@ -107,11 +112,11 @@ class TaskSpec(_Strict):
         return self
 
 
-RuleFamily = Literal["feedforward", "recurrent", "unsupervised"]
+RuleFamily = Literal["feedforward", "recurrent", "unsupervised", "reward"]
 #: the rule family each task kind learns (docs/science.md S3: feedforward ΔW_ℓ; S2: recurrent fixed-point ΔW; pca: the
 #: unsupervised Hebbian family)
 TASK_FAMILY: dict[str, RuleFamily] = {"fewshot": "feedforward", "fixedpoint-mnist": "recurrent",
-                                      "pca": "unsupervised"}
+                                      "pca": "unsupervised", "reservoir-motor": "reward"}
 
 
 class _RuleTerms(_Strict):
@@ -238,7 +243,8 @@ class UnsupervisedRuleSpec(_RuleTerms):
 
 #: The rule part of a spec: one model per family, told apart by ``family`` (filled from ``task.kind`` when the
 #: spec does not say it).
-AnyRuleSpec = Annotated[RuleSpec | RecurrentRuleSpec | UnsupervisedRuleSpec, Field(discriminator="family")]
+AnyRuleSpec = Annotated[RuleSpec | RecurrentRuleSpec | UnsupervisedRuleSpec | RewardRuleSpec,
+                        Field(discriminator="family")]
 
 
 class MetaSpec(_Strict):
@@ -342,6 +348,31 @@ class DiscoverySpec(_Strict):
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    transfer: TransferSpec | None = Field(None, description=(
+        "a task distribution (docs/transfer.md): cells with roles train / select / test, the objective over the "
+        "training cells (mean or a quantile), shared / profile / per-layer coefficients, the full-budget refit"))
+
+    @model_serializer(mode="wrap")
+    def _no_transfer_when_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """A spec without a task distribution dumps without ``transfer`` (stored specs stay as they were)."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("transfer") is None:
+            data.pop("transfer", None)
+        return data
+
+    @model_validator(mode="after")
+    def _transfer_fits(self) -> DiscoverySpec:
+        """A task distribution is a few-shot (feedforward) one; per-layer coefficients need one depth."""
+        if self.transfer is None:
+            return self
+        if self.task.kind != "fewshot":
+            raise ValueError(f"transfer (a task distribution) is for few-shot tasks, not {self.task.kind!r}")
+        if self.transfer.coefficients == "per-layer":
+            depths = {len(c.widths) - 1 if c.widths else (c.depth or self.network.depth) for c in self.transfer.cells}
+            if len(depths) > 1:
+                raise ValueError(f"per-layer coefficients need cells of one depth, not {sorted(depths)}; use "
+                                 "'profile' (a linear depth profile) across depths")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -357,8 +388,8 @@ class DiscoverySpec(_Strict):
         rule = data.get("rule")
         if rule is None and TASK_FAMILY.get(kind) == "recurrent":
             return {**data, "rule": {"family": "recurrent"}}
-        if rule is None and TASK_FAMILY.get(kind) == "unsupervised":
-            return {**data, "rule": {"family": "unsupervised"}}
+        if rule is None and TASK_FAMILY.get(kind) in ("unsupervised", "reward"):
+            return {**data, "rule": {"family": TASK_FAMILY[kind]}}
         if isinstance(rule, dict) and "family" not in rule and kind in TASK_FAMILY:
             return {**data, "rule": {**rule, "family": TASK_FAMILY[kind]}}
         return data
@@ -407,7 +438,7 @@ class DiscoverySpec(_Strict):
 
     @model_validator(mode="after")
     def _output_matches_ways(self) -> DiscoverySpec:
-        if self.task.kind == "pca":     # no labels: the unsupervised family
+        if self.task.kind in ("pca", "reservoir-motor"):     # no labels: the unsupervised and reward families
             return self
         if self.task.remap_labels and self.network.widths[-1] < self.task.ways:
             raise ValueError(
@@ -429,4 +460,11 @@ class DiscoverySpec(_Strict):
                              f"{self.task.dataset!r}")
         if self.search.method not in ("none", "forward"):
             raise ValueError(f"the unsupervised family searches by forward selection, not {self.search.method!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _reservoir_search(self) -> DiscoverySpec:
+        """task.kind 'reservoir-motor' (the reward family): search none or forward."""
+        if self.task.kind == "reservoir-motor" and self.search.method not in ("none", "forward"):
+            raise ValueError(f"the reward family searches by forward selection, not {self.search.method!r}")
         return self

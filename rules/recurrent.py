@@ -153,22 +153,44 @@ _LIBRARY = [
 ]
 
 RECURRENT_TERMS: dict[str, RecurrentTerm] = {t.id: t for t in _LIBRARY}
-"""Recurrent terms by id, in library order."""
+"""The five published recurrent terms by id, in library order."""
+
+
+def _generated() -> list[RecurrentTerm]:
+    """The generated members of the library (rules.recurrent_library), deduplicated against the published terms
+    and each other by canonical form."""
+    from rules.recurrent_library import canonical_form, generated_candidates, generated_id
+
+    seen = {canonical_form(t.expr) for t in _LIBRARY}
+    out = []
+    for c in generated_candidates(RECURRENT_PRIMITIVES):
+        key = canonical_form(c.body)
+        if key not in seen:
+            seen.add(key)
+            out.append(RecurrentTerm(generated_id(key), c.name, c.sign, c.body, c.text, sp.latex(c.body),
+                                     c.description))
+    return out
+
+
+RECURRENT_LIBRARY: dict[str, RecurrentTerm] = {t.id: t for t in [*_LIBRARY, *_generated()]}
+"""The generated recurrent library by id: the published terms first (named members), then the generated ones."""
 
 RECURRENT_POOLS: dict[str, list[str]] = {
     "rec4": ["rec_dW3", "rec_dW4", "rec_oja", "rec_decay"],
     "rec5": ["rec_dW1", "rec_dW3", "rec_dW4", "rec_oja", "rec_decay"],
+    "rec_library": list(RECURRENT_LIBRARY),
 }
-"""Named pools; ``rec4`` (no N×N solve per sample) is the default of a fixedpoint-mnist discovery."""
+"""Named pools; ``rec4`` (no N×N solve per sample) is the default of a fixedpoint-mnist discovery; ``rec_library``
+(the whole generated library) is what a recurrent goal without named terms searches."""
 
 PUBLISHED_LR: dict[str, float] = {"rec_dW1": 0.01, "rec_dW3": 0.25, "rec_dW4": 0.1}
 """Best learning rates of the paper's MNIST runs (docs/science.md S2): W ← W − lr·dW, i.e. θ = lr here."""
 
-DEFAULT_THETA: dict[str, float] = {**PUBLISHED_LR, "rec_oja": 0.0, "rec_decay": 0.0}
-"""θ at the start of meta-learning when the spec gives none: the published learning rates, biological terms off."""
+DEFAULT_THETA: dict[str, float] = {**{t: 0.0 for t in RECURRENT_LIBRARY}, **PUBLISHED_LR}
+"""θ at the start of meta-learning when the spec gives none: the published learning rates, every other term off."""
 
 _LOOKUP: dict[str, str] = {}
-for _t in _LIBRARY:
+for _t in RECURRENT_LIBRARY.values():
     for _k in (_t.id, _t.name, *_t.aliases):
         _LOOKUP[_k] = _t.id
 
@@ -179,7 +201,7 @@ def recurrent_term(id_or_alias: str) -> RecurrentTerm:
     if tid is None:
         raise KeyError(f"unknown recurrent term {id_or_alias!r}; known ids: {', '.join(RECURRENT_TERMS)} "
                        f"(aliases: {', '.join(a for t in _LIBRARY for a in t.aliases)})")
-    return RECURRENT_TERMS[tid]
+    return RECURRENT_LIBRARY[tid]
 
 
 def resolve_term_ids(ids: list[str] | tuple[str, ...]) -> list[str]:
@@ -207,14 +229,14 @@ class RecurrentRule(CoefficientRule):
     FAMILY = "recurrent"
 
     def __init__(self, coefficients: Mapping[str, float], name: str | None = None) -> None:
-        self._coefficients = self.collect(coefficients, recurrent_term, RECURRENT_TERMS)
+        self._coefficients = self.collect(coefficients, recurrent_term, RECURRENT_LIBRARY)
         self.name = name
 
     # --- views -------------------------------------------------------------------------------------------
     @cached_property
     def expression(self) -> MatrixExpr:
         """sympy ΔW = Σ_k θ_k F_k (unevaluated MatAdd of MatMul(θ_k, F_k)); ZeroMatrix(N, N) when all θ are 0."""
-        parts = [MatMul(sp.Float(self._coefficients[k]), RECURRENT_TERMS[k].expr) for k in self.terms]
+        parts = [MatMul(sp.Float(self._coefficients[k]), RECURRENT_LIBRARY[k].expr) for k in self.terms]
         if not parts:
             return ZeroMatrix(N, N)
         return parts[0] if len(parts) == 1 else MatAdd(*parts)
@@ -222,7 +244,7 @@ class RecurrentRule(CoefficientRule):
     # --- printing ------------------------------------------------------------------------------------------
     def _summands(self) -> list[tuple[float, RecurrentTerm]]:
         """(θ_k · sign_k, term): the sign of each term folded into its displayed coefficient."""
-        return [(self._coefficients[k] * RECURRENT_TERMS[k].sign, RECURRENT_TERMS[k]) for k in self.terms]
+        return [(self._coefficients[k] * RECURRENT_LIBRARY[k].sign, RECURRENT_LIBRARY[k]) for k in self.terms]
 
     def to_text(self) -> str:
         """Readable text, e.g. '-0.25*(I - W*G)*G*delta*((I - G*W).T*(I - G*W)*r).T - 0.01*W'."""
@@ -274,8 +296,8 @@ class RecurrentRule(CoefficientRule):
 _WORD = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+)?|([A-Za-z_][A-Za-z0-9_]*)")
 """A number (skipped, so the 'e' of '1e-3' is no identifier) or an identifier (group 1): the tokenizer's rules."""
 
-_ALLOWED_TERMS = (f"{', '.join(RECURRENT_TERMS)} (aliases: "
-                  f"{', '.join(k for k in _LOOKUP if k not in RECURRENT_TERMS)})")
+_ALLOWED_TERMS = (f"{', '.join(RECURRENT_TERMS)}, the generated rec_T… ids (aliases: "
+                  f"{', '.join(k for k in _LOOKUP if k not in RECURRENT_TERMS and _LOOKUP[k] in RECURRENT_TERMS)})")
 
 
 def is_recurrent_text(text: object) -> bool:
@@ -443,9 +465,14 @@ def parse_recurrent(text: str, name: str | None = None) -> RecurrentRule:
     return RecurrentRule(coefs, name)
 
 
-def parse_rule_text(text: str, name: str | None = None) -> Rule | RecurrentRule:
-    """A user's rule text of either family: ``parse_recurrent`` when ``is_recurrent_text``, else the feedforward
-    ``rules.rule.Rule.parse`` (name set when given). Raises RuleSyntaxError (or ValueError) on bad input."""
+def parse_rule_text(text: str, name: str | None = None) -> Any:
+    """A user's rule text of any family: ``rules.reward.parse_reward`` when it starts with 'reward/',
+    ``parse_recurrent`` when ``is_recurrent_text``, else the feedforward ``rules.rule.Rule.parse`` (name set when
+    given). Raises RuleSyntaxError (or ValueError) on bad input."""
+    from rules.reward import is_reward_text, parse_reward
+
+    if is_reward_text(text):
+        return parse_reward(text, name)
     if is_recurrent_text(text):
         return parse_recurrent(text, name)
     return Rule.parse(text, name)
@@ -459,7 +486,7 @@ def is_recurrent_rule_dict(data: Mapping[str, Any]) -> bool:
     return bool(coefs) and all(k in _LOOKUP for k in coefs)
 
 
-__all__ = ["ADJOINT_EQUATION", "DEFAULT_THETA", "PUBLISHED_LR", "RECURRENT_POOLS", "RECURRENT_PRIMITIVES",
-           "RECURRENT_TERMS", "G", "I", "N", "RecurrentRule", "RecurrentTerm", "W", "delta",
+__all__ = ["ADJOINT_EQUATION", "DEFAULT_THETA", "PUBLISHED_LR", "RECURRENT_LIBRARY", "RECURRENT_POOLS",
+           "RECURRENT_PRIMITIVES", "RECURRENT_TERMS", "G", "I", "N", "RecurrentRule", "RecurrentTerm", "W", "delta",
            "is_recurrent_rule_dict", "is_recurrent_text", "parse_recurrent", "parse_rule_text", "r",
            "recurrent_term", "resolve_term_ids", "u"]

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
@@ -26,6 +27,7 @@ from service.api.auth import load_tokens
 from service.api.errors import http_error, validation_error
 from service.api.limits import BodySizeLimit
 from service.api.openapi import build_openapi
+from service.api.shedding import LoadShedder
 from service.api.router import api_router
 from service.db.migrate import upgrade
 from service.db.session import make_engine, make_session_factory
@@ -59,7 +61,7 @@ def create_app(
     """
     settings = settings or load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, settings.serving.pool)
     upgrade(engine)
     sessions = make_session_factory(engine)
     run_dispatcher = settings.dispatcher_enabled if dispatcher is None else dispatcher
@@ -91,7 +93,12 @@ def create_app(
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes,
                        paths={"/api/datasets": (settings.limits.max_upload_bytes, "PLASTICITY_MAX_UPLOAD_BYTES")})
+    serving = settings.serving
+    app.state.shedder = None
+    app.add_middleware(_Shedder, app_state=app.state, max_inflight=serving.max_inflight,
+                       max_active=serving.max_active, queue_seconds=serving.queue_seconds)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(PoolTimeout, _pool_exhausted)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _internal_error)
@@ -109,7 +116,22 @@ def create_app(
 
 async def _database_down(request: Request, exc: Exception) -> JSONResponse:
     log.error("database error on %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse(status_code=503, content={"detail": "the database is unavailable; try again later"})
+    return JSONResponse(status_code=503, headers={"Retry-After": "5"},
+                        content={"detail": "the database is unavailable; try again later"})
+
+
+class _Shedder(LoadShedder):
+    """The load shedder, reachable from the app's state (``app.state.shedder``: its counters)."""
+
+    def __init__(self, app: Any, *, app_state: Any, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        app_state.shedder = self
+
+
+async def _pool_exhausted(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("no database connection for %s %s within the pool timeout: %s", request.method, request.url.path, exc)
+    return JSONResponse(status_code=503, headers={"Retry-After": "1"},
+                        content={"detail": "the server is busy (no free database connection); try again later"})
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

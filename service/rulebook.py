@@ -85,15 +85,16 @@ def is_recurrent_canonical(canonical: str | None) -> bool:
 def benchmark_text(canonical: str | None, expression: str) -> str:
     """The text a worker parses to benchmark a stored rule: the canonical text of a recurrent rule (its stored
     expression is the readable matrix form, not user syntax), else the stored expression."""
-    return str(canonical) if is_recurrent_canonical(canonical) else expression
+    reward = str(canonical or "").startswith("reward/")
+    return str(canonical) if is_recurrent_canonical(canonical) or reward else expression
 
 
 def suite_rejects(suite: Any, family: str) -> str | None:
     """Why ``suite`` cannot benchmark a rule of ``family`` (None when it can). A suite of feedforward rules
     (``Suite.rule_family``) compiles the rule as a feedforward expression, so a recurrent rule cannot run there;
     the other suites score what they can and note the rest (fixedpoint-mnist and fixedpoint-linear score a
-    recurrent rule beside the published ones and note a feedforward one; reservoir-motor scores its own learners
-    only)."""
+    recurrent rule beside the published ones and note a feedforward one; reservoir-motor scores a reward rule
+    beside its tuned learners and notes any other)."""
     wanted = getattr(suite, "rule_family", "feedforward")
     if wanted != "feedforward" or family == wanted:
         return None
@@ -125,6 +126,8 @@ def is_unsupervised_canonical(canonical: str | None) -> bool:
 def _family(rule: RuleData, canonical: str) -> str:
     if rule.kind == "unsupervised" or is_unsupervised_canonical(canonical):
         return "unsupervised"
+    if rule.kind == "reward" or str(canonical or "").startswith("reward/"):
+        return "reward"
     return "recurrent" if rule.kind == "recurrent" or is_recurrent_canonical(canonical) else "feedforward"
 
 
@@ -213,20 +216,24 @@ def term_formula(term_id: str) -> dict[str, str] | None:
     the CLI and the client show instead of a bare id (generated ids like ``T4d4340c6`` included); None when no
     library knows the id."""
     try:
-        from rules.recurrent import RECURRENT_TERMS
+        from rules.recurrent import RECURRENT_LIBRARY
         from rules.terms import TERMS
     except ImportError:
         return None
     found: Any = TERMS.get(term_id)
     family = "feedforward"
     if found is None:
-        found, family = RECURRENT_TERMS.get(term_id), "recurrent"
+        found, family = RECURRENT_LIBRARY.get(term_id), "recurrent"
     if found is None:
         try:
             from rules.unsupervised import UNSUPERVISED_TERMS
         except ImportError:  # pragma: no cover - the unsupervised library ships with rules
             return None
         found, family = UNSUPERVISED_TERMS.get(term_id), "unsupervised"
+    if found is None:
+        from rules.reward import REWARD_TERMS
+
+        found, family = REWARD_TERMS.get(term_id), "reward"
     if found is None:
         return None
     text = found.text

@@ -26,6 +26,13 @@
   same path on every Ray node | ``<data dir>/datasets`` |
 | ``PLASTICITY_DATASET_IMPORT_DIR`` | folder whose files administrators may register as data sets by server path
   (``POST /api/datasets`` with ``path``); unset: no server paths | unset |
+| ``PLASTICITY_MAX_INFLIGHT`` | requests admitted at once (running or queued for a worker slot); above it the answer
+  is 503 with ``Retry-After`` (``/api/health`` and static files are exempt) | 256 |
+| ``PLASTICITY_MAX_ACTIVE`` | requests whose handlers run at once (the others queue; a queued request whose client
+  has gone is dropped unrun) | 16 |
+| ``PLASTICITY_QUEUE_SECONDS`` | longest wait in that queue before the answer is 503 with ``Retry-After`` | 10 |
+| ``PLASTICITY_DB_POOL_SIZE`` | database connections kept open per server process | ``MAX_ACTIVE`` + 4 |
+| ``PLASTICITY_DB_POOL_OVERFLOW`` | extra connections opened on demand | 8 |
 | ``RAY_ADDRESS`` | Ray cluster to join (read by ``workers.ray_jobs``) | local Ray |
 """
 
@@ -93,6 +100,31 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class PoolSize:
+    """A database connection pool: ``size`` kept open, ``overflow`` more on demand, ``timeout_s`` to wait for one."""
+
+    size: int = 5
+    overflow: int = 10
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How many requests one server process admits and runs at once (docs/operations.md, "Reads at scale")."""
+
+    max_inflight: int = 256
+    max_active: int = 16
+    queue_seconds: float = 10.0
+    pool_size: int | None = None
+    pool_overflow: int = 8
+
+    @property
+    def pool(self) -> PoolSize:
+        """The database pool: one connection per running handler, plus the dispatcher's and the health check's."""
+        return PoolSize(size=self.pool_size or self.max_active + 4, overflow=self.pool_overflow, timeout_s=10.0)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the app, the dispatcher and the CLI need to know about their environment."""
 
@@ -109,6 +141,7 @@ class Settings:
     checkpoint_root: Path | None = None
     dataset_root: Path | None = None
     dataset_import_dir: Path | None = None
+    serving: Serving = field(default_factory=Serving)
 
     @property
     def datasets_dir(self) -> Path:
@@ -174,4 +207,11 @@ def load_settings() -> Settings:
         checkpoint_root=_env_path("PLASTICITY_CHECKPOINT_DIR"),
         dataset_root=_env_path("PLASTICITY_DATASET_DIR"),
         dataset_import_dir=_env_path("PLASTICITY_DATASET_IMPORT_DIR"),
+        serving=Serving(
+            max_inflight=_env_int("PLASTICITY_MAX_INFLIGHT", Serving.max_inflight),
+            max_active=_env_int("PLASTICITY_MAX_ACTIVE", Serving.max_active),
+            queue_seconds=_env_float("PLASTICITY_QUEUE_SECONDS", Serving.queue_seconds),
+            pool_size=_env_int("PLASTICITY_DB_POOL_SIZE", 0) or None,
+            pool_overflow=_env_int("PLASTICITY_DB_POOL_OVERFLOW", Serving.pool_overflow),
+        ),
     )

@@ -360,7 +360,7 @@ def test_migration_0005_up_and_down(db_url: str, request: pytest.FixtureRequest)
         assert "datasets" in inspect(eng).get_table_names()
         downgrade(eng, "0004_front_points")
         assert "datasets" not in inspect(eng).get_table_names()
-        assert upgrade(eng, "0005_datasets") == "0005_datasets"
+        assert upgrade(eng) == head_revision()
     finally:
         eng.dispose()
 

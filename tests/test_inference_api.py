@@ -227,11 +227,11 @@ def test_migration_0007_up_and_down(db_url: str, request: pytest.FixtureRequest)
     url = db_url if db_url.startswith("sqlite") else request.getfixturevalue("pg_schema_factory")()
     eng = make_engine(url)
     try:
-        assert upgrade(eng, "0005_datasets") == "0005_datasets"
+        assert upgrade(eng, "0006_read_fields") == "0006_read_fields"
         assert "recordings" not in inspect(eng).get_table_names()
         assert upgrade(eng, "0007_recordings") == "0007_recordings"
         assert "recordings" in inspect(eng).get_table_names()
-        downgrade(eng, "0005_datasets")
+        downgrade(eng, "0006_read_fields")
         assert "recordings" not in inspect(eng).get_table_names()
     finally:
         eng.dispose()

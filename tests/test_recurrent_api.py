@@ -5,6 +5,7 @@ the leaderboard ranks each suite in the direction the suite declares."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,40 @@ def test_a_stored_recurrent_rule_runs_on_fixedpoint_linear(client: TestClient, a
     [rule_row] = [s for s in run["scores"] if s["origin"] != "baseline"]   # origin: the rule's (here "user")
     assert rule_row["score"] is not None and rule_row["score"] < 0          # log10 J of a converging run
     assert {s["learner"] for s in run["scores"] if s["origin"] == "baseline"} == {"dW1", "dW2", "dW3"}
+
+
+@pytest.mark.parametrize("suite", ["fixedpoint-linear", "fixedpoint-mnist"])
+def test_a_stored_rule_with_a_generated_library_term_runs_on_every_recurrent_suite(
+        suite: str, client: TestClient, auth: dict[str, str], app: Any, settings: Any) -> None:
+    """Issue #23: any stored recurrent rule — here one with a generated library term (rules.recurrent_library) —
+    is run by both recurrent suites beside the published rules; its row is in the stored result."""
+    from discovery.benchmarks.cache import run_benchmark
+    from rules.recurrent import RECURRENT_LIBRARY, RECURRENT_TERMS
+    from service.runs.dispatcher import Dispatcher
+    from tests.conftest import FakeState, FakeWorkers
+    from workers.contract import BenchmarkTask
+
+    generated = next(t for t in RECURRENT_LIBRARY if t not in RECURRENT_TERMS)
+
+    def real_benchmark(handle: Any) -> list[Any]:
+        a = handle.args
+        rule = BenchmarkTask(suite=a["suite"], expression=a["expression"]).rule()
+        report = run_benchmark(a["suite"], rule, tiny=a["tiny"], seed=a["seed"]).to_json()
+        return [FakeState("succeeded", None, report)]
+
+    app.state.dispatcher = dispatcher = Dispatcher(settings, app.state.sessions,
+                                                   FakeWorkers(benchmark_script=real_benchmark))
+    stored = client.post("/api/rules", json={"name": "dW4 + generated", "expression": f"0.1*dW4 + 0.02*{generated}"},
+                         headers=auth)
+    assert stored.status_code == 201, stored.text
+    r = client.post("/api/benchmarks", json={"suite": suite, "rule_id": stored.json()["id"], "tiny": True},
+                    headers=auth)
+    assert r.status_code == 201, r.text
+    for _ in range(3):
+        dispatcher.tick()
+    run = client.get(f"/api/benchmarks/{r.json()['id']}").json()
+    assert run["status"] == "succeeded", run
+    [rule_row] = [s for s in run["scores"] if s["origin"] != "baseline"]
+    assert rule_row["score"] is not None and math.isfinite(rule_row["score"])
+    published = {"fixedpoint-linear": {"dW1", "dW2", "dW3"}, "fixedpoint-mnist": {"dW1", "dW3", "dW4"}}[suite]
+    assert {s["learner"] for s in run["scores"] if s["origin"] == "baseline"} == published

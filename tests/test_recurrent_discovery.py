@@ -232,16 +232,96 @@ def test_suite_runner_scores_baselines_and_rule(mnist) -> None:
     assert "tanh" in suite.describe()
 
 
-def test_a_plain_recurrent_goal_runs_an_open_search_with_a_front() -> None:
-    """Issue #23: no term named → forward search over the published recurrent terms; a front of ≥ 2 supports,
-    the simplest within the CI of the best selected, the result's rule that point's."""
+def test_a_plain_recurrent_goal_runs_an_open_search_with_a_front(tmp_path) -> None:
+    """Issue #23: no term named → the one open search (discovery.search.generic) over the generated recurrent
+    library; a front of ≥ 2 supports, the simplest within the CI of the best selected, the result's rule that
+    point's; the first term is the best-screened one at θ = 0; an interrupted search resumes to the same front."""
     from discovery.goal import parse_goal
     from discovery.router import discover
+    from rules.recurrent import RECURRENT_LIBRARY, RECURRENT_TERMS
 
     spec = parse_goal("find a local learning rule for a recurrent network that converges to fixed points, tiny").spec
+    assert spec.rule.terms == list(RECURRENT_LIBRARY) and set(RECURRENT_TERMS) < set(spec.rule.terms)
     result = discover(spec)
     assert len(result.front) >= 2 and [p.n_terms for p in result.front] == list(range(1, len(result.front) + 1))
-    assert all(t.startswith("rec_") for p in result.front for t in p.terms)
+    assert all(t in RECURRENT_LIBRARY for p in result.front for t in p.terms)
     [chosen] = [p for p in result.front if p.selected]
     assert result.theta == chosen.theta and result.search["method"] == "forward"
-    assert result.search["screens"][0]["added"] == result.front[0].terms[0]
+    first = result.search["screening"][0]
+    assert first["label"] == "screen from 0" and len(first["scores"]) == len(RECURRENT_LIBRARY)
+    assert result.front[0].terms == [max(first["scores"], key=first["scores"].get)]
+    assert all(p.rule.kind == "recurrent" and p.complexity > 0 for p in result.front)
+
+    calls = {"n": 0}
+
+    def stop_after_one_fit() -> bool:        # polled before each meta-step: stop at the second fit stage
+        calls["n"] += 1
+        return calls["n"] > 1
+
+    cut = discover(spec, checkpoint_dir=tmp_path, should_stop=stop_after_one_fit)
+    assert cut.stopped and not cut.front
+    resumed = discover(spec, checkpoint_dir=tmp_path)
+    assert resumed.resumed_from_episode is not None
+    assert [(p.terms, p.theta, p.heldout_accuracy) for p in resumed.front] == \
+        [(p.terms, p.theta, p.heldout_accuracy) for p in result.front]
+
+
+def test_the_recurrent_library_is_generated_with_the_published_terms_as_members() -> None:
+    """rules.recurrent_library: sympy candidates, canonical dedupe (the grammar's copies of dW1, dW3, dW4 are the
+    published terms), stable rec_T ids; every term compiles and equals its sympy form on explicit matrices."""
+    from discovery.recurrent.network import SolverConfig, term_directions
+    from rules.recurrent import RECURRENT_LIBRARY, RECURRENT_PRIMITIVES, RECURRENT_TERMS, parse_recurrent
+    from rules.recurrent_library import canonical_form, generated_candidates, generated_id
+
+    ids = list(RECURRENT_LIBRARY)
+    assert ids[:5] == list(RECURRENT_TERMS) and len(ids) == len(set(ids)) == 24
+    forms = {canonical_form(t.expr) for t in RECURRENT_LIBRARY.values()}
+    assert len(forms) == len(ids)                                       # deduplicated
+    cands = generated_candidates(RECURRENT_PRIMITIVES)
+    published = {canonical_form(t.expr) for t in RECURRENT_TERMS.values()}
+    assert sum(canonical_form(c.body) in published for c in cands) == 3   # −G u rᵀ, dW3's and dW4's pairs
+    assert all(generated_id(canonical_form(t.expr)) == k for k, t in RECURRENT_LIBRARY.items() if k.startswith("rec_T"))
+    dW4 = RECURRENT_TERMS["rec_dW4"]
+    assert canonical_form(dW4.body) == canonical_form(dW4.expr)           # identity up to scale (and sign)
+    gen = torch.Generator().manual_seed(3)
+    n = 5
+    W = random_matrix(n, 0.6, gen)
+    r = torch.tanh(torch.randn(2, n, generator=gen, dtype=F64))
+    delta = torch.randn(2, n, generator=gen, dtype=F64)
+    g = 1 - r * r
+    cfg = SolverConfig(tol=1e-12, adjoint_tol=1e-12, adjoint_method="solve")
+    dirs = dict(zip(ids, term_directions(W, r, delta, ids, cfg)))
+    for b in range(2):
+        u = torch.linalg.solve(torch.eye(n, dtype=F64) - W.T * g[b], delta[b])
+        vals = {"W": W, "r": r[b:b + 1].T, "delta": delta[b:b + 1].T, "G": torch.diag(g[b]), "u": u[:, None]}
+        for tid, t in RECURRENT_LIBRARY.items():
+            single = term_directions(W, r[b:b + 1], delta[b:b + 1], [tid], cfg)[0]
+            torch.testing.assert_close(evaluate(t.expr, vals), single, rtol=1e-9, atol=1e-12, msg=tid)
+    assert all(torch.isfinite(d).all() for d in dirs.values())
+    rule = parse_recurrent(f"0.1*dW4 + 0.02*{ids[7]}")
+    assert rule.terms == ["rec_dW4", ids[7]] and parse_recurrent(rule.canonical()).hash() == rule.hash()
+
+
+def test_fixedpoint_mnist_tunes_eta_the_same_way_for_every_learner(mnist) -> None:
+    """Issue #23: every learner (the published baselines and a given rule with a generated library term) gets its
+    step c·θ chosen on the same grid on a validation split; the rule's entry carries the unscaled rule."""
+    from discovery.benchmarks.suite import RunContext
+    from rules.recurrent import RECURRENT_LIBRARY
+
+    gen_term = list(RECURRENT_LIBRARY)[9]
+    suite = fixedpoint_mnist_suite().resolved(tiny=True).with_overrides(
+        {"protocol": {"episodes": 1, "eta_scales": [0.5, 1.0, 4.0]}, "data": {"n_train": 128, "n_test": 64},
+         "baselines": ["dW4"]})
+    rule = RecurrentRule({"rec_dW4": 0.1, gen_term: 0.05}, name="with a generated term")
+    ctx = RunContext(rule=rule.to_dict(), seed=0, tiny=True, device="cpu", feedback=None, emit=lambda e: None)
+    out = suite.runner(suite, ctx)
+    assert [(e["learner"], e["kind"]) for e in out["entries"]] == [("dW4", "baseline"), ("with a generated term", "rule")]
+    for e in out["entries"]:
+        assert set(e["tuning"]["eta_scale"]) == {"0.5", "1.0", "4.0"}
+        c = e["hyperparameters"]["eta_scale"]
+        assert e["tuning"]["eta_scale"][repr(c)] == max(e["tuning"]["eta_scale"].values())
+    entry = out["entries"][1]
+    assert entry["rule"]["hash"] == rule.hash() and gen_term in entry["rule"]["coefficients"]
+    c = entry["hyperparameters"]["eta_scale"]
+    assert entry["hyperparameters"]["coefficients"][gen_term] == pytest.approx(0.05 * c)
+    assert any("η tuned the same way" in n for n in out["notes"])

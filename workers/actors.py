@@ -71,6 +71,7 @@ class JobActor:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._progress: JobProgress | BenchmarkProgress | None = None
+        self._resumed: dict[str, object] = {}   # the engine's "resumed …" event of this attempt (WorkerNote fields)
         self._events = 0
         self._phase = "ready"
         self._created = time.time()
@@ -124,8 +125,13 @@ class JobActor:
             self._events += 1
 
     def _on_engine_event(self, event: object) -> None:
-        """The engine's ProgressEvent of one meta-step, kept as the job's progress."""
-        self._set_progress(job_progress(event, kind=self.kind))
+        """The engine's ProgressEvent of one meta-step, kept as the job's progress. The event that says where a
+        resumed attempt started (phase "resumed stage 3 (fit 2 terms) at episode 340") is also kept as a note on
+        every later progress: the next meta-step follows it within milliseconds, so a poll would miss it."""
+        phase = getattr(event, "phase", None)
+        if isinstance(phase, str) and phase.startswith("resumed"):
+            self._resumed = {"resumed": phase, "resumed_from_episode": getattr(event, "episode", None)}
+        self._set_progress(job_progress(event, kind=self.kind, **self._resumed))
 
     def _run(self) -> JobResult | BenchmarkReport | InferenceResult:
         if isinstance(self.task, InferenceTask):   # docs/inference.md

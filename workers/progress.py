@@ -35,11 +35,14 @@ class SweepProgress(BaseModel):
 
 
 class WorkerNote(BaseModel):
-    """What the workers add to any progress: a Ray retry of a lost worker and a pending cancel."""
+    """What the workers add to any progress: a Ray retry of a lost worker, a pending cancel, and where the running
+    attempt resumed (the engine's one "resumed stage …" event, kept on every later progress so that a poll sees it)."""
 
     retry: int | None = None
     previous_error: str | None = None
     cancel_requested: bool | None = None
+    resumed: str | None = None
+    resumed_from_episode: int | None = None
 
 
 def _optional_fields(*models: type[BaseModel]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ PAIRED_KEYS: tuple[tuple[str, ...], ...] = (("per_episode",), ("metrics", "per_e
 TUNED_SHARE = 0.95
 #: Suite kinds whose runners score only their built-in learners (a rule is never run there; the fixed-point suites
 #: score any recurrent rule beside the published ones).
-RULELESS_KINDS = frozenset({"reservoir"})
+RULELESS_KINDS: frozenset[str] = frozenset()
 
 
 class BaselineKey(BaseModel):
@@ -135,6 +135,28 @@ def compare(rule_entry: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]
     return out
 
 
+def compare_cells(rule_entry: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]],
+                  higher_is_better: bool = True) -> None:
+    """Per-cell paired differences, for suites whose entries break their score into ``metrics.cells`` (the
+    transfer suite): each rule cell gets ``vs`` = {baseline: PairedVerdict} against the baseline's cell of the same
+    name, on the same episodes. In place; entries without cells are left alone."""
+    cells = (rule_entry.get("metrics") or {}).get("cells")
+    if not isinstance(cells, list):
+        return
+    for cell in cells:
+        vs: dict[str, Any] = {}
+        for b in baselines:
+            theirs = next((c for c in (b.get("metrics") or {}).get("cells") or [] if c.get("cell") == cell.get("cell")),
+                          None)
+            if theirs is None or len(theirs.get("per_episode") or []) != len(cell.get("per_episode") or []):
+                continue
+            d = paired_difference(cell["per_episode"], theirs["per_episode"])
+            lo, hi = d.ci95
+            vs[str(b["learner"])] = PairedVerdict(delta=d.delta, ci95=[lo, hi], n=d.n,
+                                                  verdict=verdict(lo, hi, higher_is_better)).model_dump()
+        cell["vs"] = vs
+
+
 def tune_serial(suite: str, *, tiny: bool, seed: int, progress: Callable[[BenchmarkProgress], None] | None = None,
                 device: str = "cpu", threads: int | None = None) -> BaselineSet:
     """Tune and score the baselines in this process, one after the other (``run_suite`` without a rule)."""
@@ -177,6 +199,7 @@ def score_with_baselines(suite: str, rule: Any, baselines: BaselineSet, *, cache
         vs = {k: v.model_dump() for k, v in compare(entry, baselines.entries, baselines.higher_is_better).items()}
         entry["vs"] = vs
         entry.setdefault("metrics", {})["vs"] = vs
+        compare_cells(entry, baselines.entries, baselines.higher_is_better)
     report.update({
         "metric": baselines.metric,
         "higher_is_better": baselines.higher_is_better,

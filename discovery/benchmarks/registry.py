@@ -16,6 +16,7 @@ import torch
 
 from discovery.benchmarks.fewshot import DEEP_ONLINE, EMNIST_5WAY, FA5_ONLINE
 from discovery.benchmarks.suite import BenchmarkReport, Progress, RunContext, Suite, SuiteSkipped
+from discovery.benchmarks.transfer import transfer_suite
 from discovery.recurrent.suites import fixedpoint_mnist_suite, linear_suite
 from discovery.reservoir.suite import reservoir_suite
 from discovery.results import jsonable
@@ -23,7 +24,7 @@ from discovery.results import jsonable
 #: The built-in suites, in registration order (registered when this module is imported).
 BUILTIN_SUITES: tuple[Callable[[], Suite], ...] = (
     lambda: FA5_ONLINE, lambda: DEEP_ONLINE, lambda: EMNIST_5WAY, linear_suite, fixedpoint_mnist_suite,
-    reservoir_suite,
+    reservoir_suite, transfer_suite,
 )
 
 #: The registry: suite name → definition (latest registered version).

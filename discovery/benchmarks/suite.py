@@ -54,7 +54,7 @@ class Suite(BaseModel):
     kind: str = "mlp-online"
     metric: str = Field("accuracy", description="what an entry's score is")
     higher_is_better: bool = Field(True, description="the direction of the score: False ranks the lowest first")
-    rule_family: Literal["feedforward", "recurrent"] | None = Field(
+    rule_family: Literal["feedforward", "recurrent", "reward"] | None = Field(
         "feedforward", description="the rule family a given rule is scored as; None: the suite scores its own "
                                    "learners only (a given rule is noted, not run)")
     network: dict[str, Any] = Field(default_factory=dict)

@@ -49,7 +49,9 @@ class Draft:
     network: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     unsupervised: dict[str, Any] = field(default_factory=dict)   # objective, passes, unroll (unsupervised family)
+    reward: dict[str, Any] = field(default_factory=dict)         # motor_task (reward family)
     batch_mode: str | None = None
+    depths: tuple[int, int] | None = None      # "works across depths 3 to 7": a task distribution (docs/transfer.md)
     conflicts: list[str] = field(default_factory=list)
 
     def set_once(self, attr: str, value: Any, phrase: str) -> None:
@@ -133,6 +135,14 @@ def _setter(section: str, key: str, cast: Callable[[str], Any], label: str) -> _
 def _depth(m: re.Match[str], d: Draft) -> str:
     d.set_once("depth", _int(m), m.group(0))
     return f"{m.group(0)!r} → {_int(m)} weight layers"
+
+
+def _depth_range(m: re.Match[str], d: Draft) -> str:
+    lo, hi = sorted((int(m.group(1)), int(m.group(2))))
+    d.set_once("depths", (lo, hi), m.group(0))
+    train = sorted({*range(lo, hi + 1, 2), hi})
+    return (f"{m.group(0)!r} → a task distribution over depths {lo}–{hi} (docs/transfer.md): training cells at "
+            f"depths {', '.join(map(str, train))}, selection cells at the depths between")
 
 
 def _hidden_layers(m: re.Match[str], d: Draft) -> str:
@@ -226,6 +236,25 @@ def _family(name: str, reading: str) -> _Handler:
 
 _recurrent = _family("recurrent", "recurrent fixed-point rule family (task fixedpoint-mnist)")
 _unsupervised = _family("unsupervised", "unsupervised Hebbian rule family (task pca: y = W x on centred digits)")
+_reward = _family("reward", "reward-modulated (three-factor) rule family (task reservoir-motor: a reservoir readout "
+                            "on a motor task of S5)")
+
+
+def _motor_task(task: int | None) -> _Handler:
+    def handle(m: re.Match[str], d: Draft) -> str:
+        d.set_once("family", "reward", m.group(0))
+        value = task if task is not None else _int(m)
+        if d.reward.get("motor_task", value) != value:
+            d.conflicts.append(f"motor task: {d.reward['motor_task']} and {value} (from {m.group(0)!r})")
+        d.reward["motor_task"] = value
+        return f"{m.group(0)!r} → motor task {value} ({'the butterfly' if value == 1 else 'the two-joint arm'})"
+
+    return handle
+
+
+def _motor(m: re.Match[str], d: Draft) -> str:
+    d.set_once("family", "reward", m.group(0))
+    return f"{m.group(0)!r} → a motor task of S5 (reward family; task 1, the butterfly, unless an arm is named)"
 
 
 def _unsup_objective(objective: str) -> _Handler:
@@ -269,6 +298,12 @@ PHRASES: list[tuple[str, _Handler]] = [
     (r"\breconstruct(?:ion|s|ing)?(?:[\s-]+(?:error|objective|loss))*\b", _unsup_objective("reconstruction")),
     (r"\b(?:extract(?:s|ing)?|find(?:s|ing)?|learn(?:s|ing)?)?\s*(?:the\s+)?(?:top[\s-]+)?principal[\s-]+"
      r"(?:components?|subspaces?)\b|\bpca\b|\bun[\s-]*supervised\b", _unsupervised),
+    (r"\breward(?:[\s-]*(?:modulated|based|driven))?\b|\bthree[\s-]*factors?\b|\bneuromodulat\w*\b|"
+     r"\breservoirs?(?:[\s-]+comput(?:er|ers|ing))?\b", _reward),
+    (r"\bmotor[\s-]+task[\s-]*([12])\b", _motor_task(None)),
+    (r"\b(?:two|2)[\s-]*joint(?:ed)?[\s-]+arm\b", _motor_task(2)),
+    (r"\bbutterfly\b", _motor_task(1)),
+    (r"\bmotor(?:[\s-]+(?:tasks?|learning|control))?\b", _motor),
     (r"\brecurrent\b|\bfixed[\s-]*points?(?:[\s-]+(?:rnn|networks?|systems?))?\b|\brnn\b", _recurrent),
     (r"\bdw([134])\b", _rec_term),
     (r"\bwidths?[\s:=]*(\d+(?:\s*[-x,]\s*\d+)+)\b", _widths),
@@ -278,6 +313,8 @@ PHRASES: list[tuple[str, _Handler]] = [
         _setter("meta", "eval_episodes", int, "held-out evaluation episodes"),
     ),
     (r"\b(\d[\d,_]*)\s*(?:meta[\s-]*(?:training\s+)?)?episodes?\b", _setter("meta", "episodes", int, "episodes")),
+    ((r"\b(?:that\s+)?(?:works?\s+|transfers?\s+|generali[sz]es?\s+)?(?:across|over)\s+(?:all\s+)?depths?\s+"
+     r"(\d+)\s*(?:to|-|–|through)\s*(\d+)\b"), _depth_range),
     (r"\bdepth[\s:=-]*(\d+)\b", _depth),
     (r"\b(\d+)[\s-]*hidden[\s-]*layers?\b", _hidden_layers),
     (r"\b(\d+)[\s-]*(?:weight[\s-]*)?layers?\b", _depth),

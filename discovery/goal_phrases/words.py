@@ -60,18 +60,22 @@ REFUSED: dict[str, str] = {
     **dict.fromkeys(["spiking", "spike", "spikes", "snn", "stdp"], "spiking networks are not supported"),
     **dict.fromkeys(["cifar", "cifar10", "cifar-10", "imagenet", "svhn", "fashion", "omniglot"],
                     "this data set is not available (mnist, digits, digits28, emnist, synthetic)"),
-    **dict.fromkeys(["reinforcement", "rl", "reward", "rewards", "policy"],
-                    "reward-driven learning is not a discovery family yet (see the reservoir suite for S5)"),
+    **dict.fromkeys(["reinforcement", "rl", "policy"],
+                    "policy learning is not supported; a reward-modulated plasticity rule of a reservoir readout is "
+                    "(say 'reward-modulated' or 'three-factor')"),
     **dict.fromkeys(["regression"], "the feedforward family learns classification episodes, not regression"),
 }
 
 VOCABULARY: dict[str, list[str]] = {
-    "depth": ["depth-N", "N layers", "N-layer"],
+    "depth": ["depth-N", "N layers", "N-layer", "works across depths A to B (a task distribution)"],
     "width": ["width N", "widths 784-64-10", "tiny"],
     "learning": ["online (batch is not supported)"],
     "family": ["unsupervised / principal components / PCA (the unsupervised Hebbian family: y = W x on centred "
                "digits, open search over the 17-term Hebbian library; 'N components' sets k, 'reconstruction' or "
                "'subspace objective', 'N passes'; 'hebbian' and 'oja' only describe the goal, they are no hint)",
+               "reward-modulated / three-factor / reservoir (the reward family: a reservoir readout on a motor "
+               "task of S5, open search over the 18-term three-factor library; 'butterfly' or 'motor task 1', "
+               "'two-joint arm' or 'motor task 2'; 'at most N terms')",
                "recurrent / fixed points / fixed-point rnn (the recurrent fixed-point family on mnist, docs/science.md "
                "S2; 'N units' sets N; terms dW1, dW3, dW4, oja, decay fit as named; no term named → open forward "
                "search over the recurrent library, 'at most N terms' bounds it)"],

@@ -21,6 +21,12 @@ SCORE_PROTOCOL: dict[str, dict[str, Any]] = {
     "full": {"N": 300, "batch": 512, "epochs": 3, "episodes": 5, "n_train": None, "n_test": None},
     "tiny": {"N": 32, "batch": 64, "epochs": 1, "episodes": 2, "n_train": 512, "n_test": 256},
 }
+ETA_SCALES: dict[str, list[float]] = {"full": [0.25, 0.5, 1.0, 2.0, 4.0], "tiny": [0.5, 1.0, 2.0]}
+"""The η grid of fixedpoint-mnist, the same for every learner: ΔW = c · Σ θ_k F_k for c in the grid (c = 1: the
+published learning rate of a baseline, the learned θ of a rule), c chosen on a validation split."""
+VALIDATION_FRACTION = 0.25
+TUNE_SEED = 500_000   # tuning episodes are seeded apart from the scoring episodes'
+
 """S2 MNIST protocol on mnist5k (4,000 train / 1,000 test): SGD epochs over the training images in minibatches,
 fresh (W₀, W_x, R, order) per episode seeded exactly as discovery.recurrent.fixedpoint.run_fixedpoint_mnist(seed=...)."""
 
@@ -126,3 +132,37 @@ def score_recurrent_rule(coefficients: Mapping[str, float] | RecurrentRule | str
         "tuning": None,
         "rule": rule.to_dict(),
     }
+
+
+def scaled(rule: RecurrentRule, c: float) -> RecurrentRule:
+    """c · θ (the same rule shape, step size multiplied by c)."""
+    return RecurrentRule({t: c * v for t, v in rule.coefficients.items()}, name=rule.name)
+
+
+def tune_and_score(coefficients: Mapping[str, float] | RecurrentRule | str, *, scales: list[float], seed: int = 0,
+                   data: MnistData | None = None, protocol: Mapping[str, Any] | None = None, device: str = "cpu",
+                   learner: str | None = None, kind: str = "rule", tune_episodes: int = 1) -> dict[str, Any]:
+    """η tuned the same way for every learner, then scored: for each c in ``scales`` the rule c·θ learns on the
+    first 1 − VALIDATION_FRACTION of the training images and is scored on the rest (``tune_episodes`` episodes
+    seeded apart from the test ones); the c of the best mean validation accuracy is then scored by
+    :func:`score_recurrent_rule` on the test images (its entry; ``hyperparameters.eta_scale``, ``tuning``: the
+    validation accuracy per c; ``rule``: the given rule, unscaled)."""
+    rule = as_recurrent_rule(coefficients)
+    xtr, ytr, xte, yte = data if data is not None else fp.load_mnist5k_split()
+    proto = dict(protocol or {})
+    n_train = proto.get("n_train") or len(ytr)
+    n_fit = round(n_train * (1 - VALIDATION_FRACTION))
+    split = (xtr[:n_fit], ytr[:n_fit], xtr[n_fit:n_train], ytr[n_fit:n_train])
+    tune_proto = {**proto, "n_train": None, "n_test": None, "episodes": tune_episodes}
+    tuning: dict[str, float] = {}
+    for c in scales:
+        entry = score_recurrent_rule(scaled(rule, c), seed=TUNE_SEED + seed, data=split, protocol=tune_proto,
+                                     device=device)
+        tuning[repr(float(c))] = entry["score"]
+    best = max(scales, key=lambda c: (tuning[repr(float(c))], -abs(math.log(c))))
+    out = score_recurrent_rule(scaled(rule, best), seed=seed, data=(xtr, ytr, xte, yte), protocol=proto,
+                               device=device, learner=learner or rule.name or "recurrent rule", kind=kind)
+    out["hyperparameters"] = {**out["hyperparameters"], "eta_scale": float(best)}
+    out["tuning"] = {"eta_scale": tuning, "validation_images": n_train - n_fit, "episodes": tune_episodes}
+    out["rule"] = rule.to_dict()
+    return out

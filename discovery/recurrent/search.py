@@ -1,124 +1,133 @@
-"""Open search over the recurrent terms (docs/science.md S2): forward selection, a (n_terms, held-out accuracy) front.
+"""Open search over the recurrent library (docs/science.md S2): the recurrent side of discovery.search.generic.
 
-A recurrent goal that names no term searches the pool of ``spec.rule.terms`` (the published additive terms
-rec_dW1, rec_dW3, rec_dW4, rec_oja, rec_decay): from the empty support, every remaining candidate joins the
-current support on trial, θ is meta-trained for ``trial`` meta-steps from the current fit (warm start; a new term
-starts at its published θ, Oja and decay at 0) on fixedpoint-mnist, and the candidate with the lowest mean
-meta-loss over its last steps joins (meta-training episodes only, never the test images). Each support on the
-way is then scored on the same held-out episodes (test accuracy ± 95 % t half-width) and the simplest support
-within the CI of the best is selected (the convention of discovery.search and the unsupervised search). The
-episode budget is ``meta.episodes`` meta-steps per trial fit.
+A recurrent goal that names no term searches ``spec.rule.terms`` (pool ``rec_library``: the generated recurrent
+library of rules.recurrent_library, the five published terms among its members) with the one search of every
+family. :class:`RecurrentBackend` supplies what is recurrent: the trainer (RecurrentMetaTrainer: reverse-mode
+meta-gradient through the T unrolled updates, each fixed point differentiated implicitly; Adam on φ = θ/s), the
+per-episode meta-gradients ∂L/∂θ_r of the whole pool for the score test (one reverse pass per episode carrying
+every term's θ_r, the candidates at 0), ‖F_r‖ at W₀ as the unit of effect, held-out evaluation (test accuracy ±
+95 % t half-width over fresh W₀, the same episodes for every support: paired) and the RecurrentRule. There is no
+base term: the first term is the best-screened one at θ = 0. No proximal step: ``forward`` and ``backward`` only.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from discovery.recurrent.network import MnistData, load_mnist5k_split
+import torch
+
+from discovery.feedforward.trainer import resolve_device
+from discovery.recurrent.network import (
+    DIVERGENCE_ERRORS,
+    N_CLASSES,
+    MnistData,
+    load_mnist5k_split,
+    run_episode,
+    term_directions,
+)
 from discovery.recurrent.trainer import MAX_EVAL_EPISODES, RecurrentMetaTrainer
-from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
+from discovery.results import DiscoveryResult, ProgressEvent
+from discovery.search.generic import run_search
 from discovery.spec import DiscoverySpec
-from rules.recurrent import RecurrentRule
+from rules.recurrent import RecurrentRule, recurrent_term
+from rules.recurrent_library import complexity as expr_complexity
 
-#: meta-steps at the end of a trial fit whose mean meta-loss ranks the candidate
-LOSS_WINDOW = 3
-
-
-def _trainer(spec: DiscoverySpec, terms: list[str], theta: dict[str, float], data: MnistData
-             ) -> RecurrentMetaTrainer:
-    raw = spec.model_dump()
-    raw["rule"] = {"family": "recurrent", "terms": terms, "theta_init": {t: theta[t] for t in terms if t in theta}}
-    raw["search"] = {}
-    return RecurrentMetaTrainer(DiscoverySpec.model_validate(raw), data=data)
+NORM_STREAM = 424_242   # the norms' own generator (seed + NORM_STREAM): measuring them draws nothing from a search
 
 
-def _mean_loss(trainer: RecurrentMetaTrainer) -> float:
-    losses = [h["meta_loss"] for h in trainer.history[-LOSS_WINDOW:] if h.get("meta_loss") is not None]
-    return sum(losses) / len(losses) if losses else math.inf
+@cache
+def term_complexity(tid: str) -> int:
+    """Σ over the expanded monomials of term ``tid`` of their matrix factors (rules.recurrent_library)."""
+    return expr_complexity(recurrent_term(tid).expr)
 
 
-def select(front: list[FrontPoint]) -> int:
-    """The fewest terms whose accuracy is within the best's 95 % half-width (the last point when none scored)."""
-    scored = [(i, p) for i, p in enumerate(front) if p.heldout_accuracy is not None]
-    if not scored:
-        return len(front) - 1
-    best = max(scored, key=lambda ip: ip[1].heldout_accuracy or 0.0)[1]
-    floor = (best.heldout_accuracy or 0.0) - (best.heldout_ci95 or 0.0)
-    return min((p.n_terms, -(p.heldout_accuracy or 0.0), i) for i, p in scored
-               if (p.heldout_accuracy or 0.0) >= floor)[2]
+class RecurrentBackend:
+    """discovery.search.generic.SearchBackend of the recurrent family (see the module docstring)."""
+
+    base_terms: tuple[str, ...] = ()
+    methods = ("forward", "backward")
+
+    def __init__(self, data: MnistData | None = None) -> None:
+        self._data = data
+
+    def data(self) -> MnistData:
+        if self._data is None:
+            self._data = load_mnist5k_split()
+        return self._data
+
+    def subspec(self, spec: DiscoverySpec, terms: list[str], theta: dict[str, float], episodes: int,
+                **meta: Any) -> DiscoverySpec:
+        raw = spec.model_dump()
+        raw["rule"] = {"family": "recurrent", "terms": terms, "theta_init": {t: theta.get(t, 0.0) for t in terms}}
+        raw["meta"].update({"episodes": max(1, episodes), **meta})
+        raw["search"] = {"method": "none"}
+        raw["sweep"] = {}
+        return DiscoverySpec.model_validate(raw)
+
+    def trainer(self, spec: DiscoverySpec, stream: int = 0) -> RecurrentMetaTrainer:
+        return RecurrentMetaTrainer(spec, data=self.data(), stream=stream)
+
+    def screen_gradients(self, trainer: RecurrentMetaTrainer, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n fresh episodes at the trainer's θ, each one reverse pass: per-episode query CE and ∂CE/∂θ_r (NaN for
+        an episode whose fixed point was lost)."""
+        losses, grads = [], []
+        R = len(trainer.term_ids)
+        for _ in range(n):
+            W0, batches, query = trainer.sample_episode()
+            try:
+                out = run_episode(trainer.net, W0, batches, query, trainer.theta, trainer.term_ids, trainer.cfg)
+                loss, grad = out.loss, out.grad
+            except DIVERGENCE_ERRORS:
+                loss, grad = math.nan, None
+            losses.append(loss)
+            grads.append(grad if grad is not None else torch.full((R,), math.nan, dtype=trainer.dtype))
+        return torch.tensor(losses, dtype=torch.float64), torch.stack(grads, 1)
+
+    def norms(self, trainer: RecurrentMetaTrainer) -> torch.Tensor:
+        """‖F_r‖_F at W₀ on one minibatch of a fresh episode (its own generator)."""
+        gen = torch.Generator().manual_seed(trainer.spec.meta.seed + NORM_STREAM)
+        W0 = trainer._W0(gen)
+        (x, y), = trainer._episode_data(gen, trainer.inner_idx, 1, trainer.setting.batch)
+        with torch.no_grad():
+            r, logits = trainer.net.readout(W0, x, trainer.cfg)
+            p = torch.softmax(logits, -1)
+            delta = (p - torch.nn.functional.one_hot(y, N_CLASSES).to(p.dtype)) @ trainer.net.R
+            dirs = term_directions(W0, r, delta, trainer.term_ids, trainer.cfg)
+        return torch.stack([d.norm() for d in dirs]).double().cpu()
+
+    def streams(self, trainer: RecurrentMetaTrainer) -> dict[str, Any]:
+        return {"gen": trainer.gen.get_state()}
+
+    def set_streams(self, trainer: RecurrentMetaTrainer, state: dict[str, Any]) -> None:
+        trainer.gen.set_state(state["gen"])
+
+    def redraw(self, trainer: RecurrentMetaTrainer, n: int) -> None:
+        for _ in range(n):
+            trainer.sample_episode()
+
+    def evaluate(self, trainer: RecurrentMetaTrainer, episodes: int) -> tuple[float | None, float | None, int]:
+        ev = trainer.evaluate(min(episodes, MAX_EVAL_EPISODES))
+        return ev["accuracy"], ev["ci95"], ev["episodes"]
+
+    def rule(self, terms: list[str], theta: dict[str, float], name: str | None = None) -> dict[str, Any]:
+        th = {t: theta[t] for t in terms}
+        return {**RecurrentRule(th, name=name).rounded(6).to_dict(), "coefficients_raw": th}
+
+    def complexity(self, terms: list[str]) -> int:
+        return sum(term_complexity(t) for t in terms)
+
+    def device(self, spec: DiscoverySpec) -> str:
+        return str(resolve_device(spec.resources.device))
 
 
 def discover_recurrent_search(spec: DiscoverySpec, progress: Callable[[ProgressEvent], None] | None = None,
                               checkpoint_dir: Path | str | None = None,
                               should_stop: Callable[[], bool] | None = None, *,
                               data: MnistData | None = None) -> DiscoveryResult:
-    """Forward search over ``spec.rule.terms`` (see the module docstring); the result's rule is the selected
+    """The open search over ``spec.rule.terms`` (see the module docstring); the result's rule is the selected
     support's, ``front`` holds every support found."""
-    t0 = time.perf_counter()
-    data = data if data is not None else load_mnist5k_split()
-    pool = list(spec.rule.terms or [])
-    theta0 = spec.rule.initial_theta()
-    max_terms = min(spec.search.max_terms, len(pool))
-    planned = sum(len(pool) - k for k in range(max_terms)) * spec.meta.episodes
-    done = 0
-    history: list[dict[str, Any]] = []
-    stopped = False
-
-    def relay(label: str) -> Callable[[ProgressEvent], None]:
-        def on(event: ProgressEvent) -> None:
-            nonlocal done
-            done += 1
-            out = event.model_copy(update={"episode": done, "total": planned, "phase": label})
-            history.append(out.model_dump())
-            if progress is not None:
-                progress(out)
-        return on
-
-    support: list[str] = []
-    theta: dict[str, float] = {}
-    fits: list[RecurrentMetaTrainer] = []
-    screens: list[dict[str, Any]] = []
-    diverged = skipped = 0
-    while len(support) < max_terms and not stopped:
-        trials: dict[str, tuple[float, RecurrentMetaTrainer]] = {}
-        for cand in [t for t in pool if t not in support]:
-            trainer = _trainer(spec, [*support, cand], {**theta0, **theta}, data)
-            stopped = trainer.run(relay(f"trial {len(support) + 1}: +{cand}"), None, should_stop)
-            diverged, skipped = diverged + trainer.diverged, skipped + trainer.skipped
-            trials[cand] = (_mean_loss(trainer), trainer)
-            if stopped:
-                break
-        if not trials:
-            break
-        best = min(trials, key=lambda c: trials[c][0])
-        screens.append({"support": list(support), "meta_loss": {c: v for c, (v, _) in trials.items()},
-                        "added": best})
-        support.append(best)
-        fits.append(trials[best][1])
-        theta = fits[-1].theta_dict()
-    n_eval = 0 if stopped else min(spec.meta.eval_episodes, MAX_EVAL_EPISODES)
-    front: list[FrontPoint] = []
-    for trainer in fits:
-        ev = trainer.evaluate(n_eval) if n_eval else {"accuracy": None, "ci95": None, "episodes": 0}
-        th = trainer.theta_dict()
-        rule = RecurrentRule(th, name=spec.name).rounded(6).to_dict()
-        rule["coefficients_raw"] = th
-        front.append(FrontPoint(terms=list(th), theta=th, rule=rule, n_terms=len(th), complexity=len(th),
-                                heldout_accuracy=ev["accuracy"], heldout_ci95=ev["ci95"],
-                                heldout_episodes=ev["episodes"], stage="forward"))
-    if not front:
-        raise RuntimeError("the recurrent search was stopped before it fitted a support")
-    chosen = select(front)
-    front[chosen].selected = True
-    pick = front[chosen]
-    return DiscoveryResult(
-        rule=pick.rule, theta=pick.theta, history=history, theta_history=[h["theta"] for h in history],
-        heldout_accuracy=pick.heldout_accuracy, heldout_ci95=pick.heldout_ci95,
-        heldout_episodes=pick.heldout_episodes, diverged_episodes=diverged, skipped_steps=skipped,
-        stopped=stopped, wall_time_s=time.perf_counter() - t0, device=str(fits[0].device), spec=spec.model_dump(),
-        front=front, search={"method": "forward", "pool": pool, "max_terms": max_terms, "screens": screens,
-                             "selected": chosen, "trial_steps": spec.meta.episodes})
+    return run_search(spec, RecurrentBackend(data), progress, checkpoint_dir, should_stop)

@@ -5,7 +5,8 @@
   log10 J per rule at its best η (lower is better), with the whole curve grid in the metrics; a given recurrent
   rule runs over the same η grid (its θ normalized to max |θ| = 1) and is scored the same way.
 - ``fixedpoint-mnist``: N = 300 tanh units on mnist5k, scored by discovery.recurrent.scoring (test accuracy and
-  spectral abscissa max Re λ(W)).
+  spectral abscissa max Re λ(W)); the published rules and a given recurrent rule (any stored one, generated library
+  terms included) each get their step c·θ tuned on the same grid on a validation split before scoring.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import torch
 from discovery.benchmarks.suite import Suite
 from discovery.recurrent.network import RHO_INIT, load_mnist5k_split
 from discovery.recurrent.scoring import (
+    ETA_SCALES,
     SCORE_PROTOCOL,
     SUITE_BASELINES,
     as_recurrent_rule,
     recurrent_locality,
-    score_recurrent_rule,
+    tune_and_score,
 )
 from discovery.recurrent.trainer import KIND
 from rules.recurrent import CANONICAL_PREFIX, RecurrentRule, parse_rule_text
@@ -153,8 +155,10 @@ def linear_suite() -> Suite:
 def fixedpoint_suite_runner(suite: Any, ctx: Any) -> dict[str, Any]:
     """discovery.benchmarks.registry runner: the suite's baselines (SUITE_BASELINES) and ctx.rule (anything
     ``as_recurrent_rule`` reads), all scored by ``score_recurrent_rule`` on the same seeds (paired)."""
-    proto = {**suite.network, **suite.data, **suite.protocol}
-    proto = {k: proto[k] for k in SCORE_PROTOCOL["full"] if k in proto}
+    everything = {**suite.network, **suite.data, **suite.protocol}
+    proto = {k: everything[k] for k in SCORE_PROTOCOL["full"] if k in everything}
+    scales = [float(c) for c in everything.get("eta_scales", [1.0])]
+    tune_episodes = int(everything.get("tune_episodes", 1))
     data = load_mnist5k_split()
     jobs: list[tuple[str, str, Any]] = [(b, "baseline", SUITE_BASELINES[b]) for b in suite.baselines]
     notes: list[str] = []
@@ -166,8 +170,11 @@ def fixedpoint_suite_runner(suite: Any, ctx: Any) -> dict[str, Any]:
     entries = []
     for k, (name, kind, rule) in enumerate(jobs):
         ctx.emit({"stage": "score", "learner": name, "done": k, "total": len(jobs)})
-        entries.append(score_recurrent_rule(rule, seed=ctx.seed, data=data, protocol=proto, device=ctx.device,
-                                            learner=name if kind == "baseline" else None, kind=kind))
+        entries.append(tune_and_score(rule, scales=scales, tune_episodes=tune_episodes, seed=ctx.seed, data=data,
+                                      protocol=proto, device=ctx.device,
+                                      learner=name if kind == "baseline" else None, kind=kind))
+    notes.append(f"η tuned the same way for every learner: ΔW = c·Σ θ_k F_k, c ∈ {scales} chosen on a validation "
+                 f"split of the training images ({tune_episodes} episode(s) per c), then scored on the test images")
     return {"entries": entries, "notes": notes}
 
 
@@ -175,16 +182,18 @@ def fixedpoint_mnist_suite() -> Any:
     """The ``fixedpoint-mnist`` Suite (not registered here: ``register_suite(fixedpoint_mnist_suite())``)."""
     full, tiny = SCORE_PROTOCOL["full"], SCORE_PROTOCOL["tiny"]
     return Suite(
-        name=KIND, version="1", kind="recurrent-fixedpoint", metric="test accuracy", rule_family="recurrent",
+        name=KIND, version="2", kind="recurrent-fixedpoint", metric="test accuracy", rule_family="recurrent",
         title="Fixed-point RNN on MNIST (S2)",
         description="Learning the recurrent weights of a tanh fixed-point network r = tanh(W r + W_x x) on mnist5k.",
         network={"N": full["N"], "activation": "tanh", "rho_init": RHO_INIT},
         data={"dataset": "mnist5k", "n_train": full["n_train"], "n_test": full["n_test"]},
-        protocol={"batch": full["batch"], "epochs": full["epochs"], "episodes": full["episodes"]},
+        protocol={"batch": full["batch"], "epochs": full["epochs"], "episodes": full["episodes"],
+                  "eta_scales": ETA_SCALES["full"], "tune_episodes": 1},
         metrics=["test_accuracy", "spectral_abscissa", "max_spectral_abscissa", "failures"],
         baselines=list(SUITE_BASELINES),
         tiny={"network": {"N": tiny["N"]}, "data": {"n_train": tiny["n_train"], "n_test": tiny["n_test"]},
-              "protocol": {"batch": tiny["batch"], "epochs": tiny["epochs"], "episodes": tiny["episodes"]}},
+              "protocol": {"batch": tiny["batch"], "epochs": tiny["epochs"], "episodes": tiny["episodes"],
+                           "eta_scales": ETA_SCALES["tiny"]}},
         protocol_text=(
             "S2 fixed-point RNN: {network[N]} tanh units, r = tanh(W r + W_x x) solved by Anderson iteration, fixed "
             "W_x ~ N(0, 1/784) and readout R ~ N(0, 1/N), W₀ with spectral radius {network[rho_init]}; only W "
@@ -192,7 +201,10 @@ def fixedpoint_mnist_suite() -> Any:
             "{protocol[batch]} mnist5k training images (4,000; n_train={data[n_train]}). Score = test accuracy on "
             "the 1,000 mnist5k test images (n_test={data[n_test]}), mean ± 95% t-interval over {protocol[episodes]} "
             "episodes (fresh W₀, W_x, R, order; seeded as discovery.recurrent.fixedpoint.run_fixedpoint_mnist). Baselines: "
-            "the paper's dW1 / dW3 / dW4 at their published learning rates .01 / .25 / .1 (no tuning). A lost "
-            "fixed point scores 0. Diagnostics: spectral abscissa max Re λ(W) at the end and its maximum."),
+            "the paper's dW1 / dW3 / dW4 from their published learning rates .01 / .25 / .1. Every learner, a "
+            "given rule included, has its step tuned the same way: ΔW = c·Σ θ_k F_k with c in {protocol[eta_scales]} "
+            "chosen on a validation split (the last quarter of the training images, {protocol[tune_episodes]} "
+            "episode(s) per c), then scored. A lost fixed point scores 0. Diagnostics: spectral abscissa max Re λ(W) "
+            "at the end and its maximum."),
         runner=fixedpoint_suite_runner,
     )

@@ -59,8 +59,22 @@ KIND = "fixedpoint-mnist"
 CHECKPOINT_NAME = "recurrent_checkpoint.pt"
 QUERY_FACTOR = 4
 MAX_EVAL_EPISODES = 50
+STREAM_STRIDE = 1_000_003
+"""A search's stage i draws its episodes from the generator seeded seed + STREAM_STRIDE · i (discovery.search)."""
 META_SCALE: dict[str, float] = {"rec_dW1": 0.01, "rec_dW3": 0.25, "rec_dW4": 0.1, "rec_oja": 1e-3, "rec_decay": 1e-3}
 """s_k: Adam runs on φ_k = θ_k / s_k (see the module docstring)."""
+GENERATED_SCALE = {"error": 0.1, "hebbian": 1e-3}
+"""s_k of a generated library term (rules.recurrent_library): 0.1 (dW4's) when it carries δ or u, else 1e-3."""
+
+
+def term_scale(tid: str) -> float:
+    """s_k of term ``tid``: META_SCALE for the published terms, GENERATED_SCALE by kind for the generated ones."""
+    from rules.recurrent import recurrent_term
+
+    if tid in META_SCALE:
+        return META_SCALE[tid]
+    names = {s.name for s in recurrent_term(tid).expr.free_symbols if hasattr(s, "name")}
+    return GENERATED_SCALE["error" if names & {"delta", "u"} else "hebbian"]
 
 
 # ================================================================================ the spec
@@ -120,7 +134,8 @@ class RecurrentMetaTrainer(Checkpointed):
 
     checkpoint_name = CHECKPOINT_NAME
 
-    def __init__(self, spec: DiscoverySpec, device: torch.device | None = None, data: MnistData | None = None):
+    def __init__(self, spec: DiscoverySpec, device: torch.device | None = None, data: MnistData | None = None,
+                 stream: int = 0):
         self.spec = spec
         self.setting = recurrent_setting(spec)
         self.device = device or resolve_device(spec.resources.device)
@@ -136,10 +151,10 @@ class RecurrentMetaTrainer(Checkpointed):
         split = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(seed + 17))
         n_q = max(1, round(spec.task.heldout_fraction * len(ytr)))
         self.query_idx, self.inner_idx = split[:n_q].to(dev), split[n_q:].to(dev)
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed + STREAM_STRIDE * stream)   # stream 0: the job's own draws
         self.net = FixedPointNet.random(self.setting.N, torch.Generator().manual_seed(seed + 1), dt, dev)
         self.term_ids = self.setting.term_ids
-        self.scale = torch.tensor([META_SCALE[t] for t in self.term_ids], dtype=dt, device=dev)
+        self.scale = torch.tensor([term_scale(t) for t in self.term_ids], dtype=dt, device=dev)
         theta0 = torch.tensor([self.setting.theta0[t] for t in self.term_ids], dtype=dt, device=dev)
         self.phi = torch.nn.Parameter(theta0 / self.scale)
         self.opt = torch.optim.Adam([self.phi], lr=spec.meta.lr)

@@ -170,7 +170,8 @@ class _Run:
 StepFn = Callable[..., tuple[Tensor, ...]]
 
 
-def _make_step(cfg: TaskConfig, learner: Learner, train: bool, dtype: torch.dtype) -> StepFn:
+def _make_step(cfg: TaskConfig, learner: Learner, train: bool, dtype: torch.dtype,
+               lr_scale: Tensor | None = None) -> StepFn:
     """One Euler step of reservoir + readouts + exploratory (RMHL) learning, as a pure function of the state.
 
     (inp = J r, fb, x, W = [W_exp; W_mst], Q, ξ_t, ζ_t, f_t, β, exp_on, z̄, z̄_tot, ē, mix) ->
@@ -179,7 +180,7 @@ def _make_step(cfg: TaskConfig, learner: Learner, train: bool, dtype: torch.dtyp
     d = cfg.n_out
     a = DT / TAU
     keep = cfg.zbar_keep
-    kappa5 = 5.0 * cfg.exp_lr
+    kappa5 = 5.0 * cfg.exp_lr if lr_scale is None else 5.0 * cfg.exp_lr * lr_scale      # per-element κ (tuning)
     lengths = torch.tensor(cfg.arm, dtype=dtype) if cfg.arm else None
     costs = torch.tensor(cfg.cost, dtype=dtype) if cfg.cost else None
     explore = train and learner != "force"
@@ -222,9 +223,11 @@ def _make_step(cfg: TaskConfig, learner: Learner, train: bool, dtype: torch.dtyp
 def _simulate(cfg: TaskConfig, learner: Learner, seeds: Sequence[int], lesion: Sequence[int | None], *,
               periods_train: int, periods_test: int, period_steps: int, N: int, noise: float = NOISE,
               chunk: int = 1000, dtype: torch.dtype = torch.float32, test_feedback: str = "teacher",
-              progress: Callable[[int, int], None] | None = None) -> _Run:
+              progress: Callable[[int, int], None] | None = None, lr_scale: Sequence[float] | None = None
+              ) -> _Run:
     """Run B = len(seeds) independent reservoirs (batch element b uses seed b; lesion[b] = first training period
     with the exploratory pathway removed, or None) through periods_train training and periods_test test periods.
+    lr_scale[b] multiplies element b's learning rate: the exploratory κ (RMHL, SUPERTREX) or P₀ (FORCE).
     test_feedback 'teacher' feeds f (task 1) or the replayed training output (arms) back in the test phase;
     'closed' feeds back the network's own output z (autonomous production)."""
     if test_feedback not in ("teacher", "closed"):
@@ -242,6 +245,9 @@ def _simulate(cfg: TaskConfig, learner: Learner, seeds: Sequence[int], lesion: S
     z = torch.zeros(B, d, dtype=dtype)
     W = torch.zeros(B, 2 * d, N, dtype=dtype)                            # rows [:d] = W_exp, [d:] = W_mst
     P = torch.eye(N, dtype=dtype).mul(P0).repeat(B, 1, 1)
+    scale = None if lr_scale is None else torch.tensor(list(lr_scale), dtype=dtype)
+    if scale is not None and learner == "force":
+        P = P * scale[:, None, None]
     zbar = torch.zeros(B, d, dtype=dtype)                                # low-pass of z_exp
     zbar_tot = torch.zeros(B, d, dtype=dtype)                            # low-pass of z (fixed task-3 cost)
     ebar = torch.zeros(B, dtype=dtype)
@@ -250,7 +256,7 @@ def _simulate(cfg: TaskConfig, learner: Learner, seeds: Sequence[int], lesion: S
     mix = torch.tensor([1 - cfg.zbar_keep, 0.2], dtype=dtype)
     target = butterfly(period_steps, dtype)                              # (T, 2)
     gens = [torch.Generator().manual_seed(1_000_003 * (s + 1)) for s in seeds]
-    steps = {tr: _make_step(cfg, learner, tr, dtype) for tr in (True, False)}
+    steps = {tr: _make_step(cfg, learner, tr, dtype, scale if learner != "force" else None) for tr in (True, False)}
     n_replay = min(periods_test, periods_train)
     use_replay = cfg.task > 1 and test_feedback == "teacher"
     replay = torch.zeros(n_replay, period_steps, B, d, dtype=dtype) if use_replay else None
@@ -341,8 +347,10 @@ def run_reservoir(task: int, learner: Learner, seeds: Sequence[int], periods_tra
                   N: int = 1000, *, protocol: Protocol = "full", noise: float = NOISE,
                   curve_points: int = 300, threads: int | None = None, dtype: torch.dtype = torch.float32,
                   test_feedback: Literal["teacher", "closed"] = "teacher",
-                  progress: Callable[[int, int], None] | None = None) -> dict:
-    """Train `learner` on `task` for every seed (batched) and score the test phase.
+                  progress: Callable[[int, int], None] | None = None,
+                  lr_scale: Sequence[float] | None = None) -> dict:
+    """Train `learner` on `task` for every seed (batched) and score the test phase; ``lr_scale`` (one per seed
+    entry) multiplies the learning rate (κ of RMHL / SUPERTREX, P₀ of FORCE) for η tuning.
 
     protocol 'full' = 10 training + 5 test periods of 5·10⁴ steps (published); 'shortened' = 4 + 1 periods of
     5·10⁴ steps; 'fast' = 10 + 2 periods of 5·10³ steps (the butterfly drawn 10× faster); explicit periods_* /
@@ -360,7 +368,7 @@ def run_reservoir(task: int, learner: Learner, seeds: Sequence[int], periods_tra
     seeds = list(seeds)
     run = _simulate(cfg, learner, seeds, [None] * len(seeds), periods_train=pt, periods_test=pe,
                     period_steps=ps, N=N, noise=noise, dtype=dtype, test_feedback=test_feedback,
-                    progress=progress)
+                    progress=progress, lr_scale=lr_scale)
     dev_curve, dev = _deviation(run.errors, pt * ps, (pt + pe) * ps, ps)
     stride = max(1, run.steps // curve_points)
     return {

@@ -6,7 +6,7 @@ docs/inference.md); the row keeps its metadata (kind, widths, steps, trials, tim
 owner and the checksum. Inference jobs are rows of ``jobs`` (spec ``kind = "inference"``) that keep the
 recording's id, name and checksum in their spec, so deleting the row leaves a finished job's provenance intact.
 
-Revision 0007_recordings (after 0005_datasets), 2026-12-07.
+Revision 0007_recordings (after 0006_read_fields), 2026-12-07.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision, down_revision = "0007_recordings", "0005_datasets"
+revision, down_revision = "0007_recordings", "0006_read_fields"
 
 _json = sa.JSON(none_as_null=True)
 

@@ -228,7 +228,8 @@ class RuleOut(_FromRow):
     hash: str
     spec: dict[str, Any] | None = None
     provenance: dict[str, Any] = Field(validation_alias=AliasChoices("public_provenance", "provenance"))
-    scores: list[ScoreOut] = Field(default_factory=list)
+    scores: list[ScoreOut] = Field(default_factory=list, validation_alias=AliasChoices("read_scores", "scores"),
+                                   description="discovery scores first, then succeeded benchmark scores")
     feedback: str | None = None
     depth: int | None = None
     dataset: str | None = None
@@ -237,12 +238,17 @@ class RuleOut(_FromRow):
     created: bool | None = Field(None, validation_alias=AliasChoices("created_now", "created"),
                                  description="POST only: false when the rule was already stored")
 
+    @field_validator("scores", mode="before")
     @classmethod
-    def of(cls, rule: Any, scores: list[Any], *, created: bool | None = None) -> RuleOut:
-        """The rule with its scores (discovery scores first, then its succeeded benchmark scores)."""
-        return cls.model_validate(rule).model_copy(update={
-            "scores": [ScoreOut.model_validate(s) for s in [*scores, *rule.succeeded_scores]],
-            "created": created})
+    def _no_scores(cls, value: object) -> object:
+        return [] if value is None else value
+
+    @classmethod
+    def of(cls, rule: Any, *, created: bool | None = None) -> RuleOut:
+        """The rule as the API shows it, from its row alone: its scores are the row's precomputed read field
+        (``service.db.read_fields``), so no further query runs."""
+        out = cls.model_validate(rule)
+        return out if created is None else out.model_copy(update={"created": created})
 
 
 class LearnerScoreOut(_FromRow):

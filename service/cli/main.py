@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn  # noqa: I001
-from rich.progress import TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from discovery.results import jsonable
 from service.cli.common import (
@@ -323,7 +329,9 @@ def benchmark(
         with Progress(*columns, console=err) as bar:
             task = bar.add_task("suite", total=1000, stage=suite, learner="", info="")
 
-            def progress(event: dict[str, Any]) -> None:  # a discovery.benchmarks.progress.BenchmarkProgress
+            def progress(event: Any) -> None:  # a discovery.benchmarks.progress.BenchmarkProgress (or its dump)
+                if hasattr(event, "model_dump"):   # --rule-only hands the model itself (ProgressTracker)
+                    event = event.model_dump()
                 left = event.get("remaining")
                 where = f" {event.get('episode')}/{event.get('total')}" if event.get("total") else ""
                 bar.update(

@@ -233,6 +233,11 @@ class Rule(Base):
     depth: Mapped[int | None] = mapped_column(Integer, index=True)
     dataset: Mapped[str | None] = mapped_column(String(32), index=True)
     provenance: Mapped[dict[str, Any] | None] = mapped_column(JSONColumn())
+    #: read fields (migration 0006, service.db.read_fields): computed at write time so reads do no per-row work
+    display_latex: Mapped[str | None] = mapped_column(Text)
+    formula_svg: Mapped[str | None] = mapped_column(Text, deferred=True)   # large: pages undefer it
+    read_scores: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONColumn())
+    read_updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
 
     term_links: Mapped[list[RuleTerm]] = relationship(cascade="all, delete-orphan")
     scores: Mapped[list[BenchmarkScore]] = relationship(back_populates="rule", order_by="BenchmarkScore.id")

@@ -18,16 +18,23 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from discovery.results import jsonable
+from service.db import read_fields
+from service.settings import PoolSize
 
 
 def _json_dumps(value: Any) -> str:
     return json.dumps(jsonable(value), allow_nan=False, default=str)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; creates the SQLite file's folder when needed."""
+def make_engine(url: str, pool: PoolSize | None = None) -> Engine:
+    """An engine for ``url``; creates the SQLite file's folder when needed. ``pool``: the connection pool's size
+    (default: SQLAlchemy's 5 + 10 overflow, 30 s wait); the service sizes it to its concurrency
+    (``Settings.pool``, docs/operations.md "Reads at scale")."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "future": True}
+    in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+    if pool is not None and not in_memory:
+        kwargs.update(pool_size=pool.size, max_overflow=pool.overflow, pool_timeout=pool.timeout_s)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +56,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions that keep loaded attributes after commit (handlers serialize after committing)."""
+    """Sessions that keep loaded attributes after commit (handlers serialize after committing); their flushes
+    keep the rules' read fields current (``service.db.read_fields``)."""
+    read_fields.install()
     return sessionmaker(bind=engine, expire_on_commit=False, future=True)
 
 

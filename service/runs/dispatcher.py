@@ -112,6 +112,7 @@ class _Tracked:
     cancelling: bool = False
     attempt: int = 1
     worker: WorkerInfo | None = None
+    resumed: str | None = None       # the last "resumed …" note written as an event
 
 
 def _short(exc: BaseException, limit: int = 500) -> str:
@@ -452,6 +453,12 @@ class Dispatcher:
         if clean == row.progress:
             return
         s.execute(update(Job).where(Job.id == row.id, Job.status.in_(ACTIVE_STATUSES)).values(progress=clean))
+        note = clean.get("resumed")
+        if isinstance(note, str) and note != tracked.resumed:   # where this attempt resumed (which stage, episode)
+            tracked.resumed = note
+            add_event(s, "resumed", f"attempt {tracked.attempt} {note}", job_id=row.id,
+                      data={"attempt": tracked.attempt, "episode": clean.get("resumed_from_episode"),
+                            "phase": note})
         episode, total = clean.get("episode"), clean.get("total")
         if not isinstance(episode, int):
             return

@@ -18,6 +18,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from service.db.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, BenchmarkRun, Job, utcnow
+from service.db.read_fields import refresh_for_run
 from service.db.repositories.events import add_event
 
 #: status → the statuses it may move to
@@ -65,6 +66,8 @@ def set_status(session: Session, model: Tracked, row_id: int, status: str, *, ev
     session.expire_all()
     if not result.rowcount:
         return False
+    if status == SUCCEEDED:   # the scores of its rules count from now: refresh their read fields
+        refresh_for_run(session, "job" if model is Job else "bench", row_id)
     if event is not None:
         add_event(session, event, message, data=data, **{owner_key(model): row_id})
     return True

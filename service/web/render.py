@@ -170,3 +170,16 @@ def vs_delta(delta: float | None, metric: str | None = None) -> str:
     if metric is None or "accuracy" in metric:
         return f"{delta * 100:+.1f} points"
     return f"{delta:+.3g}"
+
+
+_SIZE_ATTR = re.compile(r'\b(width|height)="([0-9.]+)pt"')
+
+
+def scaled_svg(svg: str | None, factor: float) -> str | None:
+    """A stored formula SVG (``service.db.read_fields``) drawn ``factor`` times larger: its ``width`` and
+    ``height`` scale, its ``viewBox`` (and so its paths) stay."""
+    if not svg or factor == 1.0:
+        return svg
+    head, sep, rest = svg.partition(">")
+    head = _SIZE_ATTR.sub(lambda m: f'{m.group(1)}="{float(m.group(2)) * factor:.2f}pt"', head)
+    return head + sep + rest

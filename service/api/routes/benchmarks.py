@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from discovery.spec import RuleFamily
+from service.api.caching import cached
 from service.api.deps import (
     DispatcherDep,
     IdPath,
@@ -153,9 +154,12 @@ def list_suites() -> list[dict]:
 
 
 @router.get(
-    "/api/leaderboard", response_model=LeaderboardOut, responses=errors(404, 422, 503, e404="unknown suite")
+    "/api/leaderboard", response_model=LeaderboardOut,
+    responses={304: {"description": "not modified (If-None-Match named the current ETag)"},
+               **errors(404, 422, 503, e404="unknown suite")},
 )
 def get_leaderboard(
+    request: Request,
     session: SessionDep,
     suite: Annotated[
         str | None,
@@ -164,11 +168,13 @@ def get_leaderboard(
     ] = None,
     front: Annotated[bool, Query(description="only rules on a stored Pareto front of an open search")] = False,
     family: Annotated[RuleFamily | None, Query(description="only rules of this family (baselines stay)")] = None,
-) -> dict:
+) -> Response:
     """Ranked entries (rules and baselines): name, origin, score, ci, locality, cost."""
     if suite is not None and suite not in known_suites(session):
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
             detail=f"unknown suite {suite!r}; known: {', '.join(known_suites(session))}",
         )
-    return leaderboard(session, suite, only_front=front, family=family)
+    board = LeaderboardOut.model_validate(leaderboard(session, suite, only_front=front, family=family))
+    session.close()   # the connection goes back to the pool before the answer is serialized
+    return cached(request, board.model_dump_json().encode(), "application/json")

@@ -7,30 +7,44 @@ hash: the same ΔW up to the canonical form of ``rules.Rule``); the body's ``cre
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import TypeAdapter
 
 from discovery.spec import DatasetName, FeedbackMode
+from service.api.caching import cached
 from service.api.deps import IdPath, OwnerDep, SessionDep, get_or_404
 from service.api.errors import errors
 from service.api.schemas import ExportFormatName, RuleCreate, RuleOrigin, RuleOut
 from service.db.models import ORIGIN_USER, Rule
 from service.db.repositories import rules as rule_repo
-from service.db.repositories.rules import discovery_scores, upsert_rule
+from service.db.repositories.rules import upsert_rule
 from service.rulebook import InvalidRule, parse_rule, terms_catalog
 
 router = APIRouter(prefix="/api/rules", tags=["rules"])
 
 Feedback = Annotated[FeedbackMode | None, Query(description="bp, fa, dfa or sign")]
-_TOTAL = {"X-Total-Count": {"description": "the number of matches", "schema": {"type": "integer"}}}
+
+
+_RULES = TypeAdapter(list[RuleOut])
+_PAGING = {
+    "X-Total-Count": {"description": "the number of matches", "schema": {"type": "integer"}},
+    "X-Next-After": {"description": "the cursor of the next page (absent on the last page)",
+                     "schema": {"type": "integer"}},
+    "Link": {"description": 'the next page: `<url>; rel="next"` (absent on the last page)', "schema": {"type": "string"}},
+    "ETag": {"description": "send it back in If-None-Match: 304 when nothing changed", "schema": {"type": "string"}},
+}
 
 
 @router.get("", response_model=list[RuleOut],
-            responses={200: {"description": "the rules", "headers": _TOTAL}, **errors(422, 503)})
+            responses={200: {"description": "the rules", "headers": _PAGING},
+                       304: {"description": "not modified (If-None-Match named the current ETag)"},
+                       **errors(422, 503)})
 def list_rules(
+    request: Request,
     session: SessionDep,
-    response: Response,
     feedback: Feedback = None,
     depth: Annotated[int | None, Query(ge=1, le=1000, description="weight layers L")] = None,
     dataset: Annotated[DatasetName | None, Query()] = None,
@@ -38,13 +52,23 @@ def list_rules(
                                       description="a term id, e.g. F9")] = None,
     origin: Annotated[RuleOrigin | None, Query(description="discovered, user or inferred")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-) -> list[RuleOut]:
-    """Stored rules, newest first; ``X-Total-Count`` gives the number of matches."""
-    rules, total = rule_repo.list_rules(session, feedback=feedback, depth=depth, dataset=dataset, term=term, origin=origin,
-                              limit=limit, offset=offset)
-    response.headers["X-Total-Count"] = str(total)
-    return [RuleOut.of(r, discovery_scores(session, r)) for r in rules]
+    offset: Annotated[int, Query(ge=0, le=10**9, description="rows to skip (prefer `after`)")] = 0,
+    after: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="keyset cursor: only rules with a smaller "
+                                       "id (the X-Next-After of the previous page)")] = None,
+) -> Response:
+    """Stored rules, newest first; ``X-Total-Count`` gives the number of matches, ``X-Next-After`` and ``Link``
+    the next page (keyset: ``after=<id>``; ``offset`` still works). Rendered from the rows' precomputed fields."""
+    rules, total, cursor = rule_repo.list_rules(
+        session, feedback=feedback, depth=depth, dataset=dataset, term=term, origin=origin, limit=limit,
+        offset=offset, after=after)
+    models = [RuleOut.of(r) for r in rules]
+    session.close()   # the connection goes back to the pool before the answer is serialized
+    headers = {"X-Total-Count": str(total)}
+    if cursor is not None:
+        params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("after", "offset")]
+        headers["X-Next-After"] = str(cursor)
+        headers["Link"] = f'<{request.url.path}?{urlencode([*params, ("after", cursor)])}>; rel="next"'
+    return cached(request, _RULES.dump_json(models), "application/json", headers)
 
 
 @router.get("/terms", tags=["rules"], responses=errors(503))
@@ -53,11 +77,14 @@ def list_terms() -> list[dict]:
     return terms_catalog()
 
 
-@router.get("/{rule_id}", response_model=RuleOut, responses=errors(404, 422, 503, e404="no such rule"))
-def get_rule(rule_id: IdPath, session: SessionDep) -> RuleOut:
+@router.get("/{rule_id}", response_model=RuleOut,
+            responses={304: {"description": "not modified (If-None-Match named the current ETag)"},
+                       **errors(404, 422, 503, e404="no such rule")})
+def get_rule(rule_id: IdPath, request: Request, session: SessionDep) -> Response:
     """Expression, LaTeX, coefficients, terms, origin, hash, spec, provenance and scores of one rule."""
-    rule = get_or_404(session, Rule, rule_id, "rule")
-    return RuleOut.of(rule, discovery_scores(session, rule))
+    out = RuleOut.of(get_or_404(session, Rule, rule_id, "rule"))
+    session.close()
+    return cached(request, out.model_dump_json().encode(), "application/json")
 
 
 def _rule_language_object(rule: Rule) -> object:
@@ -144,7 +171,7 @@ def create_rule(body: RuleCreate, session: SessionDep, who: OwnerDep) -> RuleOut
         provenance={"source": "api", "submitted_expression": body.expression, "submitted_by": who},
     )
     session.commit()
-    out = RuleOut.of(rule, discovery_scores(session, rule), created=created)
+    out = RuleOut.of(rule, created=created)
     if created:
         return out
     return JSONResponse(status_code=status.HTTP_200_OK, content=out.model_dump(mode="json"))  # type: ignore[return-value]

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.base import ExecutableOption
 
 from discovery.results import jsonable
 from service.db.models import SUCCEEDED, FrontPointRow, Job, JobRule, Rule, RuleTerm
@@ -86,8 +88,10 @@ def upsert_rule(
 
 def list_rules(session: Session, *, feedback: str | None = None, depth: int | None = None,
                dataset: str | None = None, origin: str | None = None, term: str | None = None, limit: int = 50,
-               offset: int = 0) -> tuple[list[Rule], int]:
-    """Stored rules matching the filters, newest first, and how many match in all."""
+               offset: int = 0, after: int | None = None,
+               options: Sequence[ExecutableOption] = ()) -> tuple[list[Rule], int, int | None]:
+    """Stored rules matching the filters, newest first (ids below ``after`` when given: keyset pagination, then
+    ``offset`` skipped); how many match in all; the cursor of the next page (None on the last page)."""
     stmt = select(Rule)
     for column, value in ((Rule.feedback, feedback), (Rule.depth, depth), (Rule.dataset, dataset),
                           (Rule.origin, origin)):
@@ -96,8 +100,12 @@ def list_rules(session: Session, *, feedback: str | None = None, depth: int | No
     if term is not None:
         stmt = stmt.where(Rule.id.in_(select(RuleTerm.rule_id).where(RuleTerm.term == term)))
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    rows = session.scalars(stmt.order_by(Rule.id.desc()).limit(limit).offset(offset)).all()
-    return list(rows), int(total)
+    if after is not None:
+        stmt = stmt.where(Rule.id < after)
+    rows = list(session.scalars(stmt.options(*options).order_by(Rule.id.desc()).limit(limit + 1).offset(offset)).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, int(total), (rows[-1].id if more and rows else None)
 
 
 def discovery_scores(session: Session, rule: Rule) -> list[DiscoveryScore]:

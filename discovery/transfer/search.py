@@ -1,0 +1,347 @@
+"""Open discovery over a task distribution (docs/transfer.md): forward selection meta-trained on the training
+cells, the front scored on every cell and the support chosen on the selection cells only.
+
+* Fits: θ of a support meta-trained over the training cells (discovery.transfer.multitask.MultiTaskTrainer);
+  screens: Rao's score test t_r = ḡ_r / (s_r/√n) of every pool term at θ_r = 0 over n fresh episodes drawn
+  across the training cells (as discovery.search.open_search, which works on one cell); the budget split is that
+  search's: per fit (E − (k−1)·n) / k episodes for k supports.
+* Per-layer option (``transfer.coefficients`` = ``profile`` or ``per-layer``): every support found also gets a
+  refit with layered coefficients (warm start: its shared θ, zero slopes), on the same per-fit budget; both go on
+  the front, whose complexity counts parameters — structural complexity + (free coefficients − terms) — so the
+  layered variant is selected only when the shared one is outside the best's CI.
+* Scoring: every point on every cell (train, select, test) on E held-out episodes of the run's seed (paired across
+  points); its front accuracy is the per-episode mean over the selection cells (the training cells when there
+  are none) with its 95 % t-interval. A point whose θ diverges on a cell *fails* there (``cells[i].failed``,
+  listed in ``failed``); one that fails on a training or selection cell cannot be selected. Test cells are only
+  reported.
+* Refit (``transfer.refit``): the selected support alone, with the full budget E, warm-started from its θ and
+  from scratch (θ0 = 1e-3 on F0, 0 elsewhere); the better on the selection cells replaces it.
+
+Resume: finished stages are recorded in ``checkpoint_dir/transfer_search.json`` (for this very spec) and replayed;
+a fit in progress resumes from its trainer checkpoint (``stage_<i>/``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+
+from discovery.analysis.stats import mean_halfwidth
+from discovery.feedforward.trainer import learned_rule, resolve_device
+from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
+from discovery.search.open_search import complexity, select
+from discovery.spec import DiscoverySpec
+from discovery.transfer.cells import cell_spec
+from discovery.transfer.layered import SLOPE, n_params
+from discovery.transfer.multitask import MultiTaskTrainer, cell_trainer
+from discovery.transfer.scoring import CellScore, heldout_outcome
+from discovery.transfer.spec import Cell
+
+STATE_FILE = "transfer_search.json"
+
+
+class FitStage(BaseModel):
+    """A finished fit or screen (what the state file records)."""
+
+    kind: str
+    label: str
+    terms: list[str]
+    coefficients: str = "shared"
+    theta: dict[str, float]
+    episodes: int
+    scores: dict[str, float] | None = None
+    history: list[dict] = Field(default_factory=list)
+
+
+class TransferPoint(BaseModel):
+    """One point of the front with its per-cell scores and where it failed."""
+
+    terms: list[str]
+    coefficients: str
+    n_params: int
+    stage: str
+    selection_accuracy: float | None
+    selection_ci95: float | None
+    cells: list[CellScore]
+    failed: list[str]
+
+
+def shared_theta(terms: list[str], theta: dict[str, float]) -> dict[str, float]:
+    """θ_r of the rule's shared language: the level of a profile, the layer mean of per-layer coefficients."""
+    out = {}
+    for t in terms:
+        if t in theta:
+            out[t] = theta[t]
+        else:
+            vals = [v for k, v in theta.items() if k.startswith(t + "@")]
+            out[t] = sum(vals) / len(vals) if vals else 0.0
+    return out
+
+
+class TransferSearch:
+    """Forward selection over ``spec.transfer``'s training cells (see the module docstring)."""
+
+    def __init__(self, spec: DiscoverySpec, progress: Callable[[ProgressEvent], None] | None = None,
+                 checkpoint_dir: Path | str | None = None, should_stop: Callable[[], bool] | None = None):
+        if spec.transfer is None:
+            raise ValueError("a transfer search needs spec.transfer")
+        self.spec, self.transfer = spec, spec.transfer
+        self.pool = list(spec.rule.terms or [])
+        self.progress, self.should_stop = progress, should_stop
+        self.folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.stages = self._load()
+        self.cursor = 0
+        self.used = 0
+        self.stopped = False
+        self.history: list[dict] = []
+        self._screener: MultiTaskTrainer | None = None
+
+    # ------------------------------------------------------------------ state
+    def _load(self) -> list[FitStage]:
+        path = self.folder / STATE_FILE if self.folder is not None else None
+        if path is None or not path.exists():
+            return []
+        raw = json.loads(path.read_text())
+        if raw.get("spec") != self.spec.model_dump(mode="json"):
+            return []
+        return [FitStage.model_validate(s) for s in raw["stages"]]
+
+    def _record(self, stage: FitStage) -> FitStage:
+        self.stages = [*self.stages[:self.cursor], stage]
+        self.cursor += 1
+        self.used += stage.episodes
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder / (STATE_FILE + ".tmp")
+            tmp.write_text(json.dumps({"spec": self.spec.model_dump(mode="json"),
+                                       "stages": [s.model_dump(mode="json") for s in self.stages]}))
+            tmp.replace(self.folder / STATE_FILE)
+        return stage
+
+    def _replay(self) -> FitStage | None:
+        if self.cursor < len(self.stages):
+            stage = self.stages[self.cursor]
+            self.cursor += 1
+            self.used += stage.episodes
+            self.history.extend(stage.history)
+            return stage
+        return None
+
+    # ------------------------------------------------------------------ building blocks
+    def _subspec(self, terms: list[str], theta: dict[str, float], episodes: int, **meta: Any) -> DiscoverySpec:
+        data = self.spec.model_dump()
+        data["rule"] = {"terms": terms, "theta_init": {t: theta.get(t, 0.0) for t in terms}}
+        data["meta"].update({"episodes": max(1, episodes), **meta})
+        data["search"], data["sweep"] = {"method": "none"}, {}
+        return DiscoverySpec.model_validate(data)
+
+    def fit(self, terms: list[str], theta: dict[str, float], episodes: int, label: str,
+            coefficients: str = "shared") -> FitStage:
+        """Meta-train the support's θ (warm start ``theta``; layered keys for a profile / per-layer layout) over
+        the training cells for ``episodes`` one-step meta-batches."""
+        done = self._replay()
+        if done is not None:
+            return done
+        spec = self._subspec(terms, shared_theta(terms, theta), episodes)
+        layered = {k: v for k, v in theta.items() if k not in terms} or None
+        trainer = MultiTaskTrainer(spec, stream=self.cursor + 1, coefficients=coefficients, theta_init=layered)
+        folder = self.folder / f"stage_{self.cursor}" if self.folder is not None else None
+        offset = self.used
+
+        def report(event: ProgressEvent) -> None:
+            if self.progress is not None:
+                self.progress(event.model_copy(update={"episode": offset + event.episode, "phase": label,
+                                                       "total": max(self.spec.meta.episodes, offset + episodes)}))
+
+        self.stopped = trainer.run(report, folder, self.should_stop)
+        history = [{**h, "episode": offset + h["episode"], "phase": label} for h in trainer.history]
+        self.history.extend(history)
+        stage = FitStage(kind="fit", label=label, terms=terms, coefficients=coefficients,
+                         theta=trainer.theta_dict(), episodes=trainer.episode, history=history)
+        return stage if self.stopped else self._record(stage)
+
+    def screen(self, theta: dict[str, float], label: str) -> FitStage:
+        """Rao's score test of every pool term at θ over n episodes drawn across the training cells."""
+        done = self._replay()
+        if done is not None:
+            return done
+        if self._screener is None:
+            spec = self._subspec(self.pool, {}, 1, meta_batch=self.spec.search.screen_episodes)
+            self._screener = MultiTaskTrainer(spec, stream=10_000, coefficients="shared")
+        trainer = self._screener
+        with torch.no_grad():
+            full = torch.tensor([theta.get(t, 0.0) for t in self.pool], dtype=trainer.lead.dtype)
+            trainer.lead.phi.copy_(full / trainer.lead.scale)
+        n = self.spec.search.screen_episodes
+        loss, grad = trainer.episode_gradients(n)
+        ok = torch.isfinite(loss) & torch.isfinite(grad).all(0)
+        g = grad[:, ok].double()
+        k = g.shape[1]
+        mean = g.mean(1) if k else torch.zeros(len(self.pool), dtype=torch.float64)
+        sem = g.std(1) / math.sqrt(k) if k > 1 else torch.full_like(mean, math.inf)
+        t_abs = torch.where(sem > 0, mean.abs() / sem, torch.where(mean != 0, math.inf, 0.0))
+        return self._record(FitStage(kind="screen", label=label, terms=list(theta), theta=theta, episodes=n,
+                                     scores=dict(zip(self.pool, t_abs.tolist(), strict=True))))
+
+    # ------------------------------------------------------------------ the search
+    def forward(self) -> list[FitStage]:
+        """Greedy forward selection over the pool (F0 first), then the layered refits when asked."""
+        k_max = min(self.spec.search.max_terms, len(self.pool))
+        n_screen = self.spec.search.screen_episodes
+        per_fit = max(1, (self.spec.meta.episodes - (k_max - 1) * n_screen) // k_max)
+        init = self.spec.rule.initial_theta()
+        support = ["F0"] if "F0" in self.pool else [self.pool[0]]
+        fits = [self.fit(support, {t: init.get(t, 0.0) for t in support}, per_fit, f"fit {len(support)} terms")]
+        while len(support) < k_max and not self.stopped:
+            scores = self.screen(fits[-1].theta, f"screen for term {len(support) + 1}").scores or {}
+            candidates = {t: s for t, s in scores.items() if t not in support and math.isfinite(s)}
+            if not candidates:
+                break
+            support = [*support, max(candidates, key=candidates.get)]
+            fits.append(self.fit(support, fits[-1].theta, per_fit, f"fit {len(support)} terms"))
+        if self.transfer.coefficients != "shared":
+            for f in list(fits):
+                if self.stopped:
+                    break
+                fits.append(self.fit(f.terms, f.theta, per_fit, f"{self.transfer.coefficients} {len(f.terms)} terms",
+                                     coefficients=self.transfer.coefficients))
+        return fits
+
+    def refit(self, chosen: FitStage) -> list[FitStage]:
+        """The selected support alone with the full budget, warm-started and from scratch."""
+        init = {t: v for t, v in self.spec.rule.initial_theta().items() if t in chosen.terms}
+        budget, mode = self.spec.meta.episodes, chosen.coefficients
+        warm = self.fit(chosen.terms, chosen.theta, budget, f"refit warm {len(chosen.terms)} terms", mode)
+        if self.stopped:
+            return [warm]
+        return [warm, self.fit(chosen.terms, init, budget, f"refit scratch {len(chosen.terms)} terms", mode)]
+
+    # ------------------------------------------------------------------ scoring
+    def score_fit(self, f: FitStage) -> TransferPoint:
+        """The fit's θ on every cell (held-out episodes of the run's seed) and its selection-cell score."""
+        episodes = self.spec.search.front_eval_episodes or self.spec.meta.eval_episodes
+        scores = []
+        for cell in self.transfer.cells:
+            scores.append(self.score_on(cell, f, episodes))
+        chosen = [s for s in scores if s.role == "select"] or [s for s in scores if s.role == "train"]
+        per_episode = [sum(vals) / len(vals) for vals in zip(*(s.per_episode for s in chosen))]
+        acc, ci = mean_halfwidth(per_episode) if per_episode else (None, None)
+        depth = self.spec.network.depth
+        return TransferPoint(terms=f.terms, coefficients=f.coefficients, stage=f.label,
+                             n_params=n_params(len(f.terms), f.coefficients, depth),
+                             selection_accuracy=acc, selection_ci95=ci, cells=scores,
+                             failed=[s.cell for s in scores if s.failed])
+
+    def score_on(self, cell: Cell, f: FitStage, episodes: int) -> CellScore:
+        """One fit's θ on one cell."""
+        spec = cell_spec(self.spec, cell, rule={"terms": f.terms, "theta_init": shared_theta(f.terms, f.theta)},
+                         meta={"episodes": 1})
+        layered = {k: v for k, v in f.theta.items() if k not in f.terms} or None
+        trainer = cell_trainer(spec, 0, f.coefficients, layered)
+        values, diverged = heldout_outcome(trainer, episodes)
+        mean, half = mean_halfwidth(values)
+        return CellScore(cell=cell.label, role=cell.role, score=mean, ci95=[mean - half, mean + half],
+                         per_episode=values.tolist(), diverged=diverged, failed=diverged > 0, theta=f.theta)
+
+    def front(self, fits: list[FitStage]) -> tuple[list[FrontPoint], list[TransferPoint]]:
+        """Distinct (support, layout) points, scored; the simplest within the best's CI among those that fail on
+        no training or selection cell is selected."""
+        latest: dict[tuple[tuple[str, ...], str], FitStage] = {}
+        for f in fits:
+            if f.kind == "fit":
+                latest[(tuple(sorted(f.terms)), f.coefficients)] = f
+        ordered = sorted(latest.values(), key=lambda f: (len(f.terms), f.coefficients != "shared"))
+        points = [self.score_fit(f) for f in ordered]
+        front = [self.front_point(f, p) for f, p in zip(ordered, points)]
+        eligible = [i for i, p in enumerate(points)
+                    if not any(c.failed and c.role in ("train", "select") for c in p.cells)]
+        if eligible:
+            pick = eligible[select([front[i] for i in eligible])]
+            front[pick].selected = True
+        return front, points
+
+    def front_point(self, f: FitStage, p: TransferPoint) -> FrontPoint:
+        shared = shared_theta(f.terms, f.theta)
+        rule = learned_rule(f.terms, shared)
+        return FrontPoint(terms=f.terms, theta=f.theta, rule={**rule.to_dict(), "coefficients_raw": f.theta},
+                          n_terms=len(f.terms), complexity=complexity(f.terms) + p.n_params - len(f.terms),
+                          heldout_accuracy=p.selection_accuracy, heldout_ci95=p.selection_ci95,
+                          heldout_episodes=len(p.cells[0].per_episode) if p.cells else 0, stage=f.label)
+
+    def run(self) -> tuple[list[FrontPoint], list[TransferPoint], list[FitStage]]:
+        fits = self.forward()
+        if self.stopped:
+            return [], [], fits
+        front, points = self.front(fits)
+        if self.transfer.refit and not self.stopped and any(p.selected for p in front):
+            i = next(i for i, p in enumerate(front) if p.selected)
+            chosen = next(f for f in fits if f.kind == "fit" and f.label == front[i].stage)
+            fits = [*fits, *self.refit(chosen)]
+            if not self.stopped:
+                front, points = self.refit_front(front, points, fits[-2:], i)
+        return front, points, fits
+
+    def refit_front(self, front: list[FrontPoint], points: list[TransferPoint], refits: list[FitStage],
+                    chosen: int) -> tuple[list[FrontPoint], list[TransferPoint]]:
+        """Score both refits; the better on the selection cells (if it fails nowhere it matters) replaces the
+        selected point's selection, both stay on the front."""
+        scored = [(f, self.score_fit(f)) for f in refits]
+        for f, p in scored:
+            front.append(self.front_point(f, p))
+            points.append(p)
+        ok = [(p.selection_accuracy or -1.0, len(front) - len(scored) + j) for j, (f, p) in enumerate(scored)
+              if not any(c.failed and c.role in ("train", "select") for c in p.cells)]
+        best = max(ok) if ok else None
+        if best is not None and best[0] > (front[chosen].heldout_accuracy or -1.0):
+            front[chosen].selected = False
+            front[best[1]].selected = True
+        return front, points
+
+
+def discover_transfer(spec: DiscoverySpec, progress: Callable[[ProgressEvent], None] | None = None,
+                      checkpoint_dir: Path | str | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
+    """Run the transfer search for ``spec`` (search.method must be forward) and return the selected rule, the
+    front and, in ``search.transfer``, every point's per-cell scores."""
+    if spec.search.method not in ("forward", "none"):
+        raise ValueError(f"a task distribution is searched by forward selection, not {spec.search.method!r}")
+    t0 = time.perf_counter()
+    search = TransferSearch(spec, progress, checkpoint_dir, should_stop)
+    if spec.search.method == "none":           # fit the given terms over the distribution, score on every cell
+        init = spec.rule.initial_theta()
+        fits = [search.fit(list(spec.rule.terms or []), init, spec.meta.episodes, "fit",
+                           spec.transfer.coefficients if spec.transfer else "shared")]
+        front, points = ([], []) if search.stopped else search.front(fits)
+    else:
+        front, points, fits = search.run()
+    chosen = next((p for p in front if p.selected), None)
+    last = next((f for f in reversed(fits) if f.kind == "fit"), None)
+    theta = chosen.theta if chosen else (last.theta if last else {})
+    terms = chosen.terms if chosen else (last.terms if last else [])
+    rule = chosen.rule if chosen else {**learned_rule(terms, shared_theta(terms, theta)).to_dict(),
+                                       "coefficients_raw": theta}
+    return DiscoveryResult(
+        rule=rule, theta=theta, history=search.history, theta_history=[h["theta"] for h in search.history],
+        heldout_accuracy=chosen.heldout_accuracy if chosen else None,
+        heldout_ci95=chosen.heldout_ci95 if chosen else None,
+        heldout_episodes=chosen.heldout_episodes if chosen else 0,
+        diverged_episodes=sum(h.get("dropped_episodes", 0) for h in search.history),
+        skipped_steps=sum(1 for h in search.history if h.get("skipped")), stopped=search.stopped,
+        resumed_from_episode=None, wall_time_s=time.perf_counter() - t0,
+        device=str(resolve_device(spec.resources.device)), spec=spec.model_dump(), front=front,
+        search={"method": "forward", "pool": search.pool, "episodes": search.used,
+                "transfer": {**(spec.transfer.model_dump() if spec.transfer else {}),
+                             "points": [p.model_dump() for p in points]},
+                "stages": [{"label": s.label, "kind": s.kind, "terms": s.terms, "coefficients": s.coefficients,
+                            "episodes": s.episodes} for s in search.stages],
+                "screening": [{"label": s.label, "scores": s.scores} for s in search.stages if s.kind == "screen"]})
+
+
+__all__ = ["SLOPE", "FitStage", "TransferPoint", "TransferSearch", "discover_transfer", "shared_theta"]

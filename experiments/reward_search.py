@@ -1,0 +1,141 @@
+"""Reproduce the reward family's acceptance (docs/reward.md, docs/results.md "Reward-modulated family"):
+
+1. ``discover --seed S``: the open search over the reward library (no hint: the 18 terms without the supervised
+   error) on task 1, searched on the `fast` protocol, the front scored on the `shortened` protocol;
+   writes results/reward/discover_seed{S}.json;
+2. ``table --task T``: the selected rules of the discover runs beside FORCE, RMHL and SUPERTREX on task T, every
+   learner's η tuned on the same grid and seeds on the `fast` protocol, scored on the `shortened` protocol on the
+   test seeds (discovery.reward.compare); writes results/reward/table_task{T}.json;
+3. ``report``: the markdown tables from the JSONs.
+
+    OMP_NUM_THREADS=1 nice -n 10 python -m experiments.reward_search discover --seed 0 --N 200
+    OMP_NUM_THREADS=1 nice -n 10 python -m experiments.reward_search table --task 1 --N 200
+    python -m experiments.reward_search report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from discovery.results import jsonable
+from discovery.reward.search import RewardSearch, RewardSearchConfig
+from discovery.reward.sim import RewardEnv
+from rules.reward import REWARD_POOLS, REWARD_TERMS, RMHL
+
+OUT = Path("results/reward")
+
+
+def discover(args: argparse.Namespace) -> dict:
+    env = RewardEnv(task=args.task, N=args.N, protocol="fast")
+    score_env = RewardEnv(task=args.task, N=args.N, protocol="shortened")
+    base = 10_000 * args.seed
+    cfg = RewardSearchConfig(max_terms=args.max_terms, grid=tuple(args.grid), top_m=args.top_m,
+                             popsize=args.popsize, generations=args.generations,
+                             search_seeds=tuple(base + i for i in range(args.search_seeds)),
+                             eval_seeds=tuple(base + 500 + i for i in range(args.eval_seeds)))
+    t0 = time.perf_counter()
+    search = RewardSearch(env, score_env, REWARD_POOLS[args.pool], cfg)
+    front, fits = search.run()
+    wall = time.perf_counter() - t0
+    chosen = next(p for p in front if p.selected)
+    result = {"args": vars(args), "wall_time_s": wall, "timing": search.log.timing,
+              "simulations": search.log.simulations, "reservoir_steps": search.log.reservoir_steps,
+              "front": [p.model_dump() for p in front], "selected": chosen.model_dump(),
+              "rmhl_in_selected": RMHL in chosen.terms, "rmhl_coefficient": chosen.theta.get(RMHL),
+              "screening": search.log.screening, "history": search.log.history,
+              "fits": [{"terms": f.terms, "names": [REWARD_TERMS[t].name for t in f.terms], "theta": f.theta,
+                        "train_deviation": f.train_deviation, "stage": f.stage} for f in fits]}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"discover_seed{args.seed}.json").write_text(json.dumps(jsonable(result), indent=1))
+    for p in front:
+        names = {REWARD_TERMS[t].name: f"{v:.3g}" for t, v in p.theta.items()}
+        print(f"{'*' if p.selected else ' '} {p.n_terms} terms {names} deviation "
+              f"{1 - (p.heldout_accuracy or 0):.3f} ± {p.heldout_ci95 or 0:.3f}", flush=True)
+    print(f"wall {wall:.0f}s timing {search.log.timing}", flush=True)
+    return result
+
+
+def table(args: argparse.Namespace) -> dict:
+    """--part baselines: the library RMHL term and the seed's learners (no discovered rule needed); --part rules:
+    the selected rules of the discover runs; both tuned and scored with the same config (seeds, grid)."""
+    from discovery.reward.compare import BUILTIN, CompareConfig, builtin_entry, rule_entries
+    from discovery.reward.search import ETA0
+
+    cfg = CompareConfig(task=args.task, N=args.N, test_seeds=tuple(900 + i for i in range(args.test_seeds)),
+                        tune_seeds=tuple(800 + i for i in range(args.tune_seeds)), grid=tuple(args.tune_grid))
+    t0 = time.perf_counter()
+    if args.part == "rules":
+        rules = {}
+        for s in args.seeds:
+            data = json.loads((OUT / f"discover_seed{s}.json").read_text())
+            rules[f"selected rule (seed {s})"] = data["selected"]["theta"]
+        entries = rule_entries(rules, cfg, set(rules))
+    else:
+        entries = rule_entries({"RMHL term (R − R̄)(z − z̄) rᵀ, tuned η": {RMHL: ETA0}}, cfg, set())
+        for learner in BUILTIN[args.task]:
+            print(f"tuning and scoring {learner}", flush=True)
+            entries.append(builtin_entry(cfg, learner))
+    out = {"task": cfg.task, "N": cfg.N, "part": args.part, "tune_protocol": cfg.tune_protocol,
+           "score_protocol": cfg.score_protocol, "tune_seeds": list(cfg.tune_seeds), "test_seeds": list(cfg.test_seeds),
+           "grid": list(cfg.grid), "entries": entries, "wall_time_s": time.perf_counter() - t0}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"table_task{args.task}_{args.part}.json").write_text(json.dumps(jsonable(out), indent=1))
+    for e in entries:
+        print(f"{e['learner']}: ×{e['lr_scale']} {e['score']:.3f} {e['ci95']}", flush=True)
+    return out
+
+
+def report(_: argparse.Namespace) -> None:
+    for path in sorted(OUT.glob("discover_seed*.json")):
+        d = json.loads(path.read_text())
+        print(f"{path.name}: wall {d['wall_time_s']:.0f}s, RMHL in selected: {d['rmhl_in_selected']} "
+              f"(θ = {d['rmhl_coefficient']})")
+        for p in d["front"]:
+            names = {REWARD_TERMS[t].name: f"{v:.3g}" for t, v in p["theta"].items()}
+            m = p["rule"]["metrics"]
+            print(f"  {'*' if p['selected'] else ' '} {names}: deviation {m['deviation']:.3f} "
+                  f"[{m['deviation_ci95'][0]:.3f}, {m['deviation_ci95'][1]:.3f}] (train {m['train_deviation']:.3f})")
+    for task in (1, 2):
+        parts = [json.loads(p.read_text()) for p in sorted(OUT.glob(f"table_task{task}_*.json"))]
+        if not parts:
+            continue
+        walls = ", ".join(f"{d['part']} {d['wall_time_s']:.0f}s" for d in parts)
+        print(f"\ntask {task} (N = {parts[0]['N']}; wall {walls})\n| learner | tuned lr × | deviation (95% CI) | < 0.5 |")
+        for e in [e for d in parts for e in d["entries"]]:
+            print(f"| {e['learner']} | {e['lr_scale']} | {e['score']:.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}] | "
+                  f"{e['n_satisfactory']}/{len(e['deviation_per_seed'])} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("discover")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--task", type=int, default=1)
+    d.add_argument("--N", type=int, default=200)
+    d.add_argument("--pool", default="reward", choices=sorted(REWARD_POOLS))
+    d.add_argument("--max-terms", type=int, default=2)
+    d.add_argument("--grid", type=float, nargs="+", default=[1.0, 4.0, 16.0])
+    d.add_argument("--top-m", type=int, default=3)
+    d.add_argument("--popsize", type=int, default=6)
+    d.add_argument("--generations", type=int, default=4)
+    d.add_argument("--search-seeds", type=int, default=2)
+    d.add_argument("--eval-seeds", type=int, default=3)
+    t = sub.add_parser("table")
+    t.add_argument("--task", type=int, default=1)
+    t.add_argument("--N", type=int, default=200)
+    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    t.add_argument("--test-seeds", type=int, default=3)
+    t.add_argument("--tune-seeds", type=int, default=2)
+    t.add_argument("--tune-grid", type=float, nargs="+", default=[0.25, 1.0, 4.0])
+    t.add_argument("--part", choices=["baselines", "rules"], default="rules")
+    sub.add_parser("report")
+    args = p.parse_args()
+    {"discover": discover, "table": table, "report": report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

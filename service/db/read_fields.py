@@ -1,0 +1,221 @@
+"""Precomputed read fields of a rule (migration 0006): what lists and pages show, stored on the ``rules`` row at
+write time so that a read renders rows with no per-row query and no sympy or matplotlib work
+(docs/operations.md, "Reads at scale").
+
+- ``display_latex``: the LaTeX with θ rounded to 3 significant digits (``service.rulebook.display_latex``);
+- ``formula_svg``: that LaTeX typeset to SVG at 12 pt (``service.web.render.latex_svg``; pages scale it);
+- ``read_scores``: the rule's scores as ``RuleOut.scores`` lists them — its held-out accuracy on the task of
+  each succeeded job that stored it (the front point's own score when it sits on that job's front), then its
+  scores in succeeded benchmark runs, oldest first;
+- ``read_updated_at``: when these fields last changed (the lists' ETag and version stamp include it).
+
+A score can change only when a row of ``job_rules``, ``front_points`` or ``benchmark_scores`` is written or a job
+or benchmark run changes status. :func:`install` hooks every ORM flush that writes such rows, and
+``service.runs.states.set_status`` (a Core UPDATE, no flush) calls :func:`refresh_for_run`; both recompute the
+fields of the rules concerned in the same transaction. The functions here use Core tables of their own, so the
+migration's backfill runs them too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+log = logging.getLogger("plasticity.read_fields")
+
+SUCCEEDED = "succeeded"
+#: What a feedback mode says about locality (the vocabulary of the suites' ``locality`` field).
+FEEDBACK_LOCALITY: dict[str, str] = {
+    "bp": "weight transport",
+    "dfa": "global error",
+    "fa": "global error",
+    "sign": "weight transport",
+}
+#: Font size of the stored formula SVG (pages scale it: ``service.web.render.scaled_svg``).
+FORMULA_PT = 12
+
+_dt = sa.DateTime(timezone=True)
+_rules = sa.table("rules", sa.column("id", sa.Integer), sa.column("latex", sa.Text),
+                  sa.column("coefficients", sa.JSON), sa.column("display_latex", sa.Text),
+                  sa.column("formula_svg", sa.Text), sa.column("read_scores", sa.JSON),
+                  sa.column("read_updated_at", _dt))
+_jobs = sa.table("jobs", sa.column("id", sa.Integer), sa.column("status", sa.String),
+                 sa.column("result", sa.JSON), sa.column("spec", sa.JSON), sa.column("finished_at", _dt))
+_job_rules = sa.table("job_rules", sa.column("job_id", sa.Integer), sa.column("rule_id", sa.Integer))
+_front = sa.table("front_points", sa.column("job_id", sa.Integer), sa.column("rule_id", sa.Integer),
+                  sa.column("position", sa.Integer), sa.column("heldout_accuracy", sa.Float),
+                  sa.column("heldout_ci95", sa.Float))
+_runs = sa.table("benchmark_runs", sa.column("id", sa.Integer), sa.column("status", sa.String))
+_scores = sa.table("benchmark_scores", sa.column("id", sa.Integer), sa.column("run_id", sa.Integer),
+                   sa.column("rule_id", sa.Integer), sa.column("suite", sa.String), sa.column("score", sa.Float),
+                   sa.column("ci95", sa.Float), sa.column("locality", sa.String),
+                   sa.column("cost_per_sample_ms", sa.Float), sa.column("created_at", _dt))
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
+    return str(value)
+
+
+def _score(suite: str, score: Any, ci95: Any, *, job_id: int | None = None, benchmark_id: int | None = None,
+           locality: str | None = None, cost: Any = None, created_at: Any = None) -> dict[str, Any]:
+    return {"suite": suite, "score": score, "ci95": ci95, "benchmark_id": benchmark_id, "job_id": job_id,
+            "locality": locality, "cost_per_sample_ms": cost, "created_at": _iso(created_at)}
+
+
+def compute_scores(conn: Connection, rule_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """rule id → its scores (the shape of ``ScoreOut``), in two queries for any number of rules."""
+    out: dict[int, list[dict[str, Any]]] = {rid: [] for rid in rule_ids}
+    if not rule_ids:
+        return out
+    front_join = (_front.c.job_id == _jobs.c.id) & (_front.c.rule_id == _job_rules.c.rule_id)
+    rows = conn.execute(
+        sa.select(_job_rules.c.rule_id, _jobs.c.id, _jobs.c.result, _jobs.c.spec, _jobs.c.finished_at,
+                  _front.c.heldout_accuracy, _front.c.heldout_ci95, _front.c.job_id.label("front_job"))
+        .select_from(_job_rules.join(_jobs, _jobs.c.id == _job_rules.c.job_id).outerjoin(_front, front_join))
+        .where(_job_rules.c.rule_id.in_(rule_ids), _jobs.c.status == SUCCEEDED)
+        .order_by(_job_rules.c.rule_id, _jobs.c.id, _front.c.position)
+    )
+    seen: set[tuple[int, int]] = set()
+    for rid, job_id, result, spec, finished, acc, ci, front_job in rows:
+        if (rid, job_id) in seen:
+            continue
+        seen.add((rid, job_id))
+        summary = result or {}
+        on_front = front_job is not None
+        feedback = ((spec or {}).get("network") or {}).get("feedback")
+        out[rid].append(_score(
+            "discovery", acc if on_front else summary.get("heldout_accuracy"),
+            ci if on_front else summary.get("heldout_ci95"), job_id=job_id, created_at=finished,
+            locality=FEEDBACK_LOCALITY.get(feedback or "")))
+    bench = conn.execute(
+        sa.select(_scores).join(_runs, _runs.c.id == _scores.c.run_id)
+        .where(_scores.c.rule_id.in_(rule_ids), _runs.c.status == SUCCEEDED).order_by(_scores.c.id)
+    )
+    for row in bench.mappings():
+        out[row["rule_id"]].append(_score(
+            row["suite"], row["score"], row["ci95"], benchmark_id=row["run_id"], locality=row["locality"],
+            cost=row["cost_per_sample_ms"], created_at=row["created_at"]))
+    return out
+
+
+def display_fields(latex: str, coefficients: dict[str, Any] | None) -> tuple[str, str | None]:
+    """(rounded LaTeX, its SVG at :data:`FORMULA_PT`) — the sympy and matplotlib work a page would do."""
+    from service.rulebook import display_latex
+    from service.web.render import latex_svg
+
+    shown = display_latex(coefficients, latex)
+    return shown, latex_svg(shown, FORMULA_PT)
+
+
+def refresh(conn: Connection, rule_ids: Iterable[int], *, display: bool = False) -> None:
+    """Recompute the stored scores of ``rule_ids`` (and, with ``display``, their LaTeX and SVG)."""
+    ids = sorted({int(r) for r in rule_ids if r is not None})
+    if not ids:
+        return
+    now = dt.datetime.now(dt.timezone.utc)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        scores = compute_scores(conn, chunk)
+        shown: dict[int, tuple[str, str | None]] = {}
+        if display:
+            for rid, latex, coefficients in conn.execute(
+                    sa.select(_rules.c.id, _rules.c.latex, _rules.c.coefficients).where(_rules.c.id.in_(chunk))):
+                shown[rid] = display_fields(latex or "", coefficients)
+        for rid in chunk:
+            values: dict[str, Any] = {"read_scores": scores.get(rid, []), "read_updated_at": now}
+            if rid in shown:
+                values["display_latex"], values["formula_svg"] = shown[rid]
+            conn.execute(_rules.update().where(_rules.c.id == rid).values(**values))
+
+
+def backfill(conn: Connection) -> int:
+    """Fill the read fields of every stored rule (the migration's upgrade); how many rules."""
+    ids = [r for (r,) in conn.execute(sa.select(_rules.c.id))]
+    refresh(conn, ids, display=True)
+    return len(ids)
+
+
+def rules_of_run(conn: Connection, kind: str, run_id: int) -> list[int]:
+    """The rules whose scores depend on job ``run_id`` (``kind`` "job") or benchmark run ``run_id``."""
+    if kind == "job":
+        stmt = sa.select(_job_rules.c.rule_id).where(_job_rules.c.job_id == run_id)
+    else:
+        stmt = sa.select(_scores.c.rule_id).where(_scores.c.run_id == run_id, _scores.c.rule_id.is_not(None))
+    return [r for (r,) in conn.execute(stmt)]
+
+
+def refresh_for_run(session: Session, kind: str, run_id: int) -> None:
+    """After job or benchmark run ``run_id`` changed status: refresh its rules (and expire their loaded rows)."""
+    conn = session.connection()
+    ids = rules_of_run(conn, kind, run_id)
+    refresh(conn, ids)
+    _expire(session, ids)
+
+
+def _expire(session: Session, rule_ids: Iterable[int]) -> None:
+    from service.db.models import Rule
+
+    for rid in rule_ids:
+        row = session.identity_map.get(session.identity_key(Rule, rid))  # type: ignore[arg-type]
+        if row is not None:
+            session.expire(row, ["display_latex", "formula_svg", "read_scores", "read_updated_at"])
+
+
+# --- the flush hook -------------------------------------------------------------------------------------------
+_PENDING = "read_fields_pending"
+
+
+def _collect(session: Session, _context: Any) -> None:
+    """``after_flush``: note the rules (and runs) whose read fields the flushed rows change."""
+    from sqlalchemy import inspect
+
+    from service.db.models import BenchmarkRun, BenchmarkScore, FrontPointRow, Job, JobRule, Rule
+
+    pending = session.info.setdefault(_PENDING, {"new": set(), "rules": set(), "job": set(), "bench": set()})
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(obj, Rule) and obj in session.new:
+            pending["new"].add(obj.id)
+        elif isinstance(obj, (JobRule, BenchmarkScore, FrontPointRow)) and obj.rule_id is not None:
+            pending["rules"].add(obj.rule_id)
+        elif isinstance(obj, (Job, BenchmarkRun)) and (obj in session.new
+                                                       or inspect(obj).attrs.status.history.has_changes()):
+            pending["job" if isinstance(obj, Job) else "bench"].add(obj.id)
+
+
+def _apply(session: Session, _context: Any) -> None:
+    """``after_flush_postexec``: recompute what :func:`_collect` noted, in the flush's transaction."""
+    pending = session.info.pop(_PENDING, None)
+    if not pending or not any(pending.values()):
+        return
+    conn = session.connection()
+    ids = set(pending["rules"])
+    for kind in ("job", "bench"):
+        for run_id in pending[kind]:
+            ids.update(rules_of_run(conn, kind, run_id))
+    refresh(conn, pending["new"], display=True)
+    refresh(conn, ids - pending["new"])
+    _expire(session, ids | pending["new"])
+
+
+_installed = False
+
+
+def install() -> None:
+    """Hook every ORM session's flushes (idempotent; ``service.db.session`` calls it)."""
+    global _installed
+    if _installed:
+        return
+    event.listen(Session, "after_flush", _collect)
+    event.listen(Session, "after_flush_postexec", _apply)
+    _installed = True

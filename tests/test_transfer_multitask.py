@@ -1,0 +1,91 @@
+"""Task distributions (docs/transfer.md): the sampler covers every task; a multi-task meta-step moves one θ with
+the gradients of every training cell (mean or tail objective); the spec's types match discovery.spec's."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+import torch
+
+from discovery.spec import DatasetName, DiscoverySpec, FeedbackMode
+from discovery.transfer.multitask import MultiTaskTrainer, TaskSampler, tail_weights
+from discovery.transfer.spec import CellDataset, CellFeedback
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def mt_spec(**transfer: object) -> DiscoverySpec:
+    return DiscoverySpec.model_validate({
+        "network": {"widths": [64, 12, 10], "feedback": "fa"},
+        "task": {"dataset": "digits", "ways": 5, "shots": 4, "queries": 3},
+        "rule": {"terms": ["F0", "F2"], "theta_init": {"F0": 0.02}},
+        "meta": {"episodes": 3, "meta_batch": 3, "seed": 1, "lr": 0.01},
+        "transfer": {"cells": [{"dataset": "digits", "widths": [64, 12, 10]},
+                               {"dataset": "digits", "widths": [64, 12, 10, 10]},
+                               {"dataset": "digits", "widths": [64, 16, 12, 10, 10]},
+                               {"dataset": "digits", "widths": [64, 8, 10], "role": "select"}], **transfer}})
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 7])
+def test_the_sampler_covers_every_task(batch: int) -> None:
+    sampler = TaskSampler(5, seed=0)
+    seen = [0] * 5
+    for step in range(1, 11):
+        counts = sampler.draw(batch)
+        assert sum(counts) == batch
+        seen = [a + b for a, b in zip(seen, counts)]
+        done = step * batch
+        assert all(done // 5 <= s <= -(-done // 5) for s in seen), seen   # every cell once per round of 5
+    assert min(seen) >= 1
+
+
+def test_a_multitask_step_uses_every_training_cell() -> None:
+    spec = mt_spec()
+    trainer = MultiTaskTrainer(spec)
+    assert [len(c.spec.network.widths) for c in trainer.children] == [3, 4, 5]   # the select cell is not trained
+    before = trainer.theta.detach().clone()
+    seen = [0, 0, 0]
+    original = trainer.cell_gradients
+
+    def spy(batch: int):
+        out, bad = original(batch)
+        for i, *_ in out:
+            seen[i] += 1
+        return out, bad
+
+    trainer.cell_gradients = spy  # type: ignore[method-assign]
+    trainer.run(None, None, None)
+    assert seen == [3, 3, 3] and trainer.episode == 3
+    assert not torch.equal(trainer.theta.detach(), before)
+    assert all(c.phi is trainer.lead.phi for c in trainer.children)
+
+
+def test_tail_objective_weights_the_worst_cells() -> None:
+    losses = torch.tensor([0.5, 2.0, 1.0])
+    assert tail_weights(losses, "mean", 0.5).tolist() == pytest.approx([1 / 3] * 3)
+    assert tail_weights(losses, "quantile", 1.0).tolist() == [0.0, 1.0, 0.0]
+    assert tail_weights(losses, "quantile", 0.5).tolist() == [0.0, 0.5, 0.5]
+
+
+def test_transfer_types_match_the_spec() -> None:
+    assert set(get_args(CellFeedback)) == set(get_args(FeedbackMode))
+    assert set(get_args(CellDataset)) == set(get_args(DatasetName))
+
+
+def test_spec_refuses_per_layer_across_depths_and_a_distribution_without_training_cells() -> None:
+    with pytest.raises(ValueError, match="one depth"):
+        mt_spec(coefficients="per-layer")
+    with pytest.raises(ValueError, match="training cell"):
+        DiscoverySpec.model_validate({"transfer": {"cells": [{"depth": 3, "role": "select"}]}})
+    assert "transfer" not in DiscoverySpec().model_dump()
+
+
+def test_a_goal_names_a_task_distribution_over_depths() -> None:
+    from discovery.goal import parse_goal
+
+    parsed = parse_goal("find a rule that works across depths 3 to 7")
+    cells = parsed.spec.transfer.cells
+    assert [(c.depth, c.role) for c in cells] == [(3, "train"), (4, "select"), (5, "train"), (6, "select"),
+                                                 (7, "train")]
+    assert parsed.spec.search.method == "forward" and any("depths 3–7" in u for u in parsed.understood)

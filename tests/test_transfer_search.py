@@ -1,0 +1,60 @@
+"""The search over a task distribution (docs/transfer.md): trained on the training cells, the front scored on
+every cell and chosen on the selection cells; layered variants on the front with their parameters counted; the
+full-budget refit; a support that diverges on a cell fails there, visibly, and is not selected."""
+
+from __future__ import annotations
+
+import pytest
+
+from discovery.router import discover
+from discovery.spec import DiscoverySpec
+from discovery.transfer.search import FitStage, TransferSearch
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CELLS = [{"dataset": "digits", "widths": [64, 12, 10]}, {"dataset": "digits", "widths": [64, 12, 10, 10]},
+         {"dataset": "digits", "widths": [64, 16, 10, 10], "role": "select"},
+         {"dataset": "digits", "widths": [64, 10, 10, 10, 10], "role": "test"}]
+
+
+def spec(**transfer: object) -> DiscoverySpec:
+    return DiscoverySpec.model_validate({
+        "network": {"widths": [64, 12, 10], "feedback": "fa"},
+        "task": {"dataset": "digits", "ways": 5, "shots": 4, "queries": 3},
+        "rule": {"terms": ["F0", "F2", "F3", "F9"]},
+        "search": {"method": "forward", "max_terms": 2, "screen_episodes": 4, "front_eval_episodes": 4},
+        "meta": {"episodes": 8, "meta_batch": 2, "seed": 0, "lr": 0.01, "term_scale": "norm"},
+        "transfer": {"cells": CELLS, **transfer}})
+
+
+def test_a_multitask_search_selects_on_the_selection_cells_and_refits(tmp_path) -> None:
+    s = spec(coefficients="profile", refit=True)
+    result = discover(s, checkpoint_dir=tmp_path)
+    stages = [(st["label"], st["episodes"]) for st in result.search["stages"]]
+    labels = [label for label, _ in stages]
+    assert labels[:3] == ["fit 1 terms", "screen for term 2", "fit 2 terms"]
+    assert "profile 2 terms" in labels and "refit warm" in " ".join(labels) and "refit scratch" in " ".join(labels)
+    assert all(n == 8 for label, n in stages if label.startswith("refit"))        # the full budget each
+    front = result.front
+    assert sum(p.selected for p in front) == 1
+    shared2 = next(p for p in front if p.stage == "fit 2 terms")
+    layered2 = next(p for p in front if p.stage == "profile 2 terms")
+    assert layered2.complexity == shared2.complexity + 2 and any(k.endswith("~slope") for k in layered2.theta)
+    points = result.search["transfer"]["points"]
+    assert all([c["role"] for c in p["cells"]] == ["train", "train", "select", "test"] for p in points)
+    for f, p in zip(front, points):   # the front accuracy is the selection cell's
+        sel = next(c for c in p["cells"] if c["role"] == "select")
+        assert f.heldout_accuracy == pytest.approx(sel["score"])
+    again = discover(s, checkpoint_dir=tmp_path)            # every stage replayed from transfer_search.json
+    assert [p.theta for p in again.front] == [p.theta for p in front]
+
+
+def test_a_support_that_diverges_fails_there_and_is_not_selected() -> None:
+    search = TransferSearch(spec())
+    calm = FitStage(kind="fit", label="calm", terms=["F0"], theta={"F0": 0.02}, episodes=1)
+    wild = FitStage(kind="fit", label="wild", terms=["F0", "F3"], theta={"F0": 0.02, "F3": 50.0}, episodes=1)
+    front, points = search.front([calm, wild])
+    bad = points[1]
+    assert bad.failed == [c["dataset"] + ", " + "-".join(map(str, c["widths"])) for c in CELLS]
+    assert all(c.diverged == 4 and c.score == 0.0 for c in bad.cells)
+    assert front[0].selected and not front[1].selected

@@ -1,0 +1,105 @@
+"""The transfer suite (docs/transfer.md): a fixed θ on a grid of cells beside BP and FA with their own meta-tuned
+θ0, paired per cell; cached baselines give the same numbers; a diverging cell is a visible failure; reachable by
+POST /api/benchmarks (real engine in-process, real database) and shown as a heat table on the rule page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from discovery.benchmarks.cache import BaselineSet, run_benchmark
+from discovery.transfer.cells import Cell
+from discovery.transfer.scoring import TransferProtocol, fixed_trainer, heldout_outcome, score_cell
+from rules.rule import Rule
+from service.runs.dispatcher import Dispatcher
+from tests.conftest import FakeHandle, FakeState, FakeWorkers
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+RULE = "-0.02*e*x.T + 0.01*e*e_pre.T"
+TINY = TransferProtocol(eval_episodes=4, shots=5, queries=3, tune_episodes=2)
+CELL = Cell(dataset="digits", widths=(64, 16, 10))
+
+
+def test_outcome_equals_the_trainers_heldout_values() -> None:
+    trainer = fixed_trainer(CELL, ["F0", "F2"], {"F0": 0.02, "F2": -0.01}, TINY)
+    values, diverged = heldout_outcome(trainer, 6)
+    assert diverged == 0 and values.tolist() == trainer.heldout_values(6).tolist()
+
+
+def test_a_diverging_cell_is_reported_as_a_failure() -> None:
+    calm = score_cell(CELL, ["F0"], {"F0": 0.02}, TINY)
+    wild = score_cell(CELL, ["F0", "F3"], {"F0": 0.02, "F3": 50.0}, TINY)   # decay 50·W: W explodes
+    assert not calm.failed and calm.diverged == 0
+    assert wild.failed and wild.diverged == TINY.eval_episodes and wild.score == 0.0
+
+
+def test_cached_baselines_give_the_numbers_of_a_fresh_run() -> None:
+    rule = Rule.parse(RULE)
+    fresh = run_benchmark("transfer", rule, tiny=True, seed=0).to_json()
+    baselines = BaselineSet.model_validate(fresh["baseline_set"])
+    assert [e["learner"] for e in baselines.entries] == ["BP", "FA"]
+    cached = run_benchmark("transfer", rule, tiny=True, seed=0, baselines=baselines).to_json()
+    assert cached["baselines"] == "cached"
+    mine = next(e for e in cached["entries"] if e["kind"] == "rule")
+    theirs = next(e for e in fresh["entries"] if e["kind"] == "rule")
+    assert mine["per_episode"] == theirs["per_episode"]
+    cells = mine["metrics"]["cells"]
+    assert [c["cell"] for c in cells] == ["digits, 64-16-10", "digits, 64-16-12-10"]
+    for c in cells:
+        for b in ("BP", "FA"):
+            v = c["vs"][b]
+            assert v["n"] == 4 and v["ci95"][0] <= v["delta"] <= v["ci95"][1]
+    bp = next(e for e in fresh["entries"] if e["learner"] == "BP")
+    assert bp["hyperparameters"]["theta0"]["digits, 64-16-10"] != 1e-3   # meta-tuning moved θ0
+
+
+def _engine_script(handle: FakeHandle) -> list[Any]:
+    """The real engine, in-process: the suite runs the rule of the request against the given baselines."""
+    args = handle.args
+    cached = BaselineSet.model_validate(args["baselines"]) if args["baselines"] else None
+    rule = Rule.parse(args["expression"]) if args["expression"] else None
+    report = run_benchmark(args["suite"], rule, tiny=args["tiny"], seed=args["seed"], baselines=cached)
+    return [FakeState("succeeded", None, report.to_json())]
+
+
+def test_post_benchmarks_transfer_and_the_rule_page(app: Any, settings: Any, client: TestClient,
+                                                    auth: dict[str, str]) -> None:
+    workers = FakeWorkers(benchmark_script=_engine_script)
+    dispatcher = Dispatcher(settings, app.state.sessions, workers)
+    app.state.dispatcher = dispatcher
+    ids = []
+    for expression in (RULE, "-0.03*e*x.T"):
+        r = client.post("/api/benchmarks", json={"suite": "transfer", "tiny": True, "expression": expression},
+                        headers=auth)
+        assert r.status_code == 201, r.text
+        ids.append(int(r.json()["id"]))
+        for _ in range(4):
+            dispatcher.tick()
+    first, second = (client.get(f"/api/benchmarks/{i}").json() for i in ids)
+    assert first["status"] == second["status"] == "succeeded", (first, second)
+    assert first["baselines"] == "tuned" and second["baselines"] == "cached"
+    rule_id = next(s for s in second["scores"] if s["origin"] != "baseline")["rule_id"]
+    page = client.get(f"/rules/{rule_id}").text
+    assert "Transfer" in page and "Δ vs BP" in page and "digits, 64-16-12-10" in page and "rgba(" in page
+
+
+def test_the_cli_runs_the_transfer_suite(tmp_path: Any) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from service.cli.main import app as cli
+
+    out = tmp_path / "transfer.json"
+    run = CliRunner().invoke(cli, ["benchmark", "--suite", "transfer", "--tiny", "--rule-only", "--expression", RULE,
+                                   "--out", str(out)], env={"COLUMNS": "200"})
+    assert run.exit_code == 0, run.output
+    report = json.loads(out.read_text())
+    [entry] = report["entries"]
+    assert entry["kind"] == "rule" and len(entry["metrics"]["cells"]) == 2
+    bad = CliRunner().invoke(cli, ["benchmark", "--suite", "transfer", "--tiny", "--rule-only", "--expression",
+                                   "-0.01*e*x.T*W.T*W", "--out", str(out)], env={"COLUMNS": "200"})
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
