@@ -64,9 +64,7 @@ def run_activity(seed: int, noise: float = 0.1) -> dict:
 
 
 def run_error(seed: int, noise: float = 0.1) -> dict:
-    from discovery.inference.errors import S3_RULE, infer_layered, simulate_layered
-
-    from discovery.inference.errors import write_layered_nwb
+    from discovery.inference.errors import S3_RULE, infer_layered, simulate_layered, write_layered_nwb
     from discovery.inference.job import read_upload
 
     sim = simulate_layered(S3_RULE, noise=noise, seed=seed)

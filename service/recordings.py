@@ -11,7 +11,14 @@ from pathlib import Path
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from discovery.inference.job import InferenceSpec, RecordingRef, canonical_bytes, checksum, read_upload, summary
+from discovery.inference.job import (
+    InferenceSpec,
+    RecordingRef,
+    canonical_bytes,
+    checksum,
+    read_upload,
+    summary,
+)
 from discovery.inference.recording import RecordingError
 from service.db.models import RecordingRow
 from service.db.repositories import recordings as repo

@@ -141,11 +141,27 @@ def test_bad_nwb_recordings_are_clear_errors(tmp_path):
         read_nwb(path)
 
 
-def test_activity_only_recordings_are_refused_clearly():
+def test_the_weights_fit_sends_activity_only_recordings_to_the_activity_fit():
     rng = np.random.default_rng(0)
     rec = validate(rng.normal(size=(50, 4)), rng.normal(size=(50, 2)))
-    with pytest.raises(RecordingError, match="no 'weights' series"):
+    with pytest.raises(RecordingError, match="no 'weights' series: use inference from activity"):
         infer_rule(rec)
+
+
+def test_layered_features_are_the_s3_terms_of_each_layer():
+    from discovery.inference.errors import design_of_layers, simulate_layered
+
+    rec = simulate_layered(widths=(4, 3, 2), n_steps=6, n_trials=1, noise=0.0)
+    F = design_of_layers(rec, ["F0", "F2", "F9"]).features(0, 6)          # (T, 3, E)
+    blocks = []
+    for layer in (1, 2):
+        x, y, e, ep, W = (rec.activity[layer - 1], rec.activity[layer], rec.errors[layer], rec.errors[layer - 1],
+                          rec.weights[layer - 1])
+        f0 = -np.einsum("ti,tj->tij", e, x)
+        f2 = -np.einsum("ti,tj->tij", e, ep)
+        f9 = np.einsum("ti,tj->tij", y, x) - np.einsum("ti,tj->tij", y, np.einsum("tk,tkj->tj", y, W))
+        blocks.append(np.stack([f0, f2, f9], 1).reshape(6, 3, -1))
+    np.testing.assert_allclose(F, np.concatenate(blocks, 2), rtol=1e-12, atol=1e-12)
 
 
 def test_explained_variance_is_against_the_null(tiny):

@@ -176,6 +176,11 @@ def test_upload_infer_and_the_rule_page(client: TestClient, auth: dict[str, str]
     assert 'id="trajectory-plot"' in page and "<svg" in page and rec["sha256"] in page
     assert [j["id"] for j in client.get("/api/inferences").json()] == [job_id]
     assert client.get(f"/api/jobs/{job_id}").json()["spec"]["kind"] == "inference"
+    for url in (f"/jobs/{job_id}", "/jobs", "/rules", "/?suite=discovery"):
+        assert client.get(url).status_code == 200, url
+    board = client.get("/api/leaderboard", params={"suite": "discovery"}).json()
+    assert done["rule_id"] not in [e["rule_id"] for e in board["entries"]]   # an EV is not a task accuracy
+    assert rule["scores"] == []
 
     # the same goal through POST /api/jobs queues an inference too
     r = client.post("/api/jobs", json={"goal": f"infer the rule behind recording {rec['id']}"}, headers=auth)
@@ -261,3 +266,39 @@ def test_cli_simulate_refuses_bad_rules_with_a_message(tmp_path: Path) -> None:
         result = CliRunner().invoke(app, ["simulate", str(tmp_path / "x.npz"), "--rule", rule])
         assert result.exit_code == 2 and text in result.output, result.output
         assert "Traceback" not in result.output
+
+
+@SQLITE_ONLY
+def test_client_and_cli_verbs(client: TestClient, app: Any, settings: Any, tiny_sim: Any, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli.main import app as cli
+    from service.client import http
+    from service.client import inference as calls
+    from tests.conftest import TEST_TOKEN
+
+    transport = client._transport
+
+    class InProcess(http.Client):  # type: ignore[misc, valid-type]
+        def __init__(self, url: str | None = None, token: str | None = None, **kw: Any) -> None:
+            super().__init__("http://testserver", token, transport=transport)
+
+    c = InProcess(token=TEST_TOKEN)
+    rec = calls.upload_recording(c, write_npz(tiny_sim.recording, tmp_path / "tiny.npz"), name="tiny")
+    assert [r.id for r in calls.recordings(c)] == [rec.id]
+    with pytest.raises(http.Conflict, match="already uploaded"):
+        calls.upload_recording(c, write_nwb(tiny_sim.recording, tmp_path / "tiny.nwb"))
+    queued = calls.infer(c, rec.id, n_bootstrap=10)
+    assert queued.status == "queued" and queued.recording["sha256"] == rec.sha256
+    run_jobs(app, settings)
+    assert calls.wait_inference(c, queued.id, timeout=5).status == "succeeded"
+
+    monkeypatch.setattr(http, "Client", InProcess)
+    env = {"PLASTICITY_API_TOKENS": TEST_TOKEN, "COLUMNS": "200"}
+    listed = CliRunner().invoke(cli, ["recordings", "list"], env=env)
+    assert listed.exit_code == 0 and "tiny" in listed.output, listed.output
+    shown = CliRunner().invoke(cli, ["infer", str(rec.id), "--bootstrap", "5"], env=env)
+    assert shown.exit_code == 0 and "queued" in shown.output, shown.output
+    missing = CliRunner().invoke(cli, ["infer", "999"], env=env)
+    assert missing.exit_code == 2 and "no recording 999" in missing.output and "Traceback" not in missing.output

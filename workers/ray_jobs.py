@@ -44,6 +44,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from discovery.benchmarks.cache import BaselineSet
 from discovery.benchmarks.progress import BenchmarkProgress
 from discovery.benchmarks.report import BenchmarkReport
+from discovery.inference.job import InferenceSpec
 from discovery.spec import DiscoverySpec
 from workers.actors import ACTOR_CONCURRENCY, RemoteJobActor
 from workers.contract import (
@@ -265,7 +266,8 @@ def submit_benchmark(
     return handle
 
 
-def submit_inference(job_id: str | int, spec: Any, *, max_retries: int = 0, num_cpus: float = 1.0) -> JobHandle:
+def submit_inference(job_id: str | int, spec: InferenceSpec, *, max_retries: int = 0,
+                     num_cpus: float = 1.0) -> JobHandle:
     """Start an inference job (``discovery.inference.job.run_inference`` on the stored recording) in an actor
     with one CPU; it has no checkpoints, so a restarted actor starts over."""
     ensure_ray()

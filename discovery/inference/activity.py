@@ -49,7 +49,7 @@ class _Problem:
         self.y = torch.tensor(np.stack([rec.post[bounds[k][0]:bounds[k][1]] for k in idx]), dtype=_T)
         self.B, self.steps, self.m = self.x.shape
         self.n = self.y.shape[2]
-        self.n_train = max(2, min(self.steps - 1, int(round(train_fraction * self.steps))))
+        self.n_train = max(2, min(self.steps - 1, round(train_fraction * self.steps)))
 
     def null_w0(self) -> torch.Tensor:
         """The θ = 0 fit: a static W per trial by least squares of y on x over the training steps."""
@@ -97,14 +97,14 @@ def _fit(prob: _Problem, ids: Sequence[str], scale: torch.Tensor, w0: torch.Tens
         opt = torch.optim.LBFGS([phi, w], lr=lr, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
                                 tolerance_grad=1e-12, tolerance_change=1e-14)
 
-        def closure() -> torch.Tensor:
+        def closure(opt: torch.optim.LBFGS = opt, phi: torch.Tensor = phi, w: torch.Tensor = w) -> torch.Tensor:
             opt.zero_grad()
-            yhat = prob.simulate(ev, phi * scale, w)[:, :prob.n_train]  # noqa: B023 - used within this attempt
+            yhat = prob.simulate(ev, phi * scale, w)[:, :prob.n_train]
             loss = (yhat - y_train).pow(2).sum()
             if not bool(torch.isfinite(loss)):    # diverged: a huge finite loss with no gradient (line search backs off)
                 return torch.tensor(1e30, dtype=_T)
             loss.backward()
-            if not bool(torch.isfinite(phi.grad).all() and torch.isfinite(w.grad).all()):  # noqa: B023
+            if not bool(torch.isfinite(phi.grad).all() and torch.isfinite(w.grad).all()):
                 opt.zero_grad()
                 return torch.tensor(1e30, dtype=_T)
             return loss.detach()

@@ -16,6 +16,7 @@ Layout (npz or NWB ``TimeSeries`` in ``acquisition``): ``y_0`` … ``y_L`` (T, n
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -110,7 +111,7 @@ def validate_layers(activity: Sequence[Any], errors: Sequence[Any], weights: Seq
     if not (math.isfinite(float(dt)) and float(dt) > 0):
         raise RecordingError(f"the time step must be finite and > 0, got {dt}")
     starts = (0,) if trial_starts is None else tuple(int(s) for s in np.asarray(trial_starts).ravel())
-    if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
+    if not starts or starts[0] != 0 or any(b <= a for a, b in itertools.pairwise(starts)):
         raise RecordingError(f"trial starts must begin at 0 and increase strictly, got {list(starts)}")
     bounds = [*starts, T]
     if any(bounds[i + 1] - bounds[i] < MIN_STEPS for i in range(len(starts))):
@@ -122,9 +123,9 @@ def validate_layers(activity: Sequence[Any], errors: Sequence[Any], weights: Seq
 
 def _env(rec: LayeredRecording, layer: int, a: int, b: int) -> dict[str, torch.Tensor]:
     """The primitives of layer ``layer`` (1-based) over steps [a, b): x = y_{ℓ−1}, y = y_ℓ, e, e_pre, W."""
-    t = lambda arr: torch.from_numpy(np.ascontiguousarray(arr[a:b]))  # noqa: E731
-    return {"x": t(rec.activity[layer - 1]), "y": t(rec.activity[layer]), "e": t(rec.errors[layer]),
-            "e_pre": t(rec.errors[layer - 1]), "W": t(rec.weights[layer - 1])}
+    arrays = {"x": rec.activity[layer - 1], "y": rec.activity[layer], "e": rec.errors[layer],
+              "e_pre": rec.errors[layer - 1], "W": rec.weights[layer - 1]}
+    return {k: torch.from_numpy(np.ascontiguousarray(v[a:b])) for k, v in arrays.items()}
 
 
 def ff_rule_data(theta: Mapping[str, float], name: str) -> RuleData:

@@ -35,8 +35,19 @@ from discovery.inference.recording import Recording, RecordingError
 from discovery.results import FrontPoint, RuleData
 from rules.unsupervised import UNSUPERVISED_TERMS, UnsupervisedRule
 
-__all__ = ["CoefficientInterval", "Design", "design_of", "InferenceResult", "InferredFrontPoint", "UnitStats", "explained_variance", "rule_data",
-           "infer_rule", "predict_changes", "unit_stats"]
+__all__ = [
+    "CoefficientInterval",
+    "Design",
+    "InferenceResult",
+    "InferredFrontPoint",
+    "UnitStats",
+    "design_of",
+    "explained_variance",
+    "infer_rule",
+    "predict_changes",
+    "rule_data",
+    "unit_stats",
+]
 
 #: fewest units (trials or segments) for the leave-one-out score and the bootstrap
 MIN_UNITS = 4

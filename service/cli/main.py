@@ -414,8 +414,9 @@ def bench(ctx: typer.Context) -> None:
 
 
 # the commands against a server register themselves on the same app
-import service.cli.remote  # noqa: F401
-import service.cli.simulate  # noqa: F401,E402 - `plasticity simulate` (docs/inference.md)
+import service.cli.infer_remote  # `plasticity recordings`, `plasticity infer` (docs/inference.md)
+import service.cli.remote
+import service.cli.simulate  # noqa: F401  (`plasticity simulate`, docs/inference.md)
 
 if __name__ == "__main__":
     app()

@@ -126,7 +126,7 @@ def compute_scores(conn: Connection, rule_ids: list[int]) -> dict[int, list[dict
     )
     seen: set[tuple[int, int]] = set()
     for rid, job_id, result, spec, finished, acc, ci, front_job in rows:
-        if (rid, job_id) in seen:
+        if (rid, job_id) in seen or (spec or {}).get("kind") == "inference":   # an inference's score is an EV
             continue
         seen.add((rid, job_id))
         summary = result or {}

@@ -57,13 +57,13 @@ from service.db.models import (
 from service.db.repositories import baselines as baseline_cache
 from service.db.repositories.events import add_event
 from service.db.session import session_scope
+from service.recordings import engine_spec as recording_engine_spec
 from service.rulebook import benchmark_text
+from service.runs.inference_recording import inference_summary, record_inference_result
 from service.runs.lease import DispatcherLease
 from service.runs.recording import job_summary, queue_benchmarks, record_benchmark_result, record_job_result
 from service.runs.states import Tracked, owner_key, set_status
 from service.settings import Settings
-from service.recordings import engine_spec as recording_engine_spec
-from service.runs.inference_recording import inference_summary, record_inference_result
 from service.uploads import engine_spec
 from workers.contract import InferenceWorkers, JobState, WorkerInfo, Workers
 from workers.progress import JobProgress, JobResult
@@ -312,7 +312,7 @@ class Dispatcher:
         """Submit an inference job (its recording's folder filled in) to workers that run them."""
         workers = self.workers()
         if not isinstance(workers, InferenceWorkers):
-            raise RuntimeError("these workers do not run inference jobs")
+            raise TypeError("these workers do not run inference jobs")
         spec = recording_engine_spec(InferenceSpec.model_validate(row.spec), self.settings)
         return workers.submit_inference(row.id, spec, max_retries=retries)
 

@@ -60,7 +60,8 @@ def spec_of(body: InferenceCreate) -> InferenceSpec:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=InferenceOut,
-             responses=errors(401, 413, 422, 429, 503, e422="no such recording, a bad option or an unread goal",
+             responses=errors(400, 401, 413, 422, 429, 503, e400="malformed JSON body",
+                              e422="no such recording, a bad option or an unread goal",
                               e429="too many active jobs for this token"))
 def submit_inference(body: InferenceCreate, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
                      who: OwnerDep, response: Response) -> InferenceOut:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, load_only
 from service.catalog import DISCOVERY_DESCRIPTION, DISCOVERY_SUITE, registered_suites, suite_info
 from service.db.models import (
     ORIGIN_BASELINE,
+    ORIGIN_INFERRED,
     SUCCEEDED,
     BenchmarkRun,
     BenchmarkScore,
@@ -81,7 +82,7 @@ def _discovery_entries(session: Session) -> list[dict[str, Any]]:
         .outerjoin(FrontPointRow, (FrontPointRow.job_id == Job.id) & (FrontPointRow.rule_id == Rule.id))
         .options(load_only(Rule.id, Rule.name, Rule.origin, Rule.feedback, Rule.family, Rule.latex,
                            Rule.expression))
-        .where(Job.status == SUCCEEDED)
+        .where(Job.status == SUCCEEDED, Rule.origin != ORIGIN_INFERRED)   # an inferred rule's score is an EV
     )
     for rule, job_id, job_acc, job_ci, front_job, point_acc, point_ci in session.execute(stmt):
         on_front = front_job is not None

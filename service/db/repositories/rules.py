@@ -161,7 +161,7 @@ def discovery_scores(session: Session, rule: Rule) -> list[DiscoveryScore]:
     out: list[DiscoveryScore] = []
     seen: set[int] = set()
     for job, point in session.execute(stmt):
-        if job.id in seen:
+        if job.id in seen or (job.spec or {}).get("kind") == "inference":   # its score is an explained variance
             continue
         seen.add(job.id)
         result = job.result or {}
