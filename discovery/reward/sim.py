@@ -35,7 +35,7 @@ from discovery.reservoir.model import (
     make_reservoir,
     task_config,
 )
-from rules.reward import POST, PRE, REWARD_TERMS, THIRD
+from rules.reward import POST, REWARD_TERMS, THIRD
 
 CAP = 3.0                  # deviation of a diverged candidate (no learning: ≈ 0.6–1.2)
 W_LIMIT = 1e3              # |W| beyond this counts as divergence
