@@ -331,7 +331,7 @@ def _build_unsupervised_spec(d: Draft, text: str) -> DiscoverySpec:
 
 
 #: a reward goal's defaults (the acceptance run of docs/reward.md) and its tiny size
-REWARD_DEFAULTS: dict[str, Any] = {"N": 100, "grid": [2.0, 8.0], "top_m": 2, "popsize": 5, "generations": 3,
+REWARD_DEFAULTS: dict[str, Any] = {"N": 100, "grid": [4.0], "top_m": 2, "popsize": 5, "generations": 2,
                                    "search_seeds": 2, "eval_seeds": 3, "max_terms": 2}
 REWARD_TINY: dict[str, Any] = {"N": 30, "grid": [1.0], "top_m": 1, "popsize": 2, "generations": 1, "search_seeds": 1,
                                "eval_seeds": 2, "max_terms": 2, "periods_train": 2, "periods_test": 1,

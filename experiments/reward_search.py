@@ -30,11 +30,11 @@ OUT = Path("results/reward")
 
 def discover(args: argparse.Namespace) -> dict:
     env = RewardEnv(task=args.task, N=args.N, protocol="fast")
-    score_env = RewardEnv(task=args.task, N=args.N, protocol="shortened")
+    score_env = RewardEnv(task=args.task, N=args.N, protocol=args.score_protocol)
     base = 10_000 * args.seed
     cfg = RewardSearchConfig(max_terms=args.max_terms, grid=tuple(args.grid), top_m=args.top_m,
                              popsize=args.popsize, generations=args.generations,
-                             search_seeds=tuple(base + i for i in range(args.search_seeds)),
+                             search_seeds=tuple(base + i for i in range(args.search_seeds)), screen_seeds=1,
                              eval_seeds=tuple(base + 500 + i for i in range(args.eval_seeds)))
     t0 = time.perf_counter()
     search = RewardSearch(env, score_env, REWARD_POOLS[args.pool], cfg)
@@ -49,7 +49,7 @@ def discover(args: argparse.Namespace) -> dict:
               "fits": [{"terms": f.terms, "names": [REWARD_TERMS[t].name for t in f.terms], "theta": f.theta,
                         "train_deviation": f.train_deviation, "stage": f.stage} for f in fits]}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"discover_seed{args.seed}.json").write_text(json.dumps(jsonable(result), indent=1))
+    (OUT / f"discover{args.tag}_seed{args.seed}.json").write_text(json.dumps(jsonable(result), indent=1))
     for p in front:
         names = {REWARD_TERMS[t].name: f"{v:.3g}" for t, v in p.theta.items()}
         print(f"{'*' if p.selected else ' '} {p.n_terms} terms {names} deviation "
@@ -65,31 +65,34 @@ def table(args: argparse.Namespace) -> dict:
     from discovery.reward.search import ETA0
 
     cfg = CompareConfig(task=args.task, N=args.N, test_seeds=tuple(900 + i for i in range(args.test_seeds)),
-                        tune_seeds=tuple(800 + i for i in range(args.tune_seeds)), grid=tuple(args.tune_grid))
+                        tune_seeds=tuple(800 + i for i in range(args.tune_seeds)), grid=tuple(args.tune_grid),
+                        score_protocol=args.score_protocol)
     t0 = time.perf_counter()
     if args.part == "rules":
         rules = {}
         for s in args.seeds:
-            data = json.loads((OUT / f"discover_seed{s}.json").read_text())
+            data = json.loads((OUT / f"discover{args.tag}_seed{s}.json").read_text())
             rules[f"selected rule (seed {s})"] = data["selected"]["theta"]
         entries = rule_entries(rules, cfg, set(rules))
     else:
-        entries = rule_entries({"RMHL term (R − R̄)(z − z̄) rᵀ, tuned η": {RMHL: ETA0}}, cfg, set())
-        for learner in BUILTIN[args.task]:
+        entries = rule_entries({"RMHL term (R − R̄)(z − z̄) rᵀ, tuned η": {RMHL: ETA0}}, cfg, set()) \
+            if "rmhl_term" in args.learners else []
+        for learner in [lr for lr in BUILTIN[args.task] if lr in args.learners]:
             print(f"tuning and scoring {learner}", flush=True)
             entries.append(builtin_entry(cfg, learner))
     out = {"task": cfg.task, "N": cfg.N, "part": args.part, "tune_protocol": cfg.tune_protocol,
            "score_protocol": cfg.score_protocol, "tune_seeds": list(cfg.tune_seeds), "test_seeds": list(cfg.test_seeds),
            "grid": list(cfg.grid), "entries": entries, "wall_time_s": time.perf_counter() - t0}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"table_task{args.task}_{args.part}.json").write_text(json.dumps(jsonable(out), indent=1))
+    name = f"table{args.tag}_task{args.task}_{args.part}" + ("" if args.part == "rules" else "_" + "_".join(args.learners))
+    (OUT / f"{name}.json").write_text(json.dumps(jsonable(out), indent=1))
     for e in entries:
         print(f"{e['learner']}: ×{e['lr_scale']} {e['score']:.3f} {e['ci95']}", flush=True)
     return out
 
 
 def report(_: argparse.Namespace) -> None:
-    for path in sorted(OUT.glob("discover_seed*.json")):
+    for path in sorted(OUT.glob("discover*_seed*.json")):
         d = json.loads(path.read_text())
         print(f"{path.name}: wall {d['wall_time_s']:.0f}s, RMHL in selected: {d['rmhl_in_selected']} "
               f"(θ = {d['rmhl_coefficient']})")
@@ -98,12 +101,13 @@ def report(_: argparse.Namespace) -> None:
             m = p["rule"]["metrics"]
             print(f"  {'*' if p['selected'] else ' '} {names}: deviation {m['deviation']:.3f} "
                   f"[{m['deviation_ci95'][0]:.3f}, {m['deviation_ci95'][1]:.3f}] (train {m['train_deviation']:.3f})")
-    for task in (1, 2):
-        parts = [json.loads(p.read_text()) for p in sorted(OUT.glob(f"table_task{task}_*.json"))]
+    for task, tag in [(t, g) for t in (1, 2) for g in ("", "_fast")]:
+        parts = [json.loads(p.read_text()) for p in sorted(OUT.glob(f"table{tag}_task{task}_*.json"))]
         if not parts:
             continue
         walls = ", ".join(f"{d['part']} {d['wall_time_s']:.0f}s" for d in parts)
-        print(f"\ntask {task} (N = {parts[0]['N']}; wall {walls})\n| learner | tuned lr × | deviation (95% CI) | < 0.5 |")
+        print(f"\ntask {task}, scored on {parts[0]['score_protocol']} (N = {parts[0]['N']}; wall {walls})\n"
+              "| learner | tuned lr × | deviation (95% CI) | < 0.5 |")
         for e in [e for d in parts for e in d["entries"]]:
             print(f"| {e['learner']} | {e['lr_scale']} | {e['score']:.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}] | "
                   f"{e['n_satisfactory']}/{len(e['deviation_per_seed'])} |")
@@ -124,6 +128,8 @@ def main() -> None:
     d.add_argument("--generations", type=int, default=4)
     d.add_argument("--search-seeds", type=int, default=2)
     d.add_argument("--eval-seeds", type=int, default=3)
+    d.add_argument("--score-protocol", default="shortened", choices=["fast", "shortened", "full"])
+    d.add_argument("--tag", default="", help="suffix of the output name, e.g. _fast")
     t = sub.add_parser("table")
     t.add_argument("--task", type=int, default=1)
     t.add_argument("--N", type=int, default=200)
@@ -132,6 +138,9 @@ def main() -> None:
     t.add_argument("--tune-seeds", type=int, default=2)
     t.add_argument("--tune-grid", type=float, nargs="+", default=[0.25, 1.0, 4.0])
     t.add_argument("--part", choices=["baselines", "rules"], default="rules")
+    t.add_argument("--learners", nargs="+", default=["rmhl_term", "force", "rmhl", "supertrex"])
+    t.add_argument("--score-protocol", default="shortened", choices=["fast", "shortened", "full"])
+    t.add_argument("--tag", default="", help="suffix of the discover / table names, e.g. _fast")
     sub.add_parser("report")
     args = p.parse_args()
     {"discover": discover, "table": table, "report": report}[args.cmd](args)

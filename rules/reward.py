@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property

@@ -298,8 +298,8 @@ PHRASES: list[tuple[str, _Handler]] = [
     (r"\breconstruct(?:ion|s|ing)?(?:[\s-]+(?:error|objective|loss))*\b", _unsup_objective("reconstruction")),
     (r"\b(?:extract(?:s|ing)?|find(?:s|ing)?|learn(?:s|ing)?)?\s*(?:the\s+)?(?:top[\s-]+)?principal[\s-]+"
      r"(?:components?|subspaces?)\b|\bpca\b|\bun[\s-]*supervised\b", _unsupervised),
-    (r"\breward(?:[\s-]*(?:modulated|based|driven))?\b|\bthree[\s-]*factors?\b|\bneuromodulat\w*\b|"
-     r"\breservoirs?(?:[\s-]+comput(?:er|ers|ing))?\b", _reward),
+    ((r"\breward(?:[\s-]*(?:modulated|based|driven))?\b|\bthree[\s-]*factors?\b|\bneuromodulat\w*\b|"
+      r"\breservoirs?(?:[\s-]+comput(?:er|ers|ing))?\b"), _reward),
     (r"\bmotor[\s-]+task[\s-]*([12])\b", _motor_task(None)),
     (r"\b(?:two|2)[\s-]*joint(?:ed)?[\s-]+arm\b", _motor_task(2)),
     (r"\bbutterfly\b", _motor_task(1)),

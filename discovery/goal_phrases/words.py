@@ -73,9 +73,9 @@ VOCABULARY: dict[str, list[str]] = {
     "family": ["unsupervised / principal components / PCA (the unsupervised Hebbian family: y = W x on centred "
                "digits, open search over the 17-term Hebbian library; 'N components' sets k, 'reconstruction' or "
                "'subspace objective', 'N passes'; 'hebbian' and 'oja' only describe the goal, they are no hint)",
-               "reward-modulated / three-factor / reservoir (the reward family: a reservoir readout on a motor "
-               "task of S5, open search over the 18-term three-factor library; 'butterfly' or 'motor task 1', "
-               "'two-joint arm' or 'motor task 2'; 'at most N terms')",
+               ("reward-modulated / three-factor / reservoir (the reward family: a reservoir readout on a motor "
+                "task of S5, open search over the 18-term three-factor library; 'butterfly' or 'motor task 1', "
+                "'two-joint arm' or 'motor task 2'; 'at most N terms')"),
                "recurrent / fixed points / fixed-point rnn (the recurrent fixed-point family on mnist, docs/science.md "
                "S2; 'N units' sets N; terms dW1, dW3, dW4, oja, decay fit as named; no term named → open forward "
                "search over the recurrent library, 'at most N terms' bounds it)"],

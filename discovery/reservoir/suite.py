@@ -41,7 +41,8 @@ def reservoir_suite_runner(suite: object, ctx: object) -> dict:
 
     p = {**suite.network, **suite.data, **suite.protocol}                      # type: ignore[attr-defined]
     seed = int(ctx.seed)                                                       # type: ignore[attr-defined]
-    sizes = {k: int(v) for k, v in (p.get("sizes") or {}).items()}     # tiny: both protocols' periods
+    keys = ("periods_train", "periods_test", "period_steps")
+    sizes = {k: int(p[k]) for k in keys} if p.get("same_sizes") else {}   # tiny: both protocols at these periods
 
     def config(task: int) -> CompareConfig:
         return CompareConfig(task=task, N=int(p["N"]), tune_protocol=str(p["tune_protocol"]),
@@ -107,12 +108,11 @@ def reservoir_suite() -> Suite:
         network={"N": 1000, "lambda": LAMBDA, "p": P_CONNECT, "dt": DT, "tau": TAU},
         data={"target": "butterfly", "tasks": [1, 2, 3]},
         protocol={**proto, "seeds": 3, "configs": [list(c) for c in SUITE_CONFIGS], "tune_protocol": "fast",
-                  "score_protocol": "shortened", "grid": [0.25, 1.0, 4.0], "tune_seeds": 2, "rule_tasks": [1, 2], "sizes": {}},
+                  "score_protocol": "shortened", "grid": [0.25, 1.0, 4.0], "tune_seeds": 2, "rule_tasks": [1, 2], "same_sizes": False},
         metrics=["deviation", "n_satisfactory", "lr_scale"],
         baselines=sorted({_name(t, lr, s) for t, lr, s in SUITE_CONFIGS}),
         tiny={"network": {"N": 60}, "protocol": {"periods_train": 2, "periods_test": 1, "period_steps": 300,
-                                                 "seeds": 2, "tune_seeds": 1,
-                                                 "sizes": {"periods_train": 2, "periods_test": 1, "period_steps": 300}}},
+                                                 "seeds": 2, "tune_seeds": 1, "same_sizes": True}},
         protocol_text=("S5 reservoir, N={network[N]}: learning rates tuned over ×{protocol[grid]} on the "
                        "{protocol[tune_protocol]} protocol, then {protocol[periods_train]} training + "
                        "{protocol[periods_test]} test periods of {protocol[period_steps]} steps (dt = 0.2) over "

@@ -111,7 +111,9 @@ class RewardSearch:
         """Mean deviation over ``seeds`` of each row of φ (C, K) over ``terms`` (θ = s ⊙ φ)."""
         env = env or self.env
         s = np.array([self.scale[t] for t in terms])
+        c0 = time.process_time()
         res = simulate(env, list(terms), torch.tensor(phis * s), list(seeds))
+        self.log.timing["cpu_s"] = self.log.timing.get("cpu_s", 0.0) + time.process_time() - c0
         self.log.simulations += 1
         self.log.reservoir_steps += res.steps * phis.shape[0] * len(seeds)
         dev = res.deviation.mean(1).numpy()
@@ -234,7 +236,9 @@ class RewardSearch:
         kept = sorted(by_support.values(), key=lambda f: (len(f.terms), complexity(f.terms)))
         terms_all = list(dict.fromkeys(t for f in kept for t in f.terms))
         thetas = torch.tensor([[f.theta.get(t, 0.0) for t in terms_all] for f in kept], dtype=torch.float64)
+        c0 = time.process_time()
         res = simulate(self.score_env, terms_all, thetas, list(self.cfg.eval_seeds))
+        self.log.timing["front_cpu_s"] = time.process_time() - c0
         self.log.simulations += 1
         self.log.reservoir_steps += res.steps * len(kept) * len(self.cfg.eval_seeds)
         front = []

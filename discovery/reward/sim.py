@@ -35,7 +35,7 @@ from discovery.reservoir.model import (
     make_reservoir,
     task_config,
 )
-from rules.reward import POST, PRE, REWARD_TERMS, THIRD
+from rules.reward import POST, REWARD_TERMS, THIRD
 
 CAP = 3.0                  # deviation of a diverged candidate (no learning: ≈ 0.6–1.2)
 W_LIMIT = 1e3              # |W| beyond this counts as divergence
@@ -87,10 +87,13 @@ def _plan(terms: Sequence[str]) -> tuple[Tensor, Tensor, Tensor, list[str]]:
 
 
 def simulate(env: RewardEnv, terms: Sequence[str], theta: Tensor, seeds: Sequence[int], *,
-             chunk: int = 1000, dtype: torch.dtype = torch.float32,
+             chunk: int = 1000, dtype: torch.dtype = torch.float32, engine: str = "auto",
              progress: Callable[[int, int], None] | None = None) -> SimResult:
     """Train and test every candidate θ (C, K) over ``terms`` on every seed (S): B = C·S reservoirs in one batch
-    (b = c·S + s; candidates of one seed share J, Q, x₀ and the noise: common random numbers)."""
+    (b = c·S + s; candidates of one seed share J, Q, x₀ and the noise: common random numbers). ``engine``:
+    "compiled" (discovery.reward.kernel, float64; "auto" without eligibility traces) or "torch" (this loop)."""
+    if engine == "compiled" or (engine == "auto" and env.trace_tau == 0):
+        return _simulate_compiled(env, terms, theta, seeds, chunk=chunk, progress=progress)
     if env.task not in (1, 2):
         raise ValueError(f"the reward family runs motor tasks 1 and 2, not {env.task}")
     if env.task != 1 and any(REWARD_TERMS[t].supervised for t in terms):
@@ -229,6 +232,95 @@ def simulate(env: RewardEnv, terms: Sequence[str], theta: Tensor, seeds: Sequenc
     return SimResult(dev.view(C, S).double(), dead.view(C, S), time.perf_counter() - t0, total,
                      {"periods_train": pt, "periods_test": pe, "period_steps": ps, "N": N,
                       "steps_per_s": total / max(time.perf_counter() - t0, 1e-9)})
+
+
+def _simulate_compiled(env: RewardEnv, terms: Sequence[str], theta: Tensor, seeds: Sequence[int], *,
+                       chunk: int = 1000, progress: Callable[[int, int], None] | None = None) -> SimResult:
+    """``simulate`` with the numba inner loop (same noise streams, float64 state)."""
+    import numpy as np
+
+    from discovery.reward.kernel import run_steps
+
+    if env.task not in (1, 2):
+        raise ValueError(f"the reward family runs motor tasks 1 and 2, not {env.task}")
+    if env.task != 1 and any(REWARD_TERMS[t].supervised for t in terms):
+        raise ValueError("the output error z − f needs the target output: only task 1 is supervised")
+    cfg = task_config(env.task)
+    pt, pe, ps = env.sizes
+    th = torch.as_tensor(theta, dtype=torch.float64).reshape(-1, len(terms)).numpy()
+    C, S, N, d = th.shape[0], len(seeds), env.N, cfg.n_out
+    B = C * S
+    parts = [make_reservoir(s, N, d) for s in seeds]
+    indptr = np.zeros((S, N + 1), dtype=np.int64)
+    idx, val, off = [], [], 0
+    for i, (J, _, _) in enumerate(parts):
+        Jc = J.double().to_sparse_csr()
+        indptr[i] = Jc.crow_indices().numpy() + off
+        idx.append(Jc.col_indices().numpy())
+        val.append(Jc.values().numpy())
+        off += val[-1].shape[0]
+    indices, data = np.concatenate(idx).astype(np.int64), np.concatenate(val)
+    Q = np.stack([p[1].double().numpy() for p in parts])                    # (S, N, d)
+    seed_of = np.array([b % S for b in range(B)], dtype=np.int64)
+    th = np.repeat(th, S, axis=0)                                            # (B, K)
+    third = np.array([_THIRD.index(REWARD_TERMS[t].third) for t in terms], dtype=np.int64)
+    post = np.array([_POST.index(REWARD_TERMS[t].post) for t in terms], dtype=np.int64)
+    pre_r = np.array([REWARD_TERMS[t].pre == "r" for t in terms])
+    x = np.stack([parts[b % S][2].double().numpy() for b in range(B)])
+    r = np.tanh(x)
+    z, zbar = np.zeros((B, d)), np.zeros((B, d))
+    W = np.zeros((B, d, N))
+    ebar, beta = np.zeros(B), np.zeros(B)
+    alive = np.ones(B, dtype=bool)
+    lengths = np.array(cfg.arm if cfg.arm else [0.0] * d, dtype=np.float64)
+    target = butterfly(ps, torch.float64).numpy()
+    gens = [torch.Generator().manual_seed(1_000_003 * (s + 1)) for s in seeds]
+    n_replay = min(pe, pt)
+    replay = np.zeros((n_replay, ps, B, d)) if env.task > 1 else None
+    total = (pt + pe) * ps
+    errors = np.empty((B, total), dtype=np.float64)
+    empty3 = np.zeros((1, 1, 1))
+    first, t_global, t0 = True, 0, time.perf_counter()
+    args = (env.task,)
+    consts = (DT / TAU, cfg.zbar_keep, min(1.0, 1.0 / env.reward_tau), env.shaping == "quartic", cfg.beta_amp,
+              cfg.beta_pow)
+    for period in range(pt + pe):
+        train = period < pt
+        rep_slot = period - (pt - n_replay) if train and replay is not None else -1
+        for c0 in range(0, ps, chunk):
+            K = min(chunk, ps - c0)
+            if train:
+                xi = torch.stack([torch.rand(K, N, generator=g) for g in gens], 1).mul_(2 * NOISE).sub_(NOISE)
+                zeta = torch.stack([torch.rand(K, d, generator=g) for g in gens], 1).mul_(2).sub_(1)
+                xi_np, zeta_np = xi.double().numpy(), zeta.double().numpy()
+            else:
+                xi_np, zeta_np = empty3, empty3
+            use_replay = not train and replay is not None
+            fb = replay[(period - pt) % n_replay, c0:c0 + K] if use_replay else empty3
+            rec = replay[rep_slot, c0:c0 + K] if rep_slot >= 0 else empty3
+            ebuf = np.empty((K, B))
+            first = run_steps(train, first, *args, x, r, z, W, zbar, ebar, beta, th, third, post, pre_r, seed_of,
+                              indptr, indices, data, Q, xi_np, zeta_np, target, c0, fb, use_replay, rec,
+                              rep_slot >= 0, lengths, *consts, ebuf)
+            if train:                                                             # divergence guard
+                bad = alive & (~np.isfinite(W).all((1, 2)) | (np.abs(W).max((1, 2)) > W_LIMIT)
+                               | ~np.isfinite(x).all(1))
+                if bad.any():
+                    alive &= ~bad
+                    th[bad] = 0.0
+                    W[bad], x[bad], z[bad], zbar[bad], ebar[bad], beta[bad] = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+                    r[bad] = np.tanh(x[bad])
+            errors[:, t_global:t_global + K] = np.nan_to_num(ebuf.T, nan=1e6, posinf=1e6)
+            t_global += K
+            if progress is not None:
+                progress(t_global, total)
+    _, dev = _deviation(torch.from_numpy(errors).float(), pt * ps, (pt + pe) * ps, ps)
+    dead = torch.from_numpy(~alive)
+    dev = torch.where(dead | ~torch.isfinite(dev), torch.full_like(dev, CAP), dev.clamp(max=CAP))
+    wall = time.perf_counter() - t0
+    return SimResult(dev.view(C, S).double(), dead.view(C, S), wall, total,
+                     {"periods_train": pt, "periods_test": pe, "period_steps": ps, "N": N,
+                      "steps_per_s": total / max(wall, 1e-9), "engine": "compiled"})
 
 
 def score(env: RewardEnv, terms: Sequence[str], theta: Tensor, seeds: Sequence[int], **kw: object) -> Tensor:

@@ -143,7 +143,7 @@ def _term_problems(spec: DiscoverySpec) -> list[dict[str, Any]]:
     recurrent family (whose term ids the spec already resolved) a network or data set its trainer cannot use."""
     if spec.family == "recurrent":
         return _recurrent_problems(spec)
-    if spec.family == "unsupervised":     # terms resolved and widths [64, k] checked by the spec (task kind pca)
+    if spec.family in ("unsupervised", "reward"):   # terms resolved and checked by their specs (pca, reservoir-motor)
         return []
     from rules.terms import TERMS
 
