@@ -43,6 +43,27 @@ def run_cell(seed: int, cell: dict, rule: Rule, baselines: list[str], out: Path,
     return report
 
 
+def markdown(out: Path, seeds: list[int], cells: list[int]) -> str:
+    """The table (cells × seeds: Δ vs BP [95 % CI] in points, rule / BP accuracy) of the runs found in ``out``."""
+    lines = ["| cell | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    for i in sorted(cells):
+        cell = Cell.model_validate(TRANSFER_CELLS[i])
+        row = []
+        for seed in seeds:
+            path = out / f"table_seed{seed}_{slug(cell)}.json"
+            if not path.exists():
+                row.append("not run")
+                continue
+            rep = json.loads(path.read_text())
+            c = next(e for e in rep["entries"] if e["kind"] == "rule")["metrics"]["cells"][0]
+            bp = next(e for e in rep["entries"] if e["learner"] == "BP")["metrics"]["cells"][0]
+            v = c["vs"]["BP"]
+            row.append(f"{100 * v['delta']:+.1f} [{100 * v['ci95'][0]:+.1f}, {100 * v['ci95'][1]:+.1f}] "
+                       f"({c['score']:.3f} vs {bp['score']:.3f}; {rep['wall_time_s']:.0f} s)")
+        lines.append(f"| {cell.label} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -52,7 +73,11 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=None)
     ap.add_argument("--tune-episodes", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("results/transfer"))
+    ap.add_argument("--markdown", action="store_true", help="print the table of the results already in --out")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(args.out, args.seeds, args.cells))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     protocol = {k: v for k, v in {"eval_episodes": args.eval_episodes, "tune_episodes": args.tune_episodes}.items()
                 if v is not None}
