@@ -55,6 +55,16 @@ def test_a_reward_rule_is_stored_from_its_text(client: TestClient, auth: dict[st
     assert bad.status_code == 422, bad.text
 
 
+def test_unknown_reward_term_names_are_a_422_not_a_500(client: TestClient, auth: dict[str, str]) -> None:
+    """Found by the fuzzer: an unknown key in theta_init raised KeyError inside the spec validator (a 500)."""
+    spec = {"task": {"kind": "reservoir-motor"}, "rule": {"family": "reward", "theta_init": {"no-such-term": 1.0}}}
+    before = client.get("/api/jobs").json()
+    r = client.post("/api/jobs", json=spec, headers=auth)
+    assert r.status_code == 422, r.text
+    assert "unknown reward term 'no-such-term'" in r.text
+    assert client.get("/api/jobs").json() == before, "nothing stored"
+
+
 @pytest.mark.slow
 def test_goal_job_stores_the_reward_front_live(live_server_factory: Callable[..., LiveServer]) -> None:
     server = live_server_factory()

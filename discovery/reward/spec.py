@@ -64,7 +64,11 @@ class RewardRuleSpec(BaseModel):
         if self.motor_task != 1 and any(REWARD_TERMS[t].supervised for t in self.terms):
             raise ValueError("the output error z − f needs the target output: only motor task 1 is supervised")
         for k in self.theta_init or {}:
-            if reward_term(k).id not in self.terms:
+            try:
+                known = reward_term(k).id in self.terms
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
+            if not known:
                 raise ValueError(f"theta_init names {k!r}, which is not one of the terms")
         return self
 
