@@ -1,7 +1,9 @@
-"""Behaviour shared by the coefficient-vector rules (rules.rule.Rule, rules.recurrent.RecurrentRule).
+"""Behaviour shared by the coefficient-vector rules (rules.rule.Rule, rules.recurrent.RecurrentRule, ...).
 
 A subclass stores ``_coefficients`` (θ by canonical term id, in its stable order) and ``name``, is built as
-``cls(coefficients, name)``, and provides ``canonical()``, ``to_text()``, ``latex()`` and ``expression``.
+``cls(coefficients, name)``, and provides ``canonical()``, ``to_text()`` and ``latex()``. Its ``expression`` is
+ΔW = Σ_k θ_k F_k over the class's ``LIBRARY`` (ZeroMatrix of ``ZERO_SHAPE`` when every θ is 0), unless the subclass
+overrides it (the feedforward and unsupervised rules expand it into monomials).
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Self
+from functools import cached_property
+from typing import Any, ClassVar, Self
 
 import sympy as sp
+from sympy import MatAdd, MatMul, MatrixExpr, ZeroMatrix
 
 from rules.terms import round_sig
 
@@ -32,6 +36,11 @@ class CoefficientRule:
     FAMILY: str = "feedforward"
     """The rule family (``feedforward`` ΔW_ℓ over layer primitives, ``recurrent`` ΔW of a fixed-point network):
     the column ``rules.family`` and the spec's ``rule.family``."""
+
+    LIBRARY: ClassVar[Mapping[str, Any]]
+    """The term library: term id → term with ``expr`` (its sympy matrix F_k), in the library's stable order."""
+    ZERO_SHAPE: ClassVar[tuple[sp.Expr, sp.Expr]]
+    """(rows, columns) of ΔW, the shape of the ZeroMatrix that ``expression`` is when every θ is 0."""
 
     _coefficients: dict[str, float]
     name: str | None
@@ -62,6 +71,15 @@ class CoefficientRule:
         """Ids with a nonzero coefficient, in the stable order."""
         return [k for k, v in self._coefficients.items() if v != 0]
 
+    @cached_property
+    def expression(self) -> MatrixExpr:
+        """sympy ΔW = Σ_k θ_k F_k (unevaluated MatAdd of MatMul(θ_k, F_k) over ``LIBRARY``);
+        ZeroMatrix(*ZERO_SHAPE) when every θ is 0."""
+        parts = [MatMul(sp.Float(self._coefficients[k]), self.LIBRARY[k].expr) for k in self.terms]
+        if not parts:
+            return ZeroMatrix(*self.ZERO_SHAPE)
+        return parts[0] if len(parts) == 1 else MatAdd(*parts)
+
     # --- transforms ----------------------------------------------------------------------------------------
     def pruned(self, tol: float | None = None) -> Self:
         """Drop terms with |θ| < tol (absolute; default ``PRUNE_TOL``)."""
@@ -89,7 +107,7 @@ class CoefficientRule:
         return hashlib.sha256(self.canonical().encode()).hexdigest()
 
     def srepr(self) -> str:
-        return sp.srepr(self.expression)  # type: ignore[attr-defined]
+        return sp.srepr(self.expression)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: name, expression (text), latex, coefficients, terms, hash, srepr."""

@@ -50,11 +50,10 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import sympy as sp
-from sympy import Identity, MatAdd, MatMul, MatrixExpr, MatrixSymbol, Transpose, ZeroMatrix
+from sympy import Identity, MatAdd, MatMul, MatrixExpr, MatrixSymbol, Transpose
 
 from rules.base import CoefficientRule
 from rules.parser import RuleSyntaxError, Token, TokenCursor, tokenize
@@ -227,19 +226,12 @@ class RecurrentRule(CoefficientRule):
 
     PRUNE_TOL = 1e-6
     FAMILY = "recurrent"
+    LIBRARY = RECURRENT_LIBRARY
+    ZERO_SHAPE = (N, N)
 
     def __init__(self, coefficients: Mapping[str, float], name: str | None = None) -> None:
         self._coefficients = self.collect(coefficients, recurrent_term, RECURRENT_LIBRARY)
         self.name = name
-
-    # --- views -------------------------------------------------------------------------------------------
-    @cached_property
-    def expression(self) -> MatrixExpr:
-        """sympy ΔW = Σ_k θ_k F_k (unevaluated MatAdd of MatMul(θ_k, F_k)); ZeroMatrix(N, N) when all θ are 0."""
-        parts = [MatMul(sp.Float(self._coefficients[k]), RECURRENT_LIBRARY[k].expr) for k in self.terms]
-        if not parts:
-            return ZeroMatrix(N, N)
-        return parts[0] if len(parts) == 1 else MatAdd(*parts)
 
     # --- printing ------------------------------------------------------------------------------------------
     def _summands(self) -> list[tuple[float, RecurrentTerm]]:

@@ -28,11 +28,10 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import sympy as sp
-from sympy import MatAdd, MatMul, MatrixExpr, MatrixSymbol, ZeroMatrix
+from sympy import MatMul, MatrixExpr, MatrixSymbol
 
 from rules.algebra import join_signed, round_sig, signed_latex
 from rules.base import CoefficientRule
@@ -152,18 +151,12 @@ class RewardRule(CoefficientRule):
 
     PRUNE_TOL = 1e-9
     FAMILY = FAMILY
+    LIBRARY = REWARD_TERMS
+    ZERO_SHAPE = (d, N)
 
     def __init__(self, coefficients: Mapping[str, float], name: str | None = None) -> None:
         self._coefficients = self.collect(coefficients, reward_term, REWARD_TERMS)
         self.name = name
-
-    @cached_property
-    def expression(self) -> MatrixExpr:
-        """sympy Σ θ_k F_k (unevaluated MatAdd; ZeroMatrix(d, N) when every θ is 0)."""
-        parts = [MatMul(sp.Float(self._coefficients[k]), REWARD_TERMS[k].expr) for k in self.terms]
-        if not parts:
-            return ZeroMatrix(d, N)
-        return parts[0] if len(parts) == 1 else MatAdd(*parts)
 
     def to_text(self) -> str:
         """User syntax, e.g. '0.0025*rmhl - 1e-05*rew_z_r'."""
