@@ -10,14 +10,53 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import sympy as sp
 from sympy import MatAdd, MatMul, MatrixExpr, ZeroMatrix
 
 from rules.terms import round_sig
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LazyMapping(Mapping[K, V]):
+    """A read-only mapping that ``build()`` makes on its first use (a lookup, ``in``, iteration, ``len``), then
+    keeps: a library that is costly to generate is paid for by its first user, not by whoever imports its module.
+    Threads that ask at once wait for one build."""
+
+    def __init__(self, build: Callable[[], Mapping[K, V]]) -> None:
+        self._build = build
+        self._data: Mapping[K, V] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def built(self) -> bool:
+        """Whether ``build()`` has run."""
+        return self._data is not None
+
+    def _mapping(self) -> Mapping[K, V]:
+        if self._data is None:
+            with self._lock:
+                if self._data is None:
+                    self._data = self._build()
+        return self._data
+
+    def __getitem__(self, key: K) -> V:
+        return self._mapping()[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return len(self._mapping())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self._mapping())!r})"
 
 
 def finite_coefficient(key: str, value: float) -> float:

@@ -48,14 +48,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import sympy as sp
 from sympy import Identity, MatAdd, MatMul, MatrixExpr, MatrixSymbol, Transpose
 
-from rules.base import CoefficientRule
+from rules.base import CoefficientRule, LazyMapping
 from rules.parser import RuleSyntaxError, Token, TokenCursor, tokenize
 from rules.primitives import PRIMITIVES
 from rules.rule import Rule
@@ -171,27 +172,41 @@ def _generated() -> list[RecurrentTerm]:
     return out
 
 
-RECURRENT_LIBRARY: dict[str, RecurrentTerm] = {t.id: t for t in [*_LIBRARY, *_generated()]}
-"""The generated recurrent library by id: the published terms first (named members), then the generated ones."""
+RECURRENT_LIBRARY: Mapping[str, RecurrentTerm] = LazyMapping(lambda: {t.id: t for t in [*_LIBRARY, *_generated()]})
+"""The generated recurrent library by id: the published terms first (named members), then the generated ones.
+Generated on first use (the sympy expansion of the candidates takes seconds), so importing this module is cheap."""
 
-RECURRENT_POOLS: dict[str, list[str]] = {
+RECURRENT_POOLS: Mapping[str, list[str]] = LazyMapping(lambda: {
     "rec4": ["rec_dW3", "rec_dW4", "rec_oja", "rec_decay"],
     "rec5": ["rec_dW1", "rec_dW3", "rec_dW4", "rec_oja", "rec_decay"],
     "rec_library": list(RECURRENT_LIBRARY),
-}
+})
 """Named pools; ``rec4`` (no N×N solve per sample) is the default of a fixedpoint-mnist discovery; ``rec_library``
 (the whole generated library) is what a recurrent goal without named terms searches."""
 
 PUBLISHED_LR: dict[str, float] = {"rec_dW1": 0.01, "rec_dW3": 0.25, "rec_dW4": 0.1}
 """Best learning rates of the paper's MNIST runs (docs/science.md S2): W ← W − lr·dW, i.e. θ = lr here."""
 
-DEFAULT_THETA: dict[str, float] = {**{t: 0.0 for t in RECURRENT_LIBRARY}, **PUBLISHED_LR}
+DEFAULT_THETA: Mapping[str, float] = LazyMapping(lambda: {**{t: 0.0 for t in RECURRENT_LIBRARY}, **PUBLISHED_LR})
 """θ at the start of meta-learning when the spec gives none: the published learning rates, every other term off."""
 
-_LOOKUP: dict[str, str] = {}
-for _t in RECURRENT_LIBRARY.values():
-    for _k in (_t.id, _t.name, *_t.aliases):
-        _LOOKUP[_k] = _t.id
+
+def _lookup_of(terms: Iterable[RecurrentTerm]) -> dict[str, str]:
+    """Id, name and aliases of every term → its id."""
+    return {k: t.id for t in terms for k in (t.id, t.name, *t.aliases)}
+
+
+_PUBLISHED_LOOKUP: dict[str, str] = _lookup_of(_LIBRARY)
+_LOOKUP: Mapping[str, str] = LazyMapping(lambda: _lookup_of(RECURRENT_LIBRARY.values()))
+
+
+@cache
+def _generated_names() -> frozenset[str]:
+    """Names of every grammar candidate (deduplicated or not): cheap, no expansion; a word outside them and the
+    published names can be no generated term, so ``is_recurrent_text`` needs no library for it."""
+    from rules.recurrent_library import generated_candidates
+
+    return frozenset(c.name for c in generated_candidates(RECURRENT_PRIMITIVES))
 
 
 def recurrent_term(id_or_alias: str) -> RecurrentTerm:
@@ -289,7 +304,7 @@ _WORD = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+)?|([A-Za-z_][A-Za-z0
 """A number (skipped, so the 'e' of '1e-3' is no identifier) or an identifier (group 1): the tokenizer's rules."""
 
 _ALLOWED_TERMS = (f"{', '.join(RECURRENT_TERMS)}, the generated rec_T… ids (aliases: "
-                  f"{', '.join(k for k in _LOOKUP if k not in RECURRENT_TERMS and _LOOKUP[k] in RECURRENT_TERMS)})")
+                  f"{', '.join(k for k in _PUBLISHED_LOOKUP if k not in RECURRENT_TERMS)})")
 
 
 def is_recurrent_text(text: object) -> bool:
@@ -302,7 +317,8 @@ def is_recurrent_text(text: object) -> bool:
         return True
     for m in _WORD.finditer(text):
         word = m.group(1)
-        if word and (word in _LOOKUP or word.startswith("rec_")):
+        if word and (word in _PUBLISHED_LOOKUP or word.startswith("rec_")
+                     or (word in _generated_names() and word in _LOOKUP)):
             return True
     return False
 

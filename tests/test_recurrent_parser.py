@@ -228,3 +228,23 @@ def test_api_benchmarks_a_recurrent_rule(
         assert r.status_code == 422, r.text
         assert r.json()["detail"]["field"] == "suite" and "recurrent" in r.json()["detail"]["message"]
     assert count(app, BenchmarkRun) == runs and count(app, RuleRow) == rules
+
+
+def test_importing_leaves_the_generated_library_unbuilt() -> None:
+    """The generated recurrent library (seconds of sympy expansion) is built on first use (docs/architecture.md):
+    importing the rules or telling a feedforward text from a recurrent one never builds it; a generated term's
+    name does."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    code = ("import rules, rules.recurrent_library, rules.recurrent as m\n"
+            "m.is_recurrent_text('0.1*x*e.T - 0.01*W')\n"
+            "print(m.RECURRENT_LIBRARY.built, m.RECURRENT_POOLS.built, m.DEFAULT_THETA.built, m._LOOKUP.built)\n"
+            "assert m.is_recurrent_text('0.1*hebb_rr')\n"
+            "print(m.RECURRENT_LIBRARY.built, len(m.RECURRENT_LIBRARY) > len(m.RECURRENT_TERMS))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False"] * 4 + ["True", "True"], out.stdout
