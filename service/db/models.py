@@ -107,6 +107,21 @@ class TrackedRun:
     status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
 
 
+class StoredFile:
+    """The columns every uploaded, content-addressed file shares (a data set, a recording; migrations 0005 and
+    0007): its unique name, its owner, the sha256 that names its stored file, the format and original file name it
+    came with and its size in bytes. ``sort_order=-1`` keeps them first in the table, as the migrations create them."""
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, sort_order=-1)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, sort_order=-1)
+    name: Mapped[str] = mapped_column(String(64), unique=True, sort_order=-1)
+    owner: Mapped[str] = mapped_column(String(64), index=True, sort_order=-1)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True, sort_order=-1)
+    format: Mapped[str] = mapped_column(String(8), sort_order=-1)
+    filename: Mapped[str | None] = mapped_column(String(255), sort_order=-1)
+    upload_bytes: Mapped[int] = mapped_column(Integer, sort_order=-1)
+
+
 class Job(TrackedRun, Base):
     """A discovery job: the resolved spec, its status and live progress, its result summary."""
 
@@ -422,21 +437,13 @@ class BaselineSetRow(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSONColumn())
 
 
-class DatasetRow(Base):
+class DatasetRow(StoredFile, Base):
     """A labelled data set uploaded by a user (``POST /api/datasets``; migration 0005): its metadata, owner and the
     checksum that names its content-addressed file ``<dataset dir>/<sha256>.npz`` (discovery.data.uploads). A job
     names it ``task.dataset = "upload:<id>"``."""
 
     __tablename__ = "datasets"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    owner: Mapped[str] = mapped_column(String(64), index=True)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    format: Mapped[str] = mapped_column(String(8))
-    filename: Mapped[str | None] = mapped_column(String(255))
-    upload_bytes: Mapped[int] = mapped_column(Integer)
     n: Mapped[int] = mapped_column(Integer)
     dim: Mapped[int] = mapped_column(Integer)
     side: Mapped[int | None] = mapped_column(Integer)
@@ -450,21 +457,13 @@ class DatasetRow(Base):
         return f"upload:{self.id}"
 
 
-class RecordingRow(Base):
+class RecordingRow(StoredFile, Base):
     """A recording of a circuit learning, uploaded by a user (``POST /api/recordings``; migration 0007): its
     metadata, owner and the checksum that names its canonical file ``<dataset dir>/recordings/<sha256>.npz``
     (discovery.inference.job). An inference job names it by id and keeps its name and checksum in its spec."""
 
     __tablename__ = "recordings"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    owner: Mapped[str] = mapped_column(String(64), index=True)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    format: Mapped[str] = mapped_column(String(8))
-    filename: Mapped[str | None] = mapped_column(String(255))
-    upload_bytes: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(16))
     widths: Mapped[list[int]] = mapped_column(JSONColumn())
     n_steps: Mapped[int] = mapped_column(Integer)

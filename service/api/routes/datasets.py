@@ -11,14 +11,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
 
-from service.api.deps import IdPath, OwnerDep, SessionDep, SettingsDep, get_or_404
+from service.api.deps import IdPath, OwnerDep, SessionDep, SettingsDep
 from service.api.errors import errors
 from service.api.schemas import DatasetOut
+from service.api.upload_resource import UploadResource
 from service.db.models import DatasetRow
 from service.db.repositories import datasets as repo
-from service.uploads import NAME_PATTERN, UploadRejected, delete_dataset, read_server_path, store_upload
+from service.uploads import NAME_PATTERN, delete_dataset, read_server_path, store_upload
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
+_RESOURCE = UploadResource(router.prefix, DatasetRow, DatasetOut, "data set")
 
 _ERRORS = errors(400, 401, 403, 404, 409, 413, 422, 503, e400="malformed multipart body",
                  e403="a server path outside the import folder, or none configured",
@@ -51,19 +53,15 @@ def upload_dataset(
     if (file is None) == (path is None):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             detail="send either a file (multipart field 'file') or a server path ('path')")
-    try:
+
+    def store() -> DatasetRow:
         if file is not None:
-            data = file.file.read(settings.limits.max_upload_bytes + 1)
-            filename = file.filename
+            data, filename = file.file.read(settings.limits.max_upload_bytes + 1), file.filename
         else:
             data, filename = read_server_path(settings, path or "")
-        row = store_upload(session, settings, data=data, filename=filename, name=name, owner=who)
-    except UploadRejected as exc:
-        session.rollback()
-        raise HTTPException(exc.status, detail=exc.detail) from exc
-    session.commit()
-    response.headers["Location"] = f"/api/datasets/{row.id}"
-    return DatasetOut.model_validate(row)
+        return store_upload(session, settings, data=data, filename=filename, name=name, owner=who)
+
+    return _RESOURCE.create(session, response, store)
 
 
 @router.get("", response_model=list[DatasetOut], responses=errors(422, 503))
@@ -75,19 +73,13 @@ def list_datasets(
 ) -> list[DatasetOut]:
     """Uploaded data sets, newest first, with N, D, classes and per-class counts, owner and checksum;
     ``X-Total-Count`` gives their number."""
-    rows, total = repo.list_datasets(session, limit=limit, offset=offset)
-    response.headers["X-Total-Count"] = str(total)
-    return [DatasetOut.model_validate(r) for r in rows]
-
-
-def _get(session: SessionDep, dataset_id: int) -> DatasetRow:
-    return get_or_404(session, DatasetRow, dataset_id, "data set")
+    return _RESOURCE.page(response, repo.list_datasets(session, limit=limit, offset=offset))
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=errors(404, 422, 503, e404="no such data set"))
 def get_dataset(dataset_id: IdPath, session: SessionDep) -> DatasetOut:
     """One data set's metadata."""
-    return DatasetOut.model_validate(_get(session, dataset_id))
+    return _RESOURCE.show(session, dataset_id)
 
 
 @router.delete(
@@ -98,12 +90,4 @@ def get_dataset(dataset_id: IdPath, session: SessionDep) -> DatasetOut:
 def delete(dataset_id: IdPath, session: SessionDep, settings: SettingsDep, who: OwnerDep) -> Response:
     """Delete a data set and its file (its owner only). Refused with 409 while a queued or running job uses it;
     finished jobs keep its name and checksum in their spec."""
-    row = _get(session, dataset_id)
-    try:
-        stored = delete_dataset(session, settings, row, who)
-    except UploadRejected as exc:
-        session.rollback()
-        raise HTTPException(exc.status, detail=exc.detail) from exc
-    session.commit()
-    stored.unlink(missing_ok=True)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return _RESOURCE.delete(session, dataset_id, lambda row: delete_dataset(session, settings, row, who))

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
-from service.api.deps import IdPath, OwnerDep, SessionDep, SettingsDep, get_or_404
+from service.api.deps import IdPath, OwnerDep, SessionDep, SettingsDep
 from service.api.errors import errors
 from service.api.inference_schemas import RecordingOut
+from service.api.upload_resource import UploadResource
 from service.db.models import RecordingRow
 from service.db.repositories import recordings as repo
 from service.recordings import delete_recording, store_recording
-from service.uploads import NAME_PATTERN, UploadRejected
+from service.uploads import NAME_PATTERN
 
 router = APIRouter(prefix="/api/recordings", tags=["recordings"])
+_RESOURCE = UploadResource(router.prefix, RecordingRow, RecordingOut, "recording")
 
 _ERRORS = errors(400, 401, 409, 413, 422, 503, e400="malformed multipart body",
                  e409="the same content or name was uploaded before",
@@ -44,14 +46,8 @@ def upload_recording(
     series' rate, trials from ``trial_starts`` or the NWB trials table (docs/inference.md).
     """
     data = file.file.read(settings.limits.max_upload_bytes + 1)
-    try:
-        row = store_recording(session, settings, data=data, filename=file.filename, name=name, owner=who)
-    except UploadRejected as exc:
-        session.rollback()
-        raise HTTPException(exc.status, detail=exc.detail) from exc
-    session.commit()
-    response.headers["Location"] = f"/api/recordings/{row.id}"
-    return RecordingOut.model_validate(row)
+    return _RESOURCE.create(session, response, lambda: store_recording(
+        session, settings, data=data, filename=file.filename, name=name, owner=who))
 
 
 @router.get("", response_model=list[RecordingOut], responses=errors(422, 503))
@@ -62,16 +58,14 @@ def list_recordings(
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> list[RecordingOut]:
     """Uploaded recordings, newest first; ``X-Total-Count`` gives their number."""
-    rows, total = repo.list_recordings(session, limit=limit, offset=offset)
-    response.headers["X-Total-Count"] = str(total)
-    return [RecordingOut.model_validate(r) for r in rows]
+    return _RESOURCE.page(response, repo.list_recordings(session, limit=limit, offset=offset))
 
 
 @router.get("/{recording_id}", response_model=RecordingOut,
             responses=errors(404, 422, 503, e404="no such recording"))
 def get_recording(recording_id: IdPath, session: SessionDep) -> RecordingOut:
     """One recording's metadata."""
-    return RecordingOut.model_validate(get_or_404(session, RecordingRow, recording_id, "recording"))
+    return _RESOURCE.show(session, recording_id)
 
 
 @router.delete("/{recording_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
@@ -79,12 +73,4 @@ def get_recording(recording_id: IdPath, session: SessionDep) -> RecordingOut:
                                 e404="no such recording", e409="a queued or running inference reads it"))
 def delete(recording_id: IdPath, session: SessionDep, settings: SettingsDep, who: OwnerDep) -> Response:
     """Delete a recording and its file (its owner only); finished jobs keep its name and checksum."""
-    row = get_or_404(session, RecordingRow, recording_id, "recording")
-    try:
-        stored = delete_recording(session, settings, row, who)
-    except UploadRejected as exc:
-        session.rollback()
-        raise HTTPException(exc.status, detail=exc.detail) from exc
-    session.commit()
-    stored.unlink(missing_ok=True)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return _RESOURCE.delete(session, recording_id, lambda row: delete_recording(session, settings, row, who))
