@@ -18,17 +18,13 @@ from service.db.session import session_scope
 from service.runs.dispatcher import Dispatcher
 from service.runs.states import set_status
 from tests.conftest import TEST_TOKEN
+from tests.helpers import uploads
+from tests.helpers.uploads import npz, post_file, stored_names
 from tests.test_contract import InProcessWorkers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-
-
-def npz(**arrays: Any) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
 
 
 def small_set(classes: int = 3, per_class: int = 20, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -70,13 +66,11 @@ def nwb_bytes(tmp_path: Path, x: np.ndarray | None, y: np.ndarray | None, *, lab
 
 def upload(client: TestClient, auth: dict[str, str], data: bytes, filename: str = "set.npz",
            name: str | None = None) -> Any:
-    return client.post("/api/datasets", files={"file": (filename, data)}, data={"name": name} if name else None,
-                       headers=auth)
+    return post_file(client, auth, "/api/datasets", data, filename, name)
 
 
 def stored_files(settings: Any) -> list[str]:
-    folder = settings.datasets_dir
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    return stored_names(settings.datasets_dir)
 
 
 def run_jobs(app: Any, settings: Any) -> None:
@@ -168,14 +162,8 @@ def _pickled() -> bytes:
 
 @pytest.fixture
 def small_limit_client(settings: Any) -> Any:
-    from service.app import create_app
-    from service.settings import Limits
-
-    limited = settings.with_(limits=Limits(max_upload_bytes=400_000))
-    application = create_app(limited, dispatcher=False)
-    with TestClient(application, raise_server_exceptions=False) as c:
-        yield c, limited
-    application.state.engine.dispose()
+    with uploads.client_with_upload_limit(settings, 400_000) as client_and_settings:
+        yield client_and_settings
 
 
 def test_bad_files_get_a_4xx_with_the_reason_and_store_nothing(small_limit_client: Any, auth: dict[str, str],
@@ -183,18 +171,12 @@ def test_bad_files_get_a_4xx_with_the_reason_and_store_nothing(small_limit_clien
     client, settings = small_limit_client
     good = upload(client, auth, npz(X=X, y=Y), "good.npz", name="good")
     assert good.status_code == 201, good.text
-    before, files = client.get("/api/datasets").json(), stored_files(settings)
     cases = _bad_cases(tmp_path)
     cases += [("duplicate content", npz(X=X.astype(np.float32), y=Y.astype(np.int32)), "again.npz", 409,
                "already uploaded as data set"),
               ("duplicate name", npz(X=X + 1, y=Y), "other.npz", 409, "a data set named 'good' exists")]
-    assert len(cases) >= 10
-    for label, data, filename, code, reason in cases:
-        r = upload(client, auth, data, filename, name="good" if label == "duplicate name" else None)
-        assert r.status_code == code, (label, r.status_code, r.text)
-        assert reason in str(r.json()["detail"]), (label, r.text)
-        assert client.get("/api/datasets").json() == before, label
-        assert stored_files(settings) == files, label
+    uploads.assert_refused_and_nothing_stored(client, auth, "/api/datasets", cases, settings.datasets_dir)
+    before = client.get("/api/datasets").json()
     for extra, code, reason in [
         ({"headers": {}}, 401, ""),
         ({"data": {"path": "x.npz"}}, 422, "PLASTICITY_DATASET_IMPORT_DIR is unset"),
@@ -346,23 +328,7 @@ def test_the_engine_reads_the_file_the_spec_names_and_refuses_a_changed_one(tmp_
 
 # --- the migration -----------------------------------------------------------------------------------------------------
 def test_migration_0005_up_and_down(db_url: str, request: pytest.FixtureRequest) -> None:
-    from sqlalchemy import inspect
-
-    from service.db.migrate import downgrade, head_revision, upgrade
-    from service.db.session import make_engine
-
-    url = db_url if db_url.startswith("sqlite") else request.getfixturevalue("pg_schema_factory")()
-    eng = make_engine(url)
-    try:
-        assert upgrade(eng, "0004_front_points") == "0004_front_points"
-        assert "datasets" not in inspect(eng).get_table_names()
-        assert upgrade(eng, "0005_datasets") == "0005_datasets"
-        assert "datasets" in inspect(eng).get_table_names()
-        downgrade(eng, "0004_front_points")
-        assert "datasets" not in inspect(eng).get_table_names()
-        assert upgrade(eng) == head_revision()
-    finally:
-        eng.dispose()
+    uploads.check_migration_adds_table(db_url, request, "0004_front_points", "0005_datasets", "datasets")
 
 
 # --- the client and the CLI verbs ----------------------------------------------------------------------------------

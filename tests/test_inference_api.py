@@ -5,7 +5,6 @@ and trajectories on its page, the migration, and nwbinspector on the simulator's
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,8 @@ from fastapi.testclient import TestClient
 from discovery.inference import simulate, validate, write_npz, write_nwb
 from discovery.inference.errors import simulate_layered, write_layered_npz
 from service.runs.dispatcher import Dispatcher
+from tests.helpers import uploads
+from tests.helpers.uploads import npz, post_file, stored_names
 from tests.test_contract import InProcessWorkers
 from workers.actors import JobActor
 from workers.contract import InferenceTask, JobState
@@ -24,21 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
-def npz(**arrays: Any) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
 def upload(client: TestClient, auth: dict[str, str], data: bytes, filename: str = "rec.npz",
            name: str | None = None) -> Any:
-    return client.post("/api/recordings", files={"file": (filename, data)}, data={"name": name} if name else None,
-                       headers=auth)
-
-
-def stored(settings: Any) -> list[str]:
-    folder = settings.datasets_dir / "recordings"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    return post_file(client, auth, "/api/recordings", data, filename, name)
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +92,8 @@ def _bad_cases(tmp_path: Path) -> list[tuple[str, bytes, str, int, str]]:
 
 @pytest.fixture
 def small_limit_client(settings: Any) -> Any:
-    import dataclasses
-
-    from service.app import create_app
-
-    small = dataclasses.replace(settings, limits=dataclasses.replace(settings.limits, max_upload_bytes=200_000))
-    app = create_app(small, dispatcher=False)
-    with TestClient(app, raise_server_exceptions=False) as c:
-        yield c, small
-    app.state.engine.dispose()
+    with uploads.client_with_upload_limit(settings, 200_000) as client_and_settings:
+        yield client_and_settings
 
 
 def test_bad_recordings_get_a_4xx_with_the_reason_and_store_nothing(small_limit_client: Any, auth: dict[str, str],
@@ -120,17 +102,11 @@ def test_bad_recordings_get_a_4xx_with_the_reason_and_store_nothing(small_limit_
     rng = np.random.default_rng(1)
     good = upload(client, auth, npz(pre=rng.normal(size=(20, 3)), post=rng.normal(size=(20, 2))), name="good")
     assert good.status_code == 201, good.text
-    before, files = client.get("/api/recordings").json(), stored(settings)
     cases = _bad_cases(tmp_path)
     cases.append(("duplicate name", npz(pre=rng.normal(size=(20, 3)), post=rng.normal(size=(20, 2))), "x.npz", 409,
                   "a recording named 'good' exists"))
-    assert len(cases) >= 10
-    for label, data, filename, code, reason in cases:
-        r = upload(client, auth, data, filename, name="good" if label == "duplicate name" else None)
-        assert r.status_code == code, (label, r.status_code, r.text)
-        assert reason in str(r.json()["detail"]), (label, r.text)
-        assert client.get("/api/recordings").json() == before, label
-        assert stored(settings) == files, label
+    folder = settings.datasets_dir / "recordings"
+    uploads.assert_refused_and_nothing_stored(client, auth, "/api/recordings", cases, folder)
     r = client.post("/api/recordings", files={"file": ("a.npz", b"PK")})
     assert r.status_code == 401
 
@@ -189,7 +165,7 @@ def test_upload_infer_and_the_rule_page(client: TestClient, auth: dict[str, str]
     assert client.delete(f"/api/recordings/{rec['id']}", headers=auth).status_code == 409
     client.post(f"/api/jobs/{r.json()['id']}/cancel", headers=auth)
     assert client.delete(f"/api/recordings/{rec['id']}", headers=auth).status_code == 204
-    assert stored(settings) == []
+    assert stored_names(settings.datasets_dir / "recordings") == []
 
 
 @SQLITE_ONLY
@@ -219,22 +195,7 @@ def test_activity_only_and_layered_recordings_are_inferred(client: TestClient, a
 
 
 def test_migration_0007_up_and_down(db_url: str, request: pytest.FixtureRequest) -> None:
-    from sqlalchemy import inspect
-
-    from service.db.migrate import downgrade, upgrade
-    from service.db.session import make_engine
-
-    url = db_url if db_url.startswith("sqlite") else request.getfixturevalue("pg_schema_factory")()
-    eng = make_engine(url)
-    try:
-        assert upgrade(eng, "0006_read_fields") == "0006_read_fields"
-        assert "recordings" not in inspect(eng).get_table_names()
-        assert upgrade(eng, "0007_recordings") == "0007_recordings"
-        assert "recordings" in inspect(eng).get_table_names()
-        downgrade(eng, "0006_read_fields")
-        assert "recordings" not in inspect(eng).get_table_names()
-    finally:
-        eng.dispose()
+    uploads.check_migration_adds_table(db_url, request, "0006_read_fields", "0007_recordings", "recordings")
 
 
 @pytest.mark.parametrize("layered", [False, True])

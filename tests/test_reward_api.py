@@ -8,43 +8,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.runs.dispatcher import Dispatcher
-from tests.conftest import LiveServer, wait_final
-from tests.test_contract import InProcessWorkers
+from tests.conftest import LiveServer
+from tests.helpers.goal_jobs import Get, front_rules, run_goal_in_process, run_goal_live
 
 TINY_GOAL = "find a three-factor rule for a reservoir computer, tiny"
 
 
-def check_job(job: dict[str, Any], get: Callable[[str], Any]) -> None:
-    assert job["status"] == "succeeded", job
+def check_job(job: dict[str, Any], get: Get) -> None:
     assert job["spec"]["task"]["kind"] == "reservoir-motor" and job["spec"]["rule"]["family"] == "reward"
-    front = job["front"]
-    assert len(front) >= 2, front
-    assert sum(p["selected"] for p in front) == 1
-    for point in front:
-        rule = get(f"/api/rules/{point['rule_id']}").json()
-        assert rule["family"] == "reward", rule
-        assert rule["provenance"]["canonical"].startswith("reward/v1:")
+    for rule in front_rules(job, get, "reward", "Test-phase deviation"):
         metrics = rule["provenance"]["metrics"]
         assert metrics["deviation"] > 0 and len(metrics["deviation_per_seed"]) == 2
-        assert "Test-phase deviation" in get(f"/rules/{point['rule_id']}").text
 
 
 def test_goal_job_stores_the_reward_front_in_process(
     client: TestClient, auth: dict[str, str], app: Any, settings: Any
 ) -> None:
-    from discovery.router import discover
-
-    r = client.post("/api/jobs", json={"goal": TINY_GOAL}, headers=auth)
-    assert r.status_code == 201, r.text
-    d = Dispatcher(settings, app.state.sessions, InProcessWorkers(discover))
-    d.tick()
-    d.tick()
-    check_job(client.get(f"/api/jobs/{r.json()['id']}").json(), client.get)
+    check_job(run_goal_in_process(client, auth, app, settings, TINY_GOAL), client.get)
 
 
 def test_a_reward_rule_is_stored_from_its_text(client: TestClient, auth: dict[str, str]) -> None:
@@ -67,10 +50,4 @@ def test_unknown_reward_term_names_are_a_422_not_a_500(client: TestClient, auth:
 
 @pytest.mark.slow
 def test_goal_job_stores_the_reward_front_live(live_server_factory: Callable[..., LiveServer]) -> None:
-    server = live_server_factory()
-    auth = {"Authorization": f"Bearer {server.token}"}
-    with httpx.Client(base_url=server.url, timeout=30) as http:
-        r = http.post("/api/jobs", json={"goal": TINY_GOAL}, headers=auth)
-        assert r.status_code == 201, r.text
-        job = wait_final(http, f"/api/jobs/{r.json()['id']}", 300, server)
-        check_job(job, http.get)
+    run_goal_live(live_server_factory(), TINY_GOAL, check_job)
