@@ -141,6 +141,14 @@ class CoefficientRule:
     def latex(self) -> str:
         raise NotImplementedError
 
+    def id_canonical(self, prefix: str, digits: int = 6) -> str:
+        """``prefix`` and the nonzero θ_k (``digits`` significant digits) times their term ids in library order, e.g.
+        'recurrent/v1: 0.25*rec_dW3 + -0.01*rec_decay' ('<prefix> 0' when none is left): the identity of a rule
+        whose terms are linearly independent, so equal text ⇔ equal rule."""
+        body = " + ".join(f"{round_sig(self._coefficients[k], digits)!r}*{k}" for k in self.terms
+                          if round_sig(self._coefficients[k], digits) != 0)
+        return f"{prefix} {body or '0'}"
+
     def hash(self) -> str:
         """sha256 hex digest of ``canonical()``."""
         return hashlib.sha256(self.canonical().encode()).hexdigest()

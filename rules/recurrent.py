@@ -60,7 +60,7 @@ from rules.base import CoefficientRule, LazyMapping
 from rules.parser import RuleSyntaxError, Token, TokenCursor, tokenize
 from rules.primitives import PRIMITIVES
 from rules.rule import Rule
-from rules.terms import join_signed, round_sig
+from rules.terms import join_signed
 
 N = sp.Symbol("N", integer=True, positive=True)
 """Number of recurrent units."""
@@ -232,10 +232,6 @@ def resolve_term_ids(ids: list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
-def _num_text(c: float) -> str:
-    return repr(round_sig(c, CANONICAL_DIGITS))
-
-
 class RecurrentRule(CoefficientRule):
     """ΔW = Σ_k θ_k F_k over the recurrent terms (coefficients keyed by id or alias; stored by id)."""
 
@@ -271,9 +267,7 @@ class RecurrentRule(CoefficientRule):
 
     def canonical(self) -> str:
         """'recurrent/v1: 0.25*rec_dW3 + -0.01*rec_decay' (nonzero θ at 6 significant digits, library order)."""
-        body = " + ".join(f"{_num_text(self._coefficients[k])}*{k}" for k in self.terms
-                          if round_sig(self._coefficients[k], CANONICAL_DIGITS) != 0)
-        return f"{CANONICAL_PREFIX} {body or '0'}"
+        return self.id_canonical(CANONICAL_PREFIX, CANONICAL_DIGITS)
 
     def to_dict(self) -> dict[str, Any]:
         """Same keys as ``rules.rule.Rule.to_dict()``, plus ``canonical`` (so service.rulebook.record_from_result

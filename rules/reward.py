@@ -177,9 +177,7 @@ class RewardRule(CoefficientRule):
 
     def canonical(self) -> str:
         """'reward/v1: 0.0025*M1a2b3c4d + -1e-05*M…' (nonzero θ at 6 significant digits, library order)."""
-        body = " + ".join(f"{_num_text(self._coefficients[k])}*{k}" for k in self.terms
-                          if round_sig(self._coefficients[k], CANONICAL_DIGITS) != 0)
-        return f"{CANONICAL_PREFIX} {body or '0'}"
+        return self.id_canonical(CANONICAL_PREFIX, CANONICAL_DIGITS)
 
     def to_dict(self) -> dict[str, Any]:
         """The keys of ``Rule.to_dict()`` plus ``canonical``, ``kind``/``family`` = "reward", ``names`` (id → name)
