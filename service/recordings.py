@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from discovery.inference.job import (
@@ -23,7 +22,7 @@ from discovery.inference.recording import RecordingError
 from service.db.models import RecordingRow
 from service.db.repositories import recordings as repo
 from service.settings import Settings
-from service.uploads import NAME_PATTERN, UploadRejected, default_name
+from service.uploads import NAME_PATTERN, UploadRejected, check_size, default_name, free_name, inserting
 
 
 def recordings_dir(settings: Settings) -> Path:
@@ -31,22 +30,11 @@ def recordings_dir(settings: Settings) -> Path:
     return settings.datasets_dir / "recordings"
 
 
-def _free_name(session: Session, base: str) -> str:
-    name, i = base, 2
-    while repo.by_name(session, name) is not None:
-        suffix = f"-{i}"
-        name, i = base[: 64 - len(suffix)] + suffix, i + 1
-    return name
-
-
 def store_recording(session: Session, settings: Settings, *, data: bytes, filename: str | None, name: str | None,
                     owner: str) -> RecordingRow:
     """Validate ``data`` (NWB or npz, either layout), write its canonical file and insert its row (not
     committed); :class:`UploadRejected` (413, 422 or 409) leaves nothing behind."""
-    limit = settings.limits.max_upload_bytes
-    if len(data) > limit:
-        raise UploadRejected(413, f"the file has {len(data)} bytes: the limit is {limit} bytes "
-                                  "(PLASTICITY_MAX_UPLOAD_BYTES)")
+    check_size(data, settings.limits.max_upload_bytes)
     if not data:
         raise UploadRejected(422, "file: the file is empty")
     if name is not None and not re.match(NAME_PATTERN, name):
@@ -66,18 +54,14 @@ def store_recording(session: Session, settings: Settings, *, data: bytes, filena
                                   f"checksum {same.sha256})")
     if name is not None and repo.by_name(session, name) is not None:
         raise UploadRejected(409, f"a recording named {name!r} exists; choose another name")
-    final_name = name if name is not None else _free_name(session, default_name(filename))
+    final_name = name if name is not None else free_name(default_name(filename),
+                                                         lambda n: repo.by_name(session, n) is not None)
     folder = recordings_dir(settings)
     existed = (folder / f"{digest}.npz").exists()
     path = canonical_bytes(rec, folder, digest)
-    try:
+    with inserting(session, path, existed, "recording"):
         return repo.create_recording(session, sha256=digest, name=final_name, owner=owner, fmt=fmt,
                                      filename=(filename or None) and filename[:255], upload_bytes=len(data), meta=meta)
-    except IntegrityError as exc:
-        session.rollback()
-        if not existed:
-            path.unlink(missing_ok=True)
-        raise UploadRejected(409, "a recording with this name or content was uploaded at the same time") from exc
 
 
 def delete_recording(session: Session, settings: Settings, row: RecordingRow, owner: str) -> Path:

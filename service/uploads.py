@@ -9,6 +9,8 @@ submission and kept as the job's provenance) and, once handed to the workers, th
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +51,33 @@ def default_name(filename: str | None) -> str:
     return name or "dataset"
 
 
-def _free_name(session: Session, base: str) -> str:
+def free_name(base: str, taken: Callable[[str], bool]) -> str:
+    """``base``, else ``base-2``, ``base-3``, … (cut to 64 characters): the first name that is not ``taken``."""
     name, i = base, 2
-    while repo.by_name(session, name) is not None:
+    while taken(name):
         suffix = f"-{i}"
         name, i = base[: 64 - len(suffix)] + suffix, i + 1
     return name
+
+
+def check_size(data: bytes, limit: int) -> None:
+    """A 413 when ``data`` has more than ``limit`` bytes (PLASTICITY_MAX_UPLOAD_BYTES)."""
+    if len(data) > limit:
+        raise UploadRejected(413, f"the file has {len(data)} bytes: the limit is {limit} bytes "
+                                  "(PLASTICITY_MAX_UPLOAD_BYTES)")
+
+
+@contextmanager
+def inserting(session: Session, path: Path, existed: bool, noun: str) -> Iterator[None]:
+    """Insert the row of the file just written at ``path``. A unique-constraint race (a concurrent upload of the
+    same name or content won) rolls back, removes the file unless it ``existed`` before, and is a 409."""
+    try:
+        yield
+    except IntegrityError as exc:
+        session.rollback()
+        if not existed:
+            path.unlink(missing_ok=True)
+        raise UploadRejected(409, f"a {noun} with this name or content was uploaded at the same time") from exc
 
 
 def read_server_path(settings: Settings, path: str) -> tuple[bytes, str]:
@@ -80,9 +103,7 @@ def store_upload(session: Session, settings: Settings, *, data: bytes, filename:
     """Validate ``data``, write its canonical file and insert its row (not committed); :class:`UploadRejected`
     (413, 422 or 409) leaves nothing behind."""
     limit = settings.limits.max_upload_bytes
-    if len(data) > limit:
-        raise UploadRejected(413, f"the file has {len(data)} bytes: the limit is {limit} bytes "
-                                  "(PLASTICITY_MAX_UPLOAD_BYTES)")
+    check_size(data, limit)
     if not data:
         raise UploadRejected(422, "the file is empty")
     if name is not None and not re.match(NAME_PATTERN, name):
@@ -99,19 +120,14 @@ def store_upload(session: Session, settings: Settings, *, data: bytes, filename:
                                   f"checksum {same.sha256}); use 'upload:{same.id}'")
     if name is not None and repo.by_name(session, name) is not None:
         raise UploadRejected(409, f"a data set named {name!r} exists; choose another name")
-    final_name = name if name is not None else _free_name(session, default_name(filename))
+    final_name = name if name is not None else free_name(default_name(filename),
+                                                         lambda n: repo.by_name(session, n) is not None)
     path = upload_path(content.sha256, settings.datasets_dir)
     existed = path.exists()
     save_canonical(settings.datasets_dir, content)
-    try:
-        row = repo.create_dataset(session, data=content, name=final_name, owner=owner, fmt=fmt,
-                                  filename=(filename or None) and filename[:255], upload_bytes=len(data))
-    except IntegrityError as exc:  # a concurrent upload of the same name or content won
-        session.rollback()
-        if not existed:
-            path.unlink(missing_ok=True)
-        raise UploadRejected(409, "a data set with this name or content was uploaded at the same time") from exc
-    return row
+    with inserting(session, path, existed, "data set"):
+        return repo.create_dataset(session, data=content, name=final_name, owner=owner, fmt=fmt,
+                                   filename=(filename or None) and filename[:255], upload_bytes=len(data))
 
 
 def delete_dataset(session: Session, settings: Settings, row: DatasetRow, owner: str) -> Path:

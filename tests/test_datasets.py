@@ -189,6 +189,14 @@ def test_bad_files_get_a_4xx_with_the_reason_and_store_nothing(small_limit_clien
         assert client.get("/api/datasets").json() == before
 
 
+def test_an_insert_race_is_a_409_and_leaves_no_new_file(client: TestClient, auth: dict[str, str], settings: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.db.repositories import datasets as repo
+
+    uploads.check_insert_race(client, auth, "/api/datasets", repo, monkeypatch, npz(X=X, y=Y), npz(X=X + 1, y=Y),
+                              settings.datasets_dir, "data set")
+
+
 def test_jobs_on_a_data_set_are_checked_against_it(client: TestClient, auth: dict[str, str]) -> None:
     d = upload(client, auth, npz(X=X, y=Y), "three.npz").json()
     base = {"network": {"widths": [16, 8, 3]}, "rule": {"terms": ["F0"]},

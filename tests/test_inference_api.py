@@ -111,6 +111,16 @@ def test_bad_recordings_get_a_4xx_with_the_reason_and_store_nothing(small_limit_
     assert r.status_code == 401
 
 
+def test_an_insert_race_is_a_409_and_leaves_no_new_file(client: TestClient, auth: dict[str, str], settings: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.db.repositories import recordings as repo
+
+    rng = np.random.default_rng(2)
+    first, second = (npz(pre=rng.normal(size=(20, 3)), post=rng.normal(size=(20, 2))) for _ in range(2))
+    uploads.check_insert_race(client, auth, "/api/recordings", repo, monkeypatch, first, second,
+                              settings.datasets_dir / "recordings", "recording")
+
+
 @SQLITE_ONLY
 def test_upload_infer_and_the_rule_page(client: TestClient, auth: dict[str, str], app: Any, settings: Any,
                                         tiny_sim: Any, tmp_path: Path) -> None:

@@ -86,3 +86,19 @@ def check_migration_adds_table(db_url: str, request: pytest.FixtureRequest, prev
         assert upgrade(eng) == head_revision()
     finally:
         eng.dispose()
+
+
+def check_insert_race(client: TestClient, auth: dict[str, str], url: str, repo: Any, monkeypatch: pytest.MonkeyPatch,
+                      first: bytes, second: bytes, folder: Path, noun: str) -> None:
+    """Uploads that the checks before the insert let through, as a concurrent upload would (``repo.by_sha256`` and
+    ``repo.by_name`` patched to find nothing): the unique constraints answer a 409 "uploaded at the same time",
+    the file of new content is removed, the file of the content already stored is kept, the list is unchanged."""
+    assert post_file(client, auth, url, first, "a.npz", name="taken").status_code == 201
+    before, files = client.get(url).json(), stored_names(folder)
+    monkeypatch.setattr(repo, "by_sha256", lambda session, digest: None)
+    monkeypatch.setattr(repo, "by_name", lambda session, name: None)
+    for data, name in ((first, "other"), (second, "taken")):   # the same content; new content under a taken name
+        r = post_file(client, auth, url, data, "b.npz", name=name)
+        assert r.status_code == 409, r.text
+        assert f"a {noun} with this name or content was uploaded at the same time" in r.json()["detail"], r.text
+        assert client.get(url).json() == before and stored_names(folder) == files, name
