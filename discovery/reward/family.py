@@ -26,7 +26,7 @@ class RewardFamily(FamilyBase):
     def meta_train(self, spec: Any, on_progress: ProgressCallback | None = None, **kwargs: Any) -> DiscoveryResult:
         from discovery.reward.job import discover_reward
 
-        return discover_reward(spec, on_progress, kwargs.get("should_stop"))
+        return discover_reward(spec, on_progress, kwargs.get("should_stop"), kwargs.get("checkpoint_dir"))
 
     def suites(self) -> list[str]:
         return ["reservoir-motor"]
