@@ -15,6 +15,8 @@ class RewardFamily(FamilyBase):
     """discovery.family.Family for the reward-modulated (three-factor) rules (task kind "reservoir-motor")."""
 
     name = "reward"
+    gradient_mode = "gradient-free"
+    meta_objective = "test-phase deviation after training with exploration noise (common seeds); fitted by CMA-ES"
     goal_words = ("reward-modulated", "reward modulated", "three-factor", "three factor", "neuromodulated",
                   "reservoir")
 

@@ -674,7 +674,7 @@ def search_result(spec: DiscoverySpec, search: FamilySearch, front: list[FrontPo
     last = fits[-1] if fits else None
     theta = chosen.theta if chosen else (last.theta if last else {})
     terms = chosen.terms if chosen else (last.terms if last else [])
-    rule = chosen.rule if chosen else search.backend.rule(terms, theta, spec.name) if terms else {}
+    rule = chosen.rule if chosen else search.backend.rule(terms, theta, spec.name)   # no fit yet: the zero rule
     screens = [s for s in search.stages if s.kind == "screen"]
     return DiscoveryResult(
         rule=rule, theta=theta, history=search.history, theta_history=[h["theta"] for h in search.history],
