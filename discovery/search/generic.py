@@ -159,6 +159,17 @@ class SearchBackend(Protocol):
     def device(self, spec: DiscoverySpec) -> str: ...
 
 
+def score_test(loss: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rao's score test from per-episode losses (n,) and gradients (R, n), the episodes with a non-finite value
+    left out: (|t_r| = |ḡ_r| / (s_r/√k), ḡ_r, s_r/√k) in float64 (|t| = ∞ where s_r = 0 < |ḡ_r|)."""
+    finite = torch.isfinite(loss) & torch.isfinite(grad).all(0)
+    g = grad[:, finite].double()
+    k = g.shape[1]
+    mean = g.mean(1) if k else torch.zeros(grad.shape[0], dtype=torch.float64)
+    sem = g.std(1) / math.sqrt(k) if k > 1 else torch.full_like(mean, math.inf)
+    return torch.where(sem > 0, mean.abs() / sem, torch.where(mean != 0, math.inf, 0.0)), mean, sem
+
+
 def select(front: list[FrontPoint]) -> int:
     """Index of the simplest point whose accuracy is within the 95 % CI of the best (ties: higher accuracy)."""
     scored = [(i, p) for i, p in enumerate(front) if p.heldout_accuracy is not None]
@@ -411,13 +422,7 @@ class FamilySearch(StageLog):
             full = torch.tensor([theta.get(t, 0.0) for t in self.pool], dtype=trainer.dtype)
             trainer.phi.copy_(full / trainer.scale)
         n = self.spec.search.screen_episodes
-        loss, grad = self.backend.screen_gradients(trainer, n)
-        finite = torch.isfinite(loss) & torch.isfinite(grad).all(0)
-        g = grad[:, finite].double()
-        k = g.shape[1]
-        mean = g.mean(1) if k else torch.zeros(len(self.pool), dtype=torch.float64)
-        sem = g.std(1) / math.sqrt(k) if k > 1 else torch.full_like(mean, math.inf)
-        t_abs = torch.where(sem > 0, mean.abs() / sem, torch.where(mean != 0, math.inf, 0.0))
+        t_abs, mean, sem = score_test(*self.backend.screen_gradients(trainer, n))
         norm = torch.tensor([max(norms[t], 1e-30) for t in self.pool], dtype=torch.float64)
         self._save_screener(self.cursor)           # before search.json lists this stage
         as_dict = (lambda v: dict(zip(self.pool, v.tolist(), strict=True)))
