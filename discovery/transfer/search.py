@@ -17,10 +17,10 @@ cells, the front scored on every cell and the support chosen on the selection ce
 * Refit (``transfer.refit``): the selected support alone, with the full budget E, warm-started from its θ and
   from scratch (θ0 = 1e-3 on F0, 0 elsewhere); the better on the selection cells replaces it.
 
-Resume: the generic search's stage log (discovery.search.generic.StageLog): finished stages are recorded in
+Resume: the generic search's stage log (discovery.search.stages.StageLog): finished stages are recorded in
 ``checkpoint_dir/transfer_search.json`` (for this very spec) and replayed; a fit in progress resumes from its trainer
 checkpoint (``stage_<i>/``); the attempt's first stage that runs announces where it resumed. Screens use the generic
-score test (discovery.search.generic.score_test).
+score test (discovery.search.stages.score_test).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from discovery.analysis.stats import mean_halfwidth
 from discovery.feedforward.trainer import learned_rule, resolve_device
 from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
-from discovery.search.generic import Stage, StageLog, score_test
+from discovery.search.stages import Stage, StageLog, score_test
 from discovery.search.open_search import complexity, select
 from discovery.spec import DiscoverySpec
 from discovery.transfer.cells import cell_spec
