@@ -19,8 +19,9 @@ cells, the front scored on every cell and the support chosen on the selection ce
 
 Resume: the generic search's stage log (discovery.search.stages.StageLog): finished stages are recorded in
 ``checkpoint_dir/transfer_search.json`` (for this very spec) and replayed; a fit in progress resumes from its trainer
-checkpoint (``stage_<i>/``); the attempt's first stage that runs announces where it resumed. Screens use the generic
-score test (discovery.search.stages.score_test).
+checkpoint (``stage_<i>/``); the attempt's first stage that runs announces where it resumed; the screener first
+redraws the replayed screens' cells, episodes and networks, so the screens after a restart draw what an
+uninterrupted run draws. Screens use the generic score test (discovery.search.stages.score_test).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from pydantic import BaseModel
 from discovery.analysis.stats import mean_halfwidth
 from discovery.feedforward.trainer import learned_rule, resolve_device
 from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
-from discovery.search.stages import Stage, StageLog, score_test
 from discovery.search.open_search import complexity, select
+from discovery.search.stages import Stage, StageLog, score_test
 from discovery.spec import DiscoverySpec
 from discovery.transfer.cells import cell_spec
 from discovery.transfer.layered import SLOPE, n_params
@@ -138,6 +139,8 @@ class TransferSearch(StageLog):
         if self._screener is None:
             spec = self._subspec(self.pool, {}, 1, meta_batch=self.spec.search.screen_episodes)
             self._screener = MultiTaskTrainer(spec, stream=10_000, coefficients="shared")
+            for replayed in (s for s in self.stages[:self.cursor] if s.kind == "screen"):
+                self._redraw(self._screener, replayed.episodes)
         trainer = self._screener
         with torch.no_grad():
             full = torch.tensor([theta.get(t, 0.0) for t in self.pool], dtype=trainer.lead.dtype)
@@ -146,6 +149,15 @@ class TransferSearch(StageLog):
         t_abs, _, _ = score_test(*trainer.episode_gradients(n))
         return self._record(FitStage(kind="screen", label=label, terms=list(theta), theta=theta, episodes=n,
                                      scores=dict(zip(self.pool, t_abs.tolist(), strict=True))))
+
+    @staticmethod
+    def _redraw(trainer: MultiTaskTrainer, n: int) -> None:
+        """Draw what a screen of n episodes draws (cells, episodes, networks) without computing it: a resumed
+        search's screener continues from where the replayed screens left its streams."""
+        for child, k in zip(trainer.children, trainer.tasks.draw(n)):
+            if k:
+                child.train_sampler.sample(k, device=child.device, dtype=child.dtype)
+                child._weights(k)
 
     # ------------------------------------------------------------------ the search
     def forward(self) -> list[FitStage]:
