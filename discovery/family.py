@@ -44,8 +44,8 @@ class Family(Protocol):
         ...
 
     def search_backend(self) -> Any:
-        """The family's side of the one open search (discovery.search.generic.SearchBackend), or None when the
-        family runs its own search."""
+        """The family's side of the one open search (discovery.search.generic.SearchBackend), or None when that
+        backend is built per spec (unsupervised, reward: ``meta_train`` builds it and runs the generic search)."""
         ...
 
     def tiny_spec(self) -> Any:

@@ -80,7 +80,7 @@ def test_the_forward_search_meta_trains_theta_and_stores_a_front() -> None:
     assert any(v != 0 for p in result.front for v in p.theta.values())           # θ moved from 0
     assert all(p.rule.canonical.startswith("reward/v1:") for p in result.front)
     assert all(-2.0 <= p.heldout_accuracy <= 1.0 for p in result.front)
-    assert [e.phase for e in events][:2] == ["screening", "fit 1 term"] and len(events) == 4
+    assert [e.phase for e in events][:2] == ["screen from 0", "fit 1 terms"] and len(events) == 4
     assert result.search["timing"]["screening_s"] > 0 and result.rule.canonical.startswith("reward/v1:")
 
 

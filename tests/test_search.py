@@ -16,6 +16,7 @@ from discovery.feedforward.trainer import MetaTrainer
 from discovery.results import RuleData
 from discovery.router import discover
 from discovery.search.open_search import KKT_Z, LAMBDA_RATIO, Search, Stage, select
+from discovery.search.stages import kkt_violation, lambda_max
 from discovery.spec import DiscoverySpec
 from rules.compiler import compile_terms
 from rules.library import canonical_text, generate, term_id
@@ -148,14 +149,14 @@ def test_a_zero_term_enters_the_path_only_on_a_significant_kkt_violation() -> No
     screen = Stage(kind="screen", label="s", terms=[], theta={}, episodes=16,
                    gradient={"noisy": 10.0, "clean": -6.0, "nan": math.nan, "weak": 1.0},
                    gradient_se={"noisy": 4.0, "clean": 0.5, "nan": 1.0, "weak": 2.0})
-    assert not Search._violates(screen, "noisy", 5.0)      # 10 − 8 = 2 < 5
-    assert Search._violates(screen, "clean", 4.0)          # 6 − 1 = 5 > 4
-    assert not Search._violates(screen, "clean", 5.5)
-    assert not Search._violates(screen, "nan", 0.0)
+    assert not kkt_violation(screen, "noisy") > 5.0      # 10 − 8 = 2 < 5
+    assert kkt_violation(screen, "clean") > 4.0          # 6 − 1 = 5 > 4
+    assert not kkt_violation(screen, "clean") > 5.5
+    assert not kkt_violation(screen, "nan") > 0.0
     assert KKT_Z == 2.0
-    assert Search._lambda_max(screen, []) == pytest.approx(5.0)   # the largest significant violation
-    assert Search._lambda_max(screen, ["clean"]) == pytest.approx(2.0)
-    assert Search._lambda_max(screen, ["clean", "noisy"]) == pytest.approx(1.0)   # none significant: plain max
+    assert lambda_max(screen, []) == pytest.approx(5.0)   # the largest significant violation
+    assert lambda_max(screen, ["clean"]) == pytest.approx(2.0)
+    assert lambda_max(screen, ["clean", "noisy"]) == pytest.approx(1.0)   # none significant: plain max
 
 
 def test_selection_is_the_simplest_within_the_ci_of_the_best() -> None:

@@ -4,6 +4,8 @@ full-budget refit; a support that diverges on a cell fails there, visibly, and i
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from discovery.router import discover
@@ -58,3 +60,21 @@ def test_a_support_that_diverges_fails_there_and_is_not_selected() -> None:
     assert bad.failed == [c["dataset"] + ", " + "-".join(map(str, c["widths"])) for c in CELLS]
     assert all(c.diverged == 4 and c.score == 0.0 for c in bad.cells)
     assert front[0].selected and not front[1].selected
+
+
+def test_a_search_stopped_inside_its_second_fit_resumes_to_the_uninterrupted_front(tmp_path) -> None:
+    """Stopped once two stages are logged (fit 1, screen 2), restarted on the same folder: the screen after the
+    restart draws the uninterrupted run's episodes (the screener redraws the replayed screens), same front."""
+    s = spec().model_copy(update={"search": spec().search.model_copy(update={"max_terms": 3})})
+    whole = discover(s, checkpoint_dir=tmp_path / "whole")
+    folder = tmp_path / "cut"
+
+    def two_stages() -> bool:
+        path = folder / "transfer_search.json"
+        return path.exists() and len(json.loads(path.read_text())["stages"]) >= 2
+
+    assert discover(s, checkpoint_dir=folder, should_stop=two_stages).stopped
+    again = discover(s, checkpoint_dir=folder)
+    assert again.search["resumed"]["stage"] == 3
+    assert [(p.terms, p.theta, p.heldout_accuracy) for p in again.front] == \
+        [(p.terms, p.theta, p.heldout_accuracy) for p in whole.front]

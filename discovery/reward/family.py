@@ -15,6 +15,8 @@ class RewardFamily(FamilyBase):
     """discovery.family.Family for the reward-modulated (three-factor) rules (task kind "reservoir-motor")."""
 
     name = "reward"
+    gradient_mode = "gradient-free"
+    meta_objective = "test-phase deviation after training with exploration noise (common seeds); fitted by CMA-ES"
     goal_words = ("reward-modulated", "reward modulated", "three-factor", "three factor", "neuromodulated",
                   "reservoir")
 
@@ -26,7 +28,7 @@ class RewardFamily(FamilyBase):
     def meta_train(self, spec: Any, on_progress: ProgressCallback | None = None, **kwargs: Any) -> DiscoveryResult:
         from discovery.reward.job import discover_reward
 
-        return discover_reward(spec, on_progress, kwargs.get("should_stop"))
+        return discover_reward(spec, on_progress, kwargs.get("should_stop"), kwargs.get("checkpoint_dir"))
 
     def suites(self) -> list[str]:
         return ["reservoir-motor"]

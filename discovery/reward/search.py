@@ -1,5 +1,6 @@
 """Open search over the reward library (docs/reward.md): screening → forward selection with CMA-ES refits → a
-(score, number of terms) front → selection.
+(score, number of terms) front → selection, run by the generic search (discovery.search.generic: its stage log,
+resume, front and selection) with :class:`RewardBackend` as the family's side.
 
 The objective (test-phase deviation after training with sampled exploration noise) is not differentiable, so θ is
 fitted gradient-free by CMA-ES (the ``cma`` package) in scaled coordinates θ_k = s_k φ_k, s_k = η₀ ‖F_rmhl‖/‖F_k‖
@@ -14,7 +15,13 @@ objective). Stages, all batched as candidates × seeds in one simulation per gen
    generation); the lowest-deviation support joins the front; up to ``max_terms`` terms;
 4. every front point is scored on held-out seeds on the score protocol (`shortened`), score = 1 − deviation with
    its 95 % t half-width; the simplest point within the best's CI is selected (PySR's convention,
-   discovery.search.open_search.select).
+   discovery.search.generic.select).
+
+In the generic search these are a gradient-free screening (``screen_stage``: score −best deviation, θ of each
+term's best lone trial), the first fit (``fit_stage`` of one term: the grid refinement), ``top_m`` trials at once
+(``fit_trials``: the lockstep CMA-ES) never refit, and one batched front scoring (``front_points``). A stage is
+counted in simulation calls (the job's "episodes"). Every stage is deterministic (common random numbers, seeded
+CMA-ES), so a resumed search ends with the same front.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +40,8 @@ from discovery.analysis.stats import t_interval
 from discovery.reservoir.model import KAPPA
 from discovery.results import FrontPoint, ProgressEvent
 from discovery.reward.sim import RewardEnv, per_step_norms, simulate
-from discovery.search.open_search import select
+from discovery.search.generic import FamilySearch, FitOutcome, ScreenOutcome, SearchPlan, Stage, select
+from discovery.spec import DiscoverySpec
 from rules.reward import REWARD_TERMS, RMHL, RewardRule
 
 ETA0 = 5 * KAPPA
@@ -127,7 +136,7 @@ class RewardSearch:
             self.progress(ProgressEvent(**record))
         return dev
 
-    def screen(self) -> list[str]:
+    def screen(self, label: str = "screening") -> list[str]:
         """Every pool term alone on ±grid; the pool ranked by its best deviation."""
         t0 = time.perf_counter()
         grid = [g * sgn for g in self.cfg.grid for sgn in (1.0, -1.0)]
@@ -136,7 +145,7 @@ class RewardSearch:
         for k in range(K):
             for j, g in enumerate(grid):
                 phis[k * len(grid) + j, k] = g
-        dev = self.run_batch(self.pool, phis, self.cfg.search_seeds[:self.cfg.screen_seeds], "screening")
+        dev = self.run_batch(self.pool, phis, self.cfg.search_seeds[:self.cfg.screen_seeds], label)
         per = dev.reshape(K, len(grid))
         best = {t: (float(per[k].min()), grid[int(per[k].argmin())]) for k, t in enumerate(self.pool)}
         self.log.screening = {"grid": grid, "deviation": {t: per[k].tolist() for k, t in enumerate(self.pool)},
@@ -146,12 +155,12 @@ class RewardSearch:
         self.log.timing["screening_s"] = time.perf_counter() - t0
         return sorted(self.pool, key=lambda t: best[t][0])
 
-    def refine_one(self, term: str, phi0: float) -> Fit:
+    def refine_one(self, term: str, phi0: float, label: str = "fit 1 term") -> Fit:
         """φ of a one-term rule on a finer grid around φ0 (search seeds)."""
         phis = np.array([[phi0 * m] for m in self.cfg.refine])
-        dev = self.run_batch([term], phis, self.cfg.search_seeds, "fit 1 term")
+        dev = self.run_batch([term], phis, self.cfg.search_seeds, label)
         j = int(np.argmin(dev))
-        return Fit([term], {term: float(phis[j, 0] * self.scale[term])}, float(dev[j]), "fit 1 term",
+        return Fit([term], {term: float(phis[j, 0] * self.scale[term])}, float(dev[j]), label,
                    len(self.cfg.refine))
 
     def cma_fits(self, support: Fit, candidates: Sequence[str], label: str) -> list[Fit]:
@@ -195,23 +204,6 @@ class RewardSearch:
             fits.append(Fit(terms, theta, val, label, self.cfg.generations * self.cfg.popsize))
         return fits
 
-    def forward(self) -> list[Fit]:
-        ranked = self.screen()
-        t0 = time.perf_counter()
-        fits = [self.refine_one(ranked[0], self.best_phi[ranked[0]])]
-        self.log.timing["fit_1_s"] = time.perf_counter() - t0
-        while len(fits[-1].terms) < min(self.cfg.max_terms, len(self.pool)) and not self._stop():
-            t0 = time.perf_counter()
-            support = fits[-1]
-            cands = [t for t in ranked if t not in support.terms][:self.cfg.top_m]
-            k = len(support.terms) + 1
-            trial = self.cma_fits(support, cands, f"forward {k} terms")
-            if self.stopped:
-                break
-            fits.append(min(trial, key=lambda f: f.train_deviation))
-            self.log.timing[f"forward_{k}_s"] = time.perf_counter() - t0
-        return fits
-
     def fit_given(self) -> list[Fit]:
         """method none: the given terms, started from the screening-free φ = 1 and refit by CMA-ES (one term: a
         grid)."""
@@ -226,19 +218,26 @@ class RewardSearch:
         return [fit]
 
     def score_front(self, fits: Sequence[Fit]) -> list[FrontPoint]:
-        """Each distinct support's fit scored on the held-out seeds on the score protocol (one simulation)."""
-        t0 = time.perf_counter()
+        """Each distinct support's lowest-deviation fit scored (``score_fits``), ordered by size and complexity,
+        the selected point marked."""
         by_support: dict[tuple[str, ...], Fit] = {}
         for f in fits:
             key = tuple(sorted(f.terms))
             if key not in by_support or f.train_deviation < by_support[key].train_deviation:
                 by_support[key] = f
-        kept = sorted(by_support.values(), key=lambda f: (len(f.terms), complexity(f.terms)))
+        front = self.score_fits(sorted(by_support.values(), key=lambda f: (len(f.terms), complexity(f.terms))))
+        if front:
+            front[select(front)].selected = True
+        return front
+
+    def score_fits(self, kept: Sequence[Fit]) -> list[FrontPoint]:
+        """The fits scored on the held-out seeds on the score protocol, in one simulation."""
+        t0 = time.perf_counter()
         terms_all = list(dict.fromkeys(t for f in kept for t in f.terms))
         thetas = torch.tensor([[f.theta.get(t, 0.0) for t in terms_all] for f in kept], dtype=torch.float64)
         c0 = time.process_time()
         res = simulate(self.score_env, terms_all, thetas, list(self.cfg.eval_seeds))
-        self.log.timing["front_cpu_s"] = time.process_time() - c0
+        self.log.timing["front_cpu_s"] = self.log.timing.get("front_cpu_s", 0.0) + time.process_time() - c0
         self.log.simulations += 1
         self.log.reservoir_steps += res.steps * len(kept) * len(self.cfg.eval_seeds)
         front = []
@@ -256,16 +255,127 @@ class RewardSearch:
                 terms=f.terms, theta=f.theta, rule={**rule.to_dict(), "coefficients_raw": f.theta, "metrics": metrics},
                 n_terms=len(f.terms), complexity=complexity(f.terms), heldout_accuracy=1.0 - mean,
                 heldout_ci95=(hi - lo) / 2 if len(devs) > 1 else None, heldout_episodes=len(devs), stage=f.stage))
-        if front:
-            front[select(front)].selected = True
-        self.log.timing["front_scoring_s"] = time.perf_counter() - t0
+        self.log.timing["front_scoring_s"] = self.log.timing.get("front_scoring_s", 0.0) + time.perf_counter() - t0
         return front
 
-    def run(self) -> tuple[list[FrontPoint], list[Fit]]:
-        fits = self.forward() if self.cfg.method == "forward" else self.fit_given()
-        if self.stopped or not fits:
-            return [], fits
-        return self.score_front(fits), fits
+    def spec(self) -> DiscoverySpec:
+        """The job spec of this search's envs and config (what the stage log is keyed on; the seeds of the config
+        are the spec's when they follow discovery.reward.job.config_from_spec)."""
+        e, c = self.env, self.cfg
+        rule = {"family": "reward", "terms": self.pool, "motor_task": e.task, "N": e.N,
+                "search_protocol": e.protocol, "score_protocol": self.score_env.protocol,
+                "periods_train": e.periods_train, "periods_test": e.periods_test, "period_steps": e.period_steps,
+                "reward_tau": e.reward_tau, "trace_tau": e.trace_tau, "shaping": e.shaping, "grid": list(c.grid),
+                "popsize": c.popsize, "generations": c.generations, "top_m": c.top_m,
+                "search_seeds": len(c.search_seeds), "eval_seeds": len(c.eval_seeds)}
+        return DiscoverySpec.model_validate({"task": {"kind": "reservoir-motor"}, "rule": rule,
+                                             "meta": {"seed": c.search_seeds[0] // 10_000},
+                                             "search": {"method": c.method, "max_terms": c.max_terms}})
+
+    def run(self, checkpoint_dir: Path | str | None = None) -> tuple[list[FrontPoint], list[Fit]]:
+        """The generic search with this engine as its backend: (front, the fits on the way)."""
+        search = FamilySearch(self.spec(), RewardBackend(self), self.progress, checkpoint_dir, self.should_stop)
+        front, fits = search.run()
+        return front, [as_fit(f) for f in fits]
+
+
+def as_fit(stage: Stage) -> Fit:
+    """A generic fit stage as the reward family's Fit (its training deviation is the stage's loss)."""
+    return Fit(stage.terms, stage.theta, stage.loss if stage.loss is not None else math.inf, stage.label,
+               stage.episodes)
+
+
+class RewardBackend:
+    """discovery.search.generic.SearchBackend of the reward family: gradient-free (CMA-ES) fits on the engine
+    :class:`RewardSearch` (see the module docstring). A stage's "episodes" are its simulation calls."""
+
+    base_terms: tuple[str, ...] = ()
+    methods = ("forward",)
+
+    def __init__(self, engine: RewardSearch) -> None:
+        self.engine = engine
+
+    def plan(self, spec: DiscoverySpec) -> SearchPlan:
+        return SearchPlan(trials=self.engine.cfg.top_m, refit_trial=False, rescreen=False,
+                          budget=self.engine.planned_simulations())
+
+    def _begin(self, report: Callable[[ProgressEvent], None], should_stop: Callable[[], bool] | None = None
+               ) -> int:
+        """Route the engine's progress to this stage's reporter; the index of its first history record."""
+        eng = self.engine
+        eng.step, eng.progress = 0, report
+        if should_stop is not None:
+            eng.should_stop = should_stop
+        return len(eng.log.history)
+
+    def screen_stage(self, spec: DiscoverySpec, theta: dict[str, float], label: str,
+                     report: Callable[[ProgressEvent], None]) -> ScreenOutcome:
+        """Every pool term alone on ±grid (one simulation): score −(its best deviation), θ at its best."""
+        eng = self.engine
+        n0 = self._begin(report)
+        eng.screen(label)
+        best = eng.log.screening["best"]
+        return ScreenOutcome(scores={t: -best[t]["deviation"] for t in eng.pool}, episodes=eng.step,
+                             best_theta={t: eng.best_phi[t] * eng.scale[t] for t in eng.pool},
+                             history=eng.log.history[n0:])
+
+    def _outcome(self, fit: Fit, n0: int, first: bool = True) -> FitOutcome:
+        eng = self.engine
+        return FitOutcome(theta=fit.theta, episodes=eng.step if first else 0, loss=fit.train_deviation,
+                          history=eng.log.history[n0:] if first else [])
+
+    def fit_stage(self, spec: DiscoverySpec, terms: list[str], theta: dict[str, float], role: str, label: str,
+                  report: Callable[[ProgressEvent], None], should_stop: Callable[[], bool]) -> FitOutcome:
+        """One term: φ refined on a grid around θ/s; more: CMA-ES from θ with the last term at 0 (``fixed``: the
+        given terms from φ = 1)."""
+        eng = self.engine
+        n0, t0 = self._begin(report, should_stop), time.perf_counter()
+        if role == "fixed":
+            fit = eng.fit_given()[0]
+        elif len(terms) == 1:
+            fit = eng.refine_one(terms[0], theta[terms[0]] / eng.scale[terms[0]], label)
+        else:
+            support = Fit(terms[:-1], {t: theta[t] for t in terms[:-1]}, math.inf, label, 0)
+            fit = eng.cma_fits(support, [terms[-1]], label)[0]
+        eng.log.timing[f"fit_{len(terms)}_s"] = time.perf_counter() - t0
+        return self._outcome(fit, n0)
+
+    def fit_trials(self, spec: DiscoverySpec, support: list[str], theta: dict[str, float], candidates: list[str],
+                   label: str, report: Callable[[ProgressEvent], None], should_stop: Callable[[], bool]
+                   ) -> list[FitOutcome]:
+        """CMA-ES refits of support + each candidate in lockstep (one simulation per generation); the simulations
+        and history are counted on the first trial."""
+        eng = self.engine
+        n0, t0 = self._begin(report, should_stop), time.perf_counter()
+        fits = eng.cma_fits(Fit(list(support), {t: theta[t] for t in support}, math.inf, label, 0), candidates,
+                            label)
+        eng.log.timing[f"fit_{len(support) + 1}_s"] = time.perf_counter() - t0
+        return [self._outcome(f, n0, first=i == 0) for i, f in enumerate(fits)]
+
+    def front_points(self, spec: DiscoverySpec, fits: list[Stage], role: str) -> list[FrontPoint]:
+        return self.engine.score_fits([as_fit(f) for f in fits])
+
+    def rule(self, terms: list[str], theta: dict[str, float], name: str | None = None) -> dict[str, Any]:
+        return {**RewardRule(theta).to_dict(), "coefficients_raw": theta}
+
+    def complexity(self, terms: list[str]) -> int:
+        return complexity(terms)
+
+    def device(self, spec: DiscoverySpec) -> str:
+        return "cpu"
+
+    def result_extra(self, spec: DiscoverySpec, search: FamilySearch, front: list[FrontPoint]) -> dict[str, Any]:
+        """The family's keys of the result's ``search``: names, score, protocols, this attempt's timing and
+        simulation counts, the screening grid (when this attempt screened), whether RMHL was selected."""
+        eng = self.engine
+        chosen = next((p for p in front if p.selected), None)
+        return {"family": "reward", "names": {t: REWARD_TERMS[t].name for t in eng.pool},
+                "score": "1 − test-phase deviation on the score protocol, held-out seeds",
+                "search_protocol": eng.env.protocol, "score_protocol": eng.score_env.protocol, "N": eng.env.N,
+                "timing": eng.log.timing, "simulations": eng.log.simulations,
+                "reservoir_steps": eng.log.reservoir_steps,
+                **({"screening_grid": eng.log.screening} if eng.log.screening else {}),
+                "rmhl_in_selected": bool(chosen and RMHL in chosen.terms)}
 
 
 def tiny_env(env: RewardEnv) -> RewardEnv:

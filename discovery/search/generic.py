@@ -13,205 +13,93 @@ rule and complexity); everything else is here and identical for every family:
   trainer has a proximal step: ``SearchBackend.methods``); each support it visits is refit without L1.
 
 Every support's refit θ is scored on the same held-out episodes (paired), the front is the list of these rules and
-the selected one is the simplest within the 95 % CI of the best (PySR's convention). Resume: finished stages are
-listed in ``checkpoint_dir/search.json`` and replayed; a fit stage checkpoints its trainer (the family's save/load
-of its training state) in ``stage_<i>/``; a screen stage saves the screener's random streams in
-``stage_<i>/screener.pt``. A resumed search (same seed, same threads) ends with the same front, bit for bit.
+the selected one is the simplest within the 95 % CI of the best (PySR's convention); ``none`` fits the given terms.
+
+A family whose fit is not Adam on meta-gradients (L-BFGS on a sample average, CMA-ES on a non-differentiable
+objective) supplies ``fit_stage`` (and ``screen_stage`` when its screening is not a score test, ``fit_trials`` when
+it fits several trials at once, ``front_points`` when it scores a front in one go) and a :class:`SearchPlan`: how
+many screened candidates are fitted on trial (the lowest training loss joins), whether the trial is refit, whether
+to rescreen at every support, backward elimination after the forward pass (each term dropped in turn, the lowest
+training loss kept), a final refit of the selected support. Defaults: the plain forward selection above.
+
+Resume: finished stages are listed in ``checkpoint_dir/search.json`` and replayed; a fit stage checkpoints its
+trainer (the family's save/load of its training state) in ``stage_<i>/``; a screen stage saves the screener's
+random streams in ``stage_<i>/screener.pt``. A resumed search (same seed, same threads) ends with the same front, bit for bit.
+The stage records, the backend protocol, the stage log (shared with discovery.transfer.search), the score test and
+the selection rule are in discovery.search.stages.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from pydantic import BaseModel
 
 from discovery.feedforward.checkpoint import load_checkpoint, save_checkpoint
 from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
+from discovery.search.stages import (
+    KKT_Z,
+    LAMBDA_RATIO,
+    SCREENER_FILE,
+    SCREENER_STREAM,
+    STATE_FILE,
+    FitOutcome,
+    ScreenOutcome,
+    SearchBackend,
+    SearchPlan,
+    SearchTrainer,
+    Stage,
+    StageLog,
+    kkt_violation,
+    lambda_max,
+    score_test,
+    select,
+    training_loss,
+)
 from discovery.spec import DiscoverySpec
 
-STATE_FILE = "search.json"
-SCREENER_FILE = "screener.pt"   # the screener's sampler and generator state after a screen stage (in stage_<i>/)
-KKT_Z = 2.0           # a zero term joins the path's working set when |ḡ_r| − KKT_Z·se_r > λ (a significant violation)
-LAMBDA_RATIO = 2 ** -0.5   # λ_k = λ_max · LAMBDA_RATIO^k
-SCREENER_STREAM = 10_000   # the screener's stream (fit stage i uses stream i + 1)
+__all__ = ["KKT_Z", "LAMBDA_RATIO", "SCREENER_FILE", "SCREENER_STREAM", "STATE_FILE", "FamilySearch", "FitOutcome",
+           "ScreenOutcome", "SearchBackend", "SearchPlan", "SearchTrainer", "Stage", "StageLog", "run_search",
+           "score_test", "search_result", "select"]
 
-
-class Stage(BaseModel):
-    """A finished stage of the search (what `search.json` records)."""
-
-    kind: str                        # "fit", "screen"
-    label: str
-    terms: list[str]
-    theta: dict[str, float]
-    episodes: int
-    scores: dict[str, float] | None = None           # screening: |t| of the score test per pool term
-    effect: dict[str, float] | None = None           # screening: |∂L/∂θ_r| in units of effect
-    gradient: dict[str, float] | None = None         # screening: mean ∂L/∂φ_r (φ = θ/s, the optimizer's variable)
-    gradient_se: dict[str, float] | None = None      # screening: its standard error s_r/√n
-    history: list[dict] = []
-
-
-class SearchTrainer(Protocol):
-    """What the search needs of a family's meta-trainer (discovery.feedforward.checkpoint.Checkpointed gives
-    resume/run): θ = s ⊙ φ with Adam on φ, its episode count and history."""
-
-    spec: Any
-    episode: int
-    history: list[dict]
-    phi: torch.Tensor
-    scale: torch.Tensor
-    dtype: torch.dtype
-
-    def resume(self, folder: Path | None) -> int | None: ...
-    def run(self, progress: Callable[[Any], None] | None, folder: Path | None,
-            should_stop: Callable[[], bool] | None, resume: bool = True) -> bool: ...
-    def theta_dict(self) -> dict[str, float]: ...
-
-
-class SearchBackend(Protocol):
-    """A family's side of the search (see the module docstring):
-
-    ``subspec(spec, terms, theta, episodes, **meta)`` the spec of one fit (``terms`` warm-started at ``theta``,
-    ``episodes`` meta-steps, no search); ``trainer(spec, stream)`` a meta-trainer drawing from random stream
-    ``stream``; ``screen_gradients(trainer, n)`` (per-episode meta-loss (n,), per-episode ∂L/∂θ_r (R, n)) at the
-    trainer's θ over n fresh episodes; ``norms(trainer)`` ‖F_r‖ on fresh networks (the unit of effect);
-    ``streams`` / ``set_streams`` the trainer's random streams as checkpointable state; ``redraw(trainer, n)``
-    advance them as a screen of n episodes would (folders without screener.pt); ``evaluate(trainer, episodes)``
-    (held-out accuracy, 95 % half-width, episodes); ``rule(terms, theta, name)`` the stored rule dict with
-    ``coefficients_raw``; ``complexity(terms)``; ``device(spec)``."""
-
-    #: the first support when the pool holds it (feed-forward: F0); empty: screen from θ = 0
-    base_terms: tuple[str, ...]
-    #: the search methods this family's trainer supports
-    methods: tuple[str, ...]
-
-    def subspec(self, spec: DiscoverySpec, terms: list[str], theta: dict[str, float], episodes: int,
-                **meta: Any) -> DiscoverySpec: ...
-    def trainer(self, spec: DiscoverySpec, stream: int = 0) -> SearchTrainer: ...
-    def screen_gradients(self, trainer: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]: ...
-    def norms(self, trainer: Any) -> torch.Tensor: ...
-    def streams(self, trainer: Any) -> dict[str, Any]: ...
-    def set_streams(self, trainer: Any, state: dict[str, Any]) -> None: ...
-    def redraw(self, trainer: Any, n: int) -> None: ...
-    def evaluate(self, trainer: Any, episodes: int) -> tuple[float | None, float | None, int]: ...
-    def rule(self, terms: list[str], theta: dict[str, float], name: str | None = None) -> dict[str, Any]: ...
-    def complexity(self, terms: list[str]) -> int: ...
-    def device(self, spec: DiscoverySpec) -> str: ...
-
-
-def select(front: list[FrontPoint]) -> int:
-    """Index of the simplest point whose accuracy is within the 95 % CI of the best (ties: higher accuracy)."""
-    scored = [(i, p) for i, p in enumerate(front) if p.heldout_accuracy is not None]
-    if not scored:
-        return len(front) - 1
-    best = max(scored, key=lambda ip: ip[1].heldout_accuracy)[1]
-    floor = best.heldout_accuracy - (best.heldout_ci95 or 0.0)
-    ok = [(p.n_terms, p.complexity, -p.heldout_accuracy, i) for i, p in scored if p.heldout_accuracy >= floor]
-    return min(ok)[3]
-
-
-class FamilySearch:
+class FamilySearch(StageLog):
     """Runs one of the searches of the module docstring for a spec whose rule terms are the pool."""
 
     def __init__(self, spec: DiscoverySpec, backend: SearchBackend,
                  progress: Callable[[ProgressEvent], None] | None = None,
                  checkpoint_dir: Path | str | None = None, should_stop: Callable[[], bool] | None = None):
-        if spec.search.method not in backend.methods:
+        methods = (*backend.methods, "none") if hasattr(backend, "fit_stage") else backend.methods
+        if spec.search.method not in methods:
             raise ValueError(f"search.method {spec.search.method!r} is not available for the {spec.family} family; "
                              f"available: {', '.join(backend.methods)}")
-        self.spec = spec
+        super().__init__(spec, progress, checkpoint_dir, should_stop)
         self.backend = backend
+        self.plan: SearchPlan = backend.plan(spec) if hasattr(backend, "plan") else SearchPlan()
+        if self.plan.budget is not None:
+            self.budget = self.planned = self.plan.budget
         self.pool = list(spec.rule.terms or [])
-        self.progress = progress
-        self.folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.should_stop = should_stop
-        self.budget = spec.meta.episodes
-        self.used = 0                      # episodes consumed by finished stages
-        self.planned = self.budget         # the job's total episodes as planned (screens included)
-        self.stages: list[Stage] = self._load_state()
-        self.cursor = 0                    # index of the next stage (replayed from search.json when done)
-        self.history: list[dict] = []
-        self.stopped = False
-        self.resumed_from: int | None = None   # the job's episode where this attempt resumed (None: a fresh run)
-        self.resumed: dict[str, Any] | None = None   # {stage, label, episode, within_stage} when it resumed
-        self._started = False              # whether a stage has run (not replayed) in this attempt
+        self.refined: FrontPoint | None = None   # the selected point before its final refit (plan.final_refit)
         self._norms: dict[str, float] | None = None
         self._screener: Any = None
         self._screener_synced = False      # whether the screener's streams continue the replayed screens'
-
-    # ------------------------------------------------------------------ state
-    def _load_state(self) -> list[Stage]:
-        if self.folder is None or not (self.folder / STATE_FILE).exists():
-            return []
-        raw = json.loads((self.folder / STATE_FILE).read_text())
-        if raw.get("spec") != self.spec.model_dump(mode="json"):
-            return []
-        return [Stage.model_validate(s) for s in raw["stages"]]
-
-    def _save_state(self) -> None:
-        if self.folder is None:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps({"spec": self.spec.model_dump(mode="json"),
-                                   "stages": [s.model_dump(mode="json") for s in self.stages]}))
-        tmp.replace(self.folder / STATE_FILE)
-
-    def _replay(self) -> Stage | None:
-        """The recorded result of the next stage, when a previous run finished it."""
-        if self.cursor < len(self.stages):
-            stage = self.stages[self.cursor]
-            self.cursor += 1
-            self.used += stage.episodes
-            self.history.extend(stage.history)
-            return stage
-        return None
-
-    def _begin(self, label: str, within: int = 0) -> None:
-        """Called when stage `self.cursor` runs (not replayed). The first such stage of an attempt that replayed
-        stages or restored a stage checkpoint is where it resumed: the job's episode self.used + `within` (the
-        episodes the interrupted stage had already done). Announced by a ProgressEvent."""
-        if self._started:
-            return
-        self._started = True
-        if self.cursor == 0 and within == 0:
-            return
-        self._announce(self.used + within, self.cursor, label, within)
-
-    def _announce(self, episode: int, index: int, label: str | None, within: int) -> None:
-        self.resumed_from = episode
-        self.resumed = {"stage": index + 1, "label": label, "episode": episode, "within_stage": within}
-        phase = (f"resumed stage {index + 1} ({label}) at episode {episode}" if label is not None
-                 else f"resumed after stage {index} (all stages done) at episode {episode}")
-        if self.progress is not None:
-            self.progress(ProgressEvent(episode=episode, total=max(self.planned, episode), meta_loss=None,
-                                        meta_accuracy=None, theta={}, phase=phase))
-
-    def _stage_folder(self, index: int) -> Path | None:
-        return self.folder / f"stage_{index}" if self.folder is not None else None
-
-    def _record(self, stage: Stage) -> Stage:
-        self.stages.append(stage)
-        self.cursor += 1
-        self.used += stage.episodes
-        self._save_state()
-        return stage
 
     # ------------------------------------------------------------------ building blocks
     def _subspec(self, terms: list[str], theta: dict[str, float], episodes: int, **meta: Any) -> DiscoverySpec:
         return self.backend.subspec(self.spec, terms, theta, episodes, **meta)
 
-    def fit(self, terms: list[str], theta: dict[str, float], episodes: int, label: str, **meta: Any) -> Stage:
-        """Meta-train θ of `terms` (warm start `theta`) for `episodes` fresh episodes."""
+    def fit(self, terms: list[str], theta: dict[str, float], episodes: int, label: str, role: str = "fit",
+            **meta: Any) -> Stage:
+        """Meta-train θ of `terms` (warm start `theta`) for `episodes` fresh episodes (or the family's own fit,
+        ``fit_stage``, for its `role`)."""
         done = self._replay()
         if done is not None:
             return done
+        if hasattr(self.backend, "fit_stage"):
+            return self._own_fit(terms, theta, label, role)
         spec = self._subspec(terms, theta, episodes, **meta)
         trainer = self.backend.trainer(spec, stream=self.cursor + 1)
         offset, index = self.used, self.cursor
@@ -233,6 +121,60 @@ class FamilySearch:
         stage = Stage(kind="fit", label=label, terms=terms, theta=trainer.theta_dict(), episodes=trainer.episode,
                       history=history)
         return stage if self.stopped else self._record(stage)
+
+    def _poll(self) -> bool:
+        """Whether the job asked to stop (then the search stops after the stage in progress)."""
+        self.stopped = self.stopped or bool(self.should_stop and self.should_stop())
+        return self.stopped
+
+    def _reporter(self, offset: int) -> Callable[[ProgressEvent], None]:
+        """Forwards a stage's ProgressEvents (episodes counted from the stage's start) as the job's."""
+        def report(event: ProgressEvent) -> None:
+            if self.progress is not None:
+                self.progress(event.model_copy(update={"episode": offset + event.episode,
+                                                       "total": max(self.planned, offset + event.episode)}))
+        return report
+
+    def _stage(self, kind: str, label: str, terms: list[str], offset: int, out: FitOutcome) -> Stage:
+        history = [{**h, "episode": offset + h["episode"], "total": max(self.planned, offset + h["episode"])}
+                   for h in out.history]
+        return Stage(kind=kind, label=label, terms=terms, theta=out.theta, episodes=out.episodes, loss=out.loss,
+                     history=history)
+
+    def _own_fit(self, terms: list[str], theta: dict[str, float], label: str, role: str) -> Stage:
+        """A fit by the family's own optimizer (``fit_stage``); a stop leaves it unrecorded."""
+        if self._poll():
+            return Stage(kind=role, label=label, terms=terms, theta={t: theta.get(t, 0.0) for t in terms},
+                         episodes=0)
+        self._begin(label)
+        offset = self.used
+        out = self.backend.fit_stage(self.spec, terms, theta, role, label, self._reporter(offset), self._poll)
+        stage = self._stage("trial" if role == "trial" else "fit", label, terms, offset, out)
+        self.history.extend(stage.history)
+        return stage if self.stopped else self._record(stage)
+
+    def trials(self, support: list[str], theta: dict[str, float], candidates: list[str], label: str
+               ) -> list[Stage]:
+        """Trial fits of support + each candidate (candidate from 0): at once by ``fit_trials`` when the family has
+        it (recorded as one stage per trial, the episodes on the first), else one after the other."""
+        lockstep = getattr(self.backend, "fit_trials", None)
+        if lockstep is None or self.cursor < len(self.stages):
+            out = []
+            for c in candidates:
+                out.append(self.fit([*support, c], theta, 0, f"{label} (+{c})", role="trial"))
+                if self.stopped:
+                    break
+            return out
+        if self._poll():
+            return []
+        self._begin(label)
+        offset = self.used
+        outs = lockstep(self.spec, support, theta, candidates, label, self._reporter(offset), self._poll)
+        stages = [self._stage("trial", f"{label} (+{c})", [*support, c], offset, o)
+                  for c, o in zip(candidates, outs, strict=True)]
+        for st in stages:
+            self.history.extend(st.history)
+        return stages if self.stopped else [self._record(st) for st in stages]
 
     def norms(self) -> dict[str, float]:
         """‖F_r‖ of every pool term on fresh networks (the unit of effect; one measurement for the search)."""
@@ -257,6 +199,15 @@ class FamilySearch:
         if done is not None:
             return done
         self._begin(label)
+        if hasattr(self.backend, "screen_stage"):
+            offset = self.used
+            own = self.backend.screen_stage(self.spec, theta, label, self._reporter(offset))
+            history = self._stage("screen", label, [], offset, FitOutcome(theta={}, episodes=0,
+                                                                           history=own.history)).history
+            self.history.extend(history)
+            return self._record(Stage(kind="screen", label=label, terms=list(theta), theta=theta,
+                                      episodes=own.episodes, scores=own.scores, best_theta=own.best_theta,
+                                      history=history))
         trainer = self.screener()
         self._sync_screener()
         norms = self.norms()
@@ -267,13 +218,7 @@ class FamilySearch:
             full = torch.tensor([theta.get(t, 0.0) for t in self.pool], dtype=trainer.dtype)
             trainer.phi.copy_(full / trainer.scale)
         n = self.spec.search.screen_episodes
-        loss, grad = self.backend.screen_gradients(trainer, n)
-        finite = torch.isfinite(loss) & torch.isfinite(grad).all(0)
-        g = grad[:, finite].double()
-        k = g.shape[1]
-        mean = g.mean(1) if k else torch.zeros(len(self.pool), dtype=torch.float64)
-        sem = g.std(1) / math.sqrt(k) if k > 1 else torch.full_like(mean, math.inf)
-        t_abs = torch.where(sem > 0, mean.abs() / sem, torch.where(mean != 0, math.inf, 0.0))
+        t_abs, mean, sem = score_test(*self.backend.screen_gradients(trainer, n))
         norm = torch.tensor([max(norms[t], 1e-30) for t in self.pool], dtype=torch.float64)
         self._save_screener(self.cursor)           # before search.json lists this stage
         as_dict = (lambda v: dict(zip(self.pool, v.tolist(), strict=True)))
@@ -320,23 +265,67 @@ class FamilySearch:
         scores = self.screen({}, "screen from 0").scores or {}
         return [max(scores, key=scores.get)]
 
+    def _first_theta(self, support: list[str]) -> dict[str, float]:
+        """θ of the first support: the spec's θ0, or a gradient-free screening's best lone θ."""
+        init = self.spec.rule.initial_theta()
+        screened = next((s.best_theta for s in self.stages[:self.cursor] if s.kind == "screen"), None) or {}
+        return {t: screened.get(t, init.get(t, 0.0)) for t in support}
+
     def forward(self) -> list[Stage]:
-        """Greedy forward selection: screen, add the best candidate, refit; up to max_terms terms."""
+        """Greedy forward selection: screen, add the best candidate (or the best of ``plan.trials`` trial fits),
+        refit; up to max_terms terms; then, when planned, backward elimination."""
+        plan = self.plan
         k_max = min(self.spec.search.max_terms, len(self.pool))
-        support = self.start()
+        support: list[str] = [] if plan.first_by_trials else self.start()
         n_screen = self.spec.search.screen_episodes
         per_fit = max(1, (self.remaining() - (k_max - 1) * n_screen) // k_max)
         self.planned = max(self.budget, self.used + k_max * per_fit + (k_max - 1) * n_screen)
-        init = self.spec.rule.initial_theta()
-        fits = [self.fit(support, {t: init.get(t, 0.0) for t in support}, per_fit, f"fit {len(support)} terms")]
+        fits = [] if not support else [self.fit(support, self._first_theta(support), per_fit,
+                                                f"fit {len(support)} terms")]
         while len(support) < k_max and not self.stopped:
-            scores = self.screen(fits[-1].theta, f"screen for term {len(support) + 1}").scores or {}
+            theta = fits[-1].theta if fits else {}
+            label = f"screen for term {len(support) + 1}"
+            done = None if plan.rescreen else next((s for s in self.stages[:self.cursor] if s.kind == "screen"), None)
+            scores = (done or self.screen(theta, label)).scores or {}
             candidates = {t: s for t, s in scores.items() if t not in support and math.isfinite(s)}
             if not candidates:
                 break
-            support = [*support, max(candidates, key=candidates.get)]
-            fits.append(self.fit(support, fits[-1].theta, per_fit, f"fit {len(support)} terms"))
+            label = f"fit {len(support) + 1} terms"
+            if plan.trials > 1 and len(candidates) > 1:
+                ranked = sorted(candidates, key=candidates.get, reverse=True)[:plan.trials]
+                tried = self.trials(support, theta, ranked, f"trial {len(support) + 1} terms")
+                if self.stopped or not tried:
+                    break
+                best = min(tried, key=training_loss)
+                support = best.terms
+                fits.append(self.fit(support, best.theta, per_fit, label) if plan.refit_trial else best)
+            else:
+                support = [*support, max(candidates, key=candidates.get)]
+                fits.append(self.fit(support, theta, per_fit, label))
+        if plan.eliminate and fits and not self.stopped:
+            fits += self.eliminate(max(fits, key=lambda f: len(f.terms)))
         return fits
+
+    def eliminate(self, fit: Stage) -> list[Stage]:
+        """Backward elimination from ``fit``'s support down to one term: refit with each term removed in turn (warm
+        start) and keep the removal of the lowest training loss; every support on the way is returned."""
+        fits, current = [], fit
+        while len(current.terms) > 1 and not self.stopped:
+            tried = []
+            for drop in current.terms:
+                rest = [t for t in current.terms if t != drop]
+                tried.append(self.fit(rest, {t: current.theta[t] for t in rest}, 0,
+                                      f"eliminate {drop}: {len(rest)} terms"))
+                if self.stopped:
+                    return fits
+            current = min(tried, key=training_loss)
+            fits.extend(tried)
+        return fits
+
+    def none(self) -> list[Stage]:
+        """Fit the given terms (search.method none, families with their own fit)."""
+        return [self.fit(self.pool, self.spec.rule.initial_theta(), self.budget, f"fit {len(self.pool)} terms",
+                         role="fixed")]
 
     def backward(self) -> list[Stage]:
         """Dense fit of the pool, then drop the smallest-effect term and refit, down to one term."""
@@ -369,7 +358,7 @@ class FamilySearch:
         first = self.fit(support, {t: init.get(t, 0.0) for t in support}, max(1, self.remaining() // 5),
                          f"fit {len(support)} terms")
         screen = self.screen(first.theta, "screen at λ_max")
-        lam_max = self._lambda_max(screen, support)
+        lam_max = lambda_max(screen, support)
         n_screen = self.spec.search.screen_episodes
         per_lambda = max(1, (self.remaining() * 3 // 5 - (n_lambda - 1) * n_screen) // n_lambda)
         cur, supports, fits = first, [], [first]
@@ -378,7 +367,7 @@ class FamilySearch:
                 break
             lam = lam_max * LAMBDA_RATIO ** k
             active = [t for t in self.pool if t in support or cur.theta.get(t, 0.0) != 0.0
-                      or self._violates(screen, t, lam)]
+                      or kkt_violation(screen, t) > lam]
             cur = self.fit(active, cur.theta, per_lambda, f"path λ={lam:.3g}", l1=lam, l1_mode="proximal",
                            l1_exempt=[t for t in support if t in self.pool])
             nonzero = [t for t in self.pool if cur.theta.get(t, 0.0) != 0.0]
@@ -394,55 +383,59 @@ class FamilySearch:
             fits.append(self.fit(sup.terms, sup.theta, per_refit, f"refit {len(sup.terms)} terms"))
         return fits
 
-    @staticmethod
-    def _violation(screen: Stage, t: str) -> float:
-        """|ḡ_t| − KKT_Z·se_t: by how much term t's screened gradient exceeds λ = 0 significantly (−inf if not
-        finite). The KKT condition |ḡ_t| ≤ λ is violated significantly when this exceeds λ."""
-        g = abs((screen.gradient or {}).get(t, 0.0))
-        se = (screen.gradient_se or {}).get(t, 0.0)
-        return g - KKT_Z * se if math.isfinite(g) and math.isfinite(se) else -math.inf
-
-    @classmethod
-    def _lambda_max(cls, screen: Stage, support: list[str]) -> float:
-        """The smallest λ at which no zero term violates its KKT condition significantly: the largest violation
-        over the terms outside the support (the plain max |ḡ_r| when no violation is significant)."""
-        outside = [t for t in (screen.gradient or {}) if t not in support]
-        best = max((cls._violation(screen, t) for t in outside), default=0.0)
-        if best > 0:
-            return best
-        return max((abs(g) for t, g in (screen.gradient or {}).items() if t in outside and math.isfinite(g)),
-                   default=1.0)
-
-    @classmethod
-    def _violates(cls, screen: Stage, t: str, lam: float) -> bool:
-        """Whether term t's screened gradient violates |ḡ_t| ≤ λ significantly: |ḡ_t| − KKT_Z·se_t > λ."""
-        return cls._violation(screen, t) > lam
-
     # ------------------------------------------------------------------ scoring
     def score(self, fits: list[Stage]) -> list[FrontPoint]:
         """Every distinct support's refit θ scored on the same held-out episodes; the selected one marked."""
-        episodes = self.spec.search.front_eval_episodes or self.spec.meta.eval_episodes
         by_support: dict[tuple[str, ...], Stage] = {}
-        for f in fits:
-            by_support[tuple(sorted(f.terms))] = f          # the latest fit of a support wins
+        for f in fits:                  # the latest fit of a support wins, or the lower training loss when known
+            old = by_support.get(key := tuple(sorted(f.terms)))
+            if old is None or f.loss is None or old.loss is None or f.loss < old.loss:
+                by_support[key] = f
+        ordered = sorted(by_support.values(), key=lambda f: len(f.terms))
+        front = self._points(ordered, "fit")
+        if front:
+            front[select(front)].selected = True
+        return front
+
+    def _points(self, fits: list[Stage], role: str) -> list[FrontPoint]:
+        """The front points of `fits`, scored on the held-out episodes (the family's ``front_points`` if any)."""
+        if hasattr(self.backend, "front_points"):
+            return self.backend.front_points(self.spec, fits, role)
+        episodes = self.spec.search.front_eval_episodes or self.spec.meta.eval_episodes
         front = []
-        for f in sorted(by_support.values(), key=lambda f: len(f.terms)):
+        for f in fits:
             trainer = self.backend.trainer(self._subspec(f.terms, f.theta, 1))
             acc, ci, n = self.backend.evaluate(trainer, episodes) if episodes else (None, None, 0)
             rule = self.backend.rule(f.terms, f.theta, self.spec.name)
             front.append(FrontPoint(terms=f.terms, theta=f.theta, rule=rule, n_terms=len(f.terms),
                                     complexity=self.backend.complexity(f.terms), heldout_accuracy=acc,
                                     heldout_ci95=ci, heldout_episodes=n, stage=f.label))
-        if front:
-            front[select(front)].selected = True
         return front
+
+    def final_refit(self, front: list[FrontPoint], fits: list[Stage]) -> list[Stage]:
+        """The selected support refit alone (the family's role "final"); its point replaces the selected one."""
+        i = next((i for i, p in enumerate(front) if p.selected), None)
+        if i is None:
+            return fits
+        chosen = front[i]
+        fit = self.fit(chosen.terms, chosen.theta, self.budget, f"final refit {len(chosen.terms)} terms",
+                       role="final")
+        if self.stopped:
+            return fits
+        point = self._points([fit], "final")[0]
+        point.selected = True
+        self.refined, front[i] = chosen, point
+        return [*fits, fit]
 
     def run(self) -> tuple[list[FrontPoint], list[Stage]]:
         fits = getattr(self, self.spec.search.method)()
-        if not self._started and self.cursor > 0:      # every stage was replayed: only the scoring is left
-            self._started = True
-            self._announce(self.used, self.cursor, None, 0)
-        return ([] if self.stopped else self.score(fits)), fits
+        if not self.plan.final_refit or self.stopped:
+            self._finish_replay()      # every stage was replayed: only the scoring is left
+            return ([] if self.stopped else self.score(fits)), fits
+        front = self.score(fits)
+        fits = self.final_refit(front, fits)
+        self._finish_replay()
+        return ([] if self.stopped else front), fits
 
 
 def search_result(spec: DiscoverySpec, search: FamilySearch, front: list[FrontPoint], fits: list[Stage],
@@ -452,7 +445,7 @@ def search_result(spec: DiscoverySpec, search: FamilySearch, front: list[FrontPo
     last = fits[-1] if fits else None
     theta = chosen.theta if chosen else (last.theta if last else {})
     terms = chosen.terms if chosen else (last.terms if last else [])
-    rule = chosen.rule if chosen else search.backend.rule(terms, theta, spec.name) if terms else {}
+    rule = chosen.rule if chosen else search.backend.rule(terms, theta, spec.name)   # no fit yet: the zero rule
     screens = [s for s in search.stages if s.kind == "screen"]
     return DiscoveryResult(
         rule=rule, theta=theta, history=search.history, theta_history=[h["theta"] for h in search.history],
@@ -466,9 +459,11 @@ def search_result(spec: DiscoverySpec, search: FamilySearch, front: list[FrontPo
         spec=spec.model_dump(), front=front,
         search={"method": spec.search.method, "pool": search.pool, "episodes": search.used,
                 **({"resumed": search.resumed} if search.resumed is not None else {}),
-                "stages": [{"label": s.label, "kind": s.kind, "terms": s.terms, "episodes": s.episodes}
-                           for s in search.stages],
-                "screening": [{"label": s.label, "scores": s.scores, "effect": s.effect} for s in screens]})
+                "stages": [{"label": s.label, "kind": s.kind, "terms": s.terms, "episodes": s.episodes,
+                            **({"loss": s.loss} if s.loss is not None else {})} for s in search.stages],
+                "screening": [{"label": s.label, "scores": s.scores, "effect": s.effect} for s in screens],
+                **(search.backend.result_extra(spec, search, front) if hasattr(search.backend, "result_extra")
+                   else {})})
 
 
 def run_search(spec: DiscoverySpec, backend: SearchBackend, progress: Callable[[ProgressEvent], None] | None = None,

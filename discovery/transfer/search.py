@@ -17,13 +17,15 @@ cells, the front scored on every cell and the support chosen on the selection ce
 * Refit (``transfer.refit``): the selected support alone, with the full budget E, warm-started from its θ and
   from scratch (θ0 = 1e-3 on F0, 0 elsewhere); the better on the selection cells replaces it.
 
-Resume: finished stages are recorded in ``checkpoint_dir/transfer_search.json`` (for this very spec) and replayed;
-a fit in progress resumes from its trainer checkpoint (``stage_<i>/``).
+Resume: the generic search's stage log (discovery.search.stages.StageLog): finished stages are recorded in
+``checkpoint_dir/transfer_search.json`` (for this very spec) and replayed; a fit in progress resumes from its trainer
+checkpoint (``stage_<i>/``); the attempt's first stage that runs announces where it resumed; the screener first
+redraws the replayed screens' cells, episodes and networks, so the screens after a restart draw what an
+uninterrupted run draws. Screens use the generic score test (discovery.search.stages.score_test).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -31,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from discovery.analysis.stats import mean_halfwidth
 from discovery.feedforward.trainer import learned_rule, resolve_device
 from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
 from discovery.search.open_search import complexity, select
+from discovery.search.stages import Stage, StageLog, score_test
 from discovery.spec import DiscoverySpec
 from discovery.transfer.cells import cell_spec
 from discovery.transfer.layered import SLOPE, n_params
@@ -47,17 +50,10 @@ from discovery.transfer.spec import Cell
 STATE_FILE = "transfer_search.json"
 
 
-class FitStage(BaseModel):
-    """A finished fit or screen (what the state file records)."""
+class FitStage(Stage):
+    """A finished fit or screen (what the state file records): the generic stage with the coefficient layout."""
 
-    kind: str
-    label: str
-    terms: list[str]
     coefficients: str = "shared"
-    theta: dict[str, float]
-    episodes: int
-    scores: dict[str, float] | None = None
-    history: list[dict] = Field(default_factory=list)
 
 
 class TransferPoint(BaseModel):
@@ -85,54 +81,20 @@ def shared_theta(terms: list[str], theta: dict[str, float]) -> dict[str, float]:
     return out
 
 
-class TransferSearch:
+class TransferSearch(StageLog):
     """Forward selection over ``spec.transfer``'s training cells (see the module docstring)."""
+
+    state_file = STATE_FILE
+    stage_model = FitStage
 
     def __init__(self, spec: DiscoverySpec, progress: Callable[[ProgressEvent], None] | None = None,
                  checkpoint_dir: Path | str | None = None, should_stop: Callable[[], bool] | None = None):
         if spec.transfer is None:
             raise ValueError("a transfer search needs spec.transfer")
-        self.spec, self.transfer = spec, spec.transfer
+        super().__init__(spec, progress, checkpoint_dir, should_stop)
+        self.transfer = spec.transfer
         self.pool = list(spec.rule.terms or [])
-        self.progress, self.should_stop = progress, should_stop
-        self.folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.stages = self._load()
-        self.cursor = 0
-        self.used = 0
-        self.stopped = False
-        self.history: list[dict] = []
         self._screener: MultiTaskTrainer | None = None
-
-    # ------------------------------------------------------------------ state
-    def _load(self) -> list[FitStage]:
-        path = self.folder / STATE_FILE if self.folder is not None else None
-        if path is None or not path.exists():
-            return []
-        raw = json.loads(path.read_text())
-        if raw.get("spec") != self.spec.model_dump(mode="json"):
-            return []
-        return [FitStage.model_validate(s) for s in raw["stages"]]
-
-    def _record(self, stage: FitStage) -> FitStage:
-        self.stages = [*self.stages[:self.cursor], stage]
-        self.cursor += 1
-        self.used += stage.episodes
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / (STATE_FILE + ".tmp")
-            tmp.write_text(json.dumps({"spec": self.spec.model_dump(mode="json"),
-                                       "stages": [s.model_dump(mode="json") for s in self.stages]}))
-            tmp.replace(self.folder / STATE_FILE)
-        return stage
-
-    def _replay(self) -> FitStage | None:
-        if self.cursor < len(self.stages):
-            stage = self.stages[self.cursor]
-            self.cursor += 1
-            self.used += stage.episodes
-            self.history.extend(stage.history)
-            return stage
-        return None
 
     # ------------------------------------------------------------------ building blocks
     def _subspec(self, terms: list[str], theta: dict[str, float], episodes: int, **meta: Any) -> DiscoverySpec:
@@ -152,8 +114,9 @@ class TransferSearch:
         spec = self._subspec(terms, shared_theta(terms, theta), episodes)
         layered = {k: v for k, v in theta.items() if k not in terms} or None
         trainer = MultiTaskTrainer(spec, stream=self.cursor + 1, coefficients=coefficients, theta_init=layered)
-        folder = self.folder / f"stage_{self.cursor}" if self.folder is not None else None
+        folder = self._stage_folder(self.cursor)
         offset = self.used
+        self._begin(label)
 
         def report(event: ProgressEvent) -> None:
             if self.progress is not None:
@@ -172,23 +135,29 @@ class TransferSearch:
         done = self._replay()
         if done is not None:
             return done
+        self._begin(label)
         if self._screener is None:
             spec = self._subspec(self.pool, {}, 1, meta_batch=self.spec.search.screen_episodes)
             self._screener = MultiTaskTrainer(spec, stream=10_000, coefficients="shared")
+            for replayed in (s for s in self.stages[:self.cursor] if s.kind == "screen"):
+                self._redraw(self._screener, replayed.episodes)
         trainer = self._screener
         with torch.no_grad():
             full = torch.tensor([theta.get(t, 0.0) for t in self.pool], dtype=trainer.lead.dtype)
             trainer.lead.phi.copy_(full / trainer.lead.scale)
         n = self.spec.search.screen_episodes
-        loss, grad = trainer.episode_gradients(n)
-        ok = torch.isfinite(loss) & torch.isfinite(grad).all(0)
-        g = grad[:, ok].double()
-        k = g.shape[1]
-        mean = g.mean(1) if k else torch.zeros(len(self.pool), dtype=torch.float64)
-        sem = g.std(1) / math.sqrt(k) if k > 1 else torch.full_like(mean, math.inf)
-        t_abs = torch.where(sem > 0, mean.abs() / sem, torch.where(mean != 0, math.inf, 0.0))
+        t_abs, _, _ = score_test(*trainer.episode_gradients(n))
         return self._record(FitStage(kind="screen", label=label, terms=list(theta), theta=theta, episodes=n,
                                      scores=dict(zip(self.pool, t_abs.tolist(), strict=True))))
+
+    @staticmethod
+    def _redraw(trainer: MultiTaskTrainer, n: int) -> None:
+        """Draw what a screen of n episodes draws (cells, episodes, networks) without computing it: a resumed
+        search's screener continues from where the replayed screens left its streams."""
+        for child, k in zip(trainer.children, trainer.tasks.draw(n)):
+            if k:
+                child.train_sampler.sample(k, device=child.device, dtype=child.dtype)
+                child._weights(k)
 
     # ------------------------------------------------------------------ the search
     def forward(self) -> list[FitStage]:
@@ -334,9 +303,10 @@ def discover_transfer(spec: DiscoverySpec, progress: Callable[[ProgressEvent], N
         heldout_episodes=chosen.heldout_episodes if chosen else 0,
         diverged_episodes=sum(h.get("dropped_episodes", 0) for h in search.history),
         skipped_steps=sum(1 for h in search.history if h.get("skipped")), stopped=search.stopped,
-        resumed_from_episode=None, wall_time_s=time.perf_counter() - t0,
+        resumed_from_episode=search.resumed_from, wall_time_s=time.perf_counter() - t0,
         device=str(resolve_device(spec.resources.device)), spec=spec.model_dump(), front=front,
         search={"method": "forward", "pool": search.pool, "episodes": search.used,
+                **({"resumed": search.resumed} if search.resumed is not None else {}),
                 "transfer": {**(spec.transfer.model_dump() if spec.transfer else {}),
                              "points": [p.model_dump() for p in points]},
                 "stages": [{"label": s.label, "kind": s.kind, "terms": s.terms, "coefficients": s.coefficients,

@@ -17,6 +17,9 @@ class UnsupervisedFamily(FamilyBase):
 
     name = "unsupervised"
     goal_words = ("unsupervised", "principal components", "principal subspace", "pca", "extracts")
+    gradient_mode = "reverse"
+    meta_objective = ("log normalized reconstruction error ‖X − X WᵀW‖²/‖X‖² on the training split (or the "
+                      "principal-subspace error) after the online unroll, mean over common episodes; by L-BFGS")
 
     def term_library(self) -> Sequence[Any]:
         from discovery.unsupervised.terms import term_library

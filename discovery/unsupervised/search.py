@@ -1,5 +1,5 @@
-"""Open search over the unsupervised library: stepwise selection, a (n_terms, held-out score) front, selection,
-final refit.
+"""Open search over the unsupervised library: the unsupervised side of discovery.search.generic (its stages,
+stage log and resume, front and selection), with L-BFGS fits.
 
 Every fit is L-BFGS (strong-Wolfe line search) on a sample-average meta-objective: the mean over ``fit_episodes``
 common episodes (the same W₀ and sample orders for every support), so fits are deterministic and their training
@@ -13,7 +13,9 @@ T (objective ``reconstruction``) or 1 − subspace error at T (``subspace``), wi
 the support with the fewest terms (then the lowest complexity) whose score is ≥ best score − the best's 95 %
 half-width (PySR's convention). The selected support is then refit alone with the full budget at the final horizon
 ``final_unroll`` (a longer unroll learns a smaller step η, hence a lower stationary subspace error) and replaces its
-front point.
+front point. These are the generic search's stages with :class:`UnsupervisedBackend`'s plan (trials, elimination,
+final refit); a restarted job replays its finished stages from ``checkpoint_dir`` (the screenings' episode stream
+from ``stage_<i>/screener.pt``) and ends with the same front.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from typing import Any
 import torch
 
 from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
-from discovery.search.open_search import select  # one selection rule for every family's front
+from discovery.search.generic import FamilySearch, FitOutcome, SearchPlan, Stage, search_result
+from discovery.spec import DiscoverySpec
 from discovery.unsupervised.data import load_pca_data
 from discovery.unsupervised.terms import OJA_DECAY, OJA_HEBB
 from discovery.unsupervised.trainer import Evaluation, FitResult, InnerConfig, UnsupervisedTrainer
 from rules.unsupervised import UNSUPERVISED_TERMS, UnsupervisedRule
+
+FIT_SEED = 50_000          # the common episodes of every search fit: seed FIT_SEED + 97 · meta.seed
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,15 @@ class SearchConfig:
     eval_episodes: int = 16
     passes: int = 5
     seed: int = 0
+
+    def planned_episodes(self) -> int:
+        """Episodes the search plans to use (an upper bound: L-BFGS may stop early)."""
+        if self.method != "forward":
+            return (self.fit_evals + self.final_evals) * self.fit_episodes
+        per_stage = self.screen_episodes + (self.trials * self.trial_evals + self.fit_evals) * self.fit_episodes
+        backward = (self.max_terms * (self.max_terms - 1) // 2) * self.fit_evals * self.fit_episodes \
+            if self.backward else 0
+        return self.max_terms * per_stage + backward + self.final_evals * self.final_episodes
 
 
 @dataclass
@@ -81,210 +95,205 @@ def oja_ratio(theta: dict[str, float]) -> float | None:
     return theta.get(OJA_DECAY, 0.0) / hebb if hebb else None
 
 
-class UnsupervisedSearch:
-    """Stepwise selection over ``pool`` with a trainer (see the module docstring)."""
+class _Screener:
+    """The generic screener's view of the search trainer: ``phi`` is the pool's θ itself (``scale`` 1; the score
+    test is invariant to a term's scale), ``spec`` keys its saved episode stream."""
 
-    def __init__(self, trainer: UnsupervisedTrainer, cfg: SearchConfig,
-                 progress: Callable[[ProgressEvent], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None, total_episodes: int | None = None) -> None:
-        self.trainer, self.cfg = trainer, cfg
-        self.pool = trainer.pool
-        self.progress, self.should_stop = progress, should_stop
-        self.used = 0
-        self.total = total_episodes or self.planned_episodes(cfg)
-        self.history: list[dict[str, Any]] = []
-        self.screens: list[dict[str, Any]] = []
-        self.stopped = False
-        self.fit_seed = 50_000 + 97 * cfg.seed        # the common episodes of every search fit
+    def __init__(self, trainer: UnsupervisedTrainer, spec: DiscoverySpec) -> None:
+        self.trainer, self.spec, self.dtype = trainer, spec, trainer.dtype
+        self.scale = torch.ones(len(trainer.pool), dtype=trainer.dtype)
+        self.phi = torch.zeros(len(trainer.pool), dtype=trainer.dtype)
 
-    @staticmethod
-    def planned_episodes(cfg: SearchConfig) -> int:
-        """Episodes the search plans to use (an upper bound: L-BFGS may stop early)."""
-        if cfg.method != "forward":
-            return (cfg.fit_evals + cfg.final_evals) * cfg.fit_episodes
-        per_stage = cfg.screen_episodes + (cfg.trials * cfg.trial_evals + cfg.fit_evals) * cfg.fit_episodes
-        backward = (cfg.max_terms * (cfg.max_terms - 1) // 2) * cfg.fit_evals * cfg.fit_episodes if cfg.backward \
-            else 0
-        return cfg.max_terms * per_stage + backward + cfg.final_evals * cfg.final_episodes
 
-    def _stop(self) -> bool:
-        self.stopped = self.stopped or bool(self.should_stop and self.should_stop())
-        return self.stopped
+class UnsupervisedBackend:
+    """discovery.search.generic.SearchBackend of the unsupervised family (see the module docstring): L-BFGS fits
+    (``fit_stage``), the score test from reverse-mode per-episode gradients, held-out front scoring with the
+    family's metrics (``front_points``)."""
 
-    def screen(self, theta: dict[str, float], label: str) -> dict[str, Any]:
-        """Score test of every pool term at θ: t_r = ḡ_r / (s_r/√n) over n fresh episodes (∂L/∂φ_r)."""
-        n = self.cfg.screen_episodes
-        losses, grad = self.trainer.per_episode_gradient(theta, n)
-        finite = torch.isfinite(losses) & torch.isfinite(grad).all(1)
-        g = grad[finite]
-        k = g.shape[0]
-        mean = g.mean(0) if k else torch.zeros(len(self.pool), dtype=grad.dtype)
-        sem = g.std(0) / math.sqrt(k) if k > 1 else torch.full_like(mean, math.inf)
-        t = torch.where(sem > 0, mean / sem, torch.zeros_like(mean))
-        self.used += n
-        out = {"label": label, "theta": dict(theta), "episodes": n, "meta_loss": float(losses[finite].mean()),
-               "scores": {p: float(v) for p, v in zip(self.pool, t.tolist(), strict=True)},
-               "gradient": {p: float(v) for p, v in zip(self.pool, mean.tolist(), strict=True)}}
-        self.screens.append(out)
-        return out
+    base_terms: tuple[str, ...] = ()
+    methods = ("forward",)
 
-    def fit(self, terms: Sequence[str], theta: dict[str, float], label: str, evals: int | None = None,
-            report: bool = True, trainer: UnsupervisedTrainer | None = None, episodes: int | None = None
-            ) -> FitResult:
-        """L-BFGS fit of ``terms`` warm started at θ (terms not in θ start at 0) on the common episodes."""
-        trainer = trainer or self.trainer
-        episodes = episodes or self.cfg.fit_episodes
-        offset = self.used
+    def __init__(self, spec: DiscoverySpec, cfg: SearchConfig, trainer: UnsupervisedTrainer,
+                 budget: int | None = None) -> None:
+        self.cfg, self.search_trainer, self.pool = cfg, trainer, trainer.pool
+        self.budget = budget or spec.meta.episodes
+        self.fit_seed = FIT_SEED + 97 * cfg.seed
+        self._final: UnsupervisedTrainer | None = None
+
+    @classmethod
+    def from_spec(cls, spec: DiscoverySpec) -> UnsupervisedBackend:
+        inner, cfg = configs_from_spec(spec)
+        data = load_pca_data(spec.task.dataset, spec.task.heldout_fraction)
+        return cls(spec, cfg, UnsupervisedTrainer(data, list(spec.rule.terms or []), inner, seed=spec.meta.seed))
+
+    def plan(self, spec: DiscoverySpec) -> SearchPlan:
+        cfg = self.cfg
+        return SearchPlan(trials=cfg.trials if cfg.trial_evals > 0 else 1, first_by_trials=True,
+                          eliminate=cfg.backward, final_refit=cfg.final_evals > 0, budget=self.budget)
+
+    def subspec(self, spec: DiscoverySpec, terms: list[str], theta: dict[str, float], episodes: int,
+                **meta: Any) -> DiscoverySpec:
+        data = spec.model_dump()
+        data["rule"].update({"terms": terms, "theta_init": {t: theta.get(t, 0.0) for t in terms}, "pool": None})
+        data["meta"].update({"episodes": max(1, episodes), **meta})
+        data["search"], data["sweep"] = {"method": "none"}, {}
+        return DiscoverySpec.model_validate(data)
+
+    # ------------------------------------------------------------------ screening (the generic score test)
+    def trainer(self, spec: DiscoverySpec, stream: int = 0) -> _Screener:
+        return _Screener(self.search_trainer, spec)
+
+    def screen_gradients(self, screener: _Screener, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-episode objective (n,) and ∂L/∂φ_r (R, n) at θ = screener.phi over n fresh episodes."""
+        losses, grad = self.search_trainer.per_episode_gradient(dict(zip(self.pool, screener.phi.tolist(), strict=True)), n)
+        return losses, grad.T
+
+    def norms(self, screener: _Screener) -> torch.Tensor:
+        return self.search_trainer.scale
+
+    def streams(self, screener: _Screener) -> dict[str, Any]:
+        return {"gen": self.search_trainer.gen.get_state()}
+
+    def set_streams(self, screener: _Screener, state: dict[str, Any]) -> None:
+        self.search_trainer.gen.set_state(state["gen"])
+
+    def redraw(self, screener: _Screener, n: int) -> None:
+        self.search_trainer.sample_episodes(n)
+
+    # ------------------------------------------------------------------ fits
+    def final_trainer(self) -> UnsupervisedTrainer:
+        """The trainer at the final horizon ``final_unroll`` (the search's own when it is the same)."""
+        Tf = self.cfg.final_unroll or self.search_trainer.cfg.unroll
+        if Tf == self.search_trainer.cfg.unroll:
+            return self.search_trainer
+        if self._final is None:
+            self._final = UnsupervisedTrainer(self.search_trainer.data, self.pool, replace(self.search_trainer.cfg, unroll=Tf),
+                                              seed=self.cfg.seed, dtype=self.search_trainer.dtype)
+        return self._final
+
+    def fit_stage(self, spec: DiscoverySpec, terms: list[str], theta: dict[str, float], role: str, label: str,
+                  report: Callable[[ProgressEvent], None], should_stop: Callable[[], bool]) -> FitOutcome:
+        """L-BFGS fit of ``terms`` warm started at θ (missing terms at 0) on the common episodes: ``trial_evals``
+        evaluations for a trial (unreported), ``fit_evals`` for a fit, ``final_evals`` on ``final_episodes`` at the
+        final horizon T_f for the final refit (warm start θ·T/T_f: the same total movement over the longer
+        unroll)."""
+        cfg, trainer, episodes = self.cfg, self.search_trainer, self.cfg.fit_episodes
+        evals = cfg.trial_evals if role == "trial" else cfg.fit_evals
+        if role == "final":
+            trainer, episodes, evals = self.final_trainer(), cfg.final_episodes, cfg.final_evals
+            theta = {t: v * self.search_trainer.cfg.unroll / trainer.cfg.unroll for t, v in theta.items()}
+        history: list[dict[str, Any]] = []
 
         def on_step(event: dict[str, Any]) -> None:
-            if not report:
+            if role == "trial":
                 return
-            record = {"episode": offset + event["step"] * episodes, "total": self.total,
-                      "meta_loss": event["meta_loss"], "meta_accuracy": None, "theta": event["theta"],
-                      "lr": event["lr"], "phase": label, "dropped_episodes": event["dropped_episodes"],
-                      "skipped": event["skipped"]}
-            self.history.append(record)
-            if self.progress is not None:
-                self.progress(ProgressEvent(**record))
+            record = {"episode": event["step"] * episodes, "meta_loss": event["meta_loss"], "meta_accuracy": None,
+                      "theta": event["theta"], "lr": event["lr"], "phase": label,
+                      "dropped_episodes": event["dropped_episodes"], "skipped": event["skipped"]}
+            history.append(record)
+            report(ProgressEvent(**record, total=self.budget))
 
-        result = trainer.fit_lbfgs(list(terms), {t: theta.get(t, 0.0) for t in terms}, evals or self.cfg.fit_evals,
-                                   episodes=episodes, seed=self.fit_seed, label=label, on_step=on_step,
-                                   should_stop=self._stop)
-        self.used += result.steps * episodes
-        return result
+        result = trainer.fit_lbfgs(terms, {t: theta.get(t, 0.0) for t in terms}, evals, episodes=episodes,
+                                   seed=self.fit_seed, label=label, on_step=on_step, should_stop=should_stop)
+        return FitOutcome(theta=result.theta, episodes=result.steps * episodes, loss=result.extra.get("train_loss"),
+                          history=history)
 
-    def forward(self, start: Sequence[str] = ()) -> list[FitResult]:
-        """Greedy forward selection from ``start`` (default: the empty rule) up to max_terms terms: the ``trials``
-        candidates of largest |t_r| are each refit briefly (``trial_evals``) and the one with the lowest
-        meta-objective on the common episodes joins (a score test alone cannot tell apart terms that all shrink W
-        at first: decay, (yᵀy) W and y yᵀW); the support is then refit (``fit_evals``)."""
-        support, theta, fits = list(start), {}, []
-        if support:
-            fits.append(self.fit(support, {}, f"fit {len(support)} terms"))
-            theta = fits[-1].theta
-        k_max = min(self.cfg.max_terms, len(self.pool))
-        while len(support) < k_max and not self._stop():
-            scores = self.screen(theta, f"screen for term {len(support) + 1}")["scores"]
-            candidates = {t: abs(s) for t, s in scores.items() if t not in support and math.isfinite(s)}
-            if not candidates:
-                break
-            ranked = sorted(candidates, key=candidates.get, reverse=True)[:max(1, self.cfg.trials)]
-            start_theta = theta
-            if len(ranked) > 1 and self.cfg.trial_evals > 0:
-                trial = {}
-                for cand in ranked:
-                    res = self.fit([*support, cand], theta, f"trial {len(support) + 1}", self.cfg.trial_evals,
-                                   report=False)
-                    trial[cand] = (res.extra.get("train_loss", math.inf), res.theta)
-                    if self._stop():
-                        return fits
-                self.screens[-1]["trials"] = {c: v[0] for c, v in trial.items()}
-                best = min(trial, key=lambda c: trial[c][0])
-                support, start_theta = [*support, best], trial[best][1]
-            else:
-                support = [*support, ranked[0]]
-            fits.append(self.fit(support, start_theta, f"forward {len(support)} terms"))
-            theta = fits[-1].theta
-        return fits
+    # ------------------------------------------------------------------ scoring
+    def front_points(self, spec: DiscoverySpec, fits: list[Stage], role: str) -> list[FrontPoint]:
+        """Each fit's held-out evaluation at the search horizon (the final refit's at T_f) and after each pass."""
+        trainer = self.final_trainer() if role == "final" else self.search_trainer
+        return [self.front_point(f, trainer) for f in fits]
 
-    def backward_elimination(self, fit: FitResult) -> list[FitResult]:
-        """From the largest support down to one term: refit with each term removed in turn (warm start) and keep
-        the removal whose refit has the lowest meta-objective; every support on the way is returned."""
-        fits, current = [], fit
-        while len(current.terms) > 1 and not self._stop():
-            tried = []
-            for drop in current.terms:
-                rest = [t for t in current.terms if t != drop]
-                theta = {t: current.theta[t] for t in rest}
-                tried.append(self.fit(rest, theta, f"backward {len(rest)} terms"))
-                if self._stop():
-                    return fits
-            current = min(tried, key=lambda f: f.extra.get("train_loss", math.inf))
-            fits.extend(tried)
-        return fits
-
-    def score(self, fits: Sequence[FitResult]) -> tuple[list[FrontPoint], list[dict[str, Any]]]:
-        """Every distinct support's best fit (lowest meta-objective on the common episodes) scored on the same
-        held-out episodes; the selected one marked."""
-        by_support: dict[tuple[str, ...], FitResult] = {}
-        for f in fits:
-            key = tuple(sorted(f.terms))
-            if key not in by_support or f.extra.get("train_loss", math.inf) < \
-                    by_support[key].extra.get("train_loss", math.inf):
-                by_support[key] = f
-        front, evaluations = [], []
-        for f in sorted(by_support.values(), key=lambda f: (len(f.terms), complexity(f.terms))):
-            point, evaluation = self.front_point(f, self.trainer)
-            front.append(point)
-            evaluations.append(evaluation)
-        if front:
-            front[select(front)].selected = True
-        return front, evaluations
-
-    def front_point(self, f: FitResult, trainer: UnsupervisedTrainer, stage: str | None = None
-                    ) -> tuple[FrontPoint, dict[str, Any]]:
-        """The front point of a fit, with its held-out evaluation at the trainer's horizon and after each pass."""
+    def front_point(self, f: Stage, trainer: UnsupervisedTrainer) -> FrontPoint:
+        """The front point of a fit: score 1 − held-out error of the objective at the trainer's horizon ± 95 %."""
         ev: Evaluation = trainer.evaluate(f.theta, self.cfg.eval_episodes, self.cfg.passes)
         objective = trainer.cfg.objective
         if objective == "subspace":
             score, ci = 1.0 - ev.subspace, ev.subspace_ci95
         else:
             score, ci = 1.0 - ev.recon, ev.recon_ci95
-        score = score if math.isfinite(score) else None
-        rule = UnsupervisedRule(f.theta)
         metrics = {"objective": objective, "horizon": trainer.cfg.unroll, "heldout_reconstruction": ev.recon,
                    "heldout_reconstruction_ci95": ev.recon_ci95, "subspace_error": ev.subspace,
                    "subspace_error_ci95": ev.subspace_ci95, "subspace_error_passes": ev.subspace_passes,
+                   "subspace_error_passes_ci95": ev.subspace_passes_ci95,
                    "heldout_reconstruction_passes": ev.recon_passes, "oja_ratio": oja_ratio(f.theta),
-                   "ww_eigenvalues": ev.ww_eigenvalues, "diverged": ev.diverged,
-                   "train_meta_loss": f.extra.get("train_loss")}
-        point = FrontPoint(terms=f.terms, theta=f.theta,
-                           rule={**rule.to_dict(), "coefficients_raw": f.theta, "metrics": metrics},
-                           n_terms=len(f.terms), complexity=complexity(f.terms), heldout_accuracy=score,
-                           heldout_ci95=ci if ci is not None and math.isfinite(ci) else None,
-                           heldout_episodes=ev.episodes,
-                           stage=stage or (f.history[-1]["phase"] if f.history else "fit"))
-        evaluation = {"terms": f.terms, "names": [UNSUPERVISED_TERMS[t].name for t in f.terms], **metrics,
-                      "subspace_error_passes_ci95": ev.subspace_passes_ci95}
-        return point, evaluation
+                   "ww_eigenvalues": ev.ww_eigenvalues, "diverged": ev.diverged, "train_meta_loss": f.loss}
+        return FrontPoint(terms=f.terms, theta=f.theta, rule={**self.rule(f.terms, f.theta), "metrics": metrics},
+                          n_terms=len(f.terms), complexity=complexity(f.terms),
+                          heldout_accuracy=score if math.isfinite(score) else None,
+                          heldout_ci95=ci if ci is not None and math.isfinite(ci) else None,
+                          heldout_episodes=ev.episodes, stage=f.label)
 
-    def final_refit(self, point: FrontPoint) -> tuple[FitResult, FrontPoint, dict[str, Any]]:
-        """The selected support refit alone at the final horizon T_f with the full budget (warm start at θ·T/T_f:
-        the same total movement over the longer unroll) on ``final_episodes`` common episodes."""
-        T, Tf = self.trainer.cfg.unroll, self.cfg.final_unroll or self.trainer.cfg.unroll
-        trainer = self.trainer
-        if Tf != T:
-            trainer = UnsupervisedTrainer(self.trainer.data, self.pool, replace(self.trainer.cfg, unroll=Tf),
-                                          seed=self.cfg.seed, dtype=self.trainer.dtype)
-        theta = {t: v * T / Tf for t, v in point.theta.items()}
-        fit = self.fit(point.terms, theta, f"final refit {len(point.terms)} terms (T={Tf})", self.cfg.final_evals,
-                       trainer=trainer, episodes=self.cfg.final_episodes)
-        new_point, evaluation = self.front_point(fit, trainer, stage=fit.history[-1]["phase"] if fit.history
-                                                 else "final refit")
-        return fit, new_point, evaluation
+    def rule(self, terms: list[str], theta: dict[str, float], name: str | None = None) -> dict[str, Any]:
+        return {**UnsupervisedRule(theta).to_dict(), "coefficients_raw": theta}
 
-    def run(self, start: Sequence[str] = ()) -> SearchOutcome:
-        if self.cfg.method == "forward":
-            fits = self.forward(start)
-            if self.cfg.backward and fits and not self.stopped:
-                fits += self.backward_elimination(max(fits, key=lambda f: len(f.terms)))
-        else:
-            fits = [self.fit(list(start), {}, "fit")]
-        if self.stopped:
-            return SearchOutcome(front=[], fits=fits, screens=self.screens, evaluations=[], history=self.history,
-                                 episodes=self.used, stopped=True)
-        front, evaluations = self.score(fits)
-        extra: dict[str, Any] = {}
-        chosen = next((i for i, p in enumerate(front) if p.selected), None)
-        if chosen is not None and self.cfg.final_evals > 0:
-            fit, point, evaluation = self.final_refit(front[chosen])
-            if not self.stopped:
-                extra["search_point"] = evaluations[chosen]
-                point.selected = True
-                front[chosen], evaluations[chosen] = point, {**evaluation, "final_refit": True}
-                fits.append(fit)
-        return SearchOutcome(front=front, fits=fits, screens=self.screens, evaluations=evaluations,
-                             history=self.history, episodes=self.used, stopped=self.stopped, extra=extra)
+    def complexity(self, terms: list[str]) -> int:
+        return complexity(terms)
+
+    def device(self, spec: DiscoverySpec) -> str:
+        return "cpu"
+
+    def result_extra(self, spec: DiscoverySpec, search: FamilySearch, front: list[FrontPoint]) -> dict[str, Any]:
+        """The family's keys of the result's ``search``: objective, score, best reconstruction, every front point's
+        evaluation and the selected point's before its final refit (``search_point``)."""
+        return {"family": "unsupervised", "objective": self.search_trainer.cfg.objective,
+                "score": "1 - held-out normalized reconstruction error (reconstruction) or 1 - subspace error "
+                         "(subspace), at the meta-training horizon",
+                "best_reconstruction": self.search_trainer.data.best_reconstruction(self.search_trainer.cfg.k),
+                "evaluations": evaluations(front),
+                **({"search_point": evaluations([search.refined])[0]} if search.refined is not None else {})}
+
+
+def evaluations(front: list[FrontPoint]) -> list[dict[str, Any]]:
+    """Every front point's held-out metrics with its terms and their names."""
+    return [{"terms": p.terms, "names": [UNSUPERVISED_TERMS[t].name for t in p.terms], **(getattr(p.rule, "metrics", None) or {})}
+            for p in front]
+
+
+class UnsupervisedSearch:
+    """The search for a trainer and a config without a job spec (experiments/unsupervised_search.py): the same
+    generic stages as a job, returned as a :class:`SearchOutcome`."""
+
+    def __init__(self, trainer: UnsupervisedTrainer, cfg: SearchConfig,
+                 progress: Callable[[ProgressEvent], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None, total_episodes: int | None = None) -> None:
+        self.trainer, self.cfg, self.progress, self.should_stop = trainer, cfg, progress, should_stop
+        self.total = total_episodes or cfg.planned_episodes()
+
+    def spec(self) -> DiscoverySpec:
+        """The job spec of this trainer and config (what the stage log is keyed on)."""
+        inner = self.trainer.cfg
+        return DiscoverySpec.model_validate({
+            "task": {"kind": "pca", "dataset": self.trainer.data.name},
+            "network": {"widths": [self.trainer.data.dim, inner.k]},
+            "rule": {"family": "unsupervised", "terms": self.trainer.pool, "objective": inner.objective,
+                     "unroll": inner.unroll, "passes": self.cfg.passes, "init_norm": inner.init_norm,
+                     "checkpoints": inner.checkpoints, "final_unroll": self.cfg.final_unroll},
+            "meta": {"seed": self.cfg.seed, "episodes": self.total, "meta_batch": self.cfg.fit_episodes,
+                     "eval_episodes": self.cfg.eval_episodes},
+            "search": {"method": self.cfg.method, "max_terms": self.cfg.max_terms,
+                       "screen_episodes": self.cfg.screen_episodes, "front_eval_episodes": self.cfg.eval_episodes}})
+
+    def run(self, checkpoint_dir: Path | str | None = None) -> SearchOutcome:
+        spec = self.spec()
+        backend = UnsupervisedBackend(spec, self.cfg, self.trainer, self.total)
+        search = FamilySearch(spec, backend, self.progress, checkpoint_dir, self.should_stop)
+        front, fits = search.run()
+        return outcome(search, front, fits, self.cfg)
+
+
+def outcome(search: FamilySearch, front: list[FrontPoint], fits: list[Stage], cfg: SearchConfig) -> SearchOutcome:
+    """A finished generic search as the unsupervised SearchOutcome (fits as FitResults, screenings as dicts)."""
+    def steps(s: Stage) -> int:
+        return s.episodes // (cfg.final_episodes if s.label.startswith("final") else cfg.fit_episodes)
+
+    results = [FitResult(terms=s.terms, theta=s.theta, steps=steps(s), history=s.history,
+                         extra={"train_loss": s.loss}) for s in fits]
+    screens = [{"label": s.label, "theta": s.theta, "episodes": s.episodes, "scores": s.scores}
+               for s in search.stages if s.kind == "screen"]
+    extra = {"search_point": evaluations([search.refined])[0]} if search.refined is not None else {}
+    return SearchOutcome(front=front, fits=results, screens=screens, evaluations=evaluations(front),
+                         history=search.history, episodes=search.used, stopped=search.stopped, extra=extra)
 
 
 def configs_from_spec(spec: Any) -> tuple[InnerConfig, SearchConfig]:
@@ -306,7 +315,7 @@ def configs_from_spec(spec: Any) -> tuple[InnerConfig, SearchConfig]:
                             passes=rule.passes, seed=meta.seed)
 
     f = 1
-    while f < 200 and UnsupervisedSearch.planned_episodes(make(f + 1)) <= meta.episodes:
+    while f < 200 and make(f + 1).planned_episodes() <= meta.episodes:
         f += 1
     return inner, make(f)
 
@@ -315,42 +324,11 @@ def discover_unsupervised(spec: Any, progress: Callable[[ProgressEvent], None] |
                           checkpoint_dir: Path | str | None = None,
                           should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
     """Run the unsupervised family for a DiscoverySpec (task kind "pca"): the open forward search over the rule's
-    pool (search.method forward), or a fit of the named terms (method none). No checkpoints: a restarted job
-    starts again (``checkpoint_dir`` is accepted for the engine's signature)."""
+    pool (search.method forward), or a fit of the named terms (method none), through the generic search; a
+    restarted job with the same ``checkpoint_dir`` replays the finished stages."""
     t0 = time.perf_counter()
     torch.manual_seed(spec.meta.seed)
-    inner, cfg = configs_from_spec(spec)
-    data = load_pca_data(spec.task.dataset, spec.task.heldout_fraction)
-    pool = list(spec.rule.terms or [])
-    trainer = UnsupervisedTrainer(data, pool, inner, seed=spec.meta.seed)
-    search = UnsupervisedSearch(trainer, cfg, progress, should_stop, total_episodes=spec.meta.episodes)
-    start = () if cfg.method == "forward" else pool
-    outcome = search.run(start)
-    return to_result(spec.model_dump(), outcome, cfg, pool, data.best_reconstruction(inner.k),
-                     time.perf_counter() - t0)
-
-
-def to_result(spec_dict: dict[str, Any], outcome: SearchOutcome, cfg: SearchConfig, pool: list[str],
-              best_reconstruction: float, wall_time_s: float) -> DiscoveryResult:
-    """The DiscoveryResult of a search outcome (the selected front point is the rule)."""
-    chosen = next((p for p in outcome.front if p.selected), None)
-    last = outcome.fits[-1] if outcome.fits else None
-    theta = chosen.theta if chosen else (last.theta if last else {})
-    rule = chosen.rule if chosen else ({**UnsupervisedRule(theta).to_dict(), "coefficients_raw": theta}
-                                       if theta else {})
-    return DiscoveryResult(
-        rule=rule, theta=theta, history=outcome.history, theta_history=[h["theta"] for h in outcome.history],
-        heldout_accuracy=chosen.heldout_accuracy if chosen else None,
-        heldout_ci95=chosen.heldout_ci95 if chosen else None,
-        heldout_episodes=chosen.heldout_episodes if chosen else 0,
-        diverged_episodes=sum(f.dropped_episodes for f in outcome.fits),
-        skipped_steps=sum(f.skipped_steps for f in outcome.fits), stopped=outcome.stopped,
-        wall_time_s=wall_time_s, device="cpu", spec=spec_dict, front=outcome.front,
-        search={"family": "unsupervised", "method": cfg.method, "pool": pool, "episodes": outcome.episodes,
-                "objective": (outcome.evaluations[0]["objective"] if outcome.evaluations else None),
-                "score": "1 - held-out normalized reconstruction error (reconstruction) or 1 - subspace error "
-                         "(subspace), at the meta-training horizon",
-                "best_reconstruction": best_reconstruction,
-                "stages": [{"label": f.history[-1]["phase"] if f.history else "fit", "kind": "fit",
-                            "terms": f.terms, "steps": f.steps} for f in outcome.fits],
-                "screening": outcome.screens, "evaluations": outcome.evaluations})
+    backend = UnsupervisedBackend.from_spec(spec)
+    search = FamilySearch(spec, backend, progress, checkpoint_dir, should_stop)
+    front, fits = search.run()
+    return search_result(spec, search, front, fits, t0)
