@@ -196,6 +196,28 @@ def test_torch_path_equals_the_fused_cpu_path_for_every_library_term(feedback, b
     assert checked >= (43 if backend == "c" else 10)
 
 
+@pytest.mark.parametrize("feedback", ["fa", "dfa", "bp"])
+@pytest.mark.parametrize("pool", ["bio10", "library_gated"])
+def test_whole_gated_pools_equal_torch(pool, feedback, backend):
+    """Every term of a gated pool at once, θ nonzero (decay included, so s ≠ 1): the lazy bilinear-gate correction
+    (pending between sweeps, added to ż, to the bp error pass and after the last sample) leaves W_T, Ẇ_T, the query
+    loss and the meta-gradient equal to the torch loop's in float64 to 1e-10."""
+    from rules.terms import POOLS as TERM_POOLS
+
+    if backend != "c":
+        pytest.skip("gated rules run on the C kernel only")
+    ids = TERM_POOLS[pool]
+    rule = _rule(ids)
+    Ws, Bs, x, y, xq, yq = _episode(feedback, widths=(12, 9, 7, 5), B=2, S=7, seed=2)
+    theta = 0.02 * torch.sin(torch.arange(1, len(ids) + 1, dtype=torch.float64))   # mixed signs, all nonzero
+    W1, D1 = run_online_forward(rule, theta, Ws, Bs, x, y, feedback, 10.0)
+    W2, D2 = fused.run_online_forward_fused(rule, theta, Ws, Bs, x, y, feedback, 10.0)
+    l1, g1, _ = query_loss_forward(W1, D1, xq, yq, 10.0)
+    l2, g2, _ = query_loss_forward(W2, D2, xq, yq, 10.0)
+    for a, b in zip(W1 + D1 + [l1, g1], W2 + D2 + [l2, g2], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_trainer_step_equals_the_fused_cpu_step():
     """One meta-step of the 16-term library on CUDA (torch kernel) and on the CPU (fused kernel), float64: the same
