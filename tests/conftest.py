@@ -472,7 +472,9 @@ def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 
     yield start
     for server in started:
-        server.stop()
+        # the test is over and its data folder is thrown away: no graceful Ray shutdown (10-20 s each); Ray's own
+        # workers run in their own sessions and exit within seconds once their raylet is gone
+        server.stop(signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

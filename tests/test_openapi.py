@@ -2,7 +2,8 @@
 
 - every administrator's limit at its bound and bound + 1: the document and the server agree (in-process, fast);
 - schemathesis ``--checks all`` (examples, coverage, fuzzing and stateful phases) against a live server at tiny
-  size with real Ray: a fixed seed and one fresh seed (printed; failures saved under test-artifacts/);
+  size with real Ray: the seeds of ``PLASTICITY_FUZZ_SEEDS`` (default one fixed seed, so CI is repeatable; add
+  ``fresh`` for a new random seed, printed; failures saved under test-artifacts/);
 - a client generated from the document (openapi-python-client) submits a tiny goal job, waits, reads its rule
   and exports it;
 - /docs lists the operations in headless Chromium with every request outside 127.0.0.1 refused.
@@ -31,6 +32,17 @@ TINY = {
     "PLASTICITY_MAX_RUNNING": "1", "PLASTICITY_BENCHMARK_TINY": "1",
 }
 FUZZ_EXAMPLES = int(os.environ.get("PLASTICITY_FUZZ_EXAMPLES", "30"))
+
+
+def fuzz_seeds(text: str) -> list[int]:
+    """Seeds from a comma list; ``fresh`` draws a new random one (printed, so a failure can be replayed)."""
+    seeds = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        seed = random.SystemRandom().randrange(1, 2**31) if item == "fresh" else int(item)
+        if item == "fresh":
+            print(f"schemathesis fresh seed: {seed}")
+        seeds.append(seed)
+    return seeds
 
 
 # --- limits: schema and server agree ------------------------------------------------------------------------------
@@ -128,10 +140,8 @@ def _schemathesis(server: LiveServer, seed: int, report: Path) -> subprocess.Com
 def test_schemathesis_all_checks_live(live_server_factory: Callable[..., LiveServer]) -> None:
     server = live_server_factory(env=TINY)
     ARTIFACTS.mkdir(exist_ok=True)
-    fresh = random.SystemRandom().randrange(1, 2**31)
-    print(f"schemathesis fresh seed: {fresh}")
     failures = []
-    for seed in (20240601, fresh):
+    for seed in fuzz_seeds(os.environ.get("PLASTICITY_FUZZ_SEEDS", "20240601")):
         run = _schemathesis(server, seed, ARTIFACTS / f"schemathesis-{seed}.xml")
         if run.returncode != 0:
             (ARTIFACTS / f"schemathesis-{seed}.txt").write_text(run.stdout + run.stderr)
