@@ -320,6 +320,8 @@ def test_rule_page_shows_the_job_plots_drawn_once(app: Any, client: Any) -> None
                                 complexity=position + 1, heldout_accuracy=0.5, terms=["F0"], theta={"F0": 0.04}))
     with session_scope(app.state.sessions) as s:
         assert set_status(s, Job, job_id, SUCCEEDED, event="succeeded")
+        assert s.get(Job, job_id).read_plots is None          # not drawn inside the transaction: after its commit
+    with session_scope(app.state.sessions) as s:
         plots = s.get(Job, job_id).read_plots
         assert all(plots[k].startswith("<svg") for k in ("theta", "accuracy", "front"))
         assert all(f'id="ring-{rid}"' in plots["front"] for rid in rids)
