@@ -28,6 +28,7 @@ from service.api.caching import ReadCache
 from service.api.errors import http_error, validation_error
 from service.api.limits import BodySizeLimit
 from service.api.openapi import build_openapi
+from service.api.readpath import ReadFront, VersionClock
 from service.api.router import api_router
 from service.api.shedding import LoadShedder
 from service.db.migrate import upgrade
@@ -80,6 +81,7 @@ def create_app(
             if d is not None:
                 d.stop()
                 app.state.dispatcher = None
+            app.state.version_clock.close()
 
     app = FastAPI(
         title="Plasticity rule discovery", version=__version__, description=DESCRIPTION, lifespan=lifespan,
@@ -96,9 +98,12 @@ def create_app(
                        paths={"/api/datasets": (settings.limits.max_upload_bytes, "PLASTICITY_MAX_UPLOAD_BYTES")})
     serving = settings.serving
     app.state.read_cache = ReadCache(serving.read_cache_mb * 1_048_576)
+    app.state.version_clock = VersionClock(engine)
     app.state.shedder = None
     app.add_middleware(_Shedder, app_state=app.state, max_inflight=serving.max_inflight,
                        max_active=serving.max_active, queue_seconds=serving.queue_seconds)
+    # outermost: a cached read is answered before admission, routing and validation (service.api.readpath)
+    app.add_middleware(ReadFront, cache=app.state.read_cache, clock=app.state.version_clock)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(PoolTimeout, _pool_exhausted)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -17,12 +17,12 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlalchemy import func, select
-from sqlalchemy.orm import selectinload, undefer
+from sqlalchemy.orm import Session, selectinload, undefer
 
 from discovery.spec import RuleFamily
 from service import __version__
-from service.api.caching import serve_read
 from service.api.deps import IdPath, SessionDep
+from service.api.readpath import Checkpoint, serve_read
 from service.api.schemas import BenchmarkOut, FrontEntry, JobOut, RuleOut
 from service.db.models import (
     ACTIVE_STATUSES,
@@ -113,7 +113,7 @@ def _page(request: Request, name: str, status_code: int = 200, **context: Any) -
 
 
 def _html(request: Request, name: str, **context: Any) -> Response:
-    """A page for :func:`service.api.caching.serve_read` (which adds its ETag and answers 304 when the browser's copy
+    """A page for :func:`service.api.readpath.serve_read` (which adds its ETag and answers 304 when the browser's copy
     is current)."""
     return HTMLResponse(templates.get_template(name).render({"request": request, **context}))
 
@@ -124,14 +124,13 @@ def _not_found(request: Request, what: str) -> HTMLResponse:
 
 @router.get("/", response_class=HTMLResponse)
 @router.get("/leaderboard", response_class=HTMLResponse)
-def leaderboard_page(
+async def leaderboard_page(
     request: Request,
-    session: SessionDep,
     suite: Annotated[str | None, Query(max_length=100)] = None,
     front: Annotated[bool, Query()] = False,
     family: Annotated[str | None, Query(max_length=32, description="a rule family; empty: all")] = None,
 ) -> Response:
-    def build() -> Response:
+    def build(session: Session, checkpoint: Checkpoint) -> Response:
         suites = known_suites(session)
         if suite is not None and suite not in suites:
             return _page(request, "error.html", 404, title="Unknown suite",
@@ -143,15 +142,16 @@ def leaderboard_page(
         board = leaderboard(session, suite, only_front=front, family=family or None)
         svgs = stored_svgs(session, [e["rule_id"] for e in board["entries"] if e.get("rule_id")])
         session.close()
+        checkpoint()
         for entry in board["entries"]:
             svg = svgs.get(entry.get("rule_id"))
             entry["formula_svg"] = _stored_formula(svg, 13) if svg else _formula(entry.get("latex"), 13)
         return _html(request, "leaderboard.html", board=board, title="Leaderboard")
 
-    return serve_read(request, session, build)
+    return await serve_read(request, build)
 
 
-def stored_svgs(session: SessionDep, rule_ids: list[int]) -> dict[int, str]:
+def stored_svgs(session: Session, rule_ids: list[int]) -> dict[int, str]:
     """rule id → its stored formula SVG (``rules.formula_svg``), in one query."""
     if not rule_ids:
         return {}
@@ -211,24 +211,25 @@ def _final_curves(job_id: int, stamp: str, job: Job) -> tuple[Markup | None, Mar
 
 
 @router.get("/rules", response_class=HTMLResponse)
-def rules_page(
-    request: Request, session: SessionDep, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+async def rules_page(
+    request: Request, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     after: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
 ) -> Response:
-    def build() -> Response:
+    def build(session: Session, checkpoint: Checkpoint) -> Response:
         rules, total, cursor = list_rules(session, limit=50, offset=offset, after=after,
                                           options=[undefer(Rule.formula_svg)])
         rows = [{"rule": r, "formula_svg": _rule_formula(r, 12)} for r in rules]
         session.close()
+        checkpoint()
         return _html(request, "rules.html", rows=rows, total=total, offset=offset, after=after, cursor=cursor,
                      title="Rules")
 
-    return serve_read(request, session, build)
+    return await serve_read(request, build)
 
 
 @router.get("/rules/{rule_id}", response_class=HTMLResponse)
-def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Response:
-    def build() -> Response:
+async def rule_page(request: Request, rule_id: IdPath) -> Response:
+    def build(session: Session, checkpoint: Checkpoint) -> Response:
         rule = session.get(Rule, rule_id, options=[undefer(Rule.formula_svg)])
         if rule is None:
             return _not_found(request, f"Rule {rule_id}")
@@ -252,6 +253,7 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Respons
         transfer = transfer_table(session, rule.id)
         inference = inference_context(rule)
         session.close()
+        checkpoint()
         return _html(
             request,
             "rule.html",
@@ -268,7 +270,7 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Respons
             **inference,
         )
 
-    return serve_read(request, session, build)
+    return await serve_read(request, build)
 
 
 PLOT_CAPTIONS = {"theta": "θ per meta-training episode", "accuracy": "query accuracy per episode",
@@ -281,12 +283,12 @@ def _plot_img(job_id: int, name: str, rule_id: int | None) -> Markup:
 
 
 @router.get("/jobs/{job_id}/plots/{name}.svg")
-def job_plot(request: Request, job_id: IdPath, name: Literal["theta", "accuracy", "front"], session: SessionDep,
+async def job_plot(request: Request, job_id: IdPath, name: Literal["theta", "accuracy", "front"],
              rule: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="ring this rule (front)")] = None,
              ) -> Response:
     """A succeeded job's plot as drawn once when it succeeded (``jobs.read_plots``); the front with ``rule``'s ring
     shown (every rule of the front has one, hidden by a style rule)."""
-    def build() -> Response:
+    def build(session: Session, _checkpoint: Checkpoint) -> Response:
         job = session.get(Job, job_id, options=[undefer(Job.read_plots)])
         svg = ((job.read_plots or {}).get(name) if job is not None and job.status == SUCCEEDED else None)
         if not svg:
@@ -297,7 +299,7 @@ def job_plot(request: Request, job_id: IdPath, name: Literal["theta", "accuracy"
             svg = f'{head}{sep}<style>[id^="ring-"] {{ display: none }} {show}</style>{rest}'
         return Response(svg.encode(), media_type="image/svg+xml")
 
-    return serve_read(request, session, build)
+    return await serve_read(request, build)
 
 
 @router.get("/jobs", response_class=HTMLResponse)
