@@ -99,6 +99,7 @@ def create_app(
     serving = settings.serving
     app.state.read_cache = ReadCache(serving.read_cache_mb * 1_048_576)
     app.state.version_clock = VersionClock(engine)
+    app.state.read_builds = {}          # (URL, version) → the answer being built (service.api.readpath)
     app.state.shedder = None
     app.add_middleware(_Shedder, app_state=app.state, max_inflight=serving.max_inflight,
                        max_active=serving.max_active, queue_seconds=serving.queue_seconds)

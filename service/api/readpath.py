@@ -11,6 +11,7 @@ together, and answers built in a worker thread that stops when its client has go
 - :func:`serve_read`: the endpoints' side. On a miss it runs ``build(session, checkpoint)`` in a worker thread
   with a session of its own; ``checkpoint()`` raises :class:`ClientGone` once the client has disconnected, so
   the build stops at its next phase (reading, rendering) instead of finishing work nobody will receive.
+  Requests for the same URL at the same version while it is built wait for that build (one build, not 100).
 
 docs/operations.md, "Reads at scale".
 """
@@ -170,7 +171,18 @@ async def serve_read(request: Request, build: Build) -> Response:
     if version is None:
         version = await clock.current() if clock is not None else 0
     entry = cache.get(key, version) if cache is not None else None
-    if entry is None:
+    if entry is not None:
+        return respond(request, entry)
+    builds: dict[tuple[str, int], asyncio.Future[_Entry | None]] = state.read_builds
+    running = builds.get((key, version))
+    if running is not None:          # the same answer is being built: wait for it instead of building it again
+        await asyncio.wait([running])
+        if not running.cancelled() and running.exception() is None and running.result() is not None:
+            return respond(request, running.result())   # type: ignore[arg-type]
+    own: asyncio.Future[_Entry | None] = asyncio.get_running_loop().create_future()
+    builds.setdefault((key, version), own)
+    shared: _Entry | None = None
+    try:
         try:
             response = await _build_watched(request, build)
         except ClientGone:
@@ -178,8 +190,12 @@ async def serve_read(request: Request, build: Build) -> Response:
             return Response(status_code=499)       # never sent: the client has gone
         if response.status_code != 200 or cache is None:
             return response
-        entry = cache.put(key, version, response)
-    return respond(request, entry)
+        shared = cache.put(key, version, response)
+        return respond(request, shared)
+    finally:
+        own.set_result(shared)
+        if builds.get((key, version)) is own:
+            del builds[(key, version)]
 
 
 async def _build_watched(request: Request, build: Build) -> Response:

@@ -7,8 +7,10 @@ with ``<meta http-equiv="refresh">``.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -26,7 +28,6 @@ from service.api.readpath import Checkpoint, serve_read
 from service.api.schemas import BenchmarkOut, FrontEntry, JobOut, RuleOut
 from service.db.models import (
     ACTIVE_STATUSES,
-    FINAL_STATUSES,
     SUCCEEDED,
     BenchmarkRun,
     FrontPointRow,
@@ -82,6 +83,7 @@ templates.env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, sort_ke
 templates.env.globals["version"] = __version__
 
 
+@functools.lru_cache(maxsize=4096)
 def term_cell(term_id: str, fontsize: int = 12) -> Markup:
     """A term as pages show it: its formula (LaTeX typeset to SVG, else the rule-syntax text) with the id as a
     secondary label, so generated ids like ``T4d4340c6`` read as what they are."""
@@ -94,6 +96,7 @@ def term_cell(term_id: str, fontsize: int = 12) -> Markup:
     return Markup('<span class="term" title="{}: {}">{} {}</span>').format(term_id, info["text"], formula, label)
 
 
+@functools.lru_cache(maxsize=4096)
 def term_text(term_id: str) -> Markup:
     """A term in a long table (a front's rows): its formula in rule syntax with the id as a label — text, so that a
     page listing many rules stays small (the rule's own table typesets it: :func:`term_cell`)."""
@@ -179,12 +182,10 @@ def _front_svg(front: list[FrontEntry], highlight: int | None = None) -> Markup 
 
 
 def _job_curves(job: Job | None) -> tuple[Markup | None, Markup | None]:
-    """A job's θ and accuracy plots; a finished job's are drawn once per process (its result no longer changes)."""
+    """A job's θ and accuracy plots, drawn once per state of the job (its id and ``updated_at``)."""
     if job is None:
         return None, None
-    if job.status in FINAL_STATUSES:
-        return _final_curves(job.id, job.updated_at.isoformat(), job)
-    return _curves(job.result or {})
+    return _drawn_once((job.id, job.updated_at.isoformat(), "curves"), lambda: _curves(job.result or {}))
 
 
 def _curves(result: dict[str, Any]) -> tuple[Markup | None, Markup | None]:
@@ -193,21 +194,32 @@ def _curves(result: dict[str, Any]) -> tuple[Markup | None, Markup | None]:
     return (Markup(theta) if theta else None), (Markup(acc) if acc else None)
 
 
-_FINAL_CURVES: dict[tuple[int, str], tuple[Markup | None, Markup | None]] = {}
-_CURVES_LOCK = threading.Lock()
+_DRAWN: dict[tuple[int, str, str], Any] = {}
+_DRAWN_LOCK = threading.Lock()
 
 
-def _final_curves(job_id: int, stamp: str, job: Job) -> tuple[Markup | None, Markup | None]:
-    key = (job_id, stamp)
-    with _CURVES_LOCK:
-        found = _FINAL_CURVES.get(key)
+def _drawn_once(key: tuple[int, str, str], draw: Callable[[], Any]) -> Any:
+    """``draw()`` kept per ``key`` (a job's id, its ``updated_at`` and the plot): a page refreshed every 2 s
+    redraws only when the job changed; the 256 most recent are kept."""
+    with _DRAWN_LOCK:
+        found = _DRAWN.get(key)
     if found is None:
-        found = _curves(job.result or {})
-        with _CURVES_LOCK:
-            if len(_FINAL_CURVES) >= 256:
-                _FINAL_CURVES.pop(next(iter(_FINAL_CURVES)))
-            _FINAL_CURVES[key] = found
+        found = draw()
+        with _DRAWN_LOCK:
+            if len(_DRAWN) >= 256:
+                _DRAWN.pop(next(iter(_DRAWN)))
+            _DRAWN[key] = found
     return found
+
+
+def _stored_plots(job: Job | None, rule_id: int | None) -> tuple[Markup | None, Markup | None, Markup | None] | None:
+    """A succeeded job's plots as drawn once when it succeeded (``jobs.read_plots``), as images the browser
+    keeps (:func:`job_plot`); the front rings ``rule_id``. None when none are stored (yet)."""
+    plots = (job.read_plots or {}) if job is not None and job.status == SUCCEEDED else {}
+    if not plots:
+        return None
+    return tuple(_plot_img(job.id, name, rule_id if name == "front" else None)  # type: ignore[return-value]
+                 if plots.get(name) else None for name in ("theta", "accuracy", "front"))
 
 
 @router.get("/rules", response_class=HTMLResponse)
@@ -237,14 +249,14 @@ async def rule_page(request: Request, rule_id: IdPath) -> Response:
         job = session.get(Job, rule.job_id, options=[undefer(Job.read_plots), selectinload(Job.front).joinedload(
             FrontPointRow.rule).load_only(Rule.id, Rule.expression, Rule.provenance)]) if rule.job_id is not None else None
         front = [FrontEntry.model_validate(p) for p in job.front] if job is not None else []
-        plots = (job.read_plots or {}) if job is not None and job.status == SUCCEEDED else {}
-        if plots:   # drawn once when the job succeeded, served as images the browser keeps (job_plot)
-            theta_svg, acc_svg, front_svg = (
-                _plot_img(job.id, name, rule.id if name == "front" else None) if plots.get(name) else None
-                for name in ("theta", "accuracy", "front"))
+        stored = _stored_plots(job, rule.id)
+        if stored is not None:
+            theta_svg, acc_svg, front_svg = stored
         else:
+            checkpoint()
             theta_svg, acc_svg = _job_curves(job)
-            front_svg = _front_svg(front, rule.id)
+            front_svg = _drawn_once((job.id, job.updated_at.isoformat(), f"front-{rule.id}"),
+                                    lambda: _front_svg(front, rule.id)) if job is not None else None
         coefficients = []
         for k, v in (rule.coefficients or {}).items():
             info = term_formula(k) or {}
@@ -322,7 +334,7 @@ def jobs_page(
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: IdPath, session: SessionDep) -> HTMLResponse:
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id, options=[undefer(Job.read_plots)])
     if job is None:
         return _not_found(request, f"Job {job_id}")
     data = JobOut.of(job, events=True)
@@ -333,7 +345,12 @@ def job_page(request: Request, job_id: IdPath, session: SessionDep) -> HTMLRespo
         if job.status == "succeeded"
         else (min(100.0, 100.0 * episode / total) if isinstance(episode, int) and total else 0.0)
     )
-    theta_svg, acc_svg = _job_curves(job)
+    stored = _stored_plots(job, None)
+    if stored is not None:      # drawn once when it succeeded
+        theta_svg, acc_svg, front_svg = stored
+    else:
+        theta_svg, acc_svg = _job_curves(job)
+        front_svg = _drawn_once((job.id, job.updated_at.isoformat(), "front"), lambda: _front_svg(data.front))
     return _page(
         request,
         "job.html",
@@ -342,7 +359,7 @@ def job_page(request: Request, job_id: IdPath, session: SessionDep) -> HTMLRespo
         refresh=job.status in ACTIVE_STATUSES,
         theta_svg=theta_svg,
         accuracy_svg=acc_svg,
-        front_svg=_front_svg(data.front),
+        front_svg=front_svg,
         front=data.front,
         events=list(reversed(data.events or []))[:50],
         title=f"Job {job.id}",
