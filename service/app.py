@@ -9,6 +9,7 @@ the settings from the environment.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,6 +40,7 @@ from service.web.apidocs import DOCS_ASSETS
 from service.web.apidocs import router as apidocs_router
 from service.web.datasets_page import router as datasets_pages_router
 from service.web.pages import router as pages_router
+from service.web.pages import warm as warm_pages
 
 log = logging.getLogger("plasticity.service")
 
@@ -70,6 +72,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=warm_pages, name="warm-pages", daemon=True).start()
         if run_dispatcher:
             d = Dispatcher(settings, sessions, workers)
             app.state.dispatcher = d

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,7 @@ from service.web.render import (
 )
 from service.web.transfer import transfer_table
 
+log = logging.getLogger("plasticity.pages")
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 
@@ -105,6 +107,19 @@ def term_text(term_id: str) -> Markup:
         return Markup('<span class="mono">{}</span>').format(term_id)
     return Markup('<span class="term" title="{}: {}"><code>{}</code> <span class="term-id muted mono small">{}</span>'
                   '</span>').format(term_id, info["text"], info["text"], term_id)
+
+
+def warm() -> None:
+    """Build mathtext's parser and typeset the term library's cells once (seconds of first-use work), so that
+    the first readers after a start do not wait for it; the app runs it in a thread at start."""
+    try:
+        from rules.terms import TERMS
+
+        latex_svg("x", 13)
+        for term_id in TERMS:
+            term_cell(term_id)
+    except Exception:   # an optimisation only: pages typeset on demand
+        log.exception("warming the page renderer failed")
 
 
 templates.env.globals["term_cell"] = term_cell
