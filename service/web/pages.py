@@ -45,6 +45,7 @@ from service.web.render import (
     front_plot_svg,
     latex_svg,
     scaled_svg,
+    shared_glyphs,
     theta_plot_svg,
     vs_delta,
 )
@@ -133,7 +134,7 @@ def _page(request: Request, name: str, status_code: int = 200, **context: Any) -
 def _html(request: Request, name: str, **context: Any) -> Response:
     """A page for :func:`service.api.readpath.serve_read` (which adds its ETag and answers 304 when the browser's copy
     is current)."""
-    return HTMLResponse(templates.get_template(name).render({"request": request, **context}))
+    return HTMLResponse(shared_glyphs(templates.get_template(name).render({"request": request, **context})))
 
 
 def _not_found(request: Request, what: str) -> HTMLResponse:
