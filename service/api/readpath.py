@@ -11,8 +11,7 @@ together, and answers built in a worker thread that stops when its client has go
 - :func:`serve_read`: the endpoints' side. On a miss it runs ``build(session, checkpoint)`` in a worker thread
   with a session of its own; ``checkpoint()`` raises :class:`ClientGone` once the client has disconnected, so
   the build stops at its next phase (reading, rendering) instead of finishing work nobody will receive.
-  Requests for the same URL at the same version while it is built wait for that build (one build, not 100);
-  at most :data:`READ_BUILDS` builds run at once, so the event loop keeps its share of the GIL for cached reads.
+  Requests for the same URL at the same version while it is built wait for that build (one build, not 100).
 
 docs/operations.md, "Reads at scale".
 """
@@ -21,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import anyio.to_thread
 from fastapi import Request, Response
@@ -182,8 +179,7 @@ async def serve_read(request: Request, build: Build) -> Response:
     shared: _Entry | None = None
     try:
         try:
-            async with _build_slots(state):
-                response = await _build_watched(request, build)
+            response = await _build_watched(request, build)
         except ClientGone:
             state.reads_abandoned = getattr(state, "reads_abandoned", 0) + 1
             return Response(status_code=499)       # never sent: the client has gone
@@ -195,18 +191,6 @@ async def serve_read(request: Request, build: Build) -> Response:
         own.set_result(shared)
         if builds.get((key, version)) is own:
             del builds[(key, version)]
-
-
-#: Builds run at once per process: one per core. More threads would only share the cores and the GIL with the
-#: event loop, which answers the cached reads: they would wait behind every build.
-READ_BUILDS = max(2, os.cpu_count() or 2)
-
-
-def _build_slots(state: Any) -> asyncio.Semaphore:
-    slots: asyncio.Semaphore | None = getattr(state, "read_build_slots", None)
-    if slots is None:
-        slots = state.read_build_slots = asyncio.Semaphore(READ_BUILDS)
-    return slots
 
 
 async def _build_watched(request: Request, build: Build) -> Response:
