@@ -384,3 +384,33 @@ def test_a_read_stops_when_its_client_disconnects(app: Any, monkeypatch: pytest.
     assert [m["status"] for m in gone if "status" in m] == [499]   # uvicorn drops it: the connection is closed
     stayed = asyncio.run(get(leave=False))
     assert rendered == ["rule.html"] and [m["status"] for m in stayed if "status" in m] == [200]
+
+
+def test_version_reads_are_shared_and_see_every_earlier_write(app: Any) -> None:
+    """50 requests arriving together share two version reads; a write committed before a request arrives is seen."""
+    from service.db.read_fields import bump_version
+
+    clock = app.state.version_clock
+
+    async def scenario() -> None:
+        before = clock.queries
+        values = await asyncio.gather(*(clock.current() for _ in range(50)))
+        assert len(set(values)) == 1 and clock.queries - before == 2
+        with app.state.engine.begin() as conn:
+            bump_version(conn)
+        assert await clock.current() == values[0] + 1
+
+    asyncio.run(scenario())
+
+
+def test_pages_keep_each_glyph_outline_once() -> None:
+    import re
+
+    from service.web.render import latex_svg, shared_glyphs
+
+    one, two = latex_svg(r"0.012\,x", 12), latex_svg(r"0.021\,x", 12)
+    page = shared_glyphs(f"<p>{one}</p><p>{two}</p>")
+    defined = re.findall(r'<path id="([^"]+)"', page)
+    used = set(re.findall(r'xlink:href="#([^"]+)"', page))
+    assert len(defined) == len(set(defined)) and used <= set(defined)
+    assert len(re.findall(r'<path id="', f"{one}{two}")) > len(defined)        # the two formulas shared glyphs
