@@ -10,7 +10,8 @@ What it does (docs/operations.md, "Reads at scale"; figures in docs/results.md, 
    fronts store ``--rules`` rules in all (each rule with its front point's held-out score, the job's θ and
    accuracy history), and ``--benchmarked`` of those rules scored in one succeeded benchmark run beside three
    baselines (so the default leaderboard is that suite's);
-2. starts ``python -m service.cli serve --workers N`` on a free loopback port with its log in a file;
+2. starts ``python -m service.cli serve --workers N`` on a free loopback port with its log in a file (with
+   ``--dispatcher``: and waits until the active dispatcher has started Ray);
 3. per endpoint: ``--readers`` concurrent clients in a closed loop (each sends its next request when the last
    answer arrived) for ``--warmup`` unmeasured then ``--duration`` measured seconds, with no conditional headers;
    prints requests/s, p50, p95, max and errors (any answer but 200, or no answer within ``--timeout``);
@@ -166,6 +167,8 @@ class Server:
                                     cwd=env.get("PYTHONPATH", "").split(os.pathsep)[0] or None)
         server = cls(proc, port, log)
         server.wait_ready(workers)
+        if dispatcher:
+            server.wait_dispatcher()
         return server
 
     @property
@@ -187,6 +190,21 @@ class Server:
                 pass
             time.sleep(0.5)
         raise RuntimeError("the server did not start in time")
+
+    def wait_dispatcher(self, timeout: float = 300.0) -> None:
+        """Until the active dispatcher has started or joined Ray (its start is not part of the measured reads)."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.base + "/api/health", timeout=5) as answer:
+                    if json.loads(answer.read()).get("ray", {}).get("state") == "connected":
+                        return
+            except OSError:
+                pass
+            time.sleep(1.0)
+        raise RuntimeError("the dispatcher did not connect to Ray in time")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

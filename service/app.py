@@ -9,6 +9,7 @@ the settings from the environment.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from service.api.caching import ReadCache
 from service.api.errors import http_error, validation_error
 from service.api.limits import BodySizeLimit
 from service.api.openapi import build_openapi
+from service.api.readpath import ReadFront, VersionClock
 from service.api.router import api_router
 from service.api.shedding import LoadShedder
 from service.db.migrate import upgrade
@@ -38,6 +40,7 @@ from service.web.apidocs import DOCS_ASSETS
 from service.web.apidocs import router as apidocs_router
 from service.web.datasets_page import router as datasets_pages_router
 from service.web.pages import router as pages_router
+from service.web.pages import warm as warm_pages
 
 log = logging.getLogger("plasticity.service")
 
@@ -69,6 +72,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=warm_pages, name="warm-pages", daemon=True).start()
         if run_dispatcher:
             d = Dispatcher(settings, sessions, workers)
             app.state.dispatcher = d
@@ -80,6 +84,7 @@ def create_app(
             if d is not None:
                 d.stop()
                 app.state.dispatcher = None
+            app.state.version_clock.close()
 
     app = FastAPI(
         title="Plasticity rule discovery", version=__version__, description=DESCRIPTION, lifespan=lifespan,
@@ -96,9 +101,13 @@ def create_app(
                        paths={"/api/datasets": (settings.limits.max_upload_bytes, "PLASTICITY_MAX_UPLOAD_BYTES")})
     serving = settings.serving
     app.state.read_cache = ReadCache(serving.read_cache_mb * 1_048_576)
+    app.state.version_clock = VersionClock(engine)
+    app.state.read_builds = {}          # (URL, version) → the answer being built (service.api.readpath)
     app.state.shedder = None
     app.add_middleware(_Shedder, app_state=app.state, max_inflight=serving.max_inflight,
                        max_active=serving.max_active, queue_seconds=serving.queue_seconds)
+    # outermost: a cached read is answered before admission, routing and validation (service.api.readpath)
+    app.add_middleware(ReadFront, cache=app.state.read_cache, clock=app.state.version_clock)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(PoolTimeout, _pool_exhausted)
     app.add_exception_handler(RequestValidationError, validation_error)

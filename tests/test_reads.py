@@ -320,6 +320,8 @@ def test_rule_page_shows_the_job_plots_drawn_once(app: Any, client: Any) -> None
                                 complexity=position + 1, heldout_accuracy=0.5, terms=["F0"], theta={"F0": 0.04}))
     with session_scope(app.state.sessions) as s:
         assert set_status(s, Job, job_id, SUCCEEDED, event="succeeded")
+        assert s.get(Job, job_id).read_plots is None          # not drawn inside the transaction: after its commit
+    with session_scope(app.state.sessions) as s:
         plots = s.get(Job, job_id).read_plots
         assert all(plots[k].startswith("<svg") for k in ("theta", "accuracy", "front"))
         assert all(f'id="ring-{rid}"' in plots["front"] for rid in rids)
@@ -330,3 +332,85 @@ def test_rule_page_shows_the_job_plots_drawn_once(app: Any, client: Any) -> None
     assert f"#ring-{rids[1]} {{ display: inline }}" in front.text and front.headers["ETag"]
     assert client.get(f"/jobs/{job_id}/plots/theta.svg").status_code == 200
     assert client.get("/jobs/999999/plots/theta.svg").status_code == 404
+
+
+# --- a read whose client has gone stops ---------------------------------------------------------------------------
+def test_a_read_stops_when_its_client_disconnects(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule page's build is held in its reading phase until the client disconnects: then it stops at its next
+    checkpoint and never renders; the same request with the client staying renders the page (the control)."""
+    from service.web import pages
+
+    (rid,) = _store_rules(app, 1)
+    rendered: list[str] = []
+    real_html, real_transfer = pages._html, pages.transfer_table
+    monkeypatch.setattr(pages, "_html", lambda request, name, **kw: rendered.append(name) or real_html(
+        request, name, **kw))
+    reading, proceed = threading.Event(), threading.Event()
+
+    def held_transfer(session: Any, rule_id: int) -> Any:       # a phase of the build: the page's last query
+        reading.set()
+        assert proceed.wait(10)
+        return real_transfer(session, rule_id)
+
+    monkeypatch.setattr(pages, "transfer_table", held_transfer)
+
+    async def get(leave: bool) -> list[Any]:
+        reading.clear()
+        proceed.clear()
+        messages: list[Any] = [{"type": "http.request", "body": b"", "more_body": False}]
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            if messages:
+                return messages.pop()
+            if not leave:
+                proceed.set()
+                await asyncio.Event().wait()
+            await asyncio.to_thread(reading.wait, 10)
+            asyncio.get_running_loop().call_soon(proceed.set)   # runs after the watcher saw the disconnect
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": f"/rules/{rid}", "raw_path": f"/rules/{rid}".encode(),
+                 "query_string": b"", "headers": [], "scheme": "http", "http_version": "1.1", "root_path": "",
+                 "server": ("testserver", 80), "client": ("127.0.0.1", 1)}
+        await asyncio.wait_for(app(scope, receive, send), 20)
+        return sent
+
+    gone = asyncio.run(get(leave=True))
+    assert rendered == [] and app.state.reads_abandoned == 1
+    assert [m["status"] for m in gone if "status" in m] == [499]   # uvicorn drops it: the connection is closed
+    stayed = asyncio.run(get(leave=False))
+    assert rendered == ["rule.html"] and [m["status"] for m in stayed if "status" in m] == [200]
+
+
+def test_version_reads_are_shared_and_see_every_earlier_write(app: Any) -> None:
+    """50 requests arriving together share two version reads; a write committed before a request arrives is seen."""
+    from service.db.read_fields import bump_version
+
+    clock = app.state.version_clock
+
+    async def scenario() -> None:
+        before = clock.queries
+        values = await asyncio.gather(*(clock.current() for _ in range(50)))
+        assert len(set(values)) == 1 and clock.queries - before == 2
+        with app.state.engine.begin() as conn:
+            bump_version(conn)
+        assert await clock.current() == values[0] + 1
+
+    asyncio.run(scenario())
+
+
+def test_pages_keep_each_glyph_outline_once() -> None:
+    import re
+
+    from service.web.render import latex_svg, shared_glyphs
+
+    one, two = latex_svg(r"0.012\,x", 12), latex_svg(r"0.021\,x", 12)
+    page = shared_glyphs(f"<p>{one}</p><p>{two}</p>")
+    defined = re.findall(r'<path id="([^"]+)"', page)
+    used = set(re.findall(r'xlink:href="#([^"]+)"', page))
+    assert len(defined) == len(set(defined)) and used <= set(defined)
+    assert len(re.findall(r'<path id="', f"{one}{two}")) > len(defined)        # the two formulas shared glyphs

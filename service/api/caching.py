@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from fastapi import Request, Response
-from sqlalchemy.orm import Session
 
 
 def etag_of(body: bytes) -> str:
@@ -35,18 +33,6 @@ def matches(if_none_match: str | None, tag: str) -> bool:
     return False
 
 
-def cached(request: Request, body: bytes, media_type: str, headers: Mapping[str, str] | None = None,
-           status_code: int = 200) -> Response:
-    """``body`` with its ETag, or an empty 304 when the request's ``If-None-Match`` names that ETag."""
-    tag = etag_of(body)
-    skip = {"content-length", "etag", "cache-control", "content-type"}
-    out = {**{k: v for k, v in (headers or {}).items() if k.lower() not in skip}, "ETag": tag,
-           "Cache-Control": "no-cache"}
-    if status_code == 200 and matches(request.headers.get("if-none-match"), tag):
-        return Response(status_code=304, headers=out)
-    return Response(body, status_code=status_code, media_type=media_type, headers=out)
-
-
 @dataclass(frozen=True)
 class _Entry:
     version: int
@@ -54,14 +40,17 @@ class _Entry:
     media_type: str
     headers: tuple[tuple[str, str], ...]
     etag: str
+    #: the 200 answer's ASGI headers, encoded once
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class ReadCache:
     """Answers of the read endpoints kept in memory per URL, valid while the database's change counter
     (``read_version``, ``service.db.read_fields``) is unchanged; least recently used first out above ``max_bytes``.
 
-    A cached answer costs one primary-key read (the counter) instead of its queries and rendering; any write that
-    changes what reads show bumps the counter, so no answer is ever served stale. One per server process."""
+    A cached answer costs one version check (:class:`VersionClock`, shared by the requests that arrive together)
+    instead of its queries and rendering; any write that changes what reads show bumps the counter, so no answer
+    is ever served stale. One per server process."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -70,6 +59,15 @@ class ReadCache:
         self.misses = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+
+    def peek(self, key: str, touch: bool = False) -> _Entry | None:
+        """The entry kept for ``key`` whatever its version (the caller compares it); ``touch``: count it as used."""
+        entry = self._entries.get(key)
+        if entry is not None and touch:
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+        return entry
 
     def get(self, key: str, version: int) -> _Entry | None:
         with self._lock:
@@ -85,7 +83,10 @@ class ReadCache:
         skip = {"content-length", "etag", "cache-control"}
         headers = tuple((k, v) for k, v in response.headers.items() if k.lower() not in skip)
         body = bytes(response.body)
-        entry = _Entry(version, body, response.media_type or "application/octet-stream", headers, etag_of(body))
+        tag = etag_of(body)
+        raw = ((b"content-length", str(len(body)).encode()), (b"etag", tag.encode()), (b"cache-control", b"no-cache"),
+               *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers))
+        entry = _Entry(version, body, response.media_type or "application/octet-stream", headers, tag, raw)
         if len(body) > self.max_bytes // 8:
             return entry                                   # too large to keep: served, not cached
         with self._lock:
@@ -108,23 +109,6 @@ def respond(request: Request, entry: _Entry) -> Response:
     return Response(entry.body, media_type=entry.media_type, headers=out)
 
 
-def serve_read(request: Request, session: Session, build: Callable[[], Response]) -> Response:
-    """The answer of a read endpoint: from the process's :class:`ReadCache` while the data is unchanged, else
-    ``build()`` (which reads with ``session``) cached when it is a 200. The session is closed before the answer is
-    sent."""
-    from service.db.read_fields import read_version
-
-    cache: ReadCache | None = getattr(request.app.state, "read_cache", None)
-    key = request.url.path + "?" + request.url.query
-    version = read_version(session.connection()) if cache is not None else 0
-    entry = cache.get(key, version) if cache is not None else None
-    if entry is None:
-        response = build()
-        session.close()
-        if response.status_code != 200:
-            return response
-        if cache is None:
-            return cached(request, bytes(response.body), response.media_type or "", response.headers)
-        entry = cache.put(key, version, response)
-    session.close()
-    return respond(request, entry)
+def cache_key(path: str, query: str) -> str:
+    """The read cache's key of a URL: its path and query string, as sent."""
+    return path + "?" + query

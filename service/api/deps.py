@@ -76,7 +76,7 @@ def get_or_404(session: Session, model: type[RowT], row_id: int, what: str, opti
     return row
 
 
-def check_active_cap(session: Session, model: type[Job] | type[BenchmarkRun], who: str, settings: Settings,
+def check_active_cap(session: Session, model: type[Job | BenchmarkRun], who: str, settings: Settings,
                      what: str, advice: str) -> None:
     """A 429 when the token already has ``PLASTICITY_MAX_CONCURRENT_JOBS`` queued or running ``what``."""
     cap = settings.limits.max_concurrent_jobs

@@ -196,28 +196,92 @@ def refresh(conn: Connection, rule_ids: Iterable[int], *, display: bool = False)
             conn.execute(_rules.update().where(_rules.c.id == rid).values(**values))
 
 
-def job_plots(conn: Connection, job_ids: Iterable[int]) -> None:
-    """Draw once the plots a rule page shows of its succeeded job (``jobs.read_plots``): θ per episode, accuracy
-    per episode, and the Pareto front with a ring per rule (the page shows its own ring: ``ring-<id>``)."""
-    from service.api.schemas import FrontEntry
-    from service.web.render import accuracy_plot_svg, front_plot_svg, theta_plot_svg
-
-    ids = sorted({int(j) for j in job_ids if j is not None})
-    if not ids:
-        return
+def _plot_inputs(conn: Connection, ids: list[int]) -> list[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
+    """(job id, result, front points) of the succeeded jobs among ``ids``: what their plots are drawn from."""
     jobs = conn.execute(sa.select(_jobs.c.id, _jobs.c.result).where(_jobs.c.id.in_(ids),
                                                                    _jobs.c.status == SUCCEEDED)).all()
+    out = []
     for job_id, result in jobs:
         points = conn.execute(
             sa.select(_front.c.rule_id, _front.c.n_terms, _front.c.complexity, _front.c.heldout_accuracy,
                       _front.c.heldout_ci95, _front.c.selected)
             .where(_front.c.job_id == job_id).order_by(_front.c.position)).mappings().all()
-        front = [FrontEntry.model_validate(dict(p)) for p in points]
-        summary = result or {}
-        plots = {"theta": theta_plot_svg(summary.get("theta_history") or []),
-                 "accuracy": accuracy_plot_svg(summary.get("history") or []),
-                 "front": front_plot_svg(front, rings=True)}
-        conn.execute(_jobs.update().where(_jobs.c.id == job_id).values(read_plots=plots))
+        out.append((job_id, result or {}, [dict(p) for p in points]))
+    return out
+
+
+def draw_plots(result: dict[str, Any], points: list[dict[str, Any]]) -> dict[str, str | None]:
+    """A succeeded job's plots as SVG: θ per episode, accuracy per episode, and the Pareto front with a ring per
+    rule (a page shows its own ring: ``ring-<id>``). Pure matplotlib work, no database."""
+    from service.api.schemas import FrontEntry
+    from service.web.render import accuracy_plot_svg, front_plot_svg, theta_plot_svg
+
+    front = [FrontEntry.model_validate(p) for p in points]
+    return {"theta": theta_plot_svg(result.get("theta_history") or []),
+            "accuracy": accuracy_plot_svg(result.get("history") or []),
+            "front": front_plot_svg(front, rings=True)}
+
+
+def job_plots(conn: Connection, job_ids: Iterable[int]) -> None:
+    """Draw and store the plots of the succeeded jobs among ``job_ids`` on ``conn``, in its transaction (the
+    migration's backfill; the service draws after the commit instead: :func:`draw_job_plots`)."""
+    ids = sorted({int(j) for j in job_ids if j is not None})
+    if not ids:
+        return
+    for job_id, result, points in _plot_inputs(conn, ids):
+        conn.execute(_jobs.update().where(_jobs.c.id == job_id).values(read_plots=draw_plots(result, points)))
+
+
+def draw_job_plots(engine: sa.Engine, job_ids: Iterable[int]) -> None:
+    """Draw the plots of the succeeded jobs among ``job_ids`` with no transaction open (1–3 s of matplotlib per
+    job), then store them in a short one of their own, so other writers never wait for the drawing
+    (docs/operations.md, "Reads at scale"). A job whose front or status changed meanwhile is left for the
+    drawing that change scheduled."""
+    ids = sorted({int(j) for j in job_ids if j is not None})
+    if not ids:
+        return
+    with engine.connect() as conn:
+        inputs = _plot_inputs(conn, ids)
+    drawn = [(job_id, result, points, draw_plots(result, points)) for job_id, result, points in inputs]
+    with engine.begin() as conn:
+        current = {job_id: (result, points) for job_id, result, points in _plot_inputs(conn, [d[0] for d in drawn])}
+        for job_id, result, points, plots in drawn:
+            if current.get(job_id) == (result, points):
+                conn.execute(_jobs.update().where(_jobs.c.id == job_id).values(read_plots=plots))
+        bump_version(conn)
+
+
+def _plots_due(session: Session, conn: Connection, job_ids: Iterable[int]) -> None:
+    """The plots of these jobs are out of date: clear them in this transaction (no stale plot is served) and
+    draw them after the commit (:func:`_draw_due`)."""
+    ids = sorted({int(j) for j in job_ids if j is not None})
+    if not ids:
+        return
+    conn.execute(_jobs.update().where(_jobs.c.id.in_(ids), _jobs.c.read_plots.is_not(None))
+                 .values(read_plots=None))
+    session.info.setdefault(_PLOTS_DUE, set()).update(ids)
+
+
+def _draw_due(session: Session) -> None:
+    """``after_commit``: draw the plots the committed transaction made due (:func:`draw_job_plots`); a savepoint's
+    commit waits for its transaction's."""
+    if session.in_nested_transaction():
+        return
+    due = session.info.pop(_PLOTS_DUE, None)
+    if not due:
+        return
+    bind = session.get_bind()
+    try:
+        draw_job_plots(bind.engine if isinstance(bind, Connection) else bind, due)
+    except Exception:
+        log.exception("could not store the plots of jobs %s", sorted(due))
+
+
+def _forget_due(session: Session, _previous: Any = None) -> None:
+    """``after_rollback``: nothing was committed, nothing to draw (a savepoint's rollback leaves its transaction's
+    due plots: drawing one more is harmless)."""
+    if not session.in_nested_transaction():
+        session.info.pop(_PLOTS_DUE, None)
 
 
 def backfill(conn: Connection) -> int:
@@ -245,7 +309,7 @@ def refresh_for_run(session: Session, kind: str, run_id: int) -> None:
     bump_version(conn)      # a succeeded run changes the leaderboard even without rules (a baselines-only run)
     refresh(conn, ids)
     if kind == "job":
-        job_plots(conn, [run_id])
+        _plots_due(session, conn, [run_id])
         _expire_jobs(session, [run_id])
     _expire(session, ids)
 
@@ -266,6 +330,7 @@ def _expire(session: Session, rule_ids: Iterable[int]) -> None:
 
 # --- the flush hook -------------------------------------------------------------------------------------------
 _PENDING = "read_fields_pending"
+_PLOTS_DUE = "read_plots_due"
 
 
 def _collect(session: Session, _context: Any) -> None:
@@ -303,7 +368,7 @@ def _apply(session: Session, _context: Any) -> None:
             ids.update(rules_of_run(conn, kind, run_id))
     refresh(conn, pending["new"], display=True)
     refresh(conn, ids - pending["new"])
-    job_plots(conn, pending["plots"])
+    _plots_due(session, conn, pending["plots"])
     _expire(session, ids | pending["new"])
     _expire_jobs(session, pending["plots"])
 
@@ -318,4 +383,6 @@ def install() -> None:
         return
     event.listen(Session, "after_flush", _collect)
     event.listen(Session, "after_flush_postexec", _apply)
+    event.listen(Session, "after_commit", _draw_due)
+    event.listen(Session, "after_rollback", _forget_due)
     _installed = True

@@ -72,7 +72,7 @@ class DispatcherLease:
         if self._conn is not None:
             try:
                 self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
-            except Exception:  # noqa: BLE001 - closing the connection releases it as well
+            except Exception:
                 log.debug("advisory unlock failed", exc_info=True)
             self._drop_connection()
 
@@ -108,6 +108,6 @@ class DispatcherLease:
         if self._conn is not None:
             try:
                 self._conn.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("closing the lease connection failed", exc_info=True)
             self._conn = None

@@ -7,8 +7,11 @@ with ``<meta http-equiv="refresh">``.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -17,16 +20,15 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlalchemy import func, select
-from sqlalchemy.orm import selectinload, undefer
+from sqlalchemy.orm import Session, selectinload, undefer
 
 from discovery.spec import RuleFamily
 from service import __version__
-from service.api.caching import serve_read
 from service.api.deps import IdPath, SessionDep
+from service.api.readpath import Checkpoint, serve_read
 from service.api.schemas import BenchmarkOut, FrontEntry, JobOut, RuleOut
 from service.db.models import (
     ACTIVE_STATUSES,
-    FINAL_STATUSES,
     SUCCEEDED,
     BenchmarkRun,
     FrontPointRow,
@@ -43,11 +45,13 @@ from service.web.render import (
     front_plot_svg,
     latex_svg,
     scaled_svg,
+    shared_glyphs,
     theta_plot_svg,
     vs_delta,
 )
 from service.web.transfer import transfer_table
 
+log = logging.getLogger("plasticity.pages")
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 
@@ -82,6 +86,7 @@ templates.env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, sort_ke
 templates.env.globals["version"] = __version__
 
 
+@functools.lru_cache(maxsize=4096)
 def term_cell(term_id: str, fontsize: int = 12) -> Markup:
     """A term as pages show it: its formula (LaTeX typeset to SVG, else the rule-syntax text) with the id as a
     secondary label, so generated ids like ``T4d4340c6`` read as what they are."""
@@ -94,6 +99,7 @@ def term_cell(term_id: str, fontsize: int = 12) -> Markup:
     return Markup('<span class="term" title="{}: {}">{} {}</span>').format(term_id, info["text"], formula, label)
 
 
+@functools.lru_cache(maxsize=4096)
 def term_text(term_id: str) -> Markup:
     """A term in a long table (a front's rows): its formula in rule syntax with the id as a label — text, so that a
     page listing many rules stays small (the rule's own table typesets it: :func:`term_cell`)."""
@@ -102,6 +108,19 @@ def term_text(term_id: str) -> Markup:
         return Markup('<span class="mono">{}</span>').format(term_id)
     return Markup('<span class="term" title="{}: {}"><code>{}</code> <span class="term-id muted mono small">{}</span>'
                   '</span>').format(term_id, info["text"], info["text"], term_id)
+
+
+def warm() -> None:
+    """Build mathtext's parser and typeset the term library's cells once (seconds of first-use work), so that
+    the first readers after a start do not wait for it; the app runs it in a thread at start."""
+    try:
+        from rules.terms import TERMS
+
+        latex_svg("x", 13)
+        for term_id in TERMS:
+            term_cell(term_id)
+    except Exception:   # an optimisation only: pages typeset on demand
+        log.exception("warming the page renderer failed")
 
 
 templates.env.globals["term_cell"] = term_cell
@@ -113,9 +132,9 @@ def _page(request: Request, name: str, status_code: int = 200, **context: Any) -
 
 
 def _html(request: Request, name: str, **context: Any) -> Response:
-    """A page for :func:`service.api.caching.serve_read` (which adds its ETag and answers 304 when the browser's copy
+    """A page for :func:`service.api.readpath.serve_read` (which adds its ETag and answers 304 when the browser's copy
     is current)."""
-    return HTMLResponse(templates.get_template(name).render({"request": request, **context}))
+    return HTMLResponse(shared_glyphs(templates.get_template(name).render({"request": request, **context})))
 
 
 def _not_found(request: Request, what: str) -> HTMLResponse:
@@ -124,14 +143,13 @@ def _not_found(request: Request, what: str) -> HTMLResponse:
 
 @router.get("/", response_class=HTMLResponse)
 @router.get("/leaderboard", response_class=HTMLResponse)
-def leaderboard_page(
+async def leaderboard_page(
     request: Request,
-    session: SessionDep,
     suite: Annotated[str | None, Query(max_length=100)] = None,
     front: Annotated[bool, Query()] = False,
     family: Annotated[str | None, Query(max_length=32, description="a rule family; empty: all")] = None,
 ) -> Response:
-    def build() -> Response:
+    def build(session: Session, checkpoint: Checkpoint) -> Response:
         suites = known_suites(session)
         if suite is not None and suite not in suites:
             return _page(request, "error.html", 404, title="Unknown suite",
@@ -143,15 +161,16 @@ def leaderboard_page(
         board = leaderboard(session, suite, only_front=front, family=family or None)
         svgs = stored_svgs(session, [e["rule_id"] for e in board["entries"] if e.get("rule_id")])
         session.close()
+        checkpoint()
         for entry in board["entries"]:
             svg = svgs.get(entry.get("rule_id"))
             entry["formula_svg"] = _stored_formula(svg, 13) if svg else _formula(entry.get("latex"), 13)
         return _html(request, "leaderboard.html", board=board, title="Leaderboard")
 
-    return serve_read(request, session, build)
+    return await serve_read(request, build)
 
 
-def stored_svgs(session: SessionDep, rule_ids: list[int]) -> dict[int, str]:
+def stored_svgs(session: Session, rule_ids: list[int]) -> dict[int, str]:
     """rule id → its stored formula SVG (``rules.formula_svg``), in one query."""
     if not rule_ids:
         return {}
@@ -179,12 +198,10 @@ def _front_svg(front: list[FrontEntry], highlight: int | None = None) -> Markup 
 
 
 def _job_curves(job: Job | None) -> tuple[Markup | None, Markup | None]:
-    """A job's θ and accuracy plots; a finished job's are drawn once per process (its result no longer changes)."""
+    """A job's θ and accuracy plots, drawn once per state of the job (its id and ``updated_at``)."""
     if job is None:
         return None, None
-    if job.status in FINAL_STATUSES:
-        return _final_curves(job.id, job.updated_at.isoformat(), job)
-    return _curves(job.result or {})
+    return _drawn_once((job.id, job.updated_at.isoformat(), "curves"), lambda: _curves(job.result or {}))
 
 
 def _curves(result: dict[str, Any]) -> tuple[Markup | None, Markup | None]:
@@ -193,42 +210,54 @@ def _curves(result: dict[str, Any]) -> tuple[Markup | None, Markup | None]:
     return (Markup(theta) if theta else None), (Markup(acc) if acc else None)
 
 
-_FINAL_CURVES: dict[tuple[int, str], tuple[Markup | None, Markup | None]] = {}
-_CURVES_LOCK = threading.Lock()
+_DRAWN: dict[tuple[int, str, str], Any] = {}
+_DRAWN_LOCK = threading.Lock()
 
 
-def _final_curves(job_id: int, stamp: str, job: Job) -> tuple[Markup | None, Markup | None]:
-    key = (job_id, stamp)
-    with _CURVES_LOCK:
-        found = _FINAL_CURVES.get(key)
+def _drawn_once(key: tuple[int, str, str], draw: Callable[[], Any]) -> Any:
+    """``draw()`` kept per ``key`` (a job's id, its ``updated_at`` and the plot): a page refreshed every 2 s
+    redraws only when the job changed; the 256 most recent are kept."""
+    with _DRAWN_LOCK:
+        found = _DRAWN.get(key)
     if found is None:
-        found = _curves(job.result or {})
-        with _CURVES_LOCK:
-            if len(_FINAL_CURVES) >= 256:
-                _FINAL_CURVES.pop(next(iter(_FINAL_CURVES)))
-            _FINAL_CURVES[key] = found
+        found = draw()
+        with _DRAWN_LOCK:
+            if len(_DRAWN) >= 256:
+                _DRAWN.pop(next(iter(_DRAWN)))
+            _DRAWN[key] = found
     return found
 
 
+def _stored_plots(job: Job | None, rule_id: int | None) -> tuple[Markup | None, Markup | None, Markup | None] | None:
+    """A succeeded job's plots as drawn once when it succeeded (``jobs.read_plots``), as images the browser
+    keeps (:func:`job_plot`); the front rings ``rule_id``. None when none are stored (yet)."""
+    plots = (job.read_plots or {}) if job is not None and job.status == SUCCEEDED else {}
+    if not plots:
+        return None
+    return tuple(_plot_img(job.id, name, rule_id if name == "front" else None)  # type: ignore[return-value]
+                 if plots.get(name) else None for name in ("theta", "accuracy", "front"))
+
+
 @router.get("/rules", response_class=HTMLResponse)
-def rules_page(
-    request: Request, session: SessionDep, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+async def rules_page(
+    request: Request, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     after: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
 ) -> Response:
-    def build() -> Response:
+    def build(session: Session, checkpoint: Checkpoint) -> Response:
         rules, total, cursor = list_rules(session, limit=50, offset=offset, after=after,
                                           options=[undefer(Rule.formula_svg)])
         rows = [{"rule": r, "formula_svg": _rule_formula(r, 12)} for r in rules]
         session.close()
+        checkpoint()
         return _html(request, "rules.html", rows=rows, total=total, offset=offset, after=after, cursor=cursor,
                      title="Rules")
 
-    return serve_read(request, session, build)
+    return await serve_read(request, build)
 
 
 @router.get("/rules/{rule_id}", response_class=HTMLResponse)
-def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Response:
-    def build() -> Response:
+async def rule_page(request: Request, rule_id: IdPath) -> Response:
+    def build(session: Session, checkpoint: Checkpoint) -> Response:
         rule = session.get(Rule, rule_id, options=[undefer(Rule.formula_svg)])
         if rule is None:
             return _not_found(request, f"Rule {rule_id}")
@@ -236,14 +265,14 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Respons
         job = session.get(Job, rule.job_id, options=[undefer(Job.read_plots), selectinload(Job.front).joinedload(
             FrontPointRow.rule).load_only(Rule.id, Rule.expression, Rule.provenance)]) if rule.job_id is not None else None
         front = [FrontEntry.model_validate(p) for p in job.front] if job is not None else []
-        plots = (job.read_plots or {}) if job is not None and job.status == SUCCEEDED else {}
-        if plots:   # drawn once when the job succeeded, served as images the browser keeps (job_plot)
-            theta_svg, acc_svg, front_svg = (
-                _plot_img(job.id, name, rule.id if name == "front" else None) if plots.get(name) else None
-                for name in ("theta", "accuracy", "front"))
+        stored = _stored_plots(job, rule.id)
+        if stored is not None:
+            theta_svg, acc_svg, front_svg = stored
         else:
+            checkpoint()
             theta_svg, acc_svg = _job_curves(job)
-            front_svg = _front_svg(front, rule.id)
+            front_svg = _drawn_once((job.id, job.updated_at.isoformat(), f"front-{rule.id}"),
+                                    lambda: _front_svg(front, rule.id)) if job is not None else None
         coefficients = []
         for k, v in (rule.coefficients or {}).items():
             info = term_formula(k) or {}
@@ -252,6 +281,7 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Respons
         transfer = transfer_table(session, rule.id)
         inference = inference_context(rule)
         session.close()
+        checkpoint()
         return _html(
             request,
             "rule.html",
@@ -268,7 +298,7 @@ def rule_page(request: Request, rule_id: IdPath, session: SessionDep) -> Respons
             **inference,
         )
 
-    return serve_read(request, session, build)
+    return await serve_read(request, build)
 
 
 PLOT_CAPTIONS = {"theta": "θ per meta-training episode", "accuracy": "query accuracy per episode",
@@ -281,12 +311,12 @@ def _plot_img(job_id: int, name: str, rule_id: int | None) -> Markup:
 
 
 @router.get("/jobs/{job_id}/plots/{name}.svg")
-def job_plot(request: Request, job_id: IdPath, name: Literal["theta", "accuracy", "front"], session: SessionDep,
+async def job_plot(request: Request, job_id: IdPath, name: Literal["theta", "accuracy", "front"],
              rule: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="ring this rule (front)")] = None,
              ) -> Response:
     """A succeeded job's plot as drawn once when it succeeded (``jobs.read_plots``); the front with ``rule``'s ring
     shown (every rule of the front has one, hidden by a style rule)."""
-    def build() -> Response:
+    def build(session: Session, _checkpoint: Checkpoint) -> Response:
         job = session.get(Job, job_id, options=[undefer(Job.read_plots)])
         svg = ((job.read_plots or {}).get(name) if job is not None and job.status == SUCCEEDED else None)
         if not svg:
@@ -297,7 +327,7 @@ def job_plot(request: Request, job_id: IdPath, name: Literal["theta", "accuracy"
             svg = f'{head}{sep}<style>[id^="ring-"] {{ display: none }} {show}</style>{rest}'
         return Response(svg.encode(), media_type="image/svg+xml")
 
-    return serve_read(request, session, build)
+    return await serve_read(request, build)
 
 
 @router.get("/jobs", response_class=HTMLResponse)
@@ -320,7 +350,7 @@ def jobs_page(
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: IdPath, session: SessionDep) -> HTMLResponse:
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id, options=[undefer(Job.read_plots)])
     if job is None:
         return _not_found(request, f"Job {job_id}")
     data = JobOut.of(job, events=True)
@@ -331,7 +361,12 @@ def job_page(request: Request, job_id: IdPath, session: SessionDep) -> HTMLRespo
         if job.status == "succeeded"
         else (min(100.0, 100.0 * episode / total) if isinstance(episode, int) and total else 0.0)
     )
-    theta_svg, acc_svg = _job_curves(job)
+    stored = _stored_plots(job, None)
+    if stored is not None:      # drawn once when it succeeded
+        theta_svg, acc_svg, front_svg = stored
+    else:
+        theta_svg, acc_svg = _job_curves(job)
+        front_svg = _drawn_once((job.id, job.updated_at.isoformat(), "front"), lambda: _front_svg(data.front))
     return _page(
         request,
         "job.html",
@@ -340,7 +375,7 @@ def job_page(request: Request, job_id: IdPath, session: SessionDep) -> HTMLRespo
         refresh=job.status in ACTIVE_STATUSES,
         theta_svg=theta_svg,
         accuracy_svg=acc_svg,
-        front_svg=_front_svg(data.front),
+        front_svg=front_svg,
         front=data.front,
         events=list(reversed(data.events or []))[:50],
         title=f"Job {job.id}",

@@ -200,6 +200,24 @@ def vs_delta(delta: float | None, metric: str | None = None) -> str:
 _SIZE_ATTR = re.compile(r'\b(width|height)="([0-9.]+)pt"')
 
 
+_GLYPH = re.compile(r'<path id="([^"]+)" d="[^"]*"[^>]*/>')
+
+
+def shared_glyphs(html: str) -> str:
+    """``html`` with each glyph outline that mathtext wrote into its inline SVGs kept once: a glyph's ``<path
+    id=…>`` is the same wherever its id appears, and ``<use>`` finds it anywhere in the document (a page of 100
+    formulas: about half its size)."""
+    seen: set[str] = set()
+
+    def once(match: re.Match[str]) -> str:
+        if match.group(1) in seen:
+            return ""
+        seen.add(match.group(1))
+        return match.group(0)
+
+    return _GLYPH.sub(once, html)
+
+
 def scaled_svg(svg: str | None, factor: float) -> str | None:
     """A stored formula SVG (``service.db.read_fields``) drawn ``factor`` times larger: its ``width`` and
     ``height`` scale, its ``viewBox`` (and so its paths) stay."""

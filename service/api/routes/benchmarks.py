@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from discovery.spec import RuleFamily
-from service.api.caching import serve_read
 from service.api.deps import (
     DispatcherDep,
     IdPath,
@@ -20,6 +20,7 @@ from service.api.deps import (
     wake,
 )
 from service.api.errors import errors
+from service.api.readpath import Checkpoint, serve_read
 from service.api.schemas import BenchmarkCreate, BenchmarkOut, LeaderboardOut
 from service.catalog import registered_suites, suites_payload
 from service.db.models import ORIGIN_USER, BenchmarkRun, Rule
@@ -158,9 +159,8 @@ def list_suites() -> list[dict]:
     responses={304: {"description": "not modified (If-None-Match named the current ETag)"},
                **errors(404, 422, 503, e404="unknown suite")},
 )
-def get_leaderboard(
+async def get_leaderboard(
     request: Request,
-    session: SessionDep,
     suite: Annotated[
         str | None,
         Query(min_length=1, max_length=100,
@@ -170,7 +170,7 @@ def get_leaderboard(
     family: Annotated[RuleFamily | None, Query(description="only rules of this family (baselines stay)")] = None,
 ) -> Response:
     """Ranked entries (rules and baselines): name, origin, score, ci, locality, cost."""
-    def build() -> Response:
+    def build(session: Session, checkpoint: Checkpoint) -> Response:
         if suite is not None and suite not in known_suites(session):
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND,
@@ -178,6 +178,7 @@ def get_leaderboard(
             )
         board = LeaderboardOut.model_validate(leaderboard(session, suite, only_front=front, family=family))
         session.close()   # the connection goes back to the pool before the answer is serialized
+        checkpoint()
         return Response(board.model_dump_json().encode(), media_type="application/json")
 
-    return serve_read(request, session, build)
+    return await serve_read(request, build)

@@ -11,12 +11,12 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy.orm import undefer
+from sqlalchemy.orm import Session
 
 from discovery.spec import DatasetName, FeedbackMode
-from service.api.caching import serve_read
 from service.api.deps import IdPath, OwnerDep, SessionDep, get_or_404
 from service.api.errors import errors
+from service.api.readpath import Checkpoint, serve_read
 from service.api.schemas import ExportFormatName, RuleCreate, RuleOrigin, RuleOut
 from service.db.models import ORIGIN_USER, Rule
 from service.db.repositories import rules as rule_repo
@@ -41,9 +41,8 @@ _PAGING = {
             responses={200: {"description": "the rules", "headers": _PAGING},
                        304: {"description": "not modified (If-None-Match named the current ETag)"},
                        **errors(422, 503)})
-def list_rules(
+async def list_rules(
     request: Request,
-    session: SessionDep,
     feedback: Feedback = None,
     depth: Annotated[int | None, Query(ge=1, le=1000, description="weight layers L")] = None,
     dataset: Annotated[DatasetName | None, Query()] = None,
@@ -60,9 +59,10 @@ def list_rules(
     (``rules.read_json``, service.db.read_fields): no per-row work."""
     filters = rule_repo.RuleFilters(feedback=feedback, depth=depth, dataset=dataset, term=term, origin=origin)
 
-    def build() -> Response:
+    def build(session: Session, checkpoint: Checkpoint) -> Response:
         texts, total, cursor = rule_repo.list_rule_json(session, filters, limit=limit, offset=offset, after=after)
         session.close()   # the connection goes back to the pool before the answer is assembled
+        checkpoint()
         headers = {"X-Total-Count": str(total)}
         if cursor is not None:
             params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("after", "offset")]
@@ -70,7 +70,7 @@ def list_rules(
             headers["Link"] = f'<{request.url.path}?{urlencode([*params, ("after", cursor)])}>; rel="next"'
         return Response(("[" + ",".join(texts) + "]").encode(), media_type="application/json", headers=headers)
 
-    return serve_read(request, session, build)
+    return await serve_read(request, build)
 
 
 @router.get("/terms", tags=["rules"], responses=errors(503))
@@ -82,13 +82,15 @@ def list_terms() -> list[dict]:
 @router.get("/{rule_id}", response_model=RuleOut,
             responses={304: {"description": "not modified (If-None-Match named the current ETag)"},
                        **errors(404, 422, 503, e404="no such rule")})
-def get_rule(rule_id: IdPath, request: Request, session: SessionDep) -> Response:
+async def get_rule(rule_id: IdPath, request: Request) -> Response:
     """Expression, LaTeX, coefficients, terms, origin, hash, spec, provenance and scores of one rule."""
-    def build() -> Response:
-        text = rule_repo.rule_answer(get_or_404(session, Rule, rule_id, "rule", options=[undefer(Rule.read_json)]))
+    def build(session: Session, _checkpoint: Checkpoint) -> Response:
+        text = rule_repo.stored_answer(session, rule_id)
+        if text is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"rule {rule_id} does not exist")
         return Response(text.encode(), media_type="application/json")
 
-    return serve_read(request, session, build)
+    return await serve_read(request, build)
 
 
 def _rule_language_object(rule: Rule) -> object:

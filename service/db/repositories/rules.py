@@ -141,6 +141,15 @@ def list_rule_json(session: Session, filters: RuleFilters, *, limit: int = 50, o
     return [text if text is not None else built[rid] for rid, text in rows], total, cursor
 
 
+def stored_answer(session: Session, rule_id: int) -> str | None:
+    """Rule ``rule_id``'s API answer as JSON (its stored ``read_json``, one column read; built from the row when
+    it predates the read fields); None when there is no such rule."""
+    row = session.execute(select(Rule.read_json).where(Rule.id == rule_id)).first()
+    if row is None:
+        return None
+    return row[0] if row[0] is not None else rule_answer(session.get_one(Rule, rule_id))
+
+
 def rule_answer(rule: Rule) -> str:
     """The rule's API answer as JSON: the stored one, else built from the row."""
     from service.api.schemas import RuleOut
