@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -67,13 +68,15 @@ def table(args: argparse.Namespace) -> dict:
     cfg = CompareConfig(task=args.task, N=args.N, test_seeds=tuple(900 + i for i in range(args.test_seeds)),
                         tune_seeds=tuple(800 + i for i in range(args.tune_seeds)), grid=tuple(args.tune_grid),
                         score_protocol=args.score_protocol)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    dtag = args.tag if args.discover_tag is None else args.discover_tag
     if args.part == "rules":
         rules = {}
         for s in args.seeds:
-            data = json.loads((OUT / f"discover{args.tag}_seed{s}.json").read_text())
+            data = json.loads((OUT / f"discover{dtag}_seed{s}.json").read_text())
             rules[f"selected rule (seed {s})"] = data["selected"]["theta"]
-        entries = rule_entries(rules, cfg, set(rules))
+        term = {"RMHL term (R − R̄)(z − z̄) rᵀ, tuned η": {RMHL: ETA0}} if args.with_rmhl_term else {}
+        entries = rule_entries({**term, **rules}, cfg, set(rules))   # one simulation, repeated θ run once
     else:
         entries = rule_entries({"RMHL term (R − R̄)(z − z̄) rᵀ, tuned η": {RMHL: ETA0}}, cfg, set()) \
             if "rmhl_term" in args.learners else []
@@ -82,7 +85,9 @@ def table(args: argparse.Namespace) -> dict:
             entries.append(builtin_entry(cfg, learner))
     out = {"task": cfg.task, "N": cfg.N, "part": args.part, "tune_protocol": cfg.tune_protocol,
            "score_protocol": cfg.score_protocol, "tune_seeds": list(cfg.tune_seeds), "test_seeds": list(cfg.test_seeds),
-           "grid": list(cfg.grid), "entries": entries, "wall_time_s": time.perf_counter() - t0}
+           "grid": list(cfg.grid), "entries": entries, "wall_time_s": time.perf_counter() - t0,
+           "cpu_time_s": time.process_time() - cpu0, "loadavg_end": list(os.getloadavg()),
+           "discover_tag": dtag if args.part == "rules" else None}
     OUT.mkdir(parents=True, exist_ok=True)
     name = f"table{args.tag}_task{args.task}_{args.part}" + ("" if args.part == "rules" else "_" + "_".join(args.learners))
     (OUT / f"{name}.json").write_text(json.dumps(jsonable(out), indent=1))
@@ -101,11 +106,12 @@ def report(_: argparse.Namespace) -> None:
             m = p["rule"]["metrics"]
             print(f"  {'*' if p['selected'] else ' '} {names}: deviation {m['deviation']:.3f} "
                   f"[{m['deviation_ci95'][0]:.3f}, {m['deviation_ci95'][1]:.3f}] (train {m['train_deviation']:.3f})")
-    for task, tag in [(t, g) for t in (1, 2) for g in ("", "_fast")]:
+    for task, tag in [(t, g) for t in (1, 2) for g in ("", "_fast", "_short1000")]:
         parts = [json.loads(p.read_text()) for p in sorted(OUT.glob(f"table{tag}_task{task}_*.json"))]
         if not parts:
             continue
-        walls = ", ".join(f"{d['part']} {d['wall_time_s']:.0f}s" for d in parts)
+        walls = ", ".join(f"{d['part']} {d['wall_time_s']:.0f}s" + (f" (cpu {d['cpu_time_s']:.0f}s)" if
+                          "cpu_time_s" in d else "") for d in parts)
         print(f"\ntask {task}, scored on {parts[0]['score_protocol']} (N = {parts[0]['N']}; wall {walls})\n"
               "| learner | tuned lr × | deviation (95% CI) | < 0.5 |")
         for e in [e for d in parts for e in d["entries"]]:
@@ -141,6 +147,10 @@ def main() -> None:
     t.add_argument("--learners", nargs="+", default=["rmhl_term", "force", "rmhl", "supertrex"])
     t.add_argument("--score-protocol", default="shortened", choices=["fast", "shortened", "full"])
     t.add_argument("--tag", default="", help="suffix of the discover / table names, e.g. _fast")
+    t.add_argument("--discover-tag", default=None, help="suffix of the discover runs whose rules are scored "
+                   "(default: --tag), e.g. _fast while --tag names this table")
+    t.add_argument("--with-rmhl-term", action="store_true", help="--part rules: the library RMHL term tuned and "
+                   "scored in the same simulation as the rules")
     sub.add_parser("report")
     args = p.parse_args()
     {"discover": discover, "table": table, "report": report}[args.cmd](args)

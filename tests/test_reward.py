@@ -118,3 +118,17 @@ def test_the_suite_scores_a_reward_rule_beside_the_tuned_learners() -> None:
     other = run_suite("reservoir-motor", "F0", tiny=True, overrides={"baselines": ["rmhl task2"]})
     assert [e["learner"] for e in other["entries"]] == ["rmhl task2"]
     assert any("not a reward rule" in n for n in other["notes"])
+
+
+def test_repeated_theta_rows_are_simulated_once_with_the_same_scores() -> None:
+    from discovery.reward.compare import CompareConfig, rule_entries
+
+    cfg = CompareConfig(task=1, N=40, tune_seeds=(1,), test_seeds=(2, 3),
+                        sizes={"periods_train": 2, "periods_test": 1, "period_steps": 200})
+    learners = {"term": {RMHL: 0.0025}, "x4": {RMHL: 0.01}, "x2": {RMHL: 0.005}}   # ×4 of one = ×1 of another
+    together = rule_entries(learners, cfg, {"x4", "x2"})
+    alone = [rule_entries({k: v}, cfg, set())[0] for k, v in learners.items()]
+    for a, b in zip(together, alone):
+        assert a["lr_scale"] == b["lr_scale"] and a["deviation_per_seed"] == b["deviation_per_seed"]
+        assert a["tuning"]["deviation"] == b["tuning"]["deviation"]
+    assert together[0]["tuning"]["deviation"][2] == together[1]["tuning"]["deviation"][1]

@@ -21,7 +21,7 @@ import torch
 from discovery.analysis.stats import t_interval
 from discovery.reservoir.model import SATISFACTORY, run_reservoir
 from discovery.reward.search import ETA0
-from discovery.reward.sim import RewardEnv, simulate
+from discovery.reward.sim import RewardEnv, SimResult, simulate
 from rules.reward import REWARD_TERMS, RMHL
 
 #: the seed's learners per task (FORCE needs the target output: task 1 only)
@@ -78,6 +78,19 @@ def builtin_entry(cfg: CompareConfig, learner: str, setting: str = "published", 
                   {"locality": "global error" if learner == "force" else "reward-modulated"})
 
 
+def _simulate_unique(env: RewardEnv, terms: list[str], theta: torch.Tensor, seeds: list[int]) -> SimResult:
+    """``simulate`` of the distinct rows of θ only (equal to 12 significant digits, e.g. a rule that is RMHL at
+    4 η₀ beside the RMHL term tuned ×4), the result spread back to every row: rows of one seed share reservoir
+    and noise (common random numbers), so a repeated row's result is the same."""
+    keys = [tuple(f"{v:.12g}" for v in row.tolist()) for row in theta]
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}
+    uniq = sorted(first.values())
+    res = simulate(env, terms, theta[uniq], seeds)
+    back = torch.tensor([uniq.index(first[k]) for k in keys])
+    return SimResult(res.deviation[back], res.diverged[back], res.wall_s, res.steps,
+                     {**res.extra, "rows_simulated": len(uniq)})
+
+
 def rule_entries(learners: Mapping[str, Mapping[str, float]], cfg: CompareConfig, rule_names: set[str]
                  ) -> list[dict[str, Any]]:
     """Reward learners (name → θ by term id): every learner × multiplier tuned in one simulation, all scored at
@@ -87,11 +100,11 @@ def rule_entries(learners: Mapping[str, Mapping[str, float]], cfg: CompareConfig
         raise ValueError("a rule with the output error z − f runs on task 1 only")
     names, G = list(learners), list(cfg.grid)
     base = torch.tensor([[learners[n].get(t, 0.0) for t in terms] for n in names], dtype=torch.float64)
-    tune = simulate(cfg.env(cfg.tune_protocol), terms,
-                    torch.cat([base * g for g in G]), list(cfg.tune_seeds)).deviation.mean(1).view(len(G), -1)
+    tune = _simulate_unique(cfg.env(cfg.tune_protocol), terms, torch.cat([base * g for g in G]),
+                            list(cfg.tune_seeds)).deviation.mean(1).view(len(G), -1)
     best = {n: int(tune[:, i].argmin()) for i, n in enumerate(names)}
     theta = torch.stack([base[i] * G[best[n]] for i, n in enumerate(names)])
-    res = simulate(cfg.env(cfg.score_protocol), terms, theta, list(cfg.test_seeds))
+    res = _simulate_unique(cfg.env(cfg.score_protocol), terms, theta, list(cfg.test_seeds))
     entries = []
     for i, n in enumerate(names):
         tuning = {"grid": G, "deviation": tune[:, i].tolist(), "protocol": cfg.tune_protocol}
