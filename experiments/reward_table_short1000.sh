@@ -11,5 +11,5 @@ run "$T --task 2 --part rules --with-rmhl-term --discover-tag _fast" table_short
 run "$T --task 2 --part baselines --learners supertrex" table_short1000_task2_supertrex
 run "$T --task 1 --part baselines --learners supertrex" table_short1000_task1_supertrex
 run "$T --task 1 --part baselines --learners rmhl" table_short1000_task1_rmhl
-run "$T --task 2 --part baselines --learners rmhl" table_short1000_task2_rmhl
 run "$T --task 1 --part baselines --learners force" table_short1000_task1_force
+run "$T --task 2 --part baselines --learners rmhl" table_short1000_task2_rmhl

@@ -132,3 +132,22 @@ def test_repeated_theta_rows_are_simulated_once_with_the_same_scores() -> None:
         assert a["lr_scale"] == b["lr_scale"] and a["deviation_per_seed"] == b["deviation_per_seed"]
         assert a["tuning"]["deviation"] == b["tuning"]["deviation"]
     assert together[0]["tuning"]["deviation"][2] == together[1]["tuning"]["deviation"][1]
+
+
+def test_eligibility_traces_compiled_equal_torch_with_a_time_constant_per_candidate() -> None:
+    from discovery.reward.sim import RewardEnv, simulate
+
+    terms = [RMHL, reward_term("one_fluct_one").id]                       # a pre = r and a pre = 1 term
+    theta = torch.tensor([[2e-2, 1e-3]] * 3)
+    env = RewardEnv(task=1, **TINY)
+    taus = [0.0, 3.0, 20.0]
+    ref = simulate(env, terms, theta, [0, 1], engine="torch", dtype=torch.float64, trace_tau=taus)
+    res = simulate(env, terms, theta, [0, 1], engine="compiled", trace_tau=taus)
+    assert res.deviation.flatten().tolist() == pytest.approx(ref.deviation.flatten().tolist(), rel=1e-9)
+    plain = simulate(env, terms, theta[:1], [0, 1])                        # τ = 0 is the rule without traces
+    assert res.deviation[0].tolist() == plain.deviation[0].tolist()
+    fixed = simulate(RewardEnv(task=1, trace_tau=20.0, **TINY), terms, theta[:1], [0, 1])
+    assert res.deviation[2].tolist() == fixed.deviation[0].tolist()       # one τ per candidate = env.trace_tau
+    assert res.deviation[1, 0] != res.deviation[2, 0]
+    with pytest.raises(ValueError, match="trace_tau"):
+        simulate(env, terms, theta, [0], trace_tau=[1.0, -1.0, 2.0])
