@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -106,7 +107,8 @@ def report(_: argparse.Namespace) -> None:
             m = p["rule"]["metrics"]
             print(f"  {'*' if p['selected'] else ' '} {names}: deviation {m['deviation']:.3f} "
                   f"[{m['deviation_ci95'][0]:.3f}, {m['deviation_ci95'][1]:.3f}] (train {m['train_deviation']:.3f})")
-    for task, tag in [(t, g) for t in (1, 2) for g in ("", "_fast", "_short1000")]:
+    tags = sorted({m.group(1) for f in OUT.glob("table*_task*_*.json") if (m := re.match(r"table(.*)_task\d_", f.name))})
+    for task, tag in [(t, g) for t in (1, 2) for g in tags]:
         parts = [json.loads(p.read_text()) for p in sorted(OUT.glob(f"table{tag}_task{task}_*.json"))]
         if not parts:
             continue
