@@ -151,3 +151,14 @@ def test_eligibility_traces_compiled_equal_torch_with_a_time_constant_per_candid
     assert res.deviation[1, 0] != res.deviation[2, 0]
     with pytest.raises(ValueError, match="trace_tau"):
         simulate(env, terms, theta, [0], trace_tau=[1.0, -1.0, 2.0])
+
+
+def test_a_diverging_seed_learner_scores_the_cap_and_is_not_the_tuned_rate() -> None:
+    from discovery.reward.compare import CompareConfig, builtin_entry
+    from discovery.reward.sim import CAP
+
+    cfg = CompareConfig(task=2, N=40, tune_seeds=(1,), test_seeds=(2, 3), grid=(1.0, 1e6),
+                        sizes={"periods_train": 2, "periods_test": 1, "period_steps": 300})
+    entry = builtin_entry(cfg, "rmhl")                     # κ × 10⁶ overflows the readout: NaN before the guard
+    assert entry["tuning"]["deviation"][1] == CAP and entry["lr_scale"] == 1.0
+    assert all(0 < v < CAP for v in entry["deviation_per_seed"])

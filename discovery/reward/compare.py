@@ -12,6 +12,7 @@ t-interval (discovery.analysis.stats), n_satisfactory (< 0.5). Reward rules are 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from discovery.analysis.stats import t_interval
 from discovery.reservoir.model import SATISFACTORY, run_reservoir
 from discovery.reward.search import ETA0
-from discovery.reward.sim import RewardEnv, SimResult, simulate
+from discovery.reward.sim import CAP, RewardEnv, SimResult, simulate
 from rules.reward import REWARD_TERMS, RMHL
 
 #: the seed's learners per task (FORCE needs the target output: task 1 only)
@@ -60,7 +61,8 @@ def _builtin_run(cfg: CompareConfig, learner: str, setting: str, protocol: str, 
                  scales: list[float]) -> list[float]:
     pt, pe, ps = cfg.env(protocol).sizes
     res = run_reservoir(cfg.task, learner, seeds, pt, pe, ps, setting, cfg.N, lr_scale=scales)  # type: ignore[arg-type]
-    return [float(v) for v in res["deviation"]]
+    # a run whose readout diverged (NaN / inf deviation) scores CAP, as a diverged reward rule does
+    return [float(v) if math.isfinite(v) else CAP for v in res["deviation"]]
 
 
 def builtin_entry(cfg: CompareConfig, learner: str, setting: str = "published", name: str | None = None
