@@ -8,8 +8,8 @@
    test seeds (discovery.reward.compare); writes results/reward/table_task{T}.json;
 3. ``report``: the markdown tables from the JSONs.
 
-    OMP_NUM_THREADS=1 nice -n 10 python -m experiments.reward_search discover --seed 0 --N 200
-    OMP_NUM_THREADS=1 nice -n 10 python -m experiments.reward_search table --task 1 --N 200
+    OMP_NUM_THREADS=1 nice -n 19 python -m experiments.reward_search discover --seed 0 --N 100 --tag _fast
+    N=500 experiments/reward_table_short.sh        # every table part, one process at a time
     python -m experiments.reward_search report
 """
 
@@ -22,6 +22,7 @@ import re
 import time
 from pathlib import Path
 
+from discovery.analysis.stats import paired_difference
 from discovery.results import jsonable
 from discovery.reward.search import RewardSearch, RewardSearchConfig
 from discovery.reward.sim import RewardEnv
@@ -116,9 +117,15 @@ def report(_: argparse.Namespace) -> None:
                           "cpu_time_s" in d else "") for d in parts)
         print(f"\ntask {task}, scored on {parts[0]['score_protocol']} (N = {parts[0]['N']}; wall {walls})\n"
               "| learner | tuned lr × | deviation (95% CI) | < 0.5 |")
-        for e in [e for d in parts for e in d["entries"]]:
+        entries = [e for d in parts for e in d["entries"]]
+        for e in entries:
             print(f"| {e['learner']} | {e['lr_scale']} | {e['score']:.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}] | "
                   f"{e['n_satisfactory']}/{len(e['deviation_per_seed'])} |")
+        refs = [e for e in entries if e["learner"].startswith("RMHL")]
+        for e in [e for e in entries if e.get("kind") == "rule"]:     # paired: the same test seeds and noise
+            for ref in refs:
+                diff = paired_difference(e["deviation_per_seed"], ref["deviation_per_seed"])
+                print(f"  {e['learner']} − {ref['learner']}: {diff.delta:+.3f} [{diff.ci95[0]:+.3f}, {diff.ci95[1]:+.3f}]")
 
 
 def main() -> None:
