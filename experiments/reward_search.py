@@ -84,7 +84,7 @@ def table(args: argparse.Namespace) -> dict:
             if "rmhl_term" in args.learners else []
         for learner in [lr for lr in BUILTIN[args.task] if lr in args.learners]:
             print(f"tuning and scoring {learner}", flush=True)
-            entries.append(builtin_entry(cfg, learner))
+            entries.append(builtin_entry(cfg, learner, tuning=_earlier_tuning(args.tuning_from, cfg, learner)))
     out = {"task": cfg.task, "N": cfg.N, "part": args.part, "tune_protocol": cfg.tune_protocol,
            "score_protocol": cfg.score_protocol, "tune_seeds": list(cfg.tune_seeds), "test_seeds": list(cfg.test_seeds),
            "grid": list(cfg.grid), "entries": entries, "wall_time_s": time.perf_counter() - t0,
@@ -96,6 +96,22 @@ def table(args: argparse.Namespace) -> dict:
     for e in entries:
         print(f"{e['learner']}: ×{e['lr_scale']} {e['score']:.3f} {e['ci95']}", flush=True)
     return out
+
+
+def _earlier_tuning(path: str | None, cfg: object, learner: str) -> list[float | None] | None:
+    """The tuning curve of ``learner`` in an earlier table JSON of the same config (task, N, grid, tuning seeds
+    and protocol), or None without --tuning-from."""
+    if path is None:
+        return None
+    from discovery.reward.compare import LABEL
+
+    d = json.loads(Path(path).read_text())
+    same = (d["task"], d["N"], d["grid"], d["tune_seeds"], d["tune_protocol"]) == (
+        cfg.task, cfg.N, list(cfg.grid), list(cfg.tune_seeds), cfg.tune_protocol)      # type: ignore[attr-defined]
+    entry = next((e for e in d["entries"] if e["learner"] == LABEL[learner]), None)
+    if not same or entry is None:
+        raise SystemExit(f"{path}: not a {learner} tuning of this config")
+    return entry["tuning"]["deviation"]
 
 
 def report(_: argparse.Namespace) -> None:
@@ -158,6 +174,8 @@ def main() -> None:
     t.add_argument("--tag", default="", help="suffix of the discover / table names, e.g. _fast")
     t.add_argument("--discover-tag", default=None, help="suffix of the discover runs whose rules are scored "
                    "(default: --tag), e.g. _fast while --tag names this table")
+    t.add_argument("--tuning-from", default=None, help="--part baselines: reuse the tuning curve of an earlier "
+                   "table JSON of the same config (e.g. one whose entry was lost to a NaN), score only")
     t.add_argument("--with-rmhl-term", action="store_true", help="--part rules: the library RMHL term tuned and "
                    "scored in the same simulation as the rules")
     sub.add_parser("report")

@@ -65,14 +65,20 @@ def _builtin_run(cfg: CompareConfig, learner: str, setting: str, protocol: str, 
     return [float(v) if math.isfinite(v) else CAP for v in res["deviation"]]
 
 
-def builtin_entry(cfg: CompareConfig, learner: str, setting: str = "published", name: str | None = None
-                  ) -> dict[str, Any]:
+def builtin_entry(cfg: CompareConfig, learner: str, setting: str = "published", name: str | None = None,
+                  tuning: list[float | None] | None = None) -> dict[str, Any]:
     """One of the seed's learners: its learning rate tuned over the grid on the tuning seeds (one batch), then
-    scored at the best multiplier on the test seeds."""
+    scored at the best multiplier on the test seeds. ``tuning``: the mean tuning deviation per multiplier of an
+    earlier run of this config (None / NaN = diverged, read as CAP), used instead of running the tuning again."""
     G = list(cfg.grid)
-    seeds = [s for _ in G for s in cfg.tune_seeds]
-    scales = [g for g in G for _ in cfg.tune_seeds]
-    devs = torch.tensor(_builtin_run(cfg, learner, setting, cfg.tune_protocol, seeds, scales)).view(len(G), -1)
+    if tuning is None:
+        seeds = [s for _ in G for s in cfg.tune_seeds]
+        scales = [g for g in G for _ in cfg.tune_seeds]
+        devs = torch.tensor(_builtin_run(cfg, learner, setting, cfg.tune_protocol, seeds, scales)).view(len(G), -1)
+    else:
+        if len(tuning) != len(G):
+            raise ValueError(f"tuning: one deviation per multiplier of {G} expected, got {tuning}")
+        devs = torch.tensor([[CAP if v is None or not math.isfinite(v) else float(v)] for v in tuning])
     g = G[int(devs.mean(1).argmin())]
     test = _builtin_run(cfg, learner, setting, cfg.score_protocol, list(cfg.test_seeds), [g] * len(cfg.test_seeds))
     return _entry(name or LABEL[learner], "baseline", g, test,
