@@ -162,3 +162,5 @@ def test_a_diverging_seed_learner_scores_the_cap_and_is_not_the_tuned_rate() -> 
     entry = builtin_entry(cfg, "rmhl")                     # κ × 10⁶ overflows the readout: NaN before the guard
     assert entry["tuning"]["deviation"][1] == CAP and entry["lr_scale"] == 1.0
     assert all(0 < v < CAP for v in entry["deviation_per_seed"])
+    again = builtin_entry(cfg, "rmhl", tuning=[entry["tuning"]["deviation"][0], float("nan")])   # score only
+    assert again["lr_scale"] == 1.0 and again["deviation_per_seed"] == entry["deviation_per_seed"]
