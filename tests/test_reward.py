@@ -118,3 +118,49 @@ def test_the_suite_scores_a_reward_rule_beside_the_tuned_learners() -> None:
     other = run_suite("reservoir-motor", "F0", tiny=True, overrides={"baselines": ["rmhl task2"]})
     assert [e["learner"] for e in other["entries"]] == ["rmhl task2"]
     assert any("not a reward rule" in n for n in other["notes"])
+
+
+def test_repeated_theta_rows_are_simulated_once_with_the_same_scores() -> None:
+    from discovery.reward.compare import CompareConfig, rule_entries
+
+    cfg = CompareConfig(task=1, N=40, tune_seeds=(1,), test_seeds=(2, 3),
+                        sizes={"periods_train": 2, "periods_test": 1, "period_steps": 200})
+    learners = {"term": {RMHL: 0.0025}, "x4": {RMHL: 0.01}, "x2": {RMHL: 0.005}}   # ×4 of one = ×1 of another
+    together = rule_entries(learners, cfg, {"x4", "x2"})
+    alone = [rule_entries({k: v}, cfg, set())[0] for k, v in learners.items()]
+    for a, b in zip(together, alone):
+        assert a["lr_scale"] == b["lr_scale"] and a["deviation_per_seed"] == b["deviation_per_seed"]
+        assert a["tuning"]["deviation"] == b["tuning"]["deviation"]
+    assert together[0]["tuning"]["deviation"][2] == together[1]["tuning"]["deviation"][1]
+
+
+def test_eligibility_traces_compiled_equal_torch_with_a_time_constant_per_candidate() -> None:
+    from discovery.reward.sim import RewardEnv, simulate
+
+    terms = [RMHL, reward_term("one_fluct_one").id]                       # a pre = r and a pre = 1 term
+    theta = torch.tensor([[2e-2, 1e-3]] * 3)
+    env = RewardEnv(task=1, **TINY)
+    taus = [0.0, 3.0, 20.0]
+    ref = simulate(env, terms, theta, [0, 1], engine="torch", dtype=torch.float64, trace_tau=taus)
+    res = simulate(env, terms, theta, [0, 1], engine="compiled", trace_tau=taus)
+    assert res.deviation.flatten().tolist() == pytest.approx(ref.deviation.flatten().tolist(), rel=1e-9)
+    plain = simulate(env, terms, theta[:1], [0, 1])                        # τ = 0 is the rule without traces
+    assert res.deviation[0].tolist() == plain.deviation[0].tolist()
+    fixed = simulate(RewardEnv(task=1, trace_tau=20.0, **TINY), terms, theta[:1], [0, 1])
+    assert res.deviation[2].tolist() == fixed.deviation[0].tolist()       # one τ per candidate = env.trace_tau
+    assert res.deviation[1, 0] != res.deviation[2, 0]
+    with pytest.raises(ValueError, match="trace_tau"):
+        simulate(env, terms, theta, [0], trace_tau=[1.0, -1.0, 2.0])
+
+
+def test_a_diverging_seed_learner_scores_the_cap_and_is_not_the_tuned_rate() -> None:
+    from discovery.reward.compare import CompareConfig, builtin_entry
+    from discovery.reward.sim import CAP
+
+    cfg = CompareConfig(task=2, N=40, tune_seeds=(1,), test_seeds=(2, 3), grid=(1.0, 1e6),
+                        sizes={"periods_train": 2, "periods_test": 1, "period_steps": 300})
+    entry = builtin_entry(cfg, "rmhl")                     # κ × 10⁶ overflows the readout: NaN before the guard
+    assert entry["tuning"]["deviation"][1] == CAP and entry["lr_scale"] == 1.0
+    assert all(0 < v < CAP for v in entry["deviation_per_seed"])
+    again = builtin_entry(cfg, "rmhl", tuning=[entry["tuning"]["deviation"][0], float("nan")])   # score only
+    assert again["lr_scale"] == 1.0 and again["deviation_per_seed"] == entry["deviation_per_seed"]

@@ -12,6 +12,7 @@ t-interval (discovery.analysis.stats), n_satisfactory (< 0.5). Reward rules are 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from discovery.analysis.stats import t_interval
 from discovery.reservoir.model import SATISFACTORY, run_reservoir
 from discovery.reward.search import ETA0
-from discovery.reward.sim import RewardEnv, simulate
+from discovery.reward.sim import CAP, RewardEnv, SimResult, simulate
 from rules.reward import REWARD_TERMS, RMHL
 
 #: the seed's learners per task (FORCE needs the target output: task 1 only)
@@ -60,22 +61,42 @@ def _builtin_run(cfg: CompareConfig, learner: str, setting: str, protocol: str, 
                  scales: list[float]) -> list[float]:
     pt, pe, ps = cfg.env(protocol).sizes
     res = run_reservoir(cfg.task, learner, seeds, pt, pe, ps, setting, cfg.N, lr_scale=scales)  # type: ignore[arg-type]
-    return [float(v) for v in res["deviation"]]
+    # a run whose readout diverged (NaN / inf deviation) scores CAP, as a diverged reward rule does
+    return [float(v) if math.isfinite(v) else CAP for v in res["deviation"]]
 
 
-def builtin_entry(cfg: CompareConfig, learner: str, setting: str = "published", name: str | None = None
-                  ) -> dict[str, Any]:
+def builtin_entry(cfg: CompareConfig, learner: str, setting: str = "published", name: str | None = None,
+                  tuning: list[float | None] | None = None) -> dict[str, Any]:
     """One of the seed's learners: its learning rate tuned over the grid on the tuning seeds (one batch), then
-    scored at the best multiplier on the test seeds."""
+    scored at the best multiplier on the test seeds. ``tuning``: the mean tuning deviation per multiplier of an
+    earlier run of this config (None / NaN = diverged, read as CAP), used instead of running the tuning again."""
     G = list(cfg.grid)
-    seeds = [s for _ in G for s in cfg.tune_seeds]
-    scales = [g for g in G for _ in cfg.tune_seeds]
-    devs = torch.tensor(_builtin_run(cfg, learner, setting, cfg.tune_protocol, seeds, scales)).view(len(G), -1)
+    if tuning is None:
+        seeds = [s for _ in G for s in cfg.tune_seeds]
+        scales = [g for g in G for _ in cfg.tune_seeds]
+        devs = torch.tensor(_builtin_run(cfg, learner, setting, cfg.tune_protocol, seeds, scales)).view(len(G), -1)
+    else:
+        if len(tuning) != len(G):
+            raise ValueError(f"tuning: one deviation per multiplier of {G} expected, got {tuning}")
+        devs = torch.tensor([[CAP if v is None or not math.isfinite(v) else float(v)] for v in tuning])
     g = G[int(devs.mean(1).argmin())]
     test = _builtin_run(cfg, learner, setting, cfg.score_protocol, list(cfg.test_seeds), [g] * len(cfg.test_seeds))
     return _entry(name or LABEL[learner], "baseline", g, test,
                   {"grid": G, "deviation": devs.mean(1).tolist(), "protocol": cfg.tune_protocol},
                   {"locality": "global error" if learner == "force" else "reward-modulated"})
+
+
+def _simulate_unique(env: RewardEnv, terms: list[str], theta: torch.Tensor, seeds: list[int]) -> SimResult:
+    """``simulate`` of the distinct rows of θ only (equal to 12 significant digits, e.g. a rule that is RMHL at
+    4 η₀ beside the RMHL term tuned ×4), the result spread back to every row: rows of one seed share reservoir
+    and noise (common random numbers), so a repeated row's result is the same."""
+    keys = [tuple(f"{v:.12g}" for v in row.tolist()) for row in theta]
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}
+    uniq = sorted(first.values())
+    res = simulate(env, terms, theta[uniq], seeds)
+    back = torch.tensor([uniq.index(first[k]) for k in keys])
+    return SimResult(res.deviation[back], res.diverged[back], res.wall_s, res.steps,
+                     {**res.extra, "rows_simulated": len(uniq)})
 
 
 def rule_entries(learners: Mapping[str, Mapping[str, float]], cfg: CompareConfig, rule_names: set[str]
@@ -87,11 +108,11 @@ def rule_entries(learners: Mapping[str, Mapping[str, float]], cfg: CompareConfig
         raise ValueError("a rule with the output error z − f runs on task 1 only")
     names, G = list(learners), list(cfg.grid)
     base = torch.tensor([[learners[n].get(t, 0.0) for t in terms] for n in names], dtype=torch.float64)
-    tune = simulate(cfg.env(cfg.tune_protocol), terms,
-                    torch.cat([base * g for g in G]), list(cfg.tune_seeds)).deviation.mean(1).view(len(G), -1)
+    tune = _simulate_unique(cfg.env(cfg.tune_protocol), terms, torch.cat([base * g for g in G]),
+                            list(cfg.tune_seeds)).deviation.mean(1).view(len(G), -1)
     best = {n: int(tune[:, i].argmin()) for i, n in enumerate(names)}
     theta = torch.stack([base[i] * G[best[n]] for i, n in enumerate(names)])
-    res = simulate(cfg.env(cfg.score_protocol), terms, theta, list(cfg.test_seeds))
+    res = _simulate_unique(cfg.env(cfg.score_protocol), terms, theta, list(cfg.test_seeds))
     entries = []
     for i, n in enumerate(names):
         tuning = {"grid": G, "deviation": tune[:, i].tolist(), "protocol": cfg.tune_protocol}

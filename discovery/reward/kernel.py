@@ -20,10 +20,13 @@ def run_steps(train: bool, first: bool, task: int, x: np.ndarray, r: np.ndarray,
               data: np.ndarray, Q: np.ndarray, xi: np.ndarray, zeta: np.ndarray, target: np.ndarray, t0: int,
               fb_replay: np.ndarray, use_replay: bool, rec_replay: np.ndarray, record: bool, lengths: np.ndarray,
               a: float, keep: float, alpha_r: float, quartic: bool, beta_amp: float, beta_pow: float,
-              errors: np.ndarray) -> bool:
+              errors: np.ndarray, lam: np.ndarray, used_r: np.ndarray, used_1: np.ndarray, Er: np.ndarray,
+              E1: np.ndarray) -> bool:
     """K = errors.shape[0] steps. third[k] ∈ {0: R − R̄, 1: R, 2: 1}, post[k] ∈ {0: z − z̄, 1: z, 2: z − f, 3: 1},
     pre_r[k] (pre = r, else 1). Training: own feedback, noise, learning; test: feedback f (task 1) or the replayed
-    output, no noise, frozen W. ``record``: write z into rec_replay[k]. Returns ``first`` after the steps."""
+    output, no noise, frozen W. ``record``: write z into rec_replay[k]. Returns ``first`` after the steps.
+    Eligibility traces where lam[b] > 0: Er[b, p] ← Er + λ(post_p rᵀ − Er), E1[b, p] ← E1 + λ(post_p − E1) for
+    the posts in use (used_r / used_1), and ΔW = Σ_k θ_k M_k E_k; lam[b] = 0: ΔW = Σ_k θ_k M_k post_k pre_kᵀ."""
     B, N = x.shape
     d = z.shape[1]
     K = errors.shape[0]
@@ -97,6 +100,26 @@ def run_steps(train: bool, first: bool, task: int, x: np.ndarray, r: np.ndarray,
                 pv[3, i] = 1.0
                 ur[i] = 0.0
                 u1[i] = 0.0
+            if lam[b] > 0.0:
+                lb = lam[b]
+                for q in range(4):
+                    for i in range(d):
+                        if used_1[q]:
+                            E1[b, q, i] += lb * (pv[q, i] - E1[b, q, i])
+                        if used_r[q]:
+                            for j in range(N):
+                                Er[b, q, i, j] += lb * (pv[q, i] * r[b, j] - Er[b, q, i, j])
+                for kk in range(R_):
+                    c = theta[b, kk]
+                    if c == 0.0:
+                        continue
+                    cm = c * (u if third[kk] == 0 else (-err if third[kk] == 1 else 1.0))
+                    q = post[kk]
+                    for i in range(d):
+                        for j in range(N):
+                            W[b, i, j] += cm * (Er[b, q, i, j] if pre_r[kk] else E1[b, q, i])
+                beta[b] = beta_amp * (10.0 * max(ebar[b], 0.0)) ** beta_pow
+                continue
             any_r = False
             any_1 = False
             for kk in range(R_):

@@ -86,14 +86,25 @@ def _plan(terms: Sequence[str]) -> tuple[Tensor, Tensor, Tensor, list[str]]:
     return mi, pi, pre_r, sorted({t.post for t in ts})
 
 
+def trace_rates(env: RewardEnv, n_candidates: int, trace_tau: Sequence[float] | Tensor | None) -> list[float]:
+    """Per-candidate trace rate λ_c = min(1, 1/τ_E,c) (0 = no trace): ``trace_tau`` (C,) in steps, one time
+    constant per candidate (a searched coordinate), or env.trace_tau for every candidate."""
+    taus = [env.trace_tau] * n_candidates if trace_tau is None else [float(v) for v in trace_tau]
+    if len(taus) != n_candidates or any(not math.isfinite(v) or v < 0 for v in taus):
+        raise ValueError(f"trace_tau: {n_candidates} finite time constants ≥ 0 expected, got {taus}")
+    return [min(1.0, 1.0 / v) if v > 0 else 0.0 for v in taus]
+
+
 def simulate(env: RewardEnv, terms: Sequence[str], theta: Tensor, seeds: Sequence[int], *,
              chunk: int = 1000, dtype: torch.dtype = torch.float32, engine: str = "auto",
-             progress: Callable[[int, int], None] | None = None) -> SimResult:
+             progress: Callable[[int, int], None] | None = None,
+             trace_tau: Sequence[float] | Tensor | None = None) -> SimResult:
     """Train and test every candidate θ (C, K) over ``terms`` on every seed (S): B = C·S reservoirs in one batch
-    (b = c·S + s; candidates of one seed share J, Q, x₀ and the noise: common random numbers). ``engine``:
-    "compiled" (discovery.reward.kernel, float64; "auto" without eligibility traces) or "torch" (this loop)."""
-    if engine == "compiled" or (engine == "auto" and env.trace_tau == 0):
-        return _simulate_compiled(env, terms, theta, seeds, chunk=chunk, progress=progress)
+    (b = c·S + s; candidates of one seed share J, Q, x₀ and the noise: common random numbers). ``trace_tau``
+    (C,): each candidate's eligibility-trace time constant in steps (0: none; default env.trace_tau for all).
+    ``engine``: "compiled" (discovery.reward.kernel, float64; "auto") or "torch" (this loop)."""
+    if engine in ("compiled", "auto"):
+        return _simulate_compiled(env, terms, theta, seeds, chunk=chunk, progress=progress, trace_tau=trace_tau)
     if env.task not in (1, 2):
         raise ValueError(f"the reward family runs motor tasks 1 and 2, not {env.task}")
     if env.task != 1 and any(REWARD_TERMS[t].supervised for t in terms):
@@ -116,10 +127,11 @@ def simulate(env: RewardEnv, terms: Sequence[str], theta: Tensor, seeds: Sequenc
     ebar = torch.zeros(B, dtype=dtype)
     beta = torch.zeros(B, dtype=dtype)
     alive = torch.ones(B, dtype=dtype)
-    trace = env.trace_tau > 0
+    rates = trace_rates(env, C, trace_tau)
+    trace = any(v > 0 for v in rates)
     Er = torch.zeros(B, len(_POST), d, N, dtype=dtype) if trace else None
     E1 = torch.zeros(B, len(_POST), d, dtype=dtype) if trace else None
-    lam = 1.0 / env.trace_tau if trace else 1.0
+    lam = torch.tensor([v if v > 0 else 1.0 for v in rates], dtype=dtype).repeat_interleave(S)  # λ = 1: E = post preᵀ
     lengths = torch.tensor(cfg.arm, dtype=dtype) if cfg.arm else None
     a, keep, alpha_r = DT / TAU, cfg.zbar_keep, min(1.0, 1.0 / env.reward_tau)
     target = butterfly(ps, dtype)
@@ -180,8 +192,8 @@ def simulate(env: RewardEnv, terms: Sequence[str], theta: Tensor, seeds: Sequenc
                     P = torch.stack([post[p] if post[p] is not None else ones_d for p in _POST], 1)
                     Mst = torch.stack([u, -err, torch.ones_like(err)], 1)
                     coef = th * Mst[:, mi]
-                    Er.add_(P.unsqueeze(3) * r[:, None, None, :] - Er, alpha=lam)
-                    E1.add_(P - E1, alpha=lam)
+                    Er.add_((P.unsqueeze(3) * r[:, None, None, :] - Er) * lam[:, None, None, None])
+                    E1.add_((P - E1) * lam[:, None, None])
                     W = W + torch.einsum("bk,bkdn->bdn", coef * mask_r, Er[:, pi]) \
                         + torch.einsum("bk,bkd->bd", coef * mask_1, E1[:, pi]).unsqueeze(2)
                 elif small:                                                       # a few terms: one op each
@@ -235,7 +247,8 @@ def simulate(env: RewardEnv, terms: Sequence[str], theta: Tensor, seeds: Sequenc
 
 
 def _simulate_compiled(env: RewardEnv, terms: Sequence[str], theta: Tensor, seeds: Sequence[int], *,
-                       chunk: int = 1000, progress: Callable[[int, int], None] | None = None) -> SimResult:
+                       chunk: int = 1000, progress: Callable[[int, int], None] | None = None,
+                       trace_tau: Sequence[float] | Tensor | None = None) -> SimResult:
     """``simulate`` with the numba inner loop (same noise streams, float64 state)."""
     import numpy as np
 
@@ -266,6 +279,12 @@ def _simulate_compiled(env: RewardEnv, terms: Sequence[str], theta: Tensor, seed
     third = np.array([_THIRD.index(REWARD_TERMS[t].third) for t in terms], dtype=np.int64)
     post = np.array([_POST.index(REWARD_TERMS[t].post) for t in terms], dtype=np.int64)
     pre_r = np.array([REWARD_TERMS[t].pre == "r" for t in terms])
+    lam = np.repeat(np.array(trace_rates(env, th.shape[0] // S, trace_tau)), S)
+    used_r, used_1 = np.zeros(len(_POST), dtype=np.bool_), np.zeros(len(_POST), dtype=np.bool_)
+    used_r[post[pre_r]], used_1[post[~pre_r]] = True, True
+    traced = bool((lam > 0).any())
+    Er = np.zeros((B, len(_POST), d, N) if traced else (1, 1, 1, 1))
+    E1 = np.zeros((B, len(_POST), d) if traced else (1, 1, 1))
     x = np.stack([parts[b % S][2].double().numpy() for b in range(B)])
     r = np.tanh(x)
     z, zbar = np.zeros((B, d)), np.zeros((B, d))
@@ -301,7 +320,7 @@ def _simulate_compiled(env: RewardEnv, terms: Sequence[str], theta: Tensor, seed
             ebuf = np.empty((K, B))
             first = run_steps(train, first, *args, x, r, z, W, zbar, ebar, beta, th, third, post, pre_r, seed_of,
                               indptr, indices, data, Q, xi_np, zeta_np, target, c0, fb, use_replay, rec,
-                              rep_slot >= 0, lengths, *consts, ebuf)
+                              rep_slot >= 0, lengths, *consts, ebuf, lam, used_r, used_1, Er, E1)
             if train:                                                             # divergence guard
                 bad = alive & (~np.isfinite(W).all((1, 2)) | (np.abs(W).max((1, 2)) > W_LIMIT)
                                | ~np.isfinite(x).all(1))
@@ -310,6 +329,8 @@ def _simulate_compiled(env: RewardEnv, terms: Sequence[str], theta: Tensor, seed
                     th[bad] = 0.0
                     W[bad], x[bad], z[bad], zbar[bad], ebar[bad], beta[bad] = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
                     r[bad] = np.tanh(x[bad])
+                    if traced:
+                        Er[bad], E1[bad] = 0.0, 0.0
             errors[:, t_global:t_global + K] = np.nan_to_num(ebuf.T, nan=1e6, posinf=1e6)
             t_global += K
             if progress is not None:
