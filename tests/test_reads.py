@@ -342,17 +342,17 @@ def test_a_read_stops_when_its_client_disconnects(app: Any, monkeypatch: pytest.
 
     (rid,) = _store_rules(app, 1)
     rendered: list[str] = []
-    real_html, real_transfer = pages._html, pages.transfer_table
+    real_html, real_job_context = pages._html, pages._job_context
     monkeypatch.setattr(pages, "_html", lambda request, name, **kw: rendered.append(name) or real_html(
         request, name, **kw))
     reading, proceed = threading.Event(), threading.Event()
 
-    def held_transfer(session: Any, rule_id: int) -> Any:       # a phase of the build: the page's last query
+    def held_job_context(session: Any, job_id: Any, rule_id: int) -> Any:   # a phase of the build: its job query
         reading.set()
         assert proceed.wait(10)
-        return real_transfer(session, rule_id)
+        return real_job_context(session, job_id, rule_id)
 
-    monkeypatch.setattr(pages, "transfer_table", held_transfer)
+    monkeypatch.setattr(pages, "_job_context", held_job_context)
 
     async def get(leave: bool) -> list[Any]:
         reading.clear()

@@ -29,6 +29,7 @@ from service.api.readpath import Checkpoint, serve_read
 from service.api.schemas import BenchmarkOut, FrontEntry, JobOut, RuleOut
 from service.db.models import (
     ACTIVE_STATUSES,
+    ORIGIN_INFERRED,
     SUCCEEDED,
     BenchmarkRun,
     FrontPointRow,
@@ -49,7 +50,7 @@ from service.web.render import (
     theta_plot_svg,
     vs_delta,
 )
-from service.web.transfer import transfer_table
+from service.web.transfer import SUITE as TRANSFER_SUITE, transfer_table
 
 log = logging.getLogger("plasticity.pages")
 router = APIRouter(include_in_schema=False)
@@ -258,47 +259,104 @@ async def rules_page(
 @router.get("/rules/{rule_id}", response_class=HTMLResponse)
 async def rule_page(request: Request, rule_id: IdPath) -> Response:
     def build(session: Session, checkpoint: Checkpoint) -> Response:
-        rule = session.get(Rule, rule_id, options=[undefer(Rule.formula_svg)])
-        if rule is None:
+        row = session.execute(select(Rule.read_json, Rule.formula_svg, Rule.job_id, Rule.origin)
+                              .where(Rule.id == rule_id)).first()
+        if row is None:
             return _not_found(request, f"Rule {rule_id}")
-        data = RuleOut.of(rule)
-        job = session.get(Job, rule.job_id, options=[undefer(Job.read_plots), selectinload(Job.front).joinedload(
-            FrontPointRow.rule).load_only(Rule.id, Rule.expression, Rule.provenance)]) if rule.job_id is not None else None
-        front = [FrontEntry.model_validate(p) for p in job.front] if job is not None else []
-        stored = _stored_plots(job, rule.id)
-        if stored is not None:
-            theta_svg, acc_svg, front_svg = stored
-        else:
-            checkpoint()
-            theta_svg, acc_svg = _job_curves(job)
-            front_svg = _drawn_once((job.id, job.updated_at.isoformat(), f"front-{rule.id}"),
-                                    lambda: _front_svg(front, rule.id)) if job is not None else None
-        coefficients = []
-        for k, v in (rule.coefficients or {}).items():
-            info = term_formula(k) or {}
-            coefficients.append({"term": k, "name": info.get("name", ""), "expression": info.get("text", ""), "value": v})
-        formula_svg = _rule_formula(rule, 18)
-        transfer = transfer_table(session, rule.id)
-        inference = inference_context(rule)
+        if row.read_json is None or row.origin == ORIGIN_INFERRED:
+            return _rule_page_from_entities(request, session, checkpoint, rule_id)
+        data = RuleOut.model_validate_json(row.read_json)       # the stored read field: no ORM entity, no per-row work
+        job = _job_context(session, row.job_id, data.id)
+        formula_svg = _stored_formula(row.formula_svg, 18) if row.formula_svg else _formula(
+            display_latex(data.coefficients, data.latex), 18)
+        transfer = transfer_table(session, data.id) if any(s.suite == TRANSFER_SUITE for s in data.scores) else None
         session.close()
         checkpoint()
-        return _html(
-            request,
-            "rule.html",
-            rule=data,
-            formula_svg=formula_svg,
-            coefficients=coefficients,
-            theta_svg=theta_svg,
-            accuracy_svg=acc_svg,
-            front_svg=front_svg,
-            front=front,
-            job=job,
-            transfer=transfer,
-            title=rule.name,
-            **inference,
-        )
+        return _html(request, "rule.html", rule=data, formula_svg=formula_svg, coefficients=_coefficients(data.coefficients),
+                     theta_svg=job.theta_svg, accuracy_svg=job.accuracy_svg,
+                     front_svg=job.front_svg_for(data.id),
+                     front=job.front, transfer=transfer, title=data.name)
 
     return await serve_read(request, build)
+
+
+def _coefficients(coefficients: dict[str, float | None] | None) -> list[dict[str, Any]]:
+    """The coefficient table's rows: term id, its name and rule syntax (memoized per term), θ."""
+    rows = []
+    for k, v in (coefficients or {}).items():
+        info = term_formula(k) or {}
+        rows.append({"term": k, "name": info.get("name", ""), "expression": info.get("text", ""), "value": v})
+    return rows
+
+
+class _JobContext:
+    """What a rule page shows of the rule's job (its front table and plots); the same for every rule of the job,
+    so it is built once per state of the job (its id and ``updated_at``) and shared by the job's rules' pages."""
+
+    def __init__(self, job: Job | None) -> None:
+        self.front = [FrontEntry.model_validate(p) for p in job.front] if job is not None else []
+        self.job_id = job.id if job is not None else None
+        self.stamp = job.updated_at.isoformat() if job is not None else ""
+        stored = _stored_plots(job, None)
+        self.stored = stored is not None
+        self.has_front_plot = bool(self.stored and (job.read_plots or {}).get("front"))
+        if stored is not None:
+            self.theta_svg, self.accuracy_svg, _ = stored
+        else:
+            self.theta_svg, self.accuracy_svg = _job_curves(job)
+
+    def front_svg_for(self, rule_id: int) -> Markup | None:
+        """The front plot with ``rule_id`` ringed: the stored image, or drawn once per (job state, rule)."""
+        if self.job_id is None:
+            return None
+        if self.stored:
+            return _plot_img(self.job_id, "front", rule_id) if self.has_front_plot else None
+        return _drawn_once((self.job_id, self.stamp, f"front-{rule_id}"), lambda: _front_svg(self.front, rule_id))
+
+
+_JOB_CONTEXTS: dict[tuple[int, str], _JobContext] = {}
+_JOB_CONTEXTS_LOCK = threading.Lock()
+
+
+def _job_context(session: Session, job_id: int | None, rule_id: int) -> _JobContext:
+    """The rule's job context, read once per state of the job (one small query for its ``updated_at``)."""
+    if job_id is None:
+        return _JobContext(None)
+    stamp = session.execute(select(Job.updated_at).where(Job.id == job_id)).scalar()
+    if stamp is None:
+        return _JobContext(None)
+    key = (job_id, stamp.isoformat())
+    with _JOB_CONTEXTS_LOCK:
+        found = _JOB_CONTEXTS.get(key)
+    if found is not None:
+        return found
+    job = session.get(Job, job_id, options=[undefer(Job.read_plots), selectinload(Job.front).joinedload(
+        FrontPointRow.rule).load_only(Rule.id, Rule.expression, Rule.provenance)])
+    found = _JobContext(job)
+    with _JOB_CONTEXTS_LOCK:
+        if len(_JOB_CONTEXTS) >= 1024:
+            _JOB_CONTEXTS.pop(next(iter(_JOB_CONTEXTS)))
+        _JOB_CONTEXTS[key] = found
+    return found
+
+
+def _rule_page_from_entities(request: Request, session: Session, checkpoint: Checkpoint, rule_id: int) -> Response:
+    """The rule page from ORM entities: rules stored before ``read_json`` existed, and inferred rules (their page
+    shows the recording's trajectories from the private provenance)."""
+    rule = session.get(Rule, rule_id, options=[undefer(Rule.formula_svg)])
+    if rule is None:
+        return _not_found(request, f"Rule {rule_id}")
+    data = RuleOut.of(rule)
+    job = _job_context(session, rule.job_id, rule.id)
+    formula_svg = _rule_formula(rule, 18)
+    transfer = transfer_table(session, rule.id)
+    inference = inference_context(rule)
+    session.close()
+    checkpoint()
+    return _html(request, "rule.html", rule=data, formula_svg=formula_svg, coefficients=_coefficients(rule.coefficients),
+                 theta_svg=job.theta_svg, accuracy_svg=job.accuracy_svg,
+                 front_svg=job.front_svg_for(rule.id),
+                 front=job.front, transfer=transfer, title=rule.name, **inference)
 
 
 PLOT_CAPTIONS = {"theta": "θ per meta-training episode", "accuracy": "query accuracy per episode",
