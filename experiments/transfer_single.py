@@ -1,5 +1,5 @@
 """The single-cell acceptance of issue 26 (docs/results.md, "Rules that transfer"): an open search on the S3 cell
-(mnist5k, 784-170-130-100-70-10, 5-way 50-shot, held-out fraction 0.4) with the full-budget refit of the selected
+(mnist5k, 784-170-130-100-70-10, 5-way 50-shot, held-out fraction 0.2 as in the open-search table) with the full-budget refit of the selected
 support, optionally with per-layer coefficients, against BP with its θ0 meta-tuned on the same cell.
 
     OMP_NUM_THREADS=1 nice -n 19 python -m experiments.transfer_single --seeds 0 1 2 --out results/transfer
@@ -31,7 +31,7 @@ S3_CELL = {"dataset": "mnist5k", "depth": 5, "role": "train"}
 def search_spec(seed: int, args: argparse.Namespace) -> dict:
     """The S3 protocol (lr 1e-3, θ0 = 1e-3, term_scale norm, one-episode meta-steps) on the one cell."""
     return {"network": {"widths": [784, 170, 130, 100, 70, 10], "feedback": "fa"},
-            "task": {"dataset": "mnist5k", "ways": 5, "shots": 50, "queries": 10, "heldout_fraction": 0.4},
+            "task": {"dataset": "mnist5k", "ways": 5, "shots": 50, "queries": 10, "heldout_fraction": args.heldout_fraction},
             "rule": {"pool": "library"},
             "search": {"method": "forward", "max_terms": args.max_terms, "front_eval_episodes": args.eval_episodes},
             "meta": {"episodes": args.episodes, "meta_batch": 1, "lr": 1e-3, "seed": seed, "term_scale": "norm",
@@ -42,12 +42,12 @@ def search_spec(seed: int, args: argparse.Namespace) -> dict:
 def bp_values(spec: DiscoverySpec, seed: int, args: argparse.Namespace) -> tuple[dict, list[float]]:
     """BP's θ0 tuned on the cell (cached per seed in ``--out``) and its per-episode accuracy on the search's
     scoring episodes."""
-    path = args.out / f"single_bp_t{args.tune_episodes}_seed{seed}.json"
+    path = args.out / f"single_bp_t{args.tune_episodes}_h{args.heldout_fraction}_seed{seed}.json"
     cell = Cell.model_validate(S3_CELL)
     if path.exists():
         theta = json.loads(path.read_text())["theta"]
     else:
-        protocol = TransferProtocol(tune_episodes=args.tune_episodes)
+        protocol = TransferProtocol(tune_episodes=args.tune_episodes, heldout_fraction=args.heldout_fraction)
         theta = tune_theta0(cell, "bp", protocol, seed)
         path.write_text(json.dumps({"theta": theta, "tune_episodes": args.tune_episodes}))
     bp_spec = cell_spec(spec, cell.model_copy(update={"feedback": "bp"}),
@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=200)
     ap.add_argument("--coefficients", default="shared", choices=["shared", "per-layer"])
     ap.add_argument("--tune-episodes", type=int, default=600)
+    ap.add_argument("--heldout-fraction", type=float, default=0.2,
+                    help="held-out share of the data (0.2: the S3 open-search protocol of docs/results.md)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=Path("results/transfer"))
     args = ap.parse_args()

@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, inspect, select, text
+from sqlalchemy import event, inspect, select, text, update
 
 from service.api.shedding import LoadShedder
-from service.db.models import SUCCEEDED, BenchmarkRun, BenchmarkScore, FrontPointRow, Job, JobRule, Rule
+from service.db.models import SUCCEEDED, BenchmarkRun, BenchmarkScore, FrontPointRow, Job, JobRule, ReadVersion, Rule
 from service.db.repositories.rules import upsert_rule
 from service.db.session import make_engine, session_scope
 from service.rulebook import record_of
@@ -332,6 +332,42 @@ def test_rule_page_shows_the_job_plots_drawn_once(app: Any, client: Any) -> None
     assert f"#ring-{rids[1]} {{ display: inline }}" in front.text and front.headers["ETag"]
     assert client.get(f"/jobs/{job_id}/plots/theta.svg").status_code == 200
     assert client.get("/jobs/999999/plots/theta.svg").status_code == 404
+
+
+def test_rule_page_from_read_fields_equals_the_entity_page(app: Any, client: Any, monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The rule page built from ``read_json`` (and its job's context, shared by the job's rules) is the page built
+    from ORM entities, byte for byte; the job context is read once per state of the job."""
+    from service.web import pages
+
+    with session_scope(app.state.sessions) as s:
+        job = Job(spec={}, owner="t", status="running", result={"heldout_accuracy": 0.5})
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    rids = _store_rules(app, 3, job_id=job_id, start=60)
+    with session_scope(app.state.sessions) as s:
+        for position, rid in enumerate(rids):
+            s.add(JobRule(job_id=job_id, rule_id=rid))
+            s.add(FrontPointRow(job_id=job_id, position=position, rule_id=rid, n_terms=position + 1,
+                                complexity=position + 1, heldout_accuracy=0.5 + position / 10, terms=["F0"],
+                                theta={"F0": 0.04}))
+        assert set_status(s, Job, job_id, SUCCEEDED, event="succeeded")
+    built: list[int] = []
+    real = pages._JobContext
+    monkeypatch.setattr(pages, "_JobContext", lambda job: built.append(job.id if job else 0) or real(job))
+    fast = [client.get(f"/rules/{rid}").text for rid in rids]
+    assert built == [job_id]                                   # one build for the job's three rules
+    assert all(f"rule {rid}" in page and "front-this" in page for rid, page in zip(rids, fast, strict=True))
+    pages._JOB_CONTEXTS.clear()
+    with session_scope(app.state.sessions) as s:               # drop the read field: the entity path renders
+        for rid in rids:
+            s.execute(update(Rule).where(Rule.id == rid).values(read_json=None))
+        s.execute(update(ReadVersion).values(n=ReadVersion.n + 1))
+    with session_scope(app.state.sessions) as s:
+        assert s.scalars(select(Rule.read_json).where(Rule.id.in_(rids))).all() == [None] * 3
+    slow = [client.get(f"/rules/{rid}").text for rid in rids]
+    assert slow == fast
 
 
 # --- a read whose client has gone stops ---------------------------------------------------------------------------
