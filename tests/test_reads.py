@@ -35,6 +35,23 @@ def _store_rules(app: Any, n: int, job_id: int | None = None, start: int = 1) ->
     return ids
 
 
+def _job_with_front(app: Any, n: int, start: int, result: dict[str, Any]) -> tuple[int, list[int]]:
+    """A running job whose front holds ``n`` new rules (point i: i + 1 terms); its id and the rules' ids."""
+    with session_scope(app.state.sessions) as s:
+        job = Job(spec={}, owner="t", status="running", result=result)
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    rids = _store_rules(app, n, job_id=job_id, start=start)
+    with session_scope(app.state.sessions) as s:
+        for position, rid in enumerate(rids):
+            s.add(JobRule(job_id=job_id, rule_id=rid))
+            s.add(FrontPointRow(job_id=job_id, position=position, rule_id=rid, n_terms=position + 1,
+                                complexity=position + 1, heldout_accuracy=0.5 + position / 10, terms=["F0"],
+                                theta={"F0": 0.04}))
+    return job_id, rids
+
+
 # --- read fields ----------------------------------------------------------------------------------------------
 def test_read_fields_are_written_with_the_rule_and_follow_its_scores(app: Any, client: Any) -> None:
     with session_scope(app.state.sessions) as s:
@@ -305,19 +322,9 @@ def test_client_pages_through_every_rule(app: Any, client: Any) -> None:
 
 
 def test_rule_page_shows_the_job_plots_drawn_once(app: Any, client: Any) -> None:
-    with session_scope(app.state.sessions) as s:
-        job = Job(spec={}, owner="t", status="running", result={
-            "heldout_accuracy": 0.5, "history": [{"meta_accuracy": 0.1 * i} for i in range(5)],
-            "theta_history": [{"F0": 0.001 * i} for i in range(5)]})
-        s.add(job)
-        s.flush()
-        job_id = job.id
-    rids = _store_rules(app, 2, job_id=job_id, start=40)
-    with session_scope(app.state.sessions) as s:
-        for position, rid in enumerate(rids):
-            s.add(JobRule(job_id=job_id, rule_id=rid))
-            s.add(FrontPointRow(job_id=job_id, position=position, rule_id=rid, n_terms=position + 1,
-                                complexity=position + 1, heldout_accuracy=0.5, terms=["F0"], theta={"F0": 0.04}))
+    job_id, rids = _job_with_front(app, 2, 40, {"heldout_accuracy": 0.5,
+                                               "history": [{"meta_accuracy": 0.1 * i} for i in range(5)],
+                                               "theta_history": [{"F0": 0.001 * i} for i in range(5)]})
     with session_scope(app.state.sessions) as s:
         assert set_status(s, Job, job_id, SUCCEEDED, event="succeeded")
         assert s.get(Job, job_id).read_plots is None          # not drawn inside the transaction: after its commit
@@ -340,18 +347,8 @@ def test_rule_page_from_read_fields_equals_the_entity_page(app: Any, client: Any
     from ORM entities, byte for byte; the job context is read once per state of the job."""
     from service.web import pages
 
+    job_id, rids = _job_with_front(app, 3, 60, {"heldout_accuracy": 0.5})
     with session_scope(app.state.sessions) as s:
-        job = Job(spec={}, owner="t", status="running", result={"heldout_accuracy": 0.5})
-        s.add(job)
-        s.flush()
-        job_id = job.id
-    rids = _store_rules(app, 3, job_id=job_id, start=60)
-    with session_scope(app.state.sessions) as s:
-        for position, rid in enumerate(rids):
-            s.add(JobRule(job_id=job_id, rule_id=rid))
-            s.add(FrontPointRow(job_id=job_id, position=position, rule_id=rid, n_terms=position + 1,
-                                complexity=position + 1, heldout_accuracy=0.5 + position / 10, terms=["F0"],
-                                theta={"F0": 0.04}))
         assert set_status(s, Job, job_id, SUCCEEDED, event="succeeded")
     built: list[int] = []
     real = pages._JobContext
