@@ -42,7 +42,7 @@ static long tape_sizes(const Plan *p, long *sW, long *sU, long *sP, long *scg, l
 
 /* One primal step: errors of the current sample (U row 0 holds its forward pass, ZP its z), then the update of every
  * layer. With k ≥ 0, the step's values go to tape slot k. */
-static void primal_step(const Plan *p, Work *w, real *W, const real *FB, long target, const real *c, Tape *tp,
+__attribute__((noinline)) static void primal_step(const Plan *p, Work *w, real *W, const real *FB, long target, const real *c, Tape *tp,
                         long k) {
     long sW, sU, sP, scg, sg, V = p->V;
     tape_sizes(p, &sW, &sU, &sP, &scg, &sg);
@@ -78,7 +78,7 @@ static void load_sample(const Plan *p, Work *w, const real *W, const real *X, lo
 static inline real sigm(real z, real beta) { return (real)(1 / (1 + exp(-(double)(beta * z)))); }
 
 /* ∂(mean_q CE)/∂W of the adapted network on the Q query samples, added into Gbar (layout of W). */
-static void query_gradient(const Plan *p, Work *w, Adj *a, const real *W, const real *XQ, const long *TQ, long Q,
+__attribute__((noinline)) static void query_gradient(const Plan *p, Work *w, Adj *a, const real *W, const real *XQ, const long *TQ, long Q,
                            real *Gbar) {
     int L = p->L;
     long oL = p->voff[L], nL = p->widths[L];
@@ -145,7 +145,7 @@ static real *push_deferred(const Plan *p, Adj *a, int li, real **beta) {
 
 /* The backward sweep over layer li's rows at tape step k: reads Ḡ' (plus its deferred rank-1 terms), writes
  * sḠ' + slot terms back, accumulates θ̄ (atoms, decay) and the vector and gate adjoints. */
-static void sweep_adjoint(const Plan *p, Work *w, Adj *a, const Tape *tp, long k, int li, real *Gbar, const real *c,
+__attribute__((noinline)) static void sweep_adjoint(const Plan *p, Work *w, Adj *a, const Tape *tp, long k, int li, real *Gbar, const real *c,
                           const double *decay, double *grad) {
     long sW, sU, sP, scg, sg, V = p->V, mm = p->mmax;
     tape_sizes(p, &sW, &sU, &sP, &scg, &sg);
@@ -266,7 +266,7 @@ static void sweep_adjoint(const Plan *p, Work *w, Adj *a, const Tape *tp, long k
 }
 
 /* One backward step at tape slot k: Ḡ ← ∂L/∂W^t from Ḡ = ∂L/∂W^{t+1}; θ̄ accumulated into grad. */
-static void backward_step(const Plan *p, Work *w, Adj *a, const Tape *tp, long k, real *Gbar, const real *FB,
+__attribute__((noinline)) static void backward_step(const Plan *p, Work *w, Adj *a, const Tape *tp, long k, real *Gbar, const real *FB,
                           const real *c, const double *decay, double *grad) {
     int L = p->L;
     long sW, sU, sP, scg, sg, V = p->V, mm = p->mmax;
