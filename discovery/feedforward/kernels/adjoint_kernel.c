@@ -40,33 +40,90 @@ static long tape_sizes(const Plan *p, long *sW, long *sU, long *sP, long *scg, l
     return 0;
 }
 
-/* One primal step: errors of the current sample (U row 0 holds its forward pass, ZP its z), then the update of every
- * layer. With k ≥ 0, the step's values go to tape slot k. */
-__attribute__((noinline)) static void primal_step(const Plan *p, Work *w, real *W, const real *FB, long target, const real *c, Tape *tp,
-                        long k) {
-    long sW, sU, sP, scg, sg, V = p->V;
+/* Primal sweep of layer li with no tangents, out of place: rows of W^{t+1} (Wn) from rows of W^t (Wo). In the same
+ * pass over each row: the slots v_a = (aᵀW)_j that the gates did not need before the sweep (into P), and, when the
+ * next sample xn is given, its pre-activation z += W^{t+1}_{:,j} xn_j (as the forward kernel's sweep). */
+static void primal_sweep(const Plan *p, int li, const real *Wo, real *Wn, const real *U, const real *c, real *P,
+                         const real *xn, real *z) {
+    long V = p->V, mm = p->mmax, m = p->widths[li], npd = p->wpad[li + 1], on = p->voff[li + 1], om = p->voff[li];
+    const real *y = U + on, *e = U + V + on, *one = U + 2 * V + on, *x = U + om, *ep = U + V + om;
+    int d0 = p->act_s[3] && !p->need_pre[0], d1 = p->act_s[4] && !p->need_pre[1], d2 = p->act_s[5] && !p->need_pre[2];
+    vec vs = vbc(p->scale);
+    for (long j = 0; j < m; j++) {
+        const real *wj = Wo + p->woff[li] + j * npd;
+        real *nj = Wn + p->woff[li] + j * npd;
+        if (d0 || d1 || d2) {
+            vec s0 = vbc(0), s1 = vbc(0), s2 = vbc(0);
+            for (long i = 0; i < npd; i += VL) {
+                vec wv = vld(wj + i);
+                s0 += wv * vld(y + i);
+                s1 += wv * vld(e + i);
+                s2 += wv * vld(one + i);
+            }
+            if (d0) P[j] = vsum(s0);
+            if (d1) P[mm + j] = vsum(s1);
+            if (d2) P[2 * mm + j] = vsum(s2);
+        }
+        real vals[NS] = {x[j], ep[j], 1, P[j], P[mm + j], P[2 * mm + j]}, au[3] = {0, 0, 0};
+        for (int q = 0; q < p->npairs; q++) au[p->pairs[2 * q]] += c[p->pairs[2 * q] * NS + p->pairs[2 * q + 1]]
+                                                                 * vals[p->pairs[2 * q + 1]];
+        vec ay = vbc(au[0]), ae = vbc(au[1]), a1 = vbc(au[2]);
+        if (xn) {
+            vec xv = vbc(xn[j]);
+            for (long i = 0; i < npd; i += VL) {
+                vec nw = vld(wj + i) * vs + vld(y + i) * ay + vld(e + i) * ae + vld(one + i) * a1;
+                vst(nj + i, nw);
+                vst(z + i, vld(z + i) + nw * xv);
+            }
+        } else {
+            for (long i = 0; i < npd; i += VL)
+                vst(nj + i, vld(wj + i) * vs + vld(y + i) * ay + vld(e + i) * ae + vld(one + i) * a1);
+        }
+    }
+}
+
+/* One primal step st: W^t (Wo) → W^{t+1} (Wn); U row 0 and ZP hold the forward pass of sample st on entry and of
+ * sample st+1 on return (when has_next). With k ≥ 0 the step's vectors go to tape slot k (whose W is Wo). */
+__attribute__((noinline)) static void primal_step(const Plan *p, Work *w, const real *Wo, real *Wn, const real *FB,
+                                                  const real *X, long target, long st, int has_next, const real *c,
+                                                  Tape *tp, long k) {
+    long sW, sU, sP, scg, sg, V = p->V, mm = p->mmax;
     tape_sizes(p, &sW, &sU, &sP, &scg, &sg);
     w->gtape = k >= 0 ? tp->G + k * V : NULL;
-    errors(p, w->U, FB, W, W, target, w);
+    errors(p, w->U, FB, Wo, Wo, target, w);
     w->gtape = NULL;
     if (k >= 0) {
-        memcpy(tp->W + k * sW, W, sizeof(real) * sW);
         memcpy(tp->U + k * sU, w->U, sizeof(real) * sU);
         memcpy(tp->Z + k * V, w->ZP, sizeof(real) * V);
     }
+    if (has_next) memcpy(w->Un, X + (st + 1) * p->widths[0], sizeof(real) * p->widths[0]);
     for (int li = 0; li < p->L; li++) {
-        layer_reductions(p, li, W, W, w->U, w);
-        if (k >= 0) memcpy(tp->P + k * sP + (long)li * 3 * p->mmax, w->P, sizeof(real) * 3 * p->mmax);
+        long n = p->widths[li + 1], m = p->widths[li], npd = p->wpad[li + 1], on = p->voff[li + 1];
+        real *P = k >= 0 ? tp->P + k * sP + (long)li * 3 * mm : w->P;
+        for (int a = 0; a < 3; a++)            /* slots a bilinear gate needs: all of Wᵀa before the sweep */
+            if (p->need_pre[a])
+                gemm_nt(w->U + (long)a * V + on, V, 1, Wo + p->woff[li], npd, m, npd, w->P + (long)a * mm, mm);
         if (p->ngates) {
             layer_coefficients(p, li, w->U, w->ZP, w);
             if (k >= 0) {
                 memcpy(tp->cg + k * scg + (long)li * 3 * NS, w->cg, sizeof(real) * 3 * NS);
                 memcpy(tp->g + k * sg + (long)li * (p->ngates + 1), w->g, sizeof(double) * p->ngates);
             }
-            sweep(p, li, W, W, w->U, w->U, w->Z, 0, w->cg, w->Crg, w);
-        } else {
-            sweep(p, li, W, W, w->U, w->U, w->Z, 0, c, p->Cr, w);
         }
+        if (P != w->P)
+            for (int a = 0; a < 3; a++)
+                if (p->need_pre[a]) memcpy(P + (long)a * mm, w->P + (long)a * mm, sizeof(real) * m);
+        if (has_next) memset(w->Z, 0, sizeof(real) * p->npmax);
+        primal_sweep(p, li, Wo, Wn, w->U, p->ngates ? w->cg : c, P, has_next ? w->Un + p->voff[li] : NULL, w->Z);
+        if (!has_next) continue;
+        for (long i = 0; i < n; i++) {
+            w->ZPn[on + i] = w->Z[i];
+            w->Un[on + i] = li == p->L - 1 ? w->Z[i] : softplus(w->Z[i], p->beta);
+        }
+    }
+    if (has_next) {
+        memcpy(w->U, w->Un, sizeof(real) * V);
+        memcpy(w->ZP, w->ZPn, sizeof(real) * V);
     }
 }
 
@@ -372,6 +429,8 @@ int adjoint_episode(real *W, const real *FB, const real *X, const long *T, long 
     real *ck = NULL, *Gbar = NULL, *Wk = NULL;
     w.U = calloc(3 * V, sizeof(real));
     w.ZP = calloc(V, sizeof(real));
+    w.Un = calloc(V, sizeof(real));
+    w.ZPn = calloc(V, sizeof(real));
     w.Z = calloc(npmax, sizeof(real));
     w.P = calloc(3 * mmax, sizeof(real));
     w.Gb = calloc(mmax, sizeof(real));
@@ -413,7 +472,7 @@ int adjoint_episode(real *W, const real *FB, const real *X, const long *T, long 
     a.nold = calloc(L, sizeof(int));
     a.nnew = calloc(L, sizeof(int));
     a.gbar = calloc(ngates + 1, sizeof(double));
-    int ok = w.U && w.ZP && w.Z && w.P && w.Gb && w.post && w.Q && w.vd && w.aud && w.wnew && w.cg && w.Crg && w.g
+    int ok = w.U && w.ZP && w.Un && w.ZPn && w.Z && w.P && w.Gb && w.post && w.Q && w.vd && w.aud && w.wnew && w.cg && w.Crg && w.g
              && w.gd && tp.W && tp.U && tp.Z && tp.G && tp.P && tp.cg && tp.g && ck && Gbar && Wk && a.Ybar && a.Ebar
              && a.Zbar && a.row && a.uy && a.ue && a.sa0 && a.sa1 && a.wb && a.hb && a.zq && a.aold && a.anew
              && a.bold && a.bnew && a.nold && a.nnew && a.gbar;
@@ -422,31 +481,39 @@ int adjoint_episode(real *W, const real *FB, const real *X, const long *T, long 
         for (int li = 0; li <= L; li++)
             for (long i = 0; i < widths[li]; i++) w.U[2 * V + voff[li] + i] = 1;
         for (int r = 0; r < R; r++) grad[r] = 0;
-        /* first pass: checkpoints at the start of every segment but the last, whose tape it writes itself */
+        /* first pass: checkpoints at the start of every segment but the last, whose tape it writes itself
+         * (W^t in tape slot k, W^{t+1} into slot k + 1); before that, W ping-pongs between W and Wk */
         long last0 = (nseg - 1) * seg;
+        real *cur = W, *nxt = Wk;
         if (S > 0) load_sample(&p, &w, W, X, 0);
         for (long st = 0; st < S; st++) {
-            if (st % seg == 0 && st < last0) memcpy(ck + (st / seg) * Wtot, W, sizeof(real) * Wtot);
-            primal_step(&p, &w, W, FB, T[st], c, &tp, st >= last0 ? st - last0 : -1);
-            if (st + 1 < S) load_sample(&p, &w, W, X, st + 1);
+            if (st % seg == 0 && st < last0) memcpy(ck + (st / seg) * Wtot, cur, sizeof(real) * Wtot);
+            long k = st >= last0 ? st - last0 : -1;
+            if (k == 0) memcpy(tp.W, cur, sizeof(real) * Wtot);
+            const real *src = k >= 0 ? tp.W + k * sW : cur;
+            real *dst = k >= 0 ? (st + 1 < S ? tp.W + (k + 1) * sW : Wk) : nxt;
+            primal_step(&p, &w, src, dst, FB, X, T[st], st, st + 1 < S, c, &tp, k);
+            if (k < 0) { real *t = cur; cur = nxt; nxt = t; }
         }
+        if (S > 0) memcpy(W, Wk, sizeof(real) * Wtot);
         query_gradient(&p, &w, &a, W, XQ, TQ, Q, Gbar);
         Plan pa = p;
         pa.R = R;
         for (long sgi = nseg - 1; sgi >= 0; sgi--) {
             long t0 = sgi * seg, t1 = t0 + seg < S ? t0 + seg : S;
             if (sgi < nseg - 1) {              /* rebuild the segment's tape from its checkpoint */
-                memcpy(Wk, ck + sgi * Wtot, sizeof(real) * Wtot);
-                load_sample(&p, &w, Wk, X, t0);
+                memcpy(tp.W, ck + sgi * Wtot, sizeof(real) * Wtot);
+                load_sample(&p, &w, tp.W, X, t0);
                 for (long st = t0; st < t1; st++) {
-                    primal_step(&p, &w, Wk, FB, T[st], c, &tp, st - t0);
-                    if (st + 1 < t1) load_sample(&p, &w, Wk, X, st + 1);
+                    long k = st - t0;
+                    primal_step(&p, &w, tp.W + k * sW, st + 1 < t1 ? tp.W + (k + 1) * sW : Wk, FB, X, T[st], st,
+                                st + 1 < t1, c, &tp, k);
                 }
             }
             for (long st = t1 - 1; st >= t0; st--) backward_step(&pa, &w, &a, &tp, st - t0, Gbar, FB, c, decay, grad);
         }
     }
-    free(w.U); free(w.ZP); free(w.Z); free(w.P); free(w.Gb); free(w.post); free(w.Q); free(w.vd); free(w.aud);
+    free(w.U); free(w.ZP); free(w.Un); free(w.ZPn); free(w.Z); free(w.P); free(w.Gb); free(w.post); free(w.Q); free(w.vd); free(w.aud);
     free(w.wnew); free(w.cg); free(w.Crg); free(w.g); free(w.gd);
     free(tp.W); free(tp.U); free(tp.Z); free(tp.G); free(tp.P); free(tp.cg); free(tp.g);
     free(ck); free(Gbar); free(Wk);
