@@ -41,9 +41,9 @@ from discovery.spec import DiscoverySpec
 from rules.compiler import CompiledRule, compile_terms
 
 CHECKPOINT_NAME = "checkpoint.pt"
-#: meta.grad_mode 'auto': the C adjoint kernel from this many terms on, forward mode below (on a 2-core AMD EPYC,
-#: 784-170-130-100-70-47, 250 inner steps: forward ≈ 0.02 s per term per episode, the adjoint ≈ 0.13 s whatever R;
-#: docs/results.md, "Issue 29, session 10")
+#: meta.grad_mode 'auto': the C adjoint kernel from this many terms on, forward mode below (AMD EPYC, one thread,
+#: 784-170-130-100-70-47, 250 inner steps: forward 0.079 s at R = 3, 0.112 s at R = 5, 0.225 s at R = 10; the adjoint
+#: 0.10–0.12 s whatever R; rules of ≤ 5 terms keep forward mode's numbers; docs/results.md, "Issue 29, session 10")
 REVERSE_MIN_TERMS = 6
 
 
