@@ -16,7 +16,11 @@
  * from its checkpoint, keeping W^t and the step's vectors (the tape) for the seg steps of the segment. Peak work
  * memory ≈ (⌈S/seg⌉ + seg + 3) · |W| per episode; the last segment's tape is written by the first pass itself.
  */
+#ifdef FUSED_SOURCE
+#include FUSED_SOURCE                  /* ckernel.py passes the forward kernel's path (a variant in experiments) */
+#else
 #include "fused_kernel.c"
+#endif
 
 typedef struct {
     real *W, *U, *Z, *G, *P, *cg;   /* per step: W^t, rows y/p and e, z, g = eB (errors), slots, c_{u,s} (gated) */

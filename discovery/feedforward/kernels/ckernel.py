@@ -3,6 +3,8 @@
 The shared library is compiled once per machine, source and precision (-O3 -march=native, reassociation and FMA
 contraction allowed, IEEE NaN/inf kept so divergence stays visible) into a cache folder, then loaded with ctypes.
 Where no compiler works, `load` returns None and discovery.feedforward.kernels.fused uses its numba kernel instead.
+The same library holds the adjoint (reverse-mode) kernel, `adjoint_kernel.c`, which includes `fused_kernel.c`
+(`load_adjoint`; docs/kernels.md).
 `PLASTICITY_FUSED_BACKEND` = auto (default) | c | numba chooses; `PLASTICITY_KERNEL_CACHE` names the folder
 (default ~/.cache/plasticity/kernels; created 0700, and its owner and mode are checked before a library is loaded).
 """
@@ -116,8 +118,14 @@ def _build(real: str) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    proc = subprocess.run([cc, *FLAGS, f"-DREAL={real}", str(ADJOINT_SOURCE), "-o", str(tmp), "-lm"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    # the adjoint kernel includes SOURCE (which may be a variant: experiments/kernel_ab.py); a forward kernel that the
+    # adjoint does not compile against is built alone (then `load_adjoint` is None and reverse mode falls back)
+    both = [cc, *FLAGS, f"-DREAL={real}", f'-DFUSED_SOURCE="{SOURCE.resolve()}"', str(ADJOINT_SOURCE), "-o", str(tmp),
+            "-lm"]
+    proc = subprocess.run(both, capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        proc = subprocess.run([cc, *FLAGS, f"-DREAL={real}", str(SOURCE), "-o", str(tmp), "-lm"],
+                              capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"compiling {SOURCE.name} failed: {proc.stderr.strip()[-500:]}")
     os.chmod(tmp, 0o700)
@@ -141,7 +149,8 @@ def load(dtype: type) -> ctypes._CFuncPtr | None:
         if backend() == "c":
             raise RuntimeError(f"PLASTICITY_FUSED_BACKEND=c but the C kernel is unavailable: {exc}") from exc
         return None
-    _ADJOINT[dtype] = _adjoint_fn(lib, dtype)
+    if hasattr(lib, "adjoint_episode"):
+        _ADJOINT[dtype] = _adjoint_fn(lib, dtype)
     fn = lib.fused_episode
     creal = ctypes.c_float if dtype == np.float32 else ctypes.c_double
     ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
