@@ -16,6 +16,10 @@ product of at most two 1×1 gates (aᵀb of two post or two pre vectors, or aᵀ
 bio10 and of the generated library (rules.library). The feedback must be fa, dfa or bp (bp reads W_{ℓ+1} and Ẇ_{ℓ+1}
 in the error pass, before the sweep updates them). Gated rules run in the C kernel only; otherwise (sign feedback,
 CUDA, other shapes) the caller uses the batched torch loop.
+
+`meta_gradient_reverse_fused` is the reverse-mode alternative (`adjoint_kernel.c`, C only): one primal pass with W
+checkpointed every ⌈√T⌉ steps, the query loss's gradient, and one backward pass whose cost does not grow with R
+(docs/kernels.md).
 """
 
 from __future__ import annotations
