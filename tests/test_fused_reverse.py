@@ -181,3 +181,18 @@ def test_trainer_meta_gradient_auto_equals_forward(pool):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
     for x, y in zip(a[3], b[3], strict=True):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_forward_kernel_variant_without_the_adjoint_still_builds(monkeypatch, tmp_path):
+    """A forward-kernel source the adjoint cannot include (an older variant, as experiments/kernel_ab.py loads) is
+    built alone: `load` works, `load_adjoint` is None, and 'auto' falls back to forward mode."""
+    src = ckernel.SOURCE.read_text().replace("real *gtape;", "").replace(
+        "if (w->gtape) memcpy(w->gtape + om, Gb, sizeof(real) * m);", "")
+    variant = tmp_path / "old_kernel.c"
+    variant.write_text(src)
+    monkeypatch.setenv("PLASTICITY_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ckernel, "SOURCE", variant)
+    ckernel.load.cache_clear()
+    assert ckernel.load(np.float64) is not None
+    assert ckernel.load_adjoint(np.float64) is None
+    assert not fused.reverse_available(_rule(POOLS["library"]), "fa", torch.device("cpu"), torch.float64)
