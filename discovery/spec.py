@@ -29,7 +29,7 @@ DatasetName = Literal["mnist5k", "digits", "digits28", "emnist-balanced", "synth
 UPLOAD_PATTERN = r"^upload:[1-9][0-9]{0,9}$"
 UploadRef = Annotated[str, Field(pattern=UPLOAD_PATTERN, examples=["upload:1"],
                                  description="an uploaded data set: 'upload:<id>' (GET /api/datasets)")]
-GradMode = Literal["forward", "reverse"]
+GradMode = Literal["forward", "reverse", "auto"]
 
 #: Term pools (ids of rules.terms): paper3, bio10, the generated 16-term library and the 43-term gated library.
 POOLS: dict[str, list[str]] = RULE_POOLS
@@ -254,7 +254,10 @@ class MetaSpec(_Strict):
     meta_batch: int = Field(1, ge=1, le=256)
     lr: float = Field(1e-3, gt=0, le=10.0)
     l1: float = Field(0.0, ge=0, le=1e4)
-    grad_mode: GradMode = "forward"
+    grad_mode: GradMode = Field("forward", description=(
+        "meta-gradient: 'forward' carries R tangents through the inner loop (cost grows with R); 'reverse' is one "
+        "backward pass (the C adjoint kernel where the rule runs fused on CPU, else autograd through the unrolled "
+        "loop); 'auto' = the adjoint kernel from 6 terms on where it can run, else forward"))
     kernel: Literal["auto", "fused", "torch"] = Field(
         "auto", description="inner loop: 'fused' = the C (or numba) CPU kernel (fa, dfa or bp feedback, rules of "
                             "gated outer products G·u vᵀ, u in y, e, 1, v in x, e_pre, 1_pre, Wᵀy, Wᵀe, plus decay: "

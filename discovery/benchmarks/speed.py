@@ -1,13 +1,16 @@
 """`plasticity bench`: meta-training throughput and peak memory, engine vs a plain re-expression of the original.
 
-(a) the engine as shipped: forward-mode meta-gradient (R tangents in closed form), meta-batch of episodes,
-    Oja as y (yᵀW), fused outer-product updates;
+(a) the engine: meta.grad_mode 'auto' (forward mode, R tangents in closed form, below 6 terms; the C adjoint
+    kernel, one backward pass whatever R, from 6 terms on), meta-batch of episodes, Oja as y (yᵀW), fused
+    outer-product updates;
 (b) the original algorithm re-expressed plainly: batch 1, meta-batch 1, reverse-mode autograd through the unrolled
     loop, Oja evaluated as (y yᵀ) W, Adam.
 Both on 784-170-130-100-70-47 with F0 + F2 + F9 and synthetic images; each configuration runs in a fresh
 subprocess so its peak memory (ru_maxrss, or CUDA max allocated) is its own. The engine also runs the open pools
 (bio10, the 16-term library, the 43-term gated library): every row carries its ``pool``, ``s_per_episode`` and
-``speedup_vs_reference`` (against the original's three-term episode).
+``speedup_vs_reference`` (against the original's three-term episode), and ``grad_path`` (forward, reverse-fused or
+reverse-torch). Each open pool is also timed in forward mode (kind ``engine-forward``) so the adjoint's gain shows
+beside it.
 
 Each engine row is the median of ``--runs`` (3) runs, and every run of a row comes right after a run of the original
 three-term reference episode, so a slow spell of the machine hits both alike: ``runs`` holds the row's raw
@@ -83,9 +86,10 @@ def reference_episode(theta: torch.nn.Parameter, opt: torch.optim.Optimizer, sho
 
 
 def engine_trainer(shots: int, meta_batch: int, device: torch.device, kernel: str = "auto", pool: str = "paper3",
-                   grad_mode: str = "forward"):
+                   grad_mode: str = "auto"):
     """A MetaTrainer on synthetic data (the engine's own data path) over the pool's terms (paper3: F0 + F2 + F9);
-    forward mode carries R tangents (cost ∝ 1 + R), reverse mode one backward pass (cost ∝ const, memory ∝ T)."""
+    forward mode carries R tangents (cost ∝ 1 + R), reverse mode one backward pass (cost ∝ const; the C adjoint
+    kernel keeps W every ⌈√T⌉ steps, so its memory grows as √T)."""
     from discovery.feedforward.trainer import MetaTrainer
     from discovery.spec import DiscoverySpec
 
@@ -108,8 +112,9 @@ def _measure(kind: str, shots: int, meta_batch: int, steps: int, device_name: st
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     if kind.startswith("engine"):
-        trainer = engine_trainer(shots, meta_batch, device, "auto" if kind == "engine" else "torch", pool,
-                                 "reverse" if kind == "engine-reverse" else "forward")
+        grad_mode = {"engine-reverse": "reverse", "engine-forward": "forward"}.get(kind, "auto")
+        trainer = engine_trainer(shots, meta_batch, device, "torch" if kind == "engine-torch" else "auto", pool,
+                                 grad_mode)
         trainer.step()  # warm-up
         run = trainer.step
     else:
@@ -130,13 +135,13 @@ def _measure(kind: str, shots: int, meta_batch: int, steps: int, device_name: st
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     per_step = meta_batch if kind.startswith("engine") else 1
-    kernel = "-"
+    kernel, path = "-", "reverse-torch"
     if kind.startswith("engine"):
         from discovery.feedforward.kernels import fused
         kernel = f"fused {fused.backend_name()}" if trainer.use_fused else "torch"
-        kernel += ", reverse mode" if kind == "engine-reverse" else ""
+        path = trainer.gradient_path
     queue.put({"kind": kind, "pool": pool, "n_terms": len(trainer.term_ids) if kind.startswith("engine") else 3,
-               "kernel": kernel, "threads": torch.get_num_threads(), "shots": shots, "inner_steps": WAYS * shots, "meta_batch": meta_batch,
+               "kernel": kernel, "grad_path": path, "threads": torch.get_num_threads(), "shots": shots, "inner_steps": WAYS * shots, "meta_batch": meta_batch,
                "episodes_per_step": per_step, "step_times": times, "peak_mb": _peak_mb(device)})
 
 
@@ -180,8 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pools", nargs="*", default=["bio10", "library", "library_gated"],
                     help="open pools timed beside the three-term rule")
     ap.add_argument("--reverse-pools", nargs="*", default=[],
-                    help="pools also timed in reverse mode (torch autograd, one backward pass per episode; its cost "
-                         "does not grow with R but it is slow: off by default)")
+                    help="pools also timed with meta.grad_mode 'reverse' (the C adjoint kernel where the rule runs "
+                         "fused, else torch autograd, which is slow; off by default: 'auto' already takes the adjoint "
+                         "kernel from 6 terms on)")
     args = ap.parse_args(argv)
     problem = cuda_problem(args.device)
     if problem:
@@ -204,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
                ("engine", 200, args.meta_batch, max(1, args.steps // 2), None, "paper3"),
                ("engine-torch", 50, args.meta_batch, args.steps, None, "paper3")]
     configs += [("engine", 50, args.meta_batch, max(2, args.steps // 2), None, pool) for pool in args.pools]
+    configs += [("engine-forward", 50, args.meta_batch, 2, None, pool) for pool in args.pools]
     configs += [("engine-reverse", 50, args.meta_batch, 2, None, pool) for pool in args.reverse_pools]
     for c in calib:
         c["runs"] = [statistics.median(c["step_times"])]
@@ -240,8 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'configuration':<60}{'pool':>14}{'inner steps':>12}{'s/episode':>11}{'peak MB':>10}{'vs (b)':>8}"
           f"   runs (s/episode) | paired reference runs")
     for r in rows:
+        mode = {"forward": "forward mode", "reverse-fused": "adjoint (reverse)", "reverse-torch": "autograd"}
         name = (f"(b) original: reverse mode, batch 1, (yyᵀ)W, {r['threads']} thread(s)" if r["kind"] == "reference"
-                else f"(a) engine, {r['kernel']} kernel: forward mode, meta-batch {r['meta_batch']}")
+                else f"(a) engine, {r['kernel']}: {mode[r['grad_path']]}, meta-batch {r['meta_batch']}")
         runs_txt = " ".join(f"{t:.3f}" for t in r["runs"])
         pair_txt = " ".join(f"{t:.3f}" for t in r.get("reference_runs", []))
         print(f"{name:<60}{r['pool']:>14}{r['inner_steps']:>12}{r['s_per_episode']:>11.3f}"
@@ -257,9 +265,15 @@ def main(argv: list[str] | None = None) -> dict:
           f"{eng['kernel']} kernel); torch kernel {eng_torch['speedup_vs_reference']:.1f}x")
     print(f"engine peak memory 1,000 vs 250 inner steps: {eng1000['peak_mb']:.0f} MB vs {eng['peak_mb']:.0f} MB "
           f"(ratio {mem_ratio:.2f}; flat = 1)")
+    fwd = {r["pool"]: r for r in rows[n_refs + 3:] if r["kind"] == "engine-forward"}
     for r in rows[n_refs + 3:]:
+        if r["kind"] == "engine-forward":
+            continue
+        beside = fwd.get(r["pool"]) if r["kind"] == "engine" else None
         print(f"pool {r['pool']} (R={r['n_terms']}): {r['s_per_episode']:.3f} s/episode, "
-              f"{r['speedup_vs_reference']:.1f}x the original's three-term episode ({r['kernel']} kernel)")
+              f"{r['speedup_vs_reference']:.1f}x the original's three-term episode ({r['kernel']}, {r['grad_path']})"
+              + (f"; forward mode {beside['s_per_episode']:.3f} s/episode, {beside['speedup_vs_reference']:.1f}x"
+                 if beside else ""))
     out = {"rows": rows, "speedup": ratio, "memory_ratio_1000_vs_250": mem_ratio, "device": args.device,
            "runs": runs, "reference_s_per_episode": ref_s, "reference_threads": ref_threads or torch.get_num_threads()}
     if args.json:

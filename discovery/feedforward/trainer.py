@@ -2,7 +2,8 @@
 
 Meta-loss per meta-step: mean over the meta-batch of the query cross-entropy of the adapted network, plus
 λ Σ_r |θ_r|. The exact meta-gradient is computed in forward mode (R tangents carried through the loop, O(1) memory
-in the inner steps) or in reverse mode (autograd through the unrolled loop). Adam updates θ; an episode whose
+in the inner steps) or in reverse mode (the C adjoint kernel with checkpoints where the rule runs fused, else autograd
+through the unrolled loop); meta.grad_mode 'auto' picks the faster for the rule's number of terms. Adam updates θ; an episode whose
 loss or gradient is not finite is dropped and recorded, and a meta-step with none left is skipped, so the optimizer
 state is never poisoned; after `backtrack_after` skipped steps in a row θ returns to its last finite value with
 Adam's moments cleared and the learning rate halved.
@@ -40,6 +41,10 @@ from discovery.spec import DiscoverySpec
 from rules.compiler import CompiledRule, compile_terms
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: meta.grad_mode 'auto': the C adjoint kernel from this many terms on, forward mode below (AMD EPYC, one thread,
+#: 784-170-130-100-70-47, 250 inner steps: forward 0.079 s at R = 3, 0.112 s at R = 5, 0.225 s at R = 10; the adjoint
+#: 0.10–0.12 s whatever R; rules of ≤ 5 terms keep forward mode's numbers; docs/results.md, "Issue 29, session 10")
+REVERSE_MIN_TERMS = 6
 
 
 def resolve_device(name: str) -> torch.device:
@@ -180,9 +185,39 @@ class MetaTrainer(Checkpointed):
         acc = (logits.argmax(-1) == ep.y_query).to(self.dtype).mean(-1)
         return loss.detach(), grad.detach(), acc.detach(), [w.detach() for w in Wt]
 
+    def _gradient_reverse_fused(self, ep, Ws, Bs) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        """Reverse mode in the C adjoint kernel (discovery.feedforward.kernels.adjoint_kernel.c, docs/kernels.md):
+        the cost of one episode does not grow with R."""
+        net = self.spec.network
+        with torch.no_grad():
+            Wf, grad = fused.meta_gradient_reverse_fused(self.rule, self.theta.detach(), Ws, Bs, ep.x_train,
+                                                         ep.y_train, ep.x_query, ep.y_query, net.feedback, net.beta)
+            logits = query_logits(Wf, ep.x_query, net.beta)
+            loss = per_episode_ce(logits, ep.y_query)
+            acc = (logits.argmax(-1) == ep.y_query).to(self.dtype).mean(-1)
+        return loss, grad.to(self.device), acc, Wf
+
+    @cached_property
+    def gradient_path(self) -> str:
+        """Which meta-gradient runs: 'forward' (R tangents, fused or torch), 'reverse-fused' (the C adjoint kernel)
+        or 'reverse-torch' (autograd through the unrolled torch loop). meta.grad_mode 'auto' takes the adjoint
+        kernel when the rule runs fused with a C compiler and has at least REVERSE_MIN_TERMS terms (the measured
+        crossover, docs/results.md), else forward mode; 'reverse' takes the adjoint kernel wherever it can run."""
+        mode = self.spec.meta.grad_mode
+        if mode == "forward":
+            return "forward"
+        adjoint = self.use_fused and fused.reverse_available(self.rule, self.spec.network.feedback, self.device,
+                                                             self.dtype)
+        if mode == "reverse":
+            return "reverse-fused" if adjoint else "reverse-torch"
+        return "reverse-fused" if adjoint and len(self.rule) >= REVERSE_MIN_TERMS else "forward"
+
     def meta_gradient(self, ep, Ws, Bs) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
         """Per-episode query loss (B,), ∂loss/∂θ (R, B), accuracy (B,), adapted weights."""
-        if self.spec.meta.grad_mode == "reverse":
+        path = self.gradient_path
+        if path == "reverse-fused":
+            return self._gradient_reverse_fused(ep, Ws, Bs)
+        if path == "reverse-torch":
             return self._gradient_reverse(ep, Ws, Bs)
         return self._gradient_forward(ep, Ws, Bs)
 

@@ -3,6 +3,8 @@
 The shared library is compiled once per machine, source and precision (-O3 -march=native, reassociation and FMA
 contraction allowed, IEEE NaN/inf kept so divergence stays visible) into a cache folder, then loaded with ctypes.
 Where no compiler works, `load` returns None and discovery.feedforward.kernels.fused uses its numba kernel instead.
+The same library holds the adjoint (reverse-mode) kernel, `adjoint_kernel.c`, which includes `fused_kernel.c`
+(`load_adjoint`; docs/kernels.md).
 `PLASTICITY_FUSED_BACKEND` = auto (default) | c | numba chooses; `PLASTICITY_KERNEL_CACHE` names the folder
 (default ~/.cache/plasticity/kernels; created 0700, and its owner and mode are checked before a library is loaded).
 """
@@ -22,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 SOURCE = Path(__file__).with_name("fused_kernel.c")
+#: the adjoint (reverse-mode) kernel includes fused_kernel.c: one shared library holds both entry points
+ADJOINT_SOURCE = Path(__file__).with_name("adjoint_kernel.c")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
          "-ffp-contract=fast", "-shared", "-fPIC", *os.environ.get("PLASTICITY_KERNEL_CFLAGS", "").split()]
 REALS = {np.float32: "float", np.float64: "double"}
@@ -106,7 +110,7 @@ def _build(real: str) -> Path:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    src = SOURCE.read_bytes()
+    src = SOURCE.read_bytes() + ADJOINT_SOURCE.read_bytes()
     key = hashlib.sha256(src + " ".join([cc, real, *FLAGS, _machine_key()]).encode()).hexdigest()[:16]
     out = _cache_dir() / f"fused_{real}_{key}.so"
     if out.exists():
@@ -114,8 +118,14 @@ def _build(real: str) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    proc = subprocess.run([cc, *FLAGS, f"-DREAL={real}", str(SOURCE), "-o", str(tmp), "-lm"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    # the adjoint kernel includes SOURCE (which may be a variant: experiments/kernel_ab.py); a forward kernel that the
+    # adjoint does not compile against is built alone (then `load_adjoint` is None and reverse mode falls back)
+    both = [cc, *FLAGS, f"-DREAL={real}", f'-DFUSED_SOURCE="{SOURCE.resolve()}"', str(ADJOINT_SOURCE), "-o", str(tmp),
+            "-lm"]
+    proc = subprocess.run(both, capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        proc = subprocess.run([cc, *FLAGS, f"-DREAL={real}", str(SOURCE), "-o", str(tmp), "-lm"],
+                              capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"compiling {SOURCE.name} failed: {proc.stderr.strip()[-500:]}")
     os.chmod(tmp, 0o700)
@@ -124,9 +134,13 @@ def _build(real: str) -> Path:
     return out
 
 
+_ADJOINT: dict[type, ctypes._CFuncPtr] = {}   # the adjoint entry point of the library `load` loaded last
+
+
 @functools.cache
 def load(dtype: type) -> ctypes._CFuncPtr | None:
     """The `fused_episode` function for np.float32 or np.float64, or None when it cannot be built here."""
+    _ADJOINT.pop(dtype, None)
     if backend() == "numba":
         return None
     try:
@@ -135,10 +149,27 @@ def load(dtype: type) -> ctypes._CFuncPtr | None:
         if backend() == "c":
             raise RuntimeError(f"PLASTICITY_FUSED_BACKEND=c but the C kernel is unavailable: {exc}") from exc
         return None
+    if hasattr(lib, "adjoint_episode"):
+        _ADJOINT[dtype] = _adjoint_fn(lib, dtype)
     fn = lib.fused_episode
     creal = ctypes.c_float if dtype == np.float32 else ctypes.c_double
     ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     fn.argtypes = [ptr, ptr, ptr, ptr, ptr, long_, int_, int_, int_, ptr, ptr, ptr, ptr, ptr, long_,
                    ptr, ptr, ptr, creal, creal, ptr, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, ptr]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def load_adjoint(dtype: type) -> ctypes._CFuncPtr | None:
+    """The `adjoint_episode` function (reverse-mode meta-gradient, adjoint_kernel.c), or None without a C kernel."""
+    return _ADJOINT.get(dtype) if load(dtype) is not None else None
+
+
+def _adjoint_fn(lib: ctypes.CDLL, dtype: type) -> ctypes._CFuncPtr:
+    fn = lib.adjoint_episode
+    creal = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    fn.argtypes = [ptr, ptr, ptr, ptr, long_, ptr, ptr, long_, int_, int_, ptr, ptr, ptr, ptr, ptr, long_, ptr,
+                   creal, creal, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, long_, ptr]
     fn.restype = ctypes.c_int
     return fn

@@ -16,6 +16,10 @@ product of at most two 1×1 gates (aᵀb of two post or two pre vectors, or aᵀ
 bio10 and of the generated library (rules.library). The feedback must be fa, dfa or bp (bp reads W_{ℓ+1} and Ẇ_{ℓ+1}
 in the error pass, before the sweep updates them). Gated rules run in the C kernel only; otherwise (sign feedback,
 CUDA, other shapes) the caller uses the batched torch loop.
+
+`meta_gradient_reverse_fused` is the reverse-mode alternative (`adjoint_kernel.c`, C only): one primal pass with W
+checkpointed every ⌈√T⌉ steps, the query loss's gradient, and one backward pass whose cost does not grow with R
+(docs/kernels.md).
 """
 
 from __future__ import annotations
@@ -295,3 +299,98 @@ def run_online_fused(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs
                      x_train: Tensor, y_train: Tensor, feedback: str, beta: float) -> list[Tensor]:
     """Primal-only online pass (held-out evaluation): adapted W (B, n, m)."""
     return _run_packed(rule, theta, Ws, Bs, x_train, y_train, feedback, beta, tangents=False)[0]
+
+
+# --------------------------------------------------------------------------------------------- reverse mode
+
+def reverse_available(rule: CompiledRule, feedback: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the C adjoint kernel (adjoint_kernel.c, docs/kernels.md) can compute this rule's meta-gradient."""
+    if not fusable(rule, feedback, device, dtype):
+        return False
+    return ckernel.load_adjoint(np.float32 if dtype == torch.float32 else np.float64) is not None
+
+
+def _atom_table(p: FusedPlan) -> tuple[np.ndarray, np.ndarray]:
+    """The atoms (t, u, s, gate 1, gate 2) and κ of a plan; an ungated plan's are its nonzero (t, u, s) entries."""
+    if p.gated:
+        return np.ascontiguousarray(p.atoms, dtype=np.int32), np.ascontiguousarray(p.atom_coef, dtype=np.float64)
+    idx = np.argwhere(p.coef != 0)
+    atoms = np.zeros((len(idx), 5), dtype=np.int32) - 1
+    atoms[:, :3] = idx
+    return np.ascontiguousarray(atoms), np.ascontiguousarray(p.coef[tuple(idx.T)], dtype=np.float64)
+
+
+def segment_length(steps: int) -> int:
+    """Checkpoint interval k of the adjoint kernel: W is kept every k steps and one segment of k steps is rebuilt at
+    a time, so its work memory is about (⌈S/k⌉ + k)·|W| per episode; k = ⌈√S⌉ unless PLASTICITY_ADJOINT_SEGMENT."""
+    raw = os.environ.get("PLASTICITY_ADJOINT_SEGMENT", "").strip()
+    if raw:
+        return max(1, int(raw))
+    return max(1, int(np.ceil(np.sqrt(max(1, steps)))))
+
+
+def meta_gradient_reverse_fused(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Sequence[Tensor] | None,
+                                x_train: Tensor, y_train: Tensor, x_query: Tensor, y_query: Tensor, feedback: str,
+                                beta: float) -> tuple[list[Tensor], Tensor]:
+    """Adapted W (B, n, m) and ∂(mean query CE)/∂θ (R, B) from the C adjoint kernel: one primal pass with
+    checkpoints, the query loss's gradient, one backward pass (cost independent of R; docs/kernels.md)."""
+    p = plan(rule)
+    dtype = Ws[0].dtype
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    kernel = ckernel.load_adjoint(np_dtype)
+    if p is None or kernel is None or feedback not in FEEDBACK_CODES or (Bs is None and feedback != "bp"):
+        raise ValueError("rule/feedback not fusable or no C compiler; use forward mode")
+    widths = np.array([Ws[0].shape[2]] + [W.shape[1] for W in Ws], dtype=np.int64)
+    wpad = np.array([_padded(int(n)) for n in widths], dtype=np.int64)
+    voff = np.cumsum(np.concatenate([[0], wpad[:-1]])).astype(np.int64)
+    WT, woff = _pack_transposed([W.detach().cpu() for W in Ws])
+    WT = np.ascontiguousarray(WT, dtype=np_dtype)
+    Bn, R = WT.shape[0], len(rule)
+    if feedback == "bp":
+        FB, foff = np.zeros((Bn, 1), dtype=np_dtype), np.zeros(len(Ws), dtype=np.int64)
+    elif feedback == "fa":
+        FB, foff = _pack_transposed([b.detach().cpu() for b in Bs])
+    else:
+        FB, foff = _pack_rowmajor([b.detach().cpu() for b in Bs])
+        foff = np.concatenate([[0], foff]).astype(np.int64)
+    FB = np.ascontiguousarray(FB, dtype=np_dtype)
+    X = np.ascontiguousarray(x_train.detach().cpu().numpy(), dtype=np_dtype)
+    T = np.ascontiguousarray(y_train.detach().cpu().numpy(), dtype=np.int64)
+    XQ = np.ascontiguousarray(x_query.detach().cpu().numpy(), dtype=np_dtype)
+    TQ = np.ascontiguousarray(y_query.detach().cpu().numpy(), dtype=np.int64)
+    th = theta.detach().cpu().numpy().astype(np_dtype)
+    c, _, _, scale, act_s, _, pairs = _coefficients(p, th, 0)
+    atoms, kap = _atom_table(p)
+    used = np.unique(atoms[:, 1:3], axis=0) if len(atoms) else np.zeros((0, 2), dtype=np.int32)
+    pairs = np.ascontiguousarray(np.unique(np.concatenate([pairs, used]).astype(np.int32), axis=0), dtype=np.int32)
+    ints = [np.ascontiguousarray(a, dtype=np.int64) for a in (widths, wpad, woff, foff, voff)]
+    th64 = np.ascontiguousarray(theta.detach().cpu().numpy(), dtype=np.float64)
+    gates = np.ascontiguousarray(p.gates, dtype=np.int32)
+    decay = np.ascontiguousarray(p.decay[:R], dtype=np.float64)
+    grad = np.zeros((Bn, max(R, 1)), dtype=np.float64)
+    S, Q, L = X.shape[1], XQ.shape[1], len(widths) - 1
+    seg = segment_length(S)
+    shared = [L, FEEDBACK_CODES[feedback]] + [a.ctypes.data for a in ints] + [
+        WT.shape[1], c.ctypes.data, float(scale), float(beta), act_s.ctypes.data, len(pairs), pairs.ctypes.data,
+        th64.ctypes.data, len(atoms), atoms.ctypes.data, kap.ctypes.data, len(gates), gates.ctypes.data,
+        decay.ctypes.data, R, seg]
+
+    def one(b: int) -> int:
+        return kernel(WT[b].ctypes.data, FB[b].ctypes.data, X[b].ctypes.data, T[b].ctypes.data, S,
+                      XQ[b].ctypes.data, TQ[b].ctypes.data, Q, *shared, grad[b].ctypes.data)
+
+    threads = max(1, min(torch.get_num_threads(), Bn))
+    if threads == 1:
+        codes = [one(b) for b in range(Bn)]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            codes = list(pool.map(one, range(Bn)))
+    if any(codes):
+        raise MemoryError("the adjoint C kernel could not allocate its work memory")
+    Wt = torch.from_numpy(WT)
+    out_W = []
+    for li in range(len(Ws)):
+        n, m, npd = int(widths[li + 1]), int(widths[li]), int(wpad[li + 1])
+        o = int(woff[li])
+        out_W.append(Wt[:, o:o + npd * m].reshape(Bn, m, npd)[..., :n].transpose(1, 2))
+    return out_W, torch.from_numpy(grad[:, :R].T.copy()).to(dtype)

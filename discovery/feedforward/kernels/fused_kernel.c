@@ -118,6 +118,7 @@ typedef struct {
 typedef struct {
     real *U, *Un, *ZP, *ZPn, *Z, *P, *Gb, *post, *Q, *vd, *aud, *wnew, *cg, *Crg;
     double *g, *gd;
+    real *gtape;               /* the adjoint's primal pass (adjoint_kernel.c): where errors() keeps g = eB */
 } Work;
 
 static inline real vdot(const real *restrict a, const real *restrict b, long n) {
@@ -277,6 +278,7 @@ static void errors(const Plan *p, real *U, const real *FB, const real *W, const 
                     Gb[(long)k * mm + j] = s;
                 }
         }
+        if (w->gtape) memcpy(w->gtape + om, Gb, sizeof(real) * m);
         for (long j = 0; j < m; j++) {
             real g = Gb[j], y = U[om + j];
             real ex = (real)exp(-(double)(p->beta * y)), s = 1 - ex;
