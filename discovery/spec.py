@@ -254,7 +254,7 @@ class MetaSpec(_Strict):
     meta_batch: int = Field(1, ge=1, le=256)
     lr: float = Field(1e-3, gt=0, le=10.0)
     l1: float = Field(0.0, ge=0, le=1e4)
-    grad_mode: GradMode = Field("forward", description=(
+    grad_mode: GradMode = Field("auto", description=(
         "meta-gradient: 'forward' carries R tangents through the inner loop (cost grows with R); 'reverse' is one "
         "backward pass (the C adjoint kernel where the rule runs fused on CPU, else autograd through the unrolled "
         "loop); 'auto' = the adjoint kernel from 6 terms on where it can run, else forward"))

@@ -113,8 +113,8 @@ class LayeredTrainer(MetaTrainer):
     def __init__(self, spec: DiscoverySpec, device: torch.device | None = None, stream: int = 0,
                  coefficients: str = "profile", theta_init: dict[str, float] | None = None):
         super().__init__(spec, device, stream)
-        if spec.meta.grad_mode != "forward":
-            raise ValueError("per-layer coefficients are meta-trained in forward mode")
+        if spec.meta.grad_mode == "reverse":      # 'auto' runs forward mode here: the adjoint kernel has shared θ
+            raise ValueError("per-layer coefficients are meta-trained in forward mode (grad_mode 'forward' or 'auto')")
         self.coefficients = coefficients
         R, L = len(self.term_ids), spec.network.depth
         self.basis = basis(coefficients, L, self.dtype)
