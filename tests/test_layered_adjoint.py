@@ -177,3 +177,17 @@ def test_float32_layered_adjoint_close_to_forward_mode():
     _, g0, _, _ = slow.meta_gradient(ep, Ws, Bs)
     _, g1, _, _ = fast.meta_gradient(ep, Ws, Bs)
     assert float((g1 - g0).abs().max()) <= 1e-4 * max(1.0, float(g0.abs().max()))
+
+
+@pytest.mark.parametrize("segment", ["1", "4"])
+def test_layered_checkpoint_interval_changes_nothing(segment, monkeypatch):
+    rule = _rule(GATED)
+    R, L = len(GATED), len(WIDTHS) - 1
+    thetas = layer_thetas(_phi(R, 2), R, basis("profile", L))
+    Ws, Bs, ep = _episode("fa", S=11)
+    args = (rule, thetas, Ws, Bs, ep.x_train, ep.y_train, ep.x_query, ep.y_query, "fa", 10.0)
+    W0, g0 = fused.meta_gradient_reverse_fused_layered(*args)
+    monkeypatch.setenv("PLASTICITY_ADJOINT_SEGMENT", segment)
+    W1, g1 = fused.meta_gradient_reverse_fused_layered(*args)
+    assert all(torch.equal(a, b) for a, b in zip(W0, W1))
+    _close(g1, g0, 1e-12)

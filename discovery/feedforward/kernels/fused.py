@@ -19,7 +19,8 @@ CUDA, other shapes) the caller uses the batched torch loop.
 
 `meta_gradient_reverse_fused` is the reverse-mode alternative (`adjoint_kernel.c`, C only): one primal pass with W
 checkpointed every ⌈√T⌉ steps, the query loss's gradient, and one backward pass whose cost does not grow with R
-(docs/kernels.md).
+(docs/kernels.md). `meta_gradient_reverse_fused_layered` is the same kernel with θ per layer (L × R in, ∂/∂θ per layer
+out) and `run_online_fused_layered` its primal pass alone (docs/kernels.md, "Per-layer θ").
 """
 
 from __future__ import annotations
