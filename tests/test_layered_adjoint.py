@@ -191,3 +191,18 @@ def test_layered_checkpoint_interval_changes_nothing(segment, monkeypatch):
     W1, g1 = fused.meta_gradient_reverse_fused_layered(*args)
     assert all(torch.equal(a, b) for a, b in zip(W0, W1))
     _close(g1, g0, 1e-12)
+
+
+def test_shared_layout_equals_the_shared_adjoint_trainer():
+    """LayeredTrainer('shared') on the per-layer kernel = MetaTrainer on the shared adjoint (grad_mode 'reverse')."""
+    from discovery.feedforward.trainer import MetaTrainer
+
+    layered = LayeredTrainer(_spec(grad_mode="reverse"), coefficients="shared")
+    shared = MetaTrainer(_spec(grad_mode="reverse"))
+    assert layered.gradient_path == shared.gradient_path == "reverse-fused"
+    ep = shared.train_sampler.sample(2, dtype=torch.float64)
+    Ws, Bs = shared._weights(2, torch.Generator().manual_seed(4))
+    l0, g0, _, W0 = shared.meta_gradient(ep, Ws, Bs)
+    l1, g1, _, W1 = layered.meta_gradient(ep, Ws, Bs)
+    assert torch.equal(l0, l1) and all(torch.equal(a, b) for a, b in zip(W0, W1))
+    _close(g1, g0)
