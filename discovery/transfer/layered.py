@@ -5,8 +5,12 @@
   defined for every depth, so it can be trained and scored across depths;
 * ``per-layer``: K = L, b = I (one free θ per term per layer; one depth).
 
-No kernel changes: the layers' updates are combined per layer, ΔW_ℓ = Σ_r θ_{r,ℓ} F^r_ℓ (``CompiledRule.update``
-with layer ℓ's θ column), on the batched torch loop. Forward mode carries R·K tangents ∂W/∂φ_{r,k}: the chain part
+Where the rule runs fused on the CPU with a C compiler (and meta.grad_mode is 'auto' or 'reverse'), the
+meta-gradient comes from the adjoint kernel's per-layer-θ entry point (docs/kernels.md, "Per-layer θ"): it returns
+∂L/∂θ_{r,ℓ} (L × R) and the chain rule gives ∂L/∂φ_{r,k} = Σ_ℓ b_k(ℓ) ∂L/∂θ_{r,ℓ}; held-out scoring runs the same
+kernel's primal pass. Otherwise (no compiler, not fusable, grad_mode 'forward', meta.kernel 'torch') the layers'
+updates are combined per layer, ΔW_ℓ = Σ_r θ_{r,ℓ} F^r_ℓ (``CompiledRule.update`` with layer ℓ's θ column), on the
+batched torch loop, and forward mode carries R·K tangents ∂W/∂φ_{r,k}: the chain part
 of each step is the compiled rule's (``step_forward_`` with ``own=False``, any number of tangent rows), and the
 explicit part ∂ΔW_ℓ/∂φ_{r,k} = b_k(ℓ) F^r_ℓ is added per layer from each term's own update F^r_ℓ at the same
 state. With all layers tied (per-layer φ_{r,ℓ} = θ_r, or a profile with zero slopes) the layers' θ equal the shared
@@ -26,8 +30,11 @@ from discovery.feedforward.inner import (
     _tangent_errors,
     _tangent_forward,
     onehot,
+    per_episode_ce,
+    query_logits,
     rule_env,
 )
+from discovery.feedforward.kernels import fused
 from discovery.feedforward.network import errors, forward, post_activities
 from discovery.feedforward.trainer import MetaTrainer
 from discovery.spec import DiscoverySpec
@@ -108,13 +115,12 @@ def layered_online_forward(rule: CompiledRule, singles: Sequence[CompiledRule], 
 
 class LayeredTrainer(MetaTrainer):
     """The meta-trainer with θ_{r,ℓ} = Σ_k φ_{r,k} b_k(ℓ) (see the module docstring); Adam on the R·K parameters
-    (each with its term's step scale), forward mode on the torch loop."""
+    (each with its term's step scale); the adjoint kernel with per-layer θ where it runs, else forward mode on the
+    torch loop (`gradient_path`)."""
 
     def __init__(self, spec: DiscoverySpec, device: torch.device | None = None, stream: int = 0,
                  coefficients: str = "profile", theta_init: dict[str, float] | None = None):
         super().__init__(spec, device, stream)
-        if spec.meta.grad_mode == "reverse":      # 'auto' runs forward mode here: the adjoint kernel has shared θ
-            raise ValueError("per-layer coefficients are meta-trained in forward mode (grad_mode 'forward' or 'auto')")
         self.coefficients = coefficients
         R, L = len(self.term_ids), spec.network.depth
         self.basis = basis(coefficients, L, self.dtype)
@@ -132,12 +138,37 @@ class LayeredTrainer(MetaTrainer):
         self.scale = self.scale.repeat_interleave(K)
         self.phi = torch.nn.Parameter(flat / self.scale)
         self.opt = torch.optim.Adam([self.phi], lr=spec.meta.lr)
-        self.use_fused = False
+        # the C adjoint kernel with θ per layer: the meta-gradient (unless grad_mode 'forward') and held-out scoring
+        self.layered_fused = self.use_fused and fused.layered_reverse_available(
+            self.rule, spec.network.feedback, self.device, self.dtype)
+        self.use_fused = False                    # the shared-θ fused kernels never run here
         self.singles = [CompiledRule([t]) for t in self.rule.terms]
 
     def layer_theta(self) -> Tensor:
         """θ per layer (L, R)."""
         return layer_thetas(self.theta.detach(), len(self.term_ids), self.basis)
+
+    @cached_property
+    def gradient_path(self) -> str:
+        """'reverse-fused' (the adjoint kernel with per-layer θ) where it runs and grad_mode is 'auto' or 'reverse'
+        (at any R: the parameters number R·K), else 'forward' (R·K tangents on the torch loop)."""
+        if self.spec.meta.grad_mode == "forward" or not self.layered_fused:
+            return "forward"
+        return "reverse-fused"
+
+    def _gradient_reverse_fused(self, ep, Ws, Bs) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        """∂L/∂θ_{r,ℓ} from the adjoint kernel, then ∂L/∂φ_{r,k} = Σ_ℓ b_k(ℓ) ∂L/∂θ_{r,ℓ} (R·K, B)."""
+        net = self.spec.network
+        R, K = len(self.term_ids), self.basis.shape[1]
+        with torch.no_grad():
+            thetas = layer_thetas(self.theta.detach(), R, self.basis)
+            Wf, g = fused.meta_gradient_reverse_fused_layered(self.rule, thetas, Ws, Bs, ep.x_train, ep.y_train,
+                                                              ep.x_query, ep.y_query, net.feedback, net.beta)
+            grad = torch.einsum("lk,lrb->rkb", self.basis.to(g), g).reshape(R * K, -1)
+            logits = query_logits(Wf, ep.x_query, net.beta)
+            loss = per_episode_ce(logits, ep.y_query)
+            acc = (logits.argmax(-1) == ep.y_query).to(self.dtype).mean(-1)
+        return loss, grad.to(self.device), acc, Wf
 
     def _online(self, theta: Tensor, Ws, Bs, ep, tangents: bool):
         net = self.spec.network
@@ -145,6 +176,9 @@ class LayeredTrainer(MetaTrainer):
         if tangents:
             return layered_online_forward(self.rule, self.singles, thetas, self.basis, Ws, Bs, ep.x_train,
                                           ep.y_train, net.feedback, net.beta)
+        if self.layered_fused:
+            return fused.run_online_fused_layered(self.rule, thetas, Ws, Bs, ep.x_train, ep.y_train, net.feedback,
+                                                  net.beta)
         return layered_online(self.rule, thetas, Ws, Bs, ep.x_train, ep.y_train, net.feedback, net.beta)
 
     @cached_property

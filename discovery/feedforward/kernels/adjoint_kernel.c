@@ -35,6 +35,25 @@ typedef struct {
     int Kmax;
 } Adj;
 
+/* Per-layer coefficients (docs/kernels.md, "Per-layer θ"): with `on`, layer ℓ's c_{u,s}, s and θ are rows ℓ of
+ * c (L × 3 × NS), scale (L) and theta (L × R), and θ̄ goes to grad row ℓ; off, every layer uses the Plan's own. */
+typedef struct {
+    int on, R;
+    const real *c, *scale;
+    const double *theta;
+} Lay;
+
+/* The Plan and c_{u,s} of layer li: p itself when θ is shared, else a copy in buf with layer li's c, s and θ. */
+static inline const Plan *layer_plan(const Plan *p, const Lay *ly, int li, Plan *buf, const real **c) {
+    if (!ly->on) return p;
+    *buf = *p;
+    buf->c = ly->c + (long)li * 3 * NS;
+    buf->scale = ly->scale[li];
+    buf->theta = ly->theta + (long)li * ly->R;
+    *c = buf->c;
+    return buf;
+}
+
 static long tape_sizes(const Plan *p, long *sW, long *sU, long *sP, long *scg, long *sg) {
     *sW = p->Wtot;
     *sU = 2 * p->V;
@@ -90,7 +109,7 @@ static void primal_sweep(const Plan *p, int li, const real *Wo, real *Wn, const 
  * sample st+1 on return (when has_next). With k ≥ 0 the step's vectors go to tape slot k (whose W is Wo). */
 __attribute__((noinline)) static void primal_step(const Plan *p, Work *w, const real *Wo, real *Wn, const real *FB,
                                                   const real *X, long target, long st, int has_next, const real *c,
-                                                  Tape *tp, long k) {
+                                                  Tape *tp, long k, const Lay *ly) {
     long sW, sU, sP, scg, sg, V = p->V, mm = p->mmax;
     tape_sizes(p, &sW, &sU, &sP, &scg, &sg);
     w->gtape = k >= 0 ? tp->G + k * V : NULL;
@@ -101,7 +120,11 @@ __attribute__((noinline)) static void primal_step(const Plan *p, Work *w, const 
         memcpy(tp->Z + k * V, w->ZP, sizeof(real) * V);
     }
     if (has_next) memcpy(w->Un, X + (st + 1) * p->widths[0], sizeof(real) * p->widths[0]);
-    for (int li = 0; li < p->L; li++) {
+    const Plan *p0 = p;
+    for (int li = 0; li < p0->L; li++) {
+        Plan pbuf;
+        const real *cl = c;
+        const Plan *p = layer_plan(p0, ly, li, &pbuf, &cl);
         long n = p->widths[li + 1], m = p->widths[li], npd = p->wpad[li + 1], on = p->voff[li + 1];
         real *P = k >= 0 ? tp->P + k * sP + (long)li * 3 * mm : w->P;
         for (int a = 0; a < 3; a++)            /* slots a bilinear gate needs: all of Wᵀa before the sweep */
@@ -118,7 +141,7 @@ __attribute__((noinline)) static void primal_step(const Plan *p, Work *w, const 
             for (int a = 0; a < 3; a++)
                 if (p->need_pre[a]) memcpy(P + (long)a * mm, w->P + (long)a * mm, sizeof(real) * m);
         if (has_next) memset(w->Z, 0, sizeof(real) * p->npmax);
-        primal_sweep(p, li, Wo, Wn, w->U, p->ngates ? w->cg : c, P, has_next ? w->Un + p->voff[li] : NULL, w->Z);
+        primal_sweep(p, li, Wo, Wn, w->U, p->ngates ? w->cg : cl, P, has_next ? w->Un + p->voff[li] : NULL, w->Z);
         if (!has_next) continue;
         for (long i = 0; i < n; i++) {
             w->ZPn[on + i] = w->Z[i];
@@ -328,7 +351,7 @@ __attribute__((noinline)) static void sweep_adjoint(const Plan *p, Work *w, Adj 
 
 /* One backward step at tape slot k: Ḡ ← ∂L/∂W^t from Ḡ = ∂L/∂W^{t+1}; θ̄ accumulated into grad. */
 __attribute__((noinline)) static void backward_step(const Plan *p, Work *w, Adj *a, const Tape *tp, long k, real *Gbar, const real *FB,
-                          const real *c, const double *decay, double *grad) {
+                          const real *c, const double *decay, double *grad, const Lay *ly) {
     int L = p->L;
     long sW, sU, sP, scg, sg, V = p->V, mm = p->mmax;
     tape_sizes(p, &sW, &sU, &sP, &scg, &sg);
@@ -337,7 +360,12 @@ __attribute__((noinline)) static void backward_step(const Plan *p, Work *w, Adj 
     memset(a->Ebar, 0, sizeof(real) * V);
     memset(a->Zbar, 0, sizeof(real) * V);
     for (int li = 0; li < L; li++) a->nnew[li] = 0;
-    for (int li = 0; li < L; li++) sweep_adjoint(p, w, a, tp, k, li, Gbar, c, decay, grad);
+    for (int li = 0; li < L; li++) {
+        Plan pbuf;
+        const real *cl = c;
+        const Plan *pl = layer_plan(p, ly, li, &pbuf, &cl);
+        sweep_adjoint(pl, w, a, tp, k, li, Gbar, cl, decay, ly->on ? grad + (long)li * ly->R : grad);
+    }
     /* the error pass, backwards: e_li = g ⊙ (1 − e^{−βy_li}), g = e_{li+1}F (fa, bp) or e_L D (dfa) */
     long oL = p->voff[L], nL = p->widths[L];
     for (int li = 0; li < L; li++) {
@@ -402,14 +430,15 @@ __attribute__((noinline)) static void backward_step(const Plan *p, Work *w, Adj 
     int *ti = a->nold; a->nold = a->nnew; a->nnew = ti;
 }
 
-/* One episode: W (in: W^0, out: W^S), grad (R doubles, out) = ∂ mean_q CE(query)/∂θ. seg: checkpoint interval.
+/* One episode: W (in: W^0, out: W^S), grad (out) = ∂ mean_q CE(query)/∂θ: R doubles, or L × R with per-layer θ
+ * (ly->on). seg: checkpoint interval. primal_only: W^S alone (no tape, no checkpoints, grad untouched).
  * Returns 0, or −1 when the work memory cannot be allocated. */
-int adjoint_episode(real *W, const real *FB, const real *X, const long *T, long S, const real *XQ, const long *TQ,
-                    long Q, int L, int mode, const long *widths, const long *wpad, const long *woff, const long *foff,
-                    const long *voff, long Wtot, const real *c, real scale, real beta, const char *act_s,
-                    int npairs, const int *pairs, const double *theta, int natoms, const int *atoms,
-                    const double *atom_coef, int ngates, const int *gates, const double *decay, int R, long seg,
-                    double *grad) {
+static int adjoint_run(real *W, const real *FB, const real *X, const long *T, long S, const real *XQ, const long *TQ,
+                       long Q, int L, int mode, const long *widths, const long *wpad, const long *woff,
+                       const long *foff, const long *voff, long Wtot, const real *c, real scale, real beta,
+                       const char *act_s, int npairs, const int *pairs, const double *theta, int natoms,
+                       const int *atoms, const double *atom_coef, int ngates, const int *gates, const double *decay,
+                       int R, long seg, double *grad, const Lay *ly, int primal_only) {
     long V = voff[L] + wpad[L], npmax = 0, mmax = 0;
     for (int k = 0; k <= L; k++) npmax = wpad[k] > npmax ? wpad[k] : npmax;
     for (int k = 0; k < L; k++) mmax = widths[k] > mmax ? widths[k] : mmax;
@@ -421,9 +450,10 @@ int adjoint_episode(real *W, const real *FB, const real *X, const long *T, long 
     for (int k = 0; k < ngates; k++)
         if (gates[3 * k] == 2 && gates[3 * k + 2] != 0) p.need_pre[gates[3 * k + 1]] = 1;
     for (int a = 0; a < 3; a++) p.need_P[a] = p.need_pre[a] || act_s[3 + a];
-    if (seg < 1) seg = 1;
+    if (seg < 1 || primal_only) seg = 1;
     if (seg > S) seg = S > 0 ? S : 1;
     long nseg = S > 0 ? (S + seg - 1) / seg : 0;
+    long nck = primal_only || nseg <= 1 ? 1 : nseg - 1;
     long sW, sU, sP, scg, sg;
     tape_sizes(&p, &sW, &sU, &sP, &scg, &sg);
     int Kmax = ngates + 2;
@@ -454,7 +484,7 @@ int adjoint_episode(real *W, const real *FB, const real *X, const long *T, long 
     tp.P = calloc(seg * sP, sizeof(real));
     tp.cg = calloc(seg * scg, sizeof(real));
     tp.g = calloc(seg * sg, sizeof(double));
-    ck = malloc(sizeof(real) * (nseg > 1 ? nseg - 1 : 1) * Wtot);
+    ck = malloc(sizeof(real) * nck * Wtot);
     Gbar = calloc(Wtot, sizeof(real));
     Wk = malloc(sizeof(real) * Wtot);
     a.Ybar = calloc(V, sizeof(real));
@@ -480,11 +510,21 @@ int adjoint_episode(real *W, const real *FB, const real *X, const long *T, long 
              && w.gd && tp.W && tp.U && tp.Z && tp.G && tp.P && tp.cg && tp.g && ck && Gbar && Wk && a.Ybar && a.Ebar
              && a.Zbar && a.row && a.uy && a.ue && a.sa0 && a.sa1 && a.wb && a.hb && a.zq && a.aold && a.anew
              && a.bold && a.bnew && a.nold && a.nnew && a.gbar;
-    if (ok) {
+    if (ok && primal_only) {                   /* W ping-pongs between W and Wk */
+        for (int li = 0; li <= L; li++)
+            for (long i = 0; i < widths[li]; i++) w.U[2 * V + voff[li] + i] = 1;
+        real *cur = W, *nxt = Wk;
+        if (S > 0) load_sample(&p, &w, W, X, 0);
+        for (long st = 0; st < S; st++) {
+            primal_step(&p, &w, cur, nxt, FB, X, T[st], st, st + 1 < S, c, &tp, -1, ly);
+            real *t = cur; cur = nxt; nxt = t;
+        }
+        if (cur != W) memcpy(W, cur, sizeof(real) * Wtot);
+    } else if (ok) {
         p.R = 0;
         for (int li = 0; li <= L; li++)
             for (long i = 0; i < widths[li]; i++) w.U[2 * V + voff[li] + i] = 1;
-        for (int r = 0; r < R; r++) grad[r] = 0;
+        for (long r = 0; r < (ly->on ? (long)L * R : R); r++) grad[r] = 0;
         /* first pass: checkpoints at the start of every segment but the last, whose tape it writes itself
          * (W^t in tape slot k, W^{t+1} into slot k + 1); before that, W ping-pongs between W and Wk */
         long last0 = (nseg - 1) * seg;
@@ -496,7 +536,7 @@ int adjoint_episode(real *W, const real *FB, const real *X, const long *T, long 
             if (k == 0) memcpy(tp.W, cur, sizeof(real) * Wtot);
             const real *src = k >= 0 ? tp.W + k * sW : cur;
             real *dst = k >= 0 ? (st + 1 < S ? tp.W + (k + 1) * sW : Wk) : nxt;
-            primal_step(&p, &w, src, dst, FB, X, T[st], st, st + 1 < S, c, &tp, k);
+            primal_step(&p, &w, src, dst, FB, X, T[st], st, st + 1 < S, c, &tp, k, ly);
             if (k < 0) { real *t = cur; cur = nxt; nxt = t; }
         }
         if (S > 0) memcpy(W, Wk, sizeof(real) * Wtot);
@@ -511,10 +551,10 @@ int adjoint_episode(real *W, const real *FB, const real *X, const long *T, long 
                 for (long st = t0; st < t1; st++) {
                     long k = st - t0;
                     primal_step(&p, &w, tp.W + k * sW, st + 1 < t1 ? tp.W + (k + 1) * sW : Wk, FB, X, T[st], st,
-                                st + 1 < t1, c, &tp, k);
+                                st + 1 < t1, c, &tp, k, ly);
                 }
             }
-            for (long st = t1 - 1; st >= t0; st--) backward_step(&pa, &w, &a, &tp, st - t0, Gbar, FB, c, decay, grad);
+            for (long st = t1 - 1; st >= t0; st--) backward_step(&pa, &w, &a, &tp, st - t0, Gbar, FB, c, decay, grad, ly);
         }
     }
     free(w.U); free(w.ZP); free(w.Un); free(w.ZPn); free(w.Z); free(w.P); free(w.Gb); free(w.post); free(w.Q); free(w.vd); free(w.aud);
@@ -525,4 +565,31 @@ int adjoint_episode(real *W, const real *FB, const real *X, const long *T, long 
     free(a.wb); free(a.hb); free(a.zq); free(a.aold); free(a.anew); free(a.bold); free(a.bnew); free(a.nold);
     free(a.nnew); free(a.gbar);
     return ok ? 0 : -1;
+}
+
+/* Shared θ: every layer uses c, scale and theta (R), grad has R entries. */
+int adjoint_episode(real *W, const real *FB, const real *X, const long *T, long S, const real *XQ, const long *TQ,
+                    long Q, int L, int mode, const long *widths, const long *wpad, const long *woff, const long *foff,
+                    const long *voff, long Wtot, const real *c, real scale, real beta, const char *act_s,
+                    int npairs, const int *pairs, const double *theta, int natoms, const int *atoms,
+                    const double *atom_coef, int ngates, const int *gates, const double *decay, int R, long seg,
+                    double *grad) {
+    Lay ly = {0, R, NULL, NULL, NULL};
+    return adjoint_run(W, FB, X, T, S, XQ, TQ, Q, L, mode, widths, wpad, woff, foff, voff, Wtot, c, scale, beta,
+                       act_s, npairs, pairs, theta, natoms, atoms, atom_coef, ngates, gates, decay, R, seg, grad,
+                       &ly, 0);
+}
+
+/* Per-layer θ (docs/kernels.md, "Per-layer θ"): layer ℓ uses row ℓ of c (L × 3 × NS), scale (L) and theta (L × R);
+ * grad (L × R, out) = ∂ mean_q CE(query)/∂θ_ℓ. primal_only: the adapted W alone (grad and the query unused). */
+int adjoint_episode_layered(real *W, const real *FB, const real *X, const long *T, long S, const real *XQ,
+                            const long *TQ, long Q, int L, int mode, const long *widths, const long *wpad,
+                            const long *woff, const long *foff, const long *voff, long Wtot, const real *c,
+                            const real *scale, real beta, const char *act_s, int npairs, const int *pairs,
+                            const double *theta, int natoms, const int *atoms, const double *atom_coef, int ngates,
+                            const int *gates, const double *decay, int R, long seg, int primal_only, double *grad) {
+    Lay ly = {1, R, c, scale, theta};
+    return adjoint_run(W, FB, X, T, S, XQ, TQ, Q, L, mode, widths, wpad, woff, foff, voff, Wtot, c, scale[0], beta,
+                       act_s, npairs, pairs, theta, natoms, atoms, atom_coef, ngates, gates, decay, R, seg, grad,
+                       &ly, primal_only);
 }

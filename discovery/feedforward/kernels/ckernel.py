@@ -4,7 +4,7 @@ The shared library is compiled once per machine, source and precision (-O3 -marc
 contraction allowed, IEEE NaN/inf kept so divergence stays visible) into a cache folder, then loaded with ctypes.
 Where no compiler works, `load` returns None and discovery.feedforward.kernels.fused uses its numba kernel instead.
 The same library holds the adjoint (reverse-mode) kernel, `adjoint_kernel.c`, which includes `fused_kernel.c`
-(`load_adjoint`; docs/kernels.md).
+(`load_adjoint`; docs/kernels.md), and its per-layer-θ entry point (`load_adjoint_layered`).
 `PLASTICITY_FUSED_BACKEND` = auto (default) | c | numba chooses; `PLASTICITY_KERNEL_CACHE` names the folder
 (default ~/.cache/plasticity/kernels; created 0700, and its owner and mode are checked before a library is loaded).
 """
@@ -135,12 +135,14 @@ def _build(real: str) -> Path:
 
 
 _ADJOINT: dict[type, ctypes._CFuncPtr] = {}   # the adjoint entry point of the library `load` loaded last
+_ADJOINT_LAYERED: dict[type, ctypes._CFuncPtr] = {}   # its per-layer-θ entry point
 
 
 @functools.cache
 def load(dtype: type) -> ctypes._CFuncPtr | None:
     """The `fused_episode` function for np.float32 or np.float64, or None when it cannot be built here."""
     _ADJOINT.pop(dtype, None)
+    _ADJOINT_LAYERED.pop(dtype, None)
     if backend() == "numba":
         return None
     try:
@@ -151,6 +153,8 @@ def load(dtype: type) -> ctypes._CFuncPtr | None:
         return None
     if hasattr(lib, "adjoint_episode"):
         _ADJOINT[dtype] = _adjoint_fn(lib, dtype)
+    if hasattr(lib, "adjoint_episode_layered"):
+        _ADJOINT_LAYERED[dtype] = _adjoint_layered_fn(lib, dtype)
     fn = lib.fused_episode
     creal = ctypes.c_float if dtype == np.float32 else ctypes.c_double
     ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
@@ -171,5 +175,20 @@ def _adjoint_fn(lib: ctypes.CDLL, dtype: type) -> ctypes._CFuncPtr:
     ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     fn.argtypes = [ptr, ptr, ptr, ptr, long_, ptr, ptr, long_, int_, int_, ptr, ptr, ptr, ptr, ptr, long_, ptr,
                    creal, creal, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, long_, ptr]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def load_adjoint_layered(dtype: type) -> ctypes._CFuncPtr | None:
+    """The `adjoint_episode_layered` function (the adjoint kernel with θ per layer; docs/kernels.md), or None."""
+    return _ADJOINT_LAYERED.get(dtype) if load(dtype) is not None else None
+
+
+def _adjoint_layered_fn(lib: ctypes.CDLL, dtype: type) -> ctypes._CFuncPtr:
+    fn = lib.adjoint_episode_layered
+    creal = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    fn.argtypes = [ptr, ptr, ptr, ptr, long_, ptr, ptr, long_, int_, int_, ptr, ptr, ptr, ptr, ptr, long_, ptr,
+                   ptr, creal, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, long_, int_, ptr]
     fn.restype = ctypes.c_int
     return fn

@@ -19,7 +19,8 @@ CUDA, other shapes) the caller uses the batched torch loop.
 
 `meta_gradient_reverse_fused` is the reverse-mode alternative (`adjoint_kernel.c`, C only): one primal pass with W
 checkpointed every ⌈√T⌉ steps, the query loss's gradient, and one backward pass whose cost does not grow with R
-(docs/kernels.md).
+(docs/kernels.md). `meta_gradient_reverse_fused_layered` is the same kernel with θ per layer (L × R in, ∂/∂θ per layer
+out) and `run_online_fused_layered` its primal pass alone (docs/kernels.md, "Per-layer θ").
 """
 
 from __future__ import annotations
@@ -329,15 +330,13 @@ def segment_length(steps: int) -> int:
     return max(1, int(np.ceil(np.sqrt(max(1, steps)))))
 
 
-def meta_gradient_reverse_fused(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Sequence[Tensor] | None,
-                                x_train: Tensor, y_train: Tensor, x_query: Tensor, y_query: Tensor, feedback: str,
-                                beta: float) -> tuple[list[Tensor], Tensor]:
-    """Adapted W (B, n, m) and ∂(mean query CE)/∂θ (R, B) from the C adjoint kernel: one primal pass with
-    checkpoints, the query loss's gradient, one backward pass (cost independent of R; docs/kernels.md)."""
+def _adjoint_args(rule: CompiledRule, Ws: Sequence[Tensor], Bs: Sequence[Tensor] | None, x_train: Tensor,
+                  y_train: Tensor, x_query: Tensor | None, y_query: Tensor | None, feedback: str, layered: bool):
+    """Pack the episode for the adjoint kernel: (kernel, plan, W, FB, X, T, XQ, TQ, the geometry arrays)."""
     p = plan(rule)
     dtype = Ws[0].dtype
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    kernel = ckernel.load_adjoint(np_dtype)
+    kernel = (ckernel.load_adjoint_layered if layered else ckernel.load_adjoint)(np_dtype)
     if p is None or kernel is None or feedback not in FEEDBACK_CODES or (Bs is None and feedback != "bp"):
         raise ValueError("rule/feedback not fusable or no C compiler; use forward mode")
     widths = np.array([Ws[0].shape[2]] + [W.shape[1] for W in Ws], dtype=np.int64)
@@ -345,7 +344,7 @@ def meta_gradient_reverse_fused(rule: CompiledRule, theta: Tensor, Ws: Sequence[
     voff = np.cumsum(np.concatenate([[0], wpad[:-1]])).astype(np.int64)
     WT, woff = _pack_transposed([W.detach().cpu() for W in Ws])
     WT = np.ascontiguousarray(WT, dtype=np_dtype)
-    Bn, R = WT.shape[0], len(rule)
+    Bn = WT.shape[0]
     if feedback == "bp":
         FB, foff = np.zeros((Bn, 1), dtype=np_dtype), np.zeros(len(Ws), dtype=np.int64)
     elif feedback == "fa":
@@ -356,29 +355,28 @@ def meta_gradient_reverse_fused(rule: CompiledRule, theta: Tensor, Ws: Sequence[
     FB = np.ascontiguousarray(FB, dtype=np_dtype)
     X = np.ascontiguousarray(x_train.detach().cpu().numpy(), dtype=np_dtype)
     T = np.ascontiguousarray(y_train.detach().cpu().numpy(), dtype=np.int64)
-    XQ = np.ascontiguousarray(x_query.detach().cpu().numpy(), dtype=np_dtype)
-    TQ = np.ascontiguousarray(y_query.detach().cpu().numpy(), dtype=np.int64)
-    th = theta.detach().cpu().numpy().astype(np_dtype)
+    if x_query is None:
+        XQ, TQ = np.zeros((Bn, 1), dtype=np_dtype), np.zeros((Bn, 1), dtype=np.int64)
+        Q = 0
+    else:
+        XQ = np.ascontiguousarray(x_query.detach().cpu().numpy(), dtype=np_dtype)
+        TQ = np.ascontiguousarray(y_query.detach().cpu().numpy(), dtype=np.int64)
+        Q = XQ.shape[1]
+    ints = [np.ascontiguousarray(a, dtype=np.int64) for a in (widths, wpad, woff, foff, voff)]
+    return kernel, p, np_dtype, WT, FB, X, T, XQ, TQ, Q, widths, wpad, woff, ints
+
+
+def _adjoint_tables(p: FusedPlan, th: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The pieces of the plan the adjoint reads: c_{u,s} (from θ in the kernel's precision), s, the active slots,
+    the (u, s) pairs (those of the terms and of the atoms), the atom table and κ, the gates."""
     c, _, _, scale, act_s, _, pairs = _coefficients(p, th, 0)
     atoms, kap = _atom_table(p)
     used = np.unique(atoms[:, 1:3], axis=0) if len(atoms) else np.zeros((0, 2), dtype=np.int32)
     pairs = np.ascontiguousarray(np.unique(np.concatenate([pairs, used]).astype(np.int32), axis=0), dtype=np.int32)
-    ints = [np.ascontiguousarray(a, dtype=np.int64) for a in (widths, wpad, woff, foff, voff)]
-    th64 = np.ascontiguousarray(theta.detach().cpu().numpy(), dtype=np.float64)
-    gates = np.ascontiguousarray(p.gates, dtype=np.int32)
-    decay = np.ascontiguousarray(p.decay[:R], dtype=np.float64)
-    grad = np.zeros((Bn, max(R, 1)), dtype=np.float64)
-    S, Q, L = X.shape[1], XQ.shape[1], len(widths) - 1
-    seg = segment_length(S)
-    shared = [L, FEEDBACK_CODES[feedback]] + [a.ctypes.data for a in ints] + [
-        WT.shape[1], c.ctypes.data, float(scale), float(beta), act_s.ctypes.data, len(pairs), pairs.ctypes.data,
-        th64.ctypes.data, len(atoms), atoms.ctypes.data, kap.ctypes.data, len(gates), gates.ctypes.data,
-        decay.ctypes.data, R, seg]
+    return c, scale, act_s, pairs, atoms, kap, np.ascontiguousarray(p.gates, dtype=np.int32)
 
-    def one(b: int) -> int:
-        return kernel(WT[b].ctypes.data, FB[b].ctypes.data, X[b].ctypes.data, T[b].ctypes.data, S,
-                      XQ[b].ctypes.data, TQ[b].ctypes.data, Q, *shared, grad[b].ctypes.data)
 
+def _run_episodes(one, Bn: int) -> None:
     threads = max(1, min(torch.get_num_threads(), Bn))
     if threads == 1:
         codes = [one(b) for b in range(Bn)]
@@ -387,10 +385,99 @@ def meta_gradient_reverse_fused(rule: CompiledRule, theta: Tensor, Ws: Sequence[
             codes = list(pool.map(one, range(Bn)))
     if any(codes):
         raise MemoryError("the adjoint C kernel could not allocate its work memory")
-    Wt = torch.from_numpy(WT)
+
+
+def _unpack_W(WT: np.ndarray, widths: np.ndarray, wpad: np.ndarray, woff: np.ndarray) -> list[Tensor]:
+    Wt, Bn = torch.from_numpy(WT), WT.shape[0]
     out_W = []
-    for li in range(len(Ws)):
+    for li in range(len(widths) - 1):
         n, m, npd = int(widths[li + 1]), int(widths[li]), int(wpad[li + 1])
         o = int(woff[li])
         out_W.append(Wt[:, o:o + npd * m].reshape(Bn, m, npd)[..., :n].transpose(1, 2))
-    return out_W, torch.from_numpy(grad[:, :R].T.copy()).to(dtype)
+    return out_W
+
+
+def meta_gradient_reverse_fused(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Sequence[Tensor] | None,
+                                x_train: Tensor, y_train: Tensor, x_query: Tensor, y_query: Tensor, feedback: str,
+                                beta: float) -> tuple[list[Tensor], Tensor]:
+    """Adapted W (B, n, m) and ∂(mean query CE)/∂θ (R, B) from the C adjoint kernel: one primal pass with
+    checkpoints, the query loss's gradient, one backward pass (cost independent of R; docs/kernels.md)."""
+    kernel, p, np_dtype, WT, FB, X, T, XQ, TQ, Q, widths, wpad, woff, ints = _adjoint_args(
+        rule, Ws, Bs, x_train, y_train, x_query, y_query, feedback, layered=False)
+    Bn, R = WT.shape[0], len(rule)
+    th = theta.detach().cpu().numpy().astype(np_dtype)
+    c, scale, act_s, pairs, atoms, kap, gates = _adjoint_tables(p, th)
+    th64 = np.ascontiguousarray(theta.detach().cpu().numpy(), dtype=np.float64)
+    decay = np.ascontiguousarray(p.decay[:R], dtype=np.float64)
+    grad = np.zeros((Bn, max(R, 1)), dtype=np.float64)
+    S, L = X.shape[1], len(widths) - 1
+    shared = [L, FEEDBACK_CODES[feedback]] + [a.ctypes.data for a in ints] + [
+        WT.shape[1], c.ctypes.data, float(scale), float(beta), act_s.ctypes.data, len(pairs), pairs.ctypes.data,
+        th64.ctypes.data, len(atoms), atoms.ctypes.data, kap.ctypes.data, len(gates), gates.ctypes.data,
+        decay.ctypes.data, R, segment_length(S)]
+
+    def one(b: int) -> int:
+        return kernel(WT[b].ctypes.data, FB[b].ctypes.data, X[b].ctypes.data, T[b].ctypes.data, S,
+                      XQ[b].ctypes.data, TQ[b].ctypes.data, Q, *shared, grad[b].ctypes.data)
+
+    _run_episodes(one, Bn)
+    return _unpack_W(WT, widths, wpad, woff), torch.from_numpy(grad[:, :R].T.copy()).to(Ws[0].dtype)
+
+
+def _layered(rule: CompiledRule, thetas: Tensor, Ws: Sequence[Tensor], Bs: Sequence[Tensor] | None,
+             x_train: Tensor, y_train: Tensor, x_query: Tensor | None, y_query: Tensor | None, feedback: str,
+             beta: float) -> tuple[list[Tensor], Tensor | None]:
+    """The adjoint kernel with θ per layer (thetas: L × R); no query: the primal pass alone (grad None)."""
+    kernel, p, np_dtype, WT, FB, X, T, XQ, TQ, Q, widths, wpad, woff, ints = _adjoint_args(
+        rule, Ws, Bs, x_train, y_train, x_query, y_query, feedback, layered=True)
+    Bn, R, L = WT.shape[0], len(rule), len(Ws)
+    th_all = thetas.detach().cpu().numpy()
+    if th_all.shape != (L, R):
+        raise ValueError(f"per-layer θ must be (layers, terms) = ({L}, {R}), not {th_all.shape}")
+    rows = [_adjoint_tables(p, th_all[li].astype(np_dtype)) for li in range(L)]
+    c = np.ascontiguousarray(np.stack([r[0] for r in rows]), dtype=np_dtype)
+    scale = np.array([r[1] for r in rows], dtype=np_dtype)
+    _, _, act_s, pairs, atoms, kap, gates = rows[0]
+    th64 = np.ascontiguousarray(th_all, dtype=np.float64)
+    decay = np.ascontiguousarray(p.decay[:R], dtype=np.float64)
+    primal_only = x_query is None
+    grad = np.zeros((Bn, max(L * R, 1)), dtype=np.float64)
+    S = X.shape[1]
+    shared = [L, FEEDBACK_CODES[feedback]] + [a.ctypes.data for a in ints] + [
+        WT.shape[1], c.ctypes.data, scale.ctypes.data, float(beta), act_s.ctypes.data, len(pairs),
+        pairs.ctypes.data, th64.ctypes.data, len(atoms), atoms.ctypes.data, kap.ctypes.data, len(gates),
+        gates.ctypes.data, decay.ctypes.data, R, segment_length(S), int(primal_only)]
+
+    def one(b: int) -> int:
+        return kernel(WT[b].ctypes.data, FB[b].ctypes.data, X[b].ctypes.data, T[b].ctypes.data, S,
+                      XQ[b].ctypes.data, TQ[b].ctypes.data, Q, *shared, grad[b].ctypes.data)
+
+    _run_episodes(one, Bn)
+    out_W = _unpack_W(WT, widths, wpad, woff)
+    if primal_only:
+        return out_W, None
+    return out_W, torch.from_numpy(grad[:, :L * R].T.reshape(L, R, Bn).copy()).to(Ws[0].dtype)
+
+
+def layered_reverse_available(rule: CompiledRule, feedback: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the adjoint kernel's per-layer-θ entry point can run this rule (the primal pass included)."""
+    if not fusable(rule, feedback, device, dtype):
+        return False
+    return ckernel.load_adjoint_layered(np.float32 if dtype == torch.float32 else np.float64) is not None
+
+
+def meta_gradient_reverse_fused_layered(rule: CompiledRule, thetas: Tensor, Ws: Sequence[Tensor],
+                                        Bs: Sequence[Tensor] | None, x_train: Tensor, y_train: Tensor,
+                                        x_query: Tensor, y_query: Tensor, feedback: str,
+                                        beta: float) -> tuple[list[Tensor], Tensor]:
+    """Adapted W (B, n, m) and ∂(mean query CE)/∂θ_{ℓ,r} (L, R, B) with layer ℓ's update Σ_r θ_{ℓ,r} F^r_ℓ
+    (thetas: L × R; docs/kernels.md, "Per-layer θ"). All rows equal: the shared rule, whose ∂/∂θ_r is the sum
+    over ℓ."""
+    return _layered(rule, thetas, Ws, Bs, x_train, y_train, x_query, y_query, feedback, beta)
+
+
+def run_online_fused_layered(rule: CompiledRule, thetas: Tensor, Ws: Sequence[Tensor], Bs: Sequence[Tensor] | None,
+                             x_train: Tensor, y_train: Tensor, feedback: str, beta: float) -> list[Tensor]:
+    """Primal-only online pass with θ per layer (thetas: L × R), the adjoint kernel's first pass without a tape:
+    adapted W (B, n, m)."""
+    return _layered(rule, thetas, Ws, Bs, x_train, y_train, None, None, feedback, beta)[0]
