@@ -18,23 +18,12 @@ from discovery.feedforward.trainer import MetaTrainer
 from discovery.spec import DiscoverySpec
 from rules.compiler import compile_terms
 from rules.terms import POOLS, term
-
-
-def _adjoint_or_skip() -> None:
-    ckernel.load.cache_clear()
-    try:
-        if ckernel.load_adjoint(np.float64) is None:
-            pytest.skip("no C compiler: the adjoint kernel cannot run here")
-    except RuntimeError as exc:
-        pytest.skip(f"no C kernel here: {exc}")
+from tests.helpers.kernels import c_backend
 
 
 @pytest.fixture(autouse=True)
 def _c_backend(monkeypatch):
-    monkeypatch.setenv("PLASTICITY_FUSED_BACKEND", "auto")
-    _adjoint_or_skip()
-    yield
-    ckernel.load.cache_clear()
+    yield from c_backend(monkeypatch, ckernel.load_adjoint)
 
 
 def _rule(ids):

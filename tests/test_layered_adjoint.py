@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,9 +14,16 @@ from discovery.feedforward.inner import per_episode_ce, query_logits, query_loss
 from discovery.feedforward.kernels import ckernel, fused
 from discovery.feedforward.network import init_feedback, init_weights
 from discovery.spec import DiscoverySpec
-from discovery.transfer.layered import LayeredTrainer, basis, layer_thetas, layered_online, layered_online_forward
+from discovery.transfer.layered import (
+    LayeredTrainer,
+    basis,
+    layer_thetas,
+    layered_online,
+    layered_online_forward,
+)
 from rules.compiler import CompiledRule, compile_terms
 from rules.terms import POOLS, term
+from tests.helpers.kernels import c_backend
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,15 +33,7 @@ GATED = ["F0", "F5", "F7", "F8", "T46d53c48", "Tb18ddee2", "T8f2da4ad", "T01259f
 
 @pytest.fixture(autouse=True)
 def _c_backend(monkeypatch):
-    monkeypatch.setenv("PLASTICITY_FUSED_BACKEND", "auto")
-    ckernel.load.cache_clear()
-    try:
-        if ckernel.load_adjoint_layered(np.float64) is None:
-            pytest.skip("no C compiler: the adjoint kernel cannot run here")
-    except RuntimeError as exc:
-        pytest.skip(f"no C kernel here: {exc}")
-    yield
-    ckernel.load.cache_clear()
+    yield from c_backend(monkeypatch, ckernel.load_adjoint_layered)
 
 
 def _rule(ids):
@@ -164,7 +162,7 @@ def test_gradient_path_dispatch_and_fallback(monkeypatch):
     assert t.gradient_path == "forward" and not t.layered_fused
     ep = t.train_sampler.sample(2, dtype=torch.float64)
     Ws, Bs = t._weights(2, torch.Generator().manual_seed(1))
-    loss, grad, _, _ = t.meta_gradient(ep, Ws, Bs)
+    _loss, grad, _, _ = t.meta_gradient(ep, Ws, Bs)
     assert grad.shape == (len(t.param_ids), 2) and torch.isfinite(grad).all()
 
 

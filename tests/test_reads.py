@@ -15,7 +15,16 @@ import pytest
 from sqlalchemy import event, inspect, select, text, update
 
 from service.api.shedding import LoadShedder
-from service.db.models import SUCCEEDED, BenchmarkRun, BenchmarkScore, FrontPointRow, Job, JobRule, ReadVersion, Rule
+from service.db.models import (
+    SUCCEEDED,
+    BenchmarkRun,
+    BenchmarkScore,
+    FrontPointRow,
+    Job,
+    JobRule,
+    ReadVersion,
+    Rule,
+)
 from service.db.repositories.rules import upsert_rule
 from service.db.session import make_engine, session_scope
 from service.rulebook import record_of

@@ -50,7 +50,8 @@ from service.web.render import (
     theta_plot_svg,
     vs_delta,
 )
-from service.web.transfer import SUITE as TRANSFER_SUITE, transfer_table
+from service.web.transfer import SUITE as TRANSFER_SUITE
+from service.web.transfer import transfer_table
 
 log = logging.getLogger("plasticity.pages")
 router = APIRouter(include_in_schema=False)

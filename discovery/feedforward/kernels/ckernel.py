@@ -154,7 +154,7 @@ def load(dtype: type) -> ctypes._CFuncPtr | None:
     if hasattr(lib, "adjoint_episode"):
         _ADJOINT[dtype] = _adjoint_fn(lib, dtype)
     if hasattr(lib, "adjoint_episode_layered"):
-        _ADJOINT_LAYERED[dtype] = _adjoint_layered_fn(lib, dtype)
+        _ADJOINT_LAYERED[dtype] = _adjoint_fn(lib, dtype, layered=True)
     fn = lib.fused_episode
     creal = ctypes.c_float if dtype == np.float32 else ctypes.c_double
     ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
@@ -169,12 +169,15 @@ def load_adjoint(dtype: type) -> ctypes._CFuncPtr | None:
     return _ADJOINT.get(dtype) if load(dtype) is not None else None
 
 
-def _adjoint_fn(lib: ctypes.CDLL, dtype: type) -> ctypes._CFuncPtr:
-    fn = lib.adjoint_episode
+def _adjoint_fn(lib: ctypes.CDLL, dtype: type, layered: bool = False) -> ctypes._CFuncPtr:
+    """`adjoint_episode` (one θ for every layer) or `adjoint_episode_layered` (θ per layer, a primal-only flag)."""
+    fn = lib.adjoint_episode_layered if layered else lib.adjoint_episode
     creal = ctypes.c_float if dtype == np.float32 else ctypes.c_double
     ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    fn.argtypes = [ptr, ptr, ptr, ptr, long_, ptr, ptr, long_, int_, int_, ptr, ptr, ptr, ptr, ptr, long_, ptr,
-                   creal, creal, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, long_, ptr]
+    head = [ptr, ptr, ptr, ptr, long_, ptr, ptr, long_, int_, int_, ptr, ptr, ptr, ptr, ptr, long_, ptr]
+    middle = [ptr, creal] if layered else [creal, creal]
+    tail = [ptr, int_, ptr, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, long_] + ([int_] if layered else []) + [ptr]
+    fn.argtypes = head + middle + tail
     fn.restype = ctypes.c_int
     return fn
 
@@ -183,12 +186,3 @@ def load_adjoint_layered(dtype: type) -> ctypes._CFuncPtr | None:
     """The `adjoint_episode_layered` function (the adjoint kernel with θ per layer; docs/kernels.md), or None."""
     return _ADJOINT_LAYERED.get(dtype) if load(dtype) is not None else None
 
-
-def _adjoint_layered_fn(lib: ctypes.CDLL, dtype: type) -> ctypes._CFuncPtr:
-    fn = lib.adjoint_episode_layered
-    creal = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-    ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    fn.argtypes = [ptr, ptr, ptr, ptr, long_, ptr, ptr, long_, int_, int_, ptr, ptr, ptr, ptr, ptr, long_, ptr,
-                   ptr, creal, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, ptr, ptr, int_, long_, int_, ptr]
-    fn.restype = ctypes.c_int
-    return fn

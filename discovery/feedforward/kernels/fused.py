@@ -28,7 +28,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -231,14 +231,7 @@ def _run_c(kernel, p: FusedPlan, theta: np.ndarray, WT: np.ndarray, WdT: np.ndar
         return kernel(WT[b].ctypes.data, WdT[b].ctypes.data, FB[b].ctypes.data, X[b].ctypes.data,
                       T[b].ctypes.data, X.shape[1], L, R, mode, *shared)
 
-    threads = max(1, min(torch.get_num_threads(), Bn))
-    if threads == 1:
-        codes = [one(b) for b in range(Bn)]
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            codes = list(pool.map(one, range(Bn)))
-    if any(codes):
-        raise MemoryError("the fused C kernel could not allocate its work memory")
+    _run_episodes(one, Bn, "fused")
 
 
 def _run_packed(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs: Sequence[Tensor] | None,
@@ -376,7 +369,9 @@ def _adjoint_tables(p: FusedPlan, th: np.ndarray) -> tuple[np.ndarray, ...]:
     return c, scale, act_s, pairs, atoms, kap, np.ascontiguousarray(p.gates, dtype=np.int32)
 
 
-def _run_episodes(one, Bn: int) -> None:
+def _run_episodes(one: Callable[[int], int], Bn: int, kernel: str = "adjoint") -> None:
+    """``one(b)`` for the Bn episodes, one per thread (ctypes releases the GIL); a nonzero code is an allocation
+    failure of the C kernel."""
     threads = max(1, min(torch.get_num_threads(), Bn))
     if threads == 1:
         codes = [one(b) for b in range(Bn)]
@@ -384,7 +379,7 @@ def _run_episodes(one, Bn: int) -> None:
         with ThreadPoolExecutor(threads) as pool:
             codes = list(pool.map(one, range(Bn)))
     if any(codes):
-        raise MemoryError("the adjoint C kernel could not allocate its work memory")
+        raise MemoryError(f"the {kernel} C kernel could not allocate its work memory")
 
 
 def _unpack_W(WT: np.ndarray, widths: np.ndarray, wpad: np.ndarray, woff: np.ndarray) -> list[Tensor]:
