@@ -36,9 +36,10 @@ def search_spec(seed: int, args: argparse.Namespace) -> dict:
             "task": {"dataset": "mnist5k", "ways": 5, "shots": 50, "queries": 10, "heldout_fraction": 0.4},
             "rule": {"pool": "library"},
             "search": {"method": "forward", "max_terms": args.max_terms, "front_eval_episodes": args.eval_episodes},
-            "meta": {"episodes": args.episodes, "meta_batch": 1, "lr": 1e-3, "seed": seed, "term_scale": "norm",
-                     "eval_episodes": args.eval_episodes},
-            "transfer": {"cells": CELLS, "coefficients": args.coefficients, "refit": args.refit}}
+            "meta": {"episodes": args.episodes, "meta_batch": args.meta_batch, "lr": 1e-3, "seed": seed,
+                     "term_scale": "norm", "eval_episodes": args.eval_episodes},
+            "transfer": {"cells": CELLS, "coefficients": args.coefficients, "refit": args.refit,
+                         "objective": args.objective, "quantile": args.quantile}}
 
 
 def suite_overrides(args: argparse.Namespace, baselines: list[str]) -> dict:
@@ -77,6 +78,11 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=100)
     ap.add_argument("--coefficients", default="shared", choices=["shared", "profile", "per-layer"])
     ap.add_argument("--refit", action="store_true")
+    ap.add_argument("--objective", default="mean", choices=["mean", "quantile"],
+                    help="over the training cells of a meta-batch (quantile: the cells at or above the q-quantile "
+                         "of the loss; --meta-batch 3 draws each of the 3 training cells once per step)")
+    ap.add_argument("--quantile", type=float, default=0.5)
+    ap.add_argument("--meta-batch", type=int, default=1)
     ap.add_argument("--tune-episodes", type=int, default=600, help="BP's θ0 meta-tuning per cell (the suite)")
     ap.add_argument("--suite-episodes", type=int, default=100, help="held-out episodes per cell in the suite")
     ap.add_argument("--tag", default="")
