@@ -32,7 +32,7 @@ def search_spec(seed: int, args: argparse.Namespace) -> dict:
     """The S3 protocol (lr 1e-3, θ0 = 1e-3, term_scale norm, one-episode meta-steps) on the one cell."""
     return {"network": {"widths": [784, 170, 130, 100, 70, 10], "feedback": "fa"},
             "task": {"dataset": "mnist5k", "ways": 5, "shots": 50, "queries": 10, "heldout_fraction": args.heldout_fraction},
-            "rule": {"pool": "library"},
+            "rule": {"pool": args.pool},
             "search": {"method": "forward", "max_terms": args.max_terms, "front_eval_episodes": args.eval_episodes},
             "meta": {"episodes": args.episodes, "meta_batch": 1, "lr": 1e-3, "seed": seed, "term_scale": "norm",
                      "eval_episodes": args.eval_episodes},
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--tune-episodes", type=int, default=600)
     ap.add_argument("--heldout-fraction", type=float, default=0.2,
                     help="held-out share of the data (0.2: the S3 open-search protocol of docs/results.md)")
+    ap.add_argument("--pool", default="library", help="term pool searched (library: 16 terms; library_gated: 43)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=Path("results/transfer"))
     args = ap.parse_args()
