@@ -252,7 +252,9 @@ def run_scenario(cluster: Cluster, ids: dict[str, str], db_url: str, tmp_path: P
             return http.get(f"/api/jobs/{job_id}", params={"events": True}).json()
 
         # 1. a sweep whose two trials run on the two nodes
-        sweep_id = http.post("/api/jobs", json=spec("sweep", episodes=20, sweep={"seeds": [0, 1]}),
+        # long enough (a few seconds per trial) that the first trial is still running when the second is placed,
+        # also on a loaded machine where starting a trial's actor takes seconds
+        sweep_id = http.post("/api/jobs", json=spec("sweep", episodes=600, sweep={"seeds": [0, 1]}),
                              headers=auth).json()["id"]
         swept = wait_for(lambda: job(sweep_id), lambda j: j["status"] in FINAL, 180, "the sweep", logs)
         assert swept["status"] == "succeeded" and swept["trials"] == 2, swept
