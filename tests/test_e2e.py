@@ -80,7 +80,9 @@ def test_restart_while_a_job_runs(live_server_factory: Callable[..., LiveServer]
         "name": "restart",
         "network": {"widths": [784, 16, 10]},
         "task": {"dataset": "synthetic", "shots": 5, "queries": 5},
-        "meta": {"episodes": 80, "eval_episodes": 10, "checkpoint_every": 5},
+        # about 20 ms an episode on a quiet 2-core machine: 600 keep the job running for seconds, long enough to be
+        # seen past its first checkpoint before it ends (80 episodes ended within one poll)
+        "meta": {"episodes": 600, "eval_episodes": 10, "checkpoint_every": 5},
     }
     with httpx.Client(base_url=server.url, timeout=30) as http:
         kept = http.post(
