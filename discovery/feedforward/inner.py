@@ -97,6 +97,12 @@ def per_episode_ce(logits: Tensor, labels: Tensor) -> Tensor:
     return -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(-1)
 
 
+def query_loss_accuracy(Ws: Sequence[Tensor], xq: Tensor, yq: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """Query cross-entropy and fraction correct per episode of the adapted network: (B,), (B,)."""
+    logits = query_logits(Ws, xq, beta)
+    return per_episode_ce(logits, yq), (logits.argmax(-1) == yq).to(xq.dtype).mean(-1)
+
+
 def query_accuracy(Ws: Sequence[Tensor], xq: Tensor, yq: Tensor, beta: float) -> Tensor:
     """Fraction of correct query predictions per episode: (B,)."""
     return (query_logits(Ws, xq, beta).argmax(-1) == yq).to(xq.dtype).mean(-1)

@@ -26,9 +26,8 @@ from discovery.feedforward.checkpoint import Checkpointed
 from discovery.feedforward.inner import (
     RuleLearner,
     onehot,
-    per_episode_ce,
     query_accuracy,
-    query_logits,
+    query_loss_accuracy,
     query_loss_forward,
     rule_step,
     run_online,
@@ -175,14 +174,12 @@ class MetaTrainer(Checkpointed):
         Wt = list(Ws)
         for s in range(ep.x_train.shape[1]):
             Wt = rule_step(self.rule, theta, Wt, Bs, ep.x_train[:, s], targets[:, s], net.feedback, net.beta)
-        logits = query_logits(Wt, ep.x_query, net.beta)
-        loss = per_episode_ce(logits, ep.y_query)
+        loss, acc = query_loss_accuracy(Wt, ep.x_query, ep.y_query, net.beta)
         grads = []
         for b in range(loss.shape[0]):
             (g,) = torch.autograd.grad(loss[b], theta, retain_graph=b < loss.shape[0] - 1)
             grads.append(g)
         grad = torch.stack(grads, dim=1)
-        acc = (logits.argmax(-1) == ep.y_query).to(self.dtype).mean(-1)
         return loss.detach(), grad.detach(), acc.detach(), [w.detach() for w in Wt]
 
     def _gradient_reverse_fused(self, ep, Ws, Bs) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
@@ -192,9 +189,7 @@ class MetaTrainer(Checkpointed):
         with torch.no_grad():
             Wf, grad = fused.meta_gradient_reverse_fused(self.rule, self.theta.detach(), Ws, Bs, ep.x_train,
                                                          ep.y_train, ep.x_query, ep.y_query, net.feedback, net.beta)
-            logits = query_logits(Wf, ep.x_query, net.beta)
-            loss = per_episode_ce(logits, ep.y_query)
-            acc = (logits.argmax(-1) == ep.y_query).to(self.dtype).mean(-1)
+            loss, acc = query_loss_accuracy(Wf, ep.x_query, ep.y_query, net.beta)
         return loss, grad.to(self.device), acc, Wf
 
     @cached_property

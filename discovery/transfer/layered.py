@@ -30,8 +30,7 @@ from discovery.feedforward.inner import (
     _tangent_errors,
     _tangent_forward,
     onehot,
-    per_episode_ce,
-    query_logits,
+    query_loss_accuracy,
     rule_env,
 )
 from discovery.feedforward.kernels import fused
@@ -165,9 +164,7 @@ class LayeredTrainer(MetaTrainer):
             Wf, g = fused.meta_gradient_reverse_fused_layered(self.rule, thetas, Ws, Bs, ep.x_train, ep.y_train,
                                                               ep.x_query, ep.y_query, net.feedback, net.beta)
             grad = torch.einsum("lk,lrb->rkb", self.basis.to(g), g).reshape(R * K, -1)
-            logits = query_logits(Wf, ep.x_query, net.beta)
-            loss = per_episode_ce(logits, ep.y_query)
-            acc = (logits.argmax(-1) == ep.y_query).to(self.dtype).mean(-1)
+            loss, acc = query_loss_accuracy(Wf, ep.x_query, ep.y_query, net.beta)
         return loss, grad.to(self.device), acc, Wf
 
     def _online(self, theta: Tensor, Ws, Bs, ep, tangents: bool):
