@@ -246,8 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     eng, eng1000, eng_torch = rows[n_refs:n_refs + 3]
     print(f"{'configuration':<60}{'pool':>14}{'inner steps':>12}{'s/episode':>11}{'peak MB':>10}{'vs (b)':>8}"
           f"   runs (s/episode) | paired reference runs")
+    mode = {"forward": "forward mode", "reverse-fused": "adjoint (reverse)", "reverse-torch": "autograd"}
     for r in rows:
-        mode = {"forward": "forward mode", "reverse-fused": "adjoint (reverse)", "reverse-torch": "autograd"}
         name = (f"(b) original: reverse mode, batch 1, (yyᵀ)W, {r['threads']} thread(s)" if r["kind"] == "reference"
                 else f"(a) engine, {r['kernel']}: {mode[r['grad_path']]}, meta-batch {r['meta_batch']}")
         runs_txt = " ".join(f"{t:.3f}" for t in r["runs"])

@@ -138,8 +138,8 @@ class LayeredTrainer(MetaTrainer):
         self.phi = torch.nn.Parameter(flat / self.scale)
         self.opt = torch.optim.Adam([self.phi], lr=spec.meta.lr)
         # the C adjoint kernel with θ per layer: the meta-gradient (unless grad_mode 'forward') and held-out scoring
-        self.layered_fused = self.use_fused and fused.layered_reverse_available(
-            self.rule, spec.network.feedback, self.device, self.dtype)
+        self.layered_fused = self.use_fused and fused.reverse_available(
+            self.rule, spec.network.feedback, self.device, self.dtype, layered=True)
         self.use_fused = False                    # the shared-θ fused kernels never run here
         self.singles = [CompiledRule([t]) for t in self.rule.terms]
 

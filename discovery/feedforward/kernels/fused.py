@@ -297,11 +297,14 @@ def run_online_fused(rule: CompiledRule, theta: Tensor, Ws: Sequence[Tensor], Bs
 
 # --------------------------------------------------------------------------------------------- reverse mode
 
-def reverse_available(rule: CompiledRule, feedback: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the C adjoint kernel (adjoint_kernel.c, docs/kernels.md) can compute this rule's meta-gradient."""
+def reverse_available(rule: CompiledRule, feedback: str, device: torch.device, dtype: torch.dtype,
+                      layered: bool = False) -> bool:
+    """Whether the C adjoint kernel (adjoint_kernel.c, docs/kernels.md) can compute this rule's meta-gradient; with
+    ``layered``, its per-layer-θ entry point (the primal pass included)."""
     if not fusable(rule, feedback, device, dtype):
         return False
-    return ckernel.load_adjoint(np.float32 if dtype == torch.float32 else np.float64) is not None
+    load = ckernel.load_adjoint_layered if layered else ckernel.load_adjoint
+    return load(np.float32 if dtype == torch.float32 else np.float64) is not None
 
 
 def _atom_table(p: FusedPlan) -> tuple[np.ndarray, np.ndarray]:
@@ -382,6 +385,19 @@ def _run_episodes(one: Callable[[int], int], Bn: int, kernel: str = "adjoint") -
         raise MemoryError(f"the {kernel} C kernel could not allocate its work memory")
 
 
+def _run_adjoint(kernel, WT: np.ndarray, FB: np.ndarray, X: np.ndarray, T: np.ndarray, XQ: np.ndarray,
+                 TQ: np.ndarray, Q: int, shared: list, grad: np.ndarray) -> None:
+    """One adjoint-kernel call per episode b (its W, feedback, samples, queries and gradient row), the rest of the
+    arguments (``shared``: geometry, plan tables, θ) the same for every episode."""
+    S = X.shape[1]
+
+    def one(b: int) -> int:
+        return kernel(WT[b].ctypes.data, FB[b].ctypes.data, X[b].ctypes.data, T[b].ctypes.data, S,
+                      XQ[b].ctypes.data, TQ[b].ctypes.data, Q, *shared, grad[b].ctypes.data)
+
+    _run_episodes(one, WT.shape[0])
+
+
 def _unpack_W(WT: np.ndarray, widths: np.ndarray, wpad: np.ndarray, woff: np.ndarray) -> list[Tensor]:
     Wt, Bn = torch.from_numpy(WT), WT.shape[0]
     out_W = []
@@ -405,17 +421,12 @@ def meta_gradient_reverse_fused(rule: CompiledRule, theta: Tensor, Ws: Sequence[
     th64 = np.ascontiguousarray(theta.detach().cpu().numpy(), dtype=np.float64)
     decay = np.ascontiguousarray(p.decay[:R], dtype=np.float64)
     grad = np.zeros((Bn, max(R, 1)), dtype=np.float64)
-    S, L = X.shape[1], len(widths) - 1
+    L = len(widths) - 1
     shared = [L, FEEDBACK_CODES[feedback]] + [a.ctypes.data for a in ints] + [
         WT.shape[1], c.ctypes.data, float(scale), float(beta), act_s.ctypes.data, len(pairs), pairs.ctypes.data,
         th64.ctypes.data, len(atoms), atoms.ctypes.data, kap.ctypes.data, len(gates), gates.ctypes.data,
-        decay.ctypes.data, R, segment_length(S)]
-
-    def one(b: int) -> int:
-        return kernel(WT[b].ctypes.data, FB[b].ctypes.data, X[b].ctypes.data, T[b].ctypes.data, S,
-                      XQ[b].ctypes.data, TQ[b].ctypes.data, Q, *shared, grad[b].ctypes.data)
-
-    _run_episodes(one, Bn)
+        decay.ctypes.data, R, segment_length(X.shape[1])]
+    _run_adjoint(kernel, WT, FB, X, T, XQ, TQ, Q, shared, grad)
     return _unpack_W(WT, widths, wpad, woff), torch.from_numpy(grad[:, :R].T.copy()).to(Ws[0].dtype)
 
 
@@ -437,28 +448,15 @@ def _layered(rule: CompiledRule, thetas: Tensor, Ws: Sequence[Tensor], Bs: Seque
     decay = np.ascontiguousarray(p.decay[:R], dtype=np.float64)
     primal_only = x_query is None
     grad = np.zeros((Bn, max(L * R, 1)), dtype=np.float64)
-    S = X.shape[1]
     shared = [L, FEEDBACK_CODES[feedback]] + [a.ctypes.data for a in ints] + [
         WT.shape[1], c.ctypes.data, scale.ctypes.data, float(beta), act_s.ctypes.data, len(pairs),
         pairs.ctypes.data, th64.ctypes.data, len(atoms), atoms.ctypes.data, kap.ctypes.data, len(gates),
-        gates.ctypes.data, decay.ctypes.data, R, segment_length(S), int(primal_only)]
-
-    def one(b: int) -> int:
-        return kernel(WT[b].ctypes.data, FB[b].ctypes.data, X[b].ctypes.data, T[b].ctypes.data, S,
-                      XQ[b].ctypes.data, TQ[b].ctypes.data, Q, *shared, grad[b].ctypes.data)
-
-    _run_episodes(one, Bn)
+        gates.ctypes.data, decay.ctypes.data, R, segment_length(X.shape[1]), int(primal_only)]
+    _run_adjoint(kernel, WT, FB, X, T, XQ, TQ, Q, shared, grad)
     out_W = _unpack_W(WT, widths, wpad, woff)
     if primal_only:
         return out_W, None
     return out_W, torch.from_numpy(grad[:, :L * R].T.reshape(L, R, Bn).copy()).to(Ws[0].dtype)
-
-
-def layered_reverse_available(rule: CompiledRule, feedback: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the adjoint kernel's per-layer-θ entry point can run this rule (the primal pass included)."""
-    if not fusable(rule, feedback, device, dtype):
-        return False
-    return ckernel.load_adjoint_layered(np.float32 if dtype == torch.float32 else np.float64) is not None
 
 
 def meta_gradient_reverse_fused_layered(rule: CompiledRule, thetas: Tensor, Ws: Sequence[Tensor],
