@@ -389,10 +389,10 @@ def test_a_read_stops_when_its_client_disconnects(app: Any, monkeypatch: pytest.
         request, name, **kw))
     reading, proceed = threading.Event(), threading.Event()
 
-    def held_job_context(session: Any, job_id: Any, rule_id: int) -> Any:   # a phase of the build: its job query
+    def held_job_context(session: Any, job_id: Any) -> Any:    # a phase of the build: its job query
         reading.set()
         assert proceed.wait(10)
-        return real_job_context(session, job_id, rule_id)
+        return real_job_context(session, job_id)
 
     monkeypatch.setattr(pages, "_job_context", held_job_context)
 

@@ -188,9 +188,15 @@ def _stored_formula(svg: str | None, fontsize: int) -> Markup | None:
 
 def _rule_formula(rule: Rule, fontsize: int) -> Markup | None:
     """The stored SVG of ``rule`` at ``fontsize``; rules stored before it existed are typeset now."""
-    if rule.formula_svg:
-        return _stored_formula(rule.formula_svg, fontsize)
-    return _formula(rule.display_latex or display_latex(rule.coefficients, rule.latex), fontsize)
+    return _formula_of(rule.formula_svg, rule.display_latex, rule.coefficients, rule.latex, fontsize)
+
+
+def _formula_of(svg: str | None, display: str | None, coefficients: dict[str, Any] | None, latex: str | None,
+                fontsize: int) -> Markup | None:
+    """A rule's stored formula SVG at ``fontsize``; without one, its display LaTeX (θ rounded) typeset now."""
+    if svg:
+        return _stored_formula(svg, fontsize)
+    return _formula(display or display_latex(coefficients, latex), fontsize)
 
 
 def _front_svg(front: list[FrontEntry], highlight: int | None = None) -> Markup | None:
@@ -212,22 +218,38 @@ def _curves(result: dict[str, Any]) -> tuple[Markup | None, Markup | None]:
     return (Markup(theta) if theta else None), (Markup(acc) if acc else None)
 
 
-_DRAWN: dict[tuple[int, str, str], Any] = {}
-_DRAWN_LOCK = threading.Lock()
+class _Memo:
+    """Values built once per key and shared across requests (threads); the ``size`` most recently stored are kept."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, build: Callable[[], Any]) -> Any:
+        """The value kept for ``key``, or ``build()`` stored under it (a None result is not kept)."""
+        with self._lock:
+            found = self._values.get(key)
+        if found is None:
+            found = build()
+            with self._lock:
+                if len(self._values) >= self.size:
+                    self._values.pop(next(iter(self._values)))
+                self._values[key] = found
+        return found
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+
+#: plots per (job id, its ``updated_at``, plot): a page refreshed every 2 s redraws only when the job changed
+_DRAWN = _Memo(256)
 
 
 def _drawn_once(key: tuple[int, str, str], draw: Callable[[], Any]) -> Any:
-    """``draw()`` kept per ``key`` (a job's id, its ``updated_at`` and the plot): a page refreshed every 2 s
-    redraws only when the job changed; the 256 most recent are kept."""
-    with _DRAWN_LOCK:
-        found = _DRAWN.get(key)
-    if found is None:
-        found = draw()
-        with _DRAWN_LOCK:
-            if len(_DRAWN) >= 256:
-                _DRAWN.pop(next(iter(_DRAWN)))
-            _DRAWN[key] = found
-    return found
+    """``draw()`` kept per ``key`` (a job's id, its ``updated_at`` and the plot)."""
+    return _DRAWN.get(key, draw)
 
 
 def _stored_plots(job: Job | None, rule_id: int | None) -> tuple[Markup | None, Markup | None, Markup | None] | None:
@@ -260,25 +282,29 @@ async def rules_page(
 @router.get("/rules/{rule_id}", response_class=HTMLResponse)
 async def rule_page(request: Request, rule_id: IdPath) -> Response:
     def build(session: Session, checkpoint: Checkpoint) -> Response:
-        row = session.execute(select(Rule.read_json, Rule.formula_svg, Rule.job_id, Rule.origin)
+        row = session.execute(select(Rule.read_json, Rule.formula_svg, Rule.display_latex, Rule.job_id, Rule.origin)
                               .where(Rule.id == rule_id)).first()
         if row is None:
             return _not_found(request, f"Rule {rule_id}")
         if row.read_json is None or row.origin == ORIGIN_INFERRED:
             return _rule_page_from_entities(request, session, checkpoint, rule_id)
         data = RuleOut.model_validate_json(row.read_json)       # the stored read field: no ORM entity, no per-row work
-        job = _job_context(session, row.job_id, data.id)
-        formula_svg = _stored_formula(row.formula_svg, 18) if row.formula_svg else _formula(
-            display_latex(data.coefficients, data.latex), 18)
+        job = _job_context(session, row.job_id)
+        formula_svg = _formula_of(row.formula_svg, row.display_latex, data.coefficients, data.latex, 18)
         transfer = transfer_table(session, data.id) if any(s.suite == TRANSFER_SUITE for s in data.scores) else None
         session.close()
         checkpoint()
-        return _html(request, "rule.html", rule=data, formula_svg=formula_svg, coefficients=_coefficients(data.coefficients),
-                     theta_svg=job.theta_svg, accuracy_svg=job.accuracy_svg,
-                     front_svg=job.front_svg_for(data.id),
-                     front=job.front, transfer=transfer, title=data.name)
+        return _rule_html(request, data, formula_svg, job, transfer)
 
     return await serve_read(request, build)
+
+
+def _rule_html(request: Request, data: RuleOut, formula_svg: Markup | None, job: _JobContext,
+               transfer: Any, **inference: Any) -> Response:
+    """``rule.html`` for the rule ``data`` with its job's front and plots (``job``) and its transfer table."""
+    return _html(request, "rule.html", rule=data, formula_svg=formula_svg, coefficients=_coefficients(data.coefficients),
+                 theta_svg=job.theta_svg, accuracy_svg=job.accuracy_svg, front_svg=job.front_svg_for(data.id),
+                 front=job.front, transfer=transfer, title=data.name, **inference)
 
 
 def _coefficients(coefficients: dict[str, float | None] | None) -> list[dict[str, Any]]:
@@ -315,30 +341,18 @@ class _JobContext:
         return _drawn_once((self.job_id, self.stamp, f"front-{rule_id}"), lambda: _front_svg(self.front, rule_id))
 
 
-_JOB_CONTEXTS: dict[tuple[int, str], _JobContext] = {}
-_JOB_CONTEXTS_LOCK = threading.Lock()
+#: job contexts per (job id, its ``updated_at``)
+_JOB_CONTEXTS = _Memo(1024)
 
 
-def _job_context(session: Session, job_id: int | None, rule_id: int) -> _JobContext:
+def _job_context(session: Session, job_id: int | None) -> _JobContext:
     """The rule's job context, read once per state of the job (one small query for its ``updated_at``)."""
-    if job_id is None:
-        return _JobContext(None)
-    stamp = session.execute(select(Job.updated_at).where(Job.id == job_id)).scalar()
+    stamp = session.execute(select(Job.updated_at).where(Job.id == job_id)).scalar() if job_id is not None else None
     if stamp is None:
         return _JobContext(None)
-    key = (job_id, stamp.isoformat())
-    with _JOB_CONTEXTS_LOCK:
-        found = _JOB_CONTEXTS.get(key)
-    if found is not None:
-        return found
-    job = session.get(Job, job_id, options=[undefer(Job.read_plots), selectinload(Job.front).joinedload(
-        FrontPointRow.rule).load_only(Rule.id, Rule.expression, Rule.provenance)])
-    found = _JobContext(job)
-    with _JOB_CONTEXTS_LOCK:
-        if len(_JOB_CONTEXTS) >= 1024:
-            _JOB_CONTEXTS.pop(next(iter(_JOB_CONTEXTS)))
-        _JOB_CONTEXTS[key] = found
-    return found
+    return _JOB_CONTEXTS.get((job_id, stamp.isoformat()), lambda: _JobContext(session.get(Job, job_id, options=[
+        undefer(Job.read_plots),
+        selectinload(Job.front).joinedload(FrontPointRow.rule).load_only(Rule.id, Rule.expression, Rule.provenance)])))
 
 
 def _rule_page_from_entities(request: Request, session: Session, checkpoint: Checkpoint, rule_id: int) -> Response:
@@ -348,16 +362,13 @@ def _rule_page_from_entities(request: Request, session: Session, checkpoint: Che
     if rule is None:
         return _not_found(request, f"Rule {rule_id}")
     data = RuleOut.of(rule)
-    job = _job_context(session, rule.job_id, rule.id)
+    job = _job_context(session, rule.job_id)
     formula_svg = _rule_formula(rule, 18)
     transfer = transfer_table(session, rule.id)
     inference = inference_context(rule)
     session.close()
     checkpoint()
-    return _html(request, "rule.html", rule=data, formula_svg=formula_svg, coefficients=_coefficients(rule.coefficients),
-                 theta_svg=job.theta_svg, accuracy_svg=job.accuracy_svg,
-                 front_svg=job.front_svg_for(rule.id),
-                 front=job.front, transfer=transfer, title=rule.name, **inference)
+    return _rule_html(request, data, formula_svg, job, transfer, **inference)
 
 
 PLOT_CAPTIONS = {"theta": "θ per meta-training episode", "accuracy": "query accuracy per episode",
