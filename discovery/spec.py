@@ -253,6 +253,10 @@ class MetaSpec(_Strict):
     episodes: int = Field(600, ge=1, le=100_000)
     meta_batch: int = Field(1, ge=1, le=256)
     lr: float = Field(1e-3, gt=0, le=10.0)
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description=(
+        "'cosine' decays Adam's learning rate from lr to lr·lr_final over the run's episodes, "
+        "η_t = η (f + (1 − f)(1 + cos(π t / T))/2); long fits at a constant lr wander late (docs/results.md)"))
+    lr_final: float = Field(0.1, ge=0, le=1.0, description="the cosine schedule's last lr as a fraction of lr")
     l1: float = Field(0.0, ge=0, le=1e4)
     grad_mode: GradMode = Field("auto", description=(
         "meta-gradient: 'forward' carries R tangents through the inner loop (cost grows with R); 'reverse' is one "

@@ -35,19 +35,21 @@ def search_spec(seed: int, args: argparse.Namespace) -> dict:
             "rule": {"pool": args.pool},
             "search": {"method": "forward", "max_terms": args.max_terms, "front_eval_episodes": args.eval_episodes},
             "meta": {"episodes": args.episodes, "meta_batch": 1, "lr": 1e-3, "seed": seed, "term_scale": "norm",
-                     "eval_episodes": args.eval_episodes},
+                     "eval_episodes": args.eval_episodes, "lr_schedule": args.lr_schedule},
             "transfer": {"cells": [S3_CELL], "coefficients": args.coefficients, "refit": True}}
 
 
 def bp_values(spec: DiscoverySpec, seed: int, args: argparse.Namespace) -> tuple[dict, list[float]]:
     """BP's θ0 tuned on the cell (cached per seed in ``--out``) and its per-episode accuracy on the search's
     scoring episodes."""
-    path = args.out / f"single_bp_t{args.tune_episodes}_h{args.heldout_fraction}_seed{seed}.json"
+    schedule = "" if args.lr_schedule == "constant" else f"_{args.lr_schedule}"
+    path = args.out / f"single_bp_t{args.tune_episodes}{schedule}_h{args.heldout_fraction}_seed{seed}.json"
     cell = Cell.model_validate(S3_CELL)
     if path.exists():
         theta = json.loads(path.read_text())["theta"]
     else:
-        protocol = TransferProtocol(tune_episodes=args.tune_episodes, heldout_fraction=args.heldout_fraction)
+        protocol = TransferProtocol(tune_episodes=args.tune_episodes, heldout_fraction=args.heldout_fraction,
+                                    tune_lr_schedule=args.lr_schedule)
         theta = tune_theta0(cell, "bp", protocol, seed)
         path.write_text(json.dumps({"theta": theta, "tune_episodes": args.tune_episodes}))
     bp_spec = cell_spec(spec, cell.model_copy(update={"feedback": "bp"}),
@@ -67,6 +69,8 @@ def main() -> None:
     ap.add_argument("--heldout-fraction", type=float, default=0.2,
                     help="held-out share of the data (0.2: the S3 open-search protocol of docs/results.md)")
     ap.add_argument("--pool", default="library", help="term pool searched (library: 16 terms; library_gated: 43)")
+    ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                    help="Adam's lr over each fit (and BP's tuning): cosine decays it to lr/10")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=Path("results/transfer"))
     args = ap.parse_args()

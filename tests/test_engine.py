@@ -200,3 +200,27 @@ def test_backtracking_leaves_a_region_where_every_episode_diverges():
     assert events[i].theta == pytest.approx({k: float(v) for k, v in used.items()}, abs=1e-7)
     assert events[i].lr == pytest.approx(events[i - 1].lr / 2)
     assert all(abs(v) < float("inf") for v in res.theta.values())
+
+
+def test_cosine_schedule_decays_lr_and_resumes_on_the_same_curve(tmp_path):
+    """meta.lr_schedule 'cosine': η_t = η (f + (1 − f)(1 + cos(π t/T))/2) at each step, so the first step runs at η
+    and the last near η·f; a run stopped and resumed from its checkpoint follows the same θ trajectory."""
+    import math
+
+    spec = _spec(seed=1, episodes=6, checkpoint_every=1, lr_schedule="cosine", lr_final=0.1, eval_episodes=0)
+    straight = discover(spec)
+    lrs = [h.lr for h in straight.history]
+    want = [1e-2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t / 6))) for t in range(6)]
+    assert lrs == pytest.approx(want, rel=1e-12)
+    stop_after = {"n": 0}
+
+    def should_stop() -> bool:
+        stop_after["n"] += 1
+        return stop_after["n"] > 3
+
+    discover(spec, checkpoint_dir=tmp_path, should_stop=should_stop)
+    resumed = discover(spec, checkpoint_dir=tmp_path)
+    assert resumed.theta_history == straight.theta_history
+    constant = discover(_spec(seed=1, episodes=6, eval_episodes=0))
+    assert [h.lr for h in constant.history] == [1e-2] * 6
+    assert constant.theta_history != straight.theta_history

@@ -36,6 +36,7 @@ from discovery.feedforward.inner import (
 from discovery.feedforward.kernels import fused
 from discovery.feedforward.network import init_feedback, init_weights
 from discovery.results import DiscoveryResult, ProgressEvent
+from discovery.schedule import apply_schedule, halve_lr
 from discovery.spec import DiscoverySpec
 from rules.compiler import CompiledRule, compile_terms
 
@@ -242,6 +243,7 @@ class MetaTrainer(Checkpointed):
                 g = g + meta.l1 * self.l1_weights * torch.sign(self.theta.detach())  # ∂(CE + λ Σ w|θ|)/∂θ
             self.opt.zero_grad(set_to_none=True)
             self.phi.grad = (g * self.scale).to(self.phi.dtype)                      # chain rule: ∂/∂φ = s ⊙ ∂/∂θ
+            apply_schedule(self.opt, self.spec.meta, self.episode)
             self.opt.step()
             if meta.l1_mode == "proximal" and meta.l1 > 0:
                 self._prox_l1(meta.l1)
@@ -290,8 +292,7 @@ class MetaTrainer(Checkpointed):
         with torch.no_grad():
             self.phi.copy_(self.last_good_theta / self.scale)
         self.opt.state.clear()
-        for group in self.opt.param_groups:
-            group["lr"] *= 0.5
+        halve_lr(self.opt)
         self.run_of_skips = 0
         return True
 

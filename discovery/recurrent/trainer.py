@@ -52,6 +52,7 @@ from discovery.recurrent.network import (
     run_episode,
 )
 from discovery.results import DiscoveryResult, ProgressEvent
+from discovery.schedule import apply_schedule
 from discovery.spec import DiscoverySpec
 from rules.recurrent import RecurrentRule
 
@@ -217,6 +218,7 @@ class RecurrentMetaTrainer(Checkpointed):
             g = torch.stack(grads).mean(0) + meta.l1 * torch.sign(self.theta)      # ∂(CE + λ‖θ‖₁)/∂θ
             self.opt.zero_grad(set_to_none=True)
             self.phi.grad = (self.scale * g).to(self.phi.dtype)                     # chain rule θ = s ⊙ φ
+            apply_schedule(self.opt, meta, self.episode)
             self.opt.step()
         self.episode += 1
         l1_term = meta.l1 * float(self.theta.abs().sum())

@@ -22,6 +22,7 @@ from torch import Tensor
 from discovery.feedforward.checkpoint import Checkpointed
 from discovery.feedforward.trainer import MetaTrainer
 from discovery.results import ProgressEvent
+from discovery.schedule import apply_schedule
 from discovery.spec import DiscoverySpec
 from discovery.transfer.cells import cell_spec
 
@@ -166,6 +167,7 @@ class MultiTaskTrainer(Checkpointed):
                 g = g + meta.l1 * lead.l1_weights * torch.sign(lead.theta.detach())
             lead.opt.zero_grad(set_to_none=True)
             lead.phi.grad = (g * lead.scale).to(lead.phi.dtype)
+            apply_schedule(lead.opt, meta, lead.episode)
             lead.opt.step()
             if meta.l1_mode == "proximal" and meta.l1 > 0:
                 lead._prox_l1(meta.l1)

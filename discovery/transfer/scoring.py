@@ -38,6 +38,7 @@ class TransferProtocol(BaseModel):
     dtype: str = "float32"
     tune_episodes: int = Field(600, ge=1)
     tune_lr: float = 1e-3
+    tune_lr_schedule: str = "constant"
     theta0: float = 1e-3
     base_widths: list[int] = Field(default_factory=lambda: [784, 170, 130, 100, 70, 10])
     rule_feedback: str = "fa"
@@ -120,13 +121,14 @@ def score_trainer(cell: Cell, trainer: Any, protocol: TransferProtocol, theta: d
 
 def tune_theta0(cell: Cell, feedback: str, protocol: TransferProtocol, seed: int) -> dict[str, float]:
     """θ0 of F0 (the baseline's learning rate) meta-tuned on the cell's meta-train episodes under ``feedback``:
-    `tune_episodes` Adam steps (lr `tune_lr`) on the query cross-entropy from θ0 = `theta0`, seed ``seed``."""
+    `tune_episodes` Adam steps (lr `tune_lr`, schedule `tune_lr_schedule`) on the query cross-entropy from
+    θ0 = `theta0`, seed ``seed``."""
     from discovery.feedforward.trainer import MetaTrainer
 
     spec = cell_spec(protocol.base(), cell.model_copy(update={"feedback": feedback}),
                      rule={"terms": ["F0"], "theta_init": {"F0": protocol.theta0}},
                      meta={"seed": seed, "episodes": protocol.tune_episodes, "lr": protocol.tune_lr,
-                           "meta_batch": 1})
+                           "lr_schedule": protocol.tune_lr_schedule, "meta_batch": 1})
     trainer = MetaTrainer(spec)
     trainer.run(None, None, None)
     return trainer.theta_dict()
