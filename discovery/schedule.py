@@ -1,4 +1,4 @@
-"""Adam's learning rate per meta-step (meta.lr_schedule; docs/concepts.md, "Meta-training").
+"""Adam's learning rate per meta-step (meta.lr_schedule; docs/architecture.md, "Divergence").
 
 'constant' keeps η; 'cosine' decays it over the run, η_t = η (f + (1 − f)(1 + cos(π t / T))/2), t = meta-steps
 done, T = meta.episodes, f = meta.lr_final. η itself lives in the optimizer's param group as ``base_lr`` (halved by a
