@@ -257,6 +257,10 @@ class MetaSpec(_Strict):
         "'cosine' decays Adam's learning rate from lr to lr·lr_final over the run's episodes, "
         "η_t = η (f + (1 − f)(1 + cos(π t / T))/2); long fits at a constant lr wander late (docs/results.md)"))
     lr_final: float = Field(0.1, ge=0, le=1.0, description="the cosine schedule's last lr as a fraction of lr")
+    keep: Literal["last", "best"] = Field("last", description=(
+        "the θ a fit returns: 'last' (after its last step) or 'best' (at the lowest moving average of the "
+        "meta-train loss over keep_window steps: early stopping on meta-train episodes, never held-out ones)"))
+    keep_window: int = Field(50, ge=1, le=10_000, description="the moving average's time constant, in meta-steps")
     l1: float = Field(0.0, ge=0, le=1e4)
     grad_mode: GradMode = Field("auto", description=(
         "meta-gradient: 'forward' carries R tangents through the inner loop (cost grows with R); 'reverse' is one "

@@ -37,7 +37,7 @@ def search_spec(seed: int, args: argparse.Namespace) -> dict:
             "rule": {"pool": "library"},
             "search": {"method": "forward", "max_terms": args.max_terms, "front_eval_episodes": args.eval_episodes},
             "meta": {"episodes": args.episodes, "meta_batch": args.meta_batch, "lr": 1e-3, "seed": seed,
-                     "term_scale": "norm", "eval_episodes": args.eval_episodes, "lr_schedule": args.lr_schedule},
+                     "term_scale": "norm", "eval_episodes": args.eval_episodes, "lr_schedule": args.lr_schedule, "keep": args.keep},
             "transfer": {"cells": CELLS, "coefficients": args.coefficients, "refit": args.refit,
                          "objective": args.objective, "quantile": args.quantile}}
 
@@ -83,6 +83,8 @@ def main() -> None:
                          "of the loss; --meta-batch 3 draws each of the 3 training cells once per step)")
     ap.add_argument("--quantile", type=float, default=0.5)
     ap.add_argument("--meta-batch", type=int, default=1)
+    ap.add_argument("--keep", default="last", choices=["last", "best"],
+                    help="the θ each fit returns: after its last step, or at its lowest meta-train loss average")
     ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
                     help="Adam's lr over each fit of the search (BP's cached θ0 tuning stays at a constant lr)")
     ap.add_argument("--tune-episodes", type=int, default=600, help="BP's θ0 meta-tuning per cell (the suite)")

@@ -224,3 +224,25 @@ def test_cosine_schedule_decays_lr_and_resumes_on_the_same_curve(tmp_path):
     constant = discover(_spec(seed=1, episodes=6, eval_episodes=0))
     assert [h.lr for h in constant.history] == [1e-2] * 6
     assert constant.theta_history != straight.theta_history
+
+
+def test_keep_best_returns_the_theta_of_the_lowest_loss_average(tmp_path):
+    """meta.keep 'best' with window 1: the returned θ is the one whose meta-step had the lowest meta-train loss
+    (the θ that step ran with), not θ after the last step; with 'last' the run ends where Adam left it. A run
+    stopped and resumed from its checkpoint keeps the same θ."""
+    spec = _spec(seed=2, episodes=6, eval_episodes=0, lr=0.05, keep="best", keep_window=1, checkpoint_every=1)
+    res = discover(spec)
+    losses = [h.meta_loss for h in res.history]
+    i = min(range(len(losses)), key=losses.__getitem__)
+    ran_with = res.history[i - 1].theta if i > 0 else spec.rule.initial_theta()
+    assert res.theta == pytest.approx({k: float(v) for k, v in ran_with.items()}, rel=1e-6)
+    last = discover(spec.model_copy(update={"meta": spec.meta.model_copy(update={"keep": "last"})}))
+    assert last.theta == pytest.approx(res.history[-1].theta, rel=1e-6)
+    stop_after = {"n": 0}
+
+    def should_stop() -> bool:
+        stop_after["n"] += 1
+        return stop_after["n"] > 3
+
+    discover(spec, checkpoint_dir=tmp_path, should_stop=should_stop)
+    assert discover(spec, checkpoint_dir=tmp_path).theta == res.theta

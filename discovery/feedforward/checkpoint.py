@@ -177,6 +177,11 @@ class Checkpointed:
                 progress(event)
             if folder is not None and self.episode % meta.checkpoint_every == 0:  # type: ignore[attr-defined]
                 self.save(folder)
+        if not stopped:
+            self.finish()
         if folder is not None:
             self.save(folder)
         return stopped
+
+    def finish(self) -> None:
+        """Called once the run has done all its episodes (a trainer may settle its final θ here)."""

@@ -36,7 +36,7 @@ from discovery.feedforward.inner import (
 from discovery.feedforward.kernels import fused
 from discovery.feedforward.network import init_feedback, init_weights
 from discovery.results import DiscoveryResult, ProgressEvent
-from discovery.schedule import apply_schedule, halve_lr
+from discovery.optim import BestTheta, apply_schedule, halve_lr
 from discovery.spec import DiscoverySpec
 from rules.compiler import CompiledRule, compile_terms
 
@@ -117,6 +117,7 @@ class MetaTrainer(Checkpointed):
         self.skipped = 0
         self.run_of_skips = 0
         self.last_good_theta: Tensor | None = None
+        self.best = BestTheta(spec.meta.keep_window)
 
     @property
     def theta(self) -> Tensor:
@@ -220,6 +221,7 @@ class MetaTrainer(Checkpointed):
     def step(self) -> ProgressEvent:
         """Sample a meta-batch, compute the exact meta-gradient, drop non-finite episodes, Adam-step θ."""
         meta = self.spec.meta
+        phi_before = self.phi.detach().clone()                 # the φ this step's episodes ran with
         ep = self.train_sampler.sample(meta.meta_batch, device=self.device, dtype=self.dtype)
         Ws, Bs = self._weights(meta.meta_batch)
         loss, grad, acc, Wf = self.meta_gradient(ep, Ws, Bs)
@@ -257,7 +259,13 @@ class MetaTrainer(Checkpointed):
             theta=self.theta_dict(), alignment_deg=alignment, subspace_orth_error=e1, skipped=skipped, dropped_episodes=n_bad,
             backtracked=backtracked, lr=self.opt.param_groups[0]["lr"])
         self.history.append(event.model_dump())
+        self.best.update(event.meta_loss, phi_before)
         return event
+
+    def finish(self) -> None:
+        """meta.keep 'best': φ ← the φ of the lowest meta-train loss average (optim.BestTheta), when there is one."""
+        if self.spec.meta.keep == "best":
+            self.best.restore(self.phi)
 
     @cached_property
     def l1_weights(self) -> Tensor:
@@ -347,7 +355,7 @@ class MetaTrainer(Checkpointed):
             "phi": self.phi.detach().cpu().clone(),   # φ itself: (s ⊙ φ) / s may differ from φ in the last bit
             "opt": self.opt.state_dict(),
             "history": self.history, "diverged": self.diverged, "skipped": self.skipped,
-            "run_of_skips": self.run_of_skips, "last_good_theta": self.last_good_theta,
+            "run_of_skips": self.run_of_skips, "last_good_theta": self.last_good_theta, "best": self.best.state_dict(),
             "gen": self.gen.get_state(), "train_sampler": self.train_sampler.get_state(),
             "spec": self.spec.model_dump(),
         }
@@ -365,6 +373,7 @@ class MetaTrainer(Checkpointed):
         self.diverged, self.skipped = state["diverged"], state["skipped"]
         self.run_of_skips = state.get("run_of_skips", 0)
         self.last_good_theta = state.get("last_good_theta")
+        self.best.load_state_dict(state.get("best"))
         self.gen.set_state(state["gen"])
         self.train_sampler.set_state(state["train_sampler"])
 

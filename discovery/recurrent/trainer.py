@@ -52,7 +52,7 @@ from discovery.recurrent.network import (
     run_episode,
 )
 from discovery.results import DiscoveryResult, ProgressEvent
-from discovery.schedule import apply_schedule
+from discovery.optim import BestTheta, apply_schedule
 from discovery.spec import DiscoverySpec
 from rules.recurrent import RecurrentRule
 
@@ -159,6 +159,7 @@ class RecurrentMetaTrainer(Checkpointed):
         theta0 = torch.tensor([self.setting.theta0[t] for t in self.term_ids], dtype=dt, device=dev)
         self.phi = torch.nn.Parameter(theta0 / self.scale)
         self.opt = torch.optim.Adam([self.phi], lr=spec.meta.lr)
+        self.best = BestTheta(spec.meta.keep_window)
         self.episode = 0
         self.history: list[dict] = []
         self.diverged = 0
@@ -191,6 +192,7 @@ class RecurrentMetaTrainer(Checkpointed):
     def step(self) -> ProgressEvent:
         """Meta-batch of episodes (each its own graph); drop diverged ones; Adam-step θ on the mean gradient."""
         meta = self.spec.meta
+        phi_before = self.phi.detach().clone()
         grads, losses, accs, absc, tl = [], [], [], [], []
         n_bad = 0
         for _ in range(meta.meta_batch):
@@ -230,7 +232,13 @@ class RecurrentMetaTrainer(Checkpointed):
             spectral_abscissa=None if skipped else sum(absc) / len(absc),
             train_loss=None if skipped else sum(tl) / len(tl))
         self.history.append(event.model_dump())
+        self.best.update(event.meta_loss, phi_before)
         return event
+
+    def finish(self) -> None:
+        """meta.keep 'best': φ ← the φ of the lowest meta-train loss average (discovery.optim.BestTheta)."""
+        if self.spec.meta.keep == "best":
+            self.best.restore(self.phi)
 
     def theta_dict(self) -> dict[str, float]:
         return {t: float(v) for t, v in zip(self.term_ids, self.theta.cpu())}
@@ -263,7 +271,7 @@ class RecurrentMetaTrainer(Checkpointed):
     def state_dict(self) -> dict:
         return {"episode": self.episode, "phi": self.phi.detach().cpu(), "opt": self.opt.state_dict(),
                 "history": self.history, "diverged": self.diverged, "skipped": self.skipped,
-                "gen": self.gen.get_state(), "spec": self.spec.model_dump()}
+                "gen": self.gen.get_state(), "spec": self.spec.model_dump(), "best": self.best.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.episode = state["episode"]
@@ -273,6 +281,7 @@ class RecurrentMetaTrainer(Checkpointed):
         self.history = list(state["history"])
         self.diverged, self.skipped = state["diverged"], state["skipped"]
         self.gen.set_state(state["gen"])
+        self.best.load_state_dict(state.get("best"))
 
 
 def discover_recurrent(spec: DiscoverySpec | dict, progress: Callable[[ProgressEvent], None] | None = None,

@@ -22,7 +22,7 @@ from torch import Tensor
 from discovery.feedforward.checkpoint import Checkpointed
 from discovery.feedforward.trainer import MetaTrainer
 from discovery.results import ProgressEvent
-from discovery.schedule import apply_schedule
+from discovery.optim import apply_schedule
 from discovery.spec import DiscoverySpec
 from discovery.transfer.cells import cell_spec
 
@@ -149,6 +149,7 @@ class MultiTaskTrainer(Checkpointed):
     def step(self) -> ProgressEvent:
         """One meta-step: the cells' gradients combined by the objective, one Adam step of the shared φ."""
         meta, lead, tr = self.spec.meta, self.lead, self.spec.transfer
+        phi_before = lead.phi.detach().clone()
         cells, bad = self.cell_gradients(meta.meta_batch)
         lead.diverged += bad
         skipped, backtracked = not cells, False
@@ -178,7 +179,11 @@ class MultiTaskTrainer(Checkpointed):
                               theta=self.theta_dict(), skipped=skipped, dropped_episodes=bad,
                               backtracked=backtracked, lr=lead.opt.param_groups[0]["lr"])
         self.history.append(event.model_dump())
+        lead.best.update(loss, phi_before)
         return event
+
+    def finish(self) -> None:
+        self.lead.finish()
 
     def state_dict(self) -> dict:
         return {**self.lead.state_dict(), "history": self.history, "spec": self.spec.model_dump(),

@@ -1,0 +1,76 @@
+"""What the outer optimizer does around Adam's step (docs/architecture.md, "Divergence").
+
+**Learning rate** (meta.lr_schedule): 'constant' keeps η; 'cosine' decays it over the run, η_t = η (f + (1 − f)(1 + cos(π t / T))/2), t = meta-steps
+done, T = meta.episodes, f = meta.lr_final. η itself lives in the optimizer's param group as ``base_lr`` (halved by a
+backtrack), so a checkpointed optimizer carries it and a resumed run continues the same schedule.
+
+**Which θ a fit returns** (meta.keep): 'last' is θ after the last step; 'best' is θ where the exponential moving
+average of the meta-train loss, ℓ̄_t = ℓ̄_{t−1} + (ℓ_t − ℓ̄_{t−1})/N (N = meta.keep_window), was lowest, counted from
+step N on. Only meta-train episodes enter it (never held-out ones), so it is early stopping on the training
+objective: a fit that walks off a cliff late (an error-Hebbian coefficient grown past stability) returns the θ from
+before the cliff.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from discovery.spec import MetaSpec
+
+
+def lr_factor(meta: MetaSpec, episode: int) -> float:
+    """The schedule's multiplier of η after ``episode`` meta-steps: 1 for 'constant', the cosine curve otherwise."""
+    if meta.lr_schedule == "constant":
+        return 1.0
+    progress = min(episode / max(meta.episodes, 1), 1.0)
+    return meta.lr_final + (1 - meta.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def apply_schedule(opt: torch.optim.Optimizer, meta: MetaSpec, episode: int) -> None:
+    """Set every param group's lr to base_lr · lr_factor before the optimizer's step."""
+    factor = lr_factor(meta, episode)
+    for group in opt.param_groups:
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
+
+
+def halve_lr(opt: torch.optim.Optimizer) -> None:
+    """A backtrack's step-size cut: base_lr and the current lr both halved."""
+    for group in opt.param_groups:
+        group["base_lr"] = 0.5 * group.get("base_lr", group["lr"])
+        group["lr"] *= 0.5
+
+
+class BestTheta:
+    """The φ of the lowest EMA of the meta-train loss (see the module docstring); checkpointable."""
+
+    def __init__(self, window: int):
+        self.window = int(window)
+        self.steps = 0
+        self.ema: float | None = None
+        self.best = math.inf
+        self.phi: Tensor | None = None
+
+    def update(self, loss: float | None, phi: Tensor) -> None:
+        """Fold one meta-step's loss (None: a skipped step, ignored) into the EMA; keep φ if it is the lowest."""
+        if loss is None or not math.isfinite(loss):
+            return
+        self.steps += 1
+        self.ema = loss if self.ema is None else self.ema + (loss - self.ema) / self.window
+        if self.steps >= self.window and self.ema < self.best:
+            self.best, self.phi = self.ema, phi.detach().clone()
+
+    def restore(self, phi: Tensor) -> None:
+        """φ ← the kept φ, in place (nothing when no step has counted yet)."""
+        if self.phi is not None:
+            with torch.no_grad():
+                phi.copy_(self.phi.to(phi))
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "ema": self.ema, "best": self.best, "phi": self.phi}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state:
+            self.steps, self.ema, self.best, self.phi = state["steps"], state["ema"], state["best"], state["phi"]
