@@ -37,7 +37,8 @@ def search_spec(seed: int, args: argparse.Namespace) -> dict:
             "rule": {"pool": "library"},
             "search": {"method": "forward", "max_terms": args.max_terms, "front_eval_episodes": args.eval_episodes},
             "meta": {"episodes": args.episodes, "meta_batch": args.meta_batch, "lr": 1e-3, "seed": seed,
-                     "term_scale": "norm", "eval_episodes": args.eval_episodes, "lr_schedule": args.lr_schedule, "keep": args.keep},
+                     "term_scale": "norm", "eval_episodes": args.eval_episodes,
+                     "lr_schedule": args.lr_schedule, "keep": args.keep},
             "transfer": {"cells": CELLS, "coefficients": args.coefficients, "refit": args.refit,
                          "objective": args.objective, "quantile": args.quantile}}
 

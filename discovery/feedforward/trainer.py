@@ -35,8 +35,8 @@ from discovery.feedforward.inner import (
 )
 from discovery.feedforward.kernels import fused
 from discovery.feedforward.network import init_feedback, init_weights
-from discovery.results import DiscoveryResult, ProgressEvent
 from discovery.optim import BestTheta, apply_schedule, halve_lr
+from discovery.results import DiscoveryResult, ProgressEvent
 from discovery.spec import DiscoverySpec
 from rules.compiler import CompiledRule, compile_terms
 

@@ -37,6 +37,7 @@ from torch import Tensor
 from discovery.analysis.stats import mean_halfwidth
 from discovery.feedforward.checkpoint import Checkpointed
 from discovery.feedforward.trainer import resolve_device
+from discovery.optim import BestTheta, apply_schedule
 from discovery.recurrent.fixedpoint import random_matrix, spectral_abscissa
 from discovery.recurrent.network import (
     DIVERGENCE_ERRORS,
@@ -52,7 +53,6 @@ from discovery.recurrent.network import (
     run_episode,
 )
 from discovery.results import DiscoveryResult, ProgressEvent
-from discovery.optim import BestTheta, apply_schedule
 from discovery.spec import DiscoverySpec
 from rules.recurrent import RecurrentRule
 

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from discovery.feedforward.checkpoint import Checkpointed
 from discovery.feedforward.trainer import MetaTrainer
-from discovery.results import ProgressEvent
 from discovery.optim import apply_schedule
+from discovery.results import ProgressEvent
 from discovery.spec import DiscoverySpec
 from discovery.transfer.cells import cell_spec
 
