@@ -1,8 +1,9 @@
 """What the outer optimizer does around Adam's step (docs/architecture.md, "Divergence").
 
 **Learning rate** (meta.lr_schedule): 'constant' keeps η; 'cosine' decays it over the run,
-η_t = η (f + (1 − f)(1 + cos(π t / T))/2), t = meta-steps done, T = meta.episodes, f = meta.lr_final. η itself lives in the optimizer's param group as ``base_lr`` (halved by a
-backtrack), so a checkpointed optimizer carries it and a resumed run continues the same schedule.
+η_t = η (f + (1 − f)(1 + cos(π t / T))/2), t = meta-steps done, T = meta.episodes, f = meta.lr_final. η itself
+lives in the optimizer's param group as ``base_lr`` (halved by a backtrack), so a checkpointed optimizer carries it
+and a resumed run continues the same schedule.
 
 **Which θ a fit returns** (meta.keep): 'last' is θ after the last step; 'best' is θ where the exponential moving
 average of the meta-train loss, ℓ̄_t = ℓ̄_{t−1} + (ℓ_t − ℓ̄_{t−1})/N (N = meta.keep_window), was lowest, counted from
