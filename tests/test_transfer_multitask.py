@@ -89,3 +89,26 @@ def test_a_goal_names_a_task_distribution_over_depths() -> None:
     assert [(c.depth, c.role) for c in cells] == [(3, "train"), (4, "select"), (5, "train"), (6, "select"),
                                                  (7, "train")]
     assert parsed.spec.search.method == "forward" and any("depths 3–7" in u for u in parsed.understood)
+
+
+def test_a_quantile_screen_tests_the_worst_cells_gradient() -> None:
+    """Under the mean objective a screen of n draws n episodes across the cells; under quantile q = 1 it draws n
+    from every cell and returns exactly the n episodes of the cell with the largest mean loss, whose loss and
+    gradient equal that cell's own meta-gradient on the same draws."""
+    n = 4
+    mean = MultiTaskTrainer(mt_spec(objective="mean"))
+    loss, grad = mean.episode_gradients(n)
+    assert loss.shape == (n,) and grad.shape == (2, n)
+
+    worst = MultiTaskTrainer(mt_spec(objective="quantile", quantile=1.0))
+    twin = MultiTaskTrainer(mt_spec(objective="quantile", quantile=1.0))   # the same streams, read cell by cell
+    per_cell = []
+    for child in twin.children:
+        ep = child.train_sampler.sample(n, device=child.device, dtype=child.dtype)
+        Ws, Bs = child._weights(n)
+        per_cell.append(child.meta_gradient(ep, Ws, Bs)[:2])
+    k = max(range(3), key=lambda i: float(per_cell[i][0].mean()))
+    loss, grad = worst.episode_gradients(n)
+    assert worst.screen_counts(n) == [n, n, n]
+    torch.testing.assert_close(loss, per_cell[k][0])
+    torch.testing.assert_close(grad, per_cell[k][1])

@@ -7,6 +7,8 @@ cells, the meta-objective their mean (or an upper quantile).
 * Objective: each cell present in the meta-batch contributes its mean query loss L_k and mean meta-gradient g_k
   over its finite episodes; ``mean``: g = (1/K') Σ_k g_k; ``quantile`` q: g = mean of the g_k whose L_k is at or
   above the q-quantile of the batch's L_k (q = 1: the worst cell; set meta_batch ≥ K so every step sees all).
+  The screens of a search test the same objective: under ``quantile`` each screen draws n episodes from every
+  training cell and scores the candidates on the tail cells' episodes only (`episode_gradients`).
 * One trainer per cell (its own data, network, episode stream and fresh weights: discovery.feedforward.trainer.
   MetaTrainer, or the per-layer LayeredTrainer) sharing one parameter φ, one step scale s (the first training
   cell's) and one Adam; the first cell's trainer applies the update, its L1, divergence guard and backtracking.
@@ -68,6 +70,13 @@ def tail_weights(losses: Tensor, objective: str, q: float) -> Tensor:
     return tail / tail.sum()
 
 
+def cell_mean_loss(loss: Tensor) -> Tensor:
+    """A cell's mean query loss over its finite episodes; the dtype's largest value when none is finite (it is then
+    the worst cell)."""
+    ok = torch.isfinite(loss)
+    return loss[ok].mean() if ok.any() else torch.tensor(torch.finfo(loss.dtype).max, dtype=loss.dtype)
+
+
 def cell_trainer(spec: DiscoverySpec, stream: int, coefficients: str,
                  theta_init: dict[str, float] | None = None) -> MetaTrainer:
     """The trainer of one cell: the shared-θ MetaTrainer, or the LayeredTrainer of a profile / per-layer layout."""
@@ -117,17 +126,34 @@ class MultiTaskTrainer(Checkpointed):
     def theta_dict(self) -> dict[str, float]:
         return self.lead.theta_dict()
 
+    def screen_counts(self, n: int) -> list[int]:
+        """Episodes per training cell of a screen of n: drawn across the cells by the task sampler under the
+        ``mean`` objective; n from every cell under ``quantile`` (the objective's tail cells are found from them)."""
+        tr = self.spec.transfer
+        if tr is None or tr.objective == "mean" or len(self.children) == 1:
+            return self.tasks.draw(n)
+        return [n] * len(self.children)
+
     def episode_gradients(self, n: int) -> tuple[Tensor, Tensor]:
-        """Per-episode query loss (n,) and meta-gradient (P, n) of n fresh episodes drawn across the training cells
-        by the task sampler (the screening of candidate terms: Rao's score test over these n episodes)."""
+        """Per-episode query loss and meta-gradient (P, ·) of the screening of candidate terms, Rao's score test of
+        the meta-objective at θ: under ``mean``, n fresh episodes drawn across the training cells; under
+        ``quantile`` q, n fresh episodes from every cell, of which those of the cells whose mean loss L_k is at or
+        above the q-quantile (`tail_weights`; q = 1: the worst cell) are returned: the gradient the objective
+        follows, not the mean's (all cells' episodes where no tail cell has a finite one)."""
         losses, grads = [], []
-        for child, k in zip(self.children, self.tasks.draw(n)):
+        for child, k in zip(self.children, self.screen_counts(n)):
             if k:
                 ep = child.train_sampler.sample(k, device=child.device, dtype=child.dtype)
                 Ws, Bs = child._weights(k)
                 loss, grad, _, _ = child.meta_gradient(ep, Ws, Bs)
                 losses.append(loss)
                 grads.append(grad)
+        tr = self.spec.transfer
+        if tr is not None and tr.objective != "mean" and len(losses) > 1:
+            means = torch.stack([cell_mean_loss(loss) for loss in losses])
+            tail = [i for i, w in enumerate(tail_weights(means, tr.objective, tr.quantile)) if w > 0]
+            if any(bool(torch.isfinite(losses[i]).any()) for i in tail):
+                losses, grads = [losses[i] for i in tail], [grads[i] for i in tail]
         return torch.cat(losses), torch.cat(grads, dim=1)
 
     def cell_gradients(self, batch: int) -> tuple[list[tuple[int, Tensor, Tensor, Tensor]], int]:

@@ -154,7 +154,7 @@ class TransferSearch(StageLog):
     def _redraw(trainer: MultiTaskTrainer, n: int) -> None:
         """Draw what a screen of n episodes draws (cells, episodes, networks) without computing it: a resumed
         search's screener continues from where the replayed screens left its streams."""
-        for child, k in zip(trainer.children, trainer.tasks.draw(n)):
+        for child, k in zip(trainer.children, trainer.screen_counts(n)):
             if k:
                 child.train_sampler.sample(k, device=child.device, dtype=child.dtype)
                 child._weights(k)
