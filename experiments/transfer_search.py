@@ -40,7 +40,7 @@ def search_spec(seed: int, args: argparse.Namespace) -> dict:
                      "term_scale": "norm", "eval_episodes": args.eval_episodes,
                      "lr_schedule": args.lr_schedule, "keep": args.keep},
             "transfer": {"cells": CELLS, "coefficients": args.coefficients, "refit": args.refit,
-                         "objective": args.objective, "quantile": args.quantile}}
+                         "objective": args.objective, "quantile": args.quantile, "screen": args.screen}}
 
 
 def suite_overrides(args: argparse.Namespace, baselines: list[str]) -> dict:
@@ -84,6 +84,8 @@ def main() -> None:
                          "of the loss; --meta-batch 3 draws each of the 3 training cells once per step)")
     ap.add_argument("--quantile", type=float, default=0.5)
     ap.add_argument("--meta-batch", type=int, default=1)
+    ap.add_argument("--screen", default="mean", choices=["mean", "objective"],
+                    help="screens over episodes across the training cells, or over the objective's tail cells")
     ap.add_argument("--keep", default="last", choices=["last", "best"],
                     help="the θ each fit returns: after its last step, or at its lowest meta-train loss average")
     ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],

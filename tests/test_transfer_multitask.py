@@ -92,16 +92,17 @@ def test_a_goal_names_a_task_distribution_over_depths() -> None:
 
 
 def test_a_quantile_screen_tests_the_worst_cells_gradient() -> None:
-    """Under the mean objective a screen of n draws n episodes across the cells; under quantile q = 1 it draws n
-    from every cell and returns exactly the n episodes of the cell with the largest mean loss, whose loss and
+    """Under the mean objective (or the default 'mean' screen) a screen of n draws n episodes across the cells;
+    with transfer.screen 'objective' and quantile q = 1 it draws n from every cell and returns exactly the n episodes of the cell with the largest mean loss, whose loss and
     gradient equal that cell's own meta-gradient on the same draws."""
     n = 4
     mean = MultiTaskTrainer(mt_spec(objective="mean"))
     loss, grad = mean.episode_gradients(n)
     assert loss.shape == (n,) and grad.shape == (2, n)
 
-    worst = MultiTaskTrainer(mt_spec(objective="quantile", quantile=1.0))
-    twin = MultiTaskTrainer(mt_spec(objective="quantile", quantile=1.0))   # the same streams, read cell by cell
+    assert MultiTaskTrainer(mt_spec(objective="quantile", quantile=1.0)).screen_counts(n) != [n, n, n]  # 'mean' screen
+    worst = MultiTaskTrainer(mt_spec(objective="quantile", quantile=1.0, screen="objective"))
+    twin = MultiTaskTrainer(mt_spec(objective="quantile", quantile=1.0, screen="objective"))   # the same streams, read cell by cell
     per_cell = []
     for child in twin.children:
         ep = child.train_sampler.sample(n, device=child.device, dtype=child.dtype)

@@ -7,8 +7,8 @@ cells, the meta-objective their mean (or an upper quantile).
 * Objective: each cell present in the meta-batch contributes its mean query loss L_k and mean meta-gradient g_k
   over its finite episodes; ``mean``: g = (1/K') Σ_k g_k; ``quantile`` q: g = mean of the g_k whose L_k is at or
   above the q-quantile of the batch's L_k (q = 1: the worst cell; set meta_batch ≥ K so every step sees all).
-  The screens of a search test the same objective: under ``quantile`` each screen draws n episodes from every
-  training cell and scores the candidates on the tail cells' episodes only (`episode_gradients`).
+  With ``transfer.screen: objective`` the screens of a search test the same objective: each draws n episodes from
+  every training cell and scores the candidates on the tail cells' episodes only (`episode_gradients`).
 * One trainer per cell (its own data, network, episode stream and fresh weights: discovery.feedforward.trainer.
   MetaTrainer, or the per-layer LayeredTrainer) sharing one parameter φ, one step scale s (the first training
   cell's) and one Adam; the first cell's trainer applies the update, its L1, divergence guard and backtracking.
@@ -127,19 +127,22 @@ class MultiTaskTrainer(Checkpointed):
         return self.lead.theta_dict()
 
     def screen_counts(self, n: int) -> list[int]:
-        """Episodes per training cell of a screen of n: drawn across the cells by the task sampler under the
-        ``mean`` objective; n from every cell under ``quantile`` (the objective's tail cells are found from them)."""
+        """Episodes per training cell of a screen of n: drawn across the cells by the task sampler, or n from every
+        cell when screens score the objective's tail cells (transfer.screen 'objective', quantile objective)."""
+        return [n] * len(self.children) if self._tail_screen else self.tasks.draw(n)
+
+    @property
+    def _tail_screen(self) -> bool:
+        """Whether screens score the objective's tail cells (transfer.screen 'objective' with a quantile objective)."""
         tr = self.spec.transfer
-        if tr is None or tr.objective == "mean" or len(self.children) == 1:
-            return self.tasks.draw(n)
-        return [n] * len(self.children)
+        return tr is not None and tr.screen == "objective" and tr.objective != "mean" and len(self.children) > 1
 
     def episode_gradients(self, n: int) -> tuple[Tensor, Tensor]:
         """Per-episode query loss and meta-gradient (P, ·) of the screening of candidate terms, Rao's score test of
-        the meta-objective at θ: under ``mean``, n fresh episodes drawn across the training cells; under
-        ``quantile`` q, n fresh episodes from every cell, of which those of the cells whose mean loss L_k is at or
-        above the q-quantile (`tail_weights`; q = 1: the worst cell) are returned: the gradient the objective
-        follows, not the mean's (all cells' episodes where no tail cell has a finite one)."""
+        θ: n fresh episodes drawn across the training cells (transfer.screen 'mean'); or, with screen 'objective' and
+        a quantile objective q, n fresh episodes from every cell, of which those of the cells whose mean loss L_k is
+        at or above the q-quantile (`tail_weights`; q = 1: the worst cell) are returned: the gradient the objective
+        follows (all cells' episodes where no tail cell has a finite one)."""
         losses, grads = [], []
         for child, k in zip(self.children, self.screen_counts(n)):
             if k:
@@ -149,7 +152,7 @@ class MultiTaskTrainer(Checkpointed):
                 losses.append(loss)
                 grads.append(grad)
         tr = self.spec.transfer
-        if tr is not None and tr.objective != "mean" and len(losses) > 1:
+        if self._tail_screen:
             means = torch.stack([cell_mean_loss(loss) for loss in losses])
             tail = [i for i, w in enumerate(tail_weights(means, tr.objective, tr.quantile)) if w > 0]
             if any(bool(torch.isfinite(losses[i]).any()) for i in tail):

@@ -8,6 +8,8 @@ meta-objective over the training cells, the coefficient layout and the full-budg
   (q = 0: the mean; q = 1: the worst cell), i.e. the conditional tail of the distribution of cells.
 * Coefficients: ``shared`` (θ_r for every layer), ``profile`` (θ_{r,ℓ} = a_r + b_r u_ℓ, u_ℓ = 2ℓ/(L−1) − 1 ∈
   [−1, 1]: a linear depth profile, defined for any depth) or ``per-layer`` (θ_{r,ℓ} free; one depth only).
+* ``screen``: the score test of a search's screens over episodes drawn across the training cells (``mean``), or
+  over the episodes of the objective's tail cells (``objective``: n from every cell, the q-quantile's cells kept).
 * ``refit``: the selected support is refit alone with the full episode budget, warm-started and from scratch,
   and the better on the selection cells is kept.
 
@@ -67,6 +69,10 @@ class TransferSpec(BaseModel):
     cells: list[Cell] = Field(..., min_length=1, max_length=32)
     objective: Literal["mean", "quantile"] = "mean"
     quantile: float = Field(0.5, ge=0, le=1, description="level q of the 'quantile' objective (1: the worst cell)")
+    screen: Literal["mean", "objective"] = Field("mean", description=(
+        "what a search's screens score candidates on: 'mean' = n episodes drawn across the training cells; "
+        "'objective' = n from every cell, scored on the objective's tail cells only (same as 'mean' under the "
+        "mean objective)"))
     coefficients: Coefficients = "shared"
     refit: bool = Field(False, description="refit the selected support alone with the full budget, warm-started "
                                            "and from scratch; keep the better on the selection cells")
