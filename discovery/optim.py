@@ -45,18 +45,21 @@ def halve_lr(opt: torch.optim.Optimizer) -> None:
 
 
 class BestTheta:
-    """The φ of the lowest EMA of the meta-train loss (see the module docstring); checkpointable."""
+    """The φ of the lowest EMA of the meta-train loss (see the module docstring) and meta.keep's policy: `restore`
+    puts it back under 'best' and does nothing under 'last'; checkpointable."""
 
-    def __init__(self, window: int):
-        self.window = int(window)
+    def __init__(self, meta: MetaSpec):
+        self.active = meta.keep == "best"
+        self.window = int(meta.keep_window)
         self.steps = 0
         self.ema: float | None = None
         self.best = math.inf
         self.phi: Tensor | None = None
 
     def update(self, loss: float | None, phi: Tensor) -> None:
-        """Fold one meta-step's loss (None: a skipped step, ignored) into the EMA; keep φ if it is the lowest."""
-        if loss is None or not math.isfinite(loss):
+        """Fold one meta-step's loss (None: a skipped step, ignored) into the EMA; keep φ if it is the lowest
+        (nothing under meta.keep 'last')."""
+        if not self.active or loss is None or not math.isfinite(loss):
             return
         self.steps += 1
         self.ema = loss if self.ema is None else self.ema + (loss - self.ema) / self.window
@@ -64,8 +67,8 @@ class BestTheta:
             self.best, self.phi = self.ema, phi.detach().clone()
 
     def restore(self, phi: Tensor) -> None:
-        """φ ← the kept φ, in place (nothing when no step has counted yet)."""
-        if self.phi is not None:
+        """φ ← the kept φ, in place (nothing under meta.keep 'last', or when no step has counted yet)."""
+        if self.active and self.phi is not None:
             with torch.no_grad():
                 phi.copy_(self.phi.to(phi))
 

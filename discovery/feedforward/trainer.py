@@ -117,7 +117,7 @@ class MetaTrainer(Checkpointed):
         self.skipped = 0
         self.run_of_skips = 0
         self.last_good_theta: Tensor | None = None
-        self.best = BestTheta(spec.meta.keep_window)
+        self.best = BestTheta(spec.meta)
 
     @property
     def theta(self) -> Tensor:
@@ -263,9 +263,8 @@ class MetaTrainer(Checkpointed):
         return event
 
     def finish(self) -> None:
-        """meta.keep 'best': φ ← the φ of the lowest meta-train loss average (optim.BestTheta), when there is one."""
-        if self.spec.meta.keep == "best":
-            self.best.restore(self.phi)
+        """meta.keep 'best': φ ← the φ of the lowest meta-train loss average (discovery.optim.BestTheta)."""
+        self.best.restore(self.phi)
 
     @cached_property
     def l1_weights(self) -> Tensor:

@@ -159,7 +159,7 @@ class RecurrentMetaTrainer(Checkpointed):
         theta0 = torch.tensor([self.setting.theta0[t] for t in self.term_ids], dtype=dt, device=dev)
         self.phi = torch.nn.Parameter(theta0 / self.scale)
         self.opt = torch.optim.Adam([self.phi], lr=spec.meta.lr)
-        self.best = BestTheta(spec.meta.keep_window)
+        self.best = BestTheta(spec.meta)
         self.episode = 0
         self.history: list[dict] = []
         self.diverged = 0
@@ -237,8 +237,7 @@ class RecurrentMetaTrainer(Checkpointed):
 
     def finish(self) -> None:
         """meta.keep 'best': φ ← the φ of the lowest meta-train loss average (discovery.optim.BestTheta)."""
-        if self.spec.meta.keep == "best":
-            self.best.restore(self.phi)
+        self.best.restore(self.phi)
 
     def theta_dict(self) -> dict[str, float]:
         return {t: float(v) for t, v in zip(self.term_ids, self.theta.cpu())}
