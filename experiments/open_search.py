@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import torch
 
@@ -22,7 +23,7 @@ from discovery.analysis.stats import paired_difference
 from discovery.feedforward.trainer import MetaTrainer
 from discovery.results import ProgressEvent
 from discovery.router import discover
-from discovery.spec import DiscoverySpec
+from discovery.spec import DiscoverySpec, MetaSpec
 from rules.terms import term
 
 
@@ -47,6 +48,21 @@ def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
     """Mean of a − b with its 95 % t-interval (discovery.analysis.stats)."""
     d = paired_difference(a.double(), b.double())
     return {"delta": d.delta, "ci95": d.ci95}
+
+
+def add_fit_options(ap: argparse.ArgumentParser) -> None:
+    """--lr-schedule and --keep: how each fit of a search runs (meta.lr_schedule, meta.keep; choices from MetaSpec)."""
+    fields = MetaSpec.model_fields
+    ap.add_argument("--lr-schedule", default=fields["lr_schedule"].default,
+                    choices=get_args(fields["lr_schedule"].annotation),
+                    help="Adam's lr over each fit: cosine decays it to lr·lr_final")
+    ap.add_argument("--keep", default=fields["keep"].default, choices=get_args(fields["keep"].annotation),
+                    help="the θ each fit returns: after its last step, or at its lowest meta-train loss average")
+
+
+def fit_options(args: argparse.Namespace) -> dict:
+    """The meta fields that --lr-schedule and --keep set."""
+    return {"lr_schedule": args.lr_schedule, "keep": args.keep}
 
 
 def printer(tag: str, every: int = 50) -> Callable[[ProgressEvent], None]:

@@ -22,7 +22,7 @@ from discovery.results import FrontPoint
 from discovery.router import discover
 from discovery.spec import DiscoverySpec
 from discovery.transfer.search import shared_theta
-from experiments.open_search import printer
+from experiments.open_search import add_fit_options, fit_options, printer
 from rules.rule import Rule
 
 CELLS = ([{"dataset": "mnist5k", "depth": d, "role": "train"} for d in (3, 5, 7)]
@@ -37,8 +37,7 @@ def search_spec(seed: int, args: argparse.Namespace) -> dict:
             "rule": {"pool": "library"},
             "search": {"method": "forward", "max_terms": args.max_terms, "front_eval_episodes": args.eval_episodes},
             "meta": {"episodes": args.episodes, "meta_batch": args.meta_batch, "lr": 1e-3, "seed": seed,
-                     "term_scale": "norm", "eval_episodes": args.eval_episodes,
-                     "lr_schedule": args.lr_schedule, "keep": args.keep},
+                     "term_scale": "norm", "eval_episodes": args.eval_episodes, **fit_options(args)},
             "transfer": {"cells": CELLS, "coefficients": args.coefficients, "refit": args.refit,
                          "objective": args.objective, "quantile": args.quantile, "screen": args.screen}}
 
@@ -86,10 +85,7 @@ def main() -> None:
     ap.add_argument("--meta-batch", type=int, default=1)
     ap.add_argument("--screen", default="mean", choices=["mean", "objective"],
                     help="screens over episodes across the training cells, or over the objective's tail cells")
-    ap.add_argument("--keep", default="last", choices=["last", "best"],
-                    help="the θ each fit returns: after its last step, or at its lowest meta-train loss average")
-    ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
-                    help="Adam's lr over each fit of the search (BP's cached θ0 tuning stays at a constant lr)")
+    add_fit_options(ap)   # BP's cached θ0 tuning stays at a constant lr
     ap.add_argument("--tune-episodes", type=int, default=600, help="BP's θ0 meta-tuning per cell (the suite)")
     ap.add_argument("--suite-episodes", type=int, default=100, help="held-out episodes per cell in the suite")
     ap.add_argument("--tag", default="")

@@ -23,7 +23,7 @@ from discovery.spec import DiscoverySpec
 from discovery.transfer.cells import Cell, cell_spec
 from discovery.transfer.multitask import cell_trainer
 from discovery.transfer.scoring import TransferProtocol, heldout_outcome, tune_theta0
-from experiments.open_search import printer
+from experiments.open_search import add_fit_options, fit_options, printer
 
 S3_CELL = {"dataset": "mnist5k", "depth": 5, "role": "train"}
 
@@ -35,7 +35,7 @@ def search_spec(seed: int, args: argparse.Namespace) -> dict:
             "rule": {"pool": args.pool},
             "search": {"method": "forward", "max_terms": args.max_terms, "front_eval_episodes": args.eval_episodes},
             "meta": {"episodes": args.episodes, "meta_batch": 1, "lr": 1e-3, "seed": seed, "term_scale": "norm",
-                     "eval_episodes": args.eval_episodes, "lr_schedule": args.lr_schedule, "keep": args.keep},
+                     "eval_episodes": args.eval_episodes, **fit_options(args)},
             "transfer": {"cells": [S3_CELL], "coefficients": args.coefficients, "refit": True}}
 
 
@@ -69,10 +69,7 @@ def main() -> None:
     ap.add_argument("--heldout-fraction", type=float, default=0.2,
                     help="held-out share of the data (0.2: the S3 open-search protocol of docs/results.md)")
     ap.add_argument("--pool", default="library", help="term pool searched (library: 16 terms; library_gated: 43)")
-    ap.add_argument("--keep", default="last", choices=["last", "best"],
-                    help="the θ each fit returns: after its last step, or at its lowest meta-train loss average")
-    ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
-                    help="Adam's lr over each fit (and BP's tuning): cosine decays it to lr/10")
+    add_fit_options(ap)   # BP's θ0 is tuned with the same --lr-schedule
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=Path("results/transfer"))
     args = ap.parse_args()
