@@ -36,7 +36,14 @@ def search_spec(seed: int, args: argparse.Namespace) -> dict:
             "search": {"method": "forward", "max_terms": args.max_terms, "front_eval_episodes": args.eval_episodes},
             "meta": {"episodes": args.episodes, "meta_batch": 1, "lr": 1e-3, "seed": seed, "term_scale": "norm",
                      "eval_episodes": args.eval_episodes, **fit_options(args)},
-            "transfer": {"cells": [S3_CELL], "coefficients": args.coefficients, "refit": True}}
+            "transfer": {"cells": [S3_CELL, *select_cells(args)], "coefficients": args.coefficients, "refit": True,
+                         "refit_restarts": args.refit_restarts}}
+
+
+def select_cells(args: argparse.Namespace) -> list[dict]:
+    """With ``--select-stream k``: the S3 cell again, as the selection cell on its k-th independent draw of
+    held-out episodes, so the front and the refits are chosen on episodes other than those Δ is reported on."""
+    return [{**S3_CELL, "role": "select", "stream": args.select_stream}] if args.select_stream else []
 
 
 def bp_values(spec: DiscoverySpec, seed: int, args: argparse.Namespace) -> tuple[dict, list[float]]:
@@ -69,6 +76,10 @@ def main() -> None:
     ap.add_argument("--heldout-fraction", type=float, default=0.2,
                     help="held-out share of the data (0.2: the S3 open-search protocol of docs/results.md)")
     ap.add_argument("--pool", default="library", help="term pool searched (library: 16 terms; library_gated: 43)")
+    ap.add_argument("--refit-restarts", type=int, default=1, help="refits of each kind, each on its own stream")
+    ap.add_argument("--select-stream", type=int, default=0,
+                    help="k > 0: select on the cell's k-th independent draw of held-out episodes (0: on the "
+                         "reported episodes, as in session 10)")
     add_fit_options(ap)   # BP's θ0 is tuned with the same --lr-schedule
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=Path("results/transfer"))

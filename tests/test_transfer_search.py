@@ -78,3 +78,27 @@ def test_a_search_stopped_inside_its_second_fit_resumes_to_the_uninterrupted_fro
     assert again.search["resumed"]["stage"] == 3
     assert [(p.terms, p.theta, p.heldout_accuracy) for p in again.front] == \
         [(p.terms, p.theta, p.heldout_accuracy) for p in whole.front]
+
+
+def test_refit_restarts_draw_their_own_streams_and_a_second_draw_of_a_cell_selects() -> None:
+    """Two refits of each kind, each on its own episode stream (different θ); the train cell listed again as a
+    selection cell on stream 1 scores other episodes than stream 0, and the front accuracy is stream 1's."""
+    cell = {"dataset": "digits", "widths": [64, 12, 10]}
+    s = spec(refit=True, refit_restarts=2)
+    s = s.model_copy(update={"transfer": s.transfer.model_copy(update={"cells": [
+        s.transfer.cells[0], s.transfer.cells[0].model_validate({**cell, "role": "select", "stream": 1})]})})
+    result = discover(s)
+    refits = [st["label"] for st in result.search["stages"] if st["label"].startswith("refit")]
+    n = refits[0].split()[2]                               # the selected support's size
+    assert refits == [f"refit warm {n} terms", f"refit scratch {n} terms", f"refit warm {n} terms #2",
+                      f"refit scratch {n} terms #2"]
+    thetas = {p.stage: p.theta for p in result.front}
+    warm = [v for k, v in thetas.items() if k.startswith("refit warm")]
+    assert len(warm) == 2 and warm[0] != warm[1]
+    points = result.search["transfer"]["points"]
+    for f, p in zip(result.front, points):
+        train, select = p["cells"]
+        assert select["cell"].endswith("episodes #1") and select["role"] == "select"
+        assert train["per_episode"] != select["per_episode"]
+        assert f.heldout_accuracy == pytest.approx(select["score"])
+    assert sum(p.selected for p in result.front) == 1

@@ -15,7 +15,10 @@ cells, the front scored on every cell and the support chosen on the selection ce
   listed in ``failed``); one that fails on a training or selection cell cannot be selected. Test cells are only
   reported.
 * Refit (``transfer.refit``): the selected support alone, with the full budget E, warm-started from its θ and
-  from scratch (θ0 = 1e-3 on F0, 0 elsewhere); the better on the selection cells replaces it.
+  from scratch (θ0 = 1e-3 on F0, 0 elsewhere), ``transfer.refit_restarts`` times each on distinct episode
+  streams; the best on the selection cells replaces it.
+* A cell with ``stream`` k > 0 is scored on an independent draw of held-out episodes (meta seed + k·10⁶), so a
+  cell can select on one draw and be reported on another.
 
 Resume: the generic search's stage log (discovery.search.stages.StageLog): finished stages are recorded in
 ``checkpoint_dir/transfer_search.json`` (for this very spec) and replayed; a fit in progress resumes from its trainer
@@ -48,6 +51,7 @@ from discovery.transfer.scoring import CellScore, heldout_outcome
 from discovery.transfer.spec import Cell
 
 STATE_FILE = "transfer_search.json"
+EVAL_STREAM = 1_000_000   # a cell's stream k scores on the held-out draws of seed + k·EVAL_STREAM
 
 
 class FitStage(Stage):
@@ -184,13 +188,19 @@ class TransferSearch(StageLog):
         return fits
 
     def refit(self, chosen: FitStage) -> list[FitStage]:
-        """The selected support alone with the full budget, warm-started and from scratch."""
+        """The selected support alone with the full budget, warm-started and from scratch, ``refit_restarts``
+        times each (every fit draws its own episode stream)."""
         init = {t: v for t, v in self.spec.rule.initial_theta().items() if t in chosen.terms}
-        budget, mode = self.spec.meta.episodes, chosen.coefficients
-        warm = self.fit(chosen.terms, chosen.theta, budget, f"refit warm {len(chosen.terms)} terms", mode)
-        if self.stopped:
-            return [warm]
-        return [warm, self.fit(chosen.terms, init, budget, f"refit scratch {len(chosen.terms)} terms", mode)]
+        budget, mode, k = self.spec.meta.episodes, chosen.coefficients, self.transfer.refit_restarts
+        n = len(chosen.terms)
+        starts = [(f"refit warm {n} terms", chosen.theta), (f"refit scratch {n} terms", init)]
+        out: list[FitStage] = []
+        for r in range(k):
+            for label, theta in starts:
+                out.append(self.fit(chosen.terms, theta, budget, label + (f" #{r + 1}" if r else ""), mode))
+                if self.stopped:
+                    return out
+        return out
 
     # ------------------------------------------------------------------ scoring
     def score_fit(self, f: FitStage) -> TransferPoint:
@@ -211,7 +221,7 @@ class TransferSearch(StageLog):
     def score_on(self, cell: Cell, f: FitStage, episodes: int) -> CellScore:
         """One fit's θ on one cell."""
         spec = cell_spec(self.spec, cell, rule={"terms": f.terms, "theta_init": shared_theta(f.terms, f.theta)},
-                         meta={"episodes": 1})
+                         meta={"episodes": 1, "seed": self.spec.meta.seed + EVAL_STREAM * cell.stream})
         layered = {k: v for k, v in f.theta.items() if k not in f.terms} or None
         trainer = cell_trainer(spec, 0, f.coefficients, layered)
         values, diverged = heldout_outcome(trainer, episodes)
@@ -252,15 +262,16 @@ class TransferSearch(StageLog):
         if self.transfer.refit and not self.stopped and any(p.selected for p in front):
             i = next(i for i, p in enumerate(front) if p.selected)
             chosen = next(f for f in fits if f.kind == "fit" and f.label == front[i].stage)
-            fits = [*fits, *self.refit(chosen)]
+            refits = self.refit(chosen)
+            fits = [*fits, *refits]
             if not self.stopped:
-                front, points = self.refit_front(front, points, fits[-2:], i)
+                front, points = self.refit_front(front, points, refits, i)
         return front, points, fits
 
     def refit_front(self, front: list[FrontPoint], points: list[TransferPoint], refits: list[FitStage],
                     chosen: int) -> tuple[list[FrontPoint], list[TransferPoint]]:
-        """Score both refits; the better on the selection cells (if it fails nowhere it matters) replaces the
-        selected point's selection, both stay on the front."""
+        """Score the refits; the best on the selection cells (if it fails nowhere it matters and beats the selected
+        point) takes the selection, all stay on the front."""
         scored = [(f, self.score_fit(f)) for f in refits]
         for f, p in scored:
             front.append(self.front_point(f, p))

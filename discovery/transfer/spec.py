@@ -10,8 +10,10 @@ meta-objective over the training cells, the coefficient layout and the full-budg
   [−1, 1]: a linear depth profile, defined for any depth) or ``per-layer`` (θ_{r,ℓ} free; one depth only).
 * ``screen``: the score test of a search's screens over episodes drawn across the training cells (``mean``), or
   over the episodes of the objective's tail cells (``objective``: n from every cell, the q-quantile's cells kept).
-* ``refit``: the selected support is refit alone with the full episode budget, warm-started and from scratch,
-  and the better on the selection cells is kept.
+* ``refit``: the selected support is refit alone with the full episode budget, warm-started and from scratch
+  (``refit_restarts`` of each, on distinct episode streams), and the best on the selection cells is kept.
+* A cell's ``stream`` picks an independent draw of its held-out episodes, so the one cell of a single-cell study
+  can be its own selection cell (stream 1) while it is reported on stream 0.
 
 This module imports nothing of discovery.spec (which imports it): the feedback modes and data set names are
 checked against discovery.spec's at import time by tests/test_transfer_multitask.py.
@@ -43,6 +45,10 @@ class Cell(BaseModel):
     queries: int | None = Field(None, ge=1, le=1000)
     feedback: CellFeedback | None = None
     role: CellRole = "train"
+    stream: int = Field(0, ge=0, le=1000, description=(
+        "which draw of the cell's held-out episodes (and fresh W, B) scores it: 0 = the run's evaluation episodes; "
+        "k > 0 = an independent draw, so one cell can be both a selection cell (stream 1) and a reported cell "
+        "(stream 0) without selecting on the episodes it is reported on"))
 
     @model_validator(mode="after")
     def _depth_or_widths(self) -> Cell:
@@ -58,7 +64,8 @@ class Cell(BaseModel):
         shape = f"depth {self.depth}" if self.widths is None else "-".join(map(str, self.widths))
         extra = "".join([f", {self.ways}-way" if self.ways else "", f" {self.shots}-shot" if self.shots else "",
                          f", {self.feedback}" if self.feedback else ""])
-        return f"{self.dataset}, {shape}{extra}"
+        draw = f", episodes #{self.stream}" if self.stream else ""
+        return f"{self.dataset}, {shape}{extra}{draw}"
 
 
 class TransferSpec(BaseModel):
@@ -76,6 +83,9 @@ class TransferSpec(BaseModel):
     coefficients: Coefficients = "shared"
     refit: bool = Field(False, description="refit the selected support alone with the full budget, warm-started "
                                            "and from scratch; keep the better on the selection cells")
+    refit_restarts: int = Field(1, ge=1, le=8, description=(
+        "refits of each kind (warm, scratch), each on its own episode stream; the best on the selection cells is "
+        "kept (a long fit's outcome depends on its stream: docs/transfer.md)"))
 
     @field_validator("cells")
     @classmethod
