@@ -102,3 +102,21 @@ def test_refit_restarts_draw_their_own_streams_and_a_second_draw_of_a_cell_selec
         assert train["per_episode"] != select["per_episode"]
         assert f.heldout_accuracy == pytest.approx(select["score"])
     assert sum(p.selected for p in result.front) == 1
+
+
+def test_trials_fit_the_top_candidates_and_the_best_on_the_selection_cells_joins() -> None:
+    """With 2 trials per step, both of the screen's top candidates are fitted and on the front; the path goes on
+    from the one with the higher selection-cell accuracy."""
+    s = spec(trials=2)
+    s = s.model_copy(update={"search": s.search.model_copy(update={"max_terms": 3})})
+    result = discover(s)
+    labels = [st["label"] for st in result.search["stages"]]
+    trials2 = [lb for lb in labels if lb.startswith("fit 2 terms + ")]
+    trials3 = [lb for lb in labels if lb.startswith("fit 3 terms + ")]
+    assert len(trials2) == 2 and len(trials3) == 2
+    by_stage = {p.stage: p for p in result.front}
+    winner = max((by_stage[lb] for lb in trials2), key=lambda p: p.heldout_accuracy)
+    assert all(set(winner.terms) < set(by_stage[lb].terms) for lb in trials3)    # grown from the winner
+    screened = [st for st in result.search["screening"] if st["label"] == "screen for term 2"][0]["scores"]
+    top = sorted((t for t in screened if t != "F0"), key=screened.get, reverse=True)[:2]
+    assert sorted(by_stage[lb].terms[-1] for lb in trials2) == sorted(top)

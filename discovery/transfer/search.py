@@ -14,6 +14,8 @@ cells, the front scored on every cell and the support chosen on the selection ce
   are none) with its 95 % t-interval. A point whose θ diverges on a cell *fails* there (``cells[i].failed``,
   listed in ``failed``); one that fails on a training or selection cell cannot be selected. Test cells are only
   reported.
+* Trials (``transfer.trials`` = k > 1): each step fits the screen's k largest |t_r| candidates (warm, per-fit
+  budget each) and the best on the selection cells joins; every trial stays on the front.
 * Refit (``transfer.refit``): the selected support alone, with the full budget E, warm-started from its θ and
   from scratch (θ0 = 1e-3 on F0, 0 elsewhere), ``transfer.refit_restarts`` times each on distinct episode
   streams; the best on the selection cells replaces it.
@@ -99,6 +101,7 @@ class TransferSearch(StageLog):
         self.transfer = spec.transfer
         self.pool = list(spec.rule.terms or [])
         self._screener: MultiTaskTrainer | None = None
+        self._scored: dict[str, tuple[dict[str, float], TransferPoint]] = {}
 
     # ------------------------------------------------------------------ building blocks
     def _subspec(self, terms: list[str], theta: dict[str, float], episodes: int, **meta: Any) -> DiscoverySpec:
@@ -165,27 +168,45 @@ class TransferSearch(StageLog):
 
     # ------------------------------------------------------------------ the search
     def forward(self) -> list[FitStage]:
-        """Greedy forward selection over the pool (F0 first), then the layered refits when asked."""
+        """Greedy forward selection over the pool (F0 first; ``trials`` candidates fitted per step), then the
+        layered refits of the path's supports when asked."""
         k_max = min(self.spec.search.max_terms, len(self.pool))
         n_screen = self.spec.search.screen_episodes
         per_fit = max(1, (self.spec.meta.episodes - (k_max - 1) * n_screen) // k_max)
         init = self.spec.rule.initial_theta()
         support = ["F0"] if "F0" in self.pool else [self.pool[0]]
-        fits = [self.fit(support, {t: init.get(t, 0.0) for t in support}, per_fit, f"fit {len(support)} terms")]
+        path = [self.fit(support, {t: init.get(t, 0.0) for t in support}, per_fit, f"fit {len(support)} terms")]
+        fits = list(path)
         while len(support) < k_max and not self.stopped:
-            scores = self.screen(fits[-1].theta, f"screen for term {len(support) + 1}").scores or {}
+            scores = self.screen(path[-1].theta, f"screen for term {len(support) + 1}").scores or {}
             candidates = {t: s for t, s in scores.items() if t not in support and math.isfinite(s)}
             if not candidates:
                 break
-            support = [*support, max(candidates, key=candidates.get)]
-            fits.append(self.fit(support, fits[-1].theta, per_fit, f"fit {len(support)} terms"))
+            tried = self.trial(support, path[-1].theta, candidates, per_fit)
+            fits.extend(tried)
+            if self.stopped:
+                break
+            path.append(max(tried, key=self.selection_score) if len(tried) > 1 else tried[0])
+            support = path[-1].terms
         if self.transfer.coefficients != "shared":
-            for f in list(fits):
+            for f in list(path):
                 if self.stopped:
                     break
                 fits.append(self.fit(f.terms, f.theta, per_fit, f"{self.transfer.coefficients} {len(f.terms)} terms",
                                      coefficients=self.transfer.coefficients))
         return fits
+
+    def trial(self, support: list[str], theta: dict[str, float], candidates: dict[str, float],
+              per_fit: int) -> list[FitStage]:
+        """The support plus each of the ``trials`` largest-|t| candidates, fitted warm from ``theta``."""
+        ranked = sorted(candidates, key=candidates.get, reverse=True)[:self.transfer.trials]
+        label = f"fit {len(support) + 1} terms"
+        tried: list[FitStage] = []
+        for c in ranked:
+            tried.append(self.fit([*support, c], theta, per_fit, label + (f" + {c}" if len(ranked) > 1 else "")))
+            if self.stopped:
+                break
+        return tried
 
     def refit(self, chosen: FitStage) -> list[FitStage]:
         """The selected support alone with the full budget, warm-started and from scratch, ``refit_restarts``
@@ -203,8 +224,22 @@ class TransferSearch(StageLog):
         return out
 
     # ------------------------------------------------------------------ scoring
+    def selection_score(self, f: FitStage) -> float:
+        """A fit's selection-cell accuracy (−1 when it fails on a training or selection cell): how trials compete."""
+        p = self.score_fit(f)
+        failed = any(c.failed and c.role in ("train", "select") for c in p.cells)
+        return -1.0 if failed or p.selection_accuracy is None else p.selection_accuracy
+
     def score_fit(self, f: FitStage) -> TransferPoint:
-        """The fit's θ on every cell (held-out episodes of the run's seed) and its selection-cell score."""
+        """The fit's θ on every cell (held-out episodes of the run's seed) and its selection-cell score (cached per
+        stage label: trials are scored once, on the path and on the front)."""
+        if f.label in self._scored and self._scored[f.label][0] == f.theta:
+            return self._scored[f.label][1]
+        point = self._score_fit(f)
+        self._scored[f.label] = (f.theta, point)
+        return point
+
+    def _score_fit(self, f: FitStage) -> TransferPoint:
         episodes = self.spec.search.front_eval_episodes or self.spec.meta.eval_episodes
         scores = []
         for cell in self.transfer.cells:

@@ -10,6 +10,8 @@ meta-objective over the training cells, the coefficient layout and the full-budg
   [−1, 1]: a linear depth profile, defined for any depth) or ``per-layer`` (θ_{r,ℓ} free; one depth only).
 * ``screen``: the score test of a search's screens over episodes drawn across the training cells (``mean``), or
   over the episodes of the objective's tail cells (``objective``: n from every cell, the q-quantile's cells kept).
+* ``trials``: each forward step fits the screen's top-k candidates and keeps the best on the selection cells (the
+  score test at θ_r = 0 misses a term whose benefit needs a large θ_r, such as the error-Hebbian term at depth).
 * ``refit``: the selected support is refit alone with the full episode budget, warm-started and from scratch
   (``refit_restarts`` of each, on distinct episode streams), and the best on the selection cells is kept.
 * A cell's ``stream`` picks an independent draw of its held-out episodes, so the one cell of a single-cell study
@@ -83,6 +85,9 @@ class TransferSpec(BaseModel):
     coefficients: Coefficients = "shared"
     refit: bool = Field(False, description="refit the selected support alone with the full budget, warm-started "
                                            "and from scratch; keep the better on the selection cells")
+    trials: int = Field(1, ge=1, le=16, description=(
+        "forward selection: the top-k candidates of each screen are each fitted (warm, the per-fit budget) and the "
+        "one best on the selection cells joins; 1 = the largest score test joins, unfitted"))
     refit_restarts: int = Field(1, ge=1, le=8, description=(
         "refits of each kind (warm, scratch), each on its own episode stream; the best on the selection cells is "
         "kept (a long fit's outcome depends on its stream: docs/transfer.md)"))
