@@ -117,6 +117,6 @@ def test_trials_fit_the_top_candidates_and_the_best_on_the_selection_cells_joins
     by_stage = {p.stage: p for p in result.front}
     winner = max((by_stage[lb] for lb in trials2), key=lambda p: p.heldout_accuracy)
     assert all(set(winner.terms) < set(by_stage[lb].terms) for lb in trials3)    # grown from the winner
-    screened = [st for st in result.search["screening"] if st["label"] == "screen for term 2"][0]["scores"]
+    screened = next(st for st in result.search["screening"] if st["label"] == "screen for term 2")["scores"]
     top = sorted((t for t in screened if t != "F0"), key=screened.get, reverse=True)[:2]
     assert sorted(by_stage[lb].terms[-1] for lb in trials2) == sorted(top)

@@ -189,7 +189,7 @@ class TransferSearch(StageLog):
             path.append(max(tried, key=self.selection_score) if len(tried) > 1 else tried[0])
             support = path[-1].terms
         if self.transfer.coefficients != "shared":
-            for f in list(path):
+            for f in path:
                 if self.stopped:
                     break
                 fits.append(self.fit(f.terms, f.theta, per_fit, f"{self.transfer.coefficients} {len(f.terms)} terms",
