@@ -39,7 +39,19 @@ def search_spec(seed: int, args: argparse.Namespace) -> dict:
             "meta": {"episodes": args.episodes, "meta_batch": args.meta_batch, "lr": 1e-3, "seed": seed,
                      "term_scale": "norm", "eval_episodes": args.eval_episodes, **fit_options(args)},
             "transfer": {"cells": CELLS, "coefficients": args.coefficients, "refit": args.refit,
-                         "objective": args.objective, "quantile": args.quantile, "screen": args.screen}}
+                         "objective": args.objective, "quantile": args.quantile, "screen": args.screen,
+                         **transfer_options(args)}}
+
+
+def add_transfer_options(ap: argparse.ArgumentParser) -> None:
+    """``--trials`` and ``--refit-restarts`` (discovery.transfer.spec.TransferSpec), shared by the transfer scripts."""
+    ap.add_argument("--trials", type=int, default=1,
+                    help="candidates fitted per forward step; the best on the selection cells joins")
+    ap.add_argument("--refit-restarts", type=int, default=1, help="refits of each kind, each on its own stream")
+
+
+def transfer_options(args: argparse.Namespace) -> dict:
+    return {"trials": args.trials, "refit_restarts": args.refit_restarts}
 
 
 def suite_overrides(args: argparse.Namespace, baselines: list[str]) -> dict:
@@ -86,6 +98,7 @@ def main() -> None:
     ap.add_argument("--screen", default="mean", choices=["mean", "objective"],
                     help="screens over episodes across the training cells, or over the objective's tail cells")
     add_fit_options(ap)   # BP's cached θ0 tuning stays at a constant lr
+    add_transfer_options(ap)
     ap.add_argument("--tune-episodes", type=int, default=600, help="BP's θ0 meta-tuning per cell (the suite)")
     ap.add_argument("--suite-episodes", type=int, default=100, help="held-out episodes per cell in the suite")
     ap.add_argument("--tag", default="")

@@ -24,6 +24,7 @@ from discovery.transfer.cells import Cell, cell_spec
 from discovery.transfer.multitask import cell_trainer
 from discovery.transfer.scoring import TransferProtocol, heldout_outcome, tune_theta0
 from experiments.open_search import add_fit_options, fit_options, printer
+from experiments.transfer_search import add_transfer_options, transfer_options
 
 S3_CELL = {"dataset": "mnist5k", "depth": 5, "role": "train"}
 
@@ -37,7 +38,7 @@ def search_spec(seed: int, args: argparse.Namespace) -> dict:
             "meta": {"episodes": args.episodes, "meta_batch": 1, "lr": 1e-3, "seed": seed, "term_scale": "norm",
                      "eval_episodes": args.eval_episodes, **fit_options(args)},
             "transfer": {"cells": [S3_CELL, *select_cells(args)], "coefficients": args.coefficients, "refit": True,
-                         "refit_restarts": args.refit_restarts}}
+                         **transfer_options(args)}}
 
 
 def select_cells(args: argparse.Namespace) -> list[dict]:
@@ -76,7 +77,7 @@ def main() -> None:
     ap.add_argument("--heldout-fraction", type=float, default=0.2,
                     help="held-out share of the data (0.2: the S3 open-search protocol of docs/results.md)")
     ap.add_argument("--pool", default="library", help="term pool searched (library: 16 terms; library_gated: 43)")
-    ap.add_argument("--refit-restarts", type=int, default=1, help="refits of each kind, each on its own stream")
+    add_transfer_options(ap)
     ap.add_argument("--select-stream", type=int, default=0,
                     help="k > 0: select on the cell's k-th independent draw of held-out episodes (0: on the "
                          "reported episodes, as in session 10)")
