@@ -74,6 +74,11 @@ class TransferPoint(BaseModel):
     cells: list[CellScore]
     failed: list[str]
 
+    @property
+    def selectable(self) -> bool:
+        """Fails on no training or selection cell (failures on test cells are only reported)."""
+        return not any(c.failed and c.role in ("train", "select") for c in self.cells)
+
 
 def shared_theta(terms: list[str], theta: dict[str, float]) -> dict[str, float]:
     """θ_r of the rule's shared language: the level of a profile, the layer mean of per-layer coefficients."""
@@ -227,8 +232,7 @@ class TransferSearch(StageLog):
     def selection_score(self, f: FitStage) -> float:
         """A fit's selection-cell accuracy (−1 when it fails on a training or selection cell): how trials compete."""
         p = self.score_fit(f)
-        failed = any(c.failed and c.role in ("train", "select") for c in p.cells)
-        return -1.0 if failed or p.selection_accuracy is None else p.selection_accuracy
+        return p.selection_accuracy if p.selectable and p.selection_accuracy is not None else -1.0
 
     def score_fit(self, f: FitStage) -> TransferPoint:
         """The fit's θ on every cell (held-out episodes of the run's seed) and its selection-cell score (cached per
@@ -274,8 +278,7 @@ class TransferSearch(StageLog):
         ordered = sorted(latest.values(), key=lambda f: (len(f.terms), f.coefficients != "shared"))
         points = [self.score_fit(f) for f in ordered]
         front = [self.front_point(f, p) for f, p in zip(ordered, points)]
-        eligible = [i for i, p in enumerate(points)
-                    if not any(c.failed and c.role in ("train", "select") for c in p.cells)]
+        eligible = [i for i, p in enumerate(points) if p.selectable]
         if eligible:
             pick = eligible[select([front[i] for i in eligible])]
             front[pick].selected = True
@@ -311,8 +314,8 @@ class TransferSearch(StageLog):
         for f, p in scored:
             front.append(self.front_point(f, p))
             points.append(p)
-        ok = [(p.selection_accuracy or -1.0, len(front) - len(scored) + j) for j, (f, p) in enumerate(scored)
-              if not any(c.failed and c.role in ("train", "select") for c in p.cells)]
+        ok = [(p.selection_accuracy or -1.0, len(front) - len(scored) + j) for j, (_, p) in enumerate(scored)
+              if p.selectable]
         best = max(ok) if ok else None
         if best is not None and best[0] > (front[chosen].heldout_accuracy or -1.0):
             front[chosen].selected = False
