@@ -36,6 +36,17 @@ def test_a_diverging_cell_is_reported_as_a_failure() -> None:
     assert wild.failed and wild.diverged == TINY.eval_episodes and wild.score == 0.0
 
 
+def test_a_cells_stream_is_its_own_draw_in_the_suite_as_in_the_search() -> None:
+    """Stream 1 of a cell scores other held-out episodes than stream 0, on the seed the search uses for it."""
+    theta = {"F0": 0.02}
+    second = CELL.model_copy(update={"stream": 1})
+    assert second.eval_seed(TINY.eval_seed) == TINY.eval_seed + 1_000_000 and CELL.eval_seed(7) == 7
+    a, b = score_cell(CELL, ["F0"], theta, TINY), score_cell(second, ["F0"], theta, TINY)
+    assert b.cell.endswith("episodes #1") and a.per_episode != b.per_episode
+    again = fixed_trainer(CELL, ["F0"], theta, TINY, seed=TINY.eval_seed + 1_000_000)
+    assert heldout_outcome(again, TINY.eval_episodes)[0].tolist() == b.per_episode
+
+
 def test_cached_baselines_give_the_numbers_of_a_fresh_run() -> None:
     rule = Rule.parse(RULE)
     fresh = run_benchmark("transfer", rule, tiny=True, seed=0).to_json()

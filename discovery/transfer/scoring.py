@@ -94,13 +94,14 @@ def heldout_outcome(trainer: Any, episodes: int, batch: int = 25) -> tuple[Tenso
 
 def fixed_trainer(cell: Cell, terms: list[str], theta: dict[str, float], protocol: TransferProtocol, *,
                   feedback: str | None = None, seed: int | None = None, extra: dict[str, Any] | None = None) -> Any:
-    """A MetaTrainer on ``cell`` holding θ (the terms' coefficients), on the protocol's evaluation seed."""
+    """A MetaTrainer on ``cell`` holding θ (the terms' coefficients), on the protocol's evaluation seed (the
+    cell's own draw of it: ``Cell.eval_seed``)."""
     from discovery.feedforward.trainer import MetaTrainer
 
     if feedback is not None:
         cell = cell.model_copy(update={"feedback": feedback})
     spec = cell_spec(protocol.base(), cell, rule={"terms": list(terms), "theta_init": dict(theta)},
-                     meta={"seed": protocol.eval_seed if seed is None else seed, **(extra or {})})
+                     meta={"seed": cell.eval_seed(protocol.eval_seed if seed is None else seed), **(extra or {})})
     return MetaTrainer(spec)
 
 

@@ -53,7 +53,6 @@ from discovery.transfer.scoring import CellScore, heldout_outcome
 from discovery.transfer.spec import Cell
 
 STATE_FILE = "transfer_search.json"
-EVAL_STREAM = 1_000_000   # a cell's stream k scores on the held-out draws of seed + k·EVAL_STREAM
 
 
 class FitStage(Stage):
@@ -260,7 +259,7 @@ class TransferSearch(StageLog):
     def score_on(self, cell: Cell, f: FitStage, episodes: int) -> CellScore:
         """One fit's θ on one cell."""
         spec = cell_spec(self.spec, cell, rule={"terms": f.terms, "theta_init": shared_theta(f.terms, f.theta)},
-                         meta={"episodes": 1, "seed": self.spec.meta.seed + EVAL_STREAM * cell.stream})
+                         meta={"episodes": 1, "seed": cell.eval_seed(self.spec.meta.seed)})
         layered = {k: v for k, v in f.theta.items() if k not in f.terms} or None
         trainer = cell_trainer(spec, 0, f.coefficients, layered)
         values, diverged = heldout_outcome(trainer, episodes)
@@ -314,7 +313,7 @@ class TransferSearch(StageLog):
         for f, p in scored:
             front.append(self.front_point(f, p))
             points.append(p)
-        ok = [(p.selection_accuracy or -1.0, len(front) - len(scored) + j) for j, (_, p) in enumerate(scored)
+        ok = [(self.selection_score(f), len(front) - len(scored) + j) for j, (f, p) in enumerate(scored)
               if p.selectable]
         best = max(ok) if ok else None
         if best is not None and best[0] > (front[chosen].heldout_accuracy or -1.0):

@@ -31,6 +31,7 @@ CellRole = Literal["train", "select", "test"]
 CellFeedback = Literal["bp", "fa", "dfa", "sign"]                     # = discovery.spec.FeedbackMode
 CellDataset = Literal["mnist5k", "digits", "digits28", "emnist-balanced", "synthetic"]   # = DatasetName
 Coefficients = Literal["shared", "profile", "per-layer"]
+EVAL_STREAM = 1_000_000   # a cell's stream k scores on the held-out draws of seed + k·EVAL_STREAM
 
 
 class Cell(BaseModel):
@@ -59,6 +60,11 @@ class Cell(BaseModel):
         if self.widths is not None and any(w < 1 for w in self.widths):
             raise ValueError("every width must be >= 1")
         return self
+
+    def eval_seed(self, seed: int) -> int:
+        """The seed of this cell's held-out draw: ``seed`` on stream 0, an independent one (seed + k·10⁶, kept
+        below 2³¹) on stream k."""
+        return (seed + EVAL_STREAM * self.stream) % 2**31
 
     @property
     def label(self) -> str:
