@@ -30,12 +30,13 @@ S3_CELL = {"dataset": "mnist5k", "depth": 5, "role": "train"}
 
 
 def search_spec(seed: int, args: argparse.Namespace) -> dict:
-    """The S3 protocol (lr 1e-3, θ0 = 1e-3, term_scale norm, one-episode meta-steps) on the one cell."""
+    """The S3 protocol (lr 1e-3, θ0 = 1e-3, term_scale norm, one-episode meta-steps unless ``--meta-batch``) on the
+    one cell."""
     return {"network": {"widths": [784, 170, 130, 100, 70, 10], "feedback": "fa"},
             "task": {"dataset": "mnist5k", "ways": 5, "shots": 50, "queries": 10, "heldout_fraction": args.heldout_fraction},
             "rule": {"pool": args.pool},
             "search": {"method": "forward", "max_terms": args.max_terms, "front_eval_episodes": args.eval_episodes},
-            "meta": {"episodes": args.episodes, "meta_batch": 1, "lr": 1e-3, "seed": seed, "term_scale": "norm",
+            "meta": {"episodes": args.episodes, "meta_batch": args.meta_batch, "lr": 1e-3, "seed": seed, "term_scale": "norm",
                      "eval_episodes": args.eval_episodes, **fit_options(args)},
             "transfer": {"cells": [S3_CELL, *select_cells(args)], "coefficients": args.coefficients, "refit": True,
                          **transfer_options(args)}}
@@ -74,6 +75,7 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=200)
     ap.add_argument("--coefficients", default="shared", choices=["shared", "per-layer"])
     ap.add_argument("--tune-episodes", type=int, default=600)
+    ap.add_argument("--meta-batch", type=int, default=1, help="episodes averaged per meta-step (1: the S3 protocol)")
     ap.add_argument("--heldout-fraction", type=float, default=0.2,
                     help="held-out share of the data (0.2: the S3 open-search protocol of docs/results.md)")
     ap.add_argument("--pool", default="library", help="term pool searched (library: 16 terms; library_gated: 43)")
