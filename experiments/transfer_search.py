@@ -21,7 +21,7 @@ from discovery.benchmarks.registry import run_suite
 from discovery.results import FrontPoint
 from discovery.router import discover
 from discovery.spec import DiscoverySpec
-from discovery.transfer.search import shared_theta
+from discovery.transfer.layered import LayeredRule
 from experiments.open_search import add_fit_options, fit_options, printer
 from rules.rule import Rule
 
@@ -116,7 +116,7 @@ def main() -> None:
             base = json.loads(path.read_text())
             chosen = FrontPoint.model_validate(base["selected"])
             t1 = time.perf_counter()
-            report = score_rule(Rule(shared_theta(chosen.terms, chosen.theta), name=f"multitask seed {seed}"),
+            report = score_rule(LayeredRule(chosen.terms, chosen.theta, name=f"multitask seed {seed}"),
                                 seed, args)
             path.write_text(json.dumps({**base, "suite_wall_time_s": time.perf_counter() - t1, "transfer": report},
                                        indent=1, default=str))
@@ -140,7 +140,7 @@ def main() -> None:
                 "search": result.search}
         path.write_text(json.dumps(base, indent=1, default=str))
         t1 = time.perf_counter()
-        rule = Rule(shared_theta(chosen.terms, chosen.theta), name=f"multitask seed {seed}")
+        rule = LayeredRule(chosen.terms, chosen.theta, name=f"multitask seed {seed}")
         report = score_rule(rule, seed, args)
         out = {**base, "suite_wall_time_s": time.perf_counter() - t1, "transfer": report}
         path.write_text(json.dumps(out, indent=1, default=str))

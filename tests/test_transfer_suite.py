@@ -114,3 +114,24 @@ def test_the_cli_runs_the_transfer_suite(tmp_path: Any) -> None:
     bad = CliRunner().invoke(cli, ["benchmark", "--suite", "transfer", "--tiny", "--rule-only", "--expression",
                                    "-0.01*e*x.T*W.T*W", "--out", str(out)], env={"COLUMNS": "200"})
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+def test_a_layered_rule_runs_its_layered_theta_in_the_suite() -> None:
+    """A profile with zero slopes scores as its shared rule; a slope changes what runs; per-layer θ of another
+    depth is refused (docs/transfer.md, "Per-layer coefficients")."""
+    from discovery.benchmarks.transfer import rule_terms
+    from discovery.transfer.layered import LayeredRule
+
+    shared = {"F0": 0.02, "F2": -0.01}
+    flat = LayeredRule(["F0", "F2"], {**shared, "F0~slope": 0.0, "F2~slope": 0.0})
+    sloped = LayeredRule(["F0", "F2"], {**shared, "F0~slope": 0.015, "F2~slope": 0.0})
+    assert flat.coefficients == sloped.coefficients == Rule(shared).coefficients
+    assert rule_terms(sloped)[1]["F0~slope"] == 0.015 and rule_terms(Rule(shared))[1] == shared
+    base = score_cell(CELL, *rule_terms(Rule(shared)), TINY).per_episode
+    assert score_cell(CELL, *rule_terms(flat), TINY).per_episode == base
+    assert score_cell(CELL, *rule_terms(sloped), TINY).per_episode != base
+    per_layer = LayeredRule(["F0"], {"F0@1": 0.02, "F0@2": 0.03})          # fit on a 2-layer net
+    assert score_cell(CELL, *rule_terms(per_layer), TINY).per_episode != score_cell(CELL, ["F0"], {"F0": 0.025},
+                                                                                 TINY).per_episode
+    with pytest.raises(ValueError, match="another depth"):
+        score_cell(Cell(dataset="digits", widths=(64, 16, 12, 10)), *rule_terms(per_layer), TINY)

@@ -27,7 +27,8 @@ TRANSFER_CELLS = [{"dataset": "digits28", "depth": 5}, {"dataset": "mnist5k", "d
 
 def rule_terms(rule: Any) -> tuple[list[str], dict[str, float]]:
     """(term ids, θ) of a rule given as a ``rules.Rule`` (or any CoefficientRule) or an expression; every term must
-    be a library term (the meta-trainer runs them)."""
+    be a library term (the meta-trainer runs them). A ``LayeredRule`` gives its layered θ (profile or per-layer,
+    discovery.transfer.layered), which is what then runs on each cell."""
     from rules.rule import Rule
 
     if isinstance(rule, str):
@@ -37,7 +38,8 @@ def rule_terms(rule: Any) -> tuple[list[str], dict[str, float]]:
     if not coefficients or custom:
         raise ValueError("the transfer suite scores rules made of library terms (GET /api/rules/terms); "
                          f"not {', '.join(custom) or 'an empty rule'}")
-    return list(coefficients), {k: float(v) for k, v in coefficients.items()}
+    theta = getattr(rule, "layered", None) or coefficients
+    return list(coefficients), {k: float(v) for k, v in theta.items()}
 
 
 def cell_entry(name: str, kind: str, scores: list[CellScore], hyperparameters: dict[str, Any]) -> dict[str, Any]:

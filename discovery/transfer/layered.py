@@ -20,7 +20,7 @@ gradient summed over k·b equals the shared gradient (tests/test_transfer_layere
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 
 import torch
@@ -38,9 +38,45 @@ from discovery.feedforward.network import errors, forward, post_activities
 from discovery.feedforward.trainer import MetaTrainer
 from discovery.spec import DiscoverySpec
 from rules.compiler import CompiledRule
+from rules.rule import Rule
 
 #: separator of a layered parameter id: "F2@3" (per-layer, layer 3), "F2~slope" (profile slope)
 SLOPE = "~slope"
+
+
+def layout_of(theta: Mapping[str, float]) -> str:
+    """The coefficient layout that ``theta``'s parameter ids name (``param_ids``): 'profile' if it holds slopes,
+    'per-layer' if it holds per-layer keys, else 'shared'."""
+    if any(k.endswith(SLOPE) for k in theta):
+        return "profile"
+    return "per-layer" if any("@" in k for k in theta) else "shared"
+
+
+def shared_theta(terms: Sequence[str], theta: Mapping[str, float]) -> dict[str, float]:
+    """θ_r of the rule's shared language: the level of a profile, the layer mean of per-layer coefficients."""
+    out = {}
+    for t in terms:
+        if t in theta:
+            out[t] = theta[t]
+        else:
+            vals = [v for k, v in theta.items() if k.startswith(t + "@")]
+            out[t] = sum(vals) / len(vals) if vals else 0.0
+    return out
+
+
+def layered_part(terms: Sequence[str], theta: Mapping[str, float]) -> dict[str, float] | None:
+    """The parameters of ``theta`` beyond the shared θ_r (slopes, per-layer values); None for a shared θ."""
+    return {k: v for k, v in theta.items() if k not in terms} or None
+
+
+class LayeredRule(Rule):
+    """A rule with layered coefficients: its expression (and ``coefficients``) is the shared projection
+    (``shared_theta``); ``layered`` holds every parameter θ_{r,k}, which is what runs where it is scored
+    (discovery.transfer.scoring.fixed_trainer). With a shared θ it is the plain rule."""
+
+    def __init__(self, terms: Sequence[str], theta: Mapping[str, float], name: str | None = None) -> None:
+        super().__init__(shared_theta(terms, theta), name=name)
+        self.layered = dict(theta) if layered_part(terms, theta) else {}
 
 
 def basis(mode: str, depth: int, dtype: torch.dtype = torch.float64) -> Tensor:

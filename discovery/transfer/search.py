@@ -47,7 +47,7 @@ from discovery.search.open_search import complexity, select
 from discovery.search.stages import Stage, StageLog, score_test
 from discovery.spec import DiscoverySpec
 from discovery.transfer.cells import cell_spec
-from discovery.transfer.layered import SLOPE, n_params
+from discovery.transfer.layered import SLOPE, layered_part, n_params, shared_theta
 from discovery.transfer.multitask import MultiTaskTrainer, cell_trainer
 from discovery.transfer.scoring import CellScore, heldout_outcome
 from discovery.transfer.spec import Cell
@@ -77,18 +77,6 @@ class TransferPoint(BaseModel):
     def selectable(self) -> bool:
         """Fails on no training or selection cell (failures on test cells are only reported)."""
         return not any(c.failed and c.role in ("train", "select") for c in self.cells)
-
-
-def shared_theta(terms: list[str], theta: dict[str, float]) -> dict[str, float]:
-    """θ_r of the rule's shared language: the level of a profile, the layer mean of per-layer coefficients."""
-    out = {}
-    for t in terms:
-        if t in theta:
-            out[t] = theta[t]
-        else:
-            vals = [v for k, v in theta.items() if k.startswith(t + "@")]
-            out[t] = sum(vals) / len(vals) if vals else 0.0
-    return out
 
 
 class TransferSearch(StageLog):
@@ -260,8 +248,7 @@ class TransferSearch(StageLog):
         """One fit's θ on one cell."""
         spec = cell_spec(self.spec, cell, rule={"terms": f.terms, "theta_init": shared_theta(f.terms, f.theta)},
                          meta={"episodes": 1, "seed": cell.eval_seed(self.spec.meta.seed)})
-        layered = {k: v for k, v in f.theta.items() if k not in f.terms} or None
-        trainer = cell_trainer(spec, 0, f.coefficients, layered)
+        trainer = cell_trainer(spec, 0, f.coefficients, layered_part(f.terms, f.theta))
         values, diverged = heldout_outcome(trainer, episodes)
         mean, half = mean_halfwidth(values)
         return CellScore(cell=cell.label, role=cell.role, score=mean, ci95=[mean - half, mean + half],
@@ -362,4 +349,4 @@ def discover_transfer(spec: DiscoverySpec, progress: Callable[[ProgressEvent], N
                 "screening": [{"label": s.label, "scores": s.scores} for s in search.stages if s.kind == "screen"]})
 
 
-__all__ = ["SLOPE", "FitStage", "TransferPoint", "TransferSearch", "discover_transfer", "shared_theta"]
+__all__ = ["SLOPE", "FitStage", "TransferPoint", "TransferSearch", "discover_transfer"]
