@@ -334,11 +334,11 @@ class FakeWorkers:
 
     def submit_benchmark(
         self, bench_id: Any, suite: str, expression: str | None, *, tiny: bool = False, seed: int = 0,
-        max_retries: int = 0, baselines: Any = None,
+        max_retries: int = 0, baselines: Any = None, layered: Any = None,
     ) -> FakeHandle:
         handle = FakeHandle(
             "benchmark", int(bench_id), {"suite": suite, "expression": expression, "tiny": tiny, "seed": seed,
-                                         "max_retries": max_retries, "baselines": baselines}
+                                         "max_retries": max_retries, "baselines": baselines, "layered": layered}
         )
         handle.states = self.benchmark_script(handle)
         self.handles.append(handle)

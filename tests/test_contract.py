@@ -116,7 +116,8 @@ class InProcessWorkers:
         return int(job_id)
 
     def submit_benchmark(self, bench_id: int | str, suite: str, expression: str | None, *, tiny: bool = False,
-                         seed: int = 0, max_retries: int = 0, baselines: object = None) -> object:
+                         seed: int = 0, max_retries: int = 0, baselines: object = None,
+                         layered: object = None) -> object:
         raise NotImplementedError("no benchmarks in these tests")
 
     def poll(self, handle: object) -> JobState:

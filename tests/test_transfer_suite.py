@@ -135,3 +135,36 @@ def test_a_layered_rule_runs_its_layered_theta_in_the_suite() -> None:
                                                                                  TINY).per_episode
     with pytest.raises(ValueError, match="another depth"):
         score_cell(Cell(dataset="digits", widths=(64, 16, 12, 10)), *rule_terms(per_layer), TINY)
+
+
+def test_a_stored_layered_rule_is_benchmarked_with_its_layered_theta(app: Any, settings: Any, client: TestClient,
+                                                                     auth: dict[str, str]) -> None:
+    """The expression of a stored profile rule is its shared projection; the dispatcher hands the provenance's
+    layered θ to the workers, and the task's rule runs it (docs/transfer.md, "Layered rules")."""
+    from discovery.transfer.layered import LayeredRule
+    from service.db.repositories.rules import upsert_rule
+    from service.db.session import session_scope
+    from service.rulebook import parse_rule
+    from service.runs.dispatcher import layered_theta
+    from workers.contract import BenchmarkTask
+
+    shared = Rule.parse(RULE).coefficients
+    raw = {**shared, **{f"{t}~slope": 0.005 for t in shared}}
+    with session_scope(app.state.sessions) as s:
+        layered, _ = upsert_rule(s, parse_rule(RULE), name="profile", origin="discovered",
+                                 provenance={"coefficients_raw": raw})
+        plain, _ = upsert_rule(s, parse_rule("-0.03*e*x.T"), name="shared", origin="discovered",
+                               provenance={"coefficients_raw": {"F0": -0.03}})
+        assert layered_theta(plain) is None and layered_theta(None) is None
+        layered_id = layered.id
+    workers = FakeWorkers(benchmark_script=lambda h: [FakeState("running", None, None)])
+    dispatcher = Dispatcher(settings, app.state.sessions, workers)
+    app.state.dispatcher = dispatcher
+    r = client.post("/api/benchmarks", json={"suite": "transfer", "tiny": True, "rule_id": layered_id}, headers=auth)
+    assert r.status_code == 201, r.text
+    dispatcher.tick()
+    (handle,) = workers.handles
+    assert handle.args["layered"] == raw
+    task = BenchmarkTask(suite="transfer", expression=handle.args["expression"], tiny=True, layered=raw)
+    rule = task.rule()
+    assert isinstance(rule, LayeredRule) and rule.layered == raw and rule.coefficients == shared

@@ -67,7 +67,7 @@ class DiscoveryTask(BaseModel):
 
 class BenchmarkTask(BaseModel):
     """A benchmark job as its actor receives it: the suite, the rule's text (None: baselines only), the size,
-    the seed, the device and the suite's cached baselines (None: tune them first)."""
+    the seed, the device, the suite's cached baselines (None: tune them first) and a layered rule's full θ."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -78,14 +78,23 @@ class BenchmarkTask(BaseModel):
     device: str | None = None
     baselines: BaselineSet | None = None
     engine: SuiteFn | None = None             # a stand-in for run_suite (tests)
+    #: a stored layered rule's θ (profile slopes ``F2~slope`` or per-layer ``F2@ℓ``; docs/transfer.md): the
+    #: expression holds only its shared projection, and the suite runs this θ instead
+    layered: dict[str, float] | None = None
 
     def rule(self) -> CoefficientRule | None:
-        """The rule of ``expression`` (recurrent or feed-forward, both parsed by a whitelist), None for none."""
+        """The rule of ``expression`` (recurrent or feed-forward, both parsed by a whitelist), None for none; with
+        ``layered``, the ``LayeredRule`` of the expression's terms and that θ."""
         if self.expression is None or not self.expression.strip():
             return None
         from rules.recurrent import parse_rule_text
 
-        return parse_rule_text(self.expression)
+        rule = parse_rule_text(self.expression)
+        if not self.layered:
+            return rule
+        from discovery.transfer.layered import LayeredRule
+
+        return LayeredRule(list(rule.coefficients), self.layered, name=getattr(rule, "name", None))
 
 
 class InferenceTask(BaseModel):
@@ -152,8 +161,10 @@ class Workers(Protocol):
         ...
 
     def submit_benchmark(self, bench_id: int | str, suite: str, expression: str | None, *, tiny: bool = False,
-                         seed: int = 0, max_retries: int = 0, baselines: BaselineSet | None = None) -> object:
-        """Start a benchmark of ``expression`` (None: the baselines) on ``suite``; its handle at once."""
+                         seed: int = 0, max_retries: int = 0, baselines: BaselineSet | None = None,
+                         layered: dict[str, float] | None = None) -> object:
+        """Start a benchmark of ``expression`` (None: the baselines; ``layered``: its layered θ) on ``suite``; its
+        handle at once."""
         ...
 
     def poll(self, handle: object) -> JobState:

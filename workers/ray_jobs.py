@@ -235,8 +235,10 @@ def submit_benchmark(
     max_retries: int = 0,
     engine: SuiteFn | None = None,
     baselines: BaselineSet | None = None,
+    layered: dict[str, float] | None = None,
 ) -> JobHandle:
     """Start a benchmark: the rule of ``expression`` (None: the baselines only) on ``suite`` in an actor.
+    ``layered``: a stored layered rule's θ, run instead of the expression's shared projection (docs/transfer.md).
 
     ``baselines``: the suite's cached baselines for (suite, version, seed, tiny); the actor then scores the rule
     alone, on the same held-out episodes. Without them the baselines are tuned first as parallel Ray tasks
@@ -252,7 +254,7 @@ def submit_benchmark(
         device = "cuda"
     fan_out = engine is None and baselines is None  # the tasks take the CPUs, the coordinating actor none
     task = BenchmarkTask(suite=suite, expression=expression, tiny=bool(tiny), seed=int(seed), device=device,
-                         baselines=baselines, engine=engine)
+                         baselines=baselines, engine=engine, layered=layered)
     handle = JobHandle(
         job_id=str(bench_id),
         kind="benchmark",

@@ -130,6 +130,18 @@ def public_reason(text: str, limit: int = 4000) -> str:
     return first[:limit]
 
 
+
+def layered_theta(rule: Rule | None) -> dict[str, float] | None:
+    """A stored rule's layered θ (its provenance's ``coefficients_raw`` in a profile or per-layer layout), which
+    its expression, the shared projection, cannot hold (docs/transfer.md, "Layered rules"); None otherwise."""
+    raw = ((rule.provenance or {}) if rule is not None else {}).get("coefficients_raw")
+    if not isinstance(raw, dict):
+        return None
+    from discovery.transfer.layered import layout_of  # torch: only for a rule that has raw coefficients
+
+    return dict(raw) if layout_of(raw) != "shared" else None
+
+
 class Dispatcher:
     """Moves jobs and benchmarks between the database and the workers (one thread; see the module docstring).
 
@@ -306,7 +318,8 @@ class Dispatcher:
             expression = benchmark_text(rule.canonical, rule.expression)
         cached = baseline_cache.cached_for(s, row)
         return self.workers().submit_benchmark(row.id, row.suite, expression, tiny=row.tiny, seed=row.seed,
-                                               max_retries=retries, baselines=cached), None
+                                               max_retries=retries, baselines=cached,
+                                               layered=layered_theta(rule)), None
 
     def _hand_over_inference(self, row: Job, retries: int) -> object:
         """Submit an inference job (its recording's folder filled in) to workers that run them."""
