@@ -89,6 +89,17 @@ def benchmark_text(canonical: str | None, expression: str) -> str:
     return str(canonical) if is_recurrent_canonical(canonical) or reward else expression
 
 
+def benchmark_layered(provenance: dict[str, Any] | None) -> dict[str, float] | None:
+    """A stored rule's layered θ (its provenance's ``coefficients_raw`` in a profile or per-layer layout), which
+    its expression, the shared projection, cannot hold (docs/transfer.md, "Layered rules"); None otherwise."""
+    raw = (provenance or {}).get("coefficients_raw")
+    if not isinstance(raw, dict):
+        return None
+    from discovery.transfer.layered import layout_of  # torch: only for a rule that has raw coefficients
+
+    return dict(raw) if layout_of(raw) != "shared" else None
+
+
 def suite_rejects(suite: Any, family: str) -> str | None:
     """Why ``suite`` cannot benchmark a rule of ``family`` (None when it can). A suite of feedforward rules
     (``Suite.rule_family``) compiles the rule as a feedforward expression, so a recurrent rule cannot run there;

@@ -144,8 +144,7 @@ def test_a_stored_layered_rule_is_benchmarked_with_its_layered_theta(app: Any, s
     from discovery.transfer.layered import LayeredRule
     from service.db.repositories.rules import upsert_rule
     from service.db.session import session_scope
-    from service.rulebook import parse_rule
-    from service.runs.dispatcher import layered_theta
+    from service.rulebook import benchmark_layered, parse_rule
     from workers.contract import BenchmarkTask
 
     shared = Rule.parse(RULE).coefficients
@@ -155,7 +154,7 @@ def test_a_stored_layered_rule_is_benchmarked_with_its_layered_theta(app: Any, s
                                  provenance={"coefficients_raw": raw})
         plain, _ = upsert_rule(s, parse_rule("-0.03*e*x.T"), name="shared", origin="discovered",
                                provenance={"coefficients_raw": {"F0": -0.03}})
-        assert layered_theta(plain) is None and layered_theta(None) is None
+        assert benchmark_layered(plain.provenance) is None and benchmark_layered(None) is None
         layered_id = layered.id
     workers = FakeWorkers(benchmark_script=lambda h: [FakeState("running", None, None)])
     dispatcher = Dispatcher(settings, app.state.sessions, workers)

@@ -58,7 +58,7 @@ from service.db.repositories import baselines as baseline_cache
 from service.db.repositories.events import add_event
 from service.db.session import session_scope
 from service.recordings import engine_spec as recording_engine_spec
-from service.rulebook import benchmark_text
+from service.rulebook import benchmark_layered, benchmark_text
 from service.runs.inference_recording import inference_summary, record_inference_result
 from service.runs.lease import DispatcherLease
 from service.runs.recording import job_summary, queue_benchmarks, record_benchmark_result, record_job_result
@@ -129,17 +129,6 @@ def public_reason(text: str, limit: int = 4000) -> str:
     first = lines[0] if not lines[0].startswith("Traceback (most recent call last)") else lines[-1]
     return first[:limit]
 
-
-
-def layered_theta(rule: Rule | None) -> dict[str, float] | None:
-    """A stored rule's layered θ (its provenance's ``coefficients_raw`` in a profile or per-layer layout), which
-    its expression, the shared projection, cannot hold (docs/transfer.md, "Layered rules"); None otherwise."""
-    raw = ((rule.provenance or {}) if rule is not None else {}).get("coefficients_raw")
-    if not isinstance(raw, dict):
-        return None
-    from discovery.transfer.layered import layout_of  # torch: only for a rule that has raw coefficients
-
-    return dict(raw) if layout_of(raw) != "shared" else None
 
 
 class Dispatcher:
@@ -319,7 +308,7 @@ class Dispatcher:
         cached = baseline_cache.cached_for(s, row)
         return self.workers().submit_benchmark(row.id, row.suite, expression, tiny=row.tiny, seed=row.seed,
                                                max_retries=retries, baselines=cached,
-                                               layered=layered_theta(rule)), None
+                                               layered=benchmark_layered(rule.provenance if rule else None)), None
 
     def _hand_over_inference(self, row: Job, retries: int) -> object:
         """Submit an inference job (its recording's folder filled in) to workers that run them."""
