@@ -130,7 +130,6 @@ def public_reason(text: str, limit: int = 4000) -> str:
     return first[:limit]
 
 
-
 class Dispatcher:
     """Moves jobs and benchmarks between the database and the workers (one thread; see the module docstring).
 
