@@ -261,6 +261,9 @@ class MetaSpec(_Strict):
         "the θ a fit returns: 'last' (after its last step) or 'best' (at the lowest moving average of the "
         "meta-train loss over keep_window steps: early stopping on meta-train episodes, never held-out ones)"))
     keep_window: int = Field(50, ge=1, le=10_000, description="the moving average's time constant, in meta-steps")
+    rollback: float = Field(0.0, ge=0, le=10.0, description=(
+        "cliff guard: when the meta-train loss average (keep_window) rises above (1 + rollback) × its lowest, θ "
+        "returns to the θ of that lowest, Adam's moments are cleared and lr is halved (0: never)"))
     l1: float = Field(0.0, ge=0, le=1e4)
     grad_mode: GradMode = Field("auto", description=(
         "meta-gradient: 'forward' carries R tangents through the inner loop (cost grows with R); 'reverse' is one "

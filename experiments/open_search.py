@@ -51,18 +51,22 @@ def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
 
 
 def add_fit_options(ap: argparse.ArgumentParser) -> None:
-    """--lr-schedule and --keep: how each fit of a search runs (meta.lr_schedule, meta.keep; choices from MetaSpec)."""
+    """--lr-schedule, --keep and --rollback: how each fit of a search runs (meta.lr_schedule, meta.keep,
+    meta.rollback; choices from MetaSpec)."""
     fields = MetaSpec.model_fields
     ap.add_argument("--lr-schedule", default=fields["lr_schedule"].default,
                     choices=get_args(fields["lr_schedule"].annotation),
                     help="Adam's lr over each fit: cosine decays it to lr·lr_final")
     ap.add_argument("--keep", default=fields["keep"].default, choices=get_args(fields["keep"].annotation),
                     help="the θ each fit returns: after its last step, or at its lowest meta-train loss average")
+    ap.add_argument("--rollback", type=float, default=fields["rollback"].default,
+                    help="cliff guard ρ: back to the lowest loss average's θ, lr halved, when the average exceeds "
+                         "(1 + ρ)× it (0: off)")
 
 
 def fit_options(args: argparse.Namespace) -> dict:
-    """The meta fields that --lr-schedule and --keep set."""
-    return {"lr_schedule": args.lr_schedule, "keep": args.keep}
+    """The meta fields that --lr-schedule, --keep and --rollback set."""
+    return {"lr_schedule": args.lr_schedule, "keep": args.keep, "rollback": args.rollback}
 
 
 def printer(tag: str, every: int = 50) -> Callable[[ProgressEvent], None]:

@@ -226,6 +226,30 @@ def test_cosine_schedule_decays_lr_and_resumes_on_the_same_curve(tmp_path):
     assert constant.theta_history != straight.theta_history
 
 
+def test_cliff_guard_returns_to_the_lowest_loss_theta_with_half_the_lr():
+    """meta.rollback ρ (window 1): the first step whose loss exceeds (1 + ρ)·min loss is marked backtracked, θ is
+    the θ the lowest-loss step ran with and lr is halved; the run goes on from there. A guard that never fires
+    (ρ huge) leaves the trajectory step for step as without it."""
+    spec = _spec(seed=2, episodes=20, eval_episodes=0, lr=0.2, keep_window=1, rollback=0.05)
+    res = discover(spec)
+    back = [i for i, h in enumerate(res.history) if h.backtracked]
+    assert back, "no cliff was caught"
+    i = back[0]
+    losses = [h.meta_loss for h in res.history[:i + 1]]
+    assert losses[i] > 1.05 * min(losses)
+    j = min(range(i), key=losses.__getitem__)
+    ran_with = res.history[j - 1].theta if j > 0 else spec.rule.initial_theta()
+    assert res.history[i].theta == pytest.approx({k: float(v) for k, v in ran_with.items()}, rel=1e-6)
+    assert res.history[i].lr == pytest.approx(res.history[i - 1].lr / 2)
+    upto = discover(spec.model_copy(update={"meta": spec.meta.model_copy(update={"episodes": i + 1})}))
+    assert upto.theta == pytest.approx(res.history[i].theta, rel=1e-6)
+    off = discover(spec.model_copy(update={"meta": spec.meta.model_copy(update={"rollback": 0.0})}))
+    never = discover(spec.model_copy(update={"meta": spec.meta.model_copy(update={"rollback": 10.0, "lr": 0.05})}))
+    base = discover(spec.model_copy(update={"meta": spec.meta.model_copy(update={"rollback": 0.0, "lr": 0.05})}))
+    assert not any(h.backtracked for h in off.history + never.history)
+    assert never.theta_history == base.theta_history
+
+
 def test_keep_best_returns_the_theta_of_the_lowest_loss_average(tmp_path):
     """meta.keep 'best' with window 1: the returned θ is the one whose meta-step had the lowest meta-train loss
     (the θ that step ran with), not θ after the last step; with 'last' the run ends where Adam left it. A run

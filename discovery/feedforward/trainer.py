@@ -35,7 +35,7 @@ from discovery.feedforward.inner import (
 )
 from discovery.feedforward.kernels import fused
 from discovery.feedforward.network import init_feedback, init_weights
-from discovery.optim import BestTheta, apply_schedule, halve_lr
+from discovery.optim import BestTheta, apply_schedule, guard_cliff, halve_lr
 from discovery.results import DiscoveryResult, ProgressEvent
 from discovery.spec import DiscoverySpec
 from rules.compiler import CompiledRule, compile_terms
@@ -258,8 +258,8 @@ class MetaTrainer(Checkpointed):
             meta_accuracy=None if skipped else float(acc[finite].mean()),
             theta=self.theta_dict(), alignment_deg=alignment, subspace_orth_error=e1, skipped=skipped, dropped_episodes=n_bad,
             backtracked=backtracked, lr=self.opt.param_groups[0]["lr"])
+        event = guard_cliff(self.best, self.opt, self.phi, event, phi_before, self.theta_dict)
         self.history.append(event.model_dump())
-        self.best.update(event.meta_loss, phi_before)
         return event
 
     def finish(self) -> None:

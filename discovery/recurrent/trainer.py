@@ -37,7 +37,7 @@ from torch import Tensor
 from discovery.analysis.stats import mean_halfwidth
 from discovery.feedforward.checkpoint import Checkpointed
 from discovery.feedforward.trainer import resolve_device
-from discovery.optim import BestTheta, apply_schedule
+from discovery.optim import BestTheta, apply_schedule, guard_cliff
 from discovery.recurrent.fixedpoint import random_matrix, spectral_abscissa
 from discovery.recurrent.network import (
     DIVERGENCE_ERRORS,
@@ -231,8 +231,8 @@ class RecurrentMetaTrainer(Checkpointed):
             theta=self.theta_dict(), skipped=skipped, dropped_episodes=n_bad,
             spectral_abscissa=None if skipped else sum(absc) / len(absc),
             train_loss=None if skipped else sum(tl) / len(tl))
+        event = guard_cliff(self.best, self.opt, self.phi, event, phi_before, self.theta_dict)
         self.history.append(event.model_dump())
-        self.best.update(event.meta_loss, phi_before)
         return event
 
     def finish(self) -> None:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from discovery.feedforward.checkpoint import Checkpointed
 from discovery.feedforward.trainer import MetaTrainer
-from discovery.optim import apply_schedule
+from discovery.optim import apply_schedule, guard_cliff
 from discovery.results import ProgressEvent
 from discovery.spec import DiscoverySpec
 from discovery.transfer.cells import cell_spec
@@ -207,8 +207,8 @@ class MultiTaskTrainer(Checkpointed):
         event = ProgressEvent(episode=lead.episode, total=meta.episodes, meta_loss=loss, meta_accuracy=acc,
                               theta=self.theta_dict(), skipped=skipped, dropped_episodes=bad,
                               backtracked=backtracked, lr=lead.opt.param_groups[0]["lr"])
+        event = guard_cliff(lead.best, lead.opt, lead.phi, event, phi_before, self.theta_dict)
         self.history.append(event.model_dump())
-        lead.best.update(loss, phi_before)
         return event
 
     def finish(self) -> None:
