@@ -16,6 +16,7 @@ cells, the meta-objective their mean (or an upper quantile).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from discovery.optim import apply_schedule, guard_cliff
 from discovery.results import ProgressEvent
 from discovery.spec import DiscoverySpec
 from discovery.transfer.cells import cell_spec
+from discovery.transfer.spec import Cell
 
 
 class TaskSampler:
@@ -85,6 +87,23 @@ def cell_trainer(spec: DiscoverySpec, stream: int, coefficients: str,
     from discovery.transfer.layered import LayeredTrainer
 
     return LayeredTrainer(spec, stream=stream, coefficients=coefficients, theta_init=theta_init)
+
+
+def fixed_cell_trainer(base: DiscoverySpec, cell: Cell, terms: Sequence[str], theta: Mapping[str, float], seed: int,
+                       **meta: Any) -> MetaTrainer:
+    """A trainer on ``cell`` holding θ fixed, on the cell's own draw of ``seed`` (``Cell.eval_seed``): the terms'
+    shared θ_r as θ_init and, for a layered θ (profile slopes ``F2~slope`` or per-layer ``F2@ℓ``; the layout read
+    from its keys), θ_{r,ℓ} = Σ_k φ_{r,k} b_k(ℓ) on the cell's depth L. Per-layer θ exists for one depth only, so a
+    cell of another depth is refused."""
+    from discovery.transfer.layered import layered_part, layout_of, param_ids, shared_theta
+
+    spec = cell_spec(base, cell, rule={"terms": list(terms), "theta_init": shared_theta(terms, theta)},
+                     meta={"seed": cell.eval_seed(seed), **meta})
+    layout, layered = layout_of(theta), layered_part(terms, theta)
+    if layout == "per-layer" and set(layered or {}) != set(param_ids(terms, layout, spec.network.depth)):
+        raise ValueError(f"per-layer θ was fit for another depth than {cell.label}'s {spec.network.depth} layers; "
+                         "score it on cells of its own depth, or use a profile or shared θ")
+    return cell_trainer(spec, 0, layout, layered)
 
 
 class MultiTaskTrainer(Checkpointed):

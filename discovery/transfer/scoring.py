@@ -98,18 +98,12 @@ def fixed_trainer(cell: Cell, terms: list[str], theta: dict[str, float], protoco
     own draw of it: ``Cell.eval_seed``). θ in a layered layout (profile slopes ``F2~slope`` or per-layer ``F2@ℓ``,
     discovery.transfer.layered) runs as such: θ_{r,ℓ} = Σ_k φ_{r,k} b_k(ℓ) on the cell's depth L; per-layer θ
     exists for one depth only, so another depth is refused."""
-    from discovery.transfer.layered import layered_part, layout_of, param_ids, shared_theta
-    from discovery.transfer.multitask import cell_trainer
+    from discovery.transfer.multitask import fixed_cell_trainer
 
     if feedback is not None:
         cell = cell.model_copy(update={"feedback": feedback})
-    spec = cell_spec(protocol.base(), cell, rule={"terms": list(terms), "theta_init": shared_theta(terms, theta)},
-                     meta={"seed": cell.eval_seed(protocol.eval_seed if seed is None else seed), **(extra or {})})
-    layout, layered = layout_of(theta), layered_part(terms, theta)
-    if layout == "per-layer" and set(layered or {}) != set(param_ids(terms, layout, spec.network.depth)):
-        raise ValueError(f"per-layer θ was fit for another depth than {cell.label}'s {spec.network.depth} layers; "
-                         "score it on cells of its own depth, or use a profile or shared θ")
-    return cell_trainer(spec, 0, layout, layered)
+    return fixed_cell_trainer(protocol.base(), cell, terms, theta, protocol.eval_seed if seed is None else seed,
+                              **(extra or {}))
 
 
 def score_cell(cell: Cell, terms: list[str], theta: dict[str, float], protocol: TransferProtocol, *,

@@ -46,9 +46,8 @@ from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
 from discovery.search.open_search import complexity, select
 from discovery.search.stages import Stage, StageLog, score_test
 from discovery.spec import DiscoverySpec
-from discovery.transfer.cells import cell_spec
 from discovery.transfer.layered import SLOPE, layered_part, n_params, shared_theta
-from discovery.transfer.multitask import MultiTaskTrainer, cell_trainer
+from discovery.transfer.multitask import MultiTaskTrainer, fixed_cell_trainer
 from discovery.transfer.scoring import CellScore, heldout_outcome
 from discovery.transfer.spec import Cell
 
@@ -111,7 +110,7 @@ class TransferSearch(StageLog):
         if done is not None:
             return done
         spec = self._subspec(terms, shared_theta(terms, theta), episodes)
-        layered = {k: v for k, v in theta.items() if k not in terms} or None
+        layered = layered_part(terms, theta)
         trainer = MultiTaskTrainer(spec, stream=self.cursor + 1, coefficients=coefficients, theta_init=layered)
         folder = self._stage_folder(self.cursor)
         offset = self.used
@@ -246,9 +245,7 @@ class TransferSearch(StageLog):
 
     def score_on(self, cell: Cell, f: FitStage, episodes: int) -> CellScore:
         """One fit's θ on one cell."""
-        spec = cell_spec(self.spec, cell, rule={"terms": f.terms, "theta_init": shared_theta(f.terms, f.theta)},
-                         meta={"episodes": 1, "seed": cell.eval_seed(self.spec.meta.seed)})
-        trainer = cell_trainer(spec, 0, f.coefficients, layered_part(f.terms, f.theta))
+        trainer = fixed_cell_trainer(self.spec, cell, f.terms, f.theta, self.spec.meta.seed, episodes=1)
         values, diverged = heldout_outcome(trainer, episodes)
         mean, half = mean_halfwidth(values)
         return CellScore(cell=cell.label, role=cell.role, score=mean, ci95=[mean - half, mean + half],
