@@ -146,7 +146,8 @@ def record_from_result(rule: RuleData) -> RuleRecord:
     """The :class:`RuleRecord` of an engine result's rule (``DiscoveryResult.rule``).
 
     The rule's own fields are trusted when present; missing ones are recomputed with ``rules.Rule`` from the
-    coefficients. The hash always matches the canonical string's.
+    coefficients. The hash is the rule's own (a layered rule's covers its layered θ,
+    discovery.transfer.layered.layered_hash), else the sha256 of the canonical string.
     """
     coefficients = {str(k): float(v) for k, v in rule.coefficients.items()}
     rebuilt: Any = None

@@ -167,3 +167,28 @@ def test_a_stored_layered_rule_is_benchmarked_with_its_layered_theta(app: Any, s
     task = BenchmarkTask(suite="transfer", expression=handle.args["expression"], tiny=True, layered=raw)
     rule = task.rule()
     assert isinstance(rule, LayeredRule) and rule.layered == raw and rule.coefficients == shared
+
+
+def test_layered_rules_with_one_level_and_different_slopes_are_two_stored_rules(app: Any) -> None:
+    """The hash of a layered rule covers its layered θ (discovery.transfer.layered.layered_hash): two depth
+    profiles with the same level and different slopes are stored as two rules, each with its own θ; a shared θ
+    keeps the hash of the rule it spells."""
+    from discovery.results import RuleData
+    from discovery.transfer.layered import LayeredRule
+    from discovery.transfer.search import rule_dict
+    from service.db.repositories.rules import upsert_rule
+    from service.db.session import session_scope
+    from service.rulebook import benchmark_layered, record_from_result
+
+    level = {"F0": 0.02, "F2": -0.01}
+    a, b = ({**level, "F0~slope": 0.0, "F2~slope": s} for s in (0.004, -0.004))
+    assert rule_dict(["F0", "F2"], level)["hash"] == Rule(level).hash()
+    assert rule_dict(["F0", "F2"], a)["hash"] == LayeredRule(["F0", "F2"], a).hash() != Rule(level).hash()
+    with session_scope(app.state.sessions) as s:
+        rows = [upsert_rule(s, record_from_result(RuleData.model_validate(rule_dict(["F0", "F2"], th))),
+                            name="profile", origin="discovered", provenance={"coefficients_raw": th})
+                for th in (a, b, a)]
+        (ra, created_a), (rb, created_b), (again, created_again) = rows
+        assert created_a and created_b and not created_again and again.id == ra.id != rb.id
+        assert ra.expression == rb.expression
+        assert benchmark_layered(ra.provenance) == a and benchmark_layered(rb.provenance) == b

@@ -20,6 +20,7 @@ gradient summed over k·b equals the shared gradient (tests/test_transfer_layere
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 
@@ -69,14 +70,28 @@ def layered_part(terms: Sequence[str], theta: Mapping[str, float]) -> dict[str, 
     return {k: v for k, v in theta.items() if k not in terms} or None
 
 
+def layered_hash(rule: Rule, theta: Mapping[str, float]) -> str:
+    """The content hash of a rule whose θ may be layered: the rule's own hash (sha256 of its canonical string) for
+    a shared θ; for a layered θ, sha256 of the canonical string and every parameter θ_{r,k} (sorted by id, 6
+    significant digits), so two depth profiles with the same level and different slopes are two stored rules."""
+    if layout_of(theta) == "shared":
+        return rule.hash()
+    params = ";".join(f"{k}={float(v):.6g}" for k, v in sorted(theta.items()))
+    return hashlib.sha256(f"{rule.canonical()} | layered: {params}".encode()).hexdigest()
+
+
 class LayeredRule(Rule):
     """A rule with layered coefficients: its expression (and ``coefficients``) is the shared projection
     (``shared_theta``); ``layered`` holds every parameter θ_{r,k}, which is what runs where it is scored
-    (discovery.transfer.scoring.fixed_trainer). With a shared θ it is the plain rule."""
+    (discovery.transfer.multitask.fixed_cell_trainer); its hash covers them (``layered_hash``). With a shared θ
+    it is the plain rule."""
 
     def __init__(self, terms: Sequence[str], theta: Mapping[str, float], name: str | None = None) -> None:
         super().__init__(shared_theta(terms, theta), name=name)
         self.layered = dict(theta) if layered_part(terms, theta) else {}
+
+    def hash(self) -> str:
+        return layered_hash(self, self.layered)
 
 
 def basis(mode: str, depth: int, dtype: torch.dtype = torch.float64) -> Tensor:

@@ -46,7 +46,7 @@ from discovery.results import DiscoveryResult, FrontPoint, ProgressEvent
 from discovery.search.open_search import complexity, select
 from discovery.search.stages import Stage, StageLog, score_test
 from discovery.spec import DiscoverySpec
-from discovery.transfer.layered import SLOPE, layered_part, n_params, shared_theta
+from discovery.transfer.layered import SLOPE, layered_hash, layered_part, n_params, shared_theta
 from discovery.transfer.multitask import MultiTaskTrainer, fixed_cell_trainer
 from discovery.transfer.scoring import CellScore, heldout_outcome
 from discovery.transfer.spec import Cell
@@ -268,9 +268,7 @@ class TransferSearch(StageLog):
         return front, points
 
     def front_point(self, f: FitStage, p: TransferPoint) -> FrontPoint:
-        shared = shared_theta(f.terms, f.theta)
-        rule = learned_rule(f.terms, shared)
-        return FrontPoint(terms=f.terms, theta=f.theta, rule={**rule.to_dict(), "coefficients_raw": f.theta},
+        return FrontPoint(terms=f.terms, theta=f.theta, rule=rule_dict(f.terms, f.theta),
                           n_terms=len(f.terms), complexity=complexity(f.terms) + p.n_params - len(f.terms),
                           heldout_accuracy=p.selection_accuracy, heldout_ci95=p.selection_ci95,
                           heldout_episodes=len(p.cells[0].per_episode) if p.cells else 0, stage=f.label)
@@ -306,6 +304,13 @@ class TransferSearch(StageLog):
         return front, points
 
 
+def rule_dict(terms: list[str], theta: dict[str, float]) -> dict[str, Any]:
+    """The result's rule of a fit: the pruned shared projection's fields, its θ as ``coefficients_raw`` and a hash
+    that covers layered θ (discovery.transfer.layered.layered_hash)."""
+    rule = learned_rule(terms, shared_theta(terms, theta))
+    return {**rule.to_dict(), "hash": layered_hash(rule, theta), "coefficients_raw": theta}
+
+
 def discover_transfer(spec: DiscoverySpec, progress: Callable[[ProgressEvent], None] | None = None,
                       checkpoint_dir: Path | str | None = None,
                       should_stop: Callable[[], bool] | None = None) -> DiscoveryResult:
@@ -326,8 +331,7 @@ def discover_transfer(spec: DiscoverySpec, progress: Callable[[ProgressEvent], N
     last = next((f for f in reversed(fits) if f.kind == "fit"), None)
     theta = chosen.theta if chosen else (last.theta if last else {})
     terms = chosen.terms if chosen else (last.terms if last else [])
-    rule = chosen.rule if chosen else {**learned_rule(terms, shared_theta(terms, theta)).to_dict(),
-                                       "coefficients_raw": theta}
+    rule = chosen.rule if chosen else rule_dict(terms, theta)
     return DiscoveryResult(
         rule=rule, theta=theta, history=search.history, theta_history=[h["theta"] for h in search.history],
         heldout_accuracy=chosen.heldout_accuracy if chosen else None,
