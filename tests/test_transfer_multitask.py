@@ -113,3 +113,23 @@ def test_a_quantile_screen_tests_the_worst_cells_gradient() -> None:
     assert worst.screen_counts(n) == [n, n, n]
     torch.testing.assert_close(loss, per_cell[k][0])
     torch.testing.assert_close(grad, per_cell[k][1])
+
+
+def test_the_cliff_guard_returns_the_multitask_theta_to_its_lowest_loss() -> None:
+    """meta.rollback in the multi-task trainer (discovery.optim.guard_cliff): the first step whose mean loss over
+    the cells exceeds (1 + ρ)·min is marked backtracked, θ is the θ the lowest-loss step ran with, lr is halved."""
+    spec = mt_spec()
+    spec = spec.model_copy(update={"meta": spec.meta.model_copy(
+        update={"episodes": 6, "lr": 0.2, "keep_window": 1, "rollback": 0.05})})
+    trainer = MultiTaskTrainer(spec)
+    trainer.run(None, None, None)
+    history = trainer.history
+    back = [i for i, h in enumerate(history) if h["backtracked"]]
+    assert back, "no cliff was caught"
+    i = back[0]
+    losses = [h["meta_loss"] for h in history[:i + 1]]
+    assert losses[i] > 1.05 * min(losses[:i])
+    j = min(range(i), key=losses.__getitem__)
+    ran_with = history[j - 1]["theta"] if j > 0 else {"F0": 0.02, "F2": 0.0}
+    assert history[i]["theta"] == pytest.approx(ran_with, rel=1e-6, abs=1e-12)
+    assert history[i]["lr"] == pytest.approx(history[i - 1]["lr"] / 2)
