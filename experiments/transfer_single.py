@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 from discovery.analysis.stats import paired_difference
@@ -106,10 +107,13 @@ def main() -> None:
                   f" {pt['cells'][0]['score']:.3f} vs BP {bp_mean:.3f}: Δ {100 * d.delta:+.1f} "
                   f"[{100 * d.ci95[0]:+.1f}, {100 * d.ci95[1]:+.1f}]", flush=True)
         chosen = next(r for r in rows if r["selected"])
+        backtracks = dict(Counter(h.phase for h in result.history if h.backtracked))
+        if backtracks:
+            print(f"  backtracked meta-steps per fit (skips or meta.rollback): {backtracks}", flush=True)
         print(f"seed {seed} ({args.coefficients}): selected {chosen['stage']} Δ {100 * chosen['delta']:+.1f} "
               f"[{100 * chosen['ci95'][0]:+.1f}, {100 * chosen['ci95'][1]:+.1f}]; {wall:.0f} s", flush=True)
         out = {"seed": seed, "args": vars(args) | {"out": str(args.out)}, "search_wall_time_s": wall,
-               "bp_theta": theta_bp, "bp_accuracy": bp_mean, "selected": chosen, "front": rows,
+               "bp_theta": theta_bp, "bp_accuracy": bp_mean, "selected": chosen, "front": rows, "backtracks": backtracks,
                "search": result.search}
         (args.out / f"single{args.tag}_seed{seed}.json").write_text(json.dumps(out, indent=1, default=str))
 
