@@ -51,6 +51,14 @@ def halve_lr(opt: torch.optim.Optimizer) -> None:
         group["lr"] *= 0.5
 
 
+def restart_from(opt: torch.optim.Optimizer, phi: Tensor, value: Tensor) -> None:
+    """A backtrack: φ ← ``value`` in place, Adam's moments cleared and the learning rate halved (``halve_lr``)."""
+    with torch.no_grad():
+        phi.copy_(value.to(phi))
+    opt.state.clear()
+    halve_lr(opt)
+
+
 class BestTheta:
     """The φ of the lowest EMA of the meta-train loss (see the module docstring), meta.keep's policy (`restore`
     puts it back under 'best' and does nothing under 'last') and meta.rollback's cliff test; checkpointable."""
@@ -99,9 +107,6 @@ def guard_cliff(best: BestTheta, opt: torch.optim.Optimizer, phi: Tensor, event:
     event is marked ``backtracked`` with the restored θ (``theta_dict``) and lr, as a skip backtrack is."""
     if not best.update(event.meta_loss, phi_before):
         return event
-    with torch.no_grad():
-        phi.copy_(best.phi.to(phi))
-    opt.state.clear()
-    halve_lr(opt)
+    restart_from(opt, phi, best.phi)
     best.ema = best.best
     return event.model_copy(update={"backtracked": True, "theta": theta_dict(), "lr": opt.param_groups[0]["lr"]})

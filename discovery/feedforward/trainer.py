@@ -35,7 +35,7 @@ from discovery.feedforward.inner import (
 )
 from discovery.feedforward.kernels import fused
 from discovery.feedforward.network import init_feedback, init_weights
-from discovery.optim import BestTheta, apply_schedule, guard_cliff, halve_lr
+from discovery.optim import BestTheta, apply_schedule, guard_cliff, restart_from
 from discovery.results import DiscoveryResult, ProgressEvent
 from discovery.spec import DiscoverySpec
 from rules.compiler import CompiledRule, compile_terms
@@ -296,10 +296,7 @@ class MetaTrainer(Checkpointed):
         n = self.spec.meta.backtrack_after
         if n == 0 or self.run_of_skips < n or self.last_good_theta is None:
             return False
-        with torch.no_grad():
-            self.phi.copy_(self.last_good_theta / self.scale)
-        self.opt.state.clear()
-        halve_lr(self.opt)
+        restart_from(self.opt, self.phi, self.last_good_theta / self.scale)
         self.run_of_skips = 0
         return True
 
