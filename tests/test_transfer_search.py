@@ -120,3 +120,27 @@ def test_trials_fit_the_top_candidates_and_the_best_on_the_selection_cells_joins
     screened = next(st for st in result.search["screening"] if st["label"] == "screen for term 2")["scores"]
     top = sorted((t for t in screened if t != "F0"), key=screened.get, reverse=True)[:2]
     assert sorted(by_stage[lb].terms[-1] for lb in trials2) == sorted(top)
+
+
+def test_a_selected_shared_point_of_a_layered_search_is_also_refit_layered_and_parsimony_decides() -> None:
+    """Depth-profile search, shared point selected: the refits are warm and scratch in its layout plus a warm one in
+    the layered layout (from that support's layered fit, full budget). Among the selected point and its refits, a
+    layered one with the shared point's accuracy (zero slope: the same θ in every layer, bit for bit) loses to the simpler;
+    a refit that diverges is never selected."""
+    s = spec(coefficients="profile", refit=True)
+    search = TransferSearch(s)
+    shared = FitStage(kind="fit", label="fit 1 terms", terms=["F0"], theta={"F0": 0.02}, episodes=1)
+    layered = FitStage(kind="fit", label="profile 1 terms", terms=["F0"], coefficients="profile",
+                       theta={"F0": 0.02, "F0~slope": 0.005}, episodes=1)
+    refits = search.refit(shared, [shared, layered])
+    assert [(f.label, f.coefficients, f.episodes) for f in refits] == [
+        ("refit warm 1 terms", "shared", 8), ("refit scratch 1 terms", "shared", 8),
+        ("refit warm 1 terms profile", "profile", 8)]
+    assert set(refits[2].theta) == {"F0", "F0~slope"} and refits[2].theta != layered.theta
+    tied = FitStage(kind="fit", label="tied", terms=["F0"], coefficients="profile",
+                    theta={"F0": 0.02, "F0~slope": 0.0}, episodes=1)
+    wild = FitStage(kind="fit", label="wild", terms=["F0", "F3"], theta={"F0": 0.02, "F3": 50.0}, episodes=1)
+    front, points = search.front([shared])
+    front, points = search.refit_front(front, points, [tied, wild], 0)
+    assert points[1].selection_accuracy == points[0].selection_accuracy and not points[2].selectable
+    assert [p.selected for p in front] == [True, False, False]

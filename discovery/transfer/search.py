@@ -199,17 +199,23 @@ class TransferSearch(StageLog):
                 break
         return tried
 
-    def refit(self, chosen: FitStage) -> list[FitStage]:
+    def refit(self, chosen: FitStage, fits: list[FitStage]) -> list[FitStage]:
         """The selected support alone with the full budget, warm-started and from scratch, ``refit_restarts``
-        times each (every fit draws its own episode stream)."""
+        times each (every fit draws its own episode stream); when a shared point was selected in a layered
+        search, also its layered fit warm-started with the full budget (its short fit is no fair comparison)."""
         init = {t: v for t, v in self.spec.rule.initial_theta().items() if t in chosen.terms}
         budget, mode, k = self.spec.meta.episodes, chosen.coefficients, self.transfer.refit_restarts
         n = len(chosen.terms)
-        starts = [(f"refit warm {n} terms", chosen.theta), (f"refit scratch {n} terms", init)]
+        starts = [(f"refit warm {n} terms", chosen.theta, mode), (f"refit scratch {n} terms", init, mode)]
+        layout = self.transfer.coefficients
+        layered = [f for f in fits if f.coefficients == layout and sorted(f.terms) == sorted(chosen.terms)]
+        if mode == "shared" != layout and layered:
+            starts.append((f"refit warm {n} terms {layout}", layered[-1].theta, layout))
         out: list[FitStage] = []
         for r in range(k):
-            for label, theta in starts:
-                out.append(self.fit(chosen.terms, theta, budget, label + (f" #{r + 1}" if r else ""), mode))
+            for label, theta, coefficients in starts:
+                out.append(self.fit(chosen.terms, theta, budget, label + (f" #{r + 1}" if r else ""),
+                                    coefficients))
                 if self.stopped:
                     return out
         return out
@@ -281,7 +287,7 @@ class TransferSearch(StageLog):
         if self.transfer.refit and not self.stopped and any(p.selected for p in front):
             i = next(i for i, p in enumerate(front) if p.selected)
             chosen = next(f for f in fits if f.kind == "fit" and f.label == front[i].stage)
-            refits = self.refit(chosen)
+            refits = self.refit(chosen, fits)
             fits = [*fits, *refits]
             if not self.stopped:
                 front, points = self.refit_front(front, points, refits, i)
@@ -289,18 +295,18 @@ class TransferSearch(StageLog):
 
     def refit_front(self, front: list[FrontPoint], points: list[TransferPoint], refits: list[FitStage],
                     chosen: int) -> tuple[list[FrontPoint], list[TransferPoint]]:
-        """Score the refits; the best on the selection cells (if it fails nowhere it matters and beats the selected
-        point) takes the selection, all stay on the front."""
-        scored = [(f, self.score_fit(f)) for f in refits]
-        for f, p in scored:
+        """Score the refits (all stay on the front); the selection goes to the front's rule applied to the selected
+        point and its refits that fail nowhere it matters: the simplest within the best's CI, so among one layout
+        the most accurate, and a layered refit only when the shared candidates lie outside its CI."""
+        first = len(front)
+        for f in refits:
+            p = self.score_fit(f)
             front.append(self.front_point(f, p))
             points.append(p)
-        ok = [(self.selection_score(f), len(front) - len(scored) + j) for j, (f, p) in enumerate(scored)
-              if p.selectable]
-        best = max(ok) if ok else None
-        if best is not None and best[0] > (front[chosen].heldout_accuracy or -1.0):
-            front[chosen].selected = False
-            front[best[1]].selected = True
+        candidates = [chosen] + [i for i in range(first, len(front)) if points[i].selectable]
+        pick = candidates[select([front[i] for i in candidates])]
+        front[chosen].selected = False
+        front[pick].selected = True
         return front, points
 
 
