@@ -123,10 +123,10 @@ def test_trials_fit_the_top_candidates_and_the_best_on_the_selection_cells_joins
 
 
 def test_a_selected_shared_point_of_a_layered_search_is_also_refit_layered_and_parsimony_decides() -> None:
-    """Depth-profile search, shared point selected: the refits are warm and scratch in its layout plus a warm one in
-    the layered layout (from that support's layered fit, full budget). Among the selected point and its refits, a
-    layered one with the shared point's accuracy (zero slope: the same θ in every layer, bit for bit) loses to the simpler;
-    a refit that diverges is never selected."""
+    """Depth-profile search, shared point selected: the refits are warm and scratch in its layout plus a warm one
+    in the layered layout (from that support's layered fit, full budget). Among the selected point and its refits,
+    a layered one with the shared point's accuracy (zero slope: the same θ in every layer, bit for bit) loses to
+    the simpler; a refit that diverges is never selected."""
     s = spec(coefficients="profile", refit=True)
     search = TransferSearch(s)
     shared = FitStage(kind="fit", label="fit 1 terms", terms=["F0"], theta={"F0": 0.02}, episodes=1)
